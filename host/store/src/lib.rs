@@ -1,0 +1,161 @@
+//! Switchboard's storage: the [`Store`] trait the node is written against, and
+//! [`SledStore`], the embedded implementation (the default, one directory on disk).
+//!
+//! What is stored: the tenant directory (tenants and their secrets, groups and members),
+//! per-group message logs with per-sender dedupe of client message ids, per-member delivery
+//! cursors, and receipts (in a tree of their own so receipt volume never slows the log).
+//!
+//! Durability contract: writes are buffered; they are durable only once [`Store::flush`] has
+//! returned after them. The node acknowledges a message only after a flush that covers it
+//! (group commit: one flush covers every write made before it started).
+//!
+//! Only this crate knows sled.
+
+use bytes::Bytes;
+use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+/// Why a storage operation failed. Never means "partially applied": every write is atomic.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The underlying storage failed (I/O error, disk full, corruption).
+    #[error("storage failure: {0}")]
+    Io(String),
+    /// A stored record could not be decoded (corruption or a version mismatch).
+    #[error("corrupt record in {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+    /// The group does not exist.
+    #[error("group {0} not found")]
+    GroupNotFound(GroupId),
+    /// The group already exists.
+    #[error("group {0} already exists")]
+    GroupExists(GroupId),
+    /// Adding the member would exceed the group's member limit.
+    #[error("group {group} is full ({max} members)")]
+    GroupFull { group: GroupId, max: u32 },
+}
+
+/// A tenant: an app's backend with its own token-signing secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    /// HMAC-SHA256 key for client tokens.
+    pub secret: Vec<u8>,
+}
+
+/// Settings of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupMeta {
+    /// Any user of the tenant may join an open group; closed groups are managed by the tenant.
+    pub open: bool,
+    /// Most members the group may have.
+    pub max_members: u32,
+}
+
+/// A message as stored in a group's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub sender: UserId,
+    pub client_msg_id: String,
+    pub sent_at_ms: u64,
+    pub body: Bytes,
+}
+
+/// A message to append to a group's log.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub sender: &'a UserId,
+    pub client_msg_id: &'a str,
+    pub sent_at_ms: u64,
+    pub body: &'a [u8],
+}
+
+/// The outcome of [`Store::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Written with this new sequence number.
+    New { seq: u64 },
+    /// `(sender, client_msg_id)` was already in the log with this sequence number; nothing
+    /// was written.
+    Duplicate { seq: u64 },
+}
+
+impl Appended {
+    pub fn seq(self) -> u64 {
+        match self {
+            Self::New { seq } | Self::Duplicate { seq } => seq,
+        }
+    }
+}
+
+/// A receipt as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReceipt {
+    pub user: UserId,
+    pub kind: ReceiptKind,
+    pub at_ms: u64,
+}
+
+/// Everything the node needs from storage. Implementations are cheap to share (`Arc`) and
+/// safe to call from many threads; calls are synchronous and short except [`Store::flush`].
+pub trait Store: Send + Sync + 'static {
+    // --- directory ---
+    /// Creates or replaces a tenant.
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+    fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
+    fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
+    /// Creates a group; `GroupExists` if it is there already.
+    fn create_group(&self, tenant: &TenantId, group: &GroupId, meta: GroupMeta)
+        -> Result<(), StoreError>;
+    fn group(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<GroupMeta>, StoreError>;
+    /// Adds a member; Ok(false) if already a member; `GroupFull` / `GroupNotFound` otherwise.
+    fn add_member(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
+        -> Result<bool, StoreError>;
+    /// Removes a member; Ok(false) if it was not a member.
+    fn remove_member(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
+        -> Result<bool, StoreError>;
+    fn is_member(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
+        -> Result<bool, StoreError>;
+    /// Members of a group, sorted.
+    fn members(&self, tenant: &TenantId, group: &GroupId) -> Result<Vec<UserId>, StoreError>;
+    /// Groups a user belongs to, sorted.
+    fn groups_of(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<GroupId>, StoreError>;
+
+    // --- group logs ---
+    /// Appends a message with the next sequence number (the first is 1), or finds the earlier
+    /// append of the same `(sender, client_msg_id)`. Atomic. Callers serialise appends to one
+    /// group (the node holds the group's lock); appends to different groups may run at once.
+    fn append(&self, tenant: &TenantId, group: &GroupId, msg: NewMessage<'_>)
+        -> Result<Appended, StoreError>;
+    /// Newest sequence number of a group, 0 when empty.
+    fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError>;
+    /// Up to `limit` messages with `seq > after`, in order.
+    fn read_after(&self, tenant: &TenantId, group: &GroupId, after: u64, limit: usize)
+        -> Result<Vec<StoredMessage>, StoreError>;
+    /// One message.
+    fn message(&self, tenant: &TenantId, group: &GroupId, seq: u64)
+        -> Result<Option<StoredMessage>, StoreError>;
+
+    // --- cursors ---
+    /// Raises a member's delivery cursor to `seq` (never lowers it). Returns the new value.
+    fn advance_cursor(&self, tenant: &TenantId, group: &GroupId, user: &UserId, seq: u64)
+        -> Result<u64, StoreError>;
+    /// A member's delivery cursor, 0 if none.
+    fn cursor(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
+        -> Result<u64, StoreError>;
+
+    // --- receipts (own tree) ---
+    /// Records `user`'s receipt for message `seq`; a later `Read` supersedes `Delivered`.
+    fn put_receipt(&self, tenant: &TenantId, group: &GroupId, seq: u64, receipt: &StoredReceipt)
+        -> Result<(), StoreError>;
+    fn receipts(&self, tenant: &TenantId, group: &GroupId, seq: u64)
+        -> Result<Vec<StoredReceipt>, StoreError>;
+
+    // --- durability ---
+    /// Makes every write that returned before this call durable (fsync). Blocking.
+    fn flush(&self) -> Result<(), StoreError>;
+}
