@@ -194,7 +194,10 @@ mod tests {
         );
         assert_eq!(
             check(&t, SECRET, 999),
-            Err(TokenError::NotYetValid { nbf: 1_000, now: 999 })
+            Err(TokenError::NotYetValid {
+                nbf: 1_000,
+                now: 999
+            })
         );
     }
 
@@ -242,6 +245,9 @@ mod tests {
         // An empty signature never verifies.
         let t = mint(&claims(), SECRET);
         let unsigned = format!("{}.", t.rsplit_once('.').unwrap().0);
-        assert_eq!(check(&unsigned, SECRET, 1_500), Err(TokenError::BadSignature));
+        assert_eq!(
+            check(&unsigned, SECRET, 1_500),
+            Err(TokenError::BadSignature)
+        );
     }
 }

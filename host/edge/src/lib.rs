@@ -1,1 +1,133 @@
-//! Edge.
+//! Switchboard's edge: the QUIC endpoint (quinn + rustls) and the routing hub behind it.
+//!
+//! This is the only crate that knows QUIC. [`Node`] binds an endpoint, accepts connections
+//! and runs the hub's committer; [`hub`] holds routing, fan-out and catch-up, written against
+//! bounded queues rather than sockets.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_core::{ErrorCode, Limits};
+use switchboard_store::Store;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+mod conn;
+pub mod hub;
+pub mod tls;
+
+pub use hub::{Hub, MetricsSnapshot};
+pub use tls::TlsIdentity;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What a node needs to serve.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    pub identity: TlsIdentity,
+}
+
+/// A running node: endpoint, hub and committer.
+#[derive(Debug)]
+pub struct Node {
+    endpoint: quinn::Endpoint,
+    hub: Arc<Hub>,
+    accept_task: JoinHandle<()>,
+    committer_task: JoinHandle<()>,
+    stop_committer: Arc<Notify>,
+}
+
+/// How long shutdown waits for connections to close before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Node {
+    /// Binds the endpoint and starts serving. Must run inside a tokio runtime.
+    pub async fn start(cfg: EdgeConfig, store: Arc<dyn Store>) -> Result<Node, EdgeError> {
+        cfg.limits
+            .validate()
+            .map_err(|e| EdgeError::Config(e.to_string()))?;
+        let server_config = tls::server_config(&cfg.identity, &cfg.limits)?;
+        let endpoint = quinn::Endpoint::server(server_config, cfg.listen).map_err(|source| {
+            EdgeError::Bind {
+                addr: cfg.listen,
+                source,
+            }
+        })?;
+        let (hub, committer) = Hub::new(store, cfg.limits.clone());
+        let stop_committer = Arc::new(Notify::new());
+        let committer_task = tokio::spawn(committer.run(stop_committer.clone()));
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), hub.clone()));
+        info!(addr = %endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: cfg.listen, source })?, "listening");
+        Ok(Node {
+            endpoint,
+            hub,
+            accept_task,
+            committer_task,
+            stop_committer,
+        })
+    }
+
+    /// The address the endpoint is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Graceful stop: refuse new connections, close open ones with `ShuttingDown`, commit
+    /// (flush, ack) everything already accepted, then flush the store.
+    pub async fn shutdown(self) {
+        self.accept_task.abort();
+        self.endpoint.close(
+            u32::from(ErrorCode::ShuttingDown.as_u16()).into(),
+            b"node shutting down",
+        );
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            warn!("connections did not drain in time");
+        }
+        self.stop_committer.notify_one();
+        let _ = self.committer_task.await;
+        if let Err(e) = self.hub.store().flush() {
+            warn!(error = %e, "final flush failed");
+        }
+        info!("stopped");
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let open = hub.metrics().connections.load(Ordering::Relaxed);
+        if open >= hub.limits().max_connections as usize {
+            hub.metrics()
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(conn::serve(hub.clone(), incoming));
+    }
+}

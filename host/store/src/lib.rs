@@ -9,6 +9,31 @@
 //! returned after them. The node acknowledges a message only after a flush that covers it
 //! (group commit: one flush covers every write made before it started).
 //!
+//! # On disk ([`SledStore`])
+//!
+//! Five sled trees: `directory` (tenants; groups with their member count; members; a per-user
+//! index of memberships, so `groups_of` is a prefix scan), `log`, `dedupe`, `cursors` and
+//! `receipts`. Keys are built from components: every id but the last is length-prefixed with
+//! one byte (ids are at most 64 bytes), the last component runs to the end of the key, and
+//! sequence numbers are big-endian `u64`. So two different component lists never share a key
+//! (tenant `a` + group `bc` is not tenant `ab` + group `c`), a group's log scans in sequence
+//! order, and member and group lists come out of a scan already sorted.
+//!
+//! | tree      | key (`‹x›`: length-prefixed)            | value                                  |
+//! |-----------|-----------------------------------------|----------------------------------------|
+//! | directory | `T` tenant                              | secret                                 |
+//! |           | `G` ‹tenant› group                      | open flag, max_members, member count   |
+//! |           | `M` ‹tenant› ‹group› user               | empty                                  |
+//! |           | `U` ‹tenant› ‹user› group               | empty                                  |
+//! | log       | ‹tenant› ‹group› seq                    | sent_at_ms, ‹sender›, ‹client_msg_id›, body |
+//! | dedupe    | ‹tenant› ‹group› ‹sender› client_msg_id | seq                                    |
+//! | cursors   | ‹tenant› ‹group› user                   | seq                                    |
+//! | receipts  | ‹tenant› ‹group› seq user               | kind, at_ms                            |
+//!
+//! Values are hand-written big-endian binary that starts with a version byte (now 1); the
+//! empty marker values have none. A value that does not decode is [`StoreError::Corrupt`].
+//! sled's default tree holds a format marker, checked on open.
+//!
 //! Only this crate knows sled.
 
 use bytes::Bytes;
@@ -16,7 +41,7 @@ use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
 
 mod sled_store;
 
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, SledStoreConfig};
 
 /// Why a storage operation failed. Never means "partially applied": every write is atomic.
 #[derive(Debug, thiserror::Error)]
@@ -109,17 +134,33 @@ pub trait Store: Send + Sync + 'static {
     fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
     fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
     /// Creates a group; `GroupExists` if it is there already.
-    fn create_group(&self, tenant: &TenantId, group: &GroupId, meta: GroupMeta)
-        -> Result<(), StoreError>;
+    fn create_group(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        meta: GroupMeta,
+    ) -> Result<(), StoreError>;
     fn group(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<GroupMeta>, StoreError>;
     /// Adds a member; Ok(false) if already a member; `GroupFull` / `GroupNotFound` otherwise.
-    fn add_member(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
-        -> Result<bool, StoreError>;
+    fn add_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
     /// Removes a member; Ok(false) if it was not a member.
-    fn remove_member(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
-        -> Result<bool, StoreError>;
-    fn is_member(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
-        -> Result<bool, StoreError>;
+    fn remove_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
+    fn is_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
     /// Members of a group, sorted.
     fn members(&self, tenant: &TenantId, group: &GroupId) -> Result<Vec<UserId>, StoreError>;
     /// Groups a user belongs to, sorted.
@@ -129,31 +170,57 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a message with the next sequence number (the first is 1), or finds the earlier
     /// append of the same `(sender, client_msg_id)`. Atomic. Callers serialise appends to one
     /// group (the node holds the group's lock); appends to different groups may run at once.
-    fn append(&self, tenant: &TenantId, group: &GroupId, msg: NewMessage<'_>)
-        -> Result<Appended, StoreError>;
+    fn append(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        msg: NewMessage<'_>,
+    ) -> Result<Appended, StoreError>;
     /// Newest sequence number of a group, 0 when empty.
     fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError>;
     /// Up to `limit` messages with `seq > after`, in order.
-    fn read_after(&self, tenant: &TenantId, group: &GroupId, after: u64, limit: usize)
-        -> Result<Vec<StoredMessage>, StoreError>;
+    fn read_after(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
     /// One message.
-    fn message(&self, tenant: &TenantId, group: &GroupId, seq: u64)
-        -> Result<Option<StoredMessage>, StoreError>;
+    fn message(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError>;
 
     // --- cursors ---
     /// Raises a member's delivery cursor to `seq` (never lowers it). Returns the new value.
-    fn advance_cursor(&self, tenant: &TenantId, group: &GroupId, user: &UserId, seq: u64)
-        -> Result<u64, StoreError>;
+    fn advance_cursor(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+        seq: u64,
+    ) -> Result<u64, StoreError>;
     /// A member's delivery cursor, 0 if none.
-    fn cursor(&self, tenant: &TenantId, group: &GroupId, user: &UserId)
-        -> Result<u64, StoreError>;
+    fn cursor(&self, tenant: &TenantId, group: &GroupId, user: &UserId) -> Result<u64, StoreError>;
 
     // --- receipts (own tree) ---
     /// Records `user`'s receipt for message `seq`; a later `Read` supersedes `Delivered`.
-    fn put_receipt(&self, tenant: &TenantId, group: &GroupId, seq: u64, receipt: &StoredReceipt)
-        -> Result<(), StoreError>;
-    fn receipts(&self, tenant: &TenantId, group: &GroupId, seq: u64)
-        -> Result<Vec<StoredReceipt>, StoreError>;
+    fn put_receipt(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+        receipt: &StoredReceipt,
+    ) -> Result<(), StoreError>;
+    fn receipts(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Vec<StoredReceipt>, StoreError>;
 
     // --- durability ---
     /// Makes every write that returned before this call durable (fsync). Blocking.

@@ -46,9 +46,15 @@ pub struct Message {
 pub enum ClientFrame {
     Hello(Hello),
     /// Join a group (open groups) / confirm membership (closed groups).
-    Join { request_id: u64, group: String },
+    Join {
+        request_id: u64,
+        group: String,
+    },
     /// Leave a group.
-    Leave { request_id: u64, group: String },
+    Leave {
+        request_id: u64,
+        group: String,
+    },
     /// Send a message; answered by `Ack` once durable.
     Send {
         request_id: u64,
@@ -65,7 +71,10 @@ pub enum ClientFrame {
         limit: u32,
     },
     /// The client has processed everything up to `seq` in `group`: persist the cursor.
-    AckDelivery { group: String, seq: u64 },
+    AckDelivery {
+        group: String,
+        seq: u64,
+    },
     /// A delivered/read receipt for one message.
     Receipt {
         group: String,
@@ -73,9 +82,13 @@ pub enum ClientFrame {
         kind: ReceiptKind,
     },
     /// The app moved to the foreground or background.
-    Presence { state: PresenceState },
+    Presence {
+        state: PresenceState,
+    },
     /// Liveness probe; answered by `Pong`.
-    Ping { request_id: u64 },
+    Ping {
+        request_id: u64,
+    },
 }
 
 /// Frames the server sends.
@@ -124,8 +137,13 @@ pub enum ServerFrame {
         kind: ReceiptKind,
     },
     /// A user sharing a group changed presence.
-    PresenceNotice { user: String, state: PresenceState },
-    Pong { request_id: u64 },
+    PresenceNotice {
+        user: String,
+        state: PresenceState,
+    },
+    Pong {
+        request_id: u64,
+    },
     Error(ErrorFrame),
 }
 

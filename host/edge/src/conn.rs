@@ -1,0 +1,403 @@
+//! One QUIC connection: hello and authentication, the control stream (requests and their
+//! responses), the push stream (deliveries and notices), and refusal of streams the protocol
+//! does not use. Every error a client can cause ends here as a typed `Error` frame, and the
+//! fatal ones as a connection close whose application code is the error code.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use switchboard_core::ErrorCode;
+use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame, WireError};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::timeout;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::hub::{Hub, PushPlanner, RequestError, Session};
+
+/// How long a closing connection waits for its last frames (e.g. a fatal error) to be read.
+const LINGER: Duration = Duration::from_millis(500);
+/// Unexpected streams tolerated before the connection is closed as abusive.
+const MAX_UNEXPECTED_STREAMS: u32 = 64;
+/// Most frames one write gathers into a single `write_all_chunks` call.
+const MAX_WRITE_BATCH: usize = 256;
+
+/// Why a connection ended early: the code and text it is closed with.
+#[derive(Debug)]
+struct Fatal(RequestError);
+
+impl From<RequestError> for Fatal {
+    fn from(e: RequestError) -> Self {
+        Fatal(e)
+    }
+}
+
+fn wire_fatal(e: WireError) -> Fatal {
+    Fatal(RequestError::new(e.code(), e.to_string()))
+}
+
+/// Drives one incoming connection to completion.
+pub(crate) async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    hub.metrics().connections.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("conn", %remote, session = tracing::field::Empty);
+    run(hub.clone(), conn).instrument(span).await;
+    hub.metrics().connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
+    let limits = hub.limits().clone();
+    let hello_deadline = Duration::from_millis(limits.hello_timeout_ms);
+    let decode = DecodeLimits::from_limits(&limits);
+
+    // --- hello ---
+    let (ctl_send, mut ctl_recv) = match timeout(hello_deadline, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(error = %e, "closed before hello");
+            return;
+        }
+        Err(_) => {
+            close(
+                &conn,
+                &RequestError::new(ErrorCode::HelloRequired, "no hello in time"),
+            );
+            return;
+        }
+    };
+    let mut buf = BytesMut::with_capacity(1024);
+    let hello = match timeout(
+        hello_deadline,
+        read_hello(&mut ctl_recv, &mut buf, &decode, limits.max_frame_bytes),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(Fatal(e))) => return refuse(&hub, &conn, ctl_send, e).await,
+        Err(_) => {
+            let e = RequestError::new(ErrorCode::HelloRequired, "no hello in time");
+            return refuse(&hub, &conn, ctl_send, e).await;
+        }
+    };
+    let claims = match hub.authenticate(&hello.token) {
+        Ok(c) => c,
+        Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
+    };
+    let (outbox_tx, outbox_rx) = mpsc::channel(limits.outbox_frames as usize);
+    let (session, welcome) = match hub.open_session(claims, &hello, outbox_tx) {
+        Ok(s) => s,
+        Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
+    };
+    tracing::Span::current().record("session", session.id);
+    info!(tenant = %session.tenant, user = %session.user, "session open");
+
+    let result = session_loop(
+        &hub, &conn, &session, welcome, ctl_send, ctl_recv, buf, outbox_rx,
+    )
+    .await;
+    hub.close_session(&session);
+    match result {
+        Ok(()) => debug!("session closed by peer"),
+        Err(Fatal(e)) => {
+            warn!(code = %e.code, error = %e.message, "closing session");
+            close(&conn, &e);
+        }
+    }
+}
+
+async fn read_hello(
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    decode: &DecodeLimits,
+    max_frame: u32,
+) -> Result<wire::Hello, Fatal> {
+    let frame = wire::read_frame(recv, buf, max_frame)
+        .await
+        .map_err(wire_fatal)?
+        .ok_or_else(|| RequestError::new(ErrorCode::HelloRequired, "stream ended before hello"))?;
+    match wire::decode_client(&frame, decode) {
+        Ok(ClientFrame::Hello(h)) => Ok(h),
+        Ok(_) => {
+            Err(RequestError::new(ErrorCode::HelloRequired, "first frame must be Hello").into())
+        }
+        Err(WireError::UnknownFrameType(t)) => Err(RequestError::new(
+            ErrorCode::HelloRequired,
+            format!("first frame must be Hello, got unknown type {t}"),
+        )
+        .into()),
+        Err(e) => Err(wire_fatal(e)),
+    }
+}
+
+/// Refuses a connection that has not become a session: error frame, then close.
+async fn refuse(hub: &Hub, conn: &quinn::Connection, mut send: quinn::SendStream, e: RequestError) {
+    hub.metrics()
+        .protocol_errors
+        .fetch_add(1, Ordering::Relaxed);
+    info!(code = %e.code, error = %e.message, "refusing connection");
+    let frame = wire::encode_server(&ServerFrame::Error(e.frame(0)));
+    if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
+        let _ = timeout(LINGER, send.stopped()).await;
+    }
+    close(conn, &e);
+}
+
+fn close(conn: &quinn::Connection, e: &RequestError) {
+    let reason = e.message.as_bytes();
+    let reason = &reason[..reason.len().min(256)];
+    conn.close(u32::from(e.code.as_u16()).into(), reason);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_loop(
+    hub: &Arc<Hub>,
+    conn: &quinn::Connection,
+    session: &Arc<Session>,
+    welcome: ServerFrame,
+    mut ctl_send: quinn::SendStream,
+    mut ctl_recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    outbox_rx: mpsc::Receiver<crate::hub::Push>,
+) -> Result<(), Fatal> {
+    let limits = hub.limits().clone();
+    let decode = DecodeLimits::from_limits(&limits);
+    let internal =
+        |e: &dyn std::fmt::Display| Fatal(RequestError::new(ErrorCode::Internal, e.to_string()));
+    ctl_send
+        .write_all(&wire::encode_server(&welcome))
+        .await
+        .map_err(|e| internal(&e))?;
+
+    let push_send = conn.open_uni().await.map_err(|e| internal(&e))?;
+    let planner = PushPlanner::new(hub.clone(), session.clone());
+    let push_task = tokio::spawn(
+        push_writer(planner, outbox_rx, push_send).instrument(tracing::Span::current()),
+    );
+    // Responses: one per request in flight plus a few control answers; acks never wait.
+    let (resp_tx, resp_rx) = mpsc::channel(limits.max_inflight_sends as usize + 8);
+    let ctl_task = tokio::spawn(control_writer(resp_rx, ctl_send));
+    let extra_task = tokio::spawn(refuse_extra_streams(conn.clone()));
+    let inflight = Arc::new(Semaphore::new(limits.max_inflight_sends as usize));
+
+    let result = async {
+        loop {
+            let frame = tokio::select! {
+                f = wire::read_frame(&mut ctl_recv, &mut buf, limits.max_frame_bytes) => f,
+                r = conn.closed() => { debug!(reason = %r, "connection closed"); return Ok(()) }
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(WireError::Io(_)) => return Ok(()), // peer went away
+                Err(e) => return Err(wire_fatal(e)),
+            };
+            let reply = match wire::decode_client(&frame, &decode) {
+                Ok(f) => handle(hub, session, f, &resp_tx, &inflight).await,
+                Err(e @ (WireError::UnknownFrameType(_) | WireError::UnexpectedFrame(_))) => {
+                    hub.metrics()
+                        .protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    Some(ServerFrame::Error(
+                        RequestError::new(e.code(), e.to_string()).frame(0),
+                    ))
+                }
+                Err(e) => return Err(wire_fatal(e)),
+            };
+            if let Some(reply) = reply {
+                if resp_tx.send(wire::encode_server(&reply)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+
+    extra_task.abort();
+    push_task.abort();
+    if let Err(Fatal(e)) = &result {
+        hub.metrics()
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = resp_tx.try_send(wire::encode_server(&ServerFrame::Error(e.frame(0))));
+    }
+    drop(resp_tx);
+    // Let the control writer flush the last answers (and a fatal error) before closing.
+    let _ = timeout(LINGER, ctl_task).await;
+    result
+}
+
+/// Handles one request; returns the immediate answer, if any (acks come from the committer).
+async fn handle(
+    hub: &Arc<Hub>,
+    session: &Arc<Session>,
+    frame: ClientFrame,
+    resp_tx: &mpsc::Sender<Bytes>,
+    inflight: &Arc<Semaphore>,
+) -> Option<ServerFrame> {
+    let err = |request_id: u64, e: RequestError| Some(ServerFrame::Error(e.frame(request_id)));
+    match frame {
+        ClientFrame::Hello(_) => err(
+            0,
+            RequestError::new(ErrorCode::UnexpectedFrame, "already said hello"),
+        ),
+        ClientFrame::Join { request_id, group } => match hub.join(session, &group) {
+            Ok(head_seq) => Some(ServerFrame::Joined {
+                request_id,
+                group,
+                head_seq,
+            }),
+            Err(e) => err(request_id, e),
+        },
+        ClientFrame::Leave { request_id, group } => match hub.leave(session, &group) {
+            Ok(()) => Some(ServerFrame::Left { request_id, group }),
+            Err(e) => err(request_id, e),
+        },
+        ClientFrame::Send {
+            request_id,
+            group,
+            client_msg_id,
+            body,
+        } => {
+            // Backpressure: a client with max_inflight_sends unacked sends waits here, and
+            // stops being read, until an ack frees a slot.
+            let permit = inflight.clone().acquire_owned().await.ok()?;
+            match hub
+                .send(
+                    session,
+                    request_id,
+                    &group,
+                    &client_msg_id,
+                    body,
+                    resp_tx.clone(),
+                    permit,
+                )
+                .await
+            {
+                Ok(()) => None,
+                Err(e) => err(request_id, e),
+            }
+        }
+        ClientFrame::Fetch {
+            request_id,
+            group,
+            after_seq,
+            limit,
+        } => match hub.fetch(session, &group, after_seq, limit) {
+            Ok((messages, head_seq)) => Some(ServerFrame::FetchResult {
+                request_id,
+                group,
+                messages,
+                head_seq,
+            }),
+            Err(e) => err(request_id, e),
+        },
+        ClientFrame::AckDelivery { group, seq } => hub
+            .ack_delivery(session, &group, seq)
+            .err()
+            .and_then(|e| err(0, e)),
+        ClientFrame::Receipt { group, seq, kind } => hub
+            .receipt(session, &group, seq, kind)
+            .err()
+            .and_then(|e| err(0, e)),
+        ClientFrame::Presence { state } => {
+            hub.set_presence(session, state);
+            None
+        }
+        ClientFrame::Ping { request_id } => Some(ServerFrame::Pong { request_id }),
+    }
+}
+
+/// Writes responses to the control stream, gathering whatever is queued into one write.
+async fn control_writer(mut rx: mpsc::Receiver<Bytes>, mut send: quinn::SendStream) {
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
+}
+
+/// Writes deliveries and notices to the push stream in the order the planner decides.
+async fn push_writer(
+    mut planner: PushPlanner,
+    mut rx: mpsc::Receiver<crate::hub::Push>,
+    mut send: quinn::SendStream,
+) {
+    let mut items = Vec::with_capacity(MAX_WRITE_BATCH);
+    let mut out: Vec<Bytes> = Vec::with_capacity(MAX_WRITE_BATCH);
+    loop {
+        // Catch-up first (after hello, a join, or an overflow), one bounded batch per turn
+        // so live pushes keep flowing in between.
+        match planner.catch_up(&mut out) {
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "catch-up failed");
+                return;
+            }
+        }
+        if out.is_empty() {
+            tokio::select! {
+                n = rx.recv_many(&mut items, MAX_WRITE_BATCH) => if n == 0 { return },
+                _ = planner.wait() => {}
+            }
+        } else {
+            while let Ok(item) = rx.try_recv() {
+                items.push(item);
+                if items.len() == MAX_WRITE_BATCH {
+                    break;
+                }
+            }
+        }
+        for item in items.drain(..) {
+            if let Err(e) = planner.plan(item, &mut out) {
+                warn!(error = %e, "delivery planning failed");
+                return;
+            }
+        }
+        if !out.is_empty() {
+            if send.write_all_chunks(&mut out).await.is_err() {
+                debug!(session = planner.session().id, "push stream closed");
+                return;
+            }
+            out.clear();
+        }
+    }
+}
+
+/// Answers every further client-opened bidirectional stream with `UnexpectedStream`; closes
+/// the connection if a client keeps opening them.
+async fn refuse_extra_streams(conn: quinn::Connection) {
+    let frame = wire::encode_server(&ServerFrame::Error(
+        RequestError::new(
+            ErrorCode::UnexpectedStream,
+            "only one control stream is used",
+        )
+        .frame(0),
+    ));
+    let mut count = 0u32;
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        count += 1;
+        if count > MAX_UNEXPECTED_STREAMS {
+            close(
+                &conn,
+                &RequestError::new(ErrorCode::UnexpectedStream, "too many unexpected streams"),
+            );
+            return;
+        }
+        let _ = recv.stop(u32::from(ErrorCode::UnexpectedStream.as_u16()).into());
+        let _ = send.write_all(&frame).await;
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,1011 @@
+//! The routing hub: everything between a decoded client frame and the store, and the fan-out
+//! from a durable message to the sessions that must see it. No QUIC here: sessions are
+//! reached through their bounded outboxes, so this module is tested without sockets.
+//!
+//! The message path (see ARCHITECTURE.md, "Delivery invariants"):
+//! 1. `send` takes the group's append lock, appends to the store (which assigns the next
+//!    sequence number or finds the earlier append of the same client message id), and queues a
+//!    [`Commit`] while still holding the lock, so commits of one group queue in `seq` order.
+//! 2. The committer flushes the store once for everything queued (group commit), then, in
+//!    queue order, publishes each new message to the group's subscribers and acks its sender.
+//!    Nothing is acked or delivered before the flush that made it durable.
+//! 3. Each session's push writer keeps, per group, the highest `seq` it has written. It skips
+//!    what it already sent and fills any gap from the log, so a session sees every message of
+//!    its groups once, in order, whether it came live, from catch-up, or after its outbox
+//!    overflowed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use switchboard_core::token::{self, Claims};
+use switchboard_core::{
+    ErrorCode, GroupId, IdError, Limits, PresenceState, ReceiptKind, TenantId, UserId,
+};
+use switchboard_store::{Appended, NewMessage, Store, StoreError, StoredMessage, StoredReceipt};
+use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+
+/// A refusal of one request, sent to the client as an `Error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after_ms: u32,
+}
+
+impl RequestError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: 0,
+        }
+    }
+
+    /// The `Error` frame answering `request_id`.
+    pub fn frame(&self, request_id: u64) -> ErrorFrame {
+        ErrorFrame {
+            request_id,
+            code: self.code.as_u16(),
+            message: self.message.clone(),
+            retry_after_ms: self.retry_after_ms,
+        }
+    }
+}
+
+impl From<StoreError> for RequestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::GroupNotFound(g) => {
+                Self::new(ErrorCode::GroupNotFound, format!("group {g} not found"))
+            }
+            StoreError::GroupFull { group, max } => Self::new(
+                ErrorCode::GroupFull,
+                format!("group {group} is full ({max} members)"),
+            ),
+            StoreError::GroupExists(g) => {
+                Self::new(ErrorCode::InvalidArgument, format!("group {g} exists"))
+            }
+            e @ (StoreError::Io(_) | StoreError::Corrupt { .. }) => {
+                tracing::error!(error = %e, "store failure");
+                Self::new(
+                    ErrorCode::StoreUnavailable,
+                    "storage unavailable; not stored, retry",
+                )
+            }
+        }
+    }
+}
+
+fn bad_id(what: &str, e: IdError) -> RequestError {
+    RequestError::new(ErrorCode::InvalidArgument, format!("{what}: {e}"))
+}
+
+/// Parses a group id from a frame field.
+pub fn group_id(s: &str) -> Result<GroupId, RequestError> {
+    GroupId::new(s).map_err(|e| bad_id("group", e))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters the node exposes. Monotonic unless named as a gauge.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Gauge: open sessions.
+    pub sessions: AtomicUsize,
+    /// Gauge: QUIC connections (including ones still saying hello).
+    pub connections: AtomicUsize,
+    pub connections_refused: AtomicU64,
+    pub messages_accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Deliver frames queued live to sessions.
+    pub deliveries_live: AtomicU64,
+    /// Deliver frames sent from the log (catch-up, gap fill).
+    pub deliveries_catch_up: AtomicU64,
+    /// Times a session's outbox was full and it switched to catching up from the log.
+    pub outbox_overflows: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+/// A snapshot of [`Metrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    pub sessions: usize,
+    pub connections: usize,
+    pub connections_refused: u64,
+    pub messages_accepted: u64,
+    pub duplicates: u64,
+    pub deliveries_live: u64,
+    pub deliveries_catch_up: u64,
+    pub outbox_overflows: u64,
+    pub flushes: u64,
+    pub flush_failures: u64,
+    pub auth_failures: u64,
+    pub protocol_errors: u64,
+}
+
+impl Metrics {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            sessions: self.sessions.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+            connections_refused: l(&self.connections_refused),
+            messages_accepted: l(&self.messages_accepted),
+            duplicates: l(&self.duplicates),
+            deliveries_live: l(&self.deliveries_live),
+            deliveries_catch_up: l(&self.deliveries_catch_up),
+            outbox_overflows: l(&self.outbox_overflows),
+            flushes: l(&self.flushes),
+            flush_failures: l(&self.flush_failures),
+            auth_failures: l(&self.auth_failures),
+            protocol_errors: l(&self.protocol_errors),
+        }
+    }
+}
+
+/// What a session's push writer is handed.
+#[derive(Debug)]
+pub(crate) enum Push {
+    /// A new message of `group`, already encoded (shared by every recipient).
+    Deliver {
+        group: GroupId,
+        seq: u64,
+        frame: Bytes,
+    },
+    /// A best-effort notice (receipt, presence): dropped if the outbox is full.
+    Notice(Bytes),
+}
+
+/// A change to a session's subscriptions, applied by its push writer in order.
+#[derive(Debug)]
+pub(crate) enum SubChange {
+    Subscribe { group: Arc<GroupState>, after: u64 },
+    Unsubscribe(GroupId),
+}
+
+/// One authenticated connection's state shared between its tasks and the hub.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub tenant: TenantId,
+    pub user: UserId,
+    outbox: mpsc::Sender<Push>,
+    /// Set when the writer must bring every group up to its durable head from the log.
+    catch_up: AtomicBool,
+    wake: Notify,
+    sub_changes: Mutex<Vec<SubChange>>,
+    /// Groups this session is subscribed to (for presence fan-out and cleanup).
+    groups: Mutex<HashSet<GroupId>>,
+    presence: AtomicU8,
+    closed: AtomicBool,
+}
+
+impl Session {
+    /// Queues a push without waiting. A full outbox never blocks the fan-out: a delivery that
+    /// does not fit is recovered from the log by the writer; a notice is dropped.
+    fn push(&self, p: Push, metrics: &Metrics) {
+        match self.outbox.try_send(p) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Push::Deliver { .. })) => {
+                metrics.outbox_overflows.fetch_add(1, Ordering::Relaxed);
+                self.request_catch_up();
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn request_catch_up(&self) {
+        self.catch_up.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub fn presence(&self) -> PresenceState {
+        match self.presence.load(Ordering::Relaxed) {
+            0 => PresenceState::Foreground,
+            _ => PresenceState::Background,
+        }
+    }
+}
+
+/// The hub's view of one group: its append lock and its subscribers.
+#[derive(Debug)]
+pub struct GroupState {
+    pub tenant: TenantId,
+    pub id: GroupId,
+    /// Serialises appends so sequence numbers and commit order agree.
+    append: tokio::sync::Mutex<()>,
+    fanout: Mutex<Fanout>,
+}
+
+#[derive(Debug)]
+struct Fanout {
+    /// Highest durable (flushed and published) sequence number.
+    head: u64,
+    subscribers: Vec<Arc<Session>>,
+}
+
+impl GroupState {
+    /// The newest durable sequence number: what clients may see.
+    pub fn head(&self) -> u64 {
+        self.fanout.lock().head
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.fanout.lock().subscribers.len()
+    }
+}
+
+/// A durable-pending append waiting for the committer.
+struct Commit {
+    group: Arc<GroupState>,
+    seq: u64,
+    request_id: u64,
+    /// The encoded Deliver frame, for new messages.
+    deliver: Option<Bytes>,
+    /// The encoded Ack frame.
+    ack: Bytes,
+    reply: mpsc::Sender<Bytes>,
+    _permit: OwnedSemaphorePermit,
+}
+
+type Key<T> = (TenantId, T);
+
+/// The routing hub. One per node.
+pub struct Hub {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    groups: DashMap<Key<GroupId>, Arc<GroupState>>,
+    users: DashMap<Key<UserId>, Vec<Arc<Session>>>,
+    commit_tx: mpsc::Sender<Commit>,
+    next_session: AtomicU64,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The committer's end of the commit queue; run it with [`Committer::run`].
+pub struct Committer {
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Commit>,
+    hub: std::sync::Weak<Hub>,
+}
+
+/// Most commits one flush covers; more wait for the next flush.
+const MAX_COMMIT_BATCH: usize = 4096;
+
+impl Hub {
+    /// A hub over `store`, and the committer task that must run beside it.
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> (Arc<Hub>, Committer) {
+        // Bounded by design: each commit holds one of its connection's in-flight permits.
+        let (commit_tx, rx) = mpsc::channel(MAX_COMMIT_BATCH);
+        let hub = Arc::new(Hub {
+            store: store.clone(),
+            limits,
+            groups: DashMap::new(),
+            users: DashMap::new(),
+            commit_tx,
+            next_session: AtomicU64::new(1),
+            metrics: Metrics::default(),
+        });
+        let committer = Committer {
+            store,
+            rx,
+            hub: Arc::downgrade(&hub),
+        };
+        (hub, committer)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Checks a client token: signature with the tenant's secret, validity window.
+    pub fn authenticate(&self, token_str: &str) -> Result<Claims, RequestError> {
+        let result = (|| {
+            let unverified =
+                token::parse(token_str).map_err(|e| RequestError::new(e.code(), e.to_string()))?;
+            let tenant = self.store.tenant(unverified.tenant())?.ok_or_else(|| {
+                RequestError::new(
+                    ErrorCode::UnknownTenant,
+                    format!("unknown tenant {}", unverified.tenant()),
+                )
+            })?;
+            let now = now_ms() / 1000;
+            unverified
+                .verify(&tenant.secret, now)
+                .map_err(|e| RequestError::new(e.code(), e.to_string()))
+        })();
+        if result.is_err() {
+            self.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// The hub state of a group, if the group exists.
+    pub fn group(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+    ) -> Result<Arc<GroupState>, RequestError> {
+        let key = (tenant.clone(), group.clone());
+        if let Some(g) = self.groups.get(&key) {
+            return Ok(g.clone());
+        }
+        if self.store.group(tenant, group)?.is_none() {
+            return Err(RequestError::new(
+                ErrorCode::GroupNotFound,
+                format!("group {group} not found"),
+            ));
+        }
+        // Read the head before taking the map's shard lock; appends only happen through the
+        // state we are about to publish, so no append can land in between.
+        let head = self.store.head(tenant, group)?;
+        let state = self
+            .groups
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(GroupState {
+                    tenant: tenant.clone(),
+                    id: group.clone(),
+                    append: tokio::sync::Mutex::new(()),
+                    fanout: Mutex::new(Fanout {
+                        head,
+                        subscribers: Vec::new(),
+                    }),
+                })
+            })
+            .clone();
+        Ok(state)
+    }
+
+    fn require_member(&self, s: &Session, group: &GroupId) -> Result<(), RequestError> {
+        if self.store.is_member(&s.tenant, group, &s.user)? {
+            Ok(())
+        } else {
+            Err(RequestError::new(
+                ErrorCode::NotMember,
+                format!("not a member of group {group}"),
+            ))
+        }
+    }
+
+    /// Registers a session after a valid `Hello`, subscribes it to all its groups from their
+    /// resume cursors, and returns it with the `Welcome` frame.
+    pub(crate) fn open_session(
+        &self,
+        claims: Claims,
+        hello: &wire::Hello,
+        outbox: mpsc::Sender<Push>,
+    ) -> Result<(Arc<Session>, ServerFrame), RequestError> {
+        if hello.cursors.len() > self.limits.max_groups_per_user as usize {
+            return Err(RequestError::new(
+                ErrorCode::InvalidArgument,
+                "more resume cursors than max_groups_per_user",
+            ));
+        }
+        let session = Arc::new(Session {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            tenant: claims.tenant,
+            user: claims.user,
+            outbox,
+            catch_up: AtomicBool::new(false),
+            wake: Notify::new(),
+            sub_changes: Mutex::new(Vec::new()),
+            groups: Mutex::new(HashSet::new()),
+            presence: AtomicU8::new(match hello.presence {
+                PresenceState::Foreground => 0,
+                PresenceState::Background => 1,
+            }),
+            closed: AtomicBool::new(false),
+        });
+        let resume: HashMap<&str, u64> = hello
+            .cursors
+            .iter()
+            .map(|c| (c.group.as_str(), c.seq))
+            .collect();
+        let mut groups = Vec::new();
+        for gid in self.store.groups_of(&session.tenant, &session.user)? {
+            let g = self.group(&session.tenant, &gid)?;
+            let after = match resume.get(gid.as_str()) {
+                Some(&seq) => seq,
+                None => self.store.cursor(&session.tenant, &gid, &session.user)?,
+            };
+            let head = self.subscribe(&session, &g, after);
+            groups.push(GroupCursor {
+                group: gid.to_string(),
+                seq: head,
+            });
+        }
+        self.users
+            .entry((session.tenant.clone(), session.user.clone()))
+            .or_default()
+            .push(session.clone());
+        self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+        let welcome = ServerFrame::Welcome {
+            session_id: session.id,
+            tenant: session.tenant.to_string(),
+            user: session.user.to_string(),
+            server_time_ms: now_ms(),
+            max_payload_bytes: self.limits.max_payload_bytes,
+            groups,
+        };
+        Ok((session, welcome))
+    }
+
+    /// Removes a session from every group and index. Idempotent.
+    pub(crate) fn close_session(&self, session: &Arc<Session>) {
+        if session.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let groups: Vec<GroupId> = session.groups.lock().drain().collect();
+        for gid in groups {
+            if let Some(g) = self.groups.get(&(session.tenant.clone(), gid)) {
+                g.fanout.lock().subscribers.retain(|s| s.id != session.id);
+            }
+        }
+        let key = (session.tenant.clone(), session.user.clone());
+        if let dashmap::Entry::Occupied(mut e) = self.users.entry(key) {
+            e.get_mut().retain(|s| s.id != session.id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Subscribes `session` to `g`, delivering everything after `after` (clamped to the
+    /// durable head). Returns the head. Idempotent for an already-subscribed group.
+    fn subscribe(&self, session: &Arc<Session>, g: &Arc<GroupState>, after: u64) -> u64 {
+        if !session.groups.lock().insert(g.id.clone()) {
+            return g.head();
+        }
+        let mut f = g.fanout.lock();
+        // Queue the change before becoming visible to the committer, so any push for this
+        // group the writer sees finds the subscription already applied.
+        session.sub_changes.lock().push(SubChange::Subscribe {
+            group: g.clone(),
+            after: after.min(f.head),
+        });
+        f.subscribers.push(session.clone());
+        let head = f.head;
+        drop(f);
+        session.request_catch_up();
+        head
+    }
+
+    fn unsubscribe(&self, session: &Arc<Session>, g: &GroupState) {
+        if !session.groups.lock().remove(&g.id) {
+            return;
+        }
+        g.fanout.lock().subscribers.retain(|s| s.id != session.id);
+        session
+            .sub_changes
+            .lock()
+            .push(SubChange::Unsubscribe(g.id.clone()));
+        session.wake.notify_one();
+    }
+
+    /// `Join`: adds the user to an open group (or confirms membership of a closed one) and
+    /// subscribes the session. A new member starts at the current head.
+    pub fn join(&self, session: &Arc<Session>, group: &str) -> Result<u64, RequestError> {
+        let gid = group_id(group)?;
+        let meta = self.store.group(&session.tenant, &gid)?.ok_or_else(|| {
+            RequestError::new(ErrorCode::GroupNotFound, format!("group {gid} not found"))
+        })?;
+        let g = self.group(&session.tenant, &gid)?;
+        let after = if self.store.is_member(&session.tenant, &gid, &session.user)? {
+            self.store.cursor(&session.tenant, &gid, &session.user)?
+        } else {
+            if !meta.open {
+                return Err(RequestError::new(
+                    ErrorCode::JoinRefused,
+                    format!("group {gid} is closed; membership is managed by the tenant"),
+                ));
+            }
+            let mine = self.store.groups_of(&session.tenant, &session.user)?.len();
+            if mine >= self.limits.max_groups_per_user as usize {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidArgument,
+                    "user is in max_groups_per_user groups already",
+                ));
+            }
+            // The store enforces the group's member limit atomically (GroupFull).
+            self.store
+                .add_member(&session.tenant, &gid, &session.user)?;
+            let head = g.head();
+            self.store
+                .advance_cursor(&session.tenant, &gid, &session.user, head)?;
+            head
+        };
+        // Other sessions of the same user follow the membership too.
+        for s in self.sessions_of(&session.tenant, &session.user) {
+            self.subscribe(&s, &g, after);
+        }
+        Ok(g.head())
+    }
+
+    /// `Leave`: removes the user from the group and stops deliveries to all its sessions.
+    pub fn leave(&self, session: &Arc<Session>, group: &str) -> Result<(), RequestError> {
+        let gid = group_id(group)?;
+        let g = self.group(&session.tenant, &gid)?;
+        self.require_member(session, &gid)?;
+        self.store
+            .remove_member(&session.tenant, &gid, &session.user)?;
+        for s in self.sessions_of(&session.tenant, &session.user) {
+            self.unsubscribe(&s, &g);
+        }
+        Ok(())
+    }
+
+    fn sessions_of(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Session>> {
+        self.users
+            .get(&(tenant.clone(), user.clone()))
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// `Send`: validates, appends and queues the commit. The ack is sent by the committer
+    /// once the append is durable; `reply` is the connection's response queue and `permit`
+    /// one of its in-flight slots, released with the ack.
+    pub async fn send(
+        &self,
+        session: &Session,
+        request_id: u64,
+        group: &str,
+        client_msg_id: &str,
+        body: Bytes,
+        reply: mpsc::Sender<Bytes>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), RequestError> {
+        if body.len() > self.limits.max_payload_bytes as usize {
+            return Err(RequestError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "body is {} bytes; max_payload_bytes is {}",
+                    body.len(),
+                    self.limits.max_payload_bytes
+                ),
+            ));
+        }
+        if client_msg_id.is_empty() || client_msg_id.len() > switchboard_core::id::MAX_ID_LEN {
+            return Err(RequestError::new(
+                ErrorCode::InvalidArgument,
+                "client_msg_id must be 1..=64 bytes",
+            ));
+        }
+        let gid = group_id(group)?;
+        let g = self.group(&session.tenant, &gid)?;
+        self.require_member(session, &gid)?;
+
+        let _order = g.append.lock().await;
+        let sent_at_ms = now_ms();
+        let appended = self.store.append(
+            &session.tenant,
+            &gid,
+            NewMessage {
+                sender: &session.user,
+                client_msg_id,
+                sent_at_ms,
+                body: &body,
+            },
+        )?;
+        let (seq, deliver, duplicate) = match appended {
+            Appended::New { seq } => {
+                let frame = wire::encode_server(&ServerFrame::Deliver(Message {
+                    group: gid.to_string(),
+                    seq,
+                    sender: session.user.to_string(),
+                    client_msg_id: client_msg_id.to_owned(),
+                    sent_at_ms,
+                    body,
+                }));
+                (seq, Some(frame), false)
+            }
+            Appended::Duplicate { seq } => (seq, None, true),
+        };
+        let ack = wire::encode_server(&ServerFrame::Ack {
+            request_id,
+            group: gid.to_string(),
+            client_msg_id: client_msg_id.to_owned(),
+            seq,
+            duplicate,
+        });
+        let commit = Commit {
+            group: g.clone(),
+            seq,
+            request_id,
+            deliver,
+            ack,
+            reply,
+            _permit: permit,
+        };
+        // Still under the append lock: commits of one group enter the queue in seq order.
+        self.commit_tx
+            .send(commit)
+            .await
+            .map_err(|_| RequestError::new(ErrorCode::ShuttingDown, "node is shutting down"))?;
+        if duplicate {
+            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics
+                .messages_accepted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// `Fetch`: durable messages after `after`, at most `limit` (capped by the node).
+    pub fn fetch(
+        &self,
+        session: &Session,
+        group: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<Message>, u64), RequestError> {
+        let gid = group_id(group)?;
+        let g = self.group(&session.tenant, &gid)?;
+        self.require_member(session, &gid)?;
+        let head = g.head();
+        let limit = limit.min(self.limits.max_fetch_messages) as usize;
+        let msgs = if after >= head || limit == 0 {
+            Vec::new()
+        } else {
+            let n = limit.min((head - after) as usize);
+            self.store
+                .read_after(&session.tenant, &gid, after, n)?
+                .into_iter()
+                .filter(|m| m.seq <= head)
+                .map(|m| to_message(&gid, m))
+                .collect()
+        };
+        Ok((msgs, head))
+    }
+
+    /// `AckDelivery`: persists the member's cursor (never past the durable head).
+    pub fn ack_delivery(
+        &self,
+        session: &Session,
+        group: &str,
+        seq: u64,
+    ) -> Result<(), RequestError> {
+        let gid = group_id(group)?;
+        let g = self.group(&session.tenant, &gid)?;
+        self.require_member(session, &gid)?;
+        let seq = seq.min(g.head());
+        self.store
+            .advance_cursor(&session.tenant, &gid, &session.user, seq)?;
+        Ok(())
+    }
+
+    /// `Receipt`: stores it and tells the message's sender.
+    pub fn receipt(
+        &self,
+        session: &Session,
+        group: &str,
+        seq: u64,
+        kind: ReceiptKind,
+    ) -> Result<(), RequestError> {
+        let gid = group_id(group)?;
+        let g = self.group(&session.tenant, &gid)?;
+        self.require_member(session, &gid)?;
+        if seq == 0 || seq > g.head() {
+            return Err(RequestError::new(
+                ErrorCode::InvalidArgument,
+                format!("no message {seq} in group {gid}"),
+            ));
+        }
+        let at_ms = now_ms();
+        self.store.put_receipt(
+            &session.tenant,
+            &gid,
+            seq,
+            &StoredReceipt {
+                user: session.user.clone(),
+                kind,
+                at_ms,
+            },
+        )?;
+        let Some(msg) = self.store.message(&session.tenant, &gid, seq)? else {
+            return Ok(());
+        };
+        let targets = self.sessions_of(&session.tenant, &msg.sender);
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let frame = wire::encode_server(&ServerFrame::ReceiptNotice {
+            group: gid.to_string(),
+            seq,
+            user: session.user.to_string(),
+            kind,
+        });
+        for s in targets {
+            s.push(Push::Notice(frame.clone()), &self.metrics);
+        }
+        Ok(())
+    }
+
+    /// `Presence`: records the state and tells connected members of the user's groups.
+    pub fn set_presence(&self, session: &Session, state: PresenceState) {
+        let v = match state {
+            PresenceState::Foreground => 0,
+            PresenceState::Background => 1,
+        };
+        if session.presence.swap(v, Ordering::Relaxed) == v {
+            return;
+        }
+        let frame = wire::encode_server(&ServerFrame::PresenceNotice {
+            user: session.user.to_string(),
+            state,
+        });
+        let groups: Vec<GroupId> = session.groups.lock().iter().cloned().collect();
+        let mut told = HashSet::new();
+        for gid in groups {
+            let Some(g) = self
+                .groups
+                .get(&(session.tenant.clone(), gid))
+                .map(|g| g.clone())
+            else {
+                continue;
+            };
+            let subs = g.fanout.lock().subscribers.clone();
+            for s in subs {
+                if s.user != session.user && told.insert(s.id) {
+                    s.push(Push::Notice(frame.clone()), &self.metrics);
+                }
+            }
+        }
+    }
+
+    /// Messages of `group` after `after`, up to `upto`, for a push writer's catch-up.
+    fn read_for_catch_up(
+        &self,
+        g: &GroupState,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let n = ((upto - after) as usize).min(self.limits.max_fetch_messages as usize);
+        let mut msgs = self.store.read_after(&g.tenant, &g.id, after, n)?;
+        msgs.retain(|m| m.seq <= upto);
+        Ok(msgs)
+    }
+}
+
+fn to_message(gid: &GroupId, m: StoredMessage) -> Message {
+    Message {
+        group: gid.to_string(),
+        seq: m.seq,
+        sender: m.sender.to_string(),
+        client_msg_id: m.client_msg_id,
+        sent_at_ms: m.sent_at_ms,
+        body: m.body,
+    }
+}
+
+impl Committer {
+    /// Runs until the hub is dropped or [`Committer::close`] is signalled through `stop`,
+    /// then commits what is queued and returns.
+    pub async fn run(mut self, stop: Arc<Notify>) {
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            let n = tokio::select! {
+                n = self.rx.recv_many(&mut batch, MAX_COMMIT_BATCH) => n,
+                _ = stop.notified() => {
+                    self.rx.close();
+                    self.rx.recv_many(&mut batch, MAX_COMMIT_BATCH).await
+                }
+            };
+            if n == 0 {
+                return;
+            }
+            self.commit(&mut batch).await;
+        }
+    }
+
+    async fn commit(&mut self, batch: &mut Vec<Commit>) {
+        let store = self.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("flush task failed: {e}"))));
+        let Some(hub) = self.hub.upgrade() else {
+            batch.clear();
+            return;
+        };
+        match flushed {
+            Ok(()) => {
+                hub.metrics.flushes.fetch_add(1, Ordering::Relaxed);
+                for c in batch.drain(..) {
+                    if let Some(frame) = c.deliver {
+                        hub.publish(&c.group, c.seq, frame);
+                    }
+                    // Cannot be full: the queue has room for every in-flight permit.
+                    let _ = c.reply.try_send(c.ack);
+                }
+            }
+            Err(e) => {
+                hub.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, n = batch.len(), "flush failed; refusing the batch");
+                let err = RequestError::new(
+                    ErrorCode::StoreUnavailable,
+                    "storage unavailable; not acknowledged, retry with the same client_msg_id",
+                );
+                for c in batch.drain(..) {
+                    let frame = wire::encode_server(&ServerFrame::Error(err.frame(c.request_id)));
+                    let _ = c.reply.try_send(frame);
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// Makes `seq` visible: advances the durable head and queues the frame to subscribers.
+    fn publish(&self, g: &GroupState, seq: u64, frame: Bytes) {
+        let mut f = g.fanout.lock();
+        f.head = f.head.max(seq);
+        for s in &f.subscribers {
+            s.push(
+                Push::Deliver {
+                    group: g.id.clone(),
+                    seq,
+                    frame: frame.clone(),
+                },
+                &self.metrics,
+            );
+        }
+        self.metrics
+            .deliveries_live
+            .fetch_add(f.subscribers.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Decides what a session's push stream carries next. Owned by the writer task; the
+/// transport only writes the frames it returns.
+pub(crate) struct PushPlanner {
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    /// Per subscribed group: its state and the highest seq already written.
+    sent: HashMap<GroupId, (Arc<GroupState>, u64)>,
+}
+
+impl PushPlanner {
+    pub(crate) fn new(hub: Arc<Hub>, session: Arc<Session>) -> Self {
+        Self {
+            hub,
+            session,
+            sent: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Waits until there is something to do (a push arrived or a catch-up was requested).
+    pub(crate) async fn wait(&self) {
+        self.session.wake.notified().await
+    }
+
+    fn apply_sub_changes(&mut self) {
+        let changes = std::mem::take(&mut *self.session.sub_changes.lock());
+        for c in changes {
+            match c {
+                SubChange::Subscribe { group, after } => {
+                    self.sent.insert(group.id.clone(), (group, after));
+                }
+                SubChange::Unsubscribe(id) => {
+                    self.sent.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Appends the frames for one push to `out`, filling a gap from the log first.
+    pub(crate) fn plan(&mut self, push: Push, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+        self.apply_sub_changes();
+        match push {
+            Push::Notice(frame) => out.push(frame),
+            Push::Deliver { group, seq, frame } => {
+                let Some((g, sent)) = self.sent.get(&group) else {
+                    return Ok(()); // left the group since
+                };
+                if seq <= *sent {
+                    return Ok(());
+                }
+                if seq > *sent + 1 {
+                    let g = g.clone();
+                    self.fill(&g, seq - 1, out)?;
+                }
+                // Only write it if the gap is closed (a fill is bounded per call).
+                if let Some((_, sent)) = self.sent.get_mut(&group) {
+                    if *sent + 1 == seq {
+                        out.push(frame);
+                        *sent = seq;
+                    } else {
+                        self.session.request_catch_up();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// If a catch-up was requested, appends up to one batch of log messages per group that is
+    /// behind its durable head. Returns true if more remain (call again after writing `out`).
+    pub(crate) fn catch_up(&mut self, out: &mut Vec<Bytes>) -> Result<bool, StoreError> {
+        self.apply_sub_changes();
+        if !self.session.catch_up.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let groups: Vec<Arc<GroupState>> = self.sent.values().map(|(g, _)| g.clone()).collect();
+        let mut more = false;
+        for g in groups {
+            let head = g.head();
+            self.fill(&g, head, out)?;
+            if self.sent.get(&g.id).is_some_and(|(_, s)| *s < head) {
+                more = true;
+            }
+        }
+        if more {
+            self.session.catch_up.store(true, Ordering::Release);
+        }
+        Ok(more)
+    }
+
+    /// Appends one batch of messages (sent, upto] of `g` from the log.
+    fn fill(&mut self, g: &GroupState, upto: u64, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+        let Some((_, sent)) = self.sent.get_mut(&g.id) else {
+            return Ok(());
+        };
+        if *sent >= upto {
+            return Ok(());
+        }
+        let msgs = self.hub.read_for_catch_up(g, *sent, upto)?;
+        for m in msgs {
+            if m.seq != *sent + 1 {
+                // A hole in the log would break the order invariant; stop and say so.
+                return Err(StoreError::Corrupt {
+                    tree: "log",
+                    detail: format!("group {} expected seq {} got {}", g.id, *sent + 1, m.seq),
+                });
+            }
+            *sent = m.seq;
+            out.push(wire::encode_server(&ServerFrame::Deliver(to_message(
+                &g.id, m,
+            ))));
+            self.hub
+                .metrics
+                .deliveries_catch_up
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! TLS material and the QUIC server configuration.
+//!
+//! The node speaks TLS 1.3 only (QUIC requires it) with the ring provider, built explicitly so
+//! nothing depends on a process-wide default provider.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use switchboard_core::Limits;
+
+use crate::EdgeError;
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct TlsIdentity {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for TlsIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+impl TlsIdentity {
+    /// Loads a certificate chain and key from PEM or DER files (chosen by content).
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, EdgeError> {
+        let tls = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+            EdgeError::Tls(format!("{what} {}: {e}", p.display()))
+        };
+        let cert_bytes = std::fs::read(cert).map_err(|e| tls("reading", cert, &e))?;
+        let key_bytes = std::fs::read(key).map_err(|e| tls("reading", key, &e))?;
+        let cert_chain = if cert_bytes.starts_with(b"-----") {
+            CertificateDer::pem_slice_iter(&cert_bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls("parsing", cert, &e))?
+        } else {
+            vec![CertificateDer::from(cert_bytes)]
+        };
+        if cert_chain.is_empty() {
+            return Err(tls("parsing", cert, &"no certificate found"));
+        }
+        let key = if key_bytes.starts_with(b"-----") {
+            PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| tls("parsing", key, &e))?
+        } else {
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_bytes))
+        };
+        Ok(Self { cert_chain, key })
+    }
+
+    /// A fresh self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
+    pub fn self_signed() -> Result<Self, EdgeError> {
+        let names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let ck = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| EdgeError::Tls(format!("generating certificate: {e}")))?;
+        Ok(Self {
+            cert_chain: vec![ck.cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
+        })
+    }
+
+    /// Loads the dev certificate from `dir` (`cert.der`, `key.der`), creating it on first use.
+    /// `cert.pem` is written too, for tools that want PEM. Returns the identity and cert path.
+    pub fn dev_in(dir: &Path) -> Result<(Self, PathBuf), EdgeError> {
+        let cert_path = dir.join("cert.der");
+        let key_path = dir.join("key.der");
+        if cert_path.exists() && key_path.exists() {
+            return Ok((Self::load(&cert_path, &key_path)?, cert_path));
+        }
+        let id = Self::self_signed()?;
+        let io = |e: std::io::Error| EdgeError::Tls(format!("writing dev certificate: {e}"));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let PrivateKeyDer::Pkcs8(key) = &id.key else {
+            unreachable!("self_signed returns PKCS#8")
+        };
+        write_private(&key_path, key.secret_pkcs8_der()).map_err(io)?;
+        std::fs::write(&cert_path, id.cert_chain[0].as_ref()).map_err(io)?;
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
+            pem_base64(id.cert_chain[0].as_ref())
+        );
+        std::fs::write(dir.join("cert.pem"), pem).map_err(io)?;
+        Ok((id, cert_path))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
+}
+
+/// Base64 with 64-column lines, as PEM wants. Small and only used for the dev cert.
+fn pem_base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    let mut out = String::new();
+    for line in s.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("ascii"));
+        out.push('\n');
+    }
+    out
+}
+
+/// The quinn server configuration: TLS 1.3 with the `switchboard/1` ALPN and transport limits
+/// taken from [`Limits`].
+pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerConfig, EdgeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| EdgeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(id.cert_chain.clone(), id.key.clone_key())
+        .map_err(|e| EdgeError::Tls(format!("certificate/key: {e}")))?;
+    tls.alpn_protocols = vec![switchboard_wire::ALPN.to_vec()];
+    // 0-RTT would let a replayed Send reach the node before the handshake completes.
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
+        // Clients never open unidirectional streams in switchboard/1.
+        .max_concurrent_uni_streams(0u32.into())
+        .max_idle_timeout(Some(
+            Duration::from_millis(limits.idle_timeout_ms)
+                .try_into()
+                .map_err(|_| EdgeError::Config("idle_timeout_ms too large".into()))?,
+        ))
+        // A stream may hold a few maximum-size frames in flight; the connection a few more.
+        .stream_receive_window((limits.max_frame_bytes.saturating_mul(4)).into())
+        .receive_window((limits.max_frame_bytes.saturating_mul(16)).into())
+        .datagram_receive_buffer_size(None);
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_base64_matches_known_vectors() {
+        assert_eq!(pem_base64(b"foobar"), "Zm9vYmFy\n");
+        assert_eq!(pem_base64(b"fooba"), "Zm9vYmE=\n");
+        assert_eq!(pem_base64(b"foob"), "Zm9vYg==\n");
+    }
+
+    #[test]
+    fn dev_cert_round_trips_through_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, path) = TlsIdentity::dev_in(dir.path()).unwrap();
+        let (b, _) = TlsIdentity::dev_in(dir.path()).unwrap();
+        assert_eq!(
+            a.cert_chain, b.cert_chain,
+            "second call reuses the stored cert"
+        );
+        let pem =
+            TlsIdentity::load(&dir.path().join("cert.pem"), &dir.path().join("key.der")).unwrap();
+        assert_eq!(pem.cert_chain, a.cert_chain);
+        assert!(path.ends_with("cert.der"));
+        server_config(&a, &Limits::default()).unwrap();
+    }
+}

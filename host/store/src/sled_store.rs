@@ -1,0 +1,608 @@
+//! [`SledStore`]: the [`Store`] on sled. Key layout in [`keys`], value encodings in [`codec`].
+//!
+//! Trees: `directory` (tenants, groups, members and the per-user index of memberships),
+//! `log` (messages), `dedupe` (`(sender, client_msg_id)` → seq), `cursors` and `receipts`.
+//!
+//! Atomicity: an append writes its log entry and its dedupe entry in one sled transaction;
+//! `add_member` / `remove_member` update the member, the user's index entry and the group's
+//! member count in one transaction. Single-key read-modify-writes (cursors, receipts) use
+//! compare-and-swap loops, and `create_group` a compare-and-swap from absent.
+//!
+//! Costs worth knowing. sled 0.34 runs every transaction (and `apply_batch`) under one
+//! process-wide lock, and once any transaction has run every other sled call takes that lock
+//! shared: appends and membership changes serialise on it even across groups. The critical
+//! section is in memory and short (no fsync), but it is the ceiling on append throughput.
+//! `append` does not consult the directory (the caller has checked membership), and nothing
+//! is ever removed from the log or dedupe trees yet (no retention).
+
+mod codec;
+mod keys;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use sled::transaction::{abort, ConflictableTransactionError, TransactionError};
+use sled::{IVec, Transactional, Tree};
+use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
+
+use crate::{
+    Appended, GroupMeta, NewMessage, Store, StoreError, StoredMessage, StoredReceipt, TenantRecord,
+};
+use codec::{corrupt, GroupRecord, CURSORS, DEDUPE, DIRECTORY, LOG, RECEIPTS};
+use keys::Key;
+
+/// Key of the on-disk format marker in sled's default tree.
+const FORMAT_KEY: &[u8] = b"switchboard.format";
+const FORMAT: &[u8] = &[1];
+
+/// How often an append retries when it finds its sequence number taken. That only happens
+/// when callers break the one-appender-per-group contract; each retry re-reads the head.
+const MAX_SEQ_RETRIES: usize = 100;
+
+/// How to open a [`SledStore`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SledStoreConfig {
+    /// Directory of the database (created if missing).
+    pub path: PathBuf,
+    /// Most bytes of page cache kept in memory.
+    pub cache_capacity_bytes: u64,
+    /// Background flush interval, or `None` for no background flushing. The durability
+    /// contract does not rely on it (only [`Store::flush`] promises durability); it bounds
+    /// how much is lost on a crash for writes nobody flushed.
+    pub flush_every_ms: Option<u64>,
+}
+
+impl SledStoreConfig {
+    /// Defaults: 256 MiB of cache, background flush every 500 ms.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            cache_capacity_bytes: 256 << 20,
+            flush_every_ms: Some(500),
+        }
+    }
+
+    pub fn cache_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.cache_capacity_bytes = bytes;
+        self
+    }
+
+    pub fn flush_every_ms(mut self, every: Option<u64>) -> Self {
+        self.flush_every_ms = every;
+        self
+    }
+}
+
+/// The [`Store`] on sled: one directory on disk. Cheap to clone (the clones share one
+/// database).
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    db: sled::Db,
+    directory: Tree,
+    log: Tree,
+    dedupe: Tree,
+    cursors: Tree,
+    receipts: Tree,
+    /// Newest sequence number of each group with messages, keyed by the group's prefix
+    /// ([`keys::group_prefix`]), loaded lazily from the log's last key. Only ever raised
+    /// (`raise_head`), so a reader that loaded an older head from disk cannot lower it.
+    heads: DashMap<Box<[u8]>, u64>,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn txn_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => io(e),
+    }
+}
+
+/// Why an append's transaction aborted.
+enum AppendAbort {
+    /// The log already has an entry with the sequence number we picked.
+    SeqTaken,
+    Store(StoreError),
+}
+
+/// Decision of a compare-and-swap update ([`cas_update`]).
+enum Update<T, V> {
+    /// Leave the value as it is and return this.
+    Keep(T),
+    /// Write the value and return this.
+    Write(V, T),
+}
+
+/// Read-modify-write of one key without a transaction: `decide` sees the current value and
+/// is asked again if the value changed before the write landed.
+fn cas_update<T, V: AsRef<[u8]>>(
+    tree: &Tree,
+    key: &[u8],
+    mut decide: impl FnMut(Option<&[u8]>) -> Result<Update<T, V>, StoreError>,
+) -> Result<T, StoreError> {
+    let mut current = tree.get(key).map_err(io)?;
+    loop {
+        match decide(current.as_deref())? {
+            Update::Keep(out) => return Ok(out),
+            Update::Write(new, out) => {
+                match tree
+                    .compare_and_swap(key, current.as_ref(), Some(new.as_ref()))
+                    .map_err(io)?
+                {
+                    Ok(()) => return Ok(out),
+                    Err(conflict) => current = conflict.current,
+                }
+            }
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path` with default settings.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(SledStoreConfig::new(path))
+    }
+
+    /// Opens (or creates) the store as `config` says.
+    pub fn open_with(config: SledStoreConfig) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(config.flush_every_ms)
+            .open()
+            .map_err(io)?;
+        match db
+            .compare_and_swap(FORMAT_KEY, None::<&[u8]>, Some(FORMAT))
+            .map_err(io)?
+        {
+            Ok(()) => {}
+            Err(e) if e.current.as_deref() == Some(FORMAT) => {}
+            Err(e) => {
+                return Err(corrupt(
+                    "meta",
+                    format!("unknown store format {:?}", e.current),
+                ));
+            }
+        }
+        let tree = |name: &str| db.open_tree(name).map_err(io);
+        let inner = Inner {
+            directory: tree(DIRECTORY)?,
+            log: tree(LOG)?,
+            dedupe: tree(DEDUPE)?,
+            cursors: tree(CURSORS)?,
+            receipts: tree(RECEIPTS)?,
+            heads: DashMap::new(),
+            path: config.path,
+            db,
+        };
+        tracing::debug!(path = %inner.path.display(), "store opened");
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner.db.size_on_disk().map_err(io)
+    }
+
+    /// How many members a group has (a stored count, not a scan), `None` if there is no such
+    /// group.
+    pub fn member_count(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+    ) -> Result<Option<u32>, StoreError> {
+        Ok(self.group_record(tenant, group)?.map(|g| g.members))
+    }
+
+    fn group_record(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+    ) -> Result<Option<GroupRecord>, StoreError> {
+        let key = keys::group(tenant, group);
+        match self.inner.directory.get(key).map_err(io)? {
+            Some(v) => Ok(Some(codec::decode_group(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Ids that are the last key component under `prefix` in the directory, in key order.
+    fn directory_ids<T>(
+        &self,
+        prefix: &[u8],
+        parse: impl Fn(&str) -> Result<T, switchboard_core::IdError>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.inner
+            .directory
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, _) = kv.map_err(io)?;
+                codec::parse_id(DIRECTORY, &k[prefix.len()..], &parse)
+            })
+            .collect()
+    }
+
+    /// The group's head: from the cache, else from the log's last key (then cached).
+    fn current_head(&self, prefix: &Key) -> Result<u64, StoreError> {
+        if let Some(head) = self.inner.heads.get(prefix.as_slice()) {
+            return Ok(*head);
+        }
+        let head = self.disk_head(prefix)?;
+        // Empty groups are not cached: the cache then only grows with groups that have
+        // messages, however many ids `head` is asked about.
+        if head > 0 {
+            self.raise_head(prefix, head);
+        }
+        Ok(head)
+    }
+
+    fn disk_head(&self, prefix: &Key) -> Result<u64, StoreError> {
+        match self.inner.log.scan_prefix(prefix).next_back() {
+            None => Ok(0),
+            Some(kv) => {
+                let (k, _) = kv.map_err(io)?;
+                keys::log_seq(&k).ok_or_else(|| corrupt(LOG, "short log key"))
+            }
+        }
+    }
+
+    fn raise_head(&self, prefix: &Key, seq: u64) {
+        if let Some(mut head) = self.inner.heads.get_mut(prefix.as_slice()) {
+            *head = (*head).max(seq);
+            return;
+        }
+        self.inner
+            .heads
+            .entry(prefix.as_slice().into())
+            .and_modify(|head| *head = (*head).max(seq))
+            .or_insert(seq);
+    }
+}
+
+impl Store for SledStore {
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
+        let key = keys::tenant(&tenant.id);
+        self.inner
+            .directory
+            .insert(key, codec::encode_tenant(&tenant.secret))
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        match self.inner.directory.get(keys::tenant(id)).map_err(io)? {
+            Some(v) => Ok(Some(codec::decode_tenant(id.clone(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
+        let prefix = [keys::TAG_TENANT];
+        self.inner
+            .directory
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                let id = codec::parse_id(DIRECTORY, &k[prefix.len()..], TenantId::new)?;
+                codec::decode_tenant(id, &v)
+            })
+            .collect()
+    }
+
+    fn create_group(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        meta: GroupMeta,
+    ) -> Result<(), StoreError> {
+        let key = keys::group(tenant, group);
+        let record = codec::encode_group(&GroupRecord { meta, members: 0 });
+        match self
+            .inner
+            .directory
+            .compare_and_swap(key, None::<&[u8]>, Some(&record[..]))
+            .map_err(io)?
+        {
+            Ok(()) => Ok(()),
+            Err(_) => Err(StoreError::GroupExists(group.clone())),
+        }
+    }
+
+    fn group(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<GroupMeta>, StoreError> {
+        Ok(self.group_record(tenant, group)?.map(|g| g.meta))
+    }
+
+    fn add_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let group_key = keys::group(tenant, group);
+        let member_key = keys::member(tenant, group, user);
+        let index_key = keys::user_group(tenant, user, group);
+        self.inner
+            .directory
+            .transaction(|tx| {
+                let Some(raw) = tx.get(group_key)? else {
+                    return abort(StoreError::GroupNotFound(group.clone()));
+                };
+                let mut record =
+                    codec::decode_group(&raw).map_err(ConflictableTransactionError::Abort)?;
+                if tx.get(member_key)?.is_some() {
+                    return Ok(false);
+                }
+                if record.members >= record.meta.max_members {
+                    return abort(StoreError::GroupFull {
+                        group: group.clone(),
+                        max: record.meta.max_members,
+                    });
+                }
+                record.members += 1;
+                tx.insert(member_key.as_slice(), &[][..])?;
+                tx.insert(index_key.as_slice(), &[][..])?;
+                tx.insert(group_key.as_slice(), &codec::encode_group(&record)[..])?;
+                Ok(true)
+            })
+            .map_err(txn_err)
+    }
+
+    fn remove_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let group_key = keys::group(tenant, group);
+        let member_key = keys::member(tenant, group, user);
+        let index_key = keys::user_group(tenant, user, group);
+        self.inner
+            .directory
+            .transaction(|tx| {
+                if tx.get(member_key)?.is_none() {
+                    return Ok(false);
+                }
+                let Some(raw) = tx.get(group_key)? else {
+                    return abort(corrupt(
+                        DIRECTORY,
+                        format!("member of missing group {group}"),
+                    ));
+                };
+                let mut record =
+                    codec::decode_group(&raw).map_err(ConflictableTransactionError::Abort)?;
+                let Some(members) = record.members.checked_sub(1) else {
+                    return abort(corrupt(
+                        DIRECTORY,
+                        format!("member count of {group} below zero"),
+                    ));
+                };
+                record.members = members;
+                tx.remove(member_key.as_slice())?;
+                tx.remove(index_key.as_slice())?;
+                tx.insert(group_key.as_slice(), &codec::encode_group(&record)[..])?;
+                Ok(true)
+            })
+            .map_err(txn_err)
+    }
+
+    fn is_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .directory
+            .contains_key(keys::member(tenant, group, user))
+            .map_err(io)
+    }
+
+    fn members(&self, tenant: &TenantId, group: &GroupId) -> Result<Vec<UserId>, StoreError> {
+        self.directory_ids(keys::members_prefix(tenant, group).as_slice(), UserId::new)
+    }
+
+    fn groups_of(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<GroupId>, StoreError> {
+        self.directory_ids(
+            keys::user_groups_prefix(tenant, user).as_slice(),
+            GroupId::new,
+        )
+    }
+
+    fn append(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        msg: NewMessage<'_>,
+    ) -> Result<Appended, StoreError> {
+        let prefix = keys::group_prefix(tenant, group);
+        let dedupe_key = keys::dedupe(&prefix, msg.sender, msg.client_msg_id);
+        let value = IVec::from(codec::encode_message(&msg));
+        for _ in 0..MAX_SEQ_RETRIES {
+            let seq = self.current_head(&prefix)? + 1;
+            let log_key = keys::log(&prefix, seq);
+            let outcome = (&self.inner.log, &self.inner.dedupe).transaction(|(log, dedupe)| {
+                if let Some(earlier) = dedupe.get(&dedupe_key)? {
+                    let seq = codec::decode_seq(DEDUPE, &earlier)
+                        .map_err(|e| ConflictableTransactionError::Abort(AppendAbort::Store(e)))?;
+                    return Ok(Appended::Duplicate { seq });
+                }
+                // `insert` reads the old value anyway, so this guard against overwriting a
+                // message is free.
+                if log.insert(log_key.as_slice(), value.clone())?.is_some() {
+                    return abort(AppendAbort::SeqTaken);
+                }
+                dedupe.insert(dedupe_key.as_slice(), &codec::encode_seq(seq)[..])?;
+                Ok(Appended::New { seq })
+            });
+            match outcome {
+                Ok(appended) => {
+                    if let Appended::New { seq } = appended {
+                        self.raise_head(&prefix, seq);
+                    }
+                    return Ok(appended);
+                }
+                Err(TransactionError::Abort(AppendAbort::SeqTaken)) => {
+                    tracing::warn!(
+                        %tenant, %group, seq,
+                        "sequence number taken: concurrent appends to one group"
+                    );
+                    let head = self.disk_head(&prefix)?;
+                    self.raise_head(&prefix, head);
+                }
+                Err(TransactionError::Abort(AppendAbort::Store(e))) => return Err(e),
+                Err(TransactionError::Storage(e)) => return Err(io(e)),
+            }
+        }
+        Err(StoreError::Io(format!(
+            "append to {tenant}/{group}: sequence number taken {MAX_SEQ_RETRIES} times"
+        )))
+    }
+
+    fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError> {
+        self.current_head(&keys::group_prefix(tenant, group))
+    }
+
+    fn read_after(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = keys::group_prefix(tenant, group);
+        let start = keys::log(&prefix, first);
+        let end = keys::log(&prefix, u64::MAX);
+        let mut out = Vec::with_capacity(limit.min(64));
+        for kv in self
+            .inner
+            .log
+            .range(start.as_slice()..=end.as_slice())
+            .take(limit)
+        {
+            let (k, v) = kv.map_err(io)?;
+            let seq = keys::log_seq(&k).ok_or_else(|| corrupt(LOG, "short log key"))?;
+            out.push(codec::decode_message(seq, v)?);
+        }
+        Ok(out)
+    }
+
+    fn message(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let key = keys::log(&keys::group_prefix(tenant, group), seq);
+        match self.inner.log.get(key).map_err(io)? {
+            Some(v) => Ok(Some(codec::decode_message(seq, v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn advance_cursor(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+        seq: u64,
+    ) -> Result<u64, StoreError> {
+        let key = keys::cursor(tenant, group, user);
+        cas_update(&self.inner.cursors, key.as_slice(), |current| {
+            let current = current
+                .map(|v| codec::decode_seq(CURSORS, v))
+                .transpose()?
+                .unwrap_or(0);
+            Ok(if seq > current {
+                Update::Write(codec::encode_seq(seq), seq)
+            } else {
+                Update::Keep(current)
+            })
+        })
+    }
+
+    fn cursor(&self, tenant: &TenantId, group: &GroupId, user: &UserId) -> Result<u64, StoreError> {
+        match self
+            .inner
+            .cursors
+            .get(keys::cursor(tenant, group, user))
+            .map_err(io)?
+        {
+            Some(v) => codec::decode_seq(CURSORS, &v),
+            None => Ok(0),
+        }
+    }
+
+    fn put_receipt(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+        receipt: &StoredReceipt,
+    ) -> Result<(), StoreError> {
+        let key = keys::receipt(tenant, group, seq, &receipt.user);
+        cas_update(&self.inner.receipts, key.as_slice(), |current| {
+            let keep = match current.map(codec::decode_receipt).transpose()? {
+                None => false,
+                // Never downgrade; a repeated receipt keeps the first time it was recorded.
+                Some((ReceiptKind::Read, _)) => true,
+                Some((ReceiptKind::Delivered, _)) => receipt.kind == ReceiptKind::Delivered,
+            };
+            Ok(if keep {
+                Update::Keep(())
+            } else {
+                Update::Write(codec::encode_receipt(receipt.kind, receipt.at_ms), ())
+            })
+        })
+    }
+
+    fn receipts(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Vec<StoredReceipt>, StoreError> {
+        let prefix = keys::receipts_prefix(tenant, group, seq);
+        self.inner
+            .receipts
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(io)?;
+                let user = codec::parse_id(RECEIPTS, &k[prefix.as_slice().len()..], UserId::new)?;
+                codec::receipt(user, &v)
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush().map_err(io)?;
+        Ok(())
+    }
+}

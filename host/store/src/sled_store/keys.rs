@@ -1,0 +1,158 @@
+//! Key layout of every sled tree. Keys are built on the stack ([`Key`]) so lookups on the
+//! message path do not allocate.
+//!
+//! Every id component except a key's last is length-prefixed (one byte: ids are at most
+//! [`MAX_ID_LEN`] bytes), so a key's components can be read back only one way: tenant `a`
+//! group `bc` is `01 'a' 02 'b' 'c'`, tenant `ab` group `c` is `02 'a' 'b' 01 'c'`. The last
+//! component is the rest of the key, unprefixed, which keeps keys under one prefix sorted the
+//! way the ids themselves sort (`members` and `groups_of` return scans in order, unsorted).
+//! Sequence numbers are big-endian `u64`, so a group's log scans in sequence order.
+
+use switchboard_core::id::MAX_ID_LEN;
+use switchboard_core::{GroupId, TenantId, UserId};
+
+/// Tags of the directory tree's record kinds (first key byte).
+pub(super) const TAG_TENANT: u8 = b'T';
+pub(super) const TAG_GROUP: u8 = b'G';
+pub(super) const TAG_MEMBER: u8 = b'M';
+pub(super) const TAG_USER_GROUP: u8 = b'U';
+
+/// Longest key built here: a tag, two length-prefixed ids, a sequence number and a last id.
+const CAP: usize = 1 + 2 * (1 + MAX_ID_LEN) + 8 + MAX_ID_LEN;
+
+/// A key under construction, on the stack.
+#[derive(Clone, Copy)]
+pub(super) struct Key {
+    len: usize,
+    buf: [u8; CAP],
+}
+
+impl Key {
+    fn empty() -> Self {
+        Self {
+            len: 0,
+            buf: [0; CAP],
+        }
+    }
+
+    fn tagged(tag: u8) -> Self {
+        Self::empty().bytes(&[tag])
+    }
+
+    fn bytes(mut self, bytes: &[u8]) -> Self {
+        // Ids are validated to at most MAX_ID_LEN bytes and CAP covers the longest layout,
+        // so this cannot overflow; the slice index would panic if that ever changed.
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+        self
+    }
+
+    /// A length-prefixed id (any component but the last).
+    fn id(self, id: &str) -> Self {
+        debug_assert!(id.len() <= MAX_ID_LEN);
+        self.bytes(&[id.len() as u8]).bytes(id.as_bytes())
+    }
+
+    /// The last component: the rest of the key.
+    fn last(self, id: &str) -> Self {
+        self.bytes(id.as_bytes())
+    }
+
+    fn seq(self, seq: u64) -> Self {
+        self.bytes(&seq.to_be_bytes())
+    }
+
+    pub(super) fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl AsRef<[u8]> for Key {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+// --- directory tree ---
+
+/// `T tenant` → tenant record.
+pub(super) fn tenant(tenant: &TenantId) -> Key {
+    Key::tagged(TAG_TENANT).last(tenant.as_str())
+}
+
+/// `G len tenant group` → group record (meta and member count).
+pub(super) fn group(tenant: &TenantId, group: &GroupId) -> Key {
+    Key::tagged(TAG_GROUP)
+        .id(tenant.as_str())
+        .last(group.as_str())
+}
+
+/// `M len tenant len group` ...
+pub(super) fn members_prefix(tenant: &TenantId, group: &GroupId) -> Key {
+    Key::tagged(TAG_MEMBER)
+        .id(tenant.as_str())
+        .id(group.as_str())
+}
+
+/// ... `user` → empty (a member).
+pub(super) fn member(tenant: &TenantId, group: &GroupId, user: &UserId) -> Key {
+    members_prefix(tenant, group).last(user.as_str())
+}
+
+/// `U len tenant len user` ...
+pub(super) fn user_groups_prefix(tenant: &TenantId, user: &UserId) -> Key {
+    Key::tagged(TAG_USER_GROUP)
+        .id(tenant.as_str())
+        .id(user.as_str())
+}
+
+/// ... `group` → empty (the per-user index of memberships).
+pub(super) fn user_group(tenant: &TenantId, user: &UserId, group: &GroupId) -> Key {
+    user_groups_prefix(tenant, user).last(group.as_str())
+}
+
+// --- log, cursors and receipts trees: keys start with `len tenant len group` ---
+
+/// `len tenant len group`: a group's prefix in the log, cursors and receipts trees.
+pub(super) fn group_prefix(tenant: &TenantId, group: &GroupId) -> Key {
+    Key::empty().id(tenant.as_str()).id(group.as_str())
+}
+
+/// Log: `group_prefix seq` → message.
+pub(super) fn log(prefix: &Key, seq: u64) -> Key {
+    prefix.seq(seq)
+}
+
+/// The sequence number of a log key.
+pub(super) fn log_seq(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// Cursors: `group_prefix user` → cursor.
+pub(super) fn cursor(tenant: &TenantId, group: &GroupId, user: &UserId) -> Key {
+    group_prefix(tenant, group).last(user.as_str())
+}
+
+/// Receipts: `group_prefix seq` ...
+pub(super) fn receipts_prefix(tenant: &TenantId, group: &GroupId, seq: u64) -> Key {
+    group_prefix(tenant, group).seq(seq)
+}
+
+/// ... `user` → receipt.
+pub(super) fn receipt(tenant: &TenantId, group: &GroupId, seq: u64, user: &UserId) -> Key {
+    receipts_prefix(tenant, group, seq).last(user.as_str())
+}
+
+/// Dedupe: `group_prefix len sender client_msg_id` → sequence number. The client message id
+/// is arbitrary UTF-8 of any length, so this key is built on the heap; as the last component
+/// it needs no length prefix.
+pub(super) fn dedupe(prefix: &Key, sender: &UserId, client_msg_id: &str) -> Vec<u8> {
+    let sender = sender.as_str();
+    let mut key = Vec::with_capacity(prefix.len + 1 + sender.len() + client_msg_id.len());
+    key.extend_from_slice(prefix.as_slice());
+    key.push(sender.len() as u8);
+    key.extend_from_slice(sender.as_bytes());
+    key.extend_from_slice(client_msg_id.as_bytes());
+    key
+}

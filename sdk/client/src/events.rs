@@ -1,0 +1,177 @@
+//! What the client tells the app, in order, through [`Events`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_core::{PresenceState, ReceiptKind};
+use switchboard_wire::{Message, ServerFrame};
+use tokio::sync::mpsc;
+
+use crate::shared::Shared;
+use crate::tracker::Observed;
+use crate::ClientError;
+
+/// Something that happened on the client. See [`Events`] for the ordering guarantees.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A session started (first connect or reconnect). Catch-up deliveries follow.
+    Connected {
+        session_id: u64,
+        tenant: String,
+        user: String,
+        /// Groups the user belongs to, each with its newest sequence number.
+        groups: Vec<(String, u64)>,
+    },
+    /// A message of a group: per group in increasing `seq`, each `(group, seq)` once.
+    Message(Message),
+    /// Someone sent a receipt for one of your messages.
+    Receipt {
+        group: String,
+        seq: u64,
+        user: String,
+        kind: ReceiptKind,
+    },
+    /// A user sharing a group went foreground or background.
+    Presence { user: String, state: PresenceState },
+    /// The connection was lost; the client reconnects unless [`Event::Closed`] follows.
+    Disconnected { reason: String },
+    /// Reconnect attempt `attempt` (1-based) starts after `delay`.
+    Reconnecting { attempt: u32, delay: Duration },
+    /// The client stopped for good: `None` after [`Client::close`](crate::Client::close) (or
+    /// when every `Client` handle was dropped), otherwise why (a refused token, reconnect
+    /// attempts used up). The stream ends after this event.
+    Closed { error: Option<ClientError> },
+}
+
+impl Event {
+    /// Message, receipt and presence events count against the buffer bound; lifecycle events
+    /// do not.
+    fn is_data(&self) -> bool {
+        matches!(
+            self,
+            Self::Message(_) | Self::Receipt { .. } | Self::Presence { .. }
+        )
+    }
+}
+
+/// The client's event stream; call [`Events::next`] in a loop.
+///
+/// **Order.** Per session: `Connected`, then that session's messages/receipts/presence, then
+/// `Disconnected`; `Reconnecting` events precede the next `Connected`. Messages of one group
+/// arrive in increasing `seq` without repeats, across reconnects too: the client drops
+/// anything at or below the highest `seq` it already passed on.
+///
+/// **Bound.** At most [`ClientConfig::event_buffer`](crate::ClientConfig::event_buffer)
+/// message, receipt and presence events wait here. When the app falls behind, the client stops
+/// reading pushes from the node and QUIC flow control slows the node down (which then treats
+/// the client as a slow consumer and catches it up from the log later); nothing is dropped.
+/// Lifecycle events (`Connected`, `Disconnected`, `Reconnecting`, `Closed`) never wait for
+/// space, so the connection task never blocks on a slow app — at most one `Reconnecting` per
+/// backoff delay accumulates while the app is not reading.
+///
+/// With [`ClientConfig::auto_ack`](crate::ClientConfig::auto_ack), a message counts as
+/// handled once `next` returned it.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::UnboundedReceiver<Event>,
+    shared: Arc<Shared>,
+}
+
+impl Events {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Event>, shared: Arc<Shared>) -> Self {
+        Self { rx, shared }
+    }
+
+    /// The next event; `None` once the client is closed and every event was taken.
+    pub async fn next(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await?;
+        self.taken(&event);
+        Some(event)
+    }
+
+    /// The next event if one is waiting, without blocking.
+    pub fn try_next(&mut self) -> Option<Event> {
+        let event = self.rx.try_recv().ok()?;
+        self.taken(&event);
+        Some(event)
+    }
+
+    fn taken(&self, event: &Event) {
+        if !event.is_data() {
+            return;
+        }
+        self.shared.event_slots.add_permits(1);
+        if let (Event::Message(m), true) = (event, self.shared.auto_ack) {
+            self.shared.tracker.lock().want_ack(&m.group, m.seq);
+            self.shared.ack_ready.notify_one();
+        }
+    }
+}
+
+/// The sending side, shared by the connection task and the stream readers.
+#[derive(Debug, Clone)]
+pub(crate) struct EventSink {
+    tx: mpsc::UnboundedSender<Event>,
+    shared: Arc<Shared>,
+}
+
+impl EventSink {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Event>, shared: Arc<Shared>) -> Self {
+        Self { tx, shared }
+    }
+
+    /// Lifecycle events: never wait (see [`Events`]).
+    pub(crate) fn lifecycle(&self, event: Event) {
+        debug_assert!(!event.is_data());
+        // The app dropped `Events`: it does not want to know.
+        let _ = self.tx.send(event);
+    }
+
+    /// A push from the node: waits for buffer space, then (for `Deliver`) drops what was seen
+    /// already. Deciding and queueing happen under one lock without awaiting in between, so a
+    /// reader cancelled at any point leaves either both done or neither.
+    pub(crate) async fn push(&self, frame: ServerFrame) {
+        let Ok(slot) = self.shared.event_slots.acquire().await else {
+            return; // never closed
+        };
+        let event = match frame {
+            ServerFrame::Deliver(m) => {
+                let mut tracker = self.shared.tracker.lock();
+                match tracker.observe(&m.group, m.seq) {
+                    Observed::Duplicate => {
+                        tracing::debug!(group = %m.group, seq = m.seq, "dropping duplicate delivery");
+                        return;
+                    }
+                    Observed::AfterGap { missing } => {
+                        tracing::warn!(group = %m.group, seq = m.seq, missing, "gap in deliveries");
+                    }
+                    Observed::Next => {}
+                }
+                if self.tx.send(Event::Message(m)).is_ok() {
+                    slot.forget();
+                }
+                return;
+            }
+            ServerFrame::ReceiptNotice {
+                group,
+                seq,
+                user,
+                kind,
+            } => Event::Receipt {
+                group,
+                seq,
+                user,
+                kind,
+            },
+            ServerFrame::PresenceNotice { user, state } => Event::Presence { user, state },
+            other => {
+                tracing::warn!(?other, "not a push; ignored");
+                return;
+            }
+        };
+        if self.tx.send(event).is_ok() {
+            slot.forget();
+        }
+    }
+}

