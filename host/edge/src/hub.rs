@@ -843,8 +843,11 @@ impl Committer {
             Ok(()) => {
                 hub.metrics.flushes.fetch_add(1, Ordering::Relaxed);
                 for c in batch.drain(..) {
-                    if let Some(frame) = c.deliver {
-                        hub.publish(&c.group, c.seq, frame);
+                    match c.deliver {
+                        Some(frame) => hub.publish(&c.group, c.seq, frame),
+                        // A resend of a message whose first flush failed: it is durable now,
+                        // so make it visible (subscribers fetch it from the log).
+                        None => hub.reveal(&c.group, c.seq),
                     }
                     // Cannot be full: the queue has room for every in-flight permit.
                     let _ = c.reply.try_send(c.ack);
@@ -867,6 +870,18 @@ impl Committer {
 }
 
 impl Hub {
+    /// Advances the durable head to `seq` without a live frame; subscribers catch up.
+    fn reveal(&self, g: &GroupState, seq: u64) {
+        let mut f = g.fanout.lock();
+        if f.head >= seq {
+            return;
+        }
+        f.head = seq;
+        for s in &f.subscribers {
+            s.request_catch_up();
+        }
+    }
+
     /// Makes `seq` visible: advances the durable head and queues the frame to subscribers.
     fn publish(&self, g: &GroupState, seq: u64, frame: Bytes) {
         let mut f = g.fanout.lock();

@@ -3,7 +3,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{client_cases, server_cases};
+use common::{
+    client_cases, client_name, server_cases, server_name, CLIENT_VARIANTS, SERVER_VARIANTS,
+};
 use switchboard_core::PresenceState;
 use switchboard_wire::{
     decode_client, decode_server, encode_client, encode_server, ClientFrame, DecodeLimits,
@@ -44,39 +46,6 @@ fn check_server(f: ServerFrame) {
         "{err}"
     );
 }
-
-// Exhaustive matches: a new variant does not compile until it is named here, and
-// `every_variant_is_covered` then fails until it has a round-trip case.
-fn client_name(f: &ClientFrame) -> &'static str {
-    match f {
-        ClientFrame::Hello(_) => "Hello",
-        ClientFrame::Join { .. } => "Join",
-        ClientFrame::Leave { .. } => "Leave",
-        ClientFrame::Send { .. } => "Send",
-        ClientFrame::Fetch { .. } => "Fetch",
-        ClientFrame::AckDelivery { .. } => "AckDelivery",
-        ClientFrame::Receipt { .. } => "Receipt",
-        ClientFrame::Presence { .. } => "Presence",
-        ClientFrame::Ping { .. } => "Ping",
-    }
-}
-const CLIENT_VARIANTS: usize = 9;
-
-fn server_name(f: &ServerFrame) -> &'static str {
-    match f {
-        ServerFrame::Welcome { .. } => "Welcome",
-        ServerFrame::Joined { .. } => "Joined",
-        ServerFrame::Left { .. } => "Left",
-        ServerFrame::Ack { .. } => "Ack",
-        ServerFrame::Deliver(_) => "Deliver",
-        ServerFrame::FetchResult { .. } => "FetchResult",
-        ServerFrame::ReceiptNotice { .. } => "ReceiptNotice",
-        ServerFrame::PresenceNotice { .. } => "PresenceNotice",
-        ServerFrame::Pong { .. } => "Pong",
-        ServerFrame::Error(_) => "Error",
-    }
-}
-const SERVER_VARIANTS: usize = 10;
 
 #[test]
 fn client_frames_round_trip() {

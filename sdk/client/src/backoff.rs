@@ -37,7 +37,9 @@ impl Backoff {
         // Equal jitter: half fixed (so the schedule still grows), half random (so a node
         // restart does not see every client come back in the same instant).
         let half = ceiling / 2;
-        let jitter_nanos = self.rng.below(u64::try_from(half.as_nanos()).unwrap_or(u64::MAX));
+        let jitter_nanos = self
+            .rng
+            .below(u64::try_from(half.as_nanos()).unwrap_or(u64::MAX));
         Some((self.attempt, half + Duration::from_nanos(jitter_nanos)))
     }
 
@@ -64,6 +66,7 @@ impl Backoff {
 pub(crate) struct Rng(u64);
 
 impl Rng {
+    #[cfg(test)]
     pub(crate) fn seeded(seed: u64) -> Self {
         Self(seed)
     }
@@ -118,7 +121,10 @@ mod tests {
                 break;
             };
             let ceiling = b.ceiling(attempt);
-            assert!(delay <= ceiling && delay >= ceiling / 2, "{delay:?} vs {ceiling:?}");
+            assert!(
+                delay <= ceiling && delay >= ceiling / 2,
+                "{delay:?} vs {ceiling:?}"
+            );
             got.push((attempt, ceiling.as_millis() as u64));
         }
         assert_eq!(got, expect);
@@ -143,7 +149,11 @@ mod tests {
 
     #[test]
     fn stops_after_max_attempts() {
-        check(policy(100, 1_000, Some(3)), 10, &[(1, 100), (2, 200), (3, 400)]);
+        check(
+            policy(100, 1_000, Some(3)),
+            10,
+            &[(1, 100), (2, 200), (3, 400)],
+        );
         check(policy(100, 1_000, Some(0)), 10, &[]);
     }
 

@@ -1,5 +1,6 @@
 //! The app-facing handle.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,9 @@ impl Client {
         let quic = tls::quic_client_config(&cfg)?;
         let shared = Arc::new(Shared::new(&cfg));
         let session = driver::establish_within(&cfg, quic.clone(), shared.hello()).await?;
+        shared
+            .max_payload_bytes
+            .store(session.welcome.max_payload_bytes, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let client = Client {
@@ -167,7 +171,12 @@ impl Client {
     }
 
     /// Sends a delivered/read receipt for message `seq` of `group` (fire-and-forget).
-    pub async fn receipt(&self, group: &str, seq: u64, kind: ReceiptKind) -> Result<(), ClientError> {
+    pub async fn receipt(
+        &self,
+        group: &str,
+        seq: u64,
+        kind: ReceiptKind,
+    ) -> Result<(), ClientError> {
         self.command(Command::Frame(ClientFrame::Receipt {
             group: group.to_owned(),
             seq,

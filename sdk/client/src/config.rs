@@ -177,7 +177,9 @@ mod tests {
     fn refuses_what_is_not_a_cert() {
         assert!(parse_cert(b"").is_err());
         assert!(parse_cert(b"hello").is_err());
-        assert!(parse_cert(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(
+            parse_cert(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
+        );
         let missing = Path::new("/nonexistent/cert.der");
         assert!(matches!(load_cert(missing), Err(ClientError::Io(_))));
     }

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use switchboard_core::ErrorCode;
-use switchboard_wire::{decode_server, encode_client, read_frame, ClientFrame, DecodeLimits, Hello, ServerFrame};
+use switchboard_wire::{
+    decode_server, encode_client, read_frame, ClientFrame, DecodeLimits, Hello, ServerFrame,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -57,7 +59,10 @@ pub(crate) enum Command {
 enum Inbound {
     Frame(Routed),
     /// The stream cannot go on; `code` is what to close the connection with.
-    Failed { reason: String, code: Option<ErrorCode> },
+    Failed {
+        reason: String,
+        code: Option<ErrorCode>,
+    },
 }
 
 /// What the client needs from `Welcome`.
@@ -113,9 +118,12 @@ pub(crate) async fn establish_within(
     quic: quinn::ClientConfig,
     hello: Hello,
 ) -> Result<Session, ClientError> {
-    tokio::time::timeout(cfg.connect_timeout, establish(cfg.addr, cfg.server_name.clone(), quic, hello))
-        .await
-        .map_err(|_| ClientError::Timeout)?
+    tokio::time::timeout(
+        cfg.connect_timeout,
+        establish(cfg.addr, cfg.server_name.clone(), quic, hello),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout)?
 }
 
 /// One connection attempt: QUIC handshake, control stream, `Hello`, `Welcome`.
@@ -189,7 +197,9 @@ async fn establish(
 async fn why_closed(conn: &quinn::Connection) -> ClientError {
     match tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await {
         Ok(e) => ClientError::from_connection(&e),
-        Err(_) => ClientError::Protocol("control stream ended while the connection stayed open".into()),
+        Err(_) => {
+            ClientError::Protocol("control stream ended while the connection stayed open".into())
+        }
     }
 }
 
@@ -388,7 +398,13 @@ impl Driver {
 
         let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
         let mut readers = JoinSet::new();
-        readers.spawn(read_stream(recv, buf, true, self.events.clone(), inbound_tx.clone()));
+        readers.spawn(read_stream(
+            recv,
+            buf,
+            true,
+            self.events.clone(),
+            inbound_tx.clone(),
+        ));
 
         let end = 'session: {
             // What piled up while disconnected, in the order it was made.
@@ -532,7 +548,9 @@ impl Driver {
                 }
             }
             Routed::Push(_) => {} // readers deliver pushes themselves
-            Routed::Unexpected(frame) => warn!(frame = frame_name(&frame), "unexpected frame ignored"),
+            Routed::Unexpected(frame) => {
+                warn!(frame = frame_name(&frame), "unexpected frame ignored")
+            }
         }
     }
 
@@ -559,7 +577,11 @@ impl Driver {
             None => info!("client closed"),
             Some(e) => warn!(error = %e, "client stopped"),
         }
-        let failure = || error.as_ref().map_or(ClientError::Closed, ClientError::duplicate);
+        let failure = || {
+            error
+                .as_ref()
+                .map_or(ClientError::Closed, ClientError::duplicate)
+        };
         self.commands.close();
         for reply in self.requests.drain() {
             let _ = reply.send(Err(failure()));

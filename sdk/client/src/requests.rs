@@ -69,10 +69,18 @@ impl RequestKind {
 /// A successful response, typed per request kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Response {
-    Joined { head_seq: u64 },
+    Joined {
+        head_seq: u64,
+    },
     Left,
-    Ack { seq: u64, duplicate: bool },
-    Fetched { messages: Vec<Message>, head_seq: u64 },
+    Ack {
+        seq: u64,
+        duplicate: bool,
+    },
+    Fetched {
+        messages: Vec<Message>,
+        head_seq: u64,
+    },
     Pong,
 }
 
@@ -187,9 +195,12 @@ fn outcome(kind: &RequestKind, frame: ServerFrame) -> Outcome {
     use ServerFrame as F;
     match (kind, frame) {
         (_, F::Error(e)) => Err(ClientError::from_frame(&e)),
-        (K::Join { group }, F::Joined { group: g, head_seq, .. }) if *group == g => {
-            Ok(Response::Joined { head_seq })
-        }
+        (
+            K::Join { group },
+            F::Joined {
+                group: g, head_seq, ..
+            },
+        ) if *group == g => Ok(Response::Joined { head_seq }),
         (K::Leave { group }, F::Left { group: g, .. }) if *group == g => Ok(Response::Left),
         (
             K::Send {
@@ -287,12 +298,7 @@ mod tests {
     fn responses_match_by_id_in_any_order() {
         let mut t = Requests::default();
         t.insert(send("g", "m1"), "first");
-        t.insert(
-            RequestKind::Join {
-                group: "g".into(),
-            },
-            "join",
-        );
+        t.insert(RequestKind::Join { group: "g".into() }, "join");
         t.insert(RequestKind::Ping, "ping");
         let (r, o) = t.complete(3, ServerFrame::Pong { request_id: 3 }).unwrap();
         assert_eq!((r, o.unwrap()), ("ping", Response::Pong));

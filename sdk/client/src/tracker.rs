@@ -19,12 +19,6 @@ pub(crate) enum Observed {
     Duplicate,
 }
 
-impl Observed {
-    pub(crate) fn is_new(self) -> bool {
-        !matches!(self, Self::Duplicate)
-    }
-}
-
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct GroupState {
     /// Highest seq seen; `None` until the first delivery (or resume cursor).
@@ -87,6 +81,7 @@ impl DeliveryTracker {
     }
 
     /// Whether [`DeliveryTracker::take_acks`] would return anything.
+    #[cfg(test)]
     pub(crate) fn has_acks(&self) -> bool {
         self.groups.values().any(|g| g.ack_wanted > g.ack_sent)
     }
@@ -163,7 +158,12 @@ mod tests {
             &[("a", 6), ("b", 1)],
         );
         // The higher of repeated resume entries wins.
-        check(&[("a", 5), ("a", 3)], &[("a", 4)], &[Duplicate], &[("a", 5)]);
+        check(
+            &[("a", 5), ("a", 3)],
+            &[("a", 4)],
+            &[Duplicate],
+            &[("a", 5)],
+        );
     }
 
     #[test]

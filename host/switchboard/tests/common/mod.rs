@@ -101,16 +101,28 @@ impl TestNode {
         addr: Option<SocketAddr>,
     ) -> TestNode {
         let listen = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
-        let node = Node::start(
-            EdgeConfig {
-                listen,
-                limits,
-                identity: identity.clone(),
-            },
-            store.clone(),
-        )
-        .await
-        .unwrap();
+        // On restart the old endpoint's socket is released asynchronously: retry the bind.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let node = loop {
+            match Node::start(
+                EdgeConfig {
+                    listen,
+                    limits: limits.clone(),
+                    identity: identity.clone(),
+                },
+                store.clone(),
+            )
+            .await
+            {
+                Ok(node) => break node,
+                Err(switchboard_edge::EdgeError::Bind { .. })
+                    if addr.is_some() && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("node start failed: {e}"),
+            }
+        };
         let addr = node.local_addr();
         TestNode {
             node: Some(node),

@@ -181,3 +181,36 @@ pub fn server_cases() -> Vec<ServerFrame> {
         }),
     ]
 }
+
+// Exhaustive matches: a new variant does not compile until it is named here, and
+// `round_trip::every_variant_is_covered` then fails until it has a round-trip case.
+pub fn client_name(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Hello(_) => "Hello",
+        ClientFrame::Join { .. } => "Join",
+        ClientFrame::Leave { .. } => "Leave",
+        ClientFrame::Send { .. } => "Send",
+        ClientFrame::Fetch { .. } => "Fetch",
+        ClientFrame::AckDelivery { .. } => "AckDelivery",
+        ClientFrame::Receipt { .. } => "Receipt",
+        ClientFrame::Presence { .. } => "Presence",
+        ClientFrame::Ping { .. } => "Ping",
+    }
+}
+pub const CLIENT_VARIANTS: usize = 9;
+
+pub fn server_name(f: &ServerFrame) -> &'static str {
+    match f {
+        ServerFrame::Welcome { .. } => "Welcome",
+        ServerFrame::Joined { .. } => "Joined",
+        ServerFrame::Left { .. } => "Left",
+        ServerFrame::Ack { .. } => "Ack",
+        ServerFrame::Deliver(_) => "Deliver",
+        ServerFrame::FetchResult { .. } => "FetchResult",
+        ServerFrame::ReceiptNotice { .. } => "ReceiptNotice",
+        ServerFrame::PresenceNotice { .. } => "PresenceNotice",
+        ServerFrame::Pong { .. } => "Pong",
+        ServerFrame::Error(_) => "Error",
+    }
+}
+pub const SERVER_VARIANTS: usize = 10;

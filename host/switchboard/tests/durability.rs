@@ -1,0 +1,257 @@
+//! Acks and deliveries wait for durability: a store whose flush the test holds open (or
+//! fails) proves nothing is acknowledged or delivered before its flush returned.
+
+mod common;
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use switchboard_core::{ErrorCode, GroupId, Limits, ReceiptKind, TenantId, UserId};
+use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
+use switchboard_store::{
+    Appended, GroupMeta, NewMessage, SledStore, Store, StoreError, StoredMessage, StoredReceipt,
+    TenantRecord,
+};
+use switchboard_wire::{ClientFrame, Hello, ServerFrame};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// Each flush reports on `entered` and waits for one `release` message.
+    Held,
+    Fail,
+}
+
+struct GateStore {
+    inner: SledStore,
+    gate: Mutex<Gate>,
+    entered: Mutex<std_mpsc::Sender<()>>,
+    release: Mutex<std_mpsc::Receiver<()>>,
+}
+
+macro_rules! delegate {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(fn $name(&self, $($arg: $ty),*) -> $ret { self.inner.$name($($arg),*) })*
+    };
+}
+
+impl Store for GateStore {
+    delegate! {
+        put_tenant(t: &TenantRecord) -> Result<(), StoreError>;
+        tenant(id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
+        tenants() -> Result<Vec<TenantRecord>, StoreError>;
+        create_group(t: &TenantId, g: &GroupId, m: GroupMeta) -> Result<(), StoreError>;
+        group(t: &TenantId, g: &GroupId) -> Result<Option<GroupMeta>, StoreError>;
+        add_member(t: &TenantId, g: &GroupId, u: &UserId) -> Result<bool, StoreError>;
+        remove_member(t: &TenantId, g: &GroupId, u: &UserId) -> Result<bool, StoreError>;
+        is_member(t: &TenantId, g: &GroupId, u: &UserId) -> Result<bool, StoreError>;
+        members(t: &TenantId, g: &GroupId) -> Result<Vec<UserId>, StoreError>;
+        groups_of(t: &TenantId, u: &UserId) -> Result<Vec<GroupId>, StoreError>;
+        append(t: &TenantId, g: &GroupId, m: NewMessage<'_>) -> Result<Appended, StoreError>;
+        head(t: &TenantId, g: &GroupId) -> Result<u64, StoreError>;
+        read_after(t: &TenantId, g: &GroupId, a: u64, l: usize) -> Result<Vec<StoredMessage>, StoreError>;
+        message(t: &TenantId, g: &GroupId, s: u64) -> Result<Option<StoredMessage>, StoreError>;
+        advance_cursor(t: &TenantId, g: &GroupId, u: &UserId, s: u64) -> Result<u64, StoreError>;
+        cursor(t: &TenantId, g: &GroupId, u: &UserId) -> Result<u64, StoreError>;
+        put_receipt(t: &TenantId, g: &GroupId, s: u64, r: &StoredReceipt) -> Result<(), StoreError>;
+        receipts(t: &TenantId, g: &GroupId, s: u64) -> Result<Vec<StoredReceipt>, StoreError>;
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let gate = *self.gate.lock().unwrap();
+        match gate {
+            Gate::Open => self.inner.flush(),
+            Gate::Fail => Err(StoreError::Io("injected: disk full".into())),
+            Gate::Held => {
+                let _ = self.entered.lock().unwrap().send(());
+                let _ = self.release.lock().unwrap().recv();
+                self.inner.flush()
+            }
+        }
+    }
+}
+
+struct Harness {
+    node: Node,
+    store: Arc<GateStore>,
+    entered: std_mpsc::Receiver<()>,
+    release: std_mpsc::Sender<()>,
+    cert: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = SledStore::open(&dir.path().join("store")).unwrap();
+    seed(&inner);
+    let (entered_tx, entered) = std_mpsc::channel();
+    let (release, release_rx) = std_mpsc::channel();
+    let store = Arc::new(GateStore {
+        inner,
+        gate: Mutex::new(Gate::Open),
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    });
+    let identity = TlsIdentity::self_signed().unwrap();
+    let cert = identity.cert_chain[0].to_vec();
+    let node = Node::start(
+        EdgeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            limits: Limits::default(),
+            identity,
+        },
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    Harness {
+        node,
+        store,
+        entered,
+        release,
+        cert,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn member(&self, user: &str) -> RawClient {
+        let mut c = RawClient::connect(self.node.local_addr(), &self.cert, switchboard_wire::ALPN)
+            .await
+            .unwrap();
+        c.send(&ClientFrame::Hello(Hello {
+            token: mint("acme", user, ACME_SECRET, now_secs() + 600, 0),
+            presence: Default::default(),
+            cursors: vec![],
+            client: "test".into(),
+        }))
+        .await;
+        assert!(matches!(c.read().await, Some(ServerFrame::Welcome { .. })));
+        c
+    }
+
+    fn set(&self, g: Gate) {
+        *self.store.gate.lock().unwrap() = g;
+    }
+
+    async fn wait_flush_entered(&self) {
+        // The flush runs on a blocking thread; wait for it without blocking the runtime.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match self.entered.try_recv() {
+                Ok(()) => return,
+                Err(_) if std::time::Instant::now() < deadline => tokio::task::yield_now().await,
+                Err(e) => panic!("flush never started: {e}"),
+            }
+        }
+    }
+}
+
+fn send(request_id: u64, id: &str) -> ClientFrame {
+    ClientFrame::Send {
+        request_id,
+        group: "team".into(),
+        client_msg_id: id.into(),
+        body: body(id),
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_acked_or_delivered_before_its_flush_returns() {
+    let h = harness().await;
+    let mut alice = h.member("alice").await;
+    let mut bob = h.member("bob").await;
+    h.set(Gate::Held);
+    alice.send(&send(1, "m1")).await;
+    h.wait_flush_entered().await;
+    // The message is appended and its flush is in progress. Responses on a stream are FIFO:
+    // had the ack been queued before the flush, it would come before this Pong.
+    alice.send(&ClientFrame::Ping { request_id: 2 }).await;
+    assert_eq!(
+        alice.read().await,
+        Some(ServerFrame::Pong { request_id: 2 })
+    );
+    assert_eq!(
+        h.node.hub().metrics().snapshot().deliveries_live,
+        0,
+        "not delivered yet"
+    );
+    // Fetch does not show it either: only durable messages are visible.
+    bob.send(&ClientFrame::Fetch {
+        request_id: 1,
+        group: "team".into(),
+        after_seq: 0,
+        limit: 10,
+    })
+    .await;
+    assert!(matches!(
+        bob.read().await,
+        Some(ServerFrame::FetchResult { head_seq: 0, ref messages, .. }) if messages.is_empty()
+    ));
+    h.set(Gate::Open);
+    h.release.send(()).unwrap();
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack {
+            request_id: 1,
+            seq: 1,
+            duplicate: false,
+            ..
+        })
+    ));
+    let Some(ServerFrame::Deliver(m)) = bob.read_push().await else {
+        panic!()
+    };
+    assert_eq!(m.seq, 1);
+}
+
+#[tokio::test]
+async fn a_failed_flush_is_refused_and_a_retry_is_acked_once() {
+    let h = harness().await;
+    let mut alice = h.member("alice").await;
+    let mut bob = h.member("bob").await;
+    h.set(Gate::Fail);
+    alice.send(&send(1, "m1")).await;
+    let reply = alice.read().await.unwrap();
+    assert_eq!(error_code(&reply), ErrorCode::StoreUnavailable);
+    assert!(ErrorCode::StoreUnavailable.is_retryable());
+    assert_eq!(h.node.hub().metrics().snapshot().flush_failures, 1);
+    // Storage is back; the client retries with the same id.
+    h.set(Gate::Open);
+    alice.send(&send(2, "m1")).await;
+    let Some(ServerFrame::Ack {
+        request_id: 2,
+        seq: 1,
+        ..
+    }) = alice.read().await
+    else {
+        panic!()
+    };
+    alice.send(&send(3, "m2")).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack {
+            request_id: 3,
+            seq: 2,
+            duplicate: false,
+            ..
+        })
+    ));
+    // Bob sees each message exactly once, in order.
+    for want in [1, 2] {
+        let Some(ServerFrame::Deliver(m)) = bob.read_push().await else {
+            panic!()
+        };
+        assert_eq!(m.seq, want);
+    }
+    // And the receipt path reads the same log.
+    bob.send(&ClientFrame::Receipt {
+        group: "team".into(),
+        seq: 2,
+        kind: ReceiptKind::Delivered,
+    })
+    .await;
+    bob.send(&ClientFrame::Ping { request_id: 9 }).await;
+    assert_eq!(bob.read().await, Some(ServerFrame::Pong { request_id: 9 }));
+}
