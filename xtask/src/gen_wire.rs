@@ -47,7 +47,9 @@ pub fn run(check: bool) -> Result<()> {
         return Ok(());
     }
     if check {
-        bail!("{GENERATED} does not match {SCHEMA}; run `cargo xtask gen-wire` and commit the result");
+        bail!(
+            "{GENERATED} does not match {SCHEMA}; run `cargo xtask gen-wire` and commit the result"
+        );
     }
     fs::create_dir_all(target.parent().expect("GENERATED has a parent directory"))?;
     fs::write(&target, &fresh).with_context(|| format!("writing {}", target.display()))?;

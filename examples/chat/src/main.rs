@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -36,15 +37,23 @@ struct Args {
 const HELP: &str = "commands: /fetch N (last N messages), /bg, /fg (presence), /quit";
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let args = Args::parse();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+async fn run(args: Args) -> Result<()> {
     let cert = load_cert(&args.cert)?;
     let mut cfg = ClientConfig::new(args.addr, cert, args.token);
     cfg.client_name = args.name;
@@ -52,18 +61,19 @@ async fn main() -> Result<()> {
     let (client, mut events) = Client::connect(cfg)
         .await
         .with_context(|| format!("connecting to {}", args.addr))?;
+    // The first event is always `Connected`: it says who the token made us.
+    let mut me = String::new();
+    if let Some(Event::Connected { user, .. }) = events.next().await {
+        println!("* connected as {user}");
+        me = user;
+    }
     let head = client.join(&args.group).await.context("joining")?;
     println!("* joined {} (newest #{head}); {HELP}", args.group);
-
     tokio::spawn(read_input(client.clone(), args.group));
 
-    let mut me = String::new();
     while let Some(event) = events.next().await {
         match event {
-            Event::Connected { user, .. } => {
-                println!("* connected as {user}");
-                me = user;
-            }
+            Event::Connected { user, .. } => println!("* reconnected as {user}"),
             Event::Message(m) => {
                 print_message(&m);
                 if m.sender != me {
@@ -83,7 +93,7 @@ async fn main() -> Result<()> {
                 println!("* reconnecting (attempt {attempt}) in {delay:.1?}")
             }
             Event::Closed { error: None } => println!("* bye"),
-            Event::Closed { error: Some(e) } => anyhow::bail!("connection closed: {e}"),
+            Event::Closed { error: Some(e) } => return Err(e).context("connection closed"),
             _ => {}
         }
     }

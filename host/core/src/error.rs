@@ -36,7 +36,8 @@ pub enum ErrorCode {
     JoinRefused = 23,
     /// The message body exceeds the payload limit.
     PayloadTooLarge = 24,
-    /// A field has an invalid value (empty or too long id, zero limit, ...).
+    /// A field has an invalid value (an id with characters outside the allowed set, an
+    /// empty client message id, a receipt for a message that does not exist, ...).
     InvalidArgument = 25,
     /// Too many requests; retry after the given delay.
     RateLimited = 30,

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::timeout;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::hub::{Hub, PushPlanner, RequestError, Session};
+use crate::hub::{Hub, PushPlanner, RequestError, SendRequest, Session};
 
 /// How long a closing connection waits for its last frames (e.g. a fatal error) to be read.
 const LINGER: Duration = Duration::from_millis(500);
@@ -269,18 +269,13 @@ async fn handle(
             // Backpressure: a client with max_inflight_sends unacked sends waits here, and
             // stops being read, until an ack frees a slot.
             let permit = inflight.clone().acquire_owned().await.ok()?;
-            match hub
-                .send(
-                    session,
-                    request_id,
-                    &group,
-                    &client_msg_id,
-                    body,
-                    resp_tx.clone(),
-                    permit,
-                )
-                .await
-            {
+            let req = SendRequest {
+                request_id,
+                group,
+                client_msg_id,
+                body,
+            };
+            match hub.send(session, req, resp_tx.clone(), permit).await {
                 Ok(()) => None,
                 Err(e) => err(request_id, e),
             }

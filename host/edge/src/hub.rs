@@ -250,6 +250,15 @@ impl GroupState {
     }
 }
 
+/// A `Send` request's fields.
+#[derive(Debug)]
+pub struct SendRequest {
+    pub request_id: u64,
+    pub group: String,
+    pub client_msg_id: String,
+    pub body: Bytes,
+}
+
 /// A durable-pending append waiting for the committer.
 struct Commit {
     group: Arc<GroupState>,
@@ -290,6 +299,10 @@ pub struct Committer {
     rx: mpsc::Receiver<Commit>,
     hub: std::sync::Weak<Hub>,
 }
+
+/// Upper bound of a message's encoded size besides its body (three ids of at most 64 bytes,
+/// seq, timestamp, flatbuffer tables and offsets).
+const MESSAGE_ENVELOPE_BYTES: usize = 512;
 
 /// Most commits one flush covers; more wait for the next flush.
 const MAX_COMMIT_BATCH: usize = 4096;
@@ -579,13 +592,17 @@ impl Hub {
     pub async fn send(
         &self,
         session: &Session,
-        request_id: u64,
-        group: &str,
-        client_msg_id: &str,
-        body: Bytes,
+        req: SendRequest,
         reply: mpsc::Sender<Bytes>,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), RequestError> {
+        let SendRequest {
+            request_id,
+            group,
+            client_msg_id,
+            body,
+        } = req;
+        let client_msg_id = client_msg_id.as_str();
         if body.len() > self.limits.max_payload_bytes as usize {
             return Err(RequestError::new(
                 ErrorCode::PayloadTooLarge,
@@ -602,7 +619,7 @@ impl Hub {
                 "client_msg_id must be 1..=64 bytes",
             ));
         }
-        let gid = group_id(group)?;
+        let gid = group_id(&group)?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
 
@@ -684,10 +701,20 @@ impl Hub {
                 .read_after(&session.tenant, &gid, after, n)?
                 .into_iter()
                 .filter(|m| m.seq <= head)
-                .map(|m| to_message(&gid, m))
+                .scan(0usize, |bytes, m| {
+                    // Keep the FetchResult frame under max_frame_bytes: a short page only
+                    // means "fetch again", never a frame the client must refuse.
+                    *bytes += m.body.len() + MESSAGE_ENVELOPE_BYTES;
+                    (*bytes <= self.fetch_budget()).then(|| to_message(&gid, m))
+                })
                 .collect()
         };
         Ok((msgs, head))
+    }
+
+    /// Bytes a FetchResult's messages may take.
+    fn fetch_budget(&self) -> usize {
+        (self.limits.max_frame_bytes - switchboard_core::limits::ENVELOPE_OVERHEAD) as usize
     }
 
     /// `AckDelivery`: persists the member's cursor (never past the durable head).

@@ -2,8 +2,9 @@
 //! flatbuffers schema (`schema/switchboard.fbs`) is their encoding.
 //!
 //! Ids are carried as strings and validated by the node (an invalid id is a per-request
-//! `InvalidArgument`, not a broken frame). A `request_id` is chosen by the client and echoed in
-//! the response; 0 means "no request" in `Error`.
+//! `InvalidArgument`, not a broken frame); only their length is bounded by the decoder (64
+//! bytes, see `DecodeLimits`). A `request_id` is chosen by the client and echoed in the
+//! response; 0 means "no request" in `Error`.
 
 use bytes::Bytes;
 use switchboard_core::{ErrorCode, PresenceState, ReceiptKind};
@@ -25,7 +26,8 @@ pub struct Hello {
     /// Where the client is in each group it knows of; the server resumes after these. Groups
     /// not listed resume from the server's stored cursor.
     pub cursors: Vec<GroupCursor>,
-    /// Free-form client name/version, for logs (at most 64 bytes).
+    /// Free-form client name/version, for logs. Keep it under 64 bytes; the decoder refuses
+    /// more than `DecodeLimits::max_string_bytes`.
     pub client: String,
 }
 

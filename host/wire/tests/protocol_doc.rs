@@ -37,11 +37,15 @@ fn rows(doc: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The row whose `col`-th cell is `` `name` ``.
+/// The row whose `col`-th cell is `` `name` ``. In the numbered tables (frames, error codes)
+/// the first cell is a number, which tells them apart from other tables naming the same thing.
 fn row<'a>(rows: &'a [Vec<String>], col: usize, name: &str) -> &'a [String] {
     let want = format!("`{name}`");
+    let numbered = col == 1;
     rows.iter()
-        .find(|r| r.get(col) == Some(&want))
+        .find(|r| {
+            r.get(col) == Some(&want) && (!numbered || r[0].bytes().all(|b| b.is_ascii_digit()))
+        })
         .unwrap_or_else(|| panic!("docs/protocol.md has no table row for {want}"))
 }
 

@@ -221,6 +221,13 @@ impl Client {
         self.shared.tracker.lock().cursors()
     }
 
+    /// Drops the current connection and connects again right away (skipping any backoff
+    /// wait), keeping pending requests. Call it when the device's network changed: the old
+    /// path may be dead long before the idle timeout notices.
+    pub fn reconnect(&self) {
+        self.shared.request_reconnect();
+    }
+
     /// Replaces the token used by later reconnects (e.g. before the current one expires).
     pub fn set_token(&self, token: impl Into<String>) {
         *self.shared.token.lock() = token.into();

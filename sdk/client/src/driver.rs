@@ -94,6 +94,8 @@ enum SessionEnd {
     Shutdown,
     /// Reconnect.
     Lost(String),
+    /// Reconnect: the app asked (`Client::reconnect`).
+    Requested,
     /// The node refused us for good.
     Fatal(ClientError),
 }
@@ -297,17 +299,10 @@ impl Driver {
 
     /// Runs sessions and reconnects until the client stops.
     pub(crate) async fn run(mut self, first: Session) {
-        let mut next = Some(first);
+        let mut session = first;
         let error = loop {
-            let session = match next.take() {
-                Some(s) => s,
-                None => match self.reconnect().await {
-                    Ok(s) => s,
-                    Err(error) => break error,
-                },
-            };
             let started = Instant::now();
-            match self.run_session(session).await {
+            let reason = match self.run_session(session).await {
                 SessionEnd::Shutdown => break None,
                 SessionEnd::Fatal(e) => break Some(e),
                 SessionEnd::Lost(reason) => {
@@ -315,17 +310,28 @@ impl Driver {
                     if started.elapsed() >= STABLE_AFTER {
                         self.backoff.reset();
                     }
-                    self.events.lifecycle(Event::Disconnected { reason });
+                    reason
                 }
-            }
+                SessionEnd::Requested => {
+                    self.backoff.reset();
+                    "reconnect requested".to_owned()
+                }
+            };
+            self.events.lifecycle(Event::Disconnected {
+                reason: reason.clone(),
+            });
+            session = match self.reconnect(reason).await {
+                Ok(s) => s,
+                Err(error) => break error,
+            };
         };
         self.finish(error);
     }
 
     /// Waits and retries until a session is up. `Err(None)`: shutdown requested;
     /// `Err(Some(e))`: give up with `e`.
-    async fn reconnect(&mut self) -> Result<Session, Option<ClientError>> {
-        let mut last_error = String::from("none");
+    async fn reconnect(&mut self, lost: String) -> Result<Session, Option<ClientError>> {
+        let mut last_error = lost;
         loop {
             let Some((attempt, delay)) = self.backoff.next_delay() else {
                 return Err(Some(ClientError::Connect(format!(
@@ -334,9 +340,17 @@ impl Driver {
             };
             self.events
                 .lifecycle(Event::Reconnecting { attempt, delay });
-            self.offline_until(tokio::time::sleep(delay))
-                .await
-                .ok_or(None)?;
+            let shared = self.shared.clone();
+            let wait = async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = shared.reconnect_requested() => true,
+                }
+            };
+            if self.offline_until(wait).await.ok_or(None)? {
+                debug!("reconnecting now, as asked");
+                self.backoff.reset();
+            }
             let (cfg, quic, hello) = (self.cfg.clone(), self.quic.clone(), self.shared.hello());
             let attempt_fut = async move { establish_within(&cfg, quic, hello).await };
             match self.offline_until(attempt_fut).await {
@@ -385,6 +399,8 @@ impl Driver {
         } = session;
         info!(session_id = welcome.session_id, user = %welcome.user, "connected");
         self.fatal = None;
+        // This connection is the one a reconnect request asked for.
+        self.shared.clear_reconnect_request();
         self.shared
             .max_payload_bytes
             .store(welcome.max_payload_bytes, Ordering::Relaxed);
@@ -431,6 +447,7 @@ impl Driver {
                 tokio::select! {
                     biased;
                     _ = self.shared.shutdown.notified() => break 'session SessionEnd::Shutdown,
+                    _ = self.shared.reconnect_requested() => break 'session SessionEnd::Requested,
                     msg = inbound.recv() => match msg {
                         Some(Inbound::Frame(routed)) => self.on_routed(routed),
                         Some(Inbound::Failed { reason, code }) => {
@@ -482,7 +499,9 @@ impl Driver {
                 conn.close(0u32.into(), b"client closed");
                 let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
             }
-            SessionEnd::Lost(_) | SessionEnd::Fatal(_) => conn.close(0u32.into(), b"reconnecting"),
+            SessionEnd::Lost(_) | SessionEnd::Requested | SessionEnd::Fatal(_) => {
+                conn.close(0u32.into(), b"reconnecting")
+            }
         }
         end
     }

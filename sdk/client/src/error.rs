@@ -80,11 +80,13 @@ impl ClientError {
     }
 
     /// Whether this ends the client instead of triggering a reconnect: the node refused the
-    /// session itself (bad or expired token, unknown tenant) or our frames. Those would fail
-    /// identically on every reconnect.
+    /// session itself (bad or expired token, unknown tenant, an invalid `Hello`) or our
+    /// frames. Those would fail identically on every reconnect.
     pub(crate) fn is_terminal(&self) -> bool {
         match self {
-            Self::Server { known: Some(c), .. } => c.is_fatal() && !c.is_retryable(),
+            Self::Server { known: Some(c), .. } => {
+                (c.is_fatal() && !c.is_retryable()) || *c == ErrorCode::InvalidArgument
+            }
             _ => false,
         }
     }

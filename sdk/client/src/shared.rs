@@ -1,6 +1,6 @@
 //! State shared by the `Client` handles, `Events`, the connection task and its readers.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 use switchboard_core::PresenceState;
@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) max_payload_bytes: AtomicU32,
     /// Asks the connection task to stop (a stored permit, so it is never missed).
     pub(crate) shutdown: Notify,
+    /// `Client::reconnect` was called: the flag says so, the notify wakes the task.
+    reconnect_flag: AtomicBool,
+    reconnect_wake: Notify,
     /// Set by the connection task when it has stopped.
     pub(crate) stopped: watch::Sender<bool>,
     /// Source of generated `client_msg_id`s.
@@ -46,6 +49,8 @@ impl Shared {
             client_name: cfg.client_name.clone(),
             max_payload_bytes: AtomicU32::new(u32::MAX),
             shutdown: Notify::new(),
+            reconnect_flag: AtomicBool::new(false),
+            reconnect_wake: Notify::new(),
             stopped: watch::Sender::new(false),
             rng: Mutex::new(Rng::from_entropy()),
         }
@@ -65,6 +70,25 @@ impl Shared {
             presence: *self.presence.lock(),
             cursors,
             client: self.client_name.clone(),
+        }
+    }
+
+    pub(crate) fn request_reconnect(&self) {
+        self.reconnect_flag.store(true, Ordering::Release);
+        self.reconnect_wake.notify_one();
+    }
+
+    pub(crate) fn clear_reconnect_request(&self) {
+        self.reconnect_flag.store(false, Ordering::Release);
+    }
+
+    /// Resolves once a reconnect was requested (and consumes the request).
+    pub(crate) async fn reconnect_requested(&self) {
+        loop {
+            self.reconnect_wake.notified().await;
+            if self.reconnect_flag.swap(false, Ordering::AcqRel) {
+                return;
+            }
         }
     }
 

@@ -1,0 +1,319 @@
+//! `switchboard-bench`: loopback benchmarks of a real node (QUIC, sled on disk).
+//!
+//! Fan-out 1→N: one sender and N receivers in one group. The sender keeps a window of sends
+//! in flight (acks come back only after durability); every receiver timestamps each delivery
+//! against the send time written in the body. Reports acked messages/s, deliveries/s and
+//! delivery latency percentiles. Run through `cargo xtask bench`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, BytesMut};
+use clap::Parser;
+use quinn::crypto::rustls::QuicClientConfig;
+use switchboard_core::token::{self, Claims};
+use switchboard_core::{GroupId, Limits, PresenceState, TenantId, UserId};
+use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
+use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
+use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Fewer messages per scenario (a smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// Messages per scenario.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Sends in flight from the sender: 1 measures unloaded latency, larger windows
+    /// throughput (and latency under that load).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 128])]
+    window: Vec<usize>,
+    /// Fan-outs to run.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10usize, 100])]
+    fanout: Vec<usize>,
+    /// Body sizes to run, in bytes (at least 16).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 512])]
+    payload: Vec<usize>,
+}
+
+const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
+
+struct Report {
+    window: usize,
+    fanout: usize,
+    payload: usize,
+    messages: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let mut args = Args::parse();
+    if args.quick {
+        args.messages = args.messages.min(2_000);
+    }
+    // The node gets its own runtime (one worker: the server is measured on one core); the
+    // clients run on another.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    println!(
+        "| fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &window in &args.window {
+        for &fanout in &args.fanout {
+            for &payload in &args.payload {
+                let messages = if window == 1 {
+                    args.messages.min(2_000)
+                } else {
+                    args.messages
+                };
+                let s = Scenario {
+                    fanout,
+                    payload: payload.max(16),
+                    window,
+                    messages,
+                };
+                print_row(&run_scenario(&server_rt, &client_rt, s)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_row(r: &Report) {
+    let mut l = r.latencies_us.clone();
+    l.sort_unstable();
+    let pct = |p: f64| l[((l.len() as f64 - 1.0) * p) as usize];
+    let secs = r.elapsed.as_secs_f64();
+    println!(
+        "| 1→{} | {} B | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+        r.fanout,
+        r.payload,
+        r.window,
+        r.messages,
+        r.messages as f64 / secs,
+        (r.messages as f64 * r.fanout as f64) / secs,
+        pct(0.5),
+        pct(0.99),
+        l.last().copied().unwrap_or(0),
+    );
+}
+
+#[derive(Clone, Copy)]
+struct Scenario {
+    fanout: usize,
+    payload: usize,
+    window: usize,
+    messages: u64,
+}
+
+fn run_scenario(
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    s: Scenario,
+) -> Result<Report> {
+    let Scenario { fanout, .. } = s;
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SledStore::open(&dir.path().join("store"))?);
+    let tenant = TenantId::new("bench")?;
+    let group = GroupId::new("g")?;
+    store.put_tenant(&TenantRecord {
+        id: tenant.clone(),
+        secret: SECRET.to_vec(),
+    })?;
+    store.create_group(
+        &tenant,
+        &group,
+        GroupMeta {
+            open: false,
+            max_members: 100_000,
+        },
+    )?;
+    for i in 0..=fanout {
+        store.add_member(&tenant, &group, &UserId::new(&format!("u{i}"))?)?;
+    }
+    store.flush()?;
+    let identity = TlsIdentity::self_signed()?;
+    let cert = identity.cert_chain[0].to_vec();
+    let node = server_rt.block_on(Node::start(
+        EdgeConfig {
+            listen: "127.0.0.1:0".parse()?,
+            limits: Limits::default(),
+            identity,
+        },
+        store,
+    ))?;
+    let addr = node.local_addr();
+    let report = client_rt.block_on(drive(addr, cert, s));
+    server_rt.block_on(node.shutdown());
+    report
+}
+
+fn client_config(cert: &[u8]) -> Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
+    Ok(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls)?,
+    )))
+}
+
+struct Conn {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, user: &str) -> Result<Conn> {
+    let conn = endpoint.connect(addr, "localhost")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let token = token::mint(
+        &Claims {
+            tenant: TenantId::new("bench")?,
+            user: UserId::new(user)?,
+            exp: now + 3600,
+            nbf: 0,
+        },
+        SECRET,
+    );
+    send.write_all(&wire::encode_client(&ClientFrame::Hello(wire::Hello {
+        token,
+        presence: PresenceState::Foreground,
+        cursors: vec![],
+        client: "bench".into(),
+    })))
+    .await?;
+    let mut buf = BytesMut::new();
+    let f = wire::read_frame(&mut recv, &mut buf, 1 << 20)
+        .await?
+        .context("no welcome")?;
+    match wire::decode_server(&f, &DecodeLimits::default())? {
+        ServerFrame::Welcome { .. } => {}
+        other => bail!("expected Welcome, got {other:?}"),
+    }
+    Ok(Conn {
+        conn,
+        send,
+        recv,
+        buf,
+    })
+}
+
+async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
+    let Scenario {
+        fanout,
+        payload,
+        window,
+        messages,
+    } = s;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(client_config(&cert)?);
+    let start = Instant::now();
+
+    let mut receivers = Vec::new();
+    for i in 1..=fanout {
+        let c = connect(&endpoint, addr, &format!("u{i}")).await?;
+        receivers.push(tokio::spawn(receive(c, messages, start)));
+    }
+    let mut sender = connect(&endpoint, addr, "u0").await?;
+
+    let t0 = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(window));
+    let acker = {
+        let permits = permits.clone();
+        let mut recv = sender.recv;
+        let mut buf = std::mem::take(&mut sender.buf);
+        tokio::spawn(async move {
+            let limits = DecodeLimits::default();
+            for _ in 0..messages {
+                let f = wire::read_frame(&mut recv, &mut buf, 1 << 20)
+                    .await?
+                    .context("control stream ended")?;
+                match wire::decode_server(&f, &limits)? {
+                    ServerFrame::Ack { .. } => permits.add_permits(1),
+                    other => bail!("unexpected {other:?}"),
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let filler = vec![b'x'; payload - 16];
+    for i in 0..messages {
+        permits.acquire().await?.forget();
+        let mut body = BytesMut::with_capacity(payload);
+        body.put_u64(start.elapsed().as_nanos() as u64);
+        body.put_u64(i);
+        body.put_slice(&filler);
+        let frame = wire::encode_client(&ClientFrame::Send {
+            request_id: i + 1,
+            group: "g".into(),
+            client_msg_id: format!("m{i}"),
+            body: body.freeze(),
+        });
+        sender.send.write_all(&frame).await?;
+    }
+    acker.await??;
+    let mut latencies = Vec::with_capacity((messages as usize) * fanout);
+    for r in receivers {
+        latencies.extend(r.await??);
+    }
+    let elapsed = t0.elapsed();
+    endpoint.close(0u32.into(), b"done");
+    Ok(Report {
+        window,
+        fanout,
+        payload,
+        messages,
+        elapsed,
+        latencies_us: latencies,
+    })
+}
+
+/// Reads `messages` deliveries from the push stream; returns their latencies in µs.
+/// Keeps the control stream open: finishing it ends the session.
+async fn receive(c: Conn, messages: u64, start: Instant) -> Result<Vec<u64>> {
+    let mut push = c.conn.accept_uni().await?;
+    let mut buf = BytesMut::new();
+    let limits = DecodeLimits::default();
+    let mut out = Vec::with_capacity(messages as usize);
+    let mut expect = 1;
+    while out.len() < messages as usize {
+        let f = wire::read_frame(&mut push, &mut buf, 1 << 20)
+            .await?
+            .context("push stream ended")?;
+        if let ServerFrame::Deliver(m) = wire::decode_server(&f, &limits)? {
+            if m.seq != expect {
+                bail!("out of order: got {} expected {expect}", m.seq);
+            }
+            expect += 1;
+            let sent = u64::from_be_bytes(m.body[..8].try_into()?);
+            let now = start.elapsed().as_nanos() as u64;
+            out.push(now.saturating_sub(sent) / 1_000);
+        }
+    }
+    Ok(out)
+}
