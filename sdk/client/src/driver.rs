@@ -492,6 +492,12 @@ impl Driver {
             }
         };
 
+        if let SessionEnd::Shutdown = end {
+            let goodbye = self.say_goodbye(&mut send, &mut inbound);
+            if tokio::time::timeout(CLOSE_LINGER, goodbye).await.is_err() {
+                debug!("the node did not end the control stream in time");
+            }
+        }
         // Stop the readers before saying `Disconnected`: nothing of this session follows it.
         readers.shutdown().await;
         match &end {
@@ -504,6 +510,31 @@ impl Driver {
             }
         }
         end
+    }
+
+    /// A clean close: send the last delivery acks, end the control stream, and wait for the
+    /// node to end its side — it has then processed every frame we sent, so its stored
+    /// cursors cover everything handed to the app. (Closing the connection right away could
+    /// discard frames the node received but had not read yet.)
+    async fn say_goodbye(
+        &mut self,
+        send: &mut quinn::SendStream,
+        inbound: &mut mpsc::UnboundedReceiver<Inbound>,
+    ) {
+        for frame in self.ack_frames() {
+            if write(send, &frame).await.is_err() {
+                return;
+            }
+        }
+        if send.finish().is_err() {
+            return;
+        }
+        while let Some(msg) = inbound.recv().await {
+            match msg {
+                Inbound::Frame(routed) => self.on_routed(routed),
+                Inbound::Failed { .. } => return,
+            }
+        }
     }
 
     /// A stream or write failed: wait briefly for the node's close reason, then classify.

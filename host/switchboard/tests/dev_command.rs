@@ -1,0 +1,107 @@
+//! The README's first command: `switchboard dev` starts a node with a demo tenant and prints
+//! working tokens and the chat command. Runs the real binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::RawClient;
+use switchboard_wire::{ClientFrame, ServerFrame};
+
+#[tokio::test]
+async fn dev_prints_tokens_that_work_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Ctrl-C stops the node");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let text = lines.join("\n");
+    let addr: std::net::SocketAddr = text
+        .split("listening on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in:\n{text}"))
+        .parse()
+        .unwrap();
+    let chat_cmds = text.matches("cargo run -p chat --").count();
+    assert_eq!(chat_cmds, 2, "{text}");
+    let token_args: Vec<&str> = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "--token")
+        .map(|w| w[1])
+        .collect();
+    assert_eq!(token_args.len(), 2, "{text}");
+    assert!(token_args.iter().all(|t| t.starts_with("sb1.")), "{text}");
+
+    let cert = std::fs::read(dir.path().join("cert.der")).unwrap();
+    let mut clients = Vec::new();
+    for token in &token_args {
+        let mut c = RawClient::connect(addr, &cert, switchboard_wire::ALPN)
+            .await
+            .unwrap();
+        assert!(matches!(c.hello(token).await, ServerFrame::Welcome { .. }));
+        c.send(&ClientFrame::Join {
+            request_id: 1,
+            group: "general".into(),
+        })
+        .await;
+        assert!(matches!(c.read().await, Some(ServerFrame::Joined { .. })));
+        clients.push(c);
+    }
+    clients[0]
+        .send(&ClientFrame::Send {
+            request_id: 2,
+            group: "general".into(),
+            client_msg_id: "hi".into(),
+            body: common::body("hi bob"),
+        })
+        .await;
+    assert!(matches!(
+        clients[0].read().await,
+        Some(ServerFrame::Ack { seq: 1, .. })
+    ));
+    let Some(ServerFrame::Deliver(m)) = clients[1].read_push().await else {
+        panic!()
+    };
+    assert_eq!(
+        (m.sender.as_str(), m.body),
+        ("alice", common::body("hi bob"))
+    );
+
+    let ok = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    // Clients were told the node is shutting down.
+    assert_eq!(
+        clients[1].closed_code().await,
+        Some(switchboard_core::ErrorCode::ShuttingDown.as_u16().into())
+    );
+}
