@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_core::{PresenceState, ReceiptKind};
+use switchboard_core::{ErrorCode, PresenceState, ReceiptKind};
 use switchboard_wire::{ClientFrame, Message};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,7 +44,9 @@ pub struct FetchResult {
 /// after reconnecting. A request therefore ends with the node's answer, a
 /// [`ClientError::Server`] refusal, [`ClientError::Timeout`] after
 /// [`ClientConfig::request_timeout`], or [`ClientError::Closed`] when the client stops.
-/// Calls made while disconnected wait for the reconnect (within the same timeout).
+/// Calls made while disconnected wait for the reconnect (within the same timeout). A request
+/// that timed out is forgotten, not re-issued: a timed-out send may or may not have been
+/// stored, and [`Client::send_with_id`] with the same id tells which.
 ///
 /// Receipts and presence changes are fire-and-forget: they return once queued. Receipts made
 /// while disconnected are sent after reconnecting (the latest 1024 are kept); presence is
@@ -96,18 +98,20 @@ impl Client {
         }
     }
 
-    /// Leaves `group` and forgets its cursor.
+    /// Leaves `group` and forgets its cursor. Leaving a group you are not in succeeds (so a
+    /// leave re-issued after a reconnect, whose first answer was lost, does too).
     pub async fn leave(&self, group: &str) -> Result<(), ClientError> {
         let kind = RequestKind::Leave {
             group: group.to_owned(),
         };
-        match self.request(kind).await? {
-            Response::Left => {
-                self.shared.tracker.lock().forget(group);
-                Ok(())
-            }
-            other => Err(unexpected(other)),
+        match self.request(kind).await {
+            Ok(Response::Left) => {}
+            Err(e) if e.code() == Some(ErrorCode::NotMember) => {}
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => return Err(e),
         }
+        self.shared.tracker.lock().forget(group);
+        Ok(())
     }
 
     /// Sends a message with a freshly generated `client_msg_id`; resolves once the node made
@@ -204,7 +208,8 @@ impl Client {
         Ok(())
     }
 
-    /// Round trip to the node through the whole request path.
+    /// Round trip to the node through the whole request path (including any wait for a
+    /// reconnect).
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let start = Instant::now();
         match self.request(RequestKind::Ping).await? {

@@ -40,7 +40,8 @@ const MAX_QUEUED_RECEIPTS: usize = 1024;
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long to wait for the node's close reason after a stream failed.
 const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
-/// How long a closing client lets QUIC deliver its close to the node.
+/// How long a closing client waits for the node to take its last frames, then for QUIC to
+/// deliver the close.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// What the connection task is asked to do.

@@ -175,3 +175,127 @@ impl EventSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::ClientConfig;
+
+    fn pair(event_buffer: usize, resume: &[(&str, u64)]) -> (EventSink, Events) {
+        let mut cfg = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Vec::new(), "t");
+        cfg.event_buffer = event_buffer;
+        cfg.resume = resume.iter().map(|(g, s)| (g.to_string(), *s)).collect();
+        let shared = Arc::new(Shared::new(&cfg));
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EventSink::new(tx, shared.clone()), Events::new(rx, shared))
+    }
+
+    fn deliver(group: &str, seq: u64) -> ServerFrame {
+        ServerFrame::Deliver(Message {
+            group: group.into(),
+            seq,
+            sender: "alice".into(),
+            client_msg_id: format!("m{seq}"),
+            sent_at_ms: 0,
+            body: Bytes::from_static(b"hi"),
+        })
+    }
+
+    fn seq_of(e: Option<Event>) -> u64 {
+        match e {
+            Some(Event::Message(m)) => m.seq,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn deliveries_are_deduped_against_resume_and_each_other() {
+        let (sink, mut events) = pair(16, &[("g", 1)]);
+        for seq in [1, 2, 2, 3, 1, 4] {
+            sink.push(deliver("g", seq)).await;
+        }
+        let got: Vec<u64> = (0..3).map(|_| seq_of(events.try_next())).collect();
+        assert_eq!(got, vec![2, 3, 4]);
+        assert!(events.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_holds_pushes_but_not_lifecycle_events() {
+        let (sink, mut events) = pair(2, &[]);
+        sink.push(deliver("g", 1)).await;
+        sink.push(deliver("g", 2)).await;
+        let third = sink.push(deliver("g", 3));
+        tokio::pin!(third);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut third)
+                .await
+                .is_err(),
+            "a push went past the bound"
+        );
+        sink.lifecycle(Event::Disconnected {
+            reason: "test".into(),
+        });
+        assert_eq!(seq_of(events.next().await), 1);
+        // Taking one event frees one place.
+        tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("push still blocked after the app took an event");
+        assert_eq!(seq_of(events.next().await), 2);
+        assert!(matches!(
+            events.next().await,
+            Some(Event::Disconnected { .. })
+        ));
+        assert_eq!(seq_of(events.next().await), 3);
+    }
+
+    #[tokio::test]
+    async fn handed_messages_are_acked_when_auto_ack_is_on() {
+        let (sink, mut events) = pair(16, &[]);
+        for seq in 1..=3 {
+            sink.push(deliver("g", seq)).await;
+        }
+        assert_eq!(seq_of(events.next().await), 1);
+        assert_eq!(seq_of(events.next().await), 2);
+        // Only what the app took is acked, coalesced into one ack.
+        let acks = events.shared.tracker.lock().take_acks();
+        assert_eq!(acks, vec![("g".to_string(), 2)]);
+    }
+
+    #[tokio::test]
+    async fn notices_become_events() {
+        let (sink, mut events) = pair(16, &[]);
+        sink.push(ServerFrame::ReceiptNotice {
+            group: "g".into(),
+            seq: 7,
+            user: "bob".into(),
+            kind: ReceiptKind::Read,
+        })
+        .await;
+        sink.push(ServerFrame::PresenceNotice {
+            user: "bob".into(),
+            state: PresenceState::Background,
+        })
+        .await;
+        assert!(matches!(
+            events.next().await,
+            Some(Event::Receipt {
+                seq: 7,
+                kind: ReceiptKind::Read,
+                ..
+            })
+        ));
+        assert!(matches!(
+            events.next().await,
+            Some(Event::Presence {
+                state: PresenceState::Background,
+                ..
+            })
+        ));
+        // Receipts are never deduped or acked.
+        assert!(events.shared.tracker.lock().take_acks().is_empty());
+    }
+}

@@ -11,6 +11,17 @@ use crate::backoff::Rng;
 use crate::tracker::DeliveryTracker;
 use crate::ClientConfig;
 
+/// Longest `Hello.client` the node accepts, in bytes.
+const MAX_CLIENT_NAME: usize = 64;
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// Dedupe, resume cursors and pending delivery acks.
@@ -46,7 +57,7 @@ impl Shared {
             event_slots: Semaphore::new(cfg.event_buffer.clamp(1, Semaphore::MAX_PERMITS)),
             token: Mutex::new(cfg.token.clone()),
             presence: Mutex::new(cfg.presence),
-            client_name: cfg.client_name.clone(),
+            client_name: truncate(&cfg.client_name, MAX_CLIENT_NAME).to_owned(),
             max_payload_bytes: AtomicU32::new(u32::MAX),
             shutdown: Notify::new(),
             reconnect_flag: AtomicBool::new(false),
@@ -105,5 +116,50 @@ impl Shared {
     pub(crate) fn new_msg_id(&self) -> String {
         let mut rng = self.rng.lock();
         format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_name_fits_hello() {
+        assert_eq!(truncate("chat/0.1", 64), "chat/0.1");
+        assert_eq!(truncate(&"x".repeat(70), 64).len(), 64);
+        // Never splits a character.
+        assert_eq!(truncate("ééé", 5), "éé");
+    }
+
+    #[test]
+    fn message_ids_are_distinct_and_valid() {
+        let cfg = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Vec::new(), "t");
+        let a = Shared::new(&cfg);
+        let b = Shared::new(&cfg);
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .flat_map(|_| [a.new_msg_id(), b.new_msg_id()])
+            .collect();
+        assert_eq!(ids.len(), 2000);
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 32 && switchboard_core::GroupId::new(id).is_ok()));
+    }
+
+    #[test]
+    fn hello_carries_token_presence_and_cursors() {
+        let mut cfg = ClientConfig::new("127.0.0.1:1".parse().unwrap(), Vec::new(), "tok");
+        cfg.resume = vec![("b".into(), 2), ("a".into(), 9)];
+        let shared = Shared::new(&cfg);
+        *shared.presence.lock() = PresenceState::Background;
+        shared.tracker.lock().observe("b", 3);
+        let hello = shared.hello();
+        assert_eq!(hello.token, "tok");
+        assert_eq!(hello.presence, PresenceState::Background);
+        let cursors: Vec<(String, u64)> = hello
+            .cursors
+            .into_iter()
+            .map(|c| (c.group, c.seq))
+            .collect();
+        assert_eq!(cursors, vec![("a".into(), 9), ("b".into(), 3)]);
     }
 }
