@@ -446,6 +446,7 @@ impl Hub {
             .map(|c| (c.group.as_str(), c.seq))
             .collect();
         let mut groups = Vec::new();
+        let mut resumed = Vec::new();
         for gid in self.store.groups_of(&session.tenant, &session.user)? {
             let g = self.group(&session.tenant, &gid)?;
             let after = match resume.get(gid.as_str()) {
@@ -456,6 +457,10 @@ impl Hub {
             groups.push(GroupCursor {
                 group: gid.to_string(),
                 seq: head,
+            });
+            resumed.push(GroupCursor {
+                group: gid.to_string(),
+                seq: after.min(head),
             });
         }
         self.users
@@ -470,6 +475,7 @@ impl Hub {
             server_time_ms: now_ms(),
             max_payload_bytes: self.limits.max_payload_bytes,
             groups,
+            resume: resumed,
         };
         Ok((session, welcome))
     }

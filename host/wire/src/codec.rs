@@ -58,9 +58,11 @@ impl DecodeLimits {
             max_string_bytes: DEFAULT_MAX_STRING_BYTES,
             // Deepest path in the schema: Frame -> FetchResult -> Message.
             max_depth: 8,
-            // One list of tables plus Frame, its body and a little slack.
+            // Two lists of tables (Welcome's groups and resume) plus Frame, its body and a
+            // little slack.
             max_tables: usize::try_from(max_list_len)
                 .unwrap_or(usize::MAX)
+                .saturating_mul(2)
                 .saturating_add(8),
         }
     }
@@ -279,6 +281,7 @@ pub fn encode_server(f: &ServerFrame) -> Bytes {
             server_time_ms,
             max_payload_bytes,
             groups,
+            resume,
         } => {
             let args = fb::WelcomeArgs {
                 session_id: *session_id,
@@ -287,6 +290,7 @@ pub fn encode_server(f: &ServerFrame) -> Bytes {
                 server_time_ms: *server_time_ms,
                 max_payload_bytes: *max_payload_bytes,
                 groups: Some(cursors_fb(fbb, groups)),
+                resume: Some(cursors_fb(fbb, resume)),
             };
             let t = fb::Welcome::create(fbb, &args);
             (fb::Body::Welcome, t.as_union_value())
@@ -615,6 +619,7 @@ pub fn decode_server(frame: &[u8], l: &DecodeLimits) -> Result<ServerFrame, Wire
                 server_time_ms: w.server_time_ms(),
                 max_payload_bytes: w.max_payload_bytes(),
                 groups: cursors("groups", w.groups(), l)?,
+                resume: cursors("resume", w.resume(), l)?,
             }
         }
         fb::Body::Joined => {

@@ -105,6 +105,9 @@ pub enum ServerFrame {
         max_payload_bytes: u32,
         /// Groups the user belongs to, each with the group's newest sequence number.
         groups: Vec<GroupCursor>,
+        /// For each group, the sequence number this session resumes after: delivery starts
+        /// at the next one. Clients adopt these for groups they had no cursor for.
+        resume: Vec<GroupCursor>,
     },
     Joined {
         request_id: u64,

@@ -198,6 +198,7 @@ fn too_long_list() {
         server_time_ms: 0,
         max_payload_bytes: 0,
         groups: cursors(3),
+        resume: vec![],
     };
     check(
         decode_server(&server(&welcome), &l),

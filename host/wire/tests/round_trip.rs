@@ -103,6 +103,12 @@ fn limits_at_the_bound_are_accepted() {
                 seq: 0,
             })
             .collect(),
+        resume: (0..l.max_list_len)
+            .map(|_| GroupCursor {
+                group: "g".into(),
+                seq: 0,
+            })
+            .collect(),
     });
     check_server(ServerFrame::FetchResult {
         request_id: 1,

@@ -74,6 +74,7 @@ pub(crate) struct Welcome {
     user: String,
     pub(crate) max_payload_bytes: u32,
     groups: Vec<(String, u64)>,
+    resume: Vec<(String, u64)>,
 }
 
 /// A connection that completed `Hello`/`Welcome`.
@@ -173,6 +174,7 @@ async fn establish(
             user,
             max_payload_bytes,
             groups,
+            resume,
             ..
         } => Ok(Session {
             endpoint,
@@ -186,6 +188,7 @@ async fn establish(
                 user,
                 max_payload_bytes,
                 groups: groups.into_iter().map(|g| (g.group, g.seq)).collect(),
+                resume: resume.into_iter().map(|g| (g.group, g.seq)).collect(),
             },
         }),
         ServerFrame::Error(e) => Err(ClientError::from_frame(&e)),
@@ -405,6 +408,12 @@ impl Driver {
         self.shared
             .max_payload_bytes
             .store(welcome.max_payload_bytes, Ordering::Relaxed);
+        {
+            let mut tracker = self.shared.tracker.lock();
+            for (group, seq) in &welcome.resume {
+                tracker.adopt_resume(group, *seq);
+            }
+        }
         // Before any reader runs, so `Connected` precedes this session's pushes.
         self.events.lifecycle(Event::Connected {
             session_id: welcome.session_id,

@@ -46,6 +46,19 @@ impl DeliveryTracker {
         t
     }
 
+    /// Adopts the node's resume point for a group this client had no cursor for, so the next
+    /// `Hello` names it (otherwise the node would resume from the user's stored cursor, which
+    /// another device of the same user may have moved past what this one has seen).
+    pub(crate) fn adopt_resume(&mut self, group: &str, seq: u64) {
+        let g = match self.groups.get_mut(group) {
+            Some(g) => g,
+            None => self.groups.entry(group.to_owned()).or_default(),
+        };
+        if g.seen.is_none() {
+            g.seen = Some(seq);
+        }
+    }
+
     /// Records a delivered `(group, seq)` and says whether it is new.
     pub(crate) fn observe(&mut self, group: &str, seq: u64) -> Observed {
         let g = match self.groups.get_mut(group) {
@@ -111,6 +124,24 @@ impl DeliveryTracker {
     /// The user left `group`: forget it, so a later join resumes wherever the node says.
     pub(crate) fn forget(&mut self, group: &str) {
         self.groups.remove(group);
+    }
+}
+
+#[cfg(test)]
+mod adopt_tests {
+    use super::*;
+
+    #[test]
+    fn resume_points_fill_only_unknown_groups() {
+        let mut t = DeliveryTracker::with_resume([("a".to_string(), 5)]);
+        t.adopt_resume("a", 2);
+        t.adopt_resume("b", 7);
+        assert_eq!(
+            t.cursors(),
+            vec![("a".to_string(), 5), ("b".to_string(), 7)]
+        );
+        assert_eq!(t.observe("b", 7), Observed::Duplicate);
+        assert_eq!(t.observe("b", 8), Observed::Next);
     }
 }
 

@@ -1819,6 +1819,7 @@ impl<'a> Welcome<'a> {
   pub const VT_SERVER_TIME_MS: ::flatbuffers::VOffsetT = 10;
   pub const VT_MAX_PAYLOAD_BYTES: ::flatbuffers::VOffsetT = 12;
   pub const VT_GROUPS: ::flatbuffers::VOffsetT = 14;
+  pub const VT_RESUME: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1832,6 +1833,7 @@ impl<'a> Welcome<'a> {
     let mut builder = WelcomeBuilder::new(_fbb);
     builder.add_server_time_ms(args.server_time_ms);
     builder.add_session_id(args.session_id);
+    if let Some(x) = args.resume { builder.add_resume(x); }
     if let Some(x) = args.groups { builder.add_groups(x); }
     builder.add_max_payload_bytes(args.max_payload_bytes);
     if let Some(x) = args.user { builder.add_user(x); }
@@ -1888,6 +1890,16 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupCursor>>>>(Welcome::VT_GROUPS, None)}
   }
+  /// For each of those groups, the sequence number this session resumes after (the `Hello`
+  /// cursor, else the stored cursor, capped at the head). A client SHOULD adopt these as its
+  /// cursors for groups it had none for, so its next `Hello` names every group.
+  #[inline]
+  pub fn resume(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupCursor<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupCursor>>>>(Welcome::VT_RESUME, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -1902,6 +1914,7 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<u64>("server_time_ms", Self::VT_SERVER_TIME_MS, false)?
      .visit_field::<u32>("max_payload_bytes", Self::VT_MAX_PAYLOAD_BYTES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupCursor>>>>("groups", Self::VT_GROUPS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupCursor>>>>("resume", Self::VT_RESUME, false)?
      .finish();
     Ok(())
   }
@@ -1913,6 +1926,7 @@ pub struct WelcomeArgs<'a> {
     pub server_time_ms: u64,
     pub max_payload_bytes: u32,
     pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupCursor<'a>>>>>,
+    pub resume: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupCursor<'a>>>>>,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -1924,6 +1938,7 @@ impl<'a> Default for WelcomeArgs<'a> {
       server_time_ms: 0,
       max_payload_bytes: 0,
       groups: None,
+      resume: None,
     }
   }
 }
@@ -1958,6 +1973,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Welcome::VT_GROUPS, groups);
   }
   #[inline]
+  pub fn add_resume(&mut self, resume: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<GroupCursor<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Welcome::VT_RESUME, resume);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -1983,6 +2002,7 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("server_time_ms", &self.server_time_ms());
       ds.field("max_payload_bytes", &self.max_payload_bytes());
       ds.field("groups", &self.groups());
+      ds.field("resume", &self.resume());
       ds.finish()
   }
 }

@@ -104,6 +104,10 @@ pub fn server_cases() -> Vec<ServerFrame> {
                 group: "general".into(),
                 seq: 42,
             }],
+            resume: vec![GroupCursor {
+                group: "general".into(),
+                seq: 40,
+            }],
         },
         ServerFrame::Welcome {
             session_id: 0,
@@ -112,6 +116,7 @@ pub fn server_cases() -> Vec<ServerFrame> {
             server_time_ms: 0,
             max_payload_bytes: 0,
             groups: vec![],
+            resume: vec![],
         },
         ServerFrame::Joined {
             request_id: 1,
