@@ -6,8 +6,11 @@ use switchboard_wire as wire;
 
 impl TestNode {
     pub fn client_config(&self, tenant: &str, user: &str) -> switchboard_client::ClientConfig {
-        let mut c =
-            switchboard_client::ClientConfig::new(self.addr, self.cert_der(), self.token(tenant, user));
+        let mut c = switchboard_client::ClientConfig::new(
+            self.addr,
+            self.cert_der(),
+            self.token(tenant, user),
+        );
         c.request_timeout = WAIT;
         c
     }
@@ -27,7 +30,6 @@ impl TestNode {
         }
         (c, ev)
     }
-
 }
 
 pub async fn next_event(ev: &mut switchboard_client::Events) -> switchboard_client::Event {
@@ -45,4 +47,3 @@ pub async fn next_message(ev: &mut switchboard_client::Events) -> wire::Message 
         }
     }
 }
-
