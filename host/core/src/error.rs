@@ -36,6 +36,8 @@ pub enum ErrorCode {
     JoinRefused = 23,
     /// The message body exceeds the payload limit.
     PayloadTooLarge = 24,
+    /// The tenant's policy refused the message; the message says why. Not stored.
+    PolicyRejected = 26,
     /// A field has an invalid value (an id with characters outside the allowed set, an
     /// empty client message id, a receipt for a message that does not exist, ...).
     InvalidArgument = 25,
@@ -53,7 +55,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownFrameType,
@@ -70,6 +72,7 @@ impl ErrorCode {
         Self::JoinRefused,
         Self::PayloadTooLarge,
         Self::InvalidArgument,
+        Self::PolicyRejected,
         Self::RateLimited,
         Self::Overloaded,
         Self::StoreUnavailable,

@@ -23,6 +23,34 @@ pub enum PresenceState {
     Background,
 }
 
+/// A delivery lane, chosen per message by the tenant's policy. Higher lanes are sent first;
+/// order within a group is never changed by lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum Lane {
+    /// Urgent: sent before everything else queued for a connection.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Bulk (e.g. large media): sent after everything else.
+    Low,
+}
+
+impl Lane {
+    /// Every lane, most urgent first.
+    pub const ALL: [Lane; 3] = [Lane::High, Lane::Normal, Lane::Low];
+
+    /// 0 for the most urgent lane; sorting by rank sends urgent first.
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+
+    /// The lane of a rank, `None` if out of range.
+    pub fn from_rank(rank: u8) -> Option<Lane> {
+        Self::ALL.get(usize::from(rank)).copied()
+    }
+}
+
 /// A receipt a member sends about a message of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReceiptKind {

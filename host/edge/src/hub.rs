@@ -24,7 +24,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use switchboard_core::token::{self, Claims};
 use switchboard_core::{
-    ErrorCode, GroupId, IdError, Limits, PresenceState, ReceiptKind, TenantId, UserId,
+    ErrorCode, GroupId, IdError, Lane, Limits, PresenceState, ReceiptKind, TenantId, UserId,
 };
 use switchboard_store::{Appended, NewMessage, Store, StoreError, StoredMessage, StoredReceipt};
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
@@ -629,6 +629,7 @@ impl Hub {
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
 
+        let lane = Lane::Normal;
         let _order = g.append.lock().await;
         let sent_at_ms = now_ms();
         let appended = self.store.append(
@@ -636,6 +637,7 @@ impl Hub {
             &gid,
             NewMessage {
                 sender: &session.user,
+                lane,
                 client_msg_id,
                 sent_at_ms,
                 body: &body,
@@ -650,6 +652,7 @@ impl Hub {
                     client_msg_id: client_msg_id.to_owned(),
                     sent_at_ms,
                     body,
+                    lane,
                 }));
                 (seq, Some(frame), false)
             }
@@ -840,6 +843,7 @@ fn to_message(gid: &GroupId, m: StoredMessage) -> Message {
         client_msg_id: m.client_msg_id,
         sent_at_ms: m.sent_at_ms,
         body: m.body,
+        lane: m.lane,
     }
 }
 

@@ -37,7 +37,7 @@
 //! Only this crate knows sled.
 
 use bytes::Bytes;
-use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
+use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
 mod sled_store;
 
@@ -84,6 +84,8 @@ pub struct GroupMeta {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub seq: u64,
+    /// The lane the tenant's policy chose when the message was accepted.
+    pub lane: Lane,
     pub sender: UserId,
     pub client_msg_id: String,
     pub sent_at_ms: u64,
@@ -94,6 +96,7 @@ pub struct StoredMessage {
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {
     pub sender: &'a UserId,
+    pub lane: Lane,
     pub client_msg_id: &'a str,
     pub sent_at_ms: u64,
     pub body: &'a [u8],

@@ -15,11 +15,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use switchboard_core::id::MAX_ID_LEN;
 use switchboard_core::token::MAX_TOKEN_LEN;
-use switchboard_core::{Limits, PresenceState, ReceiptKind};
+use switchboard_core::{Lane, Limits, PresenceState, ReceiptKind};
 
 use crate::generated::switchboard::wire as fb;
 use crate::{
-    ClientFrame, ErrorFrame, GroupCursor, Hello, Message, ServerFrame, WireError, LEN_PREFIX,
+    ClientFrame, ErrorFrame, Flag, GroupCursor, Hello, Message, ServerFrame, WireError, LEN_PREFIX,
 };
 
 /// Default bound on free-form strings (`Hello.client`, `Error.message`), in bytes.
@@ -126,6 +126,14 @@ fn finish(
     out.freeze()
 }
 
+fn lane_fb(l: Lane) -> fb::Lane {
+    match l {
+        Lane::Normal => fb::Lane::Normal,
+        Lane::High => fb::Lane::High,
+        Lane::Low => fb::Lane::Low,
+    }
+}
+
 fn presence_fb(s: PresenceState) -> fb::PresenceState {
     match s {
         PresenceState::Foreground => fb::PresenceState::Foreground,
@@ -161,6 +169,7 @@ fn message_fb<'b>(fbb: &mut FlatBufferBuilder<'b>, m: &Message) -> WIPOffset<fb:
         sender: Some(fbb.create_string(&m.sender)),
         client_msg_id: Some(fbb.create_string(&m.client_msg_id)),
         sent_at_ms: m.sent_at_ms,
+        lane: lane_fb(m.lane),
         body: Some(fbb.create_vector(&m.body[..])),
     };
     fb::Message::create(fbb, &args)
@@ -379,6 +388,25 @@ pub fn encode_server(f: &ServerFrame) -> Bytes {
             let t = fb::PresenceNotice::create(fbb, &args);
             (fb::Body::PresenceNotice, t.as_union_value())
         }
+        ServerFrame::Flags { flags } => {
+            let items: Vec<_> = flags
+                .iter()
+                .map(|f| {
+                    let args = fb::FlagArgs {
+                        name: Some(fbb.create_string(&f.name)),
+                        enabled: f.enabled,
+                    };
+                    fb::Flag::create(fbb, &args)
+                })
+                .collect();
+            let args = fb::FlagsArgs {
+                flags: Some(fbb.create_vector(&items)),
+            };
+            (
+                fb::Body::Flags,
+                fb::Flags::create(fbb, &args).as_union_value(),
+            )
+        }
         ServerFrame::Pong { request_id } => {
             let args = fb::PongArgs {
                 request_id: *request_id,
@@ -484,6 +512,15 @@ fn list_len(field: &'static str, len: usize, l: &DecodeLimits) -> Result<(), Wir
     Ok(())
 }
 
+fn lane(l: fb::Lane) -> Result<Lane, WireError> {
+    match l {
+        fb::Lane::Normal => Ok(Lane::Normal),
+        fb::Lane::High => Ok(Lane::High),
+        fb::Lane::Low => Ok(Lane::Low),
+        other => Err(malformed(format!("unknown lane {}", other.0))),
+    }
+}
+
 fn presence(s: fb::PresenceState) -> Result<PresenceState, WireError> {
     match s {
         fb::PresenceState::Foreground => Ok(PresenceState::Foreground),
@@ -525,6 +562,7 @@ fn message(m: fb::Message<'_>) -> Result<Message, WireError> {
         client_msg_id: id("client_msg_id", m.client_msg_id())?,
         sent_at_ms: m.sent_at_ms(),
         body: Bytes::copy_from_slice(m.body().bytes()),
+        lane: lane(m.lane())?,
     })
 }
 
@@ -688,6 +726,24 @@ pub fn decode_server(frame: &[u8], l: &DecodeLimits) -> Result<ServerFrame, Wire
             ServerFrame::Pong {
                 request_id: p.request_id(),
             }
+        }
+        fb::Body::Flags => {
+            let f = body(root.body_as_flags())?;
+            let flags = match f.flags() {
+                None => Vec::new(),
+                Some(v) => {
+                    list_len("flags", v.len(), l)?;
+                    v.iter()
+                        .map(|f| {
+                            Ok(Flag {
+                                name: id("flag name", f.name())?,
+                                enabled: f.enabled(),
+                            })
+                        })
+                        .collect::<Result<_, WireError>>()?
+                }
+            };
+            ServerFrame::Flags { flags }
         }
         fb::Body::Error => {
             let e = body(root.body_as_error())?;

@@ -7,7 +7,7 @@
 //! response; 0 means "no request" in `Error`.
 
 use bytes::Bytes;
-use switchboard_core::{ErrorCode, PresenceState, ReceiptKind};
+use switchboard_core::{ErrorCode, Lane, PresenceState, ReceiptKind};
 
 /// A group and a sequence number: "I have everything up to and including `seq`".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,15 @@ pub struct Message {
     /// When the node accepted it, milliseconds since the Unix epoch.
     pub sent_at_ms: u64,
     pub body: Bytes,
+    /// The lane the tenant's policy chose.
+    pub lane: Lane,
+}
+
+/// A feature flag as evaluated for the connected user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    pub name: String,
+    pub enabled: bool,
 }
 
 /// Frames a client sends.
@@ -150,6 +159,10 @@ pub enum ServerFrame {
         request_id: u64,
     },
     Error(ErrorFrame),
+    /// Push: the user's complete feature-flag set (after `Welcome`, and on every change).
+    Flags {
+        flags: Vec<Flag>,
+    },
 }
 
 /// A typed refusal. Fatal codes (see `ErrorCode::is_fatal`) are followed by connection close.

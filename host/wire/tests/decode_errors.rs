@@ -213,6 +213,7 @@ fn too_long_list() {
         client_msg_id: "c".into(),
         sent_at_ms: 0,
         body: Bytes::new(),
+        lane: Default::default(),
     };
     let fetched = ServerFrame::FetchResult {
         request_id: 1,
@@ -289,6 +290,7 @@ fn too_long_strings() {
         client_msg_id: "c".into(),
         sent_at_ms: 0,
         body: Bytes::new(),
+        lane: Default::default(),
     });
     check(
         decode_server(&server(&deliver), &l),
@@ -314,10 +316,10 @@ fn unknown_union_type() {
         "",
         ErrorCode::UnknownFrameType,
     );
-    // The next number after the schema's last member (Error = 19).
+    // The next number after the schema's last member (Flags = 20).
     check(
-        decode_client(&raw_frame(20, empty_table), &l),
-        "UnknownFrameType(20)",
+        decode_client(&raw_frame(21, empty_table), &l),
+        "UnknownFrameType(21)",
         "",
         ErrorCode::UnknownFrameType,
     );

@@ -121,6 +121,7 @@ fn limits_at_the_bound_are_accepted() {
                 client_msg_id: "c".into(),
                 sent_at_ms: 0,
                 body: Bytes::new(),
+                lane: Default::default(),
             })
             .collect(),
         head_seq: 1,

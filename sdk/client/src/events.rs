@@ -34,6 +34,9 @@ pub enum Event {
     },
     /// A user sharing a group went foreground or background.
     Presence { user: String, state: PresenceState },
+    /// The user's complete feature-flag set, as the tenant's policy evaluates it: after each
+    /// connect and whenever it changes. Replaces the previous set.
+    Flags { flags: Vec<(String, bool)> },
     /// The connection was lost; the client reconnects unless [`Event::Closed`] follows.
     Disconnected { reason: String },
     /// Reconnect attempt `attempt` (1-based) starts after `delay`.
@@ -50,7 +53,7 @@ impl Event {
     fn is_data(&self) -> bool {
         matches!(
             self,
-            Self::Message(_) | Self::Receipt { .. } | Self::Presence { .. }
+            Self::Message(_) | Self::Receipt { .. } | Self::Presence { .. } | Self::Flags { .. }
         )
     }
 }
@@ -165,6 +168,9 @@ impl EventSink {
                 kind,
             },
             ServerFrame::PresenceNotice { user, state } => Event::Presence { user, state },
+            ServerFrame::Flags { flags } => Event::Flags {
+                flags: flags.into_iter().map(|f| (f.name, f.enabled)).collect(),
+            },
             other => {
                 tracing::warn!(?other, "not a push; ignored");
                 return;
@@ -202,6 +208,7 @@ mod tests {
             client_msg_id: format!("m{seq}"),
             sent_at_ms: 0,
             body: Bytes::from_static(b"hi"),
+            lane: Default::default(),
         })
     }
 

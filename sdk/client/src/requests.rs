@@ -94,7 +94,7 @@ pub(crate) enum Routed {
     Response(u64, ServerFrame),
     /// An `Error` that answers no request (`request_id` 0).
     ConnectionError(ErrorFrame),
-    /// `Deliver`, `ReceiptNotice` or `PresenceNotice`: goes to the app's event stream.
+    /// `Deliver`, `ReceiptNotice`, `PresenceNotice` or `Flags`: goes to the app's event stream.
     Push(ServerFrame),
     /// `Welcome` after the handshake.
     Unexpected(ServerFrame),
@@ -111,7 +111,9 @@ pub(crate) fn route(frame: ServerFrame) -> Routed {
         | F::Pong { request_id } => Routed::Response(request_id, frame),
         F::Error(e) if e.request_id == 0 => Routed::ConnectionError(e),
         F::Error(ref e) => Routed::Response(e.request_id, frame),
-        F::Deliver(_) | F::ReceiptNotice { .. } | F::PresenceNotice { .. } => Routed::Push(frame),
+        F::Deliver(_) | F::ReceiptNotice { .. } | F::PresenceNotice { .. } | F::Flags { .. } => {
+            Routed::Push(frame)
+        }
         F::Welcome { .. } => Routed::Unexpected(frame),
     }
 }
@@ -245,6 +247,7 @@ pub(crate) fn frame_name(f: &ServerFrame) -> &'static str {
         ServerFrame::PresenceNotice { .. } => "PresenceNotice",
         ServerFrame::Pong { .. } => "Pong",
         ServerFrame::Error(_) => "Error",
+        ServerFrame::Flags { .. } => "Flags",
     }
 }
 

@@ -6,13 +6,13 @@
 //! | tenant  | secret (rest)                                                               |
 //! | group   | flags u8 (bit 0 = open), max_members u32, member count u32                  |
 //! | member, user→group | (empty value, no version byte: the key is the record)            |
-//! | message | sent_at_ms u64, sender len u8, sender, client_msg_id len u32, id, body (rest) |
+//! | message | sent_at_ms u64, lane u8, sender len u8, sender, client_msg_id len u32, id, body (rest) |
 //! | dedupe, cursor | seq u64                                                              |
 //! | receipt | kind u8 (0 delivered, 1 read), at_ms u64                                    |
 
 use bytes::Bytes;
 use sled::IVec;
-use switchboard_core::{ReceiptKind, TenantId, UserId};
+use switchboard_core::{Lane, ReceiptKind, TenantId, UserId};
 
 use crate::{GroupMeta, NewMessage, StoreError, StoredMessage, StoredReceipt, TenantRecord};
 
@@ -168,9 +168,10 @@ pub(super) fn encode_message(m: &NewMessage<'_>) -> Vec<u8> {
     let sender = m.sender.as_str();
     let id = m.client_msg_id.as_bytes();
     let id_len = u32::try_from(id.len()).expect("client_msg_id shorter than 4 GiB");
-    let mut v = Vec::with_capacity(1 + 8 + 1 + sender.len() + 4 + id.len() + m.body.len());
+    let mut v = Vec::with_capacity(1 + 8 + 1 + 1 + sender.len() + 4 + id.len() + m.body.len());
     v.push(V1);
     v.extend_from_slice(&m.sent_at_ms.to_be_bytes());
+    v.push(m.lane.rank());
     v.push(sender.len() as u8);
     v.extend_from_slice(sender.as_bytes());
     v.extend_from_slice(&id_len.to_be_bytes());
@@ -183,6 +184,11 @@ pub(super) fn encode_message(m: &NewMessage<'_>) -> Vec<u8> {
 pub(super) fn decode_message(seq: u64, value: IVec) -> Result<StoredMessage, StoreError> {
     let mut r = Reader::new(LOG, &value)?;
     let sent_at_ms = r.u64()?;
+    let lane = r.u8()?;
+    let lane = Lane::from_rank(lane).ok_or_else(|| StoreError::Corrupt {
+        tree: LOG,
+        detail: format!("unknown lane {lane}"),
+    })?;
     let sender_len = r.u8()?;
     let sender = parse_id(LOG, r.take(usize::from(sender_len))?, UserId::new)?;
     let id_len = r.u32()?;
@@ -191,6 +197,7 @@ pub(super) fn decode_message(seq: u64, value: IVec) -> Result<StoredMessage, Sto
     let body = Bytes::from_owner(value).slice(body_start..);
     Ok(StoredMessage {
         seq,
+        lane,
         sender,
         client_msg_id,
         sent_at_ms,
@@ -279,6 +286,7 @@ mod tests {
         let sender = user("alice");
         let new = NewMessage {
             sender: &sender,
+            lane: Lane::Low,
             client_msg_id: "héllo",
             sent_at_ms: 9,
             body: b"hi",
@@ -288,6 +296,7 @@ mod tests {
             m,
             StoredMessage {
                 seq: 5,
+                lane: Lane::Low,
                 sender,
                 client_msg_id: "héllo".into(),
                 sent_at_ms: 9,
@@ -327,11 +336,19 @@ mod tests {
             decode_message(1, IVec::from(&[1u8, 0, 0][..])),
             "record truncated",
         );
+        // lane out of range
+        check(
+            decode_message(
+                1,
+                IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0][..]),
+            ),
+            "unknown lane 3",
+        );
         // sender length 3 but only 2 bytes
         check(
             decode_message(
                 1,
-                IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 3, b'a', b'b'][..]),
+                IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, b'a', b'b'][..]),
             ),
             "record truncated",
         );
@@ -339,7 +356,7 @@ mod tests {
         check(
             decode_message(
                 1,
-                IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'/', 0, 0, 0, 0][..]),
+                IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'/', 0, 0, 0, 0][..]),
             ),
             "bad id: id contains '/'; allowed: ASCII letters, digits, '-', '_', '.', ':', '@'",
         );
@@ -347,7 +364,7 @@ mod tests {
         check(
             decode_message(
                 1,
-                IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 0, 1, 0xff][..]),
+                IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'a', 0, 0, 0, 1, 0xff][..]),
             ),
             "string is not UTF-8",
         );

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tempfile::TempDir;
 
 use super::*;
+use switchboard_core::Lane;
 
 fn t(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
@@ -40,6 +41,7 @@ const OPEN: GroupMeta = GroupMeta {
 fn msg<'a>(sender: &'a UserId, id: &'a str, body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {
         sender,
+        lane: Lane::Normal,
         client_msg_id: id,
         sent_at_ms: 1_000,
         body,
@@ -303,6 +305,7 @@ fn append_numbers_from_one_without_gaps() {
         m,
         StoredMessage {
             seq: 7,
+            lane: Lane::Normal,
             sender: ann.clone(),
             client_msg_id: "m6".into(),
             sent_at_ms: 1_000,
@@ -341,6 +344,7 @@ fn duplicate_returns_the_earlier_seq_and_writes_nothing() {
     let dedupe_len = store.inner.dedupe.len();
     let again = NewMessage {
         sender: &ann,
+        lane: Lane::High,
         client_msg_id: "x",
         sent_at_ms: 2_000,
         body: b"changed",

@@ -185,12 +185,103 @@ impl<'a> ::flatbuffers::Verifiable for ReceiptKind {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ReceiptKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_BODY: u8 = 0;
+pub const ENUM_MIN_LANE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 19;
+pub const ENUM_MAX_LANE: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 20] = [
+pub const ENUM_VALUES_LANE: [Lane; 3] = [
+  Lane::Normal,
+  Lane::High,
+  Lane::Low,
+];
+
+/// A message of a group, as delivered (`Deliver`) and fetched (`FetchResult`).
+/// The delivery lane a tenant's policy chose for a message. Informational for clients: the
+/// node sends higher lanes first, never changing the order within a group.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Lane(pub u8);
+#[allow(non_upper_case_globals)]
+impl Lane {
+  pub const Normal: Self = Self(0);
+  pub const High: Self = Self(1);
+  pub const Low: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Normal,
+    Self::High,
+    Self::Low,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Normal => Some("Normal"),
+      Self::High => Some("High"),
+      Self::Low => Some("Low"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for Lane {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for Lane {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for Lane {
+    type Output = Lane;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for Lane {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for Lane {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for Lane {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_BODY: u8 = 20;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_BODY: [Body; 21] = [
   Body::NONE,
   Body::Hello,
   Body::Join,
@@ -211,9 +302,9 @@ pub const ENUM_VALUES_BODY: [Body; 20] = [
   Body::PresenceNotice,
   Body::Pong,
   Body::Error,
+  Body::Flags,
 ];
 
-/// Every frame variant. Client frames first, then server frames; append only.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct Body(pub u8);
@@ -239,9 +330,10 @@ impl Body {
   pub const PresenceNotice: Self = Self(17);
   pub const Pong: Self = Self(18);
   pub const Error: Self = Self(19);
+  pub const Flags: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -263,6 +355,7 @@ impl Body {
     Self::PresenceNotice,
     Self::Pong,
     Self::Error,
+    Self::Flags,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -287,6 +380,7 @@ impl Body {
       Self::PresenceNotice => Some("PresenceNotice"),
       Self::Pong => Some("Pong"),
       Self::Error => Some("Error"),
+      Self::Flags => Some("Flags"),
       _ => None,
     }
   }
@@ -463,7 +557,6 @@ impl ::core::fmt::Debug for GroupCursor<'_> {
 pub enum MessageOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// A message of a group, as delivered (`Deliver`) and fetched (`FetchResult`).
 pub struct Message<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -483,6 +576,7 @@ impl<'a> Message<'a> {
   pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 10;
   pub const VT_SENT_AT_MS: ::flatbuffers::VOffsetT = 12;
   pub const VT_BODY: ::flatbuffers::VOffsetT = 14;
+  pub const VT_LANE: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -500,6 +594,7 @@ impl<'a> Message<'a> {
     if let Some(x) = args.client_msg_id { builder.add_client_msg_id(x); }
     if let Some(x) = args.sender { builder.add_sender(x); }
     if let Some(x) = args.group { builder.add_group(x); }
+    builder.add_lane(args.lane);
     builder.finish()
   }
 
@@ -552,6 +647,14 @@ impl<'a> Message<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Message::VT_BODY, None).unwrap()}
   }
+  /// The lane the tenant's policy chose (Normal when absent).
+  #[inline]
+  pub fn lane(&self) -> Lane {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Lane>(Message::VT_LANE, Some(Lane::Normal)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -566,6 +669,7 @@ impl ::flatbuffers::Verifiable for Message<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_msg_id", Self::VT_CLIENT_MSG_ID, true)?
      .visit_field::<u64>("sent_at_ms", Self::VT_SENT_AT_MS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("body", Self::VT_BODY, true)?
+     .visit_field::<Lane>("lane", Self::VT_LANE, false)?
      .finish();
     Ok(())
   }
@@ -577,6 +681,7 @@ pub struct MessageArgs<'a> {
     pub client_msg_id: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub sent_at_ms: u64,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub lane: Lane,
 }
 impl<'a> Default for MessageArgs<'a> {
   #[inline]
@@ -588,6 +693,7 @@ impl<'a> Default for MessageArgs<'a> {
       client_msg_id: None, // required field
       sent_at_ms: 0,
       body: None, // required field
+      lane: Lane::Normal,
     }
   }
 }
@@ -622,6 +728,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessageBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Message::VT_BODY, body);
   }
   #[inline]
+  pub fn add_lane(&mut self, lane: Lane) {
+    self.fbb_.push_slot::<Lane>(Message::VT_LANE, lane, Lane::Normal);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MessageBuilder {
@@ -649,6 +759,7 @@ impl ::core::fmt::Debug for Message<'_> {
       ds.field("client_msg_id", &self.client_msg_id());
       ds.field("sent_at_ms", &self.sent_at_ms());
       ds.field("body", &self.body());
+      ds.field("lane", &self.lane());
       ds.finish()
   }
 }
@@ -3203,6 +3314,221 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.finish()
   }
 }
+pub enum FlagOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Every frame variant. Client frames first, then server frames; append only.
+/// One feature flag as evaluated for this user by the tenant's policy.
+pub struct Flag<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Flag<'a> {
+  type Inner = Flag<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Flag<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ENABLED: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Flag { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args FlagArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Flag<'bldr>> {
+    let mut builder = FlagBuilder::new(_fbb);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.add_enabled(args.enabled);
+    builder.finish()
+  }
+
+
+  /// The flag's name (at most 64 bytes).
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Flag::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn enabled(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Flag::VT_ENABLED, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Flag<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<bool>("enabled", Self::VT_ENABLED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FlagArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub enabled: bool,
+}
+impl<'a> Default for FlagArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FlagArgs {
+      name: None, // required field
+      enabled: false,
+    }
+  }
+}
+
+pub struct FlagBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FlagBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Flag::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_enabled(&mut self, enabled: bool) {
+    self.fbb_.push_slot::<bool>(Flag::VT_ENABLED, enabled, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FlagBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FlagBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Flag<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Flag::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Flag<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Flag");
+      ds.field("name", &self.name());
+      ds.field("enabled", &self.enabled());
+      ds.finish()
+  }
+}
+pub enum FlagsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Push: the complete set of feature flags for this user, sent after `Welcome` and again
+/// whenever it changes. Replaces any earlier set.
+pub struct Flags<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Flags<'a> {
+  type Inner = Flags<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Flags<'a> {
+  pub const VT_FLAGS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Flags { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args FlagsArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Flags<'bldr>> {
+    let mut builder = FlagsBuilder::new(_fbb);
+    if let Some(x) = args.flags { builder.add_flags(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn flags(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Flag<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Flag>>>>(Flags::VT_FLAGS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Flags<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Flag>>>>("flags", Self::VT_FLAGS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct FlagsArgs<'a> {
+    pub flags: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Flag<'a>>>>>,
+}
+impl<'a> Default for FlagsArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    FlagsArgs {
+      flags: None,
+    }
+  }
+}
+
+pub struct FlagsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FlagsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_flags(&mut self, flags: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Flag<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Flags::VT_FLAGS, flags);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FlagsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    FlagsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Flags<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Flags<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Flags");
+      ds.field("flags", &self.flags());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3520,6 +3846,20 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_flags(&self) -> Option<Flags<'a>> {
+    if self.body_type() == Body::Flags {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { Flags::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -3549,6 +3889,7 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::PresenceNotice => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceNotice>>("Body::PresenceNotice", pos),
           Body::Pong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Pong>>("Body::Pong", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
+          Body::Flags => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Flags>>("Body::Flags", pos),
           _ => Ok(()),
         }
      })?
@@ -3732,6 +4073,13 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Error => {
           if let Some(x) = self.body_as_error() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Flags => {
+          if let Some(x) = self.body_as_flags() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -3,8 +3,8 @@
 #![allow(dead_code)] // each test crate uses a different part
 
 use bytes::Bytes;
-use switchboard_core::{ErrorCode, PresenceState, ReceiptKind};
-use switchboard_wire::{ClientFrame, ErrorFrame, GroupCursor, Hello, Message, ServerFrame};
+use switchboard_core::{ErrorCode, Lane, PresenceState, ReceiptKind};
+use switchboard_wire::{ClientFrame, ErrorFrame, Flag, GroupCursor, Hello, Message, ServerFrame};
 
 pub fn message(seq: u64, body: &'static [u8]) -> Message {
     Message {
@@ -14,6 +14,8 @@ pub fn message(seq: u64, body: &'static [u8]) -> Message {
         client_msg_id: format!("m-{seq}"),
         sent_at_ms: 1_700_000_000_000 + seq,
         body: Bytes::from_static(body),
+        // Vary the lane so every value round-trips.
+        lane: Lane::ALL[(seq % 3) as usize],
     }
 }
 
@@ -166,6 +168,19 @@ pub fn server_cases() -> Vec<ServerFrame> {
             state: PresenceState::Background,
         },
         ServerFrame::Pong { request_id: 9 },
+        ServerFrame::Flags {
+            flags: vec![
+                Flag {
+                    name: "new-composer".into(),
+                    enabled: true,
+                },
+                Flag {
+                    name: "beta.reactions".into(),
+                    enabled: false,
+                },
+            ],
+        },
+        ServerFrame::Flags { flags: vec![] },
         ServerFrame::Error(ErrorFrame::new(
             3,
             ErrorCode::NotMember,
@@ -216,6 +231,7 @@ pub fn server_name(f: &ServerFrame) -> &'static str {
         ServerFrame::PresenceNotice { .. } => "PresenceNotice",
         ServerFrame::Pong { .. } => "Pong",
         ServerFrame::Error(_) => "Error",
+        ServerFrame::Flags { .. } => "Flags",
     }
 }
-pub const SERVER_VARIANTS: usize = 10;
+pub const SERVER_VARIANTS: usize = 11;
