@@ -355,6 +355,7 @@ async fn push_writer(
                 }
             }
         }
+        crate::hub::order_by_lane(&mut items);
         for item in items.drain(..) {
             if let Err(e) = planner.plan(item, &mut out) {
                 warn!(error = %e, "delivery planning failed");

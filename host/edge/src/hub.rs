@@ -165,10 +165,63 @@ pub(crate) enum Push {
     Deliver {
         group: GroupId,
         seq: u64,
+        lane: Lane,
         frame: Bytes,
     },
     /// A best-effort notice (receipt, presence): dropped if the outbox is full.
     Notice(Bytes),
+}
+
+impl Push {
+    /// Notices (receipts, presence) go after messages of every lane but the lowest.
+    fn lane(&self) -> Lane {
+        match self {
+            Push::Deliver { lane, .. } => *lane,
+            Push::Notice(_) => Lane::Low,
+        }
+    }
+}
+
+/// Reorders a batch of pushes so higher lanes go first, without ever reordering one group's
+/// messages: each message is sent no later than the most urgent message after it in its
+/// group ("priority inheritance"), then a stable sort by that key.
+pub(crate) fn order_by_lane(items: &mut [Push]) {
+    let first = items.first().map(Push::lane);
+    if items.iter().all(|p| Some(p.lane()) == first) {
+        return; // the common case: nothing to reorder, nothing allocated
+    }
+    let mut most_urgent_after: HashMap<&GroupId, u8> = HashMap::new();
+    let mut keys = vec![0u8; items.len()];
+    for (i, p) in items.iter().enumerate().rev() {
+        keys[i] = match p {
+            Push::Deliver { group, lane, .. } => {
+                let k = most_urgent_after
+                    .get(group)
+                    .map_or(lane.rank(), |&r| r.min(lane.rank()));
+                most_urgent_after.insert(group, k);
+                k
+            }
+            Push::Notice(_) => p.lane().rank(),
+        };
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| keys[i]);
+    apply_permutation(items, order);
+}
+
+/// Puts `items[order[k]]` at position `k`.
+fn apply_permutation<T>(items: &mut [T], mut order: Vec<usize>) {
+    for k in 0..order.len() {
+        // Follow the cycle starting at k, swapping each element into place.
+        let mut cur = k;
+        while order[cur] != k {
+            let next = order[cur];
+            items.swap(cur, next);
+            order[cur] = cur;
+            cur = next;
+        }
+        order[cur] = cur;
+    }
 }
 
 /// A change to a session's subscriptions, applied by its push writer in order.
@@ -266,6 +319,7 @@ struct Commit {
     request_id: u64,
     /// The encoded Deliver frame, for new messages.
     deliver: Option<Bytes>,
+    lane: Lane,
     /// The encoded Ack frame.
     ack: Bytes,
     reply: mpsc::Sender<Bytes>,
@@ -668,6 +722,7 @@ impl Hub {
         let commit = Commit {
             group: g.clone(),
             seq,
+            lane,
             request_id,
             deliver,
             ack,
@@ -881,7 +936,7 @@ impl Committer {
                 hub.metrics.flushes.fetch_add(1, Ordering::Relaxed);
                 for c in batch.drain(..) {
                     match c.deliver {
-                        Some(frame) => hub.publish(&c.group, c.seq, frame),
+                        Some(frame) => hub.publish(&c.group, c.seq, c.lane, frame),
                         // A resend of a message whose first flush failed: it is durable now,
                         // so make it visible (subscribers fetch it from the log).
                         None => hub.reveal(&c.group, c.seq),
@@ -920,7 +975,7 @@ impl Hub {
     }
 
     /// Makes `seq` visible: advances the durable head and queues the frame to subscribers.
-    fn publish(&self, g: &GroupState, seq: u64, frame: Bytes) {
+    fn publish(&self, g: &GroupState, seq: u64, lane: Lane, frame: Bytes) {
         let mut f = g.fanout.lock();
         f.head = f.head.max(seq);
         for s in &f.subscribers {
@@ -928,6 +983,7 @@ impl Hub {
                 Push::Deliver {
                     group: g.id.clone(),
                     seq,
+                    lane,
                     frame: frame.clone(),
                 },
                 &self.metrics,
@@ -985,7 +1041,9 @@ impl PushPlanner {
         self.apply_sub_changes();
         match push {
             Push::Notice(frame) => out.push(frame),
-            Push::Deliver { group, seq, frame } => {
+            Push::Deliver {
+                group, seq, frame, ..
+            } => {
                 let Some((g, sent)) = self.sent.get(&group) else {
                     return Ok(()); // left the group since
                 };
@@ -1059,5 +1117,83 @@ impl PushPlanner {
                 .fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(group: &str, seq: u64, lane: Lane) -> Push {
+        Push::Deliver {
+            group: GroupId::new(group).unwrap(),
+            seq,
+            lane,
+            frame: Bytes::new(),
+        }
+    }
+
+    fn label(p: &Push) -> String {
+        match p {
+            Push::Deliver { group, seq, .. } => format!("{group}{seq}"),
+            Push::Notice(_) => "n".into(),
+        }
+    }
+
+    fn check(mut input: Vec<Push>, expect: &str) {
+        order_by_lane(&mut input);
+        let got: Vec<String> = input.iter().map(label).collect();
+        assert_eq!(got.join(" "), expect);
+    }
+
+    #[test]
+    fn lanes_reorder_across_groups_but_never_within_one() {
+        use Lane::*;
+        // Nothing to do.
+        check(vec![d("a", 1, Normal), d("b", 1, Normal)], "a1 b1");
+        // An urgent message of another group overtakes a bulk backlog.
+        check(
+            vec![d("a", 1, Low), d("a", 2, Low), d("b", 1, High)],
+            "b1 a1 a2",
+        );
+        // Within a group an urgent message cannot overtake; it pulls its predecessors along.
+        check(
+            vec![d("a", 1, Low), d("b", 1, Normal), d("a", 2, High)],
+            "a1 a2 b1",
+        );
+        // Notices go after normal messages, before bulk ones.
+        check(
+            vec![
+                Push::Notice(Bytes::new()),
+                d("a", 1, Low),
+                d("b", 1, Normal),
+            ],
+            "b1 n a1",
+        );
+        // Stable: equal keys keep their arrival order.
+        check(
+            vec![
+                d("a", 1, Low),
+                d("b", 1, Low),
+                d("c", 1, High),
+                d("a", 2, Low),
+            ],
+            "c1 a1 b1 a2",
+        );
+    }
+
+    #[test]
+    fn permutation_is_applied_exactly() {
+        for order in [
+            vec![2, 0, 1],
+            vec![1, 2, 3, 0],
+            vec![0, 1, 2],
+            vec![3, 2, 1, 0],
+        ] {
+            let mut items: Vec<usize> = (0..order.len()).map(|i| i * 10).collect();
+            apply_permutation(&mut items, order.clone());
+            let expect: Vec<usize> = order.iter().map(|&i| i * 10).collect();
+            assert_eq!(items, expect);
+        }
     }
 }
