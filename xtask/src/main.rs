@@ -96,15 +96,18 @@ fn ensure_tools() -> Result<()> {
     Ok(())
 }
 
-/// Policy plugins are built for wasm32-wasip2 by `sdk/plugin-artifacts`' build script.
+/// Policy plugins are built for wasm32 by `sdk/plugin-artifacts`' build script.
 fn ensure_wasm_target() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"))
-        .unwrap_or(false);
-    if !installed {
-        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // wasm32-unknown-unknown builds the hostile "plain core module" plugin.
+    for target in ["wasm32-wasip2", "wasm32-unknown-unknown"] {
+        if !installed.lines().any(|l| l.trim() == target) {
+            run(Command::new("rustup").args(["target", "add", target]))?;
+        }
     }
     Ok(())
 }

@@ -15,7 +15,7 @@
 //!    overflowed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,7 @@ use switchboard_core::token::{self, Claims};
 use switchboard_core::{
     ErrorCode, GroupId, IdError, Lane, Limits, PresenceState, ReceiptKind, TenantId, UserId,
 };
+use switchboard_policy::{self as policy, TenantPolicy};
 use switchboard_store::{Appended, NewMessage, Store, StoreError, StoredMessage, StoredReceipt};
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
@@ -119,6 +120,18 @@ pub struct Metrics {
     pub flush_failures: AtomicU64,
     pub auth_failures: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Messages a tenant policy refused.
+    pub policy_rejections: AtomicU64,
+    /// Policy calls answered by the built-in default because the plugin failed.
+    pub policy_fallbacks: AtomicU64,
+    /// Messages whose policy asked for offline members to be notified.
+    pub notify_offline_requests: AtomicU64,
+    pub receipts_forwarded: AtomicU64,
+    pub receipts_aggregated: AtomicU64,
+    pub receipts_dropped: AtomicU64,
+    /// Receipts and presence changes shed under load.
+    pub receipts_shed: AtomicU64,
+    pub presence_shed: AtomicU64,
 }
 
 /// A snapshot of [`Metrics`].
@@ -136,6 +149,14 @@ pub struct MetricsSnapshot {
     pub flush_failures: u64,
     pub auth_failures: u64,
     pub protocol_errors: u64,
+    pub policy_rejections: u64,
+    pub policy_fallbacks: u64,
+    pub notify_offline_requests: u64,
+    pub receipts_forwarded: u64,
+    pub receipts_aggregated: u64,
+    pub receipts_dropped: u64,
+    pub receipts_shed: u64,
+    pub presence_shed: u64,
 }
 
 impl Metrics {
@@ -154,6 +175,14 @@ impl Metrics {
             flush_failures: l(&self.flush_failures),
             auth_failures: l(&self.auth_failures),
             protocol_errors: l(&self.protocol_errors),
+            policy_rejections: l(&self.policy_rejections),
+            policy_fallbacks: l(&self.policy_fallbacks),
+            notify_offline_requests: l(&self.notify_offline_requests),
+            receipts_forwarded: l(&self.receipts_forwarded),
+            receipts_aggregated: l(&self.receipts_aggregated),
+            receipts_dropped: l(&self.receipts_dropped),
+            receipts_shed: l(&self.receipts_shed),
+            presence_shed: l(&self.presence_shed),
         }
     }
 }
@@ -283,6 +312,8 @@ pub struct GroupState {
     /// Serialises appends so sequence numbers and commit order agree.
     append: tokio::sync::Mutex<()>,
     fanout: Mutex<Fanout>,
+    /// Member count, kept here so the per-message policy call reads no store.
+    members: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -337,6 +368,12 @@ pub struct Hub {
     commit_tx: mpsc::Sender<Commit>,
     next_session: AtomicU64,
     metrics: Metrics,
+    /// Tenants' policy plugins; a tenant without one gets [`policy::Builtin`]. Swapping a
+    /// value here is a hot swap: calls in flight finish on the `Arc` they hold.
+    policies: DashMap<TenantId, Arc<TenantPolicy>>,
+    /// The node's load level (0 normal .. 3 critical) and what each tenant sheds at it.
+    load_level: AtomicU8,
+    shedding: DashMap<TenantId, policy::Shedding>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -374,6 +411,9 @@ impl Hub {
             commit_tx,
             next_session: AtomicU64::new(1),
             metrics: Metrics::default(),
+            policies: DashMap::new(),
+            load_level: AtomicU8::new(0),
+            shedding: DashMap::new(),
         });
         let committer = Committer {
             store,
@@ -436,6 +476,7 @@ impl Hub {
         // Read the head before taking the map's shard lock; appends only happen through the
         // state we are about to publish, so no append can land in between.
         let head = self.store.head(tenant, group)?;
+        let members = self.store.member_count(tenant, group)?.unwrap_or(0);
         let state = self
             .groups
             .entry(key)
@@ -448,6 +489,7 @@ impl Hub {
                         head,
                         subscribers: Vec::new(),
                     }),
+                    members: AtomicU32::new(members),
                 })
             })
             .clone();
@@ -522,6 +564,7 @@ impl Hub {
             .or_default()
             .push(session.clone());
         self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+        self.push_flags(&session);
         let welcome = ServerFrame::Welcome {
             session_id: session.id,
             tenant: session.tenant.to_string(),
@@ -639,6 +682,154 @@ impl Hub {
         Ok(())
     }
 
+    /// The tenant's policy plugin, if one is bound.
+    pub fn policy(&self, tenant: &TenantId) -> Option<Arc<TenantPolicy>> {
+        self.policies.get(tenant).map(|p| p.clone())
+    }
+
+    /// Binds (or, with `None`, unbinds) a tenant's policy plugin. Takes effect for the next
+    /// call; calls in flight finish on the policy they started with. Connected users of the
+    /// tenant get their re-evaluated feature flags, and the tenant's shedding is recomputed.
+    pub fn set_policy(&self, tenant: &TenantId, policy: Option<Arc<TenantPolicy>>) {
+        match policy {
+            Some(p) => {
+                self.policies.insert(tenant.clone(), p);
+            }
+            None => {
+                self.policies.remove(tenant);
+            }
+        }
+        self.apply_load(tenant);
+        let sessions: Vec<Arc<Session>> = self
+            .users
+            .iter()
+            .filter(|e| &e.key().0 == tenant)
+            .flat_map(|e| e.value().clone())
+            .collect();
+        for s in sessions {
+            self.push_flags(&s);
+        }
+    }
+
+    /// The node's load level: 0 normal, 1 elevated, 2 high, 3 critical.
+    pub fn load_level(&self) -> u8 {
+        self.load_level.load(Ordering::Relaxed)
+    }
+
+    /// Moves the node to a load level and asks every tenant's policy what to shed there.
+    pub fn set_load_level(&self, level: u8) {
+        let level = level.min(3);
+        if self.load_level.swap(level, Ordering::Relaxed) == level {
+            return;
+        }
+        tracing::info!(level, "load level changed");
+        let tenants: Vec<TenantId> = self.policies.iter().map(|e| e.key().clone()).collect();
+        self.shedding.clear();
+        for t in tenants {
+            self.apply_load(&t);
+        }
+    }
+
+    fn apply_load(&self, tenant: &TenantId) {
+        let load = policy::LoadInfo {
+            level: self.load_level(),
+            tenant_message_rate: 0,
+            tenant_connections: 0,
+        };
+        match self.policy(tenant) {
+            Some(p) => {
+                let shed = self.count_fallback(p.on_load(&load));
+                self.shedding.insert(tenant.clone(), shed);
+            }
+            None => {
+                self.shedding.remove(tenant);
+            }
+        }
+    }
+
+    /// What `tenant` sheds at the current load level.
+    pub fn shedding(&self, tenant: &TenantId) -> policy::Shedding {
+        match self.shedding.get(tenant) {
+            Some(s) => *s,
+            None => policy::Builtin::on_load(&policy::LoadInfo {
+                level: self.load_level(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn count_fallback<T>(&self, d: policy::Decision<T>) -> T {
+        if let policy::Source::Fallback(reason) = &d.source {
+            self.metrics
+                .policy_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?reason, "policy call fell back to the built-in default");
+        }
+        d.value
+    }
+
+    /// The tenant's verdict on a message: its lane, or a refusal with the policy's reason.
+    /// One call per message, whatever the group's size.
+    fn message_verdict(
+        &self,
+        session: &Session,
+        g: &GroupState,
+        body: &[u8],
+    ) -> Result<Lane, RequestError> {
+        let Some(p) = self.policy(&session.tenant) else {
+            return Ok(Lane::Normal); // the built-in default, without building its input
+        };
+        let info = policy::MessageInfo {
+            group: g.id.to_string(),
+            sender: session.user.to_string(),
+            body_size: body.len() as u32,
+            body_prefix: body[..body.len().min(policy::BODY_PREFIX_BYTES)].to_vec(),
+            group_size: g.members.load(Ordering::Relaxed),
+            connected_members: g.subscriber_count() as u32,
+        };
+        match self.count_fallback(p.on_message(&info)) {
+            policy::Verdict::Accept(d) => {
+                if d.notify_offline {
+                    self.metrics
+                        .notify_offline_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(match d.lane {
+                    policy::Lane::High => Lane::High,
+                    policy::Lane::Normal => Lane::Normal,
+                    policy::Lane::Low => Lane::Low,
+                })
+            }
+            policy::Verdict::Reject(reason) => {
+                self.metrics
+                    .policy_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(RequestError::new(ErrorCode::PolicyRejected, reason))
+            }
+        }
+    }
+
+    /// Evaluates the user's feature flags and queues them as a `Flags` push.
+    fn push_flags(&self, session: &Session) {
+        let flags = match self.policy(&session.tenant) {
+            Some(p) => self.count_fallback(p.evaluate_flags(&policy::FlagContext {
+                user: session.user.to_string(),
+                group: None,
+            })),
+            None => Vec::new(),
+        };
+        let frame = wire::encode_server(&ServerFrame::Flags {
+            flags: flags
+                .into_iter()
+                .map(|f| wire::Flag {
+                    name: f.name,
+                    enabled: f.enabled,
+                })
+                .collect(),
+        });
+        session.push(Push::Notice(frame), &self.metrics);
+    }
+
     fn sessions_of(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Session>> {
         self.users
             .get(&(tenant.clone(), user.clone()))
@@ -683,7 +874,7 @@ impl Hub {
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
 
-        let lane = Lane::Normal;
+        let lane = self.message_verdict(session, &g, &body)?;
         let _order = g.append.lock().await;
         let sent_at_ms = now_ms();
         let appended = self.store.append(
@@ -814,6 +1005,32 @@ impl Hub {
                 format!("no message {seq} in group {gid}"),
             ));
         }
+        if self.shedding(&session.tenant).receipts {
+            self.metrics.receipts_shed.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let action = match self.policy(&session.tenant) {
+            Some(p) => {
+                let info = policy::ReceiptInfo {
+                    group: gid.to_string(),
+                    seq,
+                    reader: session.user.to_string(),
+                    kind: match kind {
+                        ReceiptKind::Delivered => policy::ReceiptKind::Delivered,
+                        ReceiptKind::Read => policy::ReceiptKind::Read,
+                    },
+                    group_size: g.members.load(Ordering::Relaxed),
+                };
+                self.count_fallback(p.on_receipt(&info))
+            }
+            None => policy::ReceiptAction::Forward,
+        };
+        if action == policy::ReceiptAction::Drop {
+            self.metrics
+                .receipts_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let at_ms = now_ms();
         self.store.put_receipt(
             &session.tenant,
@@ -825,6 +1042,16 @@ impl Hub {
                 at_ms,
             },
         )?;
+        if action == policy::ReceiptAction::Aggregate {
+            // Stored (counted into the message's aggregate), not forwarded one by one.
+            self.metrics
+                .receipts_aggregated
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.metrics
+            .receipts_forwarded
+            .fetch_add(1, Ordering::Relaxed);
         let Some(msg) = self.store.message(&session.tenant, &gid, seq)? else {
             return Ok(());
         };
@@ -851,6 +1078,11 @@ impl Hub {
             PresenceState::Background => 1,
         };
         if session.presence.swap(v, Ordering::Relaxed) == v {
+            return;
+        }
+        if self.shedding(&session.tenant).presence {
+            // Recorded for delivery planning; co-members are not told while shedding.
+            self.metrics.presence_shed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let frame = wire::encode_server(&ServerFrame::PresenceNotice {

@@ -166,6 +166,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Members of a group, sorted.
     fn members(&self, tenant: &TenantId, group: &GroupId) -> Result<Vec<UserId>, StoreError>;
+    /// How many members a group has (a stored count, not a scan); `None` for no such group.
+    fn member_count(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<u32>, StoreError>;
     /// Groups a user belongs to, sorted.
     fn groups_of(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<GroupId>, StoreError>;
 

@@ -423,6 +423,10 @@ impl Store for SledStore {
         self.directory_ids(keys::members_prefix(tenant, group).as_slice(), UserId::new)
     }
 
+    fn member_count(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<u32>, StoreError> {
+        SledStore::member_count(self, tenant, group)
+    }
+
     fn groups_of(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<GroupId>, StoreError> {
         self.directory_ids(
             keys::user_groups_prefix(tenant, user).as_slice(),

@@ -1,6 +1,7 @@
 //! The Switchboard node as a library: the config file, seeding the store from it, and
 //! starting a node. `main.rs` is only the command line over this.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
+use switchboard_policy::{PolicyEngine, PolicyLimits, TenantPolicy};
 use switchboard_store::{GroupMeta, SledStore, Store, StoreError, TenantRecord};
 
 /// Why a node could not be configured or started.
@@ -21,6 +23,14 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Edge(#[from] switchboard_edge::EdgeError),
+    #[error("policy engine: {0}")]
+    PolicyEngine(#[from] switchboard_policy::EngineError),
+    #[error("tenant {tenant}: plugin {path}: {detail}")]
+    Plugin {
+        tenant: String,
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 /// The node's config file (TOML). See `examples/switchboard.toml` for an annotated copy.
@@ -63,6 +73,13 @@ pub struct TenantConfig {
     pub secret_env: String,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
+    /// The tenant's policy plugin (a `tenant-policy` component), if any. Until the config
+    /// store lands, plugins are bound here and loaded at start-up.
+    #[serde(default)]
+    pub plugin: Option<PathBuf>,
+    /// Values the plugin reads with `config-get`.
+    #[serde(default)]
+    pub plugin_config: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +111,11 @@ impl Config {
         if let Some(tls) = &mut cfg.tls {
             tls.cert = base.join(&tls.cert);
             tls.key = base.join(&tls.key);
+        }
+        for t in &mut cfg.tenants {
+            if let Some(p) = &mut t.plugin {
+                *p = base.join(&*p);
+            }
         }
         cfg.limits.validate().map_err(|e| err(e.to_string()))?;
         Ok(cfg)
@@ -179,8 +201,33 @@ pub fn identity(cfg: &Config) -> Result<(TlsIdentity, Option<PathBuf>), NodeErro
     }
 }
 
-/// Starts a node for `cfg` over `store`.
+/// Loads every tenant plugin the config binds, refusing to start on any bad one (a node that
+/// silently ran a tenant without its policy would be worse than one that does not start).
+pub fn load_policies(
+    cfg: &Config,
+    engine: &PolicyEngine,
+) -> Result<Vec<(TenantId, Arc<TenantPolicy>)>, NodeError> {
+    let mut out = Vec::new();
+    for t in &cfg.tenants {
+        let Some(path) = &t.plugin else { continue };
+        let err = |detail: String| NodeError::Plugin {
+            tenant: t.id.clone(),
+            path: path.clone(),
+            detail,
+        };
+        let tenant = TenantId::new(&t.id).map_err(|e| invalid("tenant id", e))?;
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let plugin = engine.load(&bytes).map_err(|e| err(e.to_string()))?;
+        let policy = TenantPolicy::new(&plugin, t.id.clone(), t.plugin_config.clone());
+        out.push((tenant, Arc::new(policy)));
+    }
+    Ok(out)
+}
+
+/// Starts a node for `cfg` over `store`, with the tenants' policy plugins bound.
 pub async fn start(cfg: &Config, store: Arc<dyn Store>) -> Result<Node, NodeError> {
+    let engine = PolicyEngine::new(PolicyLimits::default())?;
+    let policies = load_policies(cfg, &engine)?;
     let (identity, _) = identity(cfg)?;
     let node = Node::start(
         EdgeConfig {
@@ -191,5 +238,9 @@ pub async fn start(cfg: &Config, store: Arc<dyn Store>) -> Result<Node, NodeErro
         store,
     )
     .await?;
+    for (tenant, policy) in policies {
+        tracing::info!(%tenant, plugin_bytes = policy.plugin().size(), "policy bound");
+        node.hub().set_policy(&tenant, Some(policy));
+    }
     Ok(node)
 }

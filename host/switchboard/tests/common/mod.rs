@@ -152,6 +152,20 @@ impl TestNode {
         n
     }
 
+    /// Binds a policy plugin (a path from `plugins_artifacts`) to a tenant.
+    pub fn bind(&self, tenant: &str, wasm: &str, config: &[(&str, &str)]) {
+        let plugin = policy_engine()
+            .load(&std::fs::read(wasm).unwrap())
+            .unwrap_or_else(|e| panic!("{wasm}: {e}"));
+        let config = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let policy = switchboard_policy::TenantPolicy::new(&plugin, tenant, config);
+        self.hub()
+            .set_policy(&TenantId::new(tenant).unwrap(), Some(Arc::new(policy)));
+    }
+
     pub fn hub(&self) -> &Arc<switchboard_edge::Hub> {
         self.node.as_ref().unwrap().hub()
     }
@@ -189,6 +203,15 @@ async fn reopen(dir: &Path) -> Arc<SledStore> {
             Err(e) => panic!("reopen failed: {e}"),
         }
     }
+}
+
+/// One wasmtime engine per test binary, as one per node.
+pub fn policy_engine() -> &'static switchboard_policy::PolicyEngine {
+    static ENGINE: std::sync::OnceLock<switchboard_policy::PolicyEngine> =
+        std::sync::OnceLock::new();
+    ENGINE.get_or_init(|| {
+        switchboard_policy::PolicyEngine::new(switchboard_policy::PolicyLimits::default()).unwrap()
+    })
 }
 
 pub fn mint(tenant: &str, user: &str, secret: &[u8], exp: u64, nbf: u64) -> String {

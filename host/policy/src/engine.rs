@@ -1,0 +1,208 @@
+//! The wasm engine, configured for untrusted guests, and loading plugins into it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, WasmFeatures,
+};
+
+use crate::bindings;
+use crate::host::InstanceState;
+use crate::limits::PolicyLimits;
+use crate::load::{self, LoadError, POLICY_EXPORT};
+use crate::tenant::InstantiateError;
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid policy limits: {0}")]
+    Limits(String),
+    #[error("could not set up the wasm engine: {0}")]
+    Setup(String),
+}
+
+/// One wasmtime engine for all tenants' plugins: compiled code, the instance pool, the host
+/// functions and the epoch ticker. Cheap to clone.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub engine: Engine,
+    pub linker: Linker<InstanceState>,
+    pub limits: Arc<PolicyLimits>,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Guard pages after each linear memory. Bounds are checked explicitly (the reservation is
+/// only as large as the memory cap), so this only needs to absorb small constant offsets.
+const MEMORY_GUARD_BYTES: u64 = 64 << 10;
+/// Core instances a component may contain: a Rust wasm32-wasip2 component has its main
+/// module plus a few small shims.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const TABLES_PER_COMPONENT: u32 = 8;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+
+impl PolicyEngine {
+    pub fn new(limits: PolicyLimits) -> Result<Self, EngineError> {
+        limits.validate().map_err(EngineError::Limits)?;
+        let engine = Engine::new(&engine_config(&limits))
+            .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        bindings::policy::TenantPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
+        bindings::wasi::InertWasi::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
+        spawn_epoch_ticker(engine.weak(), limits.epoch_tick)
+            .map_err(|e| EngineError::Setup(format!("epoch ticker: {e}")))?;
+        Ok(PolicyEngine {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                limits: Arc::new(limits),
+            }),
+        })
+    }
+
+    pub fn limits(&self) -> &PolicyLimits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn inner(&self) -> &EngineInner {
+        &self.inner
+    }
+
+    /// Checks and compiles a plugin. Refusals say what is wrong in terms the uploader can act
+    /// on; see [`LoadError`]. Compiling takes milliseconds to seconds: call it off the
+    /// async runtime (e.g. `spawn_blocking`).
+    pub fn load(&self, bytes: &[u8]) -> Result<crate::Plugin, LoadError> {
+        let limits = &self.inner.limits;
+        if bytes.len() > limits.max_plugin_bytes {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                max: limits.max_plugin_bytes,
+            });
+        }
+        load::check_header(bytes)?;
+        let engine = &self.inner.engine;
+        let component =
+            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        load::check_imports(imports.iter().map(String::as_str))?;
+        let export_names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+        let policy_funcs: Option<Vec<String>> =
+            match ty.get_export(engine, POLICY_EXPORT).map(|e| e.ty) {
+                Some(ComponentItem::ComponentInstance(instance)) => Some(
+                    instance
+                        .exports(engine)
+                        .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                        .map(|(name, _)| name.to_string())
+                        .collect(),
+                ),
+                _ => None,
+            };
+        load::check_exports(
+            export_names,
+            policy_funcs
+                .as_ref()
+                .map(|f| f.iter().map(String::as_str).collect()),
+        )?;
+        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            LoadError::WrongWorld(format!(
+                "the plugin's imports do not match what this node provides: {e:#}"
+            ))
+        })?;
+        let pre = bindings::policy::TenantPolicyPre::new(instance_pre).map_err(|e| {
+            LoadError::WrongWorld(format!(
+                "`{POLICY_EXPORT}` does not have the functions this node calls: {e:#}"
+            ))
+        })?;
+        let plugin = crate::Plugin::new(self.clone(), pre, bytes.len(), imports);
+        // Instantiate once now, so a plugin that cannot even start within its limits (too
+        // much initial memory, a trapping start function) is refused at upload.
+        plugin.check_instantiate().map_err(|e| match e {
+            InstantiateError::Start(e) => {
+                LoadError::Invalid(format!("the plugin cannot start within its limits: {e}"))
+            }
+            InstantiateError::Types(e) => LoadError::WrongWorld(format!(
+                "`{POLICY_EXPORT}` does not have the functions this node calls: {e}"
+            )),
+        })?;
+        Ok(plugin)
+    }
+}
+
+fn engine_config(limits: &PolicyLimits) -> Config {
+    let mut config = Config::new();
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(limits.max_wasm_stack)
+        .wasm_component_model(true)
+        // Proposals a policy plugin does not need. GC, exceptions, threads and
+        // component-model async are already compiled out (cargo features).
+        .wasm_memory64(false)
+        .wasm_multi_memory(false)
+        .wasm_tail_call(false)
+        .wasm_relaxed_simd(false)
+        .wasm_wide_arithmetic(false)
+        .wasm_custom_page_sizes(false)
+        .wasm_stack_switching(false)
+        .wasm_shared_everything_threads(false)
+        .wasm_features(WasmFeatures::FUNCTION_REFERENCES, false)
+        // Reserve only what the cap allows: thousands of instances then cost little
+        // address space, at the price of explicit bounds checks.
+        .memory_reservation(round_up_to_page(limits.max_memory_bytes))
+        .memory_guard_size(MEMORY_GUARD_BYTES)
+        .memory_reservation_for_growth(0)
+        .memory_may_move(false);
+
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = limits.max_instances;
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .max_memory_size(limits.max_memory_bytes)
+        .table_elements(limits.max_table_elements);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+fn round_up_to_page(bytes: usize) -> u64 {
+    const PAGE: u64 = 64 << 10;
+    (bytes as u64).div_ceil(PAGE) * PAGE
+}
+
+/// Advances the engine's epoch every `tick` until the engine is dropped. One thread per
+/// engine; it holds only a weak reference.
+fn spawn_epoch_ticker(engine: EngineWeak, tick: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("policy-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(tick);
+            match engine.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .map(drop)
+}

@@ -1,0 +1,383 @@
+//! A loaded plugin, and one tenant's policy: the plugin plus the tenant's configuration,
+//! with a small pool of instances, budgets per call and the fallback.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use wasmtime::Store;
+
+use crate::bindings::policy::{TenantPolicy as PolicyBindings, TenantPolicyPre};
+use crate::convert;
+use crate::engine::PolicyEngine;
+use crate::host::{InstanceState, MemoryCapExceeded, TenantCounters, TenantShared};
+use crate::stats::{PolicyStats, PolicyStatsSnapshot};
+use crate::types::{
+    Builtin, Decision, FallbackReason, Flag, FlagContext, Hook, LoadInfo, MessageInfo,
+    ReceiptAction, ReceiptInfo, Shedding, Source, Verdict,
+};
+use crate::wasi::PluginExited;
+
+/// A compiled plugin that passed every load check. Immutable and cheap to clone; any number
+/// of [`TenantPolicy`] values can share it.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    engine: PolicyEngine,
+    pre: TenantPolicyPre<InstanceState>,
+    size: usize,
+    imports: Vec<String>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("size", &self.inner.size)
+            .field("imports", &self.inner.imports)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        engine: PolicyEngine,
+        pre: TenantPolicyPre<InstanceState>,
+        size: usize,
+        imports: Vec<String>,
+    ) -> Self {
+        Plugin {
+            inner: Arc::new(PluginInner {
+                engine,
+                pre,
+                size,
+                imports,
+            }),
+        }
+    }
+
+    /// Size of the uploaded component, in bytes.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// The interfaces the plugin imports (all of them allowed, or it would not have loaded).
+    pub fn imports(&self) -> &[String] {
+        &self.inner.imports
+    }
+
+    pub(crate) fn check_instantiate(&self) -> Result<(), InstantiateError> {
+        let shared = Arc::new(TenantShared {
+            tenant: Arc::from("(load check)"),
+            config: BTreeMap::new(),
+            counters: TenantCounters::new(),
+            stats: PolicyStats::default(),
+            limits: self.inner.engine.inner().limits.clone(),
+        });
+        instantiate(self, &shared).map(drop)
+    }
+}
+
+/// One instance and its store. Lives in a tenant's idle pool between calls.
+struct Slot {
+    store: Store<InstanceState>,
+    bindings: PolicyBindings,
+}
+
+/// Why an instance could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InstantiateError {
+    /// Instantiation itself failed: the pool is exhausted, the initial memory or tables are
+    /// over their caps, or start code trapped.
+    #[error("{0}")]
+    Start(String),
+    /// The instance's exports do not have the policy world's types.
+    #[error("{0}")]
+    Types(String),
+}
+
+fn instantiate(plugin: &Plugin, shared: &Arc<TenantShared>) -> Result<Slot, InstantiateError> {
+    let engine = plugin.inner.engine.inner();
+    let limits = &engine.limits;
+    let mut store = Store::new(&engine.engine, InstanceState::new(shared.clone()));
+    store.limiter(|state| &mut state.limiter);
+    store.set_hostcall_fuel(limits.max_transfer_bytes);
+    store.set_max_component_handles(limits.max_handles);
+    // Instantiation runs guest code (start functions): same budget as a call.
+    prime(&mut store);
+    let instance = plugin
+        .inner
+        .pre
+        .instance_pre()
+        .instantiate(&mut store)
+        .map_err(|e| InstantiateError::Start(format!("{e:#}")))?;
+    let bindings = PolicyBindings::new(&mut store, &instance)
+        .map_err(|e| InstantiateError::Types(format!("{e:#}")))?;
+    shared.stats.record_instantiation();
+    Ok(Slot { store, bindings })
+}
+
+/// Refills the budgets for one call.
+fn prime(store: &mut Store<InstanceState>) {
+    let limits = store.data().shared.limits.clone();
+    // Fuel is enabled on every engine this crate builds, so this cannot fail.
+    let _ = store.set_fuel(limits.fuel_per_call);
+    store.set_epoch_deadline(limits.deadline_ticks());
+    store.data_mut().log_budget = limits.max_log_lines_per_call;
+}
+
+/// Maps a failed call to why it failed.
+fn classify(error: wasmtime::Error) -> FallbackReason {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::OutOfFuel => FallbackReason::OutOfFuel,
+            wasmtime::Trap::Interrupt => FallbackReason::Deadline,
+            other => FallbackReason::Trap(other.to_string()),
+        };
+    }
+    if let Some(e) = error.downcast_ref::<MemoryCapExceeded>() {
+        return FallbackReason::Trap(e.to_string());
+    }
+    if let Some(e) = error.downcast_ref::<PluginExited>() {
+        return FallbackReason::Trap(e.to_string());
+    }
+    // Everything else comes from lifting what the guest handed over: more data than one
+    // transfer may carry, out-of-bounds pointers, invalid UTF-8 or discriminants.
+    FallbackReason::InvalidOutput(format!("{error:#}"))
+}
+
+/// One tenant's policy: an immutable pairing of a [`Plugin`] with the tenant's id and
+/// configuration, ready to call. `Send + Sync`; share it as `Arc<TenantPolicy>`.
+///
+/// Hot swap replaces the `Arc<TenantPolicy>` the node holds for the tenant; a call in
+/// flight finishes on the value it started with, and the old instances go away with it.
+///
+/// Calls are synchronous and short (bounded by [`PolicyLimits::deadline`]
+/// (crate::PolicyLimits)). From async code call them inside `tokio::task::block_in_place`
+/// (multi-threaded runtime) or `spawn_blocking`, never directly on a runtime worker
+/// without one of those; the calling thread needs about 1 MiB of stack beyond
+/// `max_wasm_stack`.
+pub struct TenantPolicy {
+    plugin: Plugin,
+    shared: Arc<TenantShared>,
+    idle: Mutex<Vec<Slot>>,
+}
+
+impl std::fmt::Debug for TenantPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantPolicy")
+            .field("tenant", &self.shared.tenant)
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantPolicy {
+    /// `config` is what the plugin reads with `host.config-get`. No instance is made until
+    /// the first call (or [`TenantPolicy::prewarm`]).
+    pub fn new(
+        plugin: &Plugin,
+        tenant: impl Into<String>,
+        config: BTreeMap<String, String>,
+    ) -> Self {
+        Self::with_counters(plugin, tenant, config, TenantCounters::new())
+    }
+
+    /// Like [`TenantPolicy::new`], continuing the tenant's existing counters (for a swap).
+    pub fn with_counters(
+        plugin: &Plugin,
+        tenant: impl Into<String>,
+        config: BTreeMap<String, String>,
+        counters: TenantCounters,
+    ) -> Self {
+        let tenant: String = tenant.into();
+        TenantPolicy {
+            shared: Arc::new(TenantShared {
+                tenant: Arc::from(tenant),
+                config,
+                counters,
+                stats: PolicyStats::default(),
+                limits: plugin.inner.engine.inner().limits.clone(),
+            }),
+            plugin: plugin.clone(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.shared.tenant
+    }
+
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    pub fn config(&self) -> &BTreeMap<String, String> {
+        &self.shared.config
+    }
+
+    /// Statistics of this policy's calls.
+    pub fn stats(&self) -> PolicyStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The tenant's counters (`host.counter-add`), by name.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.shared.counters.snapshot()
+    }
+
+    /// The counters themselves, to carry over to the tenant's next policy.
+    pub fn counters_handle(&self) -> TenantCounters {
+        self.shared.counters.clone()
+    }
+
+    /// Instances kept for reuse right now.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    /// Makes an idle instance ahead of the first call (e.g. before swapping this policy in),
+    /// so that call does not pay for instantiation.
+    pub fn prewarm(&self) -> Result<(), FallbackReason> {
+        let slot = instantiate(&self.plugin, &self.shared)
+            .map_err(|e| FallbackReason::Unavailable(e.to_string()))?;
+        self.release(slot);
+        Ok(())
+    }
+
+    /// Once per message, before it is stored.
+    pub fn on_message(&self, message: &MessageInfo) -> Decision<Verdict> {
+        let limits = self.shared.limits.clone();
+        self.call(
+            Hook::OnMessage,
+            |slot| {
+                let verdict = slot
+                    .bindings
+                    .switchboard_policy_policy()
+                    .call_on_message(&mut slot.store, convert::message_info(message))?;
+                Ok(convert::verdict(verdict, &limits))
+            },
+            || Builtin::on_message(message),
+        )
+    }
+
+    /// Once per delivered/read receipt.
+    pub fn on_receipt(&self, receipt: &ReceiptInfo) -> Decision<ReceiptAction> {
+        self.call(
+            Hook::OnReceipt,
+            |slot| {
+                let action = slot
+                    .bindings
+                    .switchboard_policy_policy()
+                    .call_on_receipt(&mut slot.store, convert::receipt_info(receipt))?;
+                Ok(Ok(convert::receipt_action(action)))
+            },
+            || Builtin::on_receipt(receipt),
+        )
+    }
+
+    /// When a client connects and when the tenant's flags change.
+    pub fn evaluate_flags(&self, context: &FlagContext) -> Decision<Vec<Flag>> {
+        let limits = self.shared.limits.clone();
+        self.call(
+            Hook::EvaluateFlags,
+            |slot| {
+                let flags = slot
+                    .bindings
+                    .switchboard_policy_policy()
+                    .call_evaluate_flags(&mut slot.store, convert::flag_context(context))?;
+                Ok(convert::flags(flags, &limits))
+            },
+            || Builtin::evaluate_flags(context),
+        )
+    }
+
+    /// When the node's load level changes.
+    pub fn on_load(&self, load: &LoadInfo) -> Decision<Shedding> {
+        self.call(
+            Hook::OnLoad,
+            |slot| {
+                let shedding = slot
+                    .bindings
+                    .switchboard_policy_policy()
+                    .call_on_load(&mut slot.store, convert::load_info(load))?;
+                Ok(Ok(convert::shedding(shedding)))
+            },
+            || Builtin::on_load(load),
+        )
+    }
+
+    /// Runs one hook call on an instance (reused or fresh) under a refilled budget; on any
+    /// failure discards the instance and answers with the built-in default.
+    fn call<R>(
+        &self,
+        hook: Hook,
+        invoke: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, String>>,
+        builtin: impl FnOnce() -> R,
+    ) -> Decision<R> {
+        let started = Instant::now();
+        let stats = &self.shared.stats;
+        let reused = self.idle.lock().pop();
+        let slot = match reused {
+            Some(slot) => Ok(slot),
+            None => instantiate(&self.plugin, &self.shared)
+                .map_err(|e| FallbackReason::Unavailable(e.to_string())),
+        };
+        let outcome = slot.and_then(|mut slot| {
+            prime(&mut slot.store);
+            let result = invoke(&mut slot);
+            stats.record_memory(slot.store.data().limiter.memory_peak);
+            match result {
+                Ok(Ok(value)) => {
+                    let left = slot.store.get_fuel().unwrap_or(0);
+                    stats.record_fuel_used(self.shared.limits.fuel_per_call.saturating_sub(left));
+                    self.release(slot);
+                    Ok(value)
+                }
+                Ok(Err(invalid)) => {
+                    stats.record_discard();
+                    Err(FallbackReason::InvalidOutput(invalid))
+                }
+                Err(error) => {
+                    stats.record_discard();
+                    Err(classify(error))
+                }
+            }
+        });
+        let decision = match outcome {
+            Ok(value) => Decision {
+                value,
+                source: Source::Plugin,
+            },
+            Err(reason) => {
+                // Debug, not warn: a plugin failing on every message must not flood the
+                // node's log. The statistics count every fallback.
+                tracing::debug!(
+                    tenant = &*self.shared.tenant,
+                    hook = hook.wit_name(),
+                    %reason,
+                    "policy plugin call fell back to the built-in default"
+                );
+                Decision {
+                    value: builtin(),
+                    source: Source::Fallback(reason),
+                }
+            }
+        };
+        stats.record_call(hook, started.elapsed(), decision.fallback_reason());
+        decision
+    }
+
+    fn release(&self, slot: Slot) {
+        let mut idle = self.idle.lock();
+        if idle.len() < self.shared.limits.idle_instances_per_tenant {
+            idle.push(slot);
+        } else {
+            drop(idle);
+            drop(slot);
+        }
+    }
+}

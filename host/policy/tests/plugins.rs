@@ -1,0 +1,673 @@
+//! Every plugin of `plugins/` (and `examples/minimal-plugin`), built for real by
+//! `plugins-artifacts`, at the host's boundary: the reference plugins' decisions, hostile
+//! plugins contained, and refusals at load. `every_plugin_has_a_test` keeps the table of
+//! which test covers which plugin complete.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use switchboard_policy::{
+    Builtin, Decision, Delivery, FallbackReason, Flag, FlagContext, Lane, LoadError, LoadInfo,
+    MessageInfo, Plugin, PolicyEngine, PolicyLimits, ReceiptAction, ReceiptInfo, ReceiptKind,
+    Shedding, Source, TenantPolicy, Verdict,
+};
+
+/// Which test exercises each plugin. A plugin may only be loaded through [`wasm`], which
+/// insists on an entry here; [`every_plugin_has_a_test`] insists every plugin has one.
+const COVERAGE: &[(&str, &str)] = &[
+    ("priority", "priority_lanes_and_spam"),
+    ("receipts", "receipts_aggregate_over_the_threshold"),
+    ("flags", "flags_rollout_is_stable_and_roughly_right"),
+    ("degradation", "degradation_ladder"),
+    ("minimal-plugin", "minimal_plugin_rejects_the_banned_word"),
+    (
+        "hostile-loop",
+        "a_loop_runs_out_of_budget_and_the_next_call_works",
+    ),
+    ("hostile-memory", "a_memory_bomb_traps_at_the_cap"),
+    ("hostile-recursion", "unbounded_recursion_traps"),
+    ("hostile-trap", "a_trap_falls_back_and_is_counted"),
+    ("hostile-huge-output", "huge_output_is_not_taken"),
+    ("hostile-wasi-fs", "file_system_access_is_refused_at_load"),
+    ("hostile-wasi-sockets", "socket_access_is_refused_at_load"),
+    ("hostile-wrong-world", "the_wrong_world_is_refused_at_load"),
+    ("hostile-core-module", "a_core_module_is_refused_at_load"),
+];
+
+fn wasm(name: &str) -> Vec<u8> {
+    assert!(
+        COVERAGE.iter().any(|(n, _)| *n == name),
+        "{name} is not in COVERAGE"
+    );
+    let (_, path) = plugins_artifacts::ALL
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no plugin {name} in plugins_artifacts::ALL"));
+    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// One engine with the default budgets for the whole test binary (tests run in parallel).
+fn engine() -> &'static PolicyEngine {
+    static ENGINE: OnceLock<PolicyEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        PolicyEngine::new(PolicyLimits {
+            max_instances: 64,
+            ..PolicyLimits::default()
+        })
+        .unwrap()
+    })
+}
+
+fn plugin(name: &str) -> Plugin {
+    engine()
+        .load(&wasm(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn tenant(name: &str, tenant: &str, pairs: &[(&str, &str)]) -> TenantPolicy {
+    TenantPolicy::new(&plugin(name), tenant, config(pairs))
+}
+
+fn message(sender: &str, body: &[u8], body_size: u32) -> MessageInfo {
+    MessageInfo {
+        group: "general".into(),
+        sender: sender.into(),
+        body_size,
+        body_prefix: body.to_vec(),
+        group_size: 12,
+        connected_members: 5,
+    }
+}
+
+fn receipt(kind: ReceiptKind, group_size: u32) -> ReceiptInfo {
+    ReceiptInfo {
+        group: "general".into(),
+        seq: 7,
+        reader: "bob".into(),
+        kind,
+        group_size,
+    }
+}
+
+fn load(level: u8) -> LoadInfo {
+    LoadInfo {
+        level,
+        tenant_message_rate: 100,
+        tenant_connections: 10,
+    }
+}
+
+fn from_plugin<T: std::fmt::Debug>(decision: Decision<T>) -> T {
+    assert_eq!(decision.source, Source::Plugin, "{decision:?}");
+    decision.value
+}
+
+fn accept(lane: Lane, notify_offline: bool) -> Verdict {
+    Verdict::Accept(Delivery {
+        lane,
+        notify_offline,
+    })
+}
+
+#[test]
+fn every_plugin_has_a_test() {
+    let built: BTreeSet<&str> = plugins_artifacts::ALL.iter().map(|(n, _)| *n).collect();
+    let covered: BTreeSet<&str> = COVERAGE.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        built, covered,
+        "every plugin in plugins_artifacts::ALL needs a test here, and COVERAGE names only real plugins"
+    );
+}
+
+// ---- reference plugins -------------------------------------------------------------------
+
+#[test]
+fn priority_lanes_and_spam() {
+    let policy = tenant("priority", "acme", &[("vip_users", "ceo, cto")]);
+    let on = |sender: &str, body: &[u8], size: u32| {
+        from_plugin(policy.on_message(&message(sender, body, size)))
+    };
+    assert_eq!(on("cto", b"hello", 5), accept(Lane::High, true), "VIP");
+    assert_eq!(
+        on("bob", b"!urgent build is red", 20),
+        accept(Lane::High, false)
+    );
+    assert_eq!(
+        on("bob", b"a photo", 16_385),
+        accept(Lane::Low, false),
+        "large"
+    );
+    assert_eq!(on("bob", b"a photo", 16_384), accept(Lane::Normal, false));
+    assert_eq!(on("bob", b"hello", 5), accept(Lane::Normal, false));
+    assert_eq!(
+        on("ceo", b"!spam buy now", 13),
+        Verdict::Reject("spam is not allowed here".into()),
+        "spam is rejected even from a VIP"
+    );
+    assert_eq!(policy.counters().get("priority_spam_rejected"), Some(&1));
+
+    // The hooks it does not implement are the SDK's defaults, which are the node's.
+    let r = receipt(ReceiptKind::Read, 500);
+    assert_eq!(from_plugin(policy.on_receipt(&r)), Builtin::on_receipt(&r));
+    let ctx = FlagContext {
+        user: "bob".into(),
+        group: None,
+    };
+    assert_eq!(from_plugin(policy.evaluate_flags(&ctx)), Vec::<Flag>::new());
+    for level in 0..=3 {
+        assert_eq!(
+            from_plugin(policy.on_load(&load(level))),
+            Builtin::on_load(&load(level))
+        );
+    }
+
+    // The tenant's configuration is what the plugin sees.
+    let small = tenant("priority", "acme", &[("large_bytes", "100")]);
+    assert_eq!(
+        from_plugin(small.on_message(&message("bob", b"x", 101))),
+        accept(Lane::Low, false)
+    );
+
+    let stats = policy.stats();
+    assert_eq!(stats.fallbacks.total(), 0);
+    assert_eq!(stats.on_message.calls, 6);
+    assert_eq!(
+        stats.instantiations, 1,
+        "one instance, reused for every call"
+    );
+    // The budget is sized so the reference plugin uses a small fraction of it.
+    let fuel = stats.fuel_used_max;
+    println!("priority: at most {fuel} fuel per call");
+    assert!(
+        fuel > 0 && fuel * 20 < PolicyLimits::default().fuel_per_call,
+        "{fuel}"
+    );
+}
+
+#[test]
+fn receipts_aggregate_over_the_threshold() {
+    let policy = tenant("receipts", "acme", &[]);
+    let on = |kind, size| from_plugin(policy.on_receipt(&receipt(kind, size)));
+    assert_eq!(on(ReceiptKind::Read, 2), ReceiptAction::Forward);
+    assert_eq!(on(ReceiptKind::Read, 20), ReceiptAction::Forward);
+    assert_eq!(on(ReceiptKind::Read, 21), ReceiptAction::Aggregate);
+    assert_eq!(on(ReceiptKind::Delivered, 100), ReceiptAction::Aggregate);
+    assert_eq!(on(ReceiptKind::Delivered, 101), ReceiptAction::Drop);
+    assert_eq!(on(ReceiptKind::Read, 5_000), ReceiptAction::Aggregate);
+
+    let configured = tenant("receipts", "acme", &[("aggregate_over", "5")]);
+    let on = |kind, size| from_plugin(configured.on_receipt(&receipt(kind, size)));
+    assert_eq!(on(ReceiptKind::Read, 5), ReceiptAction::Forward);
+    assert_eq!(on(ReceiptKind::Read, 6), ReceiptAction::Aggregate);
+}
+
+#[test]
+fn flags_rollout_is_stable_and_roughly_right() {
+    let rules = "half:percent:50; tenth:percent:10; fifth:percent:20; beta:users:alice,bob; \
+                 staff-room:groups:staff";
+    let policy = tenant("flags", "acme", &[("flags", rules)]);
+    // Another tenant with the same rules, on fresh instances: the same answers.
+    let other = tenant("flags", "globex", &[("flags", rules)]);
+    let evaluate = |p: &TenantPolicy, user: &str, group: Option<&str>| -> BTreeMap<String, bool> {
+        let flags = from_plugin(p.evaluate_flags(&FlagContext {
+            user: user.into(),
+            group: group.map(Into::into),
+        }));
+        flags.into_iter().map(|f| (f.name, f.enabled)).collect()
+    };
+
+    let (mut half, mut tenth, mut fifth) = (0, 0, 0);
+    for i in 0..1000 {
+        let user = format!("user-{i}");
+        let flags = evaluate(&policy, &user, None);
+        assert_eq!(
+            flags,
+            evaluate(&policy, &user, None),
+            "stable on one instance"
+        );
+        assert_eq!(
+            flags,
+            evaluate(&other, &user, None),
+            "stable across instances"
+        );
+        half += usize::from(flags["half"]);
+        tenth += usize::from(flags["tenth"]);
+        fifth += usize::from(flags["fifth"]);
+        assert!(
+            !flags["tenth"] || flags["fifth"],
+            "10% is inside 20% only if salted alike"
+        );
+    }
+    assert!((400..=600).contains(&half), "half: {half} of 1000");
+    assert!((50..=150).contains(&tenth), "tenth: {tenth} of 1000");
+    assert!((130..=270).contains(&fifth), "fifth: {fifth} of 1000");
+
+    assert!(evaluate(&policy, "alice", None)["beta"]);
+    assert!(!evaluate(&policy, "carol", None)["beta"]);
+    assert!(evaluate(&policy, "carol", Some("staff"))["staff-room"]);
+    assert!(!evaluate(&policy, "carol", Some("lobby"))["staff-room"]);
+    assert!(!evaluate(&policy, "carol", None)["staff-room"]);
+
+    let unconfigured = tenant("flags", "initech", &[]);
+    assert!(evaluate(&unconfigured, "alice", None).is_empty());
+}
+
+#[test]
+fn degradation_ladder() {
+    let default = tenant("degradation", "acme", &[]);
+    for level in 0..=4 {
+        assert_eq!(
+            from_plugin(default.on_load(&load(level))),
+            Builtin::on_load(&load(level)),
+            "level {level}"
+        );
+    }
+    let configured = tenant(
+        "degradation",
+        "acme",
+        &[
+            ("shed_receipts_at", "1"),
+            ("shed_presence_at", "never"),
+            ("defer_background_at", "2"),
+        ],
+    );
+    assert_eq!(
+        from_plugin(configured.on_load(&load(0))),
+        Shedding::default()
+    );
+    assert_eq!(
+        from_plugin(configured.on_load(&load(1))),
+        Shedding {
+            receipts: true,
+            presence: false,
+            background_delivery: false
+        }
+    );
+    assert_eq!(
+        from_plugin(configured.on_load(&load(3))),
+        Shedding {
+            receipts: true,
+            presence: false,
+            background_delivery: true
+        }
+    );
+    // It logs one line per call, within the per-call budget.
+    assert_eq!(configured.stats().log_lines_dropped, 0);
+}
+
+#[test]
+fn minimal_plugin_rejects_the_banned_word() {
+    let policy = tenant("minimal-plugin", "acme", &[("banned_word", "Spoiler")]);
+    assert_eq!(
+        from_plugin(policy.on_message(&message("alice", b"big SPOILER ahead", 17))),
+        Verdict::Reject("messages containing \"spoiler\" are not allowed".into())
+    );
+    assert_eq!(
+        from_plugin(policy.on_message(&message("alice", b"hello", 5))),
+        Builtin::on_message(&message("alice", b"hello", 5))
+    );
+    assert_eq!(policy.counters().get("banned_word_rejected"), Some(&1));
+}
+
+// ---- hostile plugins ---------------------------------------------------------------------
+
+/// Asserts the decision is the built-in default, and returns why.
+fn fell_back(decision: Decision<Verdict>, m: &MessageInfo) -> FallbackReason {
+    assert_eq!(decision.value, Builtin::on_message(m));
+    match decision.source {
+        Source::Fallback(reason) => reason,
+        Source::Plugin => panic!("expected a fallback, got {decision:?}"),
+    }
+}
+
+/// After a failed call the same policy still answers: the hooks the hostile plugin leaves
+/// to the SDK come from a fresh instance.
+fn still_answers(policy: &TenantPolicy) {
+    assert_eq!(
+        from_plugin(policy.on_load(&load(2))),
+        Builtin::on_load(&load(2))
+    );
+    let r = receipt(ReceiptKind::Read, 3);
+    assert_eq!(from_plugin(policy.on_receipt(&r)), ReceiptAction::Forward);
+}
+
+#[test]
+fn a_loop_runs_out_of_budget_and_the_next_call_works() {
+    let policy = tenant("hostile-loop", "mallory", &[]);
+    let m = message("mallory", b"hi", 2);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reason = fell_back(policy.on_message(&m), &m);
+        let took = started.elapsed();
+        assert!(
+            matches!(reason, FallbackReason::OutOfFuel | FallbackReason::Deadline),
+            "{reason:?}"
+        );
+        // Default budget: fuel runs out in about a millisecond, well before the deadline.
+        assert!(took < Duration::from_millis(200), "took {took:?}");
+        still_answers(&policy);
+    }
+    let stats = policy.stats();
+    assert_eq!(stats.on_message.fallbacks, 3);
+    assert_eq!(stats.fallbacks.out_of_fuel + stats.fallbacks.deadline, 3);
+    assert_eq!(stats.discarded_instances, 3);
+    assert!(
+        stats.instantiations >= 4,
+        "a fresh instance after each discard"
+    );
+}
+
+#[test]
+fn a_loop_with_unlimited_fuel_hits_the_deadline() {
+    let limits = PolicyLimits {
+        fuel_per_call: u64::MAX / 2,
+        deadline: Duration::from_millis(20),
+        max_instances: 4,
+        ..PolicyLimits::default()
+    };
+    let engine = PolicyEngine::new(limits.clone()).unwrap();
+    let plugin = engine.load(&wasm("hostile-loop")).unwrap();
+    let policy = TenantPolicy::new(&plugin, "mallory", BTreeMap::new());
+    let m = message("mallory", b"hi", 2);
+    let started = Instant::now();
+    let reason = fell_back(policy.on_message(&m), &m);
+    let took = started.elapsed();
+    assert_eq!(reason, FallbackReason::Deadline);
+    assert!(took >= limits.deadline, "interrupted early: {took:?}");
+    // One tick of granularity, plus generous slack for a loaded CI machine.
+    assert!(
+        took < limits.deadline + limits.epoch_tick + Duration::from_millis(200),
+        "{took:?}"
+    );
+    assert_eq!(policy.stats().fallbacks.deadline, 1);
+    still_answers(&policy);
+}
+
+#[test]
+fn a_memory_bomb_traps_at_the_cap() {
+    let policy = tenant("hostile-memory", "mallory", &[]);
+    let m = message("mallory", b"hi", 2);
+    let reason = fell_back(policy.on_message(&m), &m);
+    assert!(
+        matches!(&reason, FallbackReason::Trap(why) if why.contains("memory limit exceeded")),
+        "{reason:?}"
+    );
+    let cap = PolicyLimits::default().max_memory_bytes as u64;
+    let peak = policy.stats().memory_peak_bytes;
+    assert!(peak <= cap, "memory reached {peak} bytes; the cap is {cap}");
+    assert!(peak > cap / 2, "the bomb did allocate ({peak} bytes)");
+    assert_eq!(policy.stats().fallbacks.traps, 1);
+    still_answers(&policy);
+}
+
+#[test]
+fn unbounded_recursion_traps() {
+    let policy = tenant("hostile-recursion", "mallory", &[]);
+    let m = message("mallory", b"hi", 2);
+    let reason = fell_back(policy.on_message(&m), &m);
+    assert!(matches!(reason, FallbackReason::Trap(_)), "{reason:?}");
+    assert_eq!(policy.stats().fallbacks.traps, 1);
+    still_answers(&policy);
+}
+
+#[test]
+fn a_trap_falls_back_and_is_counted() {
+    let policy = tenant("hostile-trap", "mallory", &[]);
+    let m = message("mallory", b"hi", 2);
+    for round in 1..=3 {
+        let reason = fell_back(policy.on_message(&m), &m);
+        assert!(
+            matches!(&reason, FallbackReason::Trap(why) if why.contains("unreachable")),
+            "{reason:?}"
+        );
+        assert_eq!(policy.stats().fallbacks.traps, round);
+        still_answers(&policy);
+    }
+    let stats = policy.stats();
+    assert_eq!(stats.on_message.calls, 3);
+    assert_eq!(stats.on_message.fallbacks, 3);
+    assert_eq!(stats.on_load.fallbacks, 0);
+    assert_eq!(stats.discarded_instances, 3);
+}
+
+#[test]
+fn huge_output_is_not_taken() {
+    let policy = tenant("hostile-huge-output", "mallory", &[]);
+    let m = message("mallory", b"hi", 2);
+    let started = Instant::now();
+    let reason = fell_back(policy.on_message(&m), &m);
+    // A 10 MiB reason is more than one transfer may carry (or, built in a 16 MiB memory,
+    // more than the memory cap allows).
+    assert!(
+        matches!(
+            reason,
+            FallbackReason::InvalidOutput(_) | FallbackReason::Trap(_)
+        ),
+        "{reason:?}"
+    );
+    let ctx = FlagContext {
+        user: "mallory".into(),
+        group: None,
+    };
+    let flags = policy.evaluate_flags(&ctx);
+    assert!(flags.is_fallback(), "{:?}", flags.source);
+    assert!(flags.value.is_empty());
+    assert!(started.elapsed() < Duration::from_millis(500));
+    still_answers(&policy);
+
+    // With fuel to spare the flag list gets built, and is refused when it is handed over.
+    let engine = PolicyEngine::new(PolicyLimits {
+        fuel_per_call: 1_000_000_000,
+        deadline: Duration::from_secs(5),
+        max_instances: 4,
+        ..PolicyLimits::default()
+    })
+    .unwrap();
+    let plugin = engine.load(&wasm("hostile-huge-output")).unwrap();
+    let policy = TenantPolicy::new(&plugin, "mallory", BTreeMap::new());
+    let flags = policy.evaluate_flags(&ctx);
+    assert!(
+        matches!(
+            flags.fallback_reason(),
+            Some(FallbackReason::InvalidOutput(_))
+        ),
+        "{:?}",
+        flags.source
+    );
+    assert_eq!(policy.stats().fallbacks.invalid_output, 1);
+    still_answers(&policy);
+}
+
+#[test]
+fn other_tenants_are_unaffected_by_a_hostile_neighbour() {
+    let good = Arc::new(tenant("priority", "acme", &[("vip_users", "ceo")]));
+    let hostile: Vec<Arc<TenantPolicy>> = ["hostile-loop", "hostile-trap", "hostile-memory"]
+        .iter()
+        .map(|name| Arc::new(tenant(name, "mallory", &[])))
+        .collect();
+    let attackers: Vec<_> = hostile
+        .iter()
+        .cloned()
+        .map(|policy| {
+            std::thread::spawn(move || {
+                let m = message("mallory", b"hi", 2);
+                for _ in 0..5 {
+                    assert!(policy.on_message(&m).is_fallback());
+                }
+            })
+        })
+        .collect();
+    for _ in 0..200 {
+        assert_eq!(
+            from_plugin(good.on_message(&message("ceo", b"hi", 2))),
+            accept(Lane::High, true)
+        );
+        assert_eq!(
+            from_plugin(good.on_message(&message("bob", b"!spam", 5))),
+            Verdict::Reject("spam is not allowed here".into())
+        );
+    }
+    for attacker in attackers {
+        attacker.join().unwrap();
+    }
+    let stats = good.stats();
+    assert_eq!(stats.fallbacks.total(), 0);
+    assert_eq!(stats.discarded_instances, 0);
+    assert_eq!(good.counters().get("priority_spam_rejected"), Some(&200));
+    for policy in &hostile {
+        assert!(policy.counters().is_empty(), "counters are per tenant");
+    }
+}
+
+#[test]
+fn concurrent_calls_on_one_policy() {
+    let policy = Arc::new(tenant("priority", "acme", &[]));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let policy = policy.clone();
+            std::thread::spawn(move || {
+                for _ in 0..500 {
+                    assert_eq!(
+                        from_plugin(policy.on_message(&message("bob", b"hi", 2))),
+                        accept(Lane::Normal, false)
+                    );
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let stats = policy.stats();
+    assert_eq!(stats.on_message.calls, 2000);
+    assert!(stats.instantiations <= 4, "{}", stats.instantiations);
+    assert!(policy.idle_instances() <= PolicyLimits::default().idle_instances_per_tenant);
+}
+
+#[test]
+fn an_exhausted_instance_pool_falls_back_as_unavailable() {
+    let engine = PolicyEngine::new(PolicyLimits {
+        max_instances: 2,
+        idle_instances_per_tenant: 1,
+        ..PolicyLimits::default()
+    })
+    .unwrap();
+    // Loading takes an instance only while it checks the plugin.
+    let plugin = engine.load(&wasm("priority")).unwrap();
+    let a = TenantPolicy::new(&plugin, "a", BTreeMap::new());
+    let b = TenantPolicy::new(&plugin, "b", BTreeMap::new());
+    let c = TenantPolicy::new(&plugin, "c", BTreeMap::new());
+    a.prewarm().unwrap();
+    b.prewarm().unwrap();
+    let m = message("bob", b"hi", 2);
+    let decision = c.on_message(&m);
+    assert!(
+        matches!(
+            decision.fallback_reason(),
+            Some(FallbackReason::Unavailable(_))
+        ),
+        "{decision:?}"
+    );
+    assert_eq!(decision.value, Builtin::on_message(&m));
+    assert_eq!(c.stats().fallbacks.unavailable, 1);
+    // Idle instances are returned to the pool when their policy goes (e.g. a swap).
+    drop(a);
+    assert_eq!(from_plugin(c.on_message(&m)), accept(Lane::Normal, false));
+}
+
+#[test]
+fn a_swap_keeps_counters_and_in_flight_policies_finish() {
+    let old = Arc::new(tenant("priority", "acme", &[]));
+    let spam = message("bob", b"!spam", 5);
+    assert!(matches!(
+        from_plugin(old.on_message(&spam)),
+        Verdict::Reject(_)
+    ));
+    // Swapping is replacing the Arc; whoever still holds the old one keeps using it.
+    let held = old.clone();
+    let new = Arc::new(TenantPolicy::with_counters(
+        &plugin("priority"),
+        "acme",
+        config(&[("vip_users", "bob")]),
+        old.counters_handle(),
+    ));
+    new.prewarm().unwrap();
+    drop(old);
+    assert!(matches!(
+        from_plugin(held.on_message(&spam)),
+        Verdict::Reject(_)
+    ));
+    assert_eq!(
+        from_plugin(new.on_message(&message("bob", b"hi", 2))),
+        accept(Lane::High, true)
+    );
+    assert!(matches!(
+        from_plugin(new.on_message(&spam)),
+        Verdict::Reject(_)
+    ));
+    assert_eq!(new.counters().get("priority_spam_rejected"), Some(&3));
+}
+
+#[test]
+fn tenant_policy_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<TenantPolicy>();
+    check::<Plugin>();
+    check::<PolicyEngine>();
+}
+
+// ---- refused at load ---------------------------------------------------------------------
+
+fn refused(name: &str) -> LoadError {
+    match engine().load(&wasm(name)) {
+        Ok(_) => panic!("{name} loaded"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn file_system_access_is_refused_at_load() {
+    let err = refused("hostile-wasi-fs");
+    assert!(
+        matches!(&err, LoadError::ForbiddenImport { name, why }
+            if name.starts_with("wasi:filesystem/") && why.contains("file system access is not available")),
+        "{err}"
+    );
+}
+
+#[test]
+fn socket_access_is_refused_at_load() {
+    let err = refused("hostile-wasi-sockets");
+    assert!(
+        matches!(&err, LoadError::ForbiddenImport { name, why }
+            if name.starts_with("wasi:sockets/") && why.contains("network access is not available")),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_wrong_world_is_refused_at_load() {
+    let err = refused("hostile-wrong-world");
+    assert!(
+        matches!(&err, LoadError::WrongWorld(m)
+            if m.contains("switchboard:policy/policy@0.1.0") && m.contains("hostile:wrong-world/policy")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_core_module_is_refused_at_load() {
+    let err = refused("hostile-core-module");
+    assert!(
+        matches!(&err, LoadError::NotAComponent(m) if m.contains("core WebAssembly module")),
+        "{err}"
+    );
+}

@@ -1,0 +1,389 @@
+//! Tenant policy plugins change what clients receive, end to end over QUIC, and hostile
+//! plugins are contained: the same tenant keeps being served with fallback verdicts and other
+//! tenants never notice.
+
+mod common;
+
+use common::*;
+use switchboard_core::{ErrorCode, Lane, PresenceState, ReceiptKind};
+use switchboard_wire::{ClientFrame, Flag, Message, ServerFrame};
+
+async fn member(n: &TestNode, tenant: &str, user: &str) -> RawClient {
+    let mut c = n.raw().await;
+    let w = c.hello(&n.token(tenant, user)).await;
+    assert!(matches!(w, ServerFrame::Welcome { .. }), "{w:?}");
+    // Every session gets its flag set first.
+    assert!(matches!(
+        c.read_push().await,
+        Some(ServerFrame::Flags { .. })
+    ));
+    c
+}
+
+fn send(request_id: u64, group: &str, body: &[u8]) -> ClientFrame {
+    ClientFrame::Send {
+        request_id,
+        group: group.into(),
+        client_msg_id: format!("m{request_id}"),
+        body: bytes::Bytes::copy_from_slice(body),
+    }
+}
+
+async fn next_deliver(c: &mut RawClient) -> Message {
+    loop {
+        match c.read_push().await {
+            Some(ServerFrame::Deliver(m)) => return m,
+            Some(_) => {}
+            None => panic!("push stream ended"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_priority_plugin_picks_lanes_and_rejects() {
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::PRIORITY,
+        &[("vip_users", "alice"), ("large_bytes", "100")],
+    );
+    let mut alice = member(&n, "acme", "alice").await;
+    let mut bob = member(&n, "acme", "bob").await;
+    let mut carol = member(&n, "acme", "carol").await;
+    let big = [b'x'; 500];
+    let cases: [(&str, &[u8], Option<Lane>); 5] = [
+        ("alice", b"from the boss", Some(Lane::High)),
+        ("bob", b"!urgent the build is red", Some(Lane::High)),
+        ("bob", &big, Some(Lane::Low)),
+        ("bob", b"!spam buy now", None),
+        ("bob", b"lunch?", Some(Lane::Normal)),
+    ];
+    let mut expected = Vec::new();
+    for (i, (who, body, lane)) in cases.into_iter().enumerate() {
+        let client = if who == "alice" { &mut alice } else { &mut bob };
+        client.send(&send(i as u64 + 1, "team", body)).await;
+        match (client.read().await.unwrap(), lane) {
+            (ServerFrame::Ack { seq, .. }, Some(lane)) => expected.push((seq, lane)),
+            (ServerFrame::Error(e), None) => {
+                assert_eq!(e.error_code(), Some(ErrorCode::PolicyRejected));
+                assert_eq!(e.message, "spam is not allowed here");
+            }
+            (other, lane) => panic!("case {i}: {other:?} for {lane:?}"),
+        }
+    }
+    // Carol receives the four accepted messages, each with its lane, and never the spam.
+    for (seq, lane) in &expected {
+        let m = next_deliver(&mut carol).await;
+        assert_eq!((m.seq, m.lane), (*seq, *lane));
+        assert!(!m.body.starts_with(b"!spam"));
+    }
+    let m = n.hub().metrics().snapshot();
+    assert_eq!(m.policy_rejections, 1);
+    assert_eq!(m.policy_fallbacks, 0);
+    assert!(
+        m.notify_offline_requests >= 1,
+        "VIP messages ask for offline notification"
+    );
+    // Lanes survive the log: a fetch shows the same lanes.
+    carol
+        .send(&ClientFrame::Fetch {
+            request_id: 9,
+            group: "team".into(),
+            after_seq: 0,
+            limit: 10,
+        })
+        .await;
+    let Some(ServerFrame::FetchResult { messages, .. }) = carol.read().await else {
+        panic!()
+    };
+    let lanes: Vec<(u64, Lane)> = messages.iter().map(|m| (m.seq, m.lane)).collect();
+    assert_eq!(lanes, expected);
+}
+
+#[tokio::test]
+async fn the_flags_plugin_sends_each_user_its_flags_on_connect_and_on_change() {
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::FLAGS,
+        &[("flags", "beta:users:alice;everyone:all")],
+    );
+    let flags_of = |f: Option<ServerFrame>| match f {
+        Some(ServerFrame::Flags { flags }) => flags,
+        other => panic!("expected Flags, got {other:?}"),
+    };
+    let flag = |name: &str, enabled| Flag {
+        name: name.into(),
+        enabled,
+    };
+    let mut alice = n.raw().await;
+    alice.hello(&n.token("acme", "alice")).await;
+    assert_eq!(
+        flags_of(alice.read_push().await),
+        vec![flag("beta", true), flag("everyone", true)]
+    );
+    let mut bob = n.raw().await;
+    bob.hello(&n.token("acme", "bob")).await;
+    assert_eq!(
+        flags_of(bob.read_push().await),
+        vec![flag("beta", false), flag("everyone", true)]
+    );
+    // Rebinding with new rules re-evaluates for connected users.
+    n.bind(
+        "acme",
+        plugins_artifacts::FLAGS,
+        &[("flags", "beta:users:alice,bob")],
+    );
+    assert_eq!(flags_of(bob.read_push().await), vec![flag("beta", true)]);
+    // Another tenant has no plugin: an empty set.
+    let mut g = n.raw().await;
+    g.hello(&n.token("globex", "alice")).await;
+    assert_eq!(flags_of(g.read_push().await), vec![]);
+}
+
+#[tokio::test]
+async fn the_receipts_plugin_aggregates_instead_of_forwarding() {
+    let n = TestNode::start().await;
+    // team has 3 members: over 2 means aggregate.
+    n.bind(
+        "acme",
+        plugins_artifacts::RECEIPTS,
+        &[("aggregate_over", "2")],
+    );
+    let mut alice = member(&n, "acme", "alice").await;
+    let mut bob = member(&n, "acme", "bob").await;
+    alice.send(&send(1, "team", b"hi team")).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack { seq: 1, .. })
+    ));
+    assert_eq!(next_deliver(&mut bob).await.seq, 1);
+    bob.send(&ClientFrame::Receipt {
+        group: "team".into(),
+        seq: 1,
+        kind: ReceiptKind::Read,
+    })
+    .await;
+    bob.send(&ClientFrame::Ping { request_id: 5 }).await;
+    assert_eq!(bob.read().await, Some(ServerFrame::Pong { request_id: 5 }));
+    // Stored for the aggregate, not forwarded one by one. In "closed" (2 members) receipts
+    // are forwarded: that notice is the next thing alice's push stream carries.
+    alice.send(&send(2, "closed", b"hi bob")).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack { seq: 1, .. })
+    ));
+    assert_eq!(next_deliver(&mut bob).await.group, "closed");
+    bob.send(&ClientFrame::Receipt {
+        group: "closed".into(),
+        seq: 1,
+        kind: ReceiptKind::Read,
+    })
+    .await;
+    loop {
+        match alice.read_push().await.unwrap() {
+            ServerFrame::Deliver(_) => {}
+            ServerFrame::ReceiptNotice { group, .. } => {
+                assert_eq!(
+                    group, "closed",
+                    "the team receipt was aggregated, not forwarded"
+                );
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let m = n.hub().metrics().snapshot();
+    assert_eq!((m.receipts_aggregated, m.receipts_forwarded), (1, 1));
+    let stored = switchboard_store::Store::receipts(
+        &*n.store,
+        &"acme".parse().unwrap(),
+        &"team".parse().unwrap(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(stored.len(), 1, "aggregated receipts are still stored");
+}
+
+#[tokio::test]
+async fn the_degradation_plugin_decides_what_is_shed_at_each_level() {
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::DEGRADATION,
+        &[
+            ("shed_presence_at", "1"),
+            ("shed_receipts_at", "2"),
+            ("defer_background_at", "3"),
+        ],
+    );
+    let mut alice = member(&n, "acme", "alice").await;
+    let mut bob = member(&n, "acme", "bob").await;
+    let acme = "acme".parse().unwrap();
+    assert_eq!(n.hub().shedding(&acme), Default::default());
+    n.hub().set_load_level(1);
+    let s = n.hub().shedding(&acme);
+    assert!(s.presence && !s.receipts && !s.background_delivery);
+    bob.send(&ClientFrame::Presence {
+        state: PresenceState::Background,
+    })
+    .await;
+    n.hub().set_load_level(2);
+    assert!(n.hub().shedding(&acme).receipts);
+    alice.send(&send(1, "closed", b"x")).await;
+    assert!(matches!(alice.read().await, Some(ServerFrame::Ack { .. })));
+    assert_eq!(next_deliver(&mut bob).await.seq, 1);
+    bob.send(&ClientFrame::Receipt {
+        group: "closed".into(),
+        seq: 1,
+        kind: ReceiptKind::Read,
+    })
+    .await;
+    bob.send(&ClientFrame::Ping { request_id: 1 }).await;
+    assert_eq!(bob.read().await, Some(ServerFrame::Pong { request_id: 1 }));
+    let m = n.hub().metrics().snapshot();
+    assert_eq!((m.presence_shed, m.receipts_shed), (1, 1));
+    // Back to normal: receipts flow again and reach alice.
+    n.hub().set_load_level(0);
+    bob.send(&ClientFrame::Receipt {
+        group: "closed".into(),
+        seq: 1,
+        kind: ReceiptKind::Read,
+    })
+    .await;
+    loop {
+        match alice.read_push().await.unwrap() {
+            ServerFrame::ReceiptNotice { user, .. } => {
+                assert_eq!(user, "bob");
+                break;
+            }
+            ServerFrame::Deliver(_) => {}
+            other => panic!("presence was shed, so nothing else is expected: {other:?}"),
+        }
+    }
+}
+
+/// A hostile plugin on one tenant: its messages still flow (built-in verdicts), the failures
+/// are counted, and a neighbour tenant is served normally throughout.
+async fn contained(wasm: &str) {
+    let n = TestNode::start().await;
+    n.bind("globex", wasm, &[]);
+    n.bind(
+        "acme",
+        plugins_artifacts::PRIORITY,
+        &[("vip_users", "alice")],
+    );
+    let mut g1 = member(&n, "globex", "mallory").await;
+    g1.send(&ClientFrame::Join {
+        request_id: 100,
+        group: "general".into(),
+    })
+    .await;
+    assert!(matches!(g1.read().await, Some(ServerFrame::Joined { .. })));
+    let mut acme = member(&n, "acme", "alice").await;
+    for i in 1..=3 {
+        g1.send(&send(i, "general", b"hello")).await;
+        let reply = g1.read().await.unwrap();
+        assert!(
+            matches!(reply, ServerFrame::Ack { seq, .. } if seq == i),
+            "{wasm}: message {i} must be accepted with the fallback verdict, got {reply:?}"
+        );
+        let m = next_deliver(&mut g1).await;
+        assert_eq!((m.seq, m.lane), (i, Lane::Normal));
+        acme.send(&send(i, "team", b"neighbour")).await;
+        assert!(matches!(acme.read().await, Some(ServerFrame::Ack { .. })));
+        assert_eq!(
+            next_deliver(&mut acme).await.lane,
+            Lane::High,
+            "acme's plugin still runs"
+        );
+    }
+    let stats = n.hub().policy(&"globex".parse().unwrap()).unwrap().stats();
+    let fallbacks = n.hub().metrics().snapshot().policy_fallbacks;
+    assert!(
+        fallbacks >= 3,
+        "{wasm}: every failed call is counted ({fallbacks}); {stats:?}"
+    );
+    let acme_stats = n.hub().policy(&"acme".parse().unwrap()).unwrap().stats();
+    assert_eq!(
+        format!("{:?}", acme_stats.fallbacks),
+        format!("{:?}", switchboard_policy::FallbackCounts::default()),
+        "the neighbour's plugin never failed"
+    );
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_contained() {
+    contained(plugins_artifacts::HOSTILE_LOOP).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_is_contained() {
+    contained(plugins_artifacts::HOSTILE_MEMORY).await;
+}
+
+#[tokio::test]
+async fn deep_recursion_is_contained() {
+    contained(plugins_artifacts::HOSTILE_RECURSION).await;
+}
+
+#[tokio::test]
+async fn a_trapping_plugin_is_contained() {
+    contained(plugins_artifacts::HOSTILE_TRAP).await;
+}
+
+#[tokio::test]
+async fn huge_output_is_contained() {
+    contained(plugins_artifacts::HOSTILE_HUGE_OUTPUT).await;
+}
+
+#[tokio::test]
+async fn a_node_refuses_to_start_with_a_bad_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    for (wasm, want) in [
+        (plugins_artifacts::HOSTILE_WRONG_WORLD, "world"),
+        (plugins_artifacts::HOSTILE_CORE_MODULE, "component"),
+        (plugins_artifacts::HOSTILE_WASI_FS, "file system"),
+        (plugins_artifacts::HOSTILE_WASI_SOCKETS, "network"),
+    ] {
+        let cfg_text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[tenants]]\nid = \"acme\"\nsecret_env = \"X\"\nplugin = \"{wasm}\"\n"
+        );
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, cfg_text).unwrap();
+        let cfg = switchboard::Config::load(&p).unwrap();
+        let e = switchboard::load_policies(&cfg, policy_engine())
+            .unwrap_err()
+            .to_string();
+        assert!(e.to_lowercase().contains(want), "{wasm}: {e}");
+        assert!(e.contains("tenant acme"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn the_minimal_example_plugin_works_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[tenants]]\nid = \"acme\"\nsecret_env = \"X\"\nplugin = \"{}\"\nplugin_config = {{ banned_word = \"durian\" }}\n",
+        plugins_artifacts::MINIMAL_PLUGIN
+    );
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, cfg_text).unwrap();
+    let cfg = switchboard::Config::load(&p).unwrap();
+    let policies = switchboard::load_policies(&cfg, policy_engine()).unwrap();
+    let n = TestNode::start().await;
+    for (tenant, policy) in policies {
+        n.hub().set_policy(&tenant, Some(policy));
+    }
+    let mut alice = member(&n, "acme", "alice").await;
+    alice.send(&send(1, "team", b"who wants durian?")).await;
+    assert_eq!(
+        error_code(&alice.read().await.unwrap()),
+        ErrorCode::PolicyRejected
+    );
+    alice.send(&send(2, "team", b"who wants mango?")).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack { seq: 1, .. })
+    ));
+}

@@ -1,0 +1,142 @@
+//! Reference policy: which lane a message takes.
+//!
+//! In order, the first that applies:
+//! 1. a body starting with `!spam` is rejected ("spam is not allowed here");
+//! 2. a sender listed in config `vip_users` (comma-separated) → high lane, and offline members
+//!    are notified;
+//! 3. a body starting with `!urgent` → high lane;
+//! 4. a body larger than config `large_bytes` (default 16384) → low lane;
+//! 5. otherwise the normal lane.
+//!
+//! Receipts, flags and load use the SDK's defaults.
+
+use switchboard_plugin::{host, Lane, MessageInfo, Policy, Verdict};
+
+/// `large_bytes` when it is not configured.
+pub const DEFAULT_LARGE_BYTES: u32 = 16_384;
+
+/// See the crate docs.
+#[derive(Debug, Default)]
+pub struct Priority;
+
+impl Policy for Priority {
+    fn on_message(&self, message: &MessageInfo) -> Verdict {
+        if message.body_prefix.starts_with(b"!spam") {
+            host::counter_add("priority_spam_rejected", 1);
+            return Verdict::reject("spam is not allowed here");
+        }
+        if host::config_list("vip_users").contains(&message.sender) {
+            return Verdict::accept_and_notify(Lane::High);
+        }
+        if message.body_prefix.starts_with(b"!urgent") {
+            return Verdict::accept(Lane::High);
+        }
+        if message.body_size > host::config_or("large_bytes", DEFAULT_LARGE_BYTES) {
+            return Verdict::accept(Lane::Low);
+        }
+        Verdict::accept(Lane::Normal)
+    }
+}
+
+switchboard_plugin::export_policy!(Priority);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_plugin::testing::{self, TestHost};
+    use switchboard_plugin::{Delivery, LogLevel, ReceiptAction, ReceiptKind, Shedding};
+
+    fn verdict(sender: &str, body: &[u8]) -> Verdict {
+        Priority.on_message(&testing::message("g", sender, body))
+    }
+
+    #[test]
+    fn vip_senders_go_high_and_notify_offline_members() {
+        let _host = TestHost::builder()
+            .config("vip_users", "ceo, cto")
+            .install();
+        assert_eq!(
+            verdict("cto", b"hello"),
+            Verdict::Accept(Delivery {
+                lane: Lane::High,
+                notify_offline: true
+            })
+        );
+        assert_eq!(verdict("intern", b"hello"), Verdict::accept(Lane::Normal));
+        assert_eq!(
+            verdict("ce", b"hello"),
+            Verdict::accept(Lane::Normal),
+            "whole names only"
+        );
+    }
+
+    #[test]
+    fn urgent_marker_goes_high_without_notification() {
+        let _host = TestHost::builder().install();
+        assert_eq!(
+            verdict("bob", b"!urgent the build is red"),
+            Verdict::accept(Lane::High)
+        );
+        assert_eq!(
+            verdict("bob", b"not !urgent"),
+            Verdict::accept(Lane::Normal)
+        );
+    }
+
+    #[test]
+    fn large_bodies_go_low() {
+        let host = TestHost::builder().install();
+        let sized = |size: u32| MessageInfo {
+            body_size: size,
+            ..testing::message("g", "bob", b"data")
+        };
+        assert_eq!(
+            Priority.on_message(&sized(DEFAULT_LARGE_BYTES)),
+            Verdict::accept(Lane::Normal)
+        );
+        assert_eq!(
+            Priority.on_message(&sized(DEFAULT_LARGE_BYTES + 1)),
+            Verdict::accept(Lane::Low)
+        );
+
+        host.set_config("large_bytes", "100");
+        assert_eq!(Priority.on_message(&sized(101)), Verdict::accept(Lane::Low));
+        assert_eq!(
+            Priority.on_message(&sized(100)),
+            Verdict::accept(Lane::Normal)
+        );
+
+        host.set_config("large_bytes", "lots");
+        assert_eq!(
+            Priority.on_message(&sized(101)),
+            Verdict::accept(Lane::Normal)
+        );
+        assert_eq!(
+            host.logs()[0].level,
+            LogLevel::Warn,
+            "a bad value is reported"
+        );
+    }
+
+    #[test]
+    fn spam_is_rejected_before_anything_else_and_counted() {
+        let host = TestHost::builder().config("vip_users", "ceo").install();
+        assert_eq!(
+            verdict("ceo", b"!spam buy now"),
+            Verdict::Reject("spam is not allowed here".into())
+        );
+        assert_eq!(host.counter("priority_spam_rejected"), 1);
+    }
+
+    #[test]
+    fn other_hooks_are_the_defaults() {
+        assert_eq!(
+            Priority.on_receipt(&testing::receipt("g", "bob", ReceiptKind::Read, 500)),
+            ReceiptAction::Forward
+        );
+        assert!(Priority
+            .evaluate_flags(&testing::flag_context("bob", None))
+            .is_empty());
+        assert_eq!(Priority.on_load(&testing::load(2)), Shedding::ladder(2));
+    }
+}
