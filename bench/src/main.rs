@@ -34,6 +34,10 @@ struct Args {
     /// Fan-outs to run.
     #[arg(long, value_delimiter = ',', default_values_t = vec![10usize, 100])]
     fanout: Vec<usize>,
+    /// Tenant policies to run with: `builtin` (no plugin) and/or `priority` (the reference
+    /// priority plugin from plugins/).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["builtin".to_string()])]
+    policy: Vec<String>,
     /// Body sizes to run, in bytes (at least 16).
     #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 512])]
     payload: Vec<usize>,
@@ -42,6 +46,7 @@ struct Args {
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
 
 struct Report {
+    policy: &'static str,
     metrics: switchboard_edge::MetricsSnapshot,
     window: usize,
     fanout: usize,
@@ -72,24 +77,32 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "| fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs | msgs/flush | from log |"
+        "| policy | fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs | msgs/flush | from log |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for &window in &args.window {
-        for &fanout in &args.fanout {
-            for &payload in &args.payload {
-                let messages = if window == 1 {
-                    args.messages.min(2_000)
-                } else {
-                    args.messages
-                };
-                let s = Scenario {
-                    fanout,
-                    payload: payload.max(16),
-                    window,
-                    messages,
-                };
-                print_row(&run_scenario(&server_rt, &client_rt, s)?);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for policy in &args.policy {
+        let policy: &'static str = match policy.as_str() {
+            "builtin" => "builtin",
+            "priority" => "priority",
+            other => bail!("unknown --policy {other}: builtin or priority"),
+        };
+        for &window in &args.window {
+            for &fanout in &args.fanout {
+                for &payload in &args.payload {
+                    let messages = if window == 1 {
+                        args.messages.min(2_000)
+                    } else {
+                        args.messages
+                    };
+                    let s = Scenario {
+                        policy,
+                        fanout,
+                        payload: payload.max(16),
+                        window,
+                        messages,
+                    };
+                    print_row(&run_scenario(&server_rt, &client_rt, s)?);
+                }
             }
         }
     }
@@ -102,7 +115,8 @@ fn print_row(r: &Report) {
     let pct = |p: f64| l[((l.len() as f64 - 1.0) * p) as usize];
     let secs = r.elapsed.as_secs_f64();
     println!(
-        "| 1→{} | {} B | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1}% |",
+        "| {} | 1→{} | {} B | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1}% |",
+        r.policy,
         r.fanout,
         r.payload,
         r.window,
@@ -120,6 +134,7 @@ fn print_row(r: &Report) {
 
 #[derive(Clone, Copy)]
 struct Scenario {
+    policy: &'static str,
     fanout: usize,
     payload: usize,
     window: usize,
@@ -162,6 +177,13 @@ fn run_scenario(
         },
         store,
     ))?;
+    if s.policy == "priority" {
+        let engine = switchboard_policy::PolicyEngine::new(Default::default())?;
+        let plugin = engine.load(&std::fs::read(plugins_artifacts::PRIORITY)?)?;
+        let config = [("vip_users".to_string(), "u1,u2".to_string())].into();
+        let policy = switchboard_policy::TenantPolicy::new(&plugin, "bench", config);
+        node.hub().set_policy(&tenant, Some(Arc::new(policy)));
+    }
     let addr = node.local_addr();
     let mut report = client_rt.block_on(drive(addr, cert, s))?;
     report.metrics = node.hub().metrics().snapshot();
@@ -234,6 +256,7 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
         payload,
         window,
         messages,
+        ..
     } = s;
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     endpoint.set_default_client_config(client_config(&cert)?);
@@ -289,6 +312,7 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
     let elapsed = t0.elapsed();
     endpoint.close(0u32.into(), b"done");
     Ok(Report {
+        policy: s.policy,
         metrics: Default::default(),
         window,
         fanout,

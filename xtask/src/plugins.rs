@@ -27,6 +27,8 @@ const CORE_TARGET: &str = "wasm32-unknown-unknown";
 
 /// One built plugin.
 #[derive(Debug, Clone)]
+// `manifest` and `dep_info` are read by sdk/plugin-artifacts/build.rs only.
+#[allow(dead_code)]
 pub struct Artifact {
     /// The plugin's name: its directory (and package) name, e.g. `hostile-loop`.
     pub name: String,

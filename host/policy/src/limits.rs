@@ -11,9 +11,11 @@ use std::time::Duration;
 pub struct PolicyLimits {
     /// Largest plugin (component binary) accepted by `load`. Default 4 MiB.
     pub max_plugin_bytes: usize,
-    /// Fuel (roughly: wasm instructions) per hook call, refilled before every call, and the
-    /// budget for instantiating a fresh instance. Default 1,000,000 (about a millisecond of
-    /// straight-line wasm; the reference priority plugin uses about 1% of it).
+    /// Fuel (roughly: wasm operators executed) per hook call, refilled before every call, and
+    /// the budget for instantiating a fresh instance. Default 10,000,000: on the order of a
+    /// millisecond of straight-line wasm on a current x86 core, ten times under the deadline,
+    /// so compute-bound runaways stop deterministically on fuel. The reference priority
+    /// plugin uses under 5,000 per call.
     pub fuel_per_call: u64,
     /// Wall-clock deadline per hook call, enforced by epoch interruption: a call is
     /// interrupted between `deadline` and `deadline + epoch_tick` after it starts. It catches
@@ -62,7 +64,7 @@ impl Default for PolicyLimits {
     fn default() -> Self {
         PolicyLimits {
             max_plugin_bytes: 4 << 20,
-            fuel_per_call: 1_000_000,
+            fuel_per_call: 10_000_000,
             deadline: Duration::from_millis(10),
             epoch_tick: Duration::from_millis(1),
             max_memory_bytes: 16 << 20,
