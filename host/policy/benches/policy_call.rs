@@ -76,9 +76,9 @@ fn on_message(c: &mut Criterion) {
     });
     let stats = policy.stats();
     println!(
-        "priority plugin: {} calls, {} fallbacks, {} instantiations, at most {} fuel per call",
+        "priority plugin: {} calls, fallbacks {:?}, {} instantiations, at most {} fuel per call",
         stats.on_message.calls,
-        stats.on_message.fallbacks,
+        stats.fallbacks,
         stats.instantiations,
         stats.fuel_used_max
     );
