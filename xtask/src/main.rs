@@ -123,7 +123,7 @@ fn ensure_wasm_target() -> Result<()> {
 fn test(extra: &[&str]) -> Result<()> {
     ensure_tools()?;
     run(cargo()
-        .args(["test", "--workspace", "--all-targets"])
+        .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .args(extra))?;
     // Doc tests are not part of --all-targets.
     run(cargo().args(["test", "--workspace", "--doc"]))

@@ -12,7 +12,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchboard_policy::{Builtin, MessageInfo, PolicyEngine, PolicyLimits, TenantPolicy};
+use switchboard_policy::{
+    Builtin, LoadInfo, MessageInfo, PolicyEngine, PolicyLimits, TenantPolicy,
+};
 
 fn priority_policy() -> TenantPolicy {
     let engine = PolicyEngine::new(PolicyLimits::default()).expect("engine");
@@ -67,9 +69,22 @@ fn on_message(c: &mut Criterion) {
         b.iter(|| black_box(Builtin::on_message(black_box(&m))))
     });
     group.finish();
+    // The floor of a plugin call: `on-load` of the same plugin (the SDK's default ladder) has
+    // no strings to copy and no host calls, so it is wasmtime's call overhead plus budgets.
+    let load = LoadInfo {
+        level: 1,
+        tenant_message_rate: 10,
+        tenant_connections: 3,
+    };
+    c.bench_function("on_load/priority_plugin (call floor)", |b| {
+        b.iter(|| black_box(policy.on_load(black_box(&load))))
+    });
 
     percentiles("on_message/priority_plugin", || {
         black_box(policy.on_message(black_box(&m)));
+    });
+    percentiles("on_load/priority_plugin (call floor)", || {
+        black_box(policy.on_load(black_box(&load)));
     });
     percentiles("on_message/builtin", || {
         black_box(Builtin::on_message(black_box(&m)));
@@ -77,10 +92,7 @@ fn on_message(c: &mut Criterion) {
     let stats = policy.stats();
     println!(
         "priority plugin: {} calls, fallbacks {:?}, {} instantiations, at most {} fuel per call",
-        stats.on_message.calls,
-        stats.fallbacks,
-        stats.instantiations,
-        stats.fuel_used_max
+        stats.on_message.calls, stats.fallbacks, stats.instantiations, stats.fuel_used_max
     );
 }
 

@@ -12,8 +12,8 @@ use crate::limits::PolicyLimits;
 use crate::stats::PolicyStats;
 
 /// Tenant-scoped counters (`host.counter-add`), shared by every instance of a tenant's
-/// policy. Cheap to clone; hand the same value to the next [`TenantPolicy`]
-/// (crate::TenantPolicy) of the tenant to keep counting across a swap.
+/// policy. Cheap to clone; hand the same value to the next
+/// [`TenantPolicy`](crate::TenantPolicy) of the tenant to keep counting across a swap.
 #[derive(Debug, Clone, Default)]
 pub struct TenantCounters {
     inner: Arc<Mutex<BTreeMap<String, u64>>>,

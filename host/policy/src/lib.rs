@@ -34,7 +34,7 @@ pub use engine::{EngineError, PolicyEngine};
 pub use host::TenantCounters;
 pub use limits::PolicyLimits;
 pub use load::LoadError;
-pub use stats::{FallbackCounts, HookStats, PolicyStats, PolicyStatsSnapshot};
+pub use stats::{FallbackCounts, HookStats, PolicyStatsSnapshot};
 pub use tenant::{Plugin, TenantPolicy};
 pub use types::{
     Builtin, Decision, Delivery, FallbackReason, Flag, FlagContext, Hook, Lane, LoadInfo,

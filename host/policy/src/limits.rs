@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-/// Budgets and bounds for policy plugins. One value configures a [`PolicyEngine`]
-/// (crate::PolicyEngine) and everything loaded into it.
+/// Budgets and bounds for policy plugins. One value configures a
+/// [`PolicyEngine`](crate::PolicyEngine) and everything loaded into it.
 ///
 /// The defaults are documented per field and in `docs/plugins.md`; the reference priority
 /// plugin uses well under 1% of the fuel and deadline (see the crate's tests and bench).

@@ -17,7 +17,7 @@ struct HookCells {
 /// Live statistics of one [`TenantPolicy`](crate::TenantPolicy). Updated with relaxed
 /// atomics; [`PolicyStats::snapshot`] reads them.
 #[derive(Debug, Default)]
-pub struct PolicyStats {
+pub(crate) struct PolicyStats {
     hooks: [HookCells; 4],
     traps: AtomicU64,
     out_of_fuel: AtomicU64,

@@ -155,11 +155,12 @@ fn classify(error: wasmtime::Error) -> FallbackReason {
 /// Hot swap replaces the `Arc<TenantPolicy>` the node holds for the tenant; a call in
 /// flight finishes on the value it started with, and the old instances go away with it.
 ///
-/// Calls are synchronous and short (bounded by [`PolicyLimits::deadline`]
-/// (crate::PolicyLimits)). From async code call them inside `tokio::task::block_in_place`
-/// (multi-threaded runtime) or `spawn_blocking`, never directly on a runtime worker
-/// without one of those; the calling thread needs about 1 MiB of stack beyond
-/// `max_wasm_stack`.
+/// Calls are synchronous and bounded by [`PolicyLimits::deadline`](crate::PolicyLimits)
+/// (plus one epoch tick). Nothing in a call touches an async runtime, so calling from a
+/// tokio task is safe; since a hostile plugin can hold the thread for the whole deadline,
+/// latency-sensitive callers wrap calls in `tokio::task::block_in_place` (multi-threaded
+/// runtime) or run them on a dedicated thread. The calling thread needs about 1 MiB of
+/// stack beyond `max_wasm_stack`.
 pub struct TenantPolicy {
     plugin: Plugin,
     shared: Arc<TenantShared>,

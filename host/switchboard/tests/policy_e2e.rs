@@ -14,7 +14,7 @@ async fn member(n: &TestNode, tenant: &str, user: &str) -> RawClient {
     assert!(matches!(w, ServerFrame::Welcome { .. }), "{w:?}");
     // Every session gets its flag set first.
     assert!(matches!(
-        c.read_push().await,
+        c.read_push_raw().await,
         Some(ServerFrame::Flags { .. })
     ));
     c
@@ -119,13 +119,13 @@ async fn the_flags_plugin_sends_each_user_its_flags_on_connect_and_on_change() {
     let mut alice = n.raw().await;
     alice.hello(&n.token("acme", "alice")).await;
     assert_eq!(
-        flags_of(alice.read_push().await),
+        flags_of(alice.read_push_raw().await),
         vec![flag("beta", true), flag("everyone", true)]
     );
     let mut bob = n.raw().await;
     bob.hello(&n.token("acme", "bob")).await;
     assert_eq!(
-        flags_of(bob.read_push().await),
+        flags_of(bob.read_push_raw().await),
         vec![flag("beta", false), flag("everyone", true)]
     );
     // Rebinding with new rules re-evaluates for connected users.
@@ -134,11 +134,14 @@ async fn the_flags_plugin_sends_each_user_its_flags_on_connect_and_on_change() {
         plugins_artifacts::FLAGS,
         &[("flags", "beta:users:alice,bob")],
     );
-    assert_eq!(flags_of(bob.read_push().await), vec![flag("beta", true)]);
+    assert_eq!(
+        flags_of(bob.read_push_raw().await),
+        vec![flag("beta", true)]
+    );
     // Another tenant has no plugin: an empty set.
     let mut g = n.raw().await;
     g.hello(&n.token("globex", "alice")).await;
-    assert_eq!(flags_of(g.read_push().await), vec![]);
+    assert_eq!(flags_of(g.read_push_raw().await), vec![]);
 }
 
 #[tokio::test]

@@ -306,8 +306,19 @@ impl RawClient {
         Some(wire::decode_server(&frame, &DecodeLimits::default()).unwrap())
     }
 
-    /// Next frame on the server's push stream.
+    /// Next frame on the server's push stream, skipping `Flags` (every session gets one
+    /// first; tests about flags use [`RawClient::read_push_raw`]).
     pub async fn read_push(&mut self) -> Option<ServerFrame> {
+        loop {
+            match self.read_push_raw().await? {
+                ServerFrame::Flags { .. } => continue,
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// Next frame on the server's push stream, whatever it is.
+    pub async fn read_push_raw(&mut self) -> Option<ServerFrame> {
         if self.push.is_none() {
             self.push = Some(
                 tokio::time::timeout(WAIT, self.conn.accept_uni())
