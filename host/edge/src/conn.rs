@@ -20,8 +20,12 @@ use crate::hub::{Hub, PushPlanner, RequestError, SendRequest, Session};
 const LINGER: Duration = Duration::from_millis(500);
 /// Unexpected streams tolerated before the connection is closed as abusive.
 const MAX_UNEXPECTED_STREAMS: u32 = 64;
-/// Most frames one write gathers into a single `write_all_chunks` call.
-const MAX_WRITE_BATCH: usize = 256;
+/// Expected frames per write; only a capacity hint.
+const MAX_WRITE_BATCH: usize = 64;
+/// Bytes of pushes the writer takes from the outbox per write (more if a single frame is
+/// larger). Small enough that an urgent push waits behind little bulk traffic; large enough
+/// to pack many small messages into few packets.
+const WRITE_BUDGET: usize = 64 * 1024;
 
 /// Why a connection ended early: the code and text it is closed with.
 #[derive(Debug)]
@@ -91,7 +95,7 @@ async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
         Ok(c) => c,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
     };
-    let (outbox_tx, outbox_rx) = mpsc::channel(limits.outbox_frames as usize);
+    let (outbox_tx, outbox_rx) = crate::hub::outbox(limits.outbox_frames as usize);
     let (session, welcome) = match hub.open_session(claims, &hello, outbox_tx) {
         Ok(s) => s,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
@@ -165,7 +169,7 @@ async fn session_loop(
     mut ctl_send: quinn::SendStream,
     mut ctl_recv: quinn::RecvStream,
     mut buf: BytesMut,
-    outbox_rx: mpsc::Receiver<crate::hub::Push>,
+    outbox_rx: crate::hub::OutboxRx,
 ) -> Result<(), Fatal> {
     let limits = hub.limits().clone();
     let decode = DecodeLimits::from_limits(&limits);
@@ -324,10 +328,12 @@ async fn control_writer(mut rx: mpsc::Receiver<Bytes>, mut send: quinn::SendStre
     }
 }
 
-/// Writes deliveries and notices to the push stream in the order the planner decides.
+/// Writes deliveries and notices to the push stream in the order the planner decides:
+/// the most urgent lane first, re-checked every [`WRITE_BUDGET`] bytes so an urgent message
+/// never waits behind more than one budget of bulk traffic queued in the outbox.
 async fn push_writer(
     mut planner: PushPlanner,
-    mut rx: mpsc::Receiver<crate::hub::Push>,
+    mut rx: crate::hub::OutboxRx,
     mut send: quinn::SendStream,
 ) {
     let mut items = Vec::with_capacity(MAX_WRITE_BATCH);
@@ -335,27 +341,20 @@ async fn push_writer(
     loop {
         // Catch-up first (after hello, a join, or an overflow), one bounded batch per turn
         // so live pushes keep flowing in between.
-        match planner.catch_up(&mut out) {
-            Ok(_) => {}
-            Err(e) => {
-                warn!(error = %e, "catch-up failed");
-                return;
-            }
+        if let Err(e) = planner.catch_up(&mut out) {
+            warn!(error = %e, "catch-up failed");
+            return;
         }
         if out.is_empty() {
             tokio::select! {
-                n = rx.recv_many(&mut items, MAX_WRITE_BATCH) => if n == 0 { return },
+                p = rx.recv() => match p {
+                    Some(p) => items.push(p),
+                    None => return,
+                },
                 _ = planner.wait() => {}
             }
-        } else {
-            while let Ok(item) = rx.try_recv() {
-                items.push(item);
-                if items.len() == MAX_WRITE_BATCH {
-                    break;
-                }
-            }
         }
-        crate::hub::order_by_lane(&mut items);
+        rx.drain(&mut items, WRITE_BUDGET);
         for item in items.drain(..) {
             if let Err(e) = planner.plan(item, &mut out) {
                 warn!(error = %e, "delivery planning failed");

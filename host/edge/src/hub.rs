@@ -197,59 +197,79 @@ pub(crate) enum Push {
         lane: Lane,
         frame: Bytes,
     },
-    /// A best-effort notice (receipt, presence): dropped if the outbox is full.
-    Notice(Bytes),
+    /// A best-effort notice (receipt, presence, flags), queued on `lane`: dropped if that
+    /// lane's outbox is full.
+    Notice { lane: Lane, frame: Bytes },
 }
 
 impl Push {
-    /// Notices (receipts, presence) go after messages of every lane but the lowest.
     fn lane(&self) -> Lane {
         match self {
-            Push::Deliver { lane, .. } => *lane,
-            Push::Notice(_) => Lane::Low,
+            Push::Deliver { lane, .. } | Push::Notice { lane, .. } => *lane,
+        }
+    }
+
+    /// Encoded size, for write budgets.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Push::Deliver { frame, .. } | Push::Notice { frame, .. } => frame.len(),
         }
     }
 }
 
-/// Reorders a batch of pushes so higher lanes go first, without ever reordering one group's
-/// messages: each message is sent no later than the most urgent message after it in its
-/// group ("priority inheritance"), then a stable sort by that key.
-pub(crate) fn order_by_lane(items: &mut [Push]) {
-    let first = items.first().map(Push::lane);
-    if items.iter().all(|p| Some(p.lane()) == first) {
-        return; // the common case: nothing to reorder, nothing allocated
+/// A session's queues of pushes, one per lane, each bounded by `outbox_frames`. The push
+/// writer always drains the most urgent non-empty lane first; per-group order still holds
+/// because the planner fills any gap from the log before writing a message that overtook
+/// its predecessors.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    lanes: [mpsc::Sender<Push>; 3],
+}
+
+/// The writer's end of an [`Outbox`].
+#[derive(Debug)]
+pub(crate) struct OutboxRx {
+    lanes: [mpsc::Receiver<Push>; 3],
+}
+
+/// A new outbox with room for `per_lane` pushes in each lane.
+pub(crate) fn outbox(per_lane: usize) -> (Outbox, OutboxRx) {
+    let (h_tx, h_rx) = mpsc::channel(per_lane);
+    let (n_tx, n_rx) = mpsc::channel(per_lane);
+    let (l_tx, l_rx) = mpsc::channel(per_lane);
+    (
+        Outbox {
+            lanes: [h_tx, n_tx, l_tx],
+        },
+        OutboxRx {
+            lanes: [h_rx, n_rx, l_rx],
+        },
+    )
+}
+
+impl OutboxRx {
+    /// Waits for the next push of any lane, most urgent first; `None` once the session is
+    /// gone.
+    pub(crate) async fn recv(&mut self) -> Option<Push> {
+        let [h, n, l] = &mut self.lanes;
+        tokio::select! {
+            biased;
+            Some(p) = h.recv() => Some(p),
+            Some(p) = n.recv() => Some(p),
+            Some(p) = l.recv() => Some(p),
+            else => None,
+        }
     }
-    let mut most_urgent_after: HashMap<&GroupId, u8> = HashMap::new();
-    let mut keys = vec![0u8; items.len()];
-    for (i, p) in items.iter().enumerate().rev() {
-        keys[i] = match p {
-            Push::Deliver { group, lane, .. } => {
-                let k = most_urgent_after
-                    .get(group)
-                    .map_or(lane.rank(), |&r| r.min(lane.rank()));
-                most_urgent_after.insert(group, k);
-                k
+
+    /// Takes queued pushes, most urgent lane first, until about `budget` bytes are taken.
+    pub(crate) fn drain(&mut self, out: &mut Vec<Push>, mut budget: usize) {
+        for lane in &mut self.lanes {
+            while budget > 0 {
+                let Ok(p) = lane.try_recv() else { break };
+                budget = budget.saturating_sub(p.len().max(1));
+                out.push(p);
             }
-            Push::Notice(_) => p.lane().rank(),
-        };
-    }
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| keys[i]);
-    apply_permutation(items, order);
-}
-
-/// Puts `items[order[k]]` at position `k`.
-fn apply_permutation<T>(items: &mut [T], mut order: Vec<usize>) {
-    for k in 0..order.len() {
-        // Follow the cycle starting at k, swapping each element into place.
-        let mut cur = k;
-        while order[cur] != k {
-            let next = order[cur];
-            items.swap(cur, next);
-            order[cur] = cur;
-            cur = next;
         }
-        order[cur] = cur;
     }
 }
 
@@ -266,7 +286,7 @@ pub struct Session {
     pub id: u64,
     pub tenant: TenantId,
     pub user: UserId,
-    outbox: mpsc::Sender<Push>,
+    outbox: Outbox,
     /// Set when the writer must bring every group up to its durable head from the log.
     catch_up: AtomicBool,
     wake: Notify,
@@ -281,7 +301,7 @@ impl Session {
     /// Queues a push without waiting. A full outbox never blocks the fan-out: a delivery that
     /// does not fit is recovered from the log by the writer; a notice is dropped.
     fn push(&self, p: Push, metrics: &Metrics) {
-        match self.outbox.try_send(p) {
+        match self.outbox.lanes[usize::from(p.lane().rank())].try_send(p) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Push::Deliver { .. })) => {
                 metrics.outbox_overflows.fetch_add(1, Ordering::Relaxed);
@@ -513,7 +533,7 @@ impl Hub {
         &self,
         claims: Claims,
         hello: &wire::Hello,
-        outbox: mpsc::Sender<Push>,
+        outbox: Outbox,
     ) -> Result<(Arc<Session>, ServerFrame), RequestError> {
         if hello.cursors.len() > self.limits.max_groups_per_user as usize {
             return Err(RequestError::new(
@@ -827,7 +847,14 @@ impl Hub {
                 })
                 .collect(),
         });
-        session.push(Push::Notice(frame), &self.metrics);
+        // Flags change what the app shows: ahead of messages.
+        session.push(
+            Push::Notice {
+                lane: Lane::High,
+                frame,
+            },
+            &self.metrics,
+        );
     }
 
     fn sessions_of(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Session>> {
@@ -1066,7 +1093,11 @@ impl Hub {
             kind,
         });
         for s in targets {
-            s.push(Push::Notice(frame.clone()), &self.metrics);
+            let notice = Push::Notice {
+                lane: Lane::Low,
+                frame: frame.clone(),
+            };
+            s.push(notice, &self.metrics);
         }
         Ok(())
     }
@@ -1102,7 +1133,11 @@ impl Hub {
             let subs = g.fanout.lock().subscribers.clone();
             for s in subs {
                 if s.user != session.user && told.insert(s.id) {
-                    s.push(Push::Notice(frame.clone()), &self.metrics);
+                    let notice = Push::Notice {
+                        lane: Lane::Low,
+                        frame: frame.clone(),
+                    };
+                    s.push(notice, &self.metrics);
                 }
             }
         }
@@ -1272,7 +1307,7 @@ impl PushPlanner {
     pub(crate) fn plan(&mut self, push: Push, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
         self.apply_sub_changes();
         match push {
-            Push::Notice(frame) => out.push(frame),
+            Push::Notice { frame, .. } => out.push(frame),
             Push::Deliver {
                 group, seq, frame, ..
             } => {
@@ -1356,76 +1391,45 @@ impl PushPlanner {
 mod tests {
     use super::*;
 
-    fn d(group: &str, seq: u64, lane: Lane) -> Push {
+    fn d(group: &str, seq: u64, lane: Lane, len: usize) -> Push {
         Push::Deliver {
             group: GroupId::new(group).unwrap(),
             seq,
             lane,
-            frame: Bytes::new(),
+            frame: Bytes::from(vec![0u8; len]),
         }
     }
 
     fn label(p: &Push) -> String {
         match p {
             Push::Deliver { group, seq, .. } => format!("{group}{seq}"),
-            Push::Notice(_) => "n".into(),
+            Push::Notice { .. } => "n".into(),
         }
     }
 
-    fn check(mut input: Vec<Push>, expect: &str) {
-        order_by_lane(&mut input);
-        let got: Vec<String> = input.iter().map(label).collect();
-        assert_eq!(got.join(" "), expect);
-    }
-
-    #[test]
-    fn lanes_reorder_across_groups_but_never_within_one() {
-        use Lane::*;
-        // Nothing to do.
-        check(vec![d("a", 1, Normal), d("b", 1, Normal)], "a1 b1");
-        // An urgent message of another group overtakes a bulk backlog.
-        check(
-            vec![d("a", 1, Low), d("a", 2, Low), d("b", 1, High)],
-            "b1 a1 a2",
-        );
-        // Within a group an urgent message cannot overtake; it pulls its predecessors along.
-        check(
-            vec![d("a", 1, Low), d("b", 1, Normal), d("a", 2, High)],
-            "a1 a2 b1",
-        );
-        // Notices go after normal messages, before bulk ones.
-        check(
-            vec![
-                Push::Notice(Bytes::new()),
-                d("a", 1, Low),
-                d("b", 1, Normal),
-            ],
-            "b1 n a1",
-        );
-        // Stable: equal keys keep their arrival order.
-        check(
-            vec![
-                d("a", 1, Low),
-                d("b", 1, Low),
-                d("c", 1, High),
-                d("a", 2, Low),
-            ],
-            "c1 a1 b1 a2",
-        );
-    }
-
-    #[test]
-    fn permutation_is_applied_exactly() {
-        for order in [
-            vec![2, 0, 1],
-            vec![1, 2, 3, 0],
-            vec![0, 1, 2],
-            vec![3, 2, 1, 0],
+    #[tokio::test]
+    async fn the_outbox_serves_the_most_urgent_lane_first_within_a_budget() {
+        let (tx, mut rx) = outbox(8);
+        for p in [
+            d("a", 1, Lane::Low, 10),
+            d("a", 2, Lane::Low, 10),
+            d("b", 1, Lane::Normal, 10),
+            d("c", 1, Lane::High, 10),
         ] {
-            let mut items: Vec<usize> = (0..order.len()).map(|i| i * 10).collect();
-            apply_permutation(&mut items, order.clone());
-            let expect: Vec<usize> = order.iter().map(|&i| i * 10).collect();
-            assert_eq!(items, expect);
+            tx.lanes[usize::from(p.lane().rank())].try_send(p).unwrap();
         }
+        let first = rx.recv().await.unwrap();
+        assert_eq!(label(&first), "c1");
+        let mut out = Vec::new();
+        rx.drain(&mut out, 15); // room for two 10-byte frames
+        assert_eq!(out.iter().map(label).collect::<Vec<_>>(), ["b1", "a1"]);
+        out.clear();
+        rx.drain(&mut out, 1000);
+        assert_eq!(out.iter().map(label).collect::<Vec<_>>(), ["a2"]);
+        drop(tx);
+        assert!(
+            rx.recv().await.is_none(),
+            "ends when the session's outbox is dropped"
+        );
     }
 }

@@ -390,3 +390,61 @@ async fn the_minimal_example_plugin_works_from_a_config_file() {
         Some(ServerFrame::Ack { seq: 1, .. })
     ));
 }
+
+#[tokio::test]
+async fn an_urgent_message_overtakes_a_bulk_backlog_without_breaking_group_order() {
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::PRIORITY,
+        &[("large_bytes", "1000")],
+    );
+    let mut alice = member(&n, "acme", "alice").await;
+    // Bob does not read his push stream yet: his connection's flow-control window fills and
+    // the rest of the bulk backlog waits in his outbox.
+    let mut bob = member(&n, "acme", "bob").await;
+    const BULK: u64 = 120;
+    let big = vec![b'b'; 30_000]; // > large_bytes: the Low lane
+    for i in 1..=BULK {
+        alice.send(&send(i, "closed", &big)).await;
+    }
+    for _ in 0..BULK {
+        assert!(matches!(alice.read().await, Some(ServerFrame::Ack { .. })));
+    }
+    alice
+        .send(&send(BULK + 1, "team", b"!urgent the site is down"))
+        .await;
+    assert!(matches!(alice.read().await, Some(ServerFrame::Ack { .. })));
+    // An urgent message in the same group as the backlog cannot overtake it.
+    alice
+        .send(&send(BULK + 2, "closed", b"!urgent same group"))
+        .await;
+    assert!(matches!(alice.read().await, Some(ServerFrame::Ack { .. })));
+
+    let mut order = Vec::new();
+    while order.len() < BULK as usize + 2 {
+        let m = next_deliver(&mut bob).await;
+        order.push((m.group.clone(), m.seq, m.lane));
+    }
+    let urgent = order.iter().position(|(g, _, _)| g == "team").unwrap();
+    assert!(
+        urgent < BULK as usize,
+        "the urgent message must overtake part of the bulk backlog (position {urgent})"
+    );
+    assert_eq!(order[urgent].2, Lane::High);
+    let closed: Vec<u64> = order
+        .iter()
+        .filter(|(g, _, _)| g == "closed")
+        .map(|o| o.1)
+        .collect();
+    assert_eq!(
+        closed,
+        (1..=BULK + 1).collect::<Vec<_>>(),
+        "group order holds, no gaps"
+    );
+    assert_eq!(
+        order.last().unwrap().2,
+        Lane::High,
+        "same-group urgent waited its turn"
+    );
+}
