@@ -25,8 +25,8 @@ pub struct Limits {
     pub max_fetch_messages: u32,
     /// Most sends a connection may have waiting for durability at once (pipelining depth).
     pub max_inflight_sends: u32,
-    /// Frames queued for one connection before it counts as a slow consumer and switches to
-    /// catching up from the log.
+    /// Pushes queued for one connection, per lane (high, normal, low), before it counts as a
+    /// slow consumer and switches to catching up from the log.
     pub outbox_frames: u32,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
