@@ -44,6 +44,14 @@ fn wire_fatal(e: WireError) -> Fatal {
 /// Drives one incoming connection to completion.
 pub(crate) async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
+    // Counted from accept (see lib.rs) to here, handshakes included.
+    struct Counted<'a>(&'a Hub);
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.metrics().connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _counted = Counted(&hub);
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -51,10 +59,8 @@ pub(crate) async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
             return;
         }
     };
-    hub.metrics().connections.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("conn", %remote, session = tracing::field::Empty);
     run(hub.clone(), conn).instrument(span).await;
-    hub.metrics().connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
@@ -109,7 +115,11 @@ async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
     .await;
     hub.close_session(&session);
     match result {
-        Ok(()) => debug!("session closed by peer"),
+        Ok(()) => {
+            debug!("session closed by peer");
+            // Also when only the control stream ended: the connection holds no session now.
+            conn.close(0u32.into(), b"session closed");
+        }
         Err(Fatal(e)) => {
             warn!(code = %e.code, error = %e.message, "closing session");
             close(&conn, &e);
@@ -191,11 +201,18 @@ async fn session_loop(
     let extra_task = tokio::spawn(refuse_extra_streams(conn.clone()));
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_sends as usize));
 
+    let mut push_task = push_task;
     let result = async {
         loop {
             let frame = tokio::select! {
                 f = wire::read_frame(&mut ctl_recv, &mut buf, limits.max_frame_bytes) => f,
                 r = conn.closed() => { debug!(reason = %r, "connection closed"); return Ok(()) }
+                // Deliveries stopped (e.g. the store failed under catch-up): without them the
+                // session is useless, so end it and let the client reconnect and resume.
+                _ = &mut push_task => return Err(Fatal(RequestError::new(
+                    ErrorCode::StoreUnavailable,
+                    "deliveries stopped; reconnect and resume",
+                ))),
             };
             let frame = match frame {
                 Ok(Some(f)) => f,
@@ -233,8 +250,12 @@ async fn session_loop(
         let _ = resp_tx.try_send(wire::encode_server(&ServerFrame::Error(e.frame(0))));
     }
     drop(resp_tx);
-    // Let the control writer flush the last answers (and a fatal error) before closing.
-    let _ = timeout(LINGER, ctl_task).await;
+    // Let the control writer flush the last answers (and a fatal error) before closing; a
+    // client that does not read them does not get to keep the task (or the connection).
+    let mut ctl_task = ctl_task;
+    if timeout(LINGER, &mut ctl_task).await.is_err() {
+        ctl_task.abort();
+    }
     result
 }
 
@@ -273,13 +294,14 @@ async fn handle(
             // Backpressure: a client with max_inflight_sends unacked sends waits here, and
             // stops being read, until an ack frees a slot.
             let permit = inflight.clone().acquire_owned().await.ok()?;
+            let slot = resp_tx.clone().reserve_owned().await.ok()?;
             let req = SendRequest {
                 request_id,
                 group,
                 client_msg_id,
                 body,
             };
-            match hub.send(session, req, resp_tx.clone(), permit).await {
+            match hub.send(session, req, slot, permit).await {
                 Ok(()) => None,
                 Err(e) => err(request_id, e),
             }
@@ -338,6 +360,19 @@ async fn push_writer(
 ) {
     let mut items = Vec::with_capacity(MAX_WRITE_BATCH);
     let mut out: Vec<Bytes> = Vec::with_capacity(MAX_WRITE_BATCH);
+    // What is already queued in the high lane (the session's Flags) goes before catch-up.
+    rx.drain_high(&mut items);
+    for item in items.drain(..) {
+        if planner.plan(item, &mut out).is_err() {
+            return;
+        }
+    }
+    if !out.is_empty() {
+        if send.write_all_chunks(&mut out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
     loop {
         // Catch-up first (after hello, a join, or an overflow), one bounded batch per turn
         // so live pushes keep flowing in between.

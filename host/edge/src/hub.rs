@@ -261,6 +261,13 @@ impl OutboxRx {
         }
     }
 
+    /// Takes what is queued in the high lane now.
+    pub(crate) fn drain_high(&mut self, out: &mut Vec<Push>) {
+        while let Ok(p) = self.lanes[0].try_recv() {
+            out.push(p);
+        }
+    }
+
     /// Takes queued pushes, most urgent lane first, until about `budget` bytes are taken.
     pub(crate) fn drain(&mut self, out: &mut Vec<Push>, mut budget: usize) {
         for lane in &mut self.lanes {
@@ -290,7 +297,9 @@ pub struct Session {
     /// Set when the writer must bring every group up to its durable head from the log.
     catch_up: AtomicBool,
     wake: Notify,
-    sub_changes: Mutex<Vec<SubChange>>,
+    /// Pending subscription changes, the latest per group (so a client looping Join/Leave
+    /// while its writer is blocked cannot grow this beyond its groups).
+    sub_changes: Mutex<HashMap<GroupId, SubChange>>,
     /// Groups this session is subscribed to (for presence fan-out and cleanup).
     groups: Mutex<HashSet<GroupId>>,
     presence: AtomicU8,
@@ -373,7 +382,9 @@ struct Commit {
     lane: Lane,
     /// The encoded Ack frame.
     ack: Bytes,
-    reply: mpsc::Sender<Bytes>,
+    /// A slot in the connection's response queue, reserved when the send was accepted, so
+    /// the ack (or the flush error) can always be queued without waiting.
+    reply: mpsc::OwnedPermit<Bytes>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -548,7 +559,7 @@ impl Hub {
             outbox,
             catch_up: AtomicBool::new(false),
             wake: Notify::new(),
-            sub_changes: Mutex::new(Vec::new()),
+            sub_changes: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashSet::new()),
             presence: AtomicU8::new(match hello.presence {
                 PresenceState::Foreground => 0,
@@ -561,24 +572,17 @@ impl Hub {
             .iter()
             .map(|c| (c.group.as_str(), c.seq))
             .collect();
-        let mut groups = Vec::new();
-        let mut resumed = Vec::new();
-        for gid in self.store.groups_of(&session.tenant, &session.user)? {
-            let g = self.group(&session.tenant, &gid)?;
-            let after = match resume.get(gid.as_str()) {
-                Some(&seq) => seq,
-                None => self.store.cursor(&session.tenant, &gid, &session.user)?,
-            };
-            let head = self.subscribe(&session, &g, after);
-            groups.push(GroupCursor {
-                group: gid.to_string(),
-                seq: head,
-            });
-            resumed.push(GroupCursor {
-                group: gid.to_string(),
-                seq: after.min(head),
-            });
-        }
+        let subscribed = self.subscribe_all(&session, &resume);
+        let (groups, resumed) = match subscribed {
+            Ok(v) => v,
+            Err(e) => {
+                // Undo the subscriptions made so far: the session never becomes visible.
+                // (close_session also lowers the sessions gauge, so count the session first.)
+                self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+                self.close_session(&session);
+                return Err(e);
+            }
+        };
         self.users
             .entry((session.tenant.clone(), session.user.clone()))
             .or_default()
@@ -595,6 +599,35 @@ impl Hub {
             resume: resumed,
         };
         Ok((session, welcome))
+    }
+
+    /// Subscribes a new session to each of its user's groups from its resume cursor.
+    /// Returns the `Welcome` lists: heads and resume points.
+    #[allow(clippy::type_complexity)]
+    fn subscribe_all(
+        &self,
+        session: &Arc<Session>,
+        resume: &HashMap<&str, u64>,
+    ) -> Result<(Vec<GroupCursor>, Vec<GroupCursor>), RequestError> {
+        let mut groups = Vec::new();
+        let mut resumed = Vec::new();
+        for gid in self.store.groups_of(&session.tenant, &session.user)? {
+            let g = self.group(&session.tenant, &gid)?;
+            let after = match resume.get(gid.as_str()) {
+                Some(&seq) => seq,
+                None => self.store.cursor(&session.tenant, &gid, &session.user)?,
+            };
+            let head = self.subscribe(session, &g, after);
+            groups.push(GroupCursor {
+                group: gid.to_string(),
+                seq: head,
+            });
+            resumed.push(GroupCursor {
+                group: gid.to_string(),
+                seq: after.min(head),
+            });
+        }
+        Ok((groups, resumed))
     }
 
     /// Removes a session from every group and index. Idempotent.
@@ -625,12 +658,20 @@ impl Hub {
             return g.head();
         }
         let mut f = g.fanout.lock();
+        if session.closed.load(Ordering::Acquire) {
+            // close_session ran (or is running) for this session: never re-add it. It drains
+            // `groups` after setting `closed`, so it removes what we inserted above.
+            return f.head;
+        }
         // Queue the change before becoming visible to the committer, so any push for this
         // group the writer sees finds the subscription already applied.
-        session.sub_changes.lock().push(SubChange::Subscribe {
-            group: g.clone(),
-            after: after.min(f.head),
-        });
+        session.sub_changes.lock().insert(
+            g.id.clone(),
+            SubChange::Subscribe {
+                group: g.clone(),
+                after: after.min(f.head),
+            },
+        );
         f.subscribers.push(session.clone());
         let head = f.head;
         drop(f);
@@ -646,7 +687,7 @@ impl Hub {
         session
             .sub_changes
             .lock()
-            .push(SubChange::Unsubscribe(g.id.clone()));
+            .insert(g.id.clone(), SubChange::Unsubscribe(g.id.clone()));
         session.wake.notify_one();
     }
 
@@ -675,8 +716,12 @@ impl Hub {
                 ));
             }
             // The store enforces the group's member limit atomically (GroupFull).
-            self.store
-                .add_member(&session.tenant, &gid, &session.user)?;
+            if self
+                .store
+                .add_member(&session.tenant, &gid, &session.user)?
+            {
+                g.members.fetch_add(1, Ordering::Relaxed);
+            }
             let head = g.head();
             self.store
                 .advance_cursor(&session.tenant, &gid, &session.user, head)?;
@@ -694,8 +739,12 @@ impl Hub {
         let gid = group_id(group)?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
-        self.store
-            .remove_member(&session.tenant, &gid, &session.user)?;
+        if self
+            .store
+            .remove_member(&session.tenant, &gid, &session.user)?
+        {
+            g.members.fetch_sub(1, Ordering::Relaxed);
+        }
         for s in self.sessions_of(&session.tenant, &session.user) {
             self.unsubscribe(&s, &g);
         }
@@ -865,13 +914,13 @@ impl Hub {
     }
 
     /// `Send`: validates, appends and queues the commit. The ack is sent by the committer
-    /// once the append is durable; `reply` is the connection's response queue and `permit`
-    /// one of its in-flight slots, released with the ack.
+    /// once the append is durable; `reply` is a reserved slot in the connection's response
+    /// queue and `permit` one of its in-flight slots, released with the ack.
     pub async fn send(
         &self,
         session: &Session,
         req: SendRequest,
-        reply: mpsc::Sender<Bytes>,
+        reply: mpsc::OwnedPermit<Bytes>,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), RequestError> {
         let SendRequest {
@@ -983,11 +1032,13 @@ impl Hub {
                 .read_after(&session.tenant, &gid, after, n)?
                 .into_iter()
                 .filter(|m| m.seq <= head)
-                .scan(0usize, |bytes, m| {
+                .enumerate()
+                .scan(0usize, |bytes, (i, m)| {
                     // Keep the FetchResult frame under max_frame_bytes: a short page only
-                    // means "fetch again", never a frame the client must refuse.
+                    // means "fetch again", never a frame the client must refuse. The first
+                    // message always goes (any one fits a frame), so paging always advances.
                     *bytes += m.body.len() + MESSAGE_ENVELOPE_BYTES;
-                    (*bytes <= self.fetch_budget()).then(|| to_message(&gid, m))
+                    (i == 0 || *bytes <= self.fetch_budget()).then(|| to_message(&gid, m))
                 })
                 .collect()
         };
@@ -1208,8 +1259,7 @@ impl Committer {
                         // so make it visible (subscribers fetch it from the log).
                         None => hub.reveal(&c.group, c.seq),
                     }
-                    // Cannot be full: the queue has room for every in-flight permit.
-                    let _ = c.reply.try_send(c.ack);
+                    c.reply.send(c.ack);
                 }
             }
             Err(e) => {
@@ -1221,7 +1271,7 @@ impl Committer {
                 );
                 for c in batch.drain(..) {
                     let frame = wire::encode_server(&ServerFrame::Error(err.frame(c.request_id)));
-                    let _ = c.reply.try_send(frame);
+                    c.reply.send(frame);
                 }
             }
         }
@@ -1291,7 +1341,7 @@ impl PushPlanner {
 
     fn apply_sub_changes(&mut self) {
         let changes = std::mem::take(&mut *self.session.sub_changes.lock());
-        for c in changes {
+        for c in changes.into_values() {
             match c {
                 SubChange::Subscribe { group, after } => {
                     self.sent.insert(group.id.clone(), (group, after));

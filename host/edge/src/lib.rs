@@ -128,6 +128,9 @@ async fn accept_loop(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
             incoming.refuse();
             continue;
         }
+        // Counted here, before the handshake, so a burst of handshakes cannot exceed the
+        // bound; `conn::serve` uncounts it when it ends.
+        hub.metrics().connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(conn::serve(hub.clone(), incoming));
     }
 }

@@ -493,3 +493,42 @@ async fn a_member_that_never_reads_does_not_stall_others_and_still_gets_everythi
     acks(&mut alice, 1).await;
     assert_eq!(deliveries(&mut bob, 1).await[0].seq, N + 1);
 }
+
+#[tokio::test]
+async fn fetch_pages_always_advance_even_with_the_tightest_frame_limit() {
+    // The smallest frame limit the node accepts for this payload limit.
+    let limits = Limits {
+        max_payload_bytes: 8 * 1024,
+        max_frame_bytes: 8 * 1024 + 1024,
+        ..Limits::default()
+    };
+    let n = TestNode::start_with(limits).await;
+    let mut alice = member(&n, "alice").await;
+    let full = "f".repeat(8 * 1024);
+    for i in 1..=3 {
+        alice
+            .send(&send(i, "team", &format!("full{i}"), &full))
+            .await;
+    }
+    acks(&mut alice, 3).await;
+    let mut after = 0;
+    while after < 3 {
+        alice
+            .send(&ClientFrame::Fetch {
+                request_id: 50,
+                group: "team".into(),
+                after_seq: after,
+                limit: 10,
+            })
+            .await;
+        let Some(ServerFrame::FetchResult { messages, .. }) = alice.read().await else {
+            panic!()
+        };
+        assert!(
+            !messages.is_empty(),
+            "a page must never be empty while messages remain"
+        );
+        assert_in_order(&messages, after + 1);
+        after = messages.last().unwrap().seq;
+    }
+}

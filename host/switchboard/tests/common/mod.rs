@@ -306,13 +306,17 @@ impl RawClient {
         Some(wire::decode_server(&frame, &DecodeLimits::default()).unwrap())
     }
 
-    /// Next frame on the server's push stream, skipping `Flags` (every session gets one
-    /// first; tests about flags use [`RawClient::read_push_raw`]).
+    /// Next frame on the server's push stream. The first push of every session is its
+    /// `Flags` set (protocol §7): this checks that and skips it; tests about flags use
+    /// [`RawClient::read_push_raw`].
     pub async fn read_push(&mut self) -> Option<ServerFrame> {
-        loop {
-            match self.read_push_raw().await? {
-                ServerFrame::Flags { .. } => continue,
-                other => return Some(other),
+        let first = self.push.is_none();
+        let f = self.read_push_raw().await?;
+        match f {
+            ServerFrame::Flags { .. } if first => self.read_push_raw().await,
+            other => {
+                assert!(!first, "the first push must be Flags, got {other:?}");
+                Some(other)
             }
         }
     }
