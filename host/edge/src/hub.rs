@@ -950,7 +950,22 @@ impl Hub {
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
 
-        let lane = self.message_verdict(session, &g, &body)?;
+        let lane = match self.message_verdict(session, &g, &body) {
+            Ok(lane) => lane,
+            // A resend of a message the group already has is acked again whatever the policy
+            // says now (it may have been swapped, or the first verdict was a fallback).
+            // Rejections are rare, so this lookup costs nothing on the hot path.
+            Err(e)
+                if e.code == ErrorCode::PolicyRejected
+                    && self
+                        .store
+                        .find_sent(&session.tenant, &gid, &session.user, client_msg_id)?
+                        .is_some() =>
+            {
+                Lane::Normal // unused: the append below finds the duplicate
+            }
+            Err(e) => return Err(e),
+        };
         let _order = g.append.lock().await;
         let sent_at_ms = now_ms();
         let appended = self.store.append(

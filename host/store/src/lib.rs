@@ -181,6 +181,14 @@ pub trait Store: Send + Sync + 'static {
         group: &GroupId,
         msg: NewMessage<'_>,
     ) -> Result<Appended, StoreError>;
+    /// The sequence number an earlier append of `(sender, client_msg_id)` got, if any.
+    fn find_sent(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<u64>, StoreError>;
     /// Newest sequence number of a group, 0 when empty.
     fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError>;
     /// Up to `limit` messages with `seq > after`, in order.

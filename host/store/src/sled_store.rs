@@ -434,6 +434,21 @@ impl Store for SledStore {
         )
     }
 
+    fn find_sent(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let prefix = keys::group_prefix(tenant, group);
+        let key = keys::dedupe(&prefix, sender, client_msg_id);
+        match self.inner.dedupe.get(key).map_err(io)? {
+            Some(v) => Ok(Some(codec::decode_seq(DEDUPE, &v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn append(
         &self,
         tenant: &TenantId,

@@ -51,6 +51,7 @@ impl Store for GateStore {
         groups_of(t: &TenantId, u: &UserId) -> Result<Vec<GroupId>, StoreError>;
         append(t: &TenantId, g: &GroupId, m: NewMessage<'_>) -> Result<Appended, StoreError>;
         head(t: &TenantId, g: &GroupId) -> Result<u64, StoreError>;
+        find_sent(t: &TenantId, g: &GroupId, u: &UserId, c: &str) -> Result<Option<u64>, StoreError>;
         read_after(t: &TenantId, g: &GroupId, a: u64, l: usize) -> Result<Vec<StoredMessage>, StoreError>;
         message(t: &TenantId, g: &GroupId, s: u64) -> Result<Option<StoredMessage>, StoreError>;
         advance_cursor(t: &TenantId, g: &GroupId, u: &UserId, s: u64) -> Result<u64, StoreError>;

@@ -448,3 +448,50 @@ async fn an_urgent_message_overtakes_a_bulk_backlog_without_breaking_group_order
         "same-group urgent waited its turn"
     );
 }
+
+#[tokio::test]
+async fn a_resend_is_acked_even_if_the_policy_now_rejects_it() {
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::MINIMAL_PLUGIN,
+        &[("banned_word", "durian")],
+    );
+    let mut alice = member(&n, "acme", "alice").await;
+    let resend = |request_id| ClientFrame::Send {
+        request_id,
+        group: "team".into(),
+        client_msg_id: "same".into(),
+        body: bytes::Bytes::from_static(b"mango for lunch"),
+    };
+    alice.send(&resend(1)).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack {
+            seq: 1,
+            duplicate: false,
+            ..
+        })
+    ));
+    // The policy changes under the client's feet; its resend (lost ack) must still be acked.
+    n.bind(
+        "acme",
+        plugins_artifacts::MINIMAL_PLUGIN,
+        &[("banned_word", "mango")],
+    );
+    alice.send(&resend(2)).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack {
+            seq: 1,
+            duplicate: true,
+            ..
+        })
+    ));
+    // A new message with the same content is judged by the new policy.
+    alice.send(&send(3, "team", b"mango again")).await;
+    assert_eq!(
+        error_code(&alice.read().await.unwrap()),
+        ErrorCode::PolicyRejected
+    );
+}
