@@ -793,7 +793,6 @@ impl Hub {
         }
         tracing::info!(level, "load level changed");
         let tenants: Vec<TenantId> = self.policies.iter().map(|e| e.key().clone()).collect();
-        self.shedding.clear();
         for t in tenants {
             self.apply_load(&t);
         }

@@ -9,6 +9,7 @@
 //! - [`export_policy!`], which turns a `Policy` into the component's exports when compiled for
 //!   `wasm32-wasip2` (and only type-checks natively);
 //! - [`host`]: the functions the node gives a plugin (log, config, clock, counters);
+//!   configuration reads are cached in the component (see [Configuration](#configuration));
 //! - [`testing`]: a thread-local test host, so the policy logic is unit-tested with plain
 //!   `cargo test` on the developer's machine;
 //! - [`rollout`]: a stable hash for percentage rollouts.
@@ -50,6 +51,43 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` from a crate with
 //! `crate-type = ["cdylib", "rlib"]`; `examples/minimal-plugin` is the walkthrough.
+//!
+//! # Configuration
+//!
+//! A tenant's plugin configuration is fixed for the life of an instance: the node changes it
+//! only by swapping in a new policy, which gets new instances. So in a component
+//! [`host::config`] (and [`host::config_or`], [`host::config_list`]) asks the host only the
+//! first time a key is read and answers later reads from a per-instance cache; reading
+//! configuration in a hook costs no host call after the first. Natively nothing is cached, so
+//! tests that change the configuration with
+//! [`TestHost::set_config`](testing::TestHost::set_config) see the change.
+//!
+//! A cached read still copies (and [`host::config_or`] parses) the value. A hook that runs
+//! per message is cheapest when the policy parses its configuration once, when it is created:
+//!
+//! ```
+//! use switchboard_plugin::{host, Lane, MessageInfo, Policy, Verdict};
+//!
+//! struct LargeGoesLow {
+//!     large_bytes: u32,
+//! }
+//!
+//! impl LargeGoesLow {
+//!     fn from_config() -> Self {
+//!         LargeGoesLow { large_bytes: host::config_or("large_bytes", 16_384) }
+//!     }
+//! }
+//!
+//! impl Policy for LargeGoesLow {
+//!     fn on_message(&self, message: &MessageInfo) -> Verdict {
+//!         let lane = if message.body_size > self.large_bytes { Lane::Low } else { Lane::Normal };
+//!         Verdict::accept(lane)
+//!     }
+//! }
+//!
+//! // Created at the first hook call of each instance.
+//! switchboard_plugin::export_policy!(LargeGoesLow, LargeGoesLow::from_config());
+//! ```
 //!
 //! # What a plugin must not do
 //!
@@ -125,7 +163,11 @@ pub trait Policy {
 ///
 /// `export_policy!(MyPolicy)` creates the policy with `Default::default()`;
 /// `export_policy!(MyPolicy, MyPolicy::new())` with the given expression. Either runs once,
-/// lazily, at the first hook call of an instance (so it may call [`host`] functions).
+/// lazily, at the first hook call of an instance (so it may call [`host`] functions), and the
+/// value lives as long as the instance. Since the tenant's configuration is fixed for that
+/// long, this is the place to read and parse it once (`MyPolicy::from_config()`) rather than
+/// on every call. A panic there traps that call; the next call gets a fresh instance and
+/// tries again.
 ///
 /// Use it once, at the root of a `cdylib` crate. On `wasm32` it expands to the component's
 /// exports; on other targets it only checks that the type implements `Policy`, so the same

@@ -114,7 +114,10 @@ impl TestHost {
         self.state.borrow().counters.clone()
     }
 
-    /// Sets `key` in the configuration.
+    /// Sets `key` in the configuration. The next read sees it: natively the SDK does not cache
+    /// configuration. (In a component it does, for the life of the instance, since the node
+    /// never changes an instance's configuration; see [`crate::host`]. A policy that parses
+    /// its configuration when it is created sees a change only when created again.)
     pub fn set_config(&self, key: impl Into<String>, value: impl Into<String>) {
         self.state
             .borrow_mut()
@@ -122,7 +125,8 @@ impl TestHost {
             .insert(key.into(), value.into());
     }
 
-    /// Removes `key` from the configuration.
+    /// Removes `key` from the configuration; like [`TestHost::set_config`], seen at the next
+    /// read.
     pub fn remove_config(&self, key: &str) {
         self.state.borrow_mut().config.remove(key);
     }
@@ -191,8 +195,12 @@ pub(crate) mod imp {
         });
     }
 
-    pub fn config(key: &str) -> Option<String> {
-        with_host("config", |state| state.config.get(key).cloned())
+    /// Not cached natively (unlike on `wasm32`): every read sees the host's current
+    /// configuration. `f` must not call back into `host` (the state is borrowed while it runs).
+    pub fn with_config<R>(key: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
+        with_host("config", |state| {
+            f(state.config.get(key).map(String::as_str))
+        })
     }
 
     pub fn now_ms() -> u64 {
