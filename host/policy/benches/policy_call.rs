@@ -4,8 +4,9 @@
 //! `cargo bench -p switchboard-policy --bench policy_call` runs criterion (means), then a
 //! plain loop that records every call and prints p50/p99/p99.9/max. The call includes taking
 //! an idle instance, refilling fuel and the deadline, lowering the message (two strings and
-//! the body prefix, copied into the guest through its allocator), the guest's work (one
-//! `config-get` host call for `vip_users`), lifting the verdict and the statistics.
+//! the body prefix, copied into the guest through its allocator), the guest's work (config
+//! is parsed once per instance, so no host call per message), lifting the verdict and the
+//! statistics.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
