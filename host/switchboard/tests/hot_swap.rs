@@ -85,7 +85,7 @@ async fn a_hundred_swaps_across_ten_thousand_messages_lose_and_duplicate_nothing
             }) => acked += 1,
             other => panic!("expected a fresh Ack, got {other:?}"),
         }
-        if acked % SWAP_EVERY == 0 && acked < MESSAGES {
+        if acked.is_multiple_of(SWAP_EVERY) && acked < MESSAGES {
             let v = version(versions.len());
             versions.push(v.clone());
             n.hub().set_policy(&acme, Some(v));
