@@ -1,6 +1,7 @@
 //! Repo automation (`cargo xtask <command>`), in Rust so it runs the same everywhere.
 //!
-//! - `test`: install what the tests need (flatc), then run the whole test suite. This is the
+//! - `test`: install what the tests need (flatc, wasm targets), then run the whole test suite
+//!   (the workspace, then the plugin projects' native unit tests). This is the
 //!   README's test command and what CI runs.
 //! - `lint`: formatting, clippy with `-D warnings`, generated-code freshness.
 //! - `ci`: `lint`, then `test`.
@@ -126,7 +127,13 @@ fn test(extra: &[&str]) -> Result<()> {
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .args(extra))?;
     // Doc tests are not part of --all-targets.
-    run(cargo().args(["test", "--workspace", "--doc"]))
+    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    // The plugins' own unit tests (native, against the SDK's TestHost) live in projects of
+    // their own.
+    for manifest in ["plugins/Cargo.toml", "examples/minimal-plugin/Cargo.toml"] {
+        run(cargo().args(["test", "--manifest-path", manifest]))?;
+    }
+    Ok(())
 }
 
 /// Formatting, clippy with warnings as errors, and generated-code freshness.
