@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use switchboard_core::token::{self, Claims};
 use switchboard_core::{
     ErrorCode, GroupId, IdError, Lane, Limits, PresenceState, ReceiptKind, TenantId, UserId,
@@ -405,6 +405,8 @@ pub struct Hub {
     /// The node's load level (0 normal .. 3 critical) and what each tenant sheds at it.
     load_level: AtomicU8,
     shedding: DashMap<TenantId, policy::Shedding>,
+    /// See [`Hub::membership_lock`].
+    membership: Box<[Mutex<()>]>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -426,6 +428,9 @@ pub struct Committer {
 /// seq, timestamp, flatbuffer tables and offsets).
 const MESSAGE_ENVELOPE_BYTES: usize = 512;
 
+/// Locks striping users' membership changes (see [`Hub::membership_lock`]).
+const MEMBERSHIP_STRIPES: usize = 64;
+
 /// Most commits one flush covers; more wait for the next flush.
 const MAX_COMMIT_BATCH: usize = 4096;
 
@@ -445,6 +450,7 @@ impl Hub {
             policies: DashMap::new(),
             load_level: AtomicU8::new(0),
             shedding: DashMap::new(),
+            membership: (0..MEMBERSHIP_STRIPES).map(|_| Mutex::new(())).collect(),
         });
         let committer = Committer {
             store,
@@ -572,22 +578,25 @@ impl Hub {
             .iter()
             .map(|c| (c.group.as_str(), c.seq))
             .collect();
-        let subscribed = self.subscribe_all(&session, &resume);
-        let (groups, resumed) = match subscribed {
-            Ok(v) => v,
-            Err(e) => {
-                // Undo the subscriptions made so far: the session never becomes visible.
-                // (close_session also lowers the sessions gauge, so count the session first.)
-                self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
-                self.close_session(&session);
-                return Err(e);
-            }
-        };
+        // Under the user's membership lock: a Join or Leave on another of this user's
+        // sessions either completes before we read the user's groups, or runs after we are
+        // registered and so updates this session too.
+        let membership = self.membership_lock(&session.tenant, &session.user);
         self.users
             .entry((session.tenant.clone(), session.user.clone()))
             .or_default()
             .push(session.clone());
         self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
+        let (groups, resumed) = match self.subscribe_all(&session, &resume) {
+            Ok(v) => v,
+            Err(e) => {
+                // Undo: the session never becomes usable (close_session also unregisters it
+                // and lowers the sessions gauge).
+                self.close_session(&session);
+                return Err(e);
+            }
+        };
+        drop(membership); // not held across the plugin call below
         self.push_flags(&session);
         let welcome = ServerFrame::Welcome {
             session_id: session.id,
@@ -695,6 +704,7 @@ impl Hub {
     /// subscribes the session. A new member starts at the current head.
     pub fn join(&self, session: &Arc<Session>, group: &str) -> Result<u64, RequestError> {
         let gid = group_id(group)?;
+        let _membership = self.membership_lock(&session.tenant, &session.user);
         let meta = self.store.group(&session.tenant, &gid)?.ok_or_else(|| {
             RequestError::new(ErrorCode::GroupNotFound, format!("group {gid} not found"))
         })?;
@@ -737,6 +747,7 @@ impl Hub {
     /// `Leave`: removes the user from the group and stops deliveries to all its sessions.
     pub fn leave(&self, session: &Arc<Session>, group: &str) -> Result<(), RequestError> {
         let gid = group_id(group)?;
+        let _membership = self.membership_lock(&session.tenant, &session.user);
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
         if self
@@ -903,6 +914,16 @@ impl Hub {
             },
             &self.metrics,
         );
+    }
+
+    /// Serialises one user's membership changes with the registration of its sessions
+    /// (striped: a fixed set of locks, so nothing grows with the number of users). Taken
+    /// before any fanout or session lock, never while holding one.
+    fn membership_lock(&self, tenant: &TenantId, user: &UserId) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (tenant, user).hash(&mut h);
+        self.membership[(h.finish() as usize) % self.membership.len()].lock()
     }
 
     fn sessions_of(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Session>> {
