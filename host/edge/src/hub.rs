@@ -124,6 +124,8 @@ pub struct Metrics {
     pub policy_rejections: AtomicU64,
     /// Policy calls answered by the built-in default because the plugin failed.
     pub policy_fallbacks: AtomicU64,
+    /// Policy calls skipped (built-in default used) because the tenant's breaker was open.
+    pub policy_breaker_skips: AtomicU64,
     /// Messages whose policy asked for offline members to be notified.
     pub notify_offline_requests: AtomicU64,
     pub receipts_forwarded: AtomicU64,
@@ -151,6 +153,7 @@ pub struct MetricsSnapshot {
     pub protocol_errors: u64,
     pub policy_rejections: u64,
     pub policy_fallbacks: u64,
+    pub policy_breaker_skips: u64,
     pub notify_offline_requests: u64,
     pub receipts_forwarded: u64,
     pub receipts_aggregated: u64,
@@ -177,6 +180,7 @@ impl Metrics {
             protocol_errors: l(&self.protocol_errors),
             policy_rejections: l(&self.policy_rejections),
             policy_fallbacks: l(&self.policy_fallbacks),
+            policy_breaker_skips: l(&self.policy_breaker_skips),
             notify_offline_requests: l(&self.notify_offline_requests),
             receipts_forwarded: l(&self.receipts_forwarded),
             receipts_aggregated: l(&self.receipts_aggregated),
@@ -407,6 +411,8 @@ pub struct Hub {
     shedding: DashMap<TenantId, policy::Shedding>,
     /// See [`Hub::membership_lock`].
     membership: Box<[Mutex<()>]>,
+    /// Per-tenant circuit breakers for policy plugins (reset when a plugin is bound).
+    breakers: DashMap<TenantId, Arc<crate::breaker::Breaker>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -451,6 +457,7 @@ impl Hub {
             load_level: AtomicU8::new(0),
             shedding: DashMap::new(),
             membership: (0..MEMBERSHIP_STRIPES).map(|_| Mutex::new(())).collect(),
+            breakers: DashMap::new(),
         });
         let committer = Committer {
             store,
@@ -773,10 +780,12 @@ impl Hub {
     pub fn set_policy(&self, tenant: &TenantId, policy: Option<Arc<TenantPolicy>>) {
         match policy {
             Some(p) => {
+                self.breakers.insert(tenant.clone(), Arc::default());
                 self.policies.insert(tenant.clone(), p);
             }
             None => {
                 self.policies.remove(tenant);
+                self.breakers.remove(tenant);
             }
         }
         self.apply_load(tenant);
@@ -837,6 +846,45 @@ impl Hub {
         }
     }
 
+    /// The tenant's plugin for a per-message or per-receipt call, unless none is bound or its
+    /// circuit breaker is open (then the caller uses the built-in default).
+    fn hot_policy(
+        &self,
+        tenant: &TenantId,
+    ) -> Option<(Arc<TenantPolicy>, Arc<crate::breaker::Breaker>)> {
+        let p = self.policy(tenant)?;
+        let b = self
+            .breakers
+            .get(tenant)
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        if b.is_open(now_ms()) {
+            self.metrics
+                .policy_breaker_skips
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some((p, b))
+    }
+
+    /// Like [`Hub::count_fallback`], also feeding the tenant's circuit breaker.
+    fn guarded<T>(
+        &self,
+        tenant: &TenantId,
+        breaker: &crate::breaker::Breaker,
+        d: policy::Decision<T>,
+    ) -> T {
+        let failed = matches!(d.source, policy::Source::Fallback(_));
+        if breaker.record(failed, now_ms()) {
+            tracing::warn!(
+                %tenant,
+                "policy plugin keeps failing: built-in defaults for {} ms",
+                crate::breaker::Breaker::OPEN_MS
+            );
+        }
+        self.count_fallback(d)
+    }
+
     fn count_fallback<T>(&self, d: policy::Decision<T>) -> T {
         if let policy::Source::Fallback(reason) = &d.source {
             self.metrics
@@ -855,7 +903,7 @@ impl Hub {
         g: &GroupState,
         body: &[u8],
     ) -> Result<Lane, RequestError> {
-        let Some(p) = self.policy(&session.tenant) else {
+        let Some((p, breaker)) = self.hot_policy(&session.tenant) else {
             return Ok(Lane::Normal); // the built-in default, without building its input
         };
         let info = policy::MessageInfo {
@@ -866,7 +914,7 @@ impl Hub {
             group_size: g.members.load(Ordering::Relaxed),
             connected_members: g.subscriber_count() as u32,
         };
-        match self.count_fallback(p.on_message(&info)) {
+        match self.guarded(&session.tenant, &breaker, p.on_message(&info)) {
             policy::Verdict::Accept(d) => {
                 if d.notify_offline {
                     self.metrics
@@ -1122,8 +1170,8 @@ impl Hub {
             self.metrics.receipts_shed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let action = match self.policy(&session.tenant) {
-            Some(p) => {
+        let action = match self.hot_policy(&session.tenant) {
+            Some((p, breaker)) => {
                 let info = policy::ReceiptInfo {
                     group: gid.to_string(),
                     seq,
@@ -1134,7 +1182,7 @@ impl Hub {
                     },
                     group_size: g.members.load(Ordering::Relaxed),
                 };
-                self.count_fallback(p.on_receipt(&info))
+                self.guarded(&session.tenant, &breaker, p.on_receipt(&info))
             }
             None => policy::ReceiptAction::Forward,
         };

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+mod breaker;
 mod conn;
 pub mod hub;
 pub mod tls;

@@ -301,6 +301,30 @@ async fn contained(wasm: &str) {
             "acme's plugin still runs"
         );
     }
+    // The tenant's breaker is open now: further messages get the built-in verdict without
+    // the plugin being called (a failing plugin stops costing the node its budget).
+    let calls_before = n
+        .hub()
+        .policy(&"globex".parse().unwrap())
+        .unwrap()
+        .stats()
+        .on_message
+        .calls;
+    for i in 4..=8 {
+        g1.send(&send(i, "general", b"hello")).await;
+        assert!(
+            matches!(g1.read().await, Some(ServerFrame::Ack { .. })),
+            "{wasm}"
+        );
+    }
+    let globex = n.hub().policy(&"globex".parse().unwrap()).unwrap();
+    // (One trial call per elapsed second is allowed; these five take far less.)
+    let calls = globex.stats().on_message.calls;
+    assert!(
+        calls <= calls_before + 1,
+        "{wasm}: the breaker skips the plugin ({calls_before} -> {calls})"
+    );
+    assert!(n.hub().metrics().snapshot().policy_breaker_skips >= 4);
     let stats = n.hub().policy(&"globex".parse().unwrap()).unwrap().stats();
     let fallbacks = n.hub().metrics().snapshot().policy_fallbacks;
     assert!(
