@@ -921,11 +921,7 @@ impl Hub {
                         .notify_offline_requests
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(match d.lane {
-                    policy::Lane::High => Lane::High,
-                    policy::Lane::Normal => Lane::Normal,
-                    policy::Lane::Low => Lane::Low,
-                })
+                Ok(d.lane)
             }
             policy::Verdict::Reject(reason) => {
                 self.metrics
@@ -1176,10 +1172,7 @@ impl Hub {
                     group: gid.to_string(),
                     seq,
                     reader: session.user.to_string(),
-                    kind: match kind {
-                        ReceiptKind::Delivered => policy::ReceiptKind::Delivered,
-                        ReceiptKind::Read => policy::ReceiptKind::Read,
-                    },
+                    kind,
                     group_size: g.members.load(Ordering::Relaxed),
                 };
                 self.guarded(&session.tenant, &breaker, p.on_receipt(&info))

@@ -3,13 +3,9 @@
 //! These mirror `wit/policy.wit` (`switchboard:policy/types@0.1.0`) one to one, so callers of
 //! this crate never see a wasmtime or bindgen type. Conversions live in `convert.rs`.
 
-/// Delivery lanes, most urgent first. The node sends higher lanes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Lane {
-    High,
-    Normal,
-    Low,
-}
+/// Delivery lanes and receipt kinds are the node's own (`switchboard-core`), so the hub uses
+/// a verdict's lane as is.
+pub use switchboard_core::{Lane, ReceiptKind};
 
 /// What the node knows about a message when it asks for a verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -45,12 +41,6 @@ pub enum Verdict {
     /// [`PolicyLimits::max_reject_reason_bytes`](crate::PolicyLimits), cut at a character
     /// boundary).
     Reject(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReceiptKind {
-    Delivered,
-    Read,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

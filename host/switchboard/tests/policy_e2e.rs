@@ -364,21 +364,27 @@ async fn huge_output_is_contained() {
     contained(plugins_artifacts::HOSTILE_HUGE_OUTPUT).await;
 }
 
+/// A node config binding `wasm` to tenant acme (plus `extra` lines for that tenant), parsed
+/// the way `switchboard serve` parses its file.
+fn config_binding(wasm: &str, extra: &str) -> switchboard::Config {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[tenants]]\nid = \"acme\"\nsecret_env = \"X\"\nplugin = \"{wasm}\"\n{extra}"
+    );
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, text).unwrap();
+    switchboard::Config::load(&p).unwrap()
+}
+
 #[tokio::test]
 async fn a_node_refuses_to_start_with_a_bad_plugin() {
-    let dir = tempfile::tempdir().unwrap();
     for (wasm, want) in [
         (plugins_artifacts::HOSTILE_WRONG_WORLD, "world"),
         (plugins_artifacts::HOSTILE_CORE_MODULE, "component"),
         (plugins_artifacts::HOSTILE_WASI_FS, "file system"),
         (plugins_artifacts::HOSTILE_WASI_SOCKETS, "network"),
     ] {
-        let cfg_text = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[tenants]]\nid = \"acme\"\nsecret_env = \"X\"\nplugin = \"{wasm}\"\n"
-        );
-        let p = dir.path().join("c.toml");
-        std::fs::write(&p, cfg_text).unwrap();
-        let cfg = switchboard::Config::load(&p).unwrap();
+        let cfg = config_binding(wasm, "");
         let e = switchboard::load_policies(&cfg, policy_engine())
             .unwrap_err()
             .to_string();
@@ -389,14 +395,10 @@ async fn a_node_refuses_to_start_with_a_bad_plugin() {
 
 #[tokio::test]
 async fn the_minimal_example_plugin_works_from_a_config_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[[tenants]]\nid = \"acme\"\nsecret_env = \"X\"\nplugin = \"{}\"\nplugin_config = {{ banned_word = \"durian\" }}\n",
-        plugins_artifacts::MINIMAL_PLUGIN
+    let cfg = config_binding(
+        plugins_artifacts::MINIMAL_PLUGIN,
+        "plugin_config = { banned_word = \"durian\" }\n",
     );
-    let p = dir.path().join("c.toml");
-    std::fs::write(&p, cfg_text).unwrap();
-    let cfg = switchboard::Config::load(&p).unwrap();
     let policies = switchboard::load_policies(&cfg, policy_engine()).unwrap();
     let n = TestNode::start().await;
     for (tenant, policy) in policies {
