@@ -7,6 +7,7 @@
 pub mod error;
 pub mod id;
 pub mod limits;
+pub mod rollout;
 pub mod token;
 
 pub use error::ErrorCode;

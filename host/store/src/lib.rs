@@ -4,17 +4,22 @@
 //! What is stored: the tenant directory (tenants and their secrets, groups and members),
 //! per-group message logs with per-sender dedupe of client message ids, per-member delivery
 //! cursors, and receipts (in a tree of their own so receipt volume never slows the log).
+//! [`ConfigStore`] (in [`config`]) holds what operators and tenants change live: plugin
+//! versions, policy bindings, flags, quotas, API keys and the degradation override.
 //!
 //! Durability contract: writes are buffered; they are durable only once [`Store::flush`] has
 //! returned after them. The node acknowledges a message only after a flush that covers it
-//! (group commit: one flush covers every write made before it started).
+//! (group commit: one flush covers every write made before it started). [`ConfigStore`]
+//! writes are the exception: each is durable before it returns.
 //!
 //! # On disk ([`SledStore`])
 //!
-//! Five sled trees: `directory` (tenants; groups with their member count; members; a per-user
-//! index of memberships, so `groups_of` is a prefix scan), `log`, `dedupe`, `cursors` and
-//! `receipts`. Keys are built from components: every id but the last is length-prefixed with
-//! one byte (ids are at most 64 bytes), the last component runs to the end of the key, and
+//! Seven sled trees: `directory` (tenants; groups with their member count; members; a per-user
+//! index of memberships, so `groups_of` is a prefix scan), `log`, `dedupe`, `cursors`,
+//! `receipts`, `config` (every config record, tagged by kind like the directory) and `plugins`
+//! (plugin bytes alone, so config scans never page them in). Keys are built from components:
+//! every id but the last is length-prefixed with one byte (ids are at most 64 bytes; config
+//! keys end in free-form strings), the last component runs to the end of the key, and
 //! sequence numbers are big-endian `u64`. So two different component lists never share a key
 //! (tenant `a` + group `bc` is not tenant `ab` + group `c`), a group's log scans in sequence
 //! order, and member and group lists come out of a scan already sorted.
@@ -29,9 +34,20 @@
 //! | dedupe    | ‹tenant› ‹group› ‹sender› client_msg_id | seq                                    |
 //! | cursors   | ‹tenant› ‹group› user                   | seq                                    |
 //! | receipts  | ‹tenant› ‹group› seq user               | kind, at_ms                            |
+//! | config    | `P` ‹tenant› version                    | size, uploaded_at_ms, uploader, imports |
+//! |           | `B` tenant                              | binding (active, previous, canary, last rollback, revision, updated_at_ms) |
+//! |           | `F` tenant                              | flag rules                             |
+//! |           | `Q` tenant                              | quotas                                 |
+//! |           | `K` ‹tenant› key id                     | API key record (tenant, id, hash, created_at_ms, label) |
+//! |           | `H` key hash (32 bytes)                 | the same API key record (the index)    |
+//! |           | `D`                                     | degradation level                      |
+//! | plugins   | ‹tenant› version                        | component bytes                        |
 //!
 //! Values are hand-written big-endian binary that starts with a version byte (now 1); the
 //! empty marker values have none. A value that does not decode is [`StoreError::Corrupt`].
+//! An API key's record and its hash index hold the same bytes and change in one transaction,
+//! as do a plugin version's metadata and bytes; the config watch maps each `config` key back
+//! to a [`ConfigChange`] by its tag (`H` is skipped: its `K` record reports the change).
 //! sled's default tree holds a format marker, checked on open.
 //!
 //! Only this crate knows sled.
@@ -39,8 +55,13 @@
 use bytes::Bytes;
 use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
+pub mod config;
 mod sled_store;
 
+pub use config::{
+    ApiKeyRecord, BindingRefused, Canary, ConfigChange, ConfigStore, ConfigWatch, FlagRule,
+    PluginVersion, PolicyBinding, RollbackRecord, TenantQuotas, VersionConfig,
+};
 pub use sled_store::{SledStore, SledStoreConfig};
 
 /// Why a storage operation failed. Never means "partially applied": every write is atomic.
@@ -168,6 +189,8 @@ pub trait Store: Send + Sync + 'static {
     fn members(&self, tenant: &TenantId, group: &GroupId) -> Result<Vec<UserId>, StoreError>;
     /// How many members a group has (a stored count, not a scan); `None` for no such group.
     fn member_count(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<u32>, StoreError>;
+    /// A tenant's groups, sorted.
+    fn groups(&self, tenant: &TenantId) -> Result<Vec<GroupId>, StoreError>;
     /// Groups a user belongs to, sorted.
     fn groups_of(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<GroupId>, StoreError>;
 

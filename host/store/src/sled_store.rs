@@ -1,21 +1,32 @@
 //! [`SledStore`]: the [`Store`] on sled. Key layout in [`keys`], value encodings in [`codec`].
 //!
 //! Trees: `directory` (tenants, groups, members and the per-user index of memberships),
-//! `log` (messages), `dedupe` (`(sender, client_msg_id)` → seq), `cursors` and `receipts`.
+//! `log` (messages), `dedupe` (`(sender, client_msg_id)` → seq), `cursors` and `receipts`;
+//! for the [`ConfigStore`](crate::ConfigStore) (in [`config`]), `config` (plugin version
+//! metadata, bindings, flags, quotas, API keys and their hash index, the degradation
+//! override) and `plugins` (plugin bytes only, so scanning config never pages them in).
 //!
 //! Atomicity: an append writes its log entry and its dedupe entry in one sled transaction;
 //! `add_member` / `remove_member` update the member, the user's index entry and the group's
 //! member count in one transaction. Single-key read-modify-writes (cursors, receipts) use
-//! compare-and-swap loops, and `create_group` a compare-and-swap from absent.
+//! compare-and-swap loops, and `create_group` a compare-and-swap from absent. Config:
+//! `put_plugin` writes metadata and bytes in one transaction over both trees, API keys and
+//! their hash index change in one transaction, `update_binding` is a compare-and-swap loop.
 //!
 //! Costs worth knowing. sled 0.34 runs every transaction (and `apply_batch`) under one
 //! process-wide lock, and once any transaction has run every other sled call takes that lock
 //! shared: appends and membership changes serialise on it even across groups. The critical
 //! section is in memory and short (no fsync), but it is the ceiling on append throughput.
 //! `append` does not consult the directory (the caller has checked membership), and nothing
-//! is ever removed from the log or dedupe trees yet (no retention).
+//! is ever removed from the log or dedupe trees yet (no retention). A config watch is a sled
+//! subscriber with a buffer of 1024 events: one that falls that far behind blocks the next
+//! config write while it holds that lock (shared, or exclusive inside a transaction), which
+//! stalls appends too. Drain watches on a thread of their own and drop the ones not read.
 
 mod codec;
+mod config;
+#[cfg(test)]
+mod config_tests;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -32,7 +43,7 @@ use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
 use crate::{
     Appended, GroupMeta, NewMessage, Store, StoreError, StoredMessage, StoredReceipt, TenantRecord,
 };
-use codec::{corrupt, GroupRecord, CURSORS, DEDUPE, DIRECTORY, LOG, RECEIPTS};
+use codec::{corrupt, GroupRecord, CONFIG, CURSORS, DEDUPE, DIRECTORY, LOG, PLUGINS, RECEIPTS};
 use keys::Key;
 
 /// Key of the on-disk format marker in sled's default tree.
@@ -93,6 +104,10 @@ struct Inner {
     dedupe: Tree,
     cursors: Tree,
     receipts: Tree,
+    /// Config records and the plugin-version metadata ([`config`]).
+    config: Tree,
+    /// Plugin bytes only.
+    plugins: Tree,
     /// Newest sequence number of each group with messages, keyed by the group's prefix
     /// ([`keys::group_prefix`]), loaded lazily from the log's last key. Only ever raised
     /// (`raise_head`), so a reader that loaded an older head from disk cannot lower it.
@@ -191,6 +206,8 @@ impl SledStore {
             dedupe: tree(DEDUPE)?,
             cursors: tree(CURSORS)?,
             receipts: tree(RECEIPTS)?,
+            config: tree(CONFIG)?,
+            plugins: tree(PLUGINS)?,
             heads: DashMap::new(),
             path: config.path,
             db,
@@ -425,6 +442,10 @@ impl Store for SledStore {
 
     fn member_count(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<u32>, StoreError> {
         SledStore::member_count(self, tenant, group)
+    }
+
+    fn groups(&self, tenant: &TenantId) -> Result<Vec<GroupId>, StoreError> {
+        self.directory_ids(keys::groups_prefix(tenant).as_slice(), GroupId::new)
     }
 
     fn groups_of(&self, tenant: &TenantId, user: &UserId) -> Result<Vec<GroupId>, StoreError> {

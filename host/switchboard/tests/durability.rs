@@ -48,6 +48,7 @@ impl Store for GateStore {
         is_member(t: &TenantId, g: &GroupId, u: &UserId) -> Result<bool, StoreError>;
         members(t: &TenantId, g: &GroupId) -> Result<Vec<UserId>, StoreError>;
         member_count(t: &TenantId, g: &GroupId) -> Result<Option<u32>, StoreError>;
+        groups(t: &TenantId) -> Result<Vec<GroupId>, StoreError>;
         groups_of(t: &TenantId, u: &UserId) -> Result<Vec<GroupId>, StoreError>;
         append(t: &TenantId, g: &GroupId, m: NewMessage<'_>) -> Result<Appended, StoreError>;
         head(t: &TenantId, g: &GroupId) -> Result<u64, StoreError>;

@@ -9,12 +9,35 @@
 //! | message | sent_at_ms u64, lane u8, sender len u8, sender, client_msg_id len u32, id, body (rest) |
 //! | dedupe, cursor | seq u64                                                              |
 //! | receipt | kind u8 (0 delivered, 1 read), at_ms u64                                    |
+//!
+//! Config records (config and plugins trees). `str` is a `u32` length and UTF-8, `id` a `u8`
+//! length and an id, `opt(x)` a `u8` 0 (absent) or 1 followed by `x`, `list(x)` a `u32` count
+//! of `x`, `bool` a `u8` 0 or 1.
+//!
+//! | record          | layout after the version byte                                        |
+//! |-----------------|----------------------------------------------------------------------|
+//! | plugin version  | size u64, uploaded_at_ms u64, uploader str, imports list(str)        |
+//! | plugin bytes    | the component (rest)                                                 |
+//! | binding         | active opt(vc), previous list(vc), canary opt(canary), last_rollback opt(rollback), revision u64, updated_at_ms u64 |
+//! | ↳ vc            | version str, config list(key str, value str)                         |
+//! | ↳ canary        | vc, percent u8, groups list(id), started_at_ms u64                   |
+//! | ↳ rollback      | from str, to opt(str), automatic bool, reason str, at_ms u64         |
+//! | flags           | list(name str, enabled bool, percent u8, users list(id))             |
+//! | quotas          | max_groups u32, max_plugin_versions u32, max_plugin_bytes u32        |
+//! | API key (both the record and its hash index) | tenant id, id str, hash [u8; 32], created_at_ms u64, label str |
+//! | degradation     | level u8                                                             |
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use sled::IVec;
-use switchboard_core::{Lane, ReceiptKind, TenantId, UserId};
+use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
-use crate::{GroupMeta, NewMessage, StoreError, StoredMessage, StoredReceipt, TenantRecord};
+use crate::{
+    ApiKeyRecord, Canary, FlagRule, GroupMeta, NewMessage, PluginVersion, PolicyBinding,
+    RollbackRecord, StoreError, StoredMessage, StoredReceipt, TenantQuotas, TenantRecord,
+    VersionConfig,
+};
 
 const V1: u8 = 1;
 
@@ -24,6 +47,8 @@ pub(super) const LOG: &str = "log";
 pub(super) const DEDUPE: &str = "dedupe";
 pub(super) const CURSORS: &str = "cursors";
 pub(super) const RECEIPTS: &str = "receipts";
+pub(super) const CONFIG: &str = "config";
+pub(super) const PLUGINS: &str = "plugins";
 
 pub(super) fn corrupt(tree: &'static str, detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
@@ -90,6 +115,111 @@ impl<'a> Reader<'a> {
         } else {
             Err(corrupt(self.tree, "trailing bytes"))
         }
+    }
+
+    // --- the config records' building blocks (see the module doc) ---
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        let len = self.u32()?;
+        Ok(self.str(len as usize)?.to_owned())
+    }
+
+    fn id<T>(
+        &mut self,
+        parse: impl FnOnce(&str) -> Result<T, switchboard_core::IdError>,
+    ) -> Result<T, StoreError> {
+        let len = self.u8()?;
+        parse_id(self.tree, self.take(usize::from(len))?, parse)
+    }
+
+    fn bool(&mut self) -> Result<bool, StoreError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(corrupt(self.tree, format!("bad bool or option tag {b}"))),
+        }
+    }
+
+    fn opt<T>(
+        &mut self,
+        item: impl FnOnce(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        if self.bool()? {
+            Ok(Some(item(self)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn list<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let count = self.u32()? as usize;
+        // Every item takes at least a byte: a corrupt count cannot make us reserve more.
+        let mut out = Vec::with_capacity(count.min(self.buf.len()));
+        for _ in 0..count {
+            out.push(item(self)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Builds a config value front to back, starting with the version byte.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new() -> Self {
+        Self(vec![V1])
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+
+    fn len(&mut self, len: usize) {
+        self.u32(u32::try_from(len).expect("config values are shorter than 4 GiB"));
+    }
+
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    /// Ids are at most `MAX_ID_LEN` (64) bytes, so one length byte does.
+    fn id(&mut self, id: &str) {
+        self.u8(id.len() as u8);
+        self.0.extend_from_slice(id.as_bytes());
+    }
+
+    fn bool(&mut self, b: bool) {
+        self.u8(u8::from(b));
+    }
+
+    fn opt<T>(&mut self, v: Option<&T>, item: impl FnOnce(&mut Self, &T)) {
+        self.bool(v.is_some());
+        if let Some(v) = v {
+            item(self, v);
+        }
+    }
+
+    fn list<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Self, &T)) {
+        self.len(items.len());
+        for v in items {
+            item(self, v);
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.0
     }
 }
 
@@ -251,6 +381,216 @@ pub(super) fn receipt(user: UserId, value: &[u8]) -> Result<StoredReceipt, Store
     Ok(StoredReceipt { user, kind, at_ms })
 }
 
+// --- plugin versions ---
+
+pub(super) fn encode_plugin(p: &PluginVersion) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u64(p.size);
+    w.u64(p.uploaded_at_ms);
+    w.str(&p.uploader);
+    w.list(&p.imports, |w, s| w.str(s));
+    w.finish()
+}
+
+/// Decodes a version's metadata; tenant and version come from its key.
+pub(super) fn decode_plugin(
+    tenant: TenantId,
+    version: String,
+    value: &[u8],
+) -> Result<PluginVersion, StoreError> {
+    let mut r = Reader::new(CONFIG, value)?;
+    let size = r.u64()?;
+    let uploaded_at_ms = r.u64()?;
+    let uploader = r.string()?;
+    let imports = r.list(Reader::string)?;
+    r.finish()?;
+    Ok(PluginVersion {
+        tenant,
+        version,
+        size,
+        uploader,
+        uploaded_at_ms,
+        imports,
+    })
+}
+
+pub(super) fn encode_plugin_bytes(wasm: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + wasm.len());
+    v.push(V1);
+    v.extend_from_slice(wasm);
+    v
+}
+
+pub(super) fn decode_plugin_bytes(value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    Ok(Reader::new(PLUGINS, value)?.rest().to_vec())
+}
+
+// --- binding ---
+
+fn write_version(w: &mut Writer, v: &VersionConfig) {
+    w.str(&v.version);
+    w.len(v.config.len());
+    for (key, value) in &v.config {
+        w.str(key);
+        w.str(value);
+    }
+}
+
+fn read_version(r: &mut Reader<'_>) -> Result<VersionConfig, StoreError> {
+    let version = r.string()?;
+    let pairs = r.list(|r| Ok((r.string()?, r.string()?)))?;
+    Ok(VersionConfig {
+        version,
+        config: pairs.into_iter().collect(),
+    })
+}
+
+pub(super) fn encode_binding(b: &PolicyBinding) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.opt(b.active.as_ref(), write_version);
+    w.list(&b.previous, write_version);
+    w.opt(b.canary.as_ref(), |w, c| {
+        write_version(w, &c.version);
+        w.u8(c.percent);
+        w.list(&c.groups, |w, g| w.id(g.as_str()));
+        w.u64(c.started_at_ms);
+    });
+    w.opt(b.last_rollback.as_ref(), |w, r| {
+        w.str(&r.from);
+        w.opt(r.to.as_ref(), |w, to| w.str(to));
+        w.bool(r.automatic);
+        w.str(&r.reason);
+        w.u64(r.at_ms);
+    });
+    w.u64(b.revision);
+    w.u64(b.updated_at_ms);
+    w.finish()
+}
+
+pub(super) fn decode_binding(value: &[u8]) -> Result<PolicyBinding, StoreError> {
+    let mut r = Reader::new(CONFIG, value)?;
+    let active = r.opt(read_version)?;
+    let previous = r.list(read_version)?;
+    let canary = r.opt(|r| {
+        Ok(Canary {
+            version: read_version(r)?,
+            percent: r.u8()?,
+            groups: r.list(|r| r.id(GroupId::new))?,
+            started_at_ms: r.u64()?,
+        })
+    })?;
+    let last_rollback = r.opt(|r| {
+        Ok(RollbackRecord {
+            from: r.string()?,
+            to: r.opt(Reader::string)?,
+            automatic: r.bool()?,
+            reason: r.string()?,
+            at_ms: r.u64()?,
+        })
+    })?;
+    let revision = r.u64()?;
+    let updated_at_ms = r.u64()?;
+    r.finish()?;
+    Ok(PolicyBinding {
+        active,
+        previous,
+        canary,
+        last_rollback,
+        revision,
+        updated_at_ms,
+    })
+}
+
+// --- flags ---
+
+pub(super) fn encode_flags(flags: &BTreeMap<String, FlagRule>) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.len(flags.len());
+    for (name, rule) in flags {
+        w.str(name);
+        w.bool(rule.enabled);
+        w.u8(rule.percent);
+        w.list(&rule.users, |w, u| w.id(u.as_str()));
+    }
+    w.finish()
+}
+
+pub(super) fn decode_flags(value: &[u8]) -> Result<BTreeMap<String, FlagRule>, StoreError> {
+    let mut r = Reader::new(CONFIG, value)?;
+    let rules = r.list(|r| {
+        let name = r.string()?;
+        let rule = FlagRule {
+            enabled: r.bool()?,
+            percent: r.u8()?,
+            users: r.list(|r| r.id(UserId::new))?,
+        };
+        Ok((name, rule))
+    })?;
+    r.finish()?;
+    Ok(rules.into_iter().collect())
+}
+
+// --- quotas ---
+
+pub(super) fn encode_quotas(q: &TenantQuotas) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(q.max_groups);
+    w.u32(q.max_plugin_versions);
+    w.u32(q.max_plugin_bytes);
+    w.finish()
+}
+
+pub(super) fn decode_quotas(value: &[u8]) -> Result<TenantQuotas, StoreError> {
+    let mut r = Reader::new(CONFIG, value)?;
+    let quotas = TenantQuotas {
+        max_groups: r.u32()?,
+        max_plugin_versions: r.u32()?,
+        max_plugin_bytes: r.u32()?,
+    };
+    r.finish()?;
+    Ok(quotas)
+}
+
+// --- API keys ---
+
+/// The whole record, tenant and id included: the hash index stores it too, so
+/// authenticating a key is one lookup that needs nothing from the key.
+pub(super) fn encode_api_key(k: &ApiKeyRecord) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.id(k.tenant.as_str());
+    w.str(&k.id);
+    w.0.extend_from_slice(&k.hash);
+    w.u64(k.created_at_ms);
+    w.str(&k.label);
+    w.finish()
+}
+
+pub(super) fn decode_api_key(value: &[u8]) -> Result<ApiKeyRecord, StoreError> {
+    let mut r = Reader::new(CONFIG, value)?;
+    let key = ApiKeyRecord {
+        tenant: r.id(TenantId::new)?,
+        id: r.string()?,
+        hash: r.array()?,
+        created_at_ms: r.u64()?,
+        label: r.string()?,
+    };
+    r.finish()?;
+    Ok(key)
+}
+
+// --- degradation override ---
+
+pub(super) fn encode_level(level: u8) -> [u8; 2] {
+    [V1, level]
+}
+
+pub(super) fn decode_level(value: &[u8]) -> Result<u8, StoreError> {
+    let mut r = Reader::new(CONFIG, value)?;
+    let level = r.u8()?;
+    r.finish()?;
+    Ok(level)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +707,90 @@ mod tests {
                 IVec::from(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, b'a', 0, 0, 0, 1, 0xff][..]),
             ),
             "string is not UTF-8",
+        );
+    }
+
+    #[test]
+    fn config_round_trips() {
+        let vc = |v: &str| VersionConfig {
+            version: v.into(),
+            config: BTreeMap::from([("k".to_string(), "välue".to_string())]),
+        };
+        let binding = PolicyBinding {
+            active: Some(vc("a")),
+            previous: vec![vc("p"), VersionConfig::default()],
+            canary: Some(Canary {
+                version: vc("c"),
+                percent: 100,
+                groups: vec![GroupId::new("g").unwrap()],
+                started_at_ms: 1,
+            }),
+            last_rollback: Some(RollbackRecord {
+                from: "x".into(),
+                to: None,
+                automatic: false,
+                reason: String::new(),
+                at_ms: 2,
+            }),
+            revision: u64::MAX,
+            updated_at_ms: 3,
+        };
+        assert_eq!(decode_binding(&encode_binding(&binding)).unwrap(), binding);
+        let empty = PolicyBinding::default();
+        assert_eq!(decode_binding(&encode_binding(&empty)).unwrap(), empty);
+        let flags = BTreeMap::from([(
+            "f".to_string(),
+            FlagRule {
+                enabled: true,
+                percent: 7,
+                users: vec![user("ann")],
+            },
+        )]);
+        assert_eq!(decode_flags(&encode_flags(&flags)).unwrap(), flags);
+        let q = TenantQuotas::default();
+        assert_eq!(decode_quotas(&encode_quotas(&q)).unwrap(), q);
+        let key = ApiKeyRecord {
+            id: "key id".into(),
+            tenant: TenantId::new("t").unwrap(),
+            hash: [0xab; 32],
+            label: "ci".into(),
+            created_at_ms: 4,
+        };
+        assert_eq!(decode_api_key(&encode_api_key(&key)).unwrap(), key);
+        assert_eq!(decode_level(&encode_level(3)).unwrap(), 3);
+        assert_eq!(
+            decode_plugin_bytes(&encode_plugin_bytes(b"\0asm")).unwrap(),
+            b"\0asm"
+        );
+    }
+
+    #[test]
+    fn malformed_config_values_are_corrupt() {
+        fn check(result: Result<impl std::fmt::Debug, StoreError>, expect: &str) {
+            match result {
+                Err(StoreError::Corrupt { detail, .. }) => assert_eq!(detail, expect),
+                other => panic!("expected Corrupt({expect:?}), got {other:?}"),
+            }
+        }
+        let mut binding = encode_binding(&PolicyBinding::default());
+        binding[1] = 2; // the `active` option tag
+        check(decode_binding(&binding), "bad bool or option tag 2");
+        // A list claiming 4 billion items in a short value fails, without reserving them.
+        check(
+            decode_flags(&[1, 0xff, 0xff, 0xff, 0xff, 0]),
+            "record truncated",
+        );
+        // A flag's user that is not an id.
+        check(
+            decode_flags(&[1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, b'/']),
+            "bad id: id contains '/'; allowed: ASCII letters, digits, '-', '_', '.', ':', '@'",
+        );
+        check(decode_quotas(&[1, 0, 0, 0, 1]), "record truncated");
+        check(decode_level(&[1, 1, 0]), "trailing bytes");
+        check(decode_plugin_bytes(&[]), "empty record");
+        check(
+            decode_api_key(&[1, 1, b't', 0, 0, 0, 0]),
+            "record truncated",
         );
     }
 }

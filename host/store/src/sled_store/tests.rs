@@ -10,24 +10,24 @@ use tempfile::TempDir;
 use super::*;
 use switchboard_core::Lane;
 
-fn t(s: &str) -> TenantId {
+pub(super) fn t(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
 }
-fn g(s: &str) -> GroupId {
+pub(super) fn g(s: &str) -> GroupId {
     GroupId::new(s).unwrap()
 }
-fn u(s: &str) -> UserId {
+pub(super) fn u(s: &str) -> UserId {
     UserId::new(s).unwrap()
 }
 
-fn open_in(dir: &TempDir) -> SledStore {
+pub(super) fn open_in(dir: &TempDir) -> SledStore {
     let config = SledStoreConfig::new(dir.path())
         .cache_capacity_bytes(8 << 20)
         .flush_every_ms(None);
     SledStore::open_with(config).unwrap()
 }
 
-fn open() -> (TempDir, SledStore) {
+pub(super) fn open() -> (TempDir, SledStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = open_in(&dir);
     (dir, store)
@@ -912,4 +912,15 @@ fn store_is_object_safe_and_shareable() {
     let (_dir, store) = open();
     let shared: Arc<dyn Store> = Arc::new(store);
     assert_eq!(shared.head(&t("acme"), &g("general")).unwrap(), 0);
+}
+
+#[test]
+fn a_tenants_groups_are_listed_sorted_and_only_its_own() {
+    let (_dir, store) = open();
+    for (ten, grp) in [("acme", "b"), ("acme", "a"), ("acmex", "c"), ("acm", "d")] {
+        store.create_group(&t(ten), &g(grp), OPEN).unwrap();
+    }
+    assert_eq!(store.groups(&t("acme")).unwrap(), vec![g("a"), g("b")]);
+    assert_eq!(store.groups(&t("acm")).unwrap(), vec![g("d")]);
+    assert_eq!(store.groups(&t("nobody")).unwrap(), vec![]);
 }
