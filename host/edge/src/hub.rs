@@ -14,7 +14,7 @@
 //!    its groups once, in order, whether it came live, from catch-up, or after its outbox
 //!    overflowed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,9 +27,13 @@ use switchboard_core::{
     ErrorCode, GroupId, IdError, Lane, Limits, PresenceState, ReceiptKind, TenantId, UserId,
 };
 use switchboard_policy::{self as policy, TenantPolicy};
-use switchboard_store::{Appended, NewMessage, Store, StoreError, StoredMessage, StoredReceipt};
+use switchboard_store::{
+    Appended, FlagRule, GroupMeta, NewMessage, Store, StoreError, StoredMessage, StoredReceipt,
+};
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+
+use crate::serving::{PolicySet, Serving, ServingState, ServingVersion, VersionedPolicy};
 
 /// A refusal of one request, sent to the client as an `Error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -403,16 +407,19 @@ pub struct Hub {
     commit_tx: mpsc::Sender<Commit>,
     next_session: AtomicU64,
     metrics: Metrics,
-    /// Tenants' policy plugins; a tenant without one gets [`policy::Builtin`]. Swapping a
-    /// value here is a hot swap: calls in flight finish on the `Arc` they hold.
-    policies: DashMap<TenantId, Arc<TenantPolicy>>,
+    /// Tenants' bound policy versions (active, canary); a tenant without one gets
+    /// [`policy::Builtin`]. Swapping a value here is a hot swap: an event holds the `Arc` of
+    /// the version it picked until it is handled.
+    serving: DashMap<TenantId, Arc<Serving>>,
+    /// Tenants' feature-flag rules from the config store, applied over the plugin's flags.
+    flag_rules: DashMap<TenantId, Arc<BTreeMap<String, FlagRule>>>,
     /// The node's load level (0 normal .. 3 critical) and what each tenant sheds at it.
     load_level: AtomicU8,
+    /// A level an admin forced ([`NO_OVERRIDE`] when none); wins over `load_level`.
+    load_override: AtomicU8,
     shedding: DashMap<TenantId, policy::Shedding>,
     /// See [`Hub::membership_lock`].
     membership: Box<[Mutex<()>]>,
-    /// Per-tenant circuit breakers for policy plugins (reset when a plugin is bound).
-    breakers: DashMap<TenantId, Arc<crate::breaker::Breaker>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -437,6 +444,9 @@ const MESSAGE_ENVELOPE_BYTES: usize = 512;
 /// Locks striping users' membership changes (see [`Hub::membership_lock`]).
 const MEMBERSHIP_STRIPES: usize = 64;
 
+/// `load_override` when no level is forced.
+const NO_OVERRIDE: u8 = u8::MAX;
+
 /// Most commits one flush covers; more wait for the next flush.
 const MAX_COMMIT_BATCH: usize = 4096;
 
@@ -453,11 +463,12 @@ impl Hub {
             commit_tx,
             next_session: AtomicU64::new(1),
             metrics: Metrics::default(),
-            policies: DashMap::new(),
+            serving: DashMap::new(),
+            flag_rules: DashMap::new(),
             load_level: AtomicU8::new(0),
+            load_override: AtomicU8::new(NO_OVERRIDE),
             shedding: DashMap::new(),
             membership: (0..MEMBERSHIP_STRIPES).map(|_| Mutex::new(())).collect(),
-            breakers: DashMap::new(),
         });
         let committer = Committer {
             store,
@@ -769,26 +780,128 @@ impl Hub {
         Ok(())
     }
 
-    /// The tenant's policy plugin, if one is bound.
-    pub fn policy(&self, tenant: &TenantId) -> Option<Arc<TenantPolicy>> {
-        self.policies.get(tenant).map(|p| p.clone())
+    /// Adds `user` to a group on the tenant's behalf (admin API). Like a `Join`, a new
+    /// member starts at the group's head, and the user's connected sessions are subscribed at
+    /// once. Ok(false) if the user was a member already.
+    pub fn add_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, RequestError> {
+        let _membership = self.membership_lock(tenant, user);
+        let g = self.group(tenant, group)?;
+        if self.store.is_member(tenant, group, user)? {
+            return Ok(false);
+        }
+        if self.store.groups_of(tenant, user)?.len() >= self.limits.max_groups_per_user as usize {
+            return Err(RequestError::new(
+                ErrorCode::InvalidArgument,
+                format!("{user} is in max_groups_per_user groups already"),
+            ));
+        }
+        if !self.store.add_member(tenant, group, user)? {
+            return Ok(false);
+        }
+        g.members.fetch_add(1, Ordering::Relaxed);
+        let head = g.head();
+        self.store.advance_cursor(tenant, group, user, head)?;
+        for s in self.sessions_of(tenant, user) {
+            self.subscribe(&s, &g, head);
+        }
+        Ok(true)
     }
 
-    /// Binds (or, with `None`, unbinds) a tenant's policy plugin. Takes effect for the next
-    /// call; calls in flight finish on the policy they started with. Connected users of the
-    /// tenant get their re-evaluated feature flags, and the tenant's shedding is recomputed.
+    /// Removes `user` from a group on the tenant's behalf; its sessions stop receiving the
+    /// group at once. Ok(false) if it was not a member.
+    pub fn remove_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, RequestError> {
+        let _membership = self.membership_lock(tenant, user);
+        let g = self.group(tenant, group)?;
+        if !self.store.remove_member(tenant, group, user)? {
+            return Ok(false);
+        }
+        g.members.fetch_sub(1, Ordering::Relaxed);
+        for s in self.sessions_of(tenant, user) {
+            self.unsubscribe(&s, &g);
+        }
+        Ok(true)
+    }
+
+    /// Creates a group (admin API). `GroupExists` comes back as a store error.
+    pub fn create_group(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        meta: GroupMeta,
+    ) -> Result<(), StoreError> {
+        self.store.create_group(tenant, group, meta)
+    }
+
+    /// The tenant's active policy plugin, if one is bound.
+    pub fn policy(&self, tenant: &TenantId) -> Option<Arc<TenantPolicy>> {
+        self.serving
+            .get(tenant)
+            .and_then(|s| s.active.as_ref().map(|v| v.policy.clone()))
+    }
+
+    /// Binds (or, with `None`, unbinds) a tenant's policy plugin for all its users, with no
+    /// version label. See [`Hub::set_policies`].
     pub fn set_policy(&self, tenant: &TenantId, policy: Option<Arc<TenantPolicy>>) {
-        match policy {
-            Some(p) => {
-                self.breakers.insert(tenant.clone(), Arc::default());
-                self.policies.insert(tenant.clone(), p);
-            }
-            None => {
-                self.policies.remove(tenant);
-                self.breakers.remove(tenant);
-            }
+        self.set_policies(
+            tenant,
+            PolicySet {
+                active: policy.map(|policy| VersionedPolicy {
+                    version: String::new(),
+                    policy,
+                }),
+                canary: None,
+            },
+        );
+    }
+
+    /// Binds a tenant's policy versions (active and canary; both `None` for the built-in
+    /// policy). Takes effect for the next event; events in flight finish on the version they
+    /// picked. Connected users of the tenant get their re-evaluated feature flags, and the
+    /// tenant's shedding is recomputed.
+    pub fn set_policies(&self, tenant: &TenantId, set: PolicySet) {
+        if set.active.is_none() && set.canary.is_none() {
+            self.serving.remove(tenant);
+        } else {
+            let current = self.serving.get(tenant).map(|s| s.clone());
+            let next = Serving::next(tenant, current.as_deref(), set);
+            self.serving.insert(tenant.clone(), Arc::new(next));
         }
         self.apply_load(tenant);
+        self.repush_flags(tenant);
+    }
+
+    /// What the tenant serves now, with live figures per version.
+    pub fn serving(&self, tenant: &TenantId) -> ServingState {
+        match self.serving.get(tenant) {
+            Some(s) => ServingState {
+                active: s.active.as_ref().map(|v| v.snapshot()),
+                canary: s.canary.as_ref().map(|c| c.version.snapshot()),
+            },
+            None => ServingState::default(),
+        }
+    }
+
+    /// Replaces the tenant's feature-flag rules; connected users get their new flags.
+    pub fn set_flag_rules(&self, tenant: &TenantId, rules: BTreeMap<String, FlagRule>) {
+        if rules.is_empty() {
+            self.flag_rules.remove(tenant);
+        } else {
+            self.flag_rules.insert(tenant.clone(), Arc::new(rules));
+        }
+        self.repush_flags(tenant);
+    }
+
+    fn repush_flags(&self, tenant: &TenantId) {
         let sessions: Vec<Arc<Session>> = self
             .users
             .iter()
@@ -800,19 +913,38 @@ impl Hub {
         }
     }
 
-    /// The node's load level: 0 normal, 1 elevated, 2 high, 3 critical.
+    /// The node's load level: 0 normal, 1 elevated, 2 high, 3 critical. An admin's forced
+    /// level wins over the measured one.
     pub fn load_level(&self) -> u8 {
-        self.load_level.load(Ordering::Relaxed)
+        match self.load_override.load(Ordering::Relaxed) {
+            NO_OVERRIDE => self.load_level.load(Ordering::Relaxed),
+            forced => forced,
+        }
     }
 
-    /// Moves the node to a load level and asks every tenant's policy what to shed there.
+    /// Moves the node's measured load level and asks every tenant's policy what to shed.
     pub fn set_load_level(&self, level: u8) {
-        let level = level.min(3);
-        if self.load_level.swap(level, Ordering::Relaxed) == level {
+        let before = self.load_level();
+        self.load_level.store(level.min(3), Ordering::Relaxed);
+        self.load_level_changed(before);
+    }
+
+    /// Forces a load level (an admin's degradation override), or with `None` goes back to
+    /// the measured level.
+    pub fn set_load_override(&self, level: Option<u8>) {
+        let before = self.load_level();
+        self.load_override
+            .store(level.map_or(NO_OVERRIDE, |l| l.min(3)), Ordering::Relaxed);
+        self.load_level_changed(before);
+    }
+
+    fn load_level_changed(&self, before: u8) {
+        let level = self.load_level();
+        if level == before {
             return;
         }
-        tracing::info!(level, "load level changed");
-        let tenants: Vec<TenantId> = self.policies.iter().map(|e| e.key().clone()).collect();
+        tracing::info!(level, before, "load level changed");
+        let tenants: Vec<TenantId> = self.serving.iter().map(|e| e.key().clone()).collect();
         for t in tenants {
             self.apply_load(&t);
         }
@@ -846,38 +978,38 @@ impl Hub {
         }
     }
 
-    /// The tenant's plugin for a per-message or per-receipt call, unless none is bound or its
-    /// circuit breaker is open (then the caller uses the built-in default).
+    /// The version that handles a per-message or per-receipt event of `user`, unless none is
+    /// bound or that version's circuit breaker is open (then the caller uses the built-in
+    /// default; the skip counts as a failure of the version).
     fn hot_policy(
         &self,
         tenant: &TenantId,
-    ) -> Option<(Arc<TenantPolicy>, Arc<crate::breaker::Breaker>)> {
-        let p = self.policy(tenant)?;
-        let b = self
-            .breakers
-            .get(tenant)
-            .map(|b| b.clone())
-            .unwrap_or_default();
-        if b.is_open(now_ms()) {
+        user: &UserId,
+        group: &GroupId,
+    ) -> Option<Arc<ServingVersion>> {
+        let serving = self.serving.get(tenant)?.clone();
+        let v = serving.pick(user, Some(group))?.clone();
+        v.handled.fetch_add(1, Ordering::Relaxed);
+        if v.breaker.is_open(now_ms()) {
+            v.failed.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .policy_breaker_skips
                 .fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some((p, b))
+        Some(v)
     }
 
-    /// Like [`Hub::count_fallback`], also feeding the tenant's circuit breaker.
-    fn guarded<T>(
-        &self,
-        tenant: &TenantId,
-        breaker: &crate::breaker::Breaker,
-        d: policy::Decision<T>,
-    ) -> T {
+    /// Like [`Hub::count_fallback`], also feeding the version's circuit breaker and counters.
+    fn guarded<T>(&self, tenant: &TenantId, v: &ServingVersion, d: policy::Decision<T>) -> T {
         let failed = matches!(d.source, policy::Source::Fallback(_));
-        if breaker.record(failed, now_ms()) {
+        if failed {
+            v.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if v.breaker.record(failed, now_ms()) {
             tracing::warn!(
                 %tenant,
+                version = %v.version,
                 "policy plugin keeps failing: built-in defaults for {} ms",
                 crate::breaker::Breaker::OPEN_MS
             );
@@ -903,7 +1035,7 @@ impl Hub {
         g: &GroupState,
         body: &[u8],
     ) -> Result<Lane, RequestError> {
-        let Some((p, breaker)) = self.hot_policy(&session.tenant) else {
+        let Some(v) = self.hot_policy(&session.tenant, &session.user, &g.id) else {
             return Ok(Lane::Normal); // the built-in default, without building its input
         };
         let info = policy::MessageInfo {
@@ -914,7 +1046,7 @@ impl Hub {
             group_size: g.members.load(Ordering::Relaxed),
             connected_members: g.subscriber_count() as u32,
         };
-        match self.guarded(&session.tenant, &breaker, p.on_message(&info)) {
+        match self.guarded(&session.tenant, &v, v.policy.on_message(&info)) {
             policy::Verdict::Accept(d) => {
                 if d.notify_offline {
                     self.metrics
@@ -934,12 +1066,17 @@ impl Hub {
 
     /// Evaluates the user's feature flags and queues them as a `Flags` push.
     fn push_flags(&self, session: &Session) {
-        let flags = match self.policy(&session.tenant) {
-            Some(p) => self.count_fallback(p.evaluate_flags(&policy::FlagContext {
+        let serving = self.serving.get(&session.tenant).map(|s| s.clone());
+        let flags = match serving.as_deref().and_then(|s| s.pick(&session.user, None)) {
+            Some(v) => self.count_fallback(v.policy.evaluate_flags(&policy::FlagContext {
                 user: session.user.to_string(),
                 group: None,
             })),
             None => Vec::new(),
+        };
+        let flags = match self.flag_rules.get(&session.tenant).map(|r| r.clone()) {
+            Some(rules) => crate::serving::apply_flag_rules(&session.user, flags, &rules),
+            None => flags,
         };
         let frame = wire::encode_server(&ServerFrame::Flags {
             flags: flags
@@ -1166,8 +1303,8 @@ impl Hub {
             self.metrics.receipts_shed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let action = match self.hot_policy(&session.tenant) {
-            Some((p, breaker)) => {
+        let action = match self.hot_policy(&session.tenant, &session.user, &gid) {
+            Some(v) => {
                 let info = policy::ReceiptInfo {
                     group: gid.to_string(),
                     seq,
@@ -1175,7 +1312,7 @@ impl Hub {
                     kind,
                     group_size: g.members.load(Ordering::Relaxed),
                 };
-                self.guarded(&session.tenant, &breaker, p.on_receipt(&info))
+                self.guarded(&session.tenant, &v, v.policy.on_receipt(&info))
             }
             None => policy::ReceiptAction::Forward,
         };

@@ -18,9 +18,11 @@ use tracing::{info, warn};
 mod breaker;
 mod conn;
 pub mod hub;
+mod serving;
 pub mod tls;
 
-pub use hub::{Hub, MetricsSnapshot};
+pub use hub::{Hub, MetricsSnapshot, RequestError};
+pub use serving::{CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy};
 pub use tls::TlsIdentity;
 
 /// Why the edge could not start.
