@@ -10,6 +10,7 @@ use wasmtime::{
 };
 
 use crate::bindings;
+use crate::cache::{self, ArtifactCache, CacheOutcome, CacheRejection, Lookup, Version};
 use crate::host::InstanceState;
 use crate::limits::PolicyLimits;
 use crate::load::{self, LoadError, POLICY_EXPORT};
@@ -35,6 +36,9 @@ pub(crate) struct EngineInner {
     pub engine: Engine,
     pub linker: Linker<InstanceState>,
     pub limits: Arc<PolicyLimits>,
+    /// SHA-256 of `Engine::precompile_compatibility_hash`: which compiled artifacts this
+    /// engine can load (see `cache.rs`).
+    pub compatibility: [u8; 32],
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -66,8 +70,10 @@ impl PolicyEngine {
             .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
         spawn_epoch_ticker(engine.weak(), limits.epoch_tick)
             .map_err(|e| EngineError::Setup(format!("epoch ticker: {e}")))?;
+        let compatibility = cache::compatibility_digest(&engine);
         Ok(PolicyEngine {
             inner: Arc::new(EngineInner {
+                compatibility,
                 engine,
                 linker,
                 limits: Arc::new(limits),
@@ -87,17 +93,90 @@ impl PolicyEngine {
     /// on; see [`LoadError`]. Compiling takes milliseconds to seconds: call it off the
     /// async runtime (e.g. `spawn_blocking`).
     pub fn load(&self, bytes: &[u8]) -> Result<crate::Plugin, LoadError> {
-        let limits = &self.inner.limits;
-        if bytes.len() > limits.max_plugin_bytes {
-            return Err(LoadError::TooLarge {
-                size: bytes.len(),
-                max: limits.max_plugin_bytes,
+        self.check_upload(bytes)?;
+        let component = self.compile(bytes)?;
+        self.check_component(component, bytes.len())
+    }
+
+    /// [`PolicyEngine::load`], through a cache of compiled plugins: a plugin this node
+    /// compiled before is deserialized (milliseconds) instead of compiled again.
+    ///
+    /// `version` must be the plugin's version, the hex SHA-256 of `wasm`; anything else is
+    /// refused ([`LoadError::WrongVersion`]). The upload's size and header are checked in
+    /// every case; a cached artifact is used only after its HMAC checks out, and then goes
+    /// through the same world, import and instantiation checks as a fresh compile. An
+    /// artifact that fails (tampered with, written under another key or by another engine,
+    /// refused by wasmtime or by this node's checks) is deleted and the plugin compiled
+    /// again: [`CacheOutcome::Rejected`], never an error. Failing to write the cache is
+    /// logged, not returned.
+    pub fn load_cached(
+        &self,
+        wasm: &[u8],
+        version: &str,
+        cache: &ArtifactCache,
+    ) -> Result<(crate::Plugin, CacheOutcome), LoadError> {
+        self.check_upload(wasm)?;
+        let computed = Version::of(wasm);
+        if Version::parse(version).as_ref() != Some(&computed) {
+            return Err(LoadError::WrongVersion {
+                given: cache::cut(version),
+                computed: computed.as_str().to_string(),
             });
         }
-        load::check_header(bytes)?;
+        let rejected = match cache.lookup(&self.inner, &computed) {
+            Lookup::Missing => None,
+            Lookup::Rejected(reason) => Some(reason),
+            Lookup::Found(component) => match self.check_component(component, wasm.len()) {
+                Ok(plugin) => return Ok((plugin, CacheOutcome::Hit)),
+                Err(e) => {
+                    cache.discard(&computed);
+                    Some(CacheRejection::FailedChecks(e))
+                }
+            },
+        };
+        if let Some(reason) = &rejected {
+            // An upgrade (another engine) explains itself; anything else deserves a look.
+            if matches!(reason, CacheRejection::OtherEngine) {
+                tracing::info!(version = computed.as_str(), %reason, "recompiling a cached plugin");
+            } else {
+                tracing::warn!(version = computed.as_str(), %reason, "rejected a cached plugin artifact; recompiling");
+            }
+        }
+        let component = self.compile(wasm)?;
+        let plugin = self.check_component(component.clone(), wasm.len())?;
+        if let Err(error) = cache.store(&self.inner, &computed, &component) {
+            tracing::warn!(version = computed.as_str(), %error, "could not cache a compiled plugin");
+        }
+        let outcome = rejected.map_or(CacheOutcome::Miss, CacheOutcome::Rejected);
+        Ok((plugin, outcome))
+    }
+
+    /// The checks on the upload's bytes themselves: size, then the binary header.
+    fn check_upload(&self, bytes: &[u8]) -> Result<(), LoadError> {
+        let max = self.inner.limits.max_plugin_bytes;
+        if bytes.len() > max {
+            return Err(LoadError::TooLarge {
+                size: bytes.len(),
+                max,
+            });
+        }
+        load::check_header(bytes)
+    }
+
+    /// Validates and compiles (the slow part of a load).
+    fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))
+    }
+
+    /// Everything after compilation, for a fresh compile and a cached artifact alike: the
+    /// imports, the exports, linking against this node's host functions, the world's types,
+    /// and one instantiation.
+    fn check_component(
+        &self,
+        component: Component,
+        size: usize,
+    ) -> Result<crate::Plugin, LoadError> {
         let engine = &self.inner.engine;
-        let component =
-            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(engine)
@@ -132,7 +211,7 @@ impl PolicyEngine {
                 "`{POLICY_EXPORT}` does not have the functions this node calls: {e:#}"
             ))
         })?;
-        let plugin = crate::Plugin::new(self.clone(), pre, bytes.len(), imports);
+        let plugin = crate::Plugin::new(self.clone(), pre, size, imports);
         // Instantiate once now, so a plugin that cannot even start within its limits (too
         // much initial memory, a trapping start function) is refused at upload.
         plugin.check_instantiate().map_err(|e| match e {

@@ -8,7 +8,16 @@
 //!   (fuel, epoch-interruption deadlines, a pooling allocator with capped memory, tables
 //!   and stack, unneeded proposals off, no WASI capabilities) and [`PolicyEngine::load`],
 //!   which refuses bad uploads with a typed [`LoadError`].
-//! - [`Plugin`]: a compiled, checked component.
+//! - [`Plugin`]: a compiled, checked component. [`Plugin::self_test`] is the last upload
+//!   check: it calls every hook with sample inputs on a throwaway instance and tenant,
+//!   under the normal budgets, and names the hook that would fall back ([`SelfTestError`])
+//!   or reports each hook's time and fuel ([`SelfTestReport`]).
+//! - [`ArtifactCache`] and [`PolicyEngine::load_cached`]: compiled plugins kept on disk, so
+//!   re-activating a version takes about a millisecond instead of a compile. An artifact is
+//!   deserialized only after its HMAC-SHA256 (under a key only this node holds, bound to
+//!   the plugin's version and the engine's configuration) checks out; anything else is
+//!   deleted and recompiled ([`CacheOutcome::Rejected`]), never an error. The crate's only
+//!   `unsafe` is that deserialization (`cache.rs`).
 //! - [`TenantPolicy`]: a plugin plus one tenant's id and configuration, with one method per
 //!   hook. Every call returns a [`Decision`]: the plugin's answer, or [`Builtin`]'s when the
 //!   call trapped, ran out of fuel or time, or returned something invalid (the instance is
@@ -16,24 +25,29 @@
 //!
 //! Invariants (each has a test in `tests/`): a plugin cannot reach files, sockets, clocks,
 //! randomness, the environment or another tenant; every call is bounded in instructions,
-//! time, memory, stack and output; a failed call never fails the caller. The public API has
-//! no wasmtime types. See `docs/plugins.md` for the contract as tenants see it.
+//! time, memory, stack and output; a failed call never fails the caller; no byte from the
+//! artifact cache reaches wasmtime before its HMAC is verified, and a bad cache entry never
+//! fails a load. The public API has no wasmtime types. See `docs/plugins.md` for the contract as tenants see it.
 
 mod bindings;
+mod cache;
 mod convert;
 mod engine;
 mod host;
 mod limits;
 mod load;
+mod self_test;
 mod stats;
 mod tenant;
 mod types;
 mod wasi;
 
+pub use cache::{ArtifactCache, CacheError, CacheOutcome, CacheRejection};
 pub use engine::{EngineError, PolicyEngine};
 pub use host::TenantCounters;
 pub use limits::PolicyLimits;
 pub use load::LoadError;
+pub use self_test::{HookReport, SelfTestError, SelfTestReport};
 pub use stats::{FallbackCounts, HookStats, PolicyStatsSnapshot};
 pub use tenant::{Plugin, TenantPolicy};
 pub use types::{

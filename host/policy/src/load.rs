@@ -15,6 +15,12 @@ pub enum LoadError {
     ForbiddenImport { name: String, why: String },
     #[error("wrong world: {0}")]
     WrongWorld(String),
+    /// The version given with the upload is not its SHA-256 (`load_cached`).
+    #[error(
+        "version `{given}` is not this plugin's version `{computed}` (a plugin's version is \
+         the hex SHA-256 of its bytes)"
+    )]
+    WrongVersion { given: String, computed: String },
 }
 
 /// The policy package version this node implements.

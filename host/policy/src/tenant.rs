@@ -69,6 +69,10 @@ impl Plugin {
         &self.inner.imports
     }
 
+    pub(crate) fn engine(&self) -> &PolicyEngine {
+        &self.inner.engine
+    }
+
     pub(crate) fn check_instantiate(&self) -> Result<(), InstantiateError> {
         let shared = Arc::new(TenantShared {
             tenant: Arc::from("(load check)"),
@@ -82,9 +86,63 @@ impl Plugin {
 }
 
 /// One instance and its store. Lives in a tenant's idle pool between calls.
-struct Slot {
+pub(crate) struct Slot {
     store: Store<InstanceState>,
     bindings: PolicyBindings,
+}
+
+/// The hook calls themselves: lower the input, call, lift and check the output. `Err` is a
+/// failed call (trap, budget), `Ok(Err(why))` output outside the contract.
+impl Slot {
+    pub(crate) fn on_message(
+        &mut self,
+        message: &MessageInfo,
+    ) -> wasmtime::Result<Result<Verdict, String>> {
+        let verdict = self
+            .bindings
+            .switchboard_policy_policy()
+            .call_on_message(&mut self.store, convert::message_info(message))?;
+        Ok(convert::verdict(verdict, &self.store.data().shared.limits))
+    }
+
+    pub(crate) fn on_receipt(
+        &mut self,
+        receipt: &ReceiptInfo,
+    ) -> wasmtime::Result<Result<ReceiptAction, String>> {
+        let action = self
+            .bindings
+            .switchboard_policy_policy()
+            .call_on_receipt(&mut self.store, convert::receipt_info(receipt))?;
+        Ok(Ok(convert::receipt_action(action)))
+    }
+
+    pub(crate) fn evaluate_flags(
+        &mut self,
+        context: &FlagContext,
+    ) -> wasmtime::Result<Result<Vec<Flag>, String>> {
+        let flags = self
+            .bindings
+            .switchboard_policy_policy()
+            .call_evaluate_flags(&mut self.store, convert::flag_context(context))?;
+        Ok(convert::flags(flags, &self.store.data().shared.limits))
+    }
+
+    pub(crate) fn on_load(
+        &mut self,
+        load: &LoadInfo,
+    ) -> wasmtime::Result<Result<Shedding, String>> {
+        let shedding = self
+            .bindings
+            .switchboard_policy_policy()
+            .call_on_load(&mut self.store, convert::load_info(load))?;
+        Ok(Ok(convert::shedding(shedding)))
+    }
+}
+
+/// A successful hook call: its answer and the fuel it used.
+pub(crate) struct Called<R> {
+    pub value: R,
+    pub fuel_used: u64,
 }
 
 /// Why an instance could not be made.
@@ -251,16 +309,9 @@ impl TenantPolicy {
 
     /// Once per message, before it is stored.
     pub fn on_message(&self, message: &MessageInfo) -> Decision<Verdict> {
-        let limits = self.shared.limits.clone();
         self.call(
             Hook::OnMessage,
-            |slot| {
-                let verdict = slot
-                    .bindings
-                    .switchboard_policy_policy()
-                    .call_on_message(&mut slot.store, convert::message_info(message))?;
-                Ok(convert::verdict(verdict, &limits))
-            },
+            |slot| slot.on_message(message),
             || Builtin::on_message(message),
         )
     }
@@ -269,29 +320,16 @@ impl TenantPolicy {
     pub fn on_receipt(&self, receipt: &ReceiptInfo) -> Decision<ReceiptAction> {
         self.call(
             Hook::OnReceipt,
-            |slot| {
-                let action = slot
-                    .bindings
-                    .switchboard_policy_policy()
-                    .call_on_receipt(&mut slot.store, convert::receipt_info(receipt))?;
-                Ok(Ok(convert::receipt_action(action)))
-            },
+            |slot| slot.on_receipt(receipt),
             || Builtin::on_receipt(receipt),
         )
     }
 
     /// When a client connects and when the tenant's flags change.
     pub fn evaluate_flags(&self, context: &FlagContext) -> Decision<Vec<Flag>> {
-        let limits = self.shared.limits.clone();
         self.call(
             Hook::EvaluateFlags,
-            |slot| {
-                let flags = slot
-                    .bindings
-                    .switchboard_policy_policy()
-                    .call_evaluate_flags(&mut slot.store, convert::flag_context(context))?;
-                Ok(convert::flags(flags, &limits))
-            },
+            |slot| slot.evaluate_flags(context),
             || Builtin::evaluate_flags(context),
         )
     }
@@ -300,19 +338,13 @@ impl TenantPolicy {
     pub fn on_load(&self, load: &LoadInfo) -> Decision<Shedding> {
         self.call(
             Hook::OnLoad,
-            |slot| {
-                let shedding = slot
-                    .bindings
-                    .switchboard_policy_policy()
-                    .call_on_load(&mut slot.store, convert::load_info(load))?;
-                Ok(Ok(convert::shedding(shedding)))
-            },
+            |slot| slot.on_load(load),
             || Builtin::on_load(load),
         )
     }
 
-    /// Runs one hook call on an instance (reused or fresh) under a refilled budget; on any
-    /// failure discards the instance and answers with the built-in default.
+    /// Runs one hook call and answers with the built-in default when it fails; records the
+    /// call in the statistics.
     fn call<R>(
         &self,
         hook: Hook,
@@ -320,37 +352,9 @@ impl TenantPolicy {
         builtin: impl FnOnce() -> R,
     ) -> Decision<R> {
         let started = Instant::now();
-        let stats = &self.shared.stats;
-        let reused = self.idle.lock().pop();
-        let slot = match reused {
-            Some(slot) => Ok(slot),
-            None => instantiate(&self.plugin, &self.shared)
-                .map_err(|e| FallbackReason::Unavailable(e.to_string())),
-        };
-        let outcome = slot.and_then(|mut slot| {
-            prime(&mut slot.store);
-            let result = invoke(&mut slot);
-            stats.record_memory(slot.store.data().limiter.memory_peak);
-            match result {
-                Ok(Ok(value)) => {
-                    let left = slot.store.get_fuel().unwrap_or(0);
-                    stats.record_fuel_used(self.shared.limits.fuel_per_call.saturating_sub(left));
-                    self.release(slot);
-                    Ok(value)
-                }
-                Ok(Err(invalid)) => {
-                    stats.record_discard();
-                    Err(FallbackReason::InvalidOutput(invalid))
-                }
-                Err(error) => {
-                    stats.record_discard();
-                    Err(classify(error))
-                }
-            }
-        });
-        let decision = match outcome {
-            Ok(value) => Decision {
-                value,
+        let decision = match self.try_call(invoke) {
+            Ok(done) => Decision {
+                value: done.value,
                 source: Source::Plugin,
             },
             Err(reason) => {
@@ -368,8 +372,46 @@ impl TenantPolicy {
                 }
             }
         };
-        stats.record_call(hook, started.elapsed(), decision.fallback_reason());
+        self.shared
+            .stats
+            .record_call(hook, started.elapsed(), decision.fallback_reason());
         decision
+    }
+
+    /// Runs one hook call on an instance (reused or fresh) under a refilled budget; on any
+    /// failure discards the instance and says why. The self-test calls this directly, so it
+    /// exercises exactly what a tenant's calls do.
+    pub(crate) fn try_call<R>(
+        &self,
+        invoke: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, String>>,
+    ) -> Result<Called<R>, FallbackReason> {
+        let stats = &self.shared.stats;
+        let reused = self.idle.lock().pop();
+        let mut slot = match reused {
+            Some(slot) => slot,
+            None => instantiate(&self.plugin, &self.shared)
+                .map_err(|e| FallbackReason::Unavailable(e.to_string()))?,
+        };
+        prime(&mut slot.store);
+        let result = invoke(&mut slot);
+        stats.record_memory(slot.store.data().limiter.memory_peak);
+        match result {
+            Ok(Ok(value)) => {
+                let left = slot.store.get_fuel().unwrap_or(0);
+                let fuel_used = self.shared.limits.fuel_per_call.saturating_sub(left);
+                stats.record_fuel_used(fuel_used);
+                self.release(slot);
+                Ok(Called { value, fuel_used })
+            }
+            Ok(Err(invalid)) => {
+                stats.record_discard();
+                Err(FallbackReason::InvalidOutput(invalid))
+            }
+            Err(error) => {
+                stats.record_discard();
+                Err(classify(error))
+            }
+        }
     }
 
     fn release(&self, slot: Slot) {

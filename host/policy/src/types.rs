@@ -169,6 +169,13 @@ impl Hook {
     }
 }
 
+/// The hook's WIT name.
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wit_name())
+    }
+}
+
 /// The answer to one hook call, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<T> {

@@ -1,16 +1,17 @@
 //! Every plugin of `plugins/` (and `examples/minimal-plugin`), built for real by
 //! `plugins-artifacts`, at the host's boundary: the reference plugins' decisions, hostile
-//! plugins contained, and refusals at load. `every_plugin_has_a_test` keeps the table of
-//! which test covers which plugin complete.
+//! plugins contained, refusals at load, and the upload self-test (`Plugin::self_test`) passing
+//! or failing at the right hook. `every_plugin_has_a_test` keeps the table of which test
+//! covers which plugin complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use switchboard_policy::{
-    Builtin, Decision, Delivery, FallbackReason, Flag, FlagContext, Lane, LoadError, LoadInfo,
-    MessageInfo, Plugin, PolicyEngine, PolicyLimits, ReceiptAction, ReceiptInfo, ReceiptKind,
-    Shedding, Source, TenantPolicy, Verdict,
+    Builtin, Decision, Delivery, FallbackReason, Flag, FlagContext, Hook, Lane, LoadError,
+    LoadInfo, MessageInfo, Plugin, PolicyEngine, PolicyLimits, ReceiptAction, ReceiptInfo,
+    ReceiptKind, SelfTestError, Shedding, Source, TenantPolicy, Verdict,
 };
 
 /// Which test exercises each plugin. A plugin may only be loaded through [`wasm`], which
@@ -28,6 +29,10 @@ const COVERAGE: &[(&str, &str)] = &[
     ("hostile-memory", "a_memory_bomb_traps_at_the_cap"),
     ("hostile-recursion", "unbounded_recursion_traps"),
     ("hostile-trap", "a_trap_falls_back_and_is_counted"),
+    (
+        "hostile-latent-trap",
+        "a_latent_trap_passes_the_self_test_and_falls_back_on_traffic",
+    ),
     ("hostile-huge-output", "huge_output_is_not_taken"),
     ("hostile-wasi-fs", "file_system_access_is_refused_at_load"),
     ("hostile-wasi-sockets", "socket_access_is_refused_at_load"),
@@ -672,6 +677,162 @@ fn tenant_policy_is_send_and_sync() {
     check::<TenantPolicy>();
     check::<Plugin>();
     check::<PolicyEngine>();
+}
+
+// ---- the upload self-test -----------------------------------------------------------------
+
+#[test]
+fn first_party_plugins_pass_the_self_test() {
+    let configs = [
+        ("priority", config(&[("vip_users", "ceo")])),
+        ("receipts", config(&[("aggregate_over", "5")])),
+        (
+            "flags",
+            config(&[("flags", "half:percent:50; staff:groups:staff")]),
+        ),
+        ("degradation", config(&[("shed_presence_at", "never")])),
+        ("minimal-plugin", config(&[("banned_word", "spoiler")])),
+    ];
+    for (name, tenant_config) in configs {
+        let plugin = plugin(name);
+        for config in [BTreeMap::new(), tenant_config] {
+            let report = plugin
+                .self_test(&config)
+                .unwrap_or_else(|e| panic!("{name} {config:?}: {e}"));
+            let hooks: Vec<Hook> = report.hooks.iter().map(|h| h.hook).collect();
+            assert_eq!(hooks, Hook::ALL, "{name}");
+            for hook in &report.hooks {
+                // Reference plugins use a small fraction of the budget.
+                assert!(
+                    hook.fuel_used > 0 && hook.fuel_used * 20 < report.fuel_per_call,
+                    "{name}: {hook:?}"
+                );
+                println!(
+                    "{name}: {} x{} at most {} fuel, {:?}",
+                    hook.hook, hook.calls, hook.fuel_used, hook.elapsed
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_self_test_leaves_tenants_alone() {
+    let plugin = plugin("priority");
+    let policy = TenantPolicy::new(&plugin, "acme", BTreeMap::new());
+    let spam = message("bob", b"!spam", 5);
+    assert!(matches!(
+        from_plugin(policy.on_message(&spam)),
+        Verdict::Reject(_)
+    ));
+    let (stats, counters, idle) = (policy.stats(), policy.counters(), policy.idle_instances());
+    // Its sample message is not spam, but a config making its sender a VIP is read.
+    plugin
+        .self_test(&config(&[("vip_users", "self-test-user")]))
+        .unwrap();
+    assert_eq!(policy.stats(), stats);
+    assert_eq!(policy.counters(), counters);
+    assert_eq!(policy.idle_instances(), idle);
+}
+
+fn self_test_fails(plugin: &Plugin) -> SelfTestError {
+    let err = plugin
+        .self_test(&BTreeMap::new())
+        .expect_err("a hostile plugin passed the self-test");
+    println!("{err}");
+    // The message names the hook, for the uploader.
+    assert!(err.to_string().contains("`on-message`"), "{err}");
+    err
+}
+
+/// Every hostile plugin that loads is hostile in `on-message`, the first hook tried.
+#[test]
+fn hostile_plugins_fail_the_self_test_at_their_hook() {
+    let generous_plugin = |name| generous_engine().load(&wasm(name)).unwrap();
+
+    let err = self_test_fails(&plugin("hostile-loop"));
+    assert_eq!(err.hook, Hook::OnMessage);
+    assert!(
+        matches!(
+            err.reason,
+            FallbackReason::OutOfFuel | FallbackReason::Deadline
+        ),
+        "{err:?}"
+    );
+
+    let err = self_test_fails(&plugin("hostile-trap"));
+    assert_eq!(err.hook, Hook::OnMessage);
+    assert!(
+        matches!(&err.reason, FallbackReason::Trap(why) if why.contains("unreachable")),
+        "{err:?}"
+    );
+
+    for plugin in [
+        plugin("hostile-recursion"),
+        generous_plugin("hostile-recursion"),
+    ] {
+        let err = self_test_fails(&plugin);
+        assert!(
+            matches!(&err.reason, FallbackReason::Trap(why) if why.contains("stack")),
+            "{err:?}"
+        );
+    }
+
+    // As in `a_memory_bomb_traps_at_the_cap`: fuel runs out first under the default
+    // budget; with fuel to spare, the memory cap stops it.
+    let err = self_test_fails(&plugin("hostile-memory"));
+    assert!(
+        matches!(
+            err.reason,
+            FallbackReason::OutOfFuel | FallbackReason::Deadline | FallbackReason::Trap(_)
+        ),
+        "{err:?}"
+    );
+    let err = self_test_fails(&generous_plugin("hostile-memory"));
+    assert!(
+        matches!(&err.reason, FallbackReason::Trap(why) if why.contains("memory limit exceeded")),
+        "{err:?}"
+    );
+
+    let err = self_test_fails(&plugin("hostile-huge-output"));
+    assert!(
+        matches!(
+            err.reason,
+            FallbackReason::OutOfFuel | FallbackReason::InvalidOutput(_) | FallbackReason::Trap(_)
+        ),
+        "{err:?}"
+    );
+    let err = self_test_fails(&generous_plugin("hostile-huge-output"));
+    assert!(
+        matches!(&err.reason, FallbackReason::InvalidOutput(why) if why.contains("too much data")),
+        "{err:?}"
+    );
+}
+
+/// What the self-test cannot catch: a bug only some real input reaches. The self-test passes;
+/// the call that hits the bug falls back like any trap, and the calls after it work.
+#[test]
+fn a_latent_trap_passes_the_self_test_and_falls_back_on_traffic() {
+    let plugin = plugin("hostile-latent-trap");
+    plugin.self_test(&BTreeMap::new()).unwrap();
+    let policy = TenantPolicy::new(&plugin, "mallory", BTreeMap::new());
+    let hello = message("mallory", b"hello", 5);
+    assert_eq!(
+        from_plugin(policy.on_message(&hello)),
+        accept(Lane::Low, false)
+    );
+    let boom = message("mallory", b"!boom", 5);
+    let reason = fell_back(policy.on_message(&boom), &boom);
+    assert!(
+        matches!(&reason, FallbackReason::Trap(why) if why.contains("unreachable")),
+        "{reason:?}"
+    );
+    assert_eq!(
+        from_plugin(policy.on_message(&hello)),
+        accept(Lane::Low, false)
+    );
+    still_answers(&policy);
+    assert_eq!(policy.stats().fallbacks.traps, 1);
 }
 
 // ---- refused at load ---------------------------------------------------------------------
