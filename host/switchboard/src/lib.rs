@@ -5,12 +5,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use switchboard_admin::control::types::{Activate, Caller};
+use switchboard_admin::{AutoRollback, Control, ControlConfig};
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
-use switchboard_policy::{PolicyEngine, PolicyLimits, TenantPolicy};
+use switchboard_policy::{PolicyEngine, PolicyLimits};
 use switchboard_store::{GroupMeta, SledStore, Store, StoreError, TenantRecord};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// Why a node could not be configured or started.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +31,10 @@ pub enum NodeError {
     Edge(#[from] switchboard_edge::EdgeError),
     #[error("policy engine: {0}")]
     PolicyEngine(#[from] switchboard_policy::EngineError),
+    #[error("control plane: {0}")]
+    Control(#[from] switchboard_admin::ControlError),
+    #[error("admin API on {addr}: {detail}")]
+    Admin { addr: SocketAddr, detail: String },
     #[error("tenant {tenant}: plugin {path}: {detail}")]
     Plugin {
         tenant: String,
@@ -51,6 +61,40 @@ pub struct Config {
     /// Tenants to create or update at start-up.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// The admin and tenant HTTP API.
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+/// The `[admin]` section: where the HTTP API listens, the operator's token, automatic
+/// rollback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// TCP address of the HTTP API (plain HTTP: keep it on a private interface or behind a
+    /// TLS proxy).
+    pub listen: SocketAddr,
+    /// `false` turns the HTTP API off.
+    pub enabled: bool,
+    /// Name of the environment variable holding the admin token. Unset: no operator access
+    /// over HTTP (tenant API keys still work).
+    pub token_env: String,
+    /// The admin token itself, for embedding (`switchboard dev`); never read from the file.
+    #[serde(skip)]
+    pub token: Option<String>,
+    pub auto_rollback: AutoRollback,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "127.0.0.1:7780".parse().expect("valid address"),
+            enabled: true,
+            token_env: "SWITCHBOARD_ADMIN_TOKEN".to_owned(),
+            token: None,
+            auto_rollback: AutoRollback::default(),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -73,8 +117,10 @@ pub struct TenantConfig {
     pub secret_env: String,
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
-    /// The tenant's policy plugin (a `tenant-policy` component), if any. Until the config
-    /// store lands, plugins are bound here and loaded at start-up.
+    /// The tenant's policy plugin (a `tenant-policy` component), if any. At start-up it is
+    /// uploaded to the config store and activated unless that exact version and config is
+    /// active already — so the file wins at each start. Tenants whose policies are managed
+    /// over the API should leave this out.
     #[serde(default)]
     pub plugin: Option<PathBuf>,
     /// Values the plugin reads with `config-get`.
@@ -201,12 +247,14 @@ pub fn identity(cfg: &Config) -> Result<(TlsIdentity, Option<PathBuf>), NodeErro
     }
 }
 
-/// Loads every tenant plugin the config binds, refusing to start on any bad one (a node that
-/// silently ran a tenant without its policy would be worse than one that does not start).
+/// Reads and checks every tenant plugin the config file binds (size, component, world,
+/// imports), refusing on any bad one: a node that silently ran a tenant without its policy
+/// would be worse than one that does not start. Returns each tenant's bytes and config.
+#[allow(clippy::type_complexity)]
 pub fn load_policies(
     cfg: &Config,
     engine: &PolicyEngine,
-) -> Result<Vec<(TenantId, Arc<TenantPolicy>)>, NodeError> {
+) -> Result<Vec<(TenantId, Vec<u8>, BTreeMap<String, String>)>, NodeError> {
     let mut out = Vec::new();
     for t in &cfg.tenants {
         let Some(path) = &t.plugin else { continue };
@@ -217,17 +265,52 @@ pub fn load_policies(
         };
         let tenant = TenantId::new(&t.id).map_err(|e| invalid("tenant id", e))?;
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let plugin = engine.load(&bytes).map_err(|e| err(e.to_string()))?;
-        let policy = TenantPolicy::new(&plugin, t.id.clone(), t.plugin_config.clone());
-        out.push((tenant, Arc::new(policy)));
+        engine.load(&bytes).map_err(|e| err(e.to_string()))?;
+        out.push((tenant, bytes, t.plugin_config.clone()));
     }
     Ok(out)
 }
 
-/// Starts a node for `cfg` over `store`, with the tenants' policy plugins bound.
-pub async fn start(cfg: &Config, store: Arc<dyn Store>) -> Result<Node, NodeError> {
+/// A started node: the QUIC edge, its control plane and (if enabled) the HTTP API.
+pub struct RunningNode {
+    pub node: Node,
+    pub control: Arc<Control>,
+    /// Where the HTTP API listens, if it is enabled.
+    pub admin_addr: Option<SocketAddr>,
+    admin: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("quic", &self.node.local_addr())
+            .field("admin", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningNode {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.node.local_addr()
+    }
+
+    /// Stops the HTTP API, then drains the edge (see [`Node::shutdown`]).
+    pub async fn shutdown(self) {
+        if let Some((stop, task)) = self.admin {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        self.node.shutdown().await;
+    }
+}
+
+/// Starts a node for `cfg` over `store`: the edge, the control plane (which applies every
+/// binding, flag and override in the config store), the config file's plugins, and the HTTP
+/// API.
+pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, NodeError> {
     let engine = PolicyEngine::new(PolicyLimits::default())?;
-    let policies = load_policies(cfg, &engine)?;
+    // Check the file's plugins before anything starts or is stored.
+    let file_plugins = load_policies(cfg, &engine)?;
     let (identity, _) = identity(cfg)?;
     let node = Node::start(
         EdgeConfig {
@@ -235,12 +318,91 @@ pub async fn start(cfg: &Config, store: Arc<dyn Store>) -> Result<Node, NodeErro
             limits: cfg.limits.clone(),
             identity,
         },
-        store,
+        store.clone(),
     )
     .await?;
-    for (tenant, policy) in policies {
-        tracing::info!(%tenant, plugin_bytes = policy.plugin().size(), "policy bound");
-        node.hub().set_policy(&tenant, Some(policy));
+    let token = cfg
+        .admin
+        .token
+        .clone()
+        .or_else(|| std::env::var(&cfg.admin.token_env).ok())
+        .filter(|t| !t.is_empty());
+    if token.is_none() && cfg.admin.enabled {
+        tracing::warn!(
+            env = %cfg.admin.token_env,
+            "no admin token: operator endpoints of the HTTP API refuse every call"
+        );
     }
-    Ok(node)
+    let control = Control::start(
+        ControlConfig {
+            admin_token_sha256: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            artifact_dir: cfg.data_dir.join("artifacts"),
+            auto_rollback: cfg.admin.auto_rollback,
+            apply_timeout: Duration::from_secs(5),
+            max_group_members: cfg.limits.max_group_members,
+        },
+        store.clone(),
+        store,
+        node.hub().clone(),
+        engine,
+    )
+    .await?;
+    for (tenant, bytes, config) in file_plugins {
+        bind_file_plugin(&control, &tenant, bytes, config).await?;
+    }
+    let (admin_addr, admin) = if cfg.admin.enabled {
+        let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
+            .await
+            .map_err(|e| NodeError::Admin {
+                addr: cfg.admin.listen,
+                detail: e.to_string(),
+            })?;
+        let addr = listener.local_addr().map_err(|e| NodeError::Admin {
+            addr: cfg.admin.listen,
+            detail: e.to_string(),
+        })?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(switchboard_admin::http::serve(
+            listener,
+            control.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        tracing::info!(%addr, "admin API listening (HTTP)");
+        (Some(addr), Some((stop, task)))
+    } else {
+        (None, None)
+    };
+    Ok(RunningNode {
+        node,
+        control,
+        admin_addr,
+        admin,
+    })
+}
+
+/// Uploads a config-file plugin (a no-op if stored) and activates it with the file's
+/// config unless exactly that is active.
+async fn bind_file_plugin(
+    control: &Control,
+    tenant: &TenantId,
+    bytes: Vec<u8>,
+    config: BTreeMap<String, String>,
+) -> Result<(), NodeError> {
+    let uploaded = control
+        .upload_plugin(&Caller::Admin, tenant.as_str(), bytes.into())
+        .await?;
+    let status = control.policy_status(tenant.as_str())?;
+    let version = uploaded.plugin.version;
+    let active = status
+        .active
+        .as_ref()
+        .is_some_and(|a| a.version == version && a.config == config);
+    if !active {
+        control
+            .activate(tenant.as_str(), &Activate { version, config })
+            .await?;
+    }
+    Ok(())
 }

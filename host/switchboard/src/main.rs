@@ -1,5 +1,6 @@
 //! `switchboard`: the node binary. `serve` runs from a config file; `dev` runs on embedded
-//! defaults with a demo tenant; `token` mints client tokens from the store.
+//! defaults with a demo tenant; `token` mints client tokens from the store; `ctl` drives a
+//! node's admin API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ use switchboard::{ensure_group, Config};
 use switchboard_core::token::{self, Claims};
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_store::{GroupMeta, Store, TenantRecord};
+
+mod ctl;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +40,9 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: SocketAddr,
+        /// Where the admin HTTP API listens.
+        #[arg(long, default_value = "127.0.0.1:7780")]
+        admin_listen: SocketAddr,
     },
     /// Mint a client token for a user of a tenant stored in a data dir (node stopped or not).
     Token {
@@ -50,20 +56,32 @@ enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
     },
+    /// Drive a node's admin API: tenants, keys, tokens, groups, plugins, policy, flags.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Before the log subscriber and the runtime: ctl needs neither, and its stdout is the
+    // answer (`--json` output must not mix with log lines).
+    let command = match cli.command {
+        Command::Ctl(args) => std::process::exit(ctl::run(args)),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,quinn=warn".into()),
         )
         .init();
-    let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
+    match command {
         Command::Serve { config } => rt.block_on(serve(Config::load(&config)?)),
-        Command::Dev { data_dir, listen } => rt.block_on(dev(data_dir, listen)),
+        Command::Dev {
+            data_dir,
+            listen,
+            admin_listen,
+        } => rt.block_on(dev(data_dir, listen, admin_listen)),
         Command::Token {
             data_dir,
             tenant,
@@ -74,6 +92,7 @@ fn main() -> Result<()> {
             println!("{}", mint(&*store, &tenant, &user, ttl)?);
             Ok(())
         }
+        Command::Ctl(_) => unreachable!("handled before the runtime starts"),
     }
 }
 
@@ -89,13 +108,28 @@ async fn serve(cfg: Config) -> Result<()> {
 const DEMO_TENANT: &str = "demo";
 const DEMO_GROUP: &str = "general";
 
-async fn dev(data_dir: PathBuf, listen: SocketAddr) -> Result<()> {
+async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> Result<()> {
     let cfg = Config {
         listen,
         data_dir: data_dir.clone(),
         tls: None,
         limits: Limits::default(),
         tenants: Vec::new(),
+        admin: switchboard::AdminSettings {
+            listen: admin_listen,
+            // A fresh operator token per run unless one is in the environment.
+            token: Some(
+                std::env::var("SWITCHBOARD_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| {
+                        let mut t = [0u8; 24];
+                        rand::thread_rng().fill_bytes(&mut t);
+                        t.iter().map(|b| format!("{b:02x}")).collect()
+                    }),
+            ),
+            ..Default::default()
+        },
     };
     let store = switchboard::open_store(&data_dir)?;
     let tenant = TenantId::new(DEMO_TENANT)?;
@@ -122,6 +156,11 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr) -> Result<()> {
     let cert = cert.context("dev certificate path")?;
     let node = switchboard::start(&cfg, store.clone()).await?;
     let addr = node.local_addr();
+    let admin = node
+        .admin_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|| "(disabled)".into());
+    let admin_token = cfg.admin.token.clone().unwrap_or_default();
     let alice = mint(&*store, DEMO_TENANT, "alice", 86_400)?;
     let bob = mint(&*store, DEMO_TENANT, "bob", 86_400)?;
     println!(
@@ -131,7 +170,10 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr) -> Result<()> {
          cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP} --token {alice}\n\n\
          Chat as bob (in a third terminal):\n  \
          cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP} --token {bob}\n\n\
-         More tokens: cargo run -p switchboard -- token --data-dir {data} --user NAME\n\
+         More tokens: cargo run -p switchboard -- token --data-dir {data} --user NAME\n\n\
+         Admin API: {admin} (OpenAPI at {admin}/openapi.json). For `switchboard ctl`:\n  \
+         export SWITCHBOARD_ADMIN_URL={admin} SWITCHBOARD_ADMIN_TOKEN={admin_token}\n  \
+         cargo run -p switchboard -- ctl policy status {DEMO_TENANT}\n\n\
          Ctrl-C stops the node.\n",
         data = data_dir.display(),
         cert = cert.display(),

@@ -1,7 +1,7 @@
 //! Swapping a tenant's policy under traffic: every message is handled by exactly one policy
-//! value and delivered exactly once, in order (ARCHITECTURE.md, "Policy" invariants). The
-//! config store and admin API that will drive swaps come later; this exercises the swap
-//! itself (`Hub::set_policy`).
+//! value and delivered exactly once, in order (ARCHITECTURE.md, "Policy" invariants). This
+//! exercises the swap itself (`Hub::set_policy`); `control_plane.rs` drives swaps through the
+//! config store and the control plane.
 
 mod common;
 

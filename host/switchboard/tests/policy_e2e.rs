@@ -401,8 +401,11 @@ async fn the_minimal_example_plugin_works_from_a_config_file() {
     );
     let policies = switchboard::load_policies(&cfg, policy_engine()).unwrap();
     let n = TestNode::start().await;
-    for (tenant, policy) in policies {
-        n.hub().set_policy(&tenant, Some(policy));
+    for (tenant, bytes, config) in policies {
+        let plugin = policy_engine().load(&bytes).unwrap();
+        let policy = switchboard_policy::TenantPolicy::new(&plugin, tenant.to_string(), config);
+        n.hub()
+            .set_policy(&tenant, Some(std::sync::Arc::new(policy)));
     }
     let mut alice = member(&n, "acme", "alice").await;
     alice.send(&send(1, "team", b"who wants durian?")).await;

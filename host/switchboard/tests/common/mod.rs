@@ -152,6 +152,29 @@ impl TestNode {
         n
     }
 
+    /// Starts a control plane (config store reconciliation, automatic rollback) over this
+    /// node's store and hub, caching artifacts in the node's data dir.
+    pub async fn control(
+        &self,
+        auto_rollback: switchboard_admin::AutoRollback,
+    ) -> Arc<switchboard_admin::Control> {
+        switchboard_admin::Control::start(
+            switchboard_admin::ControlConfig {
+                admin_token_sha256: None,
+                artifact_dir: self.dir.join("artifacts"),
+                auto_rollback,
+                apply_timeout: WAIT,
+                max_group_members: Limits::default().max_group_members,
+            },
+            self.store.clone(),
+            self.store.clone(),
+            self.hub().clone(),
+            policy_engine().clone(),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Binds a policy plugin (a path from `plugins_artifacts`) to a tenant.
     pub fn bind(&self, tenant: &str, wasm: &str, config: &[(&str, &str)]) {
         let plugin = policy_engine()

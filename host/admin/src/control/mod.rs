@@ -1,0 +1,142 @@
+//! The control plane: every operation the HTTP API offers, without HTTP. It writes the config
+//! store; the [`reconcile`] task applies what the store says to the hub (so a change takes
+//! effect the same way whoever made it), and the [`rollback`] monitor takes failing versions
+//! out of service.
+//!
+//! Authorization lives here too ([`Control::authenticate`], [`Control::authorize_tenant`]):
+//! the HTTP layer only maps a request to a call.
+
+mod error;
+mod ops;
+mod reconcile;
+mod rollback;
+pub mod types;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use switchboard_core::TenantId;
+use switchboard_edge::Hub;
+use switchboard_policy::{ArtifactCache, PolicyEngine};
+use switchboard_store::{ConfigStore, Store};
+use tokio::sync::watch;
+
+pub use error::ControlError;
+pub use rollback::AutoRollback;
+use types::Caller;
+
+/// How the control plane is set up.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// SHA-256 of the operator's admin token; `None` disables admin access (tenant keys
+    /// still work).
+    pub admin_token_sha256: Option<[u8; 32]>,
+    /// Where compiled plugin artifacts are cached.
+    pub artifact_dir: PathBuf,
+    /// When a serving version is taken out of service by itself.
+    pub auto_rollback: AutoRollback,
+    /// Most time an activation waits for this node to apply it before answering
+    /// `not-applied` (the change is stored and still applies when it can).
+    pub apply_timeout: Duration,
+    /// Largest group a tenant may create (the node's `max_group_members`).
+    pub max_group_members: u32,
+}
+
+/// The control plane of one node. Cheap to share (`Arc`).
+pub struct Control {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Arc<dyn ConfigStore>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) engine: PolicyEngine,
+    pub(crate) cache: ArtifactCache,
+    pub(crate) settings: ControlConfig,
+    /// Plugins compiled on this node, by (tenant, version): activation after the first is
+    /// a map lookup.
+    pub(crate) plugins: DashMap<(TenantId, String), switchboard_policy::Plugin>,
+    /// Per tenant, the binding revision this node is serving.
+    pub(crate) applied: DashMap<TenantId, watch::Sender<u64>>,
+    /// Serialises applying bindings (the reconcile task and start-up).
+    pub(crate) apply_lock: tokio::sync::Mutex<()>,
+    /// Per tenant, the policies serving now with what they were made for.
+    pub(crate) bound: DashMap<TenantId, reconcile::Bound>,
+    /// Versions the node rolled back by itself since start.
+    pub(crate) auto_rollbacks: AtomicU64,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Builds the control plane, applies everything the config store holds (bindings, flags,
+    /// degradation override) to the hub, and starts the watch and rollback tasks. They stop
+    /// when the returned `Arc` is dropped.
+    pub async fn start(
+        settings: ControlConfig,
+        store: Arc<dyn Store>,
+        config: Arc<dyn ConfigStore>,
+        hub: Arc<Hub>,
+        engine: PolicyEngine,
+    ) -> Result<Arc<Control>, ControlError> {
+        let cache = ArtifactCache::open(&settings.artifact_dir)
+            .map_err(|e| ControlError::Internal(format!("artifact cache: {e}")))?;
+        let control = Arc::new(Control {
+            store,
+            config,
+            hub,
+            engine,
+            cache,
+            settings,
+            plugins: DashMap::new(),
+            applied: DashMap::new(),
+            apply_lock: tokio::sync::Mutex::new(()),
+            bound: DashMap::new(),
+            auto_rollbacks: AtomicU64::new(0),
+        });
+        reconcile::start(&control).await?;
+        rollback::start(&control);
+        Ok(control)
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Versions this node rolled back by itself since it started.
+    pub fn auto_rollbacks(&self) -> u64 {
+        self.auto_rollbacks.load(Ordering::Relaxed)
+    }
+
+    /// Checks a bearer token: the admin token, or a tenant API key.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ControlError> {
+        ops::authenticate(self, bearer)
+    }
+
+    /// Whether `caller` may act on `tenant`'s resources (admins may act on every tenant).
+    pub fn authorize_tenant(&self, caller: &Caller, tenant: &str) -> Result<(), ControlError> {
+        match caller {
+            Caller::Admin => Ok(()),
+            Caller::Tenant { tenant: own, .. } if own == tenant => Ok(()),
+            Caller::Tenant { .. } => Err(ControlError::Forbidden(format!(
+                "this key does not reach tenant {tenant}"
+            ))),
+        }
+    }
+
+    /// Refuses anyone but the operator.
+    pub fn require_admin(&self, caller: &Caller) -> Result<(), ControlError> {
+        match caller {
+            Caller::Admin => Ok(()),
+            Caller::Tenant { .. } => Err(ControlError::Forbidden(
+                "this endpoint needs the admin token".to_owned(),
+            )),
+        }
+    }
+}

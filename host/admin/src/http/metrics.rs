@@ -1,0 +1,276 @@
+//! `GET /metrics`: the hub's counters, the load level and per-tenant policy health in the
+//! Prometheus text format (0.0.4).
+
+use std::fmt::Write as _;
+
+use switchboard_edge::MetricsSnapshot;
+
+use crate::control::types::VersionHealth;
+use crate::{Control, ControlError};
+
+pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        }
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: Kind, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
+}
+
+/// A label value, escaped as the text format wants (`\`, `"` and newlines).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(super) fn render(control: &Control) -> Result<String, ControlError> {
+    let mut out = String::new();
+    hub_series(&mut out, control.hub().metrics().snapshot());
+    family(
+        &mut out,
+        "switchboard_load_level",
+        Kind::Gauge,
+        "The node's load level: 0 normal, 1 elevated, 2 high, 3 critical (forced or measured).",
+    );
+    let _ = writeln!(out, "switchboard_load_level {}", control.hub().load_level());
+    policy_series(&mut out, control)?;
+    Ok(out)
+}
+
+fn hub_series(out: &mut String, m: MetricsSnapshot) {
+    use Kind::{Counter, Gauge};
+    // Destructured without `..`: a field added to the snapshot does not compile until it is
+    // exported here.
+    let MetricsSnapshot {
+        sessions,
+        connections,
+        connections_refused,
+        messages_accepted,
+        duplicates,
+        deliveries_live,
+        deliveries_catch_up,
+        outbox_overflows,
+        flushes,
+        flush_failures,
+        auth_failures,
+        protocol_errors,
+        policy_rejections,
+        policy_fallbacks,
+        policy_breaker_skips,
+        notify_offline_requests,
+        receipts_forwarded,
+        receipts_aggregated,
+        receipts_dropped,
+        receipts_shed,
+        presence_shed,
+    } = m;
+    let series: &[(&str, Kind, u64, &str)] = &[
+        ("sessions", Gauge, sessions as u64, "Open sessions."),
+        (
+            "connections",
+            Gauge,
+            connections as u64,
+            "QUIC connections, including ones still saying hello.",
+        ),
+        (
+            "connections_refused",
+            Counter,
+            connections_refused,
+            "Connections refused (limits, shutdown).",
+        ),
+        (
+            "messages_accepted",
+            Counter,
+            messages_accepted,
+            "Messages made durable and acknowledged.",
+        ),
+        (
+            "duplicates",
+            Counter,
+            duplicates,
+            "Resends recognised by their client message id.",
+        ),
+        (
+            "deliveries_live",
+            Counter,
+            deliveries_live,
+            "Deliver frames queued live to sessions.",
+        ),
+        (
+            "deliveries_catch_up",
+            Counter,
+            deliveries_catch_up,
+            "Deliver frames sent from the log (catch-up, gap fill).",
+        ),
+        (
+            "outbox_overflows",
+            Counter,
+            outbox_overflows,
+            "Times a session's outbox was full and it switched to catching up from the log.",
+        ),
+        (
+            "flushes",
+            Counter,
+            flushes,
+            "Store flushes by the committer.",
+        ),
+        (
+            "flush_failures",
+            Counter,
+            flush_failures,
+            "Store flushes that failed.",
+        ),
+        (
+            "auth_failures",
+            Counter,
+            auth_failures,
+            "Hellos refused for their token.",
+        ),
+        (
+            "protocol_errors",
+            Counter,
+            protocol_errors,
+            "Connections closed for a protocol violation.",
+        ),
+        (
+            "policy_rejections",
+            Counter,
+            policy_rejections,
+            "Messages a tenant policy refused.",
+        ),
+        (
+            "policy_fallbacks",
+            Counter,
+            policy_fallbacks,
+            "Policy calls answered by the built-in default because the plugin failed.",
+        ),
+        (
+            "policy_breaker_skips",
+            Counter,
+            policy_breaker_skips,
+            "Policy calls skipped because the tenant's circuit breaker was open.",
+        ),
+        (
+            "notify_offline_requests",
+            Counter,
+            notify_offline_requests,
+            "Messages whose policy asked for offline members to be notified.",
+        ),
+        (
+            "receipts_forwarded",
+            Counter,
+            receipts_forwarded,
+            "Receipts forwarded to senders.",
+        ),
+        (
+            "receipts_aggregated",
+            Counter,
+            receipts_aggregated,
+            "Receipts folded into aggregates.",
+        ),
+        (
+            "receipts_dropped",
+            Counter,
+            receipts_dropped,
+            "Receipts a policy dropped.",
+        ),
+        (
+            "receipts_shed",
+            Counter,
+            receipts_shed,
+            "Receipts shed under load.",
+        ),
+        (
+            "presence_shed",
+            Counter,
+            presence_shed,
+            "Presence changes shed under load.",
+        ),
+    ];
+    for &(name, kind, value, help) in series {
+        let name = format!("switchboard_{name}");
+        family(out, &name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
+/// Per tenant and serving version (role `active` or `canary`), since it was bound on this
+/// node: what the automatic rollback watches.
+fn policy_series(out: &mut String, control: &Control) -> Result<(), ControlError> {
+    type Field = fn(&VersionHealth) -> u64;
+    let families: &[(&str, &str, Field)] = &[
+        (
+            "switchboard_policy_handled_total",
+            "Events (messages, receipts) routed to a tenant's plugin version.",
+            |h| h.handled,
+        ),
+        (
+            "switchboard_policy_failed_total",
+            "Of those, answered by the built-in default (plugin failed or breaker open).",
+            |h| h.failed,
+        ),
+        (
+            "switchboard_policy_calls_total",
+            "Plugin hook calls.",
+            |h| h.calls,
+        ),
+        (
+            "switchboard_policy_traps_total",
+            "Plugin calls that trapped.",
+            |h| h.traps,
+        ),
+        (
+            "switchboard_policy_out_of_fuel_total",
+            "Plugin calls that ran out of fuel.",
+            |h| h.out_of_fuel,
+        ),
+        (
+            "switchboard_policy_deadline_total",
+            "Plugin calls interrupted at their deadline.",
+            |h| h.deadline,
+        ),
+        (
+            "switchboard_policy_invalid_output_total",
+            "Plugin calls whose result was refused as invalid.",
+            |h| h.invalid_output,
+        ),
+    ];
+    let mut serving = Vec::new();
+    for tenant in control.tenants()? {
+        let status = control.policy_status(&tenant.id)?;
+        if let Some(a) = status.active {
+            serving.push((tenant.id.clone(), "active", a));
+        }
+        if let Some(c) = status.canary {
+            serving.push((tenant.id.clone(), "canary", c.health));
+        }
+    }
+    for &(name, help, field) in families {
+        family(out, name, Kind::Counter, help);
+        for (tenant, role, health) in &serving {
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{}\",version=\"{}\",role=\"{role}\"}} {}",
+                label(tenant),
+                label(&health.version),
+                field(health)
+            );
+        }
+    }
+    Ok(())
+}

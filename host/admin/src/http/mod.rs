@@ -1,0 +1,220 @@
+//! The admin and tenant HTTP API over [`Control`]: JSON in and out, errors as RFC 9457
+//! problem details ([`Problem`]), described by `openapi.json` (served at `/openapi.json`).
+//!
+//! The router is built from [`ROUTES`], the one list of what the API serves; a test checks
+//! that the OpenAPI document describes exactly these routes. Handlers only map a request to
+//! a [`Control`] call: who may call what is decided by the extractors in `extract`, through
+//! `Control::authenticate` / `require_admin` / `authorize_tenant`.
+//!
+//! Bounds: JSON bodies up to [`JSON_BODY_LIMIT`], plugin uploads up to
+//! [`UPLOAD_BODY_LIMIT`], and at most [`UPLOAD_CONCURRENCY`] uploads (body + compile +
+//! self-test) at once; more are refused with 429 `busy` rather than queued.
+
+mod extract;
+mod groups;
+mod metrics;
+mod node;
+mod plugins;
+mod problem;
+mod tenants;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::Router;
+use tokio::sync::Semaphore;
+use tracing::Instrument as _;
+
+use crate::{Control, ControlError};
+pub use groups::MemberAdded;
+pub use problem::{Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE};
+
+/// Every route, as (method, path in axum/OpenAPI template syntax). The router is built from
+/// this list; `tests/openapi.rs` checks `openapi.json` against it in both directions.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/tenants"),
+    ("GET", "/v1/tenants"),
+    ("GET", "/v1/tenants/{tenant}"),
+    ("PUT", "/v1/tenants/{tenant}/quotas"),
+    ("POST", "/v1/tenants/{tenant}/secret"),
+    ("POST", "/v1/tenants/{tenant}/keys"),
+    ("GET", "/v1/tenants/{tenant}/keys"),
+    ("DELETE", "/v1/tenants/{tenant}/keys/{key_id}"),
+    ("POST", "/v1/tenants/{tenant}/tokens"),
+    ("POST", "/v1/tenants/{tenant}/groups"),
+    ("GET", "/v1/tenants/{tenant}/groups"),
+    ("GET", "/v1/tenants/{tenant}/groups/{group}"),
+    ("GET", "/v1/tenants/{tenant}/groups/{group}/members"),
+    ("POST", "/v1/tenants/{tenant}/groups/{group}/members"),
+    (
+        "DELETE",
+        "/v1/tenants/{tenant}/groups/{group}/members/{user}",
+    ),
+    ("POST", "/v1/tenants/{tenant}/plugins"),
+    ("GET", "/v1/tenants/{tenant}/plugins"),
+    ("GET", "/v1/tenants/{tenant}/plugins/{version}"),
+    ("GET", "/v1/tenants/{tenant}/policy"),
+    ("POST", "/v1/tenants/{tenant}/policy/activate"),
+    ("POST", "/v1/tenants/{tenant}/policy/canary"),
+    ("DELETE", "/v1/tenants/{tenant}/policy/canary"),
+    ("POST", "/v1/tenants/{tenant}/policy/promote"),
+    ("POST", "/v1/tenants/{tenant}/policy/rollback"),
+    ("GET", "/v1/tenants/{tenant}/flags"),
+    ("PUT", "/v1/tenants/{tenant}/flags"),
+    ("GET", "/v1/degradation"),
+    ("PUT", "/v1/degradation"),
+];
+
+/// Largest JSON request body.
+pub const JSON_BODY_LIMIT: usize = 1 << 20;
+/// Largest plugin upload body. Above the node's default plugin limit (4 MiB), which
+/// `Control::upload_plugin` enforces with a precise message; this only stops a client from
+/// making the node buffer an unbounded body.
+pub const UPLOAD_BODY_LIMIT: usize = 16 << 20;
+/// Uploads handled at once. Each buffers its body and compiles it (CPU-heavy, seconds for
+/// a large component), so they are bounded rather than queued.
+pub const UPLOAD_CONCURRENCY: usize = 2;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub control: Arc<Control>,
+    pub uploads: Arc<Semaphore>,
+}
+
+/// Runs a synchronous control operation on the blocking pool: they read, write and flush
+/// the store, and the API shares its runtime with the node's QUIC connections.
+pub(crate) async fn blocking<T, F>(control: &Arc<Control>, op: F) -> Result<T, Problem>
+where
+    T: Send + 'static,
+    F: FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
+{
+    let control = control.clone();
+    tokio::task::spawn_blocking(move || op(&control))
+        .await
+        .map_err(|e| ControlError::Internal(format!("blocking task: {e}")))?
+        .map_err(Problem::from)
+}
+
+/// The API as a router, ready to serve.
+pub fn router(control: Arc<Control>) -> Router {
+    let state = ApiState {
+        control,
+        uploads: Arc::new(Semaphore::new(UPLOAD_CONCURRENCY)),
+    };
+    // One MethodRouter per path; `merge` panics on a (method, path) listed twice.
+    let mut paths: BTreeMap<&str, MethodRouter<ApiState>> = BTreeMap::new();
+    for &(method, path) in ROUTES {
+        let endpoint = endpoint(method, path);
+        let merged = match paths.remove(path) {
+            Some(other) => other.merge(endpoint),
+            None => endpoint,
+        };
+        paths.insert(path, merged);
+    }
+    let mut router = Router::new();
+    for (path, methods) in paths {
+        router = router.route(path, methods);
+    }
+    router
+        // After the routes: it applies to the routes present when called.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(route_not_found)
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn(trace))
+        .with_state(state)
+}
+
+/// The handler of one [`ROUTES`] entry.
+fn endpoint(method: &str, path: &str) -> MethodRouter<ApiState> {
+    match (method, path) {
+        ("GET", "/healthz") => get(node::health),
+        ("GET", "/openapi.json") => get(node::openapi),
+        ("GET", "/metrics") => get(node::metrics),
+        ("POST", "/v1/tenants") => post(tenants::create),
+        ("GET", "/v1/tenants") => get(tenants::list),
+        ("GET", "/v1/tenants/{tenant}") => get(tenants::show),
+        ("PUT", "/v1/tenants/{tenant}/quotas") => put(tenants::set_quotas),
+        ("POST", "/v1/tenants/{tenant}/secret") => post(tenants::rotate_secret),
+        ("POST", "/v1/tenants/{tenant}/keys") => post(tenants::create_key),
+        ("GET", "/v1/tenants/{tenant}/keys") => get(tenants::list_keys),
+        ("DELETE", "/v1/tenants/{tenant}/keys/{key_id}") => delete(tenants::delete_key),
+        ("POST", "/v1/tenants/{tenant}/tokens") => post(tenants::mint_token),
+        ("POST", "/v1/tenants/{tenant}/groups") => post(groups::create),
+        ("GET", "/v1/tenants/{tenant}/groups") => get(groups::list),
+        ("GET", "/v1/tenants/{tenant}/groups/{group}") => get(groups::show),
+        ("GET", "/v1/tenants/{tenant}/groups/{group}/members") => get(groups::members),
+        ("POST", "/v1/tenants/{tenant}/groups/{group}/members") => post(groups::add_member),
+        ("DELETE", "/v1/tenants/{tenant}/groups/{group}/members/{user}") => {
+            delete(groups::remove_member)
+        }
+        ("POST", "/v1/tenants/{tenant}/plugins") => {
+            post(plugins::upload).layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT))
+        }
+        ("GET", "/v1/tenants/{tenant}/plugins") => get(plugins::list),
+        ("GET", "/v1/tenants/{tenant}/plugins/{version}") => get(plugins::show),
+        ("GET", "/v1/tenants/{tenant}/policy") => get(plugins::status),
+        ("POST", "/v1/tenants/{tenant}/policy/activate") => post(plugins::activate),
+        ("POST", "/v1/tenants/{tenant}/policy/canary") => post(plugins::start_canary),
+        ("DELETE", "/v1/tenants/{tenant}/policy/canary") => delete(plugins::abort_canary),
+        ("POST", "/v1/tenants/{tenant}/policy/promote") => post(plugins::promote),
+        ("POST", "/v1/tenants/{tenant}/policy/rollback") => post(plugins::rollback),
+        ("GET", "/v1/tenants/{tenant}/flags") => get(tenants::flags),
+        ("PUT", "/v1/tenants/{tenant}/flags") => put(tenants::put_flags),
+        ("GET", "/v1/degradation") => get(node::degradation),
+        ("PUT", "/v1/degradation") => put(node::set_degradation),
+        _ => panic!("ROUTES lists {method} {path}, which has no handler"),
+    }
+}
+
+async fn route_not_found(uri: Uri) -> Problem {
+    Problem::route_not_found(uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
+    Problem::method_not_allowed(method.as_str(), uri.path())
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Arc<Control>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+    axum::serve(listener, router(control))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A span per request, and one event with its status and latency: reads at debug, changes
+/// at info (they are the audit trail), server errors at warn. The path only, never the
+/// query or headers (they may carry credentials).
+async fn trace(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let span = tracing::info_span!("admin_http", %method, path = %req.uri().path());
+    let started = Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let _entered = span.enter();
+    if status >= 500 {
+        tracing::warn!(status, latency_ms, "request failed");
+    } else if method == Method::GET || method == Method::HEAD {
+        tracing::debug!(status, latency_ms, "request");
+    } else {
+        tracing::info!(status, latency_ms, "request");
+    }
+    resp
+}

@@ -1,0 +1,144 @@
+//! Plugin uploads and a tenant's policy binding: activate, canary, promote, rollback.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::Json;
+
+use super::extract::{Admin, JsonBody, Params, TenantScope};
+use super::{blocking, ApiState, Problem, UPLOAD_BODY_LIMIT};
+use crate::control::types::*;
+use crate::ControlError;
+
+const WASM_CONTENT_TYPE: &str = "application/wasm";
+
+/// `POST /v1/tenants/{tenant}/plugins`: the body is the component's bytes.
+pub(super) async fn upload(
+    State(s): State<ApiState>,
+    scope: TenantScope,
+    req: Request,
+) -> Result<(StatusCode, Json<Uploaded>), Problem> {
+    // Taken before the body is read, so the bound covers buffered bodies as well as compiles.
+    let _permit = s.uploads.try_acquire().map_err(|_| {
+        Problem::busy(format!(
+            "{} plugin uploads are being checked; retry shortly",
+            super::UPLOAD_CONCURRENCY
+        ))
+    })?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case(WASM_CONTENT_TYPE) {
+        return Err(Problem::invalid(
+            400,
+            format!(
+                "a plugin upload is the component's bytes with Content-Type: {WASM_CONTENT_TYPE} (got {content_type:?})"
+            ),
+        ));
+    }
+    let too_large = || {
+        Problem::from(ControlError::PluginTooLarge(format!(
+            "upload is larger than the API's {UPLOAD_BODY_LIMIT}-byte body limit"
+        )))
+    };
+    // Refused before reading when the length says so: a client that sent
+    // `Expect: 100-continue` then never sends the body.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > UPLOAD_BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let wasm = Bytes::from_request(req, &s).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            Problem::invalid(400, e.body_text())
+        }
+    })?;
+    let uploaded = s
+        .control
+        .upload_plugin(&scope.caller, &scope.tenant, wasm)
+        .await?;
+    let status = if uploaded.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(uploaded)))
+}
+
+pub(super) async fn list(
+    State(s): State<ApiState>,
+    scope: TenantScope,
+) -> Result<Json<Vec<PluginInfo>>, Problem> {
+    blocking(&s.control, move |c| c.plugins(&scope.tenant))
+        .await
+        .map(Json)
+}
+
+pub(super) async fn show(
+    State(s): State<ApiState>,
+    scope: TenantScope,
+    Params((_, version)): Params<(String, String)>,
+) -> Result<Json<PluginDetail>, Problem> {
+    blocking(&s.control, move |c| c.plugin(&scope.tenant, &version))
+        .await
+        .map(Json)
+}
+
+pub(super) async fn status(
+    State(s): State<ApiState>,
+    scope: TenantScope,
+) -> Result<Json<PolicyStatus>, Problem> {
+    blocking(&s.control, move |c| c.policy_status(&scope.tenant))
+        .await
+        .map(Json)
+}
+
+pub(super) async fn activate(
+    State(s): State<ApiState>,
+    _: Admin,
+    Params(tenant): Params<String>,
+    JsonBody(req): JsonBody<Activate>,
+) -> Result<Json<PolicyStatus>, Problem> {
+    Ok(Json(s.control.activate(&tenant, &req).await?))
+}
+
+pub(super) async fn start_canary(
+    State(s): State<ApiState>,
+    _: Admin,
+    Params(tenant): Params<String>,
+    JsonBody(req): JsonBody<StartCanary>,
+) -> Result<Json<PolicyStatus>, Problem> {
+    Ok(Json(s.control.start_canary(&tenant, &req).await?))
+}
+
+pub(super) async fn abort_canary(
+    State(s): State<ApiState>,
+    _: Admin,
+    Params(tenant): Params<String>,
+) -> Result<Json<PolicyStatus>, Problem> {
+    Ok(Json(s.control.abort_canary(&tenant).await?))
+}
+
+pub(super) async fn promote(
+    State(s): State<ApiState>,
+    _: Admin,
+    Params(tenant): Params<String>,
+) -> Result<Json<PolicyStatus>, Problem> {
+    Ok(Json(s.control.promote(&tenant).await?))
+}
+
+pub(super) async fn rollback(
+    State(s): State<ApiState>,
+    _: Admin,
+    Params(tenant): Params<String>,
+) -> Result<Json<PolicyStatus>, Problem> {
+    Ok(Json(s.control.rollback(&tenant).await?))
+}

@@ -1,0 +1,201 @@
+//! Uploads the node refuses, each with its code and a reason, leaving the stored versions
+//! as they were.
+
+mod common;
+
+use common::*;
+use switchboard_admin::control::types::Quotas;
+
+/// Uploads `bytes` as acme's key and checks the refusal; returns its detail.
+fn refused(api: &TestApi, key: &str, bytes: &[u8], status: u16, code: &str) -> String {
+    let client = api.client(key);
+    let before = sync(|| client.plugins("acme")).unwrap();
+    let detail = assert_refused(sync(|| client.upload_plugin("acme", bytes)), status, code);
+    assert!(!detail.is_empty());
+    let after = sync(|| client.plugins("acme")).unwrap();
+    assert_eq!(
+        serde_json::to_value(&before).unwrap(),
+        serde_json::to_value(&after).unwrap(),
+        "a refused upload stores nothing ({code}: {detail})"
+    );
+    detail
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_uploads_say_why_and_store_nothing() {
+    let api = TestApi::start().await;
+    let key = api.tenant_with_key("acme");
+    let admin = api.admin();
+    // One good version stored first: refusals must leave it alone.
+    sync(|| {
+        api.client(&key)
+            .upload_plugin("acme", &wasm(plugins_artifacts::PRIORITY))
+    })
+    .unwrap();
+    let priority = wasm(plugins_artifacts::PRIORITY);
+
+    // Over the tenant's quota.
+    let small = Quotas {
+        max_groups: 10,
+        max_plugin_versions: 10,
+        max_plugin_bytes: 1000,
+    };
+    sync(|| admin.set_quotas("acme", &small)).unwrap();
+    let detail = refused(
+        &api,
+        &key,
+        &wasm(plugins_artifacts::RECEIPTS),
+        413,
+        "plugin-too-large",
+    );
+    assert!(detail.contains("1000"), "{detail}");
+    let roomy = Quotas {
+        max_plugin_bytes: 64 << 20,
+        ..small
+    };
+    sync(|| admin.set_quotas("acme", &roomy)).unwrap();
+
+    // Over the node's limit (4 MiB by default), though within the tenant's quota.
+    let five_mib = vec![0u8; 5 << 20];
+    let detail = refused(&api, &key, &five_mib, 413, "plugin-too-large");
+    assert!(detail.contains(&(4 << 20).to_string()), "{detail}");
+
+    // Over the API's body limit: refused before the body is sent.
+    let huge = vec![0u8; switchboard_admin::http::UPLOAD_BODY_LIMIT + 1];
+    refused(&api, &key, &huge, 413, "plugin-too-large");
+
+    // Not a component.
+    refused(&api, &key, b"definitely not wasm", 422, "plugin-rejected");
+    refused(
+        &api,
+        &key,
+        &wasm(plugins_artifacts::HOSTILE_CORE_MODULE),
+        422,
+        "plugin-rejected",
+    );
+    // A component of another world, and ones importing what the sandbox does not give.
+    refused(
+        &api,
+        &key,
+        &wasm(plugins_artifacts::HOSTILE_WRONG_WORLD),
+        422,
+        "plugin-rejected",
+    );
+    refused(
+        &api,
+        &key,
+        &wasm(plugins_artifacts::HOSTILE_WASI_FS),
+        422,
+        "plugin-rejected",
+    );
+    refused(
+        &api,
+        &key,
+        &wasm(plugins_artifacts::HOSTILE_WASI_SOCKETS),
+        422,
+        "plugin-rejected",
+    );
+    // Components that load but fail their self-test.
+    for hostile in [
+        plugins_artifacts::HOSTILE_TRAP,
+        plugins_artifacts::HOSTILE_LOOP,
+        plugins_artifacts::HOSTILE_MEMORY,
+        plugins_artifacts::HOSTILE_RECURSION,
+    ] {
+        refused(&api, &key, &wasm(hostile), 422, "plugin-self-test-failed");
+    }
+
+    // Wrong content type: refused before anything is checked.
+    let r = api.raw(
+        "POST",
+        "/v1/tenants/acme/plugins",
+        Some(&key),
+        Some(("application/octet-stream", &priority)),
+    );
+    let detail = r.assert_problem(400, "invalid-argument");
+    assert!(detail.contains("application/wasm"), "{detail}");
+
+    // The version quota.
+    let one = Quotas {
+        max_plugin_versions: 1,
+        ..roomy
+    };
+    sync(|| admin.set_quotas("acme", &one)).unwrap();
+    refused(
+        &api,
+        &key,
+        &wasm(plugins_artifacts::FLAGS),
+        429,
+        "quota-exceeded",
+    );
+    // The same bytes again are no new version, so the quota does not stand in the way.
+    assert!(
+        !sync(|| api.client(&key).upload_plugin("acme", &priority))
+            .unwrap()
+            .created
+    );
+    api.stop().await;
+}
+
+/// An upload that has passed the checks before its body and now waits for the body: the
+/// server said `100 Continue`, so it holds an upload slot.
+struct StalledUpload(std::net::TcpStream);
+
+impl StalledUpload {
+    fn start(api: &TestApi, key: &str) -> StalledUpload {
+        use std::io::{BufRead, BufReader, Write};
+        let addr = api.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        write!(
+            s,
+            "POST /v1/tenants/acme/plugins HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/wasm\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 100"), "{line:?}");
+        StalledUpload(s)
+    }
+
+    /// Sends the (invalid) body and waits for the answer: the slot is free again.
+    fn finish(mut self) {
+        use std::io::{BufRead, BufReader, Write};
+        self.0.write_all(b"junk").unwrap();
+        let mut lines = BufReader::new(&self.0);
+        let mut status = String::new();
+        // Skip the blank line that ends the 100 response.
+        while status.trim().is_empty() {
+            status.clear();
+            lines.read_line(&mut status).unwrap();
+        }
+        assert!(status.starts_with("HTTP/1.1 422"), "{status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_beyond_the_concurrency_bound_are_refused_as_busy() {
+    let api = TestApi::start().await;
+    let key = api.tenant_with_key("acme");
+    let stalled: Vec<_> = (0..switchboard_admin::http::UPLOAD_CONCURRENCY)
+        .map(|_| sync(|| StalledUpload::start(&api, &key)))
+        .collect();
+    let priority = wasm(plugins_artifacts::PRIORITY);
+    let r = api.raw(
+        "POST",
+        "/v1/tenants/acme/plugins",
+        Some(&key),
+        Some(("application/wasm", &priority)),
+    );
+    r.assert_problem(429, "busy");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Other endpoints are not affected.
+    sync(|| api.client(&key).plugins("acme")).unwrap();
+    for s in stalled {
+        sync(|| s.finish());
+    }
+    let up = sync(|| api.client(&key).upload_plugin("acme", &priority)).unwrap();
+    assert!(up.created);
+    api.stop().await;
+}

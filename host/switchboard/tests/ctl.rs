@@ -1,0 +1,375 @@
+//! `switchboard ctl` end to end: the built binary against a node's admin API, every command,
+//! its output (human and `--json`) and its exit codes.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use switchboard_admin::{AutoRollback, Control, ControlConfig};
+use switchboard_core::Limits;
+use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
+use switchboard_policy::{PolicyEngine, PolicyLimits};
+use switchboard_store::SledStore;
+
+const ADMIN_TOKEN: &str = "ctl-test-admin-token-0123456789";
+
+/// A node with its control plane and HTTP API on loopback.
+struct Api {
+    url: String,
+    _node: Node,
+    _tmp: tempfile::TempDir,
+}
+
+async fn start_api() -> Api {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(&tmp.path().join("store")).unwrap());
+    let limits = Limits::default();
+    let node = Node::start(
+        EdgeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            limits: limits.clone(),
+            identity: TlsIdentity::self_signed().unwrap(),
+        },
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let control = Control::start(
+        ControlConfig {
+            admin_token_sha256: Some(Sha256::digest(ADMIN_TOKEN.as_bytes()).into()),
+            artifact_dir: tmp.path().join("artifacts"),
+            auto_rollback: AutoRollback {
+                enabled: false,
+                ..AutoRollback::default()
+            },
+            apply_timeout: Duration::from_secs(30),
+            max_group_members: limits.max_group_members,
+        },
+        store.clone(),
+        store,
+        node.hub().clone(),
+        PolicyEngine::new(PolicyLimits::default()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(switchboard_admin::http::serve(
+        listener,
+        control,
+        std::future::pending(),
+    ));
+    Api {
+        url,
+        _node: node,
+        _tmp: tmp,
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    #[track_caller]
+    fn ok(self) -> String {
+        assert_eq!(
+            self.code, 0,
+            "stderr: {}\nstdout: {}",
+            self.stderr, self.stdout
+        );
+        self.stdout
+    }
+
+    #[track_caller]
+    fn json(self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+}
+
+/// Runs the binary with `token` in the environment (as an operator would export it).
+fn ctl(url: &str, token: Option<&str>, args: &[&str]) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.arg("ctl")
+        .args(args)
+        .env("SWITCHBOARD_ADMIN_URL", url)
+        .env_remove("SWITCHBOARD_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("SWITCHBOARD_ADMIN_TOKEN", t);
+    }
+    // The binary blocks on HTTP; keep the API's tasks running meanwhile.
+    let out = tokio::task::block_in_place(|| cmd.output()).unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_ctl_command_end_to_end() {
+    let api = start_api().await;
+    let url = api.url.as_str();
+    let admin = |args: &[&str]| ctl(url, Some(ADMIN_TOKEN), args);
+
+    assert!(ctl(url, None, &["health"])
+        .ok()
+        .starts_with("ok: 0 sessions"));
+
+    // Tenants.
+    let out = admin(&["tenant", "create", "acme"]).ok();
+    assert!(
+        out.contains("created tenant acme") && out.contains("secret: "),
+        "{out}"
+    );
+    let again = admin(&["tenant", "create", "acme"]);
+    assert_eq!(again.code, 3);
+    assert!(again.stderr.contains("conflict"), "{}", again.stderr);
+    let list = admin(&["tenant", "list", "--json"]).json();
+    assert_eq!(list[0]["id"], "acme");
+    assert!(admin(&["tenant", "list"]).ok().starts_with("TENANT"));
+    let out = admin(&["tenant", "quotas", "acme", "--max-groups", "50"]).ok();
+    assert!(out.contains("50 groups, 64 plugin versions"), "{out}");
+
+    // A tenant key, then the tenant's own work with it (passed with --token this time).
+    let key = admin(&["key", "create", "acme", "--label", "ci", "--json"]).json();
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let keys = admin(&["key", "list", "acme"]).ok();
+    assert!(
+        keys.contains(&key_id) && keys.contains("ci") && !keys.contains(&key),
+        "{keys}"
+    );
+    let tenant = |args: &[&str]| {
+        let mut all = vec!["--token", key.as_str()];
+        all.extend_from_slice(args);
+        ctl(url, None, &all)
+    };
+    assert!(tenant(&["tenant", "show", "acme"])
+        .ok()
+        .contains("built-in policy"));
+
+    let group = tenant(&[
+        "group",
+        "create",
+        "acme",
+        "team",
+        "--max-members",
+        "10",
+        "--json",
+    ])
+    .json();
+    assert_eq!(
+        (group["id"].as_str(), group["max_members"].as_u64()),
+        (Some("team"), Some(10))
+    );
+    assert!(tenant(&["group", "create", "acme", "lobby", "--open"])
+        .ok()
+        .contains("(open)"));
+    assert_eq!(
+        tenant(&["group", "add-member", "acme", "team", "alice"])
+            .ok()
+            .trim(),
+        "added alice to team"
+    );
+    assert!(tenant(&["group", "add-member", "acme", "team", "alice"])
+        .ok()
+        .contains("already a member"));
+    tenant(&["group", "add-member", "acme", "team", "bob"]).ok();
+    assert_eq!(
+        tenant(&["group", "members", "acme", "team"]).ok(),
+        "alice\nbob\n"
+    );
+    assert!(tenant(&["group", "list", "acme"]).ok().contains("team"));
+    assert!(tenant(&["group", "show", "acme", "team"])
+        .ok()
+        .contains("2/10 members"));
+    tenant(&["group", "remove-member", "acme", "team", "bob"]).ok();
+    assert_eq!(
+        tenant(&["group", "members", "acme", "team", "--json"]).json(),
+        serde_json::json!(["alice"])
+    );
+
+    let token = tenant(&["token", "mint", "acme", "alice", "--ttl", "600"]).ok();
+    assert_eq!(
+        token.lines().count(),
+        1,
+        "just the token, for scripts: {token}"
+    );
+    assert!(!token.trim().is_empty());
+
+    // Plugins and their rollout.
+    let up = tenant(&[
+        "plugin",
+        "upload",
+        "acme",
+        plugins_artifacts::PRIORITY,
+        "--json",
+    ])
+    .json();
+    assert_eq!(up["created"], true);
+    let v1 = up["version"].as_str().unwrap().to_owned();
+    let out = tenant(&["plugin", "upload", "acme", plugins_artifacts::PRIORITY]).ok();
+    assert!(out.contains("stored already"), "{out}");
+    let out = admin(&["plugin", "upload", "acme", plugins_artifacts::FLAGS]).ok();
+    assert!(
+        out.starts_with("stored version ") && out.contains("self-test: "),
+        "{out}"
+    );
+    let v2 = out.split_whitespace().nth(2).unwrap().to_owned();
+    let list = tenant(&["plugin", "list", "acme"]).ok();
+    assert!(list.contains(&v1) && list.contains(&v2), "{list}");
+    assert!(tenant(&["plugin", "show", "acme", &v1])
+        .ok()
+        .contains("role:     stored"));
+
+    let out = admin(&[
+        "policy",
+        "activate",
+        "acme",
+        &v1,
+        "--config",
+        "vip_users=alice",
+    ])
+    .ok();
+    assert!(
+        out.contains(&format!("active: {v1}")) && out.contains("vip_users=alice"),
+        "{out}"
+    );
+    let status = tenant(&["policy", "status", "acme", "--json"]).json();
+    assert_eq!(status["active"]["version"], v1.as_str());
+    let out = admin(&[
+        "policy",
+        "canary",
+        "acme",
+        &v2,
+        "--percent",
+        "20",
+        "--group",
+        "team",
+    ])
+    .ok();
+    assert!(out.contains("for 20% of users and groups team"), "{out}");
+    let out = admin(&["policy", "promote", "acme"]).ok();
+    assert!(
+        out.contains(&format!("active: {v2}")) && out.contains(&format!("previous: {v1}")),
+        "{out}"
+    );
+    let out = admin(&["policy", "rollback", "acme"]).ok();
+    assert!(
+        out.contains(&format!("active: {v1}")) && out.contains("(manual"),
+        "{out}"
+    );
+    admin(&["policy", "canary", "acme", &v2, "--percent", "5"]).ok();
+    let status = admin(&["policy", "abort-canary", "acme", "--json"]).json();
+    assert_eq!(status["canary"], Value::Null);
+    // Policy changes are the operator's.
+    let refused = tenant(&["policy", "rollback", "acme"]);
+    assert_eq!(refused.code, 3);
+    assert!(refused.stderr.contains("forbidden"), "{}", refused.stderr);
+
+    // Flags: switches keep the other rules; a file replaces them all.
+    tenant(&["flags", "set", "acme", "dark=on", "beta=off"]).ok();
+    let flags = tenant(&["flags", "set", "acme", "beta=on", "--json"]).json();
+    assert_eq!(flags["dark"]["enabled"], true);
+    assert_eq!(flags["beta"]["enabled"], true);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"only": {"enabled": true, "percent": 30}}"#).unwrap();
+    tenant(&[
+        "flags",
+        "set",
+        "acme",
+        "--file",
+        file.path().to_str().unwrap(),
+    ])
+    .ok();
+    let out = tenant(&["flags", "get", "acme"]).ok();
+    assert!(
+        out.contains("only") && out.contains("30%") && !out.contains("dark"),
+        "{out}"
+    );
+
+    // Degradation and metrics.
+    assert!(admin(&["degradation", "set", "2"])
+        .ok()
+        .contains("forced to 2"));
+    let d = admin(&["degradation", "get", "--json"]).json();
+    assert_eq!(
+        (d["level"].as_u64(), d["forced"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(admin(&["degradation", "set", "none"])
+        .ok()
+        .contains("not forced"));
+    let metrics = admin(&["metrics"]).ok();
+    assert!(
+        metrics.contains("# TYPE switchboard_sessions gauge"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("version=\"{v1}\",role=\"active\"")),
+        "{metrics}"
+    );
+
+    // Credentials: rotate the secret, delete the key.
+    assert!(admin(&["tenant", "rotate-secret", "acme"])
+        .ok()
+        .contains("new secret for acme"));
+    assert!(admin(&["key", "delete", "acme", &key_id])
+        .ok()
+        .contains("deleted key"));
+    let gone = tenant(&["tenant", "show", "acme"]);
+    assert_eq!(gone.code, 3);
+    assert!(gone.stderr.contains("unauthenticated"), "{}", gone.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_exit_codes() {
+    let api = start_api().await;
+    let url = api.url.as_str();
+
+    // 2: usage, from clap.
+    assert_eq!(ctl(url, None, &["tenant", "frobnicate"]).code, 2);
+    assert_eq!(ctl(url, None, &["degradation", "set", "7"]).code, 2);
+    assert_eq!(ctl(url, None, &["flags", "set", "acme"]).code, 2);
+
+    // 3: refused, with the problem's code and detail on stderr.
+    let out = ctl(url, None, &["tenant", "list"]);
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr.contains("unauthenticated (HTTP 401)"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+    let out = ctl(url, Some(ADMIN_TOKEN), &["tenant", "show", "nosuch"]);
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr
+            .contains("not-found (HTTP 404): tenant nosuch not found"),
+        "{}",
+        out.stderr
+    );
+
+    // 1: a local problem.
+    let out = ctl(
+        url,
+        Some(ADMIN_TOKEN),
+        &["plugin", "upload", "acme", "/no/such/file.wasm"],
+    );
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("/no/such/file.wasm"), "{}", out.stderr);
+
+    // 4: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = ctl(&dead, None, &["health"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+}
