@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -73,10 +73,9 @@ fn check_flatc_version(flatc: &OsString) -> Result<()> {
     Ok(())
 }
 
-/// The workspace root: xtask lives one level below it.
+/// The workspace root (see [`crate::root`]).
 fn workspace_root() -> PathBuf {
-    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
-    xtask.parent().unwrap_or(xtask).to_path_buf()
+    crate::root()
 }
 
 /// A scratch directory removed on drop (std only, so xtask needs no `tempfile`).

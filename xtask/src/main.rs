@@ -46,8 +46,14 @@ fn main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The workspace root: the parent of xtask's directory as `cargo run` reports it at run time.
+/// Not the compile-time `env!` path: a target directory shared between checkouts (CI's cache)
+/// can hand a binary built in one clone to another, which must then work on its own tree.
+pub(crate) fn root() -> PathBuf {
+    let xtask = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    xtask
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()

@@ -147,13 +147,15 @@ pub fn plugin_names(plugins_dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The repository: the first ancestor of this crate's directory with `plugins/Cargo.toml`.
+/// The repository (see [`crate::root`]), checked to hold `plugins/Cargo.toml`.
 fn repo_root() -> Result<PathBuf> {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .find(|dir| dir.join("plugins").join("Cargo.toml").is_file())
-        .map(Path::to_owned)
-        .context("no plugins/Cargo.toml above this crate")
+    let root = crate::root();
+    anyhow::ensure!(
+        root.join("plugins").join("Cargo.toml").is_file(),
+        "no plugins/Cargo.toml in {}",
+        root.display()
+    );
+    Ok(root)
 }
 
 /// Fails with what to do when the standard library for `target` is not installed.

@@ -64,6 +64,8 @@ pub struct Control {
     pub(crate) bound: DashMap<TenantId, reconcile::Bound>,
     /// Versions the node rolled back by itself since start.
     pub(crate) auto_rollbacks: AtomicU64,
+    /// Bounds compiles and self-tests at once ([`ops::COMPILE_SLOTS`]).
+    pub(crate) compile_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Control {
@@ -99,6 +101,7 @@ impl Control {
             apply_lock: tokio::sync::Mutex::new(()),
             bound: DashMap::new(),
             auto_rollbacks: AtomicU64::new(0),
+            compile_slots: Arc::new(tokio::sync::Semaphore::new(ops::COMPILE_SLOTS)),
         });
         reconcile::start(&control).await?;
         rollback::start(&control);

@@ -20,8 +20,11 @@ use switchboard_store::{
 use super::types::*;
 use super::{Control, ControlError};
 
-/// Prefix of tenant API keys: `sbk_<tenant>_<id>_<secret>`.
+/// Prefix of tenant API keys: `sbk_<key id>_<secret>`. The id is public (lists, uploader);
+/// the tenant is found from the key's hash, never from its text.
 const KEY_PREFIX: &str = "sbk_";
+/// Compiles and self-tests running at once on this node (CPU-heavy; more wait).
+pub const COMPILE_SLOTS: usize = 2;
 /// Longest token lifetime `mint_token` grants.
 pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
 const DEFAULT_TOKEN_TTL_SECS: u64 = 86_400;
@@ -432,10 +435,14 @@ impl Control {
         }
         let plugin = self.compile(&rec.id, &version, wasm.clone()).await?;
         let test_plugin = plugin.clone();
-        let report = tokio::task::spawn_blocking(move || test_plugin.self_test(&BTreeMap::new()))
-            .await
-            .map_err(|e| ControlError::Internal(format!("self-test task: {e}")))?
-            .map_err(|e| ControlError::SelfTestFailed(e.to_string()))?;
+        let slot = self.compile_slot().await?;
+        let report = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            test_plugin.self_test(&BTreeMap::new())
+        })
+        .await
+        .map_err(|e| ControlError::Internal(format!("self-test task: {e}")))?
+        .map_err(|e| ControlError::SelfTestFailed(e.to_string()))?;
         let meta = PluginVersion {
             tenant: rec.id.clone(),
             version: version.clone(),
@@ -471,19 +478,32 @@ impl Control {
         let engine = self.engine.clone();
         let cache = self.cache.clone();
         let v = version.to_owned();
-        let (plugin, outcome) =
-            tokio::task::spawn_blocking(move || engine.load_cached(&wasm, &v, &cache))
-                .await
-                .map_err(|e| ControlError::Internal(format!("compile task: {e}")))?
-                .map_err(|e| match e {
-                    switchboard_policy::LoadError::TooLarge { .. } => {
-                        ControlError::PluginTooLarge(e.to_string())
-                    }
-                    other => ControlError::PluginRejected(other.to_string()),
-                })?;
+        let slot = self.compile_slot().await?;
+        let (plugin, outcome) = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            engine.load_cached(&wasm, &v, &cache)
+        })
+        .await
+        .map_err(|e| ControlError::Internal(format!("compile task: {e}")))?
+        .map_err(|e| match e {
+            switchboard_policy::LoadError::TooLarge { .. } => {
+                ControlError::PluginTooLarge(e.to_string())
+            }
+            other => ControlError::PluginRejected(other.to_string()),
+        })?;
         tracing::debug!(%tenant, version, ?outcome, "plugin compiled");
         self.plugins.insert(key, plugin.clone());
         Ok(plugin)
+    }
+
+    /// One of the [`COMPILE_SLOTS`]: held by the blocking task that compiles or self-tests,
+    /// so the bound holds even when the caller (an HTTP request) goes away mid-compile.
+    async fn compile_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ControlError> {
+        self.compile_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ControlError::Internal("compile slots closed".into()))
     }
 
     /// A stored version, loaded (from the in-memory map, the artifact cache, or compiled).
