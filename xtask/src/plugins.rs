@@ -147,15 +147,19 @@ pub fn plugin_names(plugins_dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// The repository (see [`crate::root`]), checked to hold `plugins/Cargo.toml`.
+/// The repository: the first ancestor with `plugins/Cargo.toml` of the running crate's
+/// directory as cargo reports it at run time (this file is also the build script of
+/// `plugins-artifacts`). Not the compile-time `env!` path: a target directory shared between
+/// checkouts (CI's cache) can hand a binary built in one clone to another.
 fn repo_root() -> Result<PathBuf> {
-    let root = crate::root();
-    anyhow::ensure!(
-        root.join("plugins").join("Cargo.toml").is_file(),
-        "no plugins/Cargo.toml in {}",
-        root.display()
-    );
-    Ok(root)
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    start
+        .ancestors()
+        .find(|dir| dir.join("plugins").join("Cargo.toml").is_file())
+        .map(Path::to_owned)
+        .context("no plugins/Cargo.toml above this crate")
 }
 
 /// Fails with what to do when the standard library for `target` is not installed.

@@ -63,6 +63,8 @@ async fn node_endpoints() {
         "switchboard_sessions 0",
         "# TYPE switchboard_load_level gauge",
         "switchboard_load_level 0",
+        "# TYPE switchboard_policy_auto_rollbacks_total counter",
+        "switchboard_policy_auto_rollbacks_total 0",
         "# TYPE switchboard_policy_handled_total counter",
         "# TYPE switchboard_policy_failed_total counter",
     ] {

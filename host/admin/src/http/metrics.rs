@@ -48,6 +48,17 @@ pub(super) fn render(control: &Control) -> Result<String, ControlError> {
         "The node's load level: 0 normal, 1 elevated, 2 high, 3 critical (forced or measured).",
     );
     let _ = writeln!(out, "switchboard_load_level {}", control.hub().load_level());
+    family(
+        &mut out,
+        "switchboard_policy_auto_rollbacks_total",
+        Kind::Counter,
+        "Policy versions this node took out of service by itself (failure rate over threshold).",
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_policy_auto_rollbacks_total {}",
+        control.auto_rollbacks()
+    );
     policy_series(&mut out, control)?;
     Ok(out)
 }
