@@ -41,7 +41,8 @@ pub enum ErrorCode {
     /// A field has an invalid value (an id with characters outside the allowed set, an
     /// empty client message id, a receipt for a message that does not exist, ...).
     InvalidArgument = 25,
-    /// Too many requests; retry after the given delay.
+    /// Too many requests for a user's or tenant's rate limit; nothing was done. Retry after
+    /// the given delay.
     RateLimited = 30,
     /// The node is overloaded; retry after the given delay.
     Overloaded = 31,
@@ -98,7 +99,9 @@ impl ErrorCode {
         )
     }
 
-    /// Whether the server closes the connection after sending this error.
+    /// Whether the server closes the connection after sending this error, wherever it is
+    /// sent. Besides these, every error answering `Hello` ends the connection (protocol §4),
+    /// e.g. `RateLimited` for a tenant over its connection limits; on a request it does not.
     pub fn is_fatal(self) -> bool {
         matches!(
             self,

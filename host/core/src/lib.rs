@@ -1,4 +1,5 @@
-//! Switchboard's pure domain: identifiers, protocol error codes, limits and client tokens.
+//! Switchboard's pure domain: identifiers, protocol error codes, limits, rate-limit buckets
+//! and client tokens.
 //!
 //! This crate knows nothing about QUIC, sled, flatbuffers or tokio, and never reads the clock:
 //! every function that needs the time is handed `now`. That keeps it testable exhaustively and
@@ -7,6 +8,7 @@
 pub mod error;
 pub mod id;
 pub mod limits;
+pub mod rate;
 pub mod rollout;
 pub mod token;
 

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rate::Rate;
+
 /// Bounds enforced per node and per connection. Defaults are sized for a phone-facing edge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -30,6 +32,39 @@ pub struct Limits {
     pub outbox_frames: u32,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
+
+    // Rate limits (token buckets: `*_per_sec` sustained, `*_burst` at once; a per-second
+    // value of 0 turns that limit off). A request over a limit is refused with `RateLimited`
+    // and the time until it would be allowed; it is not carried out and costs nothing else.
+    //
+    // The message defaults are ceilings against runaway clients, not product quotas: one
+    // connection pushes about 10,000 durable messages/s on loopback, so a user can use a
+    // whole connection but not much more, and a tenant a few users' worth. Nodes that serve
+    // only people (no bots or bridges) can set far lower per-user values.
+    /// `Send`s per second one user may make, over all its connections.
+    pub user_messages_per_sec: u32,
+    /// `Send`s one user may make at once.
+    pub user_messages_burst: u32,
+    /// `Receipt`s per second one user may send.
+    pub user_receipts_per_sec: u32,
+    /// `Receipt`s one user may send at once (e.g. after catching up).
+    pub user_receipts_burst: u32,
+    /// Membership changes (`Join` and `Leave`) per second one user may make.
+    pub user_joins_per_sec: u32,
+    /// Membership changes one user may make at once.
+    pub user_joins_burst: u32,
+    /// `Send`s per second all of one tenant's users may make together.
+    pub tenant_messages_per_sec: u32,
+    /// `Send`s one tenant's users may make at once.
+    pub tenant_messages_burst: u32,
+    /// New sessions (accepted `Hello`s) per second for one tenant: spreads a tenant's
+    /// reconnect storm over time instead of letting it take the node's hello capacity.
+    pub tenant_connections_per_sec: u32,
+    /// New sessions one tenant may open at once.
+    pub tenant_connections_burst: u32,
+    /// Most sessions (connections past `Hello`) one tenant may have open at once on this
+    /// node; 0 = no limit besides `max_connections`.
+    pub tenant_max_connections: u32,
 }
 
 impl Default for Limits {
@@ -46,6 +81,17 @@ impl Default for Limits {
             max_inflight_sends: 256,
             outbox_frames: 1_024,
             max_connections: 100_000,
+            user_messages_per_sec: 20_000,
+            user_messages_burst: 40_000,
+            user_receipts_per_sec: 1_000,
+            user_receipts_burst: 5_000,
+            user_joins_per_sec: 10,
+            user_joins_burst: 100,
+            tenant_messages_per_sec: 50_000,
+            tenant_messages_burst: 100_000,
+            tenant_connections_per_sec: 2_000,
+            tenant_connections_burst: 20_000,
+            tenant_max_connections: 50_000,
         }
     }
 }
@@ -84,7 +130,42 @@ impl Limits {
         if nonzero.contains(&0) || self.idle_timeout_ms == 0 || self.hello_timeout_ms == 0 {
             return Err(LimitsError("every count and timeout must be > 0"));
         }
+        let rates = [
+            self.user_messages(),
+            self.user_receipts(),
+            self.user_joins(),
+            self.tenant_messages(),
+            self.tenant_connections(),
+        ];
+        if rates.iter().any(|r| !r.is_unlimited() && r.burst == 0) {
+            return Err(LimitsError(
+                "every rate limit that is on (*_per_sec > 0) needs a *_burst of at least 1",
+            ));
+        }
         Ok(())
+    }
+
+    pub fn user_messages(&self) -> Rate {
+        Rate::new(self.user_messages_per_sec, self.user_messages_burst)
+    }
+
+    pub fn user_receipts(&self) -> Rate {
+        Rate::new(self.user_receipts_per_sec, self.user_receipts_burst)
+    }
+
+    pub fn user_joins(&self) -> Rate {
+        Rate::new(self.user_joins_per_sec, self.user_joins_burst)
+    }
+
+    pub fn tenant_messages(&self) -> Rate {
+        Rate::new(self.tenant_messages_per_sec, self.tenant_messages_burst)
+    }
+
+    pub fn tenant_connections(&self) -> Rate {
+        Rate::new(
+            self.tenant_connections_per_sec,
+            self.tenant_connections_burst,
+        )
     }
 }
 
@@ -109,5 +190,32 @@ mod tests {
             ..Limits::default()
         };
         assert!(l.validate().is_err());
+    }
+
+    #[test]
+    fn a_rate_limit_is_off_at_zero_and_needs_a_burst_when_on() {
+        let off = Limits {
+            user_messages_per_sec: 0,
+            user_messages_burst: 0,
+            tenant_max_connections: 0,
+            ..Limits::default()
+        };
+        off.validate().unwrap();
+        assert!(off.user_messages().is_unlimited());
+        let no_burst = Limits {
+            user_joins_burst: 0,
+            ..Limits::default()
+        };
+        assert!(no_burst.validate().is_err());
+    }
+
+    #[test]
+    fn the_message_defaults_let_one_user_fill_a_connection() {
+        // The loopback benchmark pushes ~10,000 msgs/s from one user through one connection;
+        // the defaults must not throttle that (see the comment on the rate fields).
+        let l = Limits::default();
+        assert!(l.user_messages_per_sec >= 20_000);
+        assert!(l.tenant_messages_per_sec > l.user_messages_per_sec);
+        assert!(l.tenant_max_connections <= l.max_connections);
     }
 }

@@ -151,11 +151,15 @@ async fn read_hello(
     }
 }
 
-/// Refuses a connection that has not become a session: error frame, then close.
+/// Refuses a connection that has not become a session: error frame (with its retry-after,
+/// if any), then close with the error's code, as for every error answering `Hello`.
 async fn refuse(hub: &Hub, conn: &quinn::Connection, mut send: quinn::SendStream, e: RequestError) {
-    hub.metrics()
-        .protocol_errors
-        .fetch_add(1, Ordering::Relaxed);
+    // A rate-limited hello is counted as such (`rate_limited_connections`), not as an error.
+    if e.code != ErrorCode::RateLimited {
+        hub.metrics()
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
     info!(code = %e.code, error = %e.message, "refusing connection");
     let frame = wire::encode_server(&ServerFrame::Error(e.frame(0)));
     if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {

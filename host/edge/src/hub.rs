@@ -33,6 +33,7 @@ use switchboard_store::{
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
+use crate::rates::{Limited, RateLimiter, SessionRates, TenantRates, UserRates, Whose};
 use crate::serving::{PolicySet, Serving, ServingState, ServingVersion, VersionedPolicy};
 
 /// A refusal of one request, sent to the client as an `Error` frame.
@@ -41,6 +42,7 @@ use crate::serving::{PolicySet, Serving, ServingState, ServingVersion, Versioned
 pub struct RequestError {
     pub code: ErrorCode,
     pub message: String,
+    /// For retryable codes, how long the client should wait before retrying; 0 = no advice.
     pub retry_after_ms: u32,
 }
 
@@ -51,6 +53,12 @@ impl RequestError {
             message: message.into(),
             retry_after_ms: 0,
         }
+    }
+
+    /// With the wait the client is told to observe before retrying (e.g. `RateLimited`).
+    pub fn with_retry_after(mut self, retry_after_ms: u32) -> Self {
+        self.retry_after_ms = retry_after_ms;
+        self
     }
 
     /// The `Error` frame answering `request_id`.
@@ -138,6 +146,13 @@ pub struct Metrics {
     /// Receipts and presence changes shed under load.
     pub receipts_shed: AtomicU64,
     pub presence_shed: AtomicU64,
+    /// Requests refused with `RateLimited`, by what was limited (nothing of them was done).
+    pub rate_limited_messages: AtomicU64,
+    pub rate_limited_receipts: AtomicU64,
+    /// `Join`s and `Leave`s.
+    pub rate_limited_joins: AtomicU64,
+    /// `Hello`s refused for the tenant's connection limits.
+    pub rate_limited_connections: AtomicU64,
 }
 
 /// A snapshot of [`Metrics`].
@@ -164,6 +179,10 @@ pub struct MetricsSnapshot {
     pub receipts_dropped: u64,
     pub receipts_shed: u64,
     pub presence_shed: u64,
+    pub rate_limited_messages: u64,
+    pub rate_limited_receipts: u64,
+    pub rate_limited_joins: u64,
+    pub rate_limited_connections: u64,
 }
 
 impl Metrics {
@@ -191,6 +210,10 @@ impl Metrics {
             receipts_dropped: l(&self.receipts_dropped),
             receipts_shed: l(&self.receipts_shed),
             presence_shed: l(&self.presence_shed),
+            rate_limited_messages: l(&self.rate_limited_messages),
+            rate_limited_receipts: l(&self.rate_limited_receipts),
+            rate_limited_joins: l(&self.rate_limited_joins),
+            rate_limited_connections: l(&self.rate_limited_connections),
         }
     }
 }
@@ -312,6 +335,8 @@ pub struct Session {
     groups: Mutex<HashSet<GroupId>>,
     presence: AtomicU8,
     closed: AtomicBool,
+    /// The user's and the tenant's rate limits.
+    rates: SessionRates,
 }
 
 impl Session {
@@ -396,14 +421,25 @@ struct Commit {
     _permit: OwnedSemaphorePermit,
 }
 
-type Key<T> = (TenantId, T);
+pub(crate) type Key<T> = (TenantId, T);
+
+/// A user's entry in the hub's user index: its sessions, and the rate limits they share.
+/// Without sessions it is only kept while its buckets refill (see `rates.rs`).
+#[derive(Debug)]
+struct UserEntry {
+    sessions: Vec<Arc<Session>>,
+    rates: Arc<UserRates>,
+}
 
 /// The routing hub. One per node.
 pub struct Hub {
     store: Arc<dyn Store>,
     limits: Limits,
     groups: DashMap<Key<GroupId>, Arc<GroupState>>,
-    users: DashMap<Key<UserId>, Vec<Arc<Session>>>,
+    users: DashMap<Key<UserId>, UserEntry>,
+    /// Per-user and per-tenant rate limits.
+    rates: RateLimiter,
+    tenant_rates: DashMap<TenantId, Arc<TenantRates>>,
     commit_tx: mpsc::Sender<Commit>,
     next_session: AtomicU64,
     metrics: Metrics,
@@ -455,11 +491,14 @@ impl Hub {
     pub fn new(store: Arc<dyn Store>, limits: Limits) -> (Arc<Hub>, Committer) {
         // Bounded by design: each commit holds one of its connection's in-flight permits.
         let (commit_tx, rx) = mpsc::channel(MAX_COMMIT_BATCH);
+        let rates = RateLimiter::new(&limits);
         let hub = Arc::new(Hub {
             store: store.clone(),
             limits,
             groups: DashMap::new(),
             users: DashMap::new(),
+            rates,
+            tenant_rates: DashMap::new(),
             commit_tx,
             next_session: AtomicU64::new(1),
             metrics: Metrics::default(),
@@ -576,21 +615,15 @@ impl Hub {
                 "more resume cursors than max_groups_per_user",
             ));
         }
-        let session = Arc::new(Session {
-            id: self.next_session.fetch_add(1, Ordering::Relaxed),
-            tenant: claims.tenant,
-            user: claims.user,
-            outbox,
-            catch_up: AtomicBool::new(false),
-            wake: Notify::new(),
-            sub_changes: Mutex::new(HashMap::new()),
-            groups: Mutex::new(HashSet::new()),
-            presence: AtomicU8::new(match hello.presence {
-                PresenceState::Foreground => 0,
-                PresenceState::Background => 1,
-            }),
-            closed: AtomicBool::new(false),
-        });
+        let tenant_rates = self
+            .tenant_rates
+            .entry(claims.tenant.clone())
+            .or_insert_with(|| Arc::new(TenantRates::new(&self.limits)))
+            .clone();
+        // From here on the session counts against the tenant until close_session.
+        self.rates
+            .admit_session(&self.metrics, &tenant_rates, &claims.tenant)?;
+        self.prune_user_rates(self.rates.now_ms());
         let resume: HashMap<&str, u64> = hello
             .cursors
             .iter()
@@ -599,11 +632,38 @@ impl Hub {
         // Under the user's membership lock: a Join or Leave on another of this user's
         // sessions either completes before we read the user's groups, or runs after we are
         // registered and so updates this session too.
-        let membership = self.membership_lock(&session.tenant, &session.user);
-        self.users
-            .entry((session.tenant.clone(), session.user.clone()))
-            .or_default()
-            .push(session.clone());
+        let membership = self.membership_lock(&claims.tenant, &claims.user);
+        let session = {
+            // Created inside the user's entry, so all its sessions share one set of buckets.
+            let mut entry = self
+                .users
+                .entry((claims.tenant.clone(), claims.user.clone()))
+                .or_insert_with(|| UserEntry {
+                    sessions: Vec::new(),
+                    rates: Arc::new(UserRates::new(&self.limits)),
+                });
+            let session = Arc::new(Session {
+                id: self.next_session.fetch_add(1, Ordering::Relaxed),
+                tenant: claims.tenant,
+                user: claims.user,
+                outbox,
+                catch_up: AtomicBool::new(false),
+                wake: Notify::new(),
+                sub_changes: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashSet::new()),
+                presence: AtomicU8::new(match hello.presence {
+                    PresenceState::Foreground => 0,
+                    PresenceState::Background => 1,
+                }),
+                closed: AtomicBool::new(false),
+                rates: SessionRates {
+                    user: entry.rates.clone(),
+                    tenant: tenant_rates,
+                },
+            });
+            entry.sessions.push(session.clone());
+            session
+        };
         self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
         let (groups, resumed) = match self.subscribe_all(&session, &resume) {
             Ok(v) => v,
@@ -669,13 +729,46 @@ impl Hub {
             }
         }
         let key = (session.tenant.clone(), session.user.clone());
-        if let dashmap::Entry::Occupied(mut e) = self.users.entry(key) {
-            e.get_mut().retain(|s| s.id != session.id);
-            if e.get().is_empty() {
-                e.remove();
+        let now = self.rates.now_ms();
+        let mut park = false;
+        if let dashmap::Entry::Occupied(mut e) = self.users.entry(key.clone()) {
+            e.get_mut().sessions.retain(|s| s.id != session.id);
+            if e.get().sessions.is_empty() {
+                // Full buckets are the same as new ones; others wait until they are.
+                if e.get().rates.is_full(now) {
+                    e.remove();
+                } else {
+                    park = true;
+                }
             }
         }
+        if park {
+            self.rates.park(key, now); // after the entry's shard lock is released
+        }
+        session.rates.tenant.session_closed();
+        self.prune_user_rates(now);
         self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Drops the entries of users without sessions whose buckets have refilled.
+    fn prune_user_rates(&self, now: u64) {
+        for key in self.rates.expired(now) {
+            self.users
+                .remove_if(&key, |_, e| e.sessions.is_empty() && e.rates.is_full(now));
+        }
+    }
+
+    /// Users the hub keeps state for: those with a session, and those whose rate limits are
+    /// still refilling after their last session closed (bounded: see `rates.rs`).
+    pub fn tracked_users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Sessions of `tenant` open on this node (what `tenant_max_connections` bounds).
+    pub fn tenant_sessions(&self, tenant: &TenantId) -> u32 {
+        self.tenant_rates
+            .get(tenant)
+            .map_or(0, |t| t.open_sessions())
     }
 
     /// Subscribes `session` to `g`, delivering everything after `after` (clamped to the
@@ -722,6 +815,7 @@ impl Hub {
     /// subscribes the session. A new member starts at the current head.
     pub fn join(&self, session: &Arc<Session>, group: &str) -> Result<u64, RequestError> {
         let gid = group_id(group)?;
+        self.admit_join(session)?;
         let _membership = self.membership_lock(&session.tenant, &session.user);
         let meta = self.store.group(&session.tenant, &gid)?.ok_or_else(|| {
             RequestError::new(ErrorCode::GroupNotFound, format!("group {gid} not found"))
@@ -765,6 +859,7 @@ impl Hub {
     /// `Leave`: removes the user from the group and stops deliveries to all its sessions.
     pub fn leave(&self, session: &Arc<Session>, group: &str) -> Result<(), RequestError> {
         let gid = group_id(group)?;
+        self.admit_join(session)?;
         let _membership = self.membership_lock(&session.tenant, &session.user);
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
@@ -778,6 +873,18 @@ impl Hub {
             self.unsubscribe(&s, &g);
         }
         Ok(())
+    }
+
+    /// Takes a token of the user's `user_joins` limit (shared by `Join` and `Leave`).
+    fn admit_join(&self, session: &Session) -> Result<(), RequestError> {
+        self.rates.take(
+            &self.metrics,
+            &session.rates.user.joins,
+            Limited::Joins,
+            Whose("user", &session.user),
+            self.limits.user_joins(),
+            self.rates.now_ms(),
+        )
     }
 
     /// Adds `user` to a group on the tenant's behalf (admin API). Like a `Join`, a new
@@ -906,7 +1013,7 @@ impl Hub {
             .users
             .iter()
             .filter(|e| &e.key().0 == tenant)
-            .flat_map(|e| e.value().clone())
+            .flat_map(|e| e.value().sessions.clone())
             .collect();
         for s in sessions {
             self.push_flags(&s);
@@ -1110,7 +1217,7 @@ impl Hub {
     fn sessions_of(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Session>> {
         self.users
             .get(&(tenant.clone(), user.clone()))
-            .map(|v| v.clone())
+            .map(|e| e.sessions.clone())
             .unwrap_or_default()
     }
 
@@ -1148,6 +1255,14 @@ impl Hub {
             ));
         }
         let gid = group_id(&group)?;
+        // Before anything that costs (store, policy): a refused send is not stored, not
+        // acked, not judged and not counted anywhere else; a resend later is a new request.
+        self.rates.admit_message(
+            &self.metrics,
+            &session.rates,
+            &session.user,
+            &session.tenant,
+        )?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
 
@@ -1291,6 +1406,14 @@ impl Hub {
         kind: ReceiptKind,
     ) -> Result<(), RequestError> {
         let gid = group_id(group)?;
+        self.rates.take(
+            &self.metrics,
+            &session.rates.user.receipts,
+            Limited::Receipts,
+            Whose("user", &session.user),
+            self.limits.user_receipts(),
+            self.rates.now_ms(),
+        )?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
         if seq == 0 || seq > g.head() {

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 mod breaker;
 mod conn;
 pub mod hub;
+mod rates;
 mod serving;
 pub mod tls;
 

@@ -180,6 +180,17 @@ fn limits_table_matches_the_defaults() {
         max_inflight_sends,
         outbox_frames,
         max_connections,
+        user_messages_per_sec,
+        user_messages_burst,
+        user_receipts_per_sec,
+        user_receipts_burst,
+        user_joins_per_sec,
+        user_joins_burst,
+        tenant_messages_per_sec,
+        tenant_messages_burst,
+        tenant_connections_per_sec,
+        tenant_connections_burst,
+        tenant_max_connections,
     } = Limits::default();
     let limits = [
         ("max_frame_bytes", u64::from(max_frame_bytes)),
@@ -196,6 +207,26 @@ fn limits_table_matches_the_defaults() {
         ("max_inflight_sends", u64::from(max_inflight_sends)),
         ("outbox_frames", u64::from(outbox_frames)),
         ("max_connections", u64::from(max_connections)),
+        ("user_messages_per_sec", u64::from(user_messages_per_sec)),
+        ("user_messages_burst", u64::from(user_messages_burst)),
+        ("user_receipts_per_sec", u64::from(user_receipts_per_sec)),
+        ("user_receipts_burst", u64::from(user_receipts_burst)),
+        ("user_joins_per_sec", u64::from(user_joins_per_sec)),
+        ("user_joins_burst", u64::from(user_joins_burst)),
+        (
+            "tenant_messages_per_sec",
+            u64::from(tenant_messages_per_sec),
+        ),
+        ("tenant_messages_burst", u64::from(tenant_messages_burst)),
+        (
+            "tenant_connections_per_sec",
+            u64::from(tenant_connections_per_sec),
+        ),
+        (
+            "tenant_connections_burst",
+            u64::from(tenant_connections_burst),
+        ),
+        ("tenant_max_connections", u64::from(tenant_max_connections)),
     ];
     let doc = doc();
     let rows = rows(&doc);

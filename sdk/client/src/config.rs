@@ -92,8 +92,10 @@ impl ClientConfig {
 /// Exponential backoff with jitter between reconnect attempts.
 ///
 /// Attempt `n` (1-based) waits a random delay in `[d/2, d]` where
-/// `d = min(max_backoff, initial_backoff * 2^(n-1))`. The count restarts once a connection
-/// has stayed up for 10 s, so `max_attempts` bounds consecutive failures, not a lifetime.
+/// `d = min(max_backoff, initial_backoff * 2^(n-1))`, but never less than the `retry_after` of
+/// the node's last refusal (e.g. `RateLimited` when the tenant is opening too many sessions).
+/// The count restarts once a connection has stayed up for 10 s, so `max_attempts` bounds
+/// consecutive failures, not a lifetime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReconnectPolicy {
     /// Upper bound of the first delay. Default 250 ms.

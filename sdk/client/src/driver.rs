@@ -336,12 +336,15 @@ impl Driver {
     /// `Err(Some(e))`: give up with `e`.
     async fn reconnect(&mut self, lost: String) -> Result<Session, Option<ClientError>> {
         let mut last_error = lost;
+        // The node's own advice (e.g. `RateLimited` at `Hello`): never retry sooner.
+        let mut not_before = Duration::ZERO;
         loop {
             let Some((attempt, delay)) = self.backoff.next_delay() else {
                 return Err(Some(ClientError::Connect(format!(
                     "gave up reconnecting; last error: {last_error}"
                 ))));
             };
+            let delay = delay.max(not_before);
             self.events
                 .lifecycle(Event::Reconnecting { attempt, delay });
             let shared = self.shared.clone();
@@ -363,6 +366,7 @@ impl Driver {
                 Some(Err(e)) if e.is_terminal() => return Err(Some(e)),
                 Some(Err(e)) => {
                     info!(attempt, error = %e, "reconnect attempt failed");
+                    not_before = e.retry_after().unwrap_or_default();
                     last_error = e.to_string();
                 }
             }

@@ -89,6 +89,10 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         receipts_dropped,
         receipts_shed,
         presence_shed,
+        rate_limited_messages,
+        rate_limited_receipts,
+        rate_limited_joins,
+        rate_limited_connections,
     } = m;
     let series: &[(&str, Kind, u64, &str)] = &[
         ("sessions", Gauge, sessions as u64, "Open sessions."),
@@ -211,6 +215,30 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             presence_shed,
             "Presence changes shed under load.",
+        ),
+        (
+            "rate_limited_messages",
+            Counter,
+            rate_limited_messages,
+            "Sends refused with RateLimited (user or tenant message limit); not stored.",
+        ),
+        (
+            "rate_limited_receipts",
+            Counter,
+            rate_limited_receipts,
+            "Receipts refused with RateLimited (user receipt limit).",
+        ),
+        (
+            "rate_limited_joins",
+            Counter,
+            rate_limited_joins,
+            "Joins and leaves refused with RateLimited (user join limit).",
+        ),
+        (
+            "rate_limited_connections",
+            Counter,
+            rate_limited_connections,
+            "Hellos refused with RateLimited (tenant connection cap or rate).",
         ),
     ];
     for &(name, kind, value, help) in series {
