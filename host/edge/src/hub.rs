@@ -1627,11 +1627,13 @@ impl Hub {
         }
     }
 
-    /// Makes `seq` visible: advances the durable head and queues the frame to subscribers.
+    /// Makes `seq` visible: advances the durable head and queues the frame to subscribers,
+    /// foreground sessions before background ones (their writers are woken first).
     fn publish(&self, g: &GroupState, seq: u64, lane: Lane, frame: Bytes) {
         let mut f = g.fanout.lock();
         f.head = f.head.max(seq);
-        for s in &f.subscribers {
+        let active = |s: &Arc<Session>| s.presence() == PresenceState::Foreground;
+        for_each_active_first(&f.subscribers, active, |s| {
             s.push(
                 Push::Deliver {
                     group: g.id.clone(),
@@ -1641,10 +1643,28 @@ impl Hub {
                 },
                 &self.metrics,
             );
-        }
+        });
         self.metrics
             .deliveries_live
             .fetch_add(f.subscribers.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Calls `f` on every item once: first on the active ones, then on the rest, each in slice
+/// order. `is_active` is asked once per item, so an item whose state flips meanwhile is still
+/// visited exactly once. Allocates (one index list per call, not per item) only when some
+/// items are passive.
+fn for_each_active_first<T>(items: &[T], is_active: impl Fn(&T) -> bool, mut f: impl FnMut(&T)) {
+    let mut later: Vec<usize> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        if is_active(item) {
+            f(item);
+        } else {
+            later.push(i);
+        }
+    }
+    for i in later {
+        f(&items[i]);
     }
 }
 
@@ -1791,6 +1811,31 @@ mod tests {
             Push::Deliver { group, seq, .. } => format!("{group}{seq}"),
             Push::Notice { .. } => "n".into(),
         }
+    }
+
+    #[test]
+    fn active_first_visits_each_once_active_before_passive_in_order() {
+        let items = [1, 2, 3, 4, 5, 6];
+        let asked = std::cell::Cell::new(0);
+        let mut order = Vec::new();
+        // Odd items are "active"; the answer for 4 flips after it was asked once.
+        let flips = std::cell::Cell::new(false);
+        for_each_active_first(
+            &items,
+            |&i| {
+                asked.set(asked.get() + 1);
+                if i == 4 {
+                    return flips.replace(true);
+                }
+                i % 2 == 1
+            },
+            |&i| order.push(i),
+        );
+        assert_eq!(order, [1, 3, 5, 2, 4, 6]);
+        assert_eq!(asked.get(), items.len(), "state is read once per item");
+        let mut none = Vec::new();
+        for_each_active_first(&[] as &[u8], |_| true, |&i| none.push(i));
+        assert!(none.is_empty());
     }
 
     #[tokio::test]
