@@ -4,14 +4,18 @@
 //! in flight (acks come back only after durability); every receiver timestamps each delivery
 //! against the send time written in the body. Reports acked messages/s, deliveries/s and
 //! delivery latency percentiles. Run through `cargo xtask bench`.
+//!
+//! Hot swap (`--scenario swap`, [`swap`]): activation-to-first-message latency and throughput
+//! with policy versions swapped continuously through the control plane, versus none.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, BytesMut};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use quinn::crypto::rustls::QuicClientConfig;
 use switchboard_core::token::{self, Claims};
 use switchboard_core::{GroupId, Limits, PresenceState, TenantId, UserId};
@@ -19,8 +23,21 @@ use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
+mod swap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// One sender, N receivers (`--policy`, `--fanout`, `--payload`, `--window`).
+    Fanout,
+    /// Hot swap under load (issue 4): `--swaps`, `--swap-every-ms`, `--runs`, `--messages`.
+    Swap,
+}
+
 #[derive(Parser, Debug)]
 struct Args {
+    /// The benchmark to run.
+    #[arg(long, value_enum, default_value_t = Which::Fanout)]
+    scenario: Which,
     /// Fewer messages per scenario (a smoke run).
     #[arg(long)]
     quick: bool,
@@ -41,6 +58,16 @@ struct Args {
     /// Body sizes to run, in bytes (at least 16).
     #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 512])]
     payload: Vec<usize>,
+    /// swap: timed activations in the latency part (after one warm-up activation of each
+    /// version).
+    #[arg(long, default_value_t = 50)]
+    swaps: usize,
+    /// swap: pause between activations in the throughput part, in ms (0: back to back).
+    #[arg(long, default_value_t = 0)]
+    swap_every_ms: u64,
+    /// swap: runs of each throughput variant (no swaps / swaps), alternating; medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
@@ -58,6 +85,8 @@ struct Report {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
+        // Logs on stderr: stdout carries the tables.
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
@@ -65,6 +94,8 @@ fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.quick {
         args.messages = args.messages.min(2_000);
+        args.swaps = args.swaps.min(10);
+        args.runs = 1;
     }
     // The node gets its own runtime (one worker: the server is measured on one core); the
     // clients run on another.
@@ -76,6 +107,18 @@ fn main() -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if args.scenario == Which::Swap {
+        return swap::run(
+            &server_rt,
+            &client_rt,
+            swap::SwapArgs {
+                swaps: args.swaps.max(2),
+                messages: args.messages,
+                runs: args.runs.max(1),
+                swap_every: Duration::from_millis(args.swap_every_ms),
+            },
+        );
+    }
     println!(
         "| policy | fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs | msgs/flush | from log |"
     );
@@ -146,9 +189,32 @@ fn run_scenario(
     client_rt: &tokio::runtime::Runtime,
     s: Scenario,
 ) -> Result<Report> {
-    let Scenario { fanout, .. } = s;
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(SledStore::open(&dir.path().join("store"))?);
+    let (_store, node, cert) = start_node(server_rt, dir.path(), s.fanout)?;
+    if s.policy == "priority" {
+        let engine = switchboard_policy::PolicyEngine::new(Default::default())?;
+        let plugin = engine.load(&std::fs::read(plugins_artifacts::PRIORITY)?)?;
+        let config = [("vip_users".to_string(), "u1,u2".to_string())].into();
+        let policy = switchboard_policy::TenantPolicy::new(&plugin, "bench", config);
+        node.hub()
+            .set_policy(&TenantId::new("bench")?, Some(Arc::new(policy)));
+    }
+    let addr = node.local_addr();
+    let mut report = client_rt.block_on(drive(addr, cert, s))?;
+    report.metrics = node.hub().metrics().snapshot();
+    server_rt.block_on(node.shutdown());
+    Ok(report)
+}
+
+/// A node on its own runtime over a new sled store in `dir`: tenant `bench`, closed group
+/// `g` with members `u0` (the sender) … `u{fanout}`. Returns the store, the node and its
+/// certificate.
+fn start_node(
+    server_rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    fanout: usize,
+) -> Result<(Arc<SledStore>, Node, Vec<u8>)> {
+    let store = Arc::new(SledStore::open(&dir.join("store"))?);
     let tenant = TenantId::new("bench")?;
     let group = GroupId::new("g")?;
     store.put_tenant(&TenantRecord {
@@ -175,20 +241,9 @@ fn run_scenario(
             limits: Limits::default(),
             identity,
         },
-        store,
+        store.clone(),
     ))?;
-    if s.policy == "priority" {
-        let engine = switchboard_policy::PolicyEngine::new(Default::default())?;
-        let plugin = engine.load(&std::fs::read(plugins_artifacts::PRIORITY)?)?;
-        let config = [("vip_users".to_string(), "u1,u2".to_string())].into();
-        let policy = switchboard_policy::TenantPolicy::new(&plugin, "bench", config);
-        node.hub().set_policy(&tenant, Some(Arc::new(policy)));
-    }
-    let addr = node.local_addr();
-    let mut report = client_rt.block_on(drive(addr, cert, s))?;
-    report.metrics = node.hub().metrics().snapshot();
-    server_rt.block_on(node.shutdown());
-    Ok(report)
+    Ok((store, node, cert))
 }
 
 fn client_config(cert: &[u8]) -> Result<quinn::ClientConfig> {
