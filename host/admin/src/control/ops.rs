@@ -577,10 +577,9 @@ impl Control {
         tenant: &TenantId,
         mut change: impl FnMut(&mut PolicyBinding) -> Result<(), BindingRefused>,
     ) -> Result<PolicyStatus, ControlError> {
-        let written = self
-            .config
-            .update_binding(tenant, now_ms(), &mut change)?
-            .map_err(|e| ControlError::Conflict(e.0))?;
+        let written =
+            off_the_runtime(|| self.config.update_binding(tenant, now_ms(), &mut change))?
+                .map_err(|e| ControlError::Conflict(e.0))?;
         self.wait_applied(tenant, written.revision).await?;
         self.policy_status(tenant.as_str())
     }
@@ -830,7 +829,7 @@ impl Control {
         if req.level.is_some_and(|l| l > 3) {
             return Err(ControlError::Invalid("level must be 0..=3".into()));
         }
-        self.config.set_degradation_override(req.level)?;
+        off_the_runtime(|| self.config.set_degradation_override(req.level))?;
         // Apply here too, so the answer already shows it; the watch applies it again (no-op).
         self.hub.set_load_override(req.level);
         tracing::info!(level = ?req.level, "degradation override");
@@ -847,6 +846,17 @@ impl Control {
             connections: m.connections,
             load_level: self.hub.load_level(),
         }
+    }
+}
+
+/// Runs a store write that flushes (an fsync) without stalling the runtime worker it is
+/// called on: on a multi-threaded runtime the worker hands its other tasks to the rest first.
+/// (On a current-thread runtime there is nowhere to hand them; the write just runs.)
+pub(crate) fn off_the_runtime<T>(write: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+        _ => write(),
     }
 }
 

@@ -169,35 +169,37 @@ async fn trip(
     // Counted before the write: the watch may apply the rollback before this task resumes,
     // and whoever sees it applied must see it counted. Taken back if nothing was written.
     c.auto_rollbacks.fetch_add(1, Ordering::Relaxed);
-    let result = c.config.update_binding(tenant, now, &mut |b| {
-        match role {
-            Role::Canary => {
-                let Some(canary) = b.canary.take_if(|k| k.version.version == version) else {
-                    return Err(BindingRefused("canary changed meanwhile".into()));
-                };
-                b.last_rollback = Some(RollbackRecord {
-                    from: canary.version.version,
-                    to: b.active.as_ref().map(|a| a.version.clone()),
-                    automatic: true,
-                    reason: reason.clone(),
-                    at_ms: now,
-                });
+    let result = super::ops::off_the_runtime(|| {
+        c.config.update_binding(tenant, now, &mut |b| {
+            match role {
+                Role::Canary => {
+                    let Some(canary) = b.canary.take_if(|k| k.version.version == version) else {
+                        return Err(BindingRefused("canary changed meanwhile".into()));
+                    };
+                    b.last_rollback = Some(RollbackRecord {
+                        from: canary.version.version,
+                        to: b.active.as_ref().map(|a| a.version.clone()),
+                        automatic: true,
+                        reason: reason.clone(),
+                        at_ms: now,
+                    });
+                }
+                Role::Active => {
+                    let Some(from) = b.active.take_if(|a| a.version == version) else {
+                        return Err(BindingRefused("active version changed meanwhile".into()));
+                    };
+                    b.active = b.previous.pop();
+                    b.last_rollback = Some(RollbackRecord {
+                        from: from.version,
+                        to: b.active.as_ref().map(|a| a.version.clone()),
+                        automatic: true,
+                        reason: reason.clone(),
+                        at_ms: now,
+                    });
+                }
             }
-            Role::Active => {
-                let Some(from) = b.active.take_if(|a| a.version == version) else {
-                    return Err(BindingRefused("active version changed meanwhile".into()));
-                };
-                b.active = b.previous.pop();
-                b.last_rollback = Some(RollbackRecord {
-                    from: from.version,
-                    to: b.active.as_ref().map(|a| a.version.clone()),
-                    automatic: true,
-                    reason: reason.clone(),
-                    at_ms: now,
-                });
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     });
     match result {
         Ok(Ok(written)) => {
