@@ -12,32 +12,13 @@ use switchboard_admin::control::types::{
 };
 use switchboard_admin::{AutoRollback, Control};
 use switchboard_core::{rollout, Lane, TenantId};
-use switchboard_wire::{ClientFrame, Message, ServerFrame};
-
-fn send(request_id: u64, group: &str, body: &[u8]) -> ClientFrame {
-    ClientFrame::Send {
-        request_id,
-        group: group.into(),
-        client_msg_id: format!("m{request_id}"),
-        body: bytes::Bytes::copy_from_slice(body),
-    }
-}
+use switchboard_wire::{ClientFrame, ServerFrame};
 
 async fn member(n: &TestNode, user: &str) -> RawClient {
     let mut c = n.raw().await;
     let w = c.hello(&n.token("acme", user)).await;
     assert!(matches!(w, ServerFrame::Welcome { .. }), "{w:?}");
     c
-}
-
-async fn next_deliver(c: &mut RawClient) -> Message {
-    loop {
-        match c.read_push().await {
-            Some(ServerFrame::Deliver(m)) => return m,
-            Some(_) => {}
-            None => panic!("push stream ended"),
-        }
-    }
 }
 
 async fn acked(c: &mut RawClient) -> u64 {

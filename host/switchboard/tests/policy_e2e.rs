@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use switchboard_core::{ErrorCode, Lane, PresenceState, ReceiptKind};
-use switchboard_wire::{ClientFrame, Flag, Message, ServerFrame};
+use switchboard_wire::{ClientFrame, Flag, ServerFrame};
 
 async fn member(n: &TestNode, tenant: &str, user: &str) -> RawClient {
     let mut c = n.raw().await;
@@ -18,25 +18,6 @@ async fn member(n: &TestNode, tenant: &str, user: &str) -> RawClient {
         Some(ServerFrame::Flags { .. })
     ));
     c
-}
-
-fn send(request_id: u64, group: &str, body: &[u8]) -> ClientFrame {
-    ClientFrame::Send {
-        request_id,
-        group: group.into(),
-        client_msg_id: format!("m{request_id}"),
-        body: bytes::Bytes::copy_from_slice(body),
-    }
-}
-
-async fn next_deliver(c: &mut RawClient) -> Message {
-    loop {
-        match c.read_push().await {
-            Some(ServerFrame::Deliver(m)) => return m,
-            Some(_) => {}
-            None => panic!("push stream ended"),
-        }
-    }
 }
 
 #[tokio::test]

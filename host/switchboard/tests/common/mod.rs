@@ -387,3 +387,24 @@ pub fn error_code(f: &ServerFrame) -> switchboard_core::ErrorCode {
 pub fn body(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
+
+/// A `Send` of `body` to `group` whose client message id is `m<request_id>`.
+pub fn send(request_id: u64, group: &str, body: &[u8]) -> ClientFrame {
+    ClientFrame::Send {
+        request_id,
+        group: group.into(),
+        client_msg_id: format!("m{request_id}"),
+        body: Bytes::copy_from_slice(body),
+    }
+}
+
+/// The next `Deliver` on the push stream, skipping other pushes.
+pub async fn next_deliver(c: &mut RawClient) -> switchboard_wire::Message {
+    loop {
+        match c.read_push().await {
+            Some(ServerFrame::Deliver(m)) => return m,
+            Some(_) => {}
+            None => panic!("push stream ended"),
+        }
+    }
+}
