@@ -23,6 +23,7 @@ use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
+mod push;
 mod swap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -381,16 +382,11 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
 /// Reads `messages` deliveries from the push stream; returns their latencies in µs.
 /// Keeps the control stream open: finishing it ends the session.
 async fn receive(c: Conn, messages: u64, start: Instant) -> Result<Vec<u64>> {
-    let mut push = c.conn.accept_uni().await?;
-    let mut buf = BytesMut::new();
-    let limits = DecodeLimits::default();
+    let mut pushes = push::Pushes::new(&c.conn);
     let mut out = Vec::with_capacity(messages as usize);
     let mut expect = 1;
     while out.len() < messages as usize {
-        let f = wire::read_frame(&mut push, &mut buf, 1 << 20)
-            .await?
-            .context("push stream ended")?;
-        if let ServerFrame::Deliver(m) = wire::decode_server(&f, &limits)? {
+        if let ServerFrame::Deliver(m) = pushes.next().await? {
             if m.seq != expect {
                 bail!("out of order: got {} expected {expect}", m.seq);
             }

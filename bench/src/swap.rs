@@ -231,7 +231,7 @@ struct Received {
     lanes: Vec<Lane>,
     /// The connection and its push stream, kept open until the endpoint closes (stopping
     /// the push stream first would end the session with an error).
-    _keep: (Conn, quinn::RecvStream),
+    _keep: (Conn, crate::push::Pushes),
 }
 
 /// One sender (`u0`) and [`FANOUT`] receivers; the sender ends with an end marker whose
@@ -347,18 +347,13 @@ async fn receive(
     start: Instant,
     changes: Option<mpsc::UnboundedSender<LaneChange>>,
 ) -> Result<Received> {
-    let mut push = c.conn.accept_uni().await?;
-    let mut buf = BytesMut::new();
-    let limits = DecodeLimits::default();
+    let mut push = crate::push::Pushes::new(&c.conn);
     let mut count = 0;
     let mut latencies_us = Vec::new();
     let mut lanes: Vec<Lane> = Vec::new();
     let mut expect = 1;
     loop {
-        let f = wire::read_frame(&mut push, &mut buf, 1 << 20)
-            .await?
-            .context("push stream ended")?;
-        let ServerFrame::Deliver(m) = wire::decode_server(&f, &limits)? else {
+        let ServerFrame::Deliver(m) = push.next().await? else {
             continue;
         };
         let now = start.elapsed().as_nanos() as u64;

@@ -27,9 +27,14 @@ pub struct Limits {
     pub max_fetch_messages: u32,
     /// Most sends a connection may have waiting for durability at once (pipelining depth).
     pub max_inflight_sends: u32,
-    /// Pushes queued for one connection, per lane (high, normal, low), before it counts as a
-    /// slow consumer and switches to catching up from the log.
+    /// Pushes queued for one connection, per push stream (high, normal, low, notices),
+    /// before it counts as a slow consumer and switches to catching up from the log.
     pub outbox_frames: u32,
+    /// Groups with at least this many members send their background (not foreground)
+    /// members a `Nudge` (group and newest seq, at most one a second) instead of each
+    /// message; they get the messages when they come to the foreground or fetch. 0 = never
+    /// (background members of any group get every message, unless load sheds them).
+    pub nudge_background_from_members: u32,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
 
@@ -80,6 +85,7 @@ impl Default for Limits {
             max_fetch_messages: 256,
             max_inflight_sends: 256,
             outbox_frames: 1_024,
+            nudge_background_from_members: 1_000,
             max_connections: 100_000,
             user_messages_per_sec: 20_000,
             user_messages_burst: 40_000,

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::timeout;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::hub::{Hub, PushPlanner, RequestError, SendRequest, Session};
+use crate::hub::{Hub, RequestError, SendRequest, Session};
+use crate::push::PushPlanner;
 
 /// How long a closing connection waits for its last frames (e.g. a fatal error) to be read.
 const LINGER: Duration = Duration::from_millis(500);
@@ -22,10 +23,6 @@ const LINGER: Duration = Duration::from_millis(500);
 const MAX_UNEXPECTED_STREAMS: u32 = 64;
 /// Expected frames per write; only a capacity hint.
 const MAX_WRITE_BATCH: usize = 64;
-/// Bytes of pushes the writer takes from the outbox per write (more if a single frame is
-/// larger). Small enough that an urgent push waits behind little bulk traffic; large enough
-/// to pack many small messages into few packets.
-const WRITE_BUDGET: usize = 64 * 1024;
 
 /// Why a connection ended early: the code and text it is closed with.
 #[derive(Debug)]
@@ -101,7 +98,7 @@ async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
         Ok(c) => c,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
     };
-    let (outbox_tx, outbox_rx) = crate::hub::outbox(limits.outbox_frames as usize);
+    let (outbox_tx, outbox_rx) = crate::push::outbox(limits.outbox_frames as usize);
     let (session, welcome) = match hub.open_session(claims, &hello, outbox_tx) {
         Ok(s) => s,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
@@ -183,7 +180,7 @@ async fn session_loop(
     mut ctl_send: quinn::SendStream,
     mut ctl_recv: quinn::RecvStream,
     mut buf: BytesMut,
-    outbox_rx: crate::hub::OutboxRx,
+    outbox_rx: crate::push::OutboxRx,
 ) -> Result<(), Fatal> {
     let limits = hub.limits().clone();
     let decode = DecodeLimits::from_limits(&limits);
@@ -194,10 +191,9 @@ async fn session_loop(
         .await
         .map_err(|e| internal(&e))?;
 
-    let push_send = conn.open_uni().await.map_err(|e| internal(&e))?;
     let planner = PushPlanner::new(hub.clone(), session.clone());
     let push_task = tokio::spawn(
-        push_writer(planner, outbox_rx, push_send).instrument(tracing::Span::current()),
+        crate::push::run(conn.clone(), planner, outbox_rx).instrument(tracing::Span::current()),
     );
     // Responses: one per request in flight plus a few control answers; acks never wait.
     let (resp_tx, resp_rx) = mpsc::channel(limits.max_inflight_sends as usize + 8);
@@ -213,10 +209,18 @@ async fn session_loop(
                 r = conn.closed() => { debug!(reason = %r, "connection closed"); return Ok(()) }
                 // Deliveries stopped (e.g. the store failed under catch-up): without them the
                 // session is useless, so end it and let the client reconnect and resume.
-                _ = &mut push_task => return Err(Fatal(RequestError::new(
-                    ErrorCode::StoreUnavailable,
-                    "deliveries stopped; reconnect and resume",
-                ))),
+                end = &mut push_task => return match end {
+                    // The client stopped a push stream, or the connection is going away.
+                    Ok(Ok(()) | Err(crate::push::PushEnd::Closed)) => Ok(()),
+                    Ok(Err(crate::push::PushEnd::Store(e))) => Err(Fatal(RequestError::new(
+                        ErrorCode::StoreUnavailable,
+                        format!("deliveries stopped ({e}); reconnect and resume"),
+                    ))),
+                    Err(_) => Err(Fatal(RequestError::new(
+                        ErrorCode::Internal,
+                        "deliveries stopped; reconnect and resume",
+                    ))),
+                },
             };
             let frame = match frame {
                 Ok(Some(f)) => f,
@@ -351,62 +355,6 @@ async fn control_writer(mut rx: mpsc::Receiver<Bytes>, mut send: quinn::SendStre
     }
     if send.finish().is_ok() {
         let _ = send.stopped().await;
-    }
-}
-
-/// Writes deliveries and notices to the push stream in the order the planner decides:
-/// the most urgent lane first, re-checked every [`WRITE_BUDGET`] bytes so an urgent message
-/// never waits behind more than one budget of bulk traffic queued in the outbox.
-async fn push_writer(
-    mut planner: PushPlanner,
-    mut rx: crate::hub::OutboxRx,
-    mut send: quinn::SendStream,
-) {
-    let mut items = Vec::with_capacity(MAX_WRITE_BATCH);
-    let mut out: Vec<Bytes> = Vec::with_capacity(MAX_WRITE_BATCH);
-    // What is already queued in the high lane (the session's Flags) goes before catch-up.
-    rx.drain_high(&mut items);
-    for item in items.drain(..) {
-        if planner.plan(item, &mut out).is_err() {
-            return;
-        }
-    }
-    if !out.is_empty() {
-        if send.write_all_chunks(&mut out).await.is_err() {
-            return;
-        }
-        out.clear();
-    }
-    loop {
-        // Catch-up first (after hello, a join, or an overflow), one bounded batch per turn
-        // so live pushes keep flowing in between.
-        if let Err(e) = planner.catch_up(&mut out) {
-            warn!(error = %e, "catch-up failed");
-            return;
-        }
-        if out.is_empty() {
-            tokio::select! {
-                p = rx.recv() => match p {
-                    Some(p) => items.push(p),
-                    None => return,
-                },
-                _ = planner.wait() => {}
-            }
-        }
-        rx.drain(&mut items, WRITE_BUDGET);
-        for item in items.drain(..) {
-            if let Err(e) = planner.plan(item, &mut out) {
-                warn!(error = %e, "delivery planning failed");
-                return;
-            }
-        }
-        if !out.is_empty() {
-            if send.write_all_chunks(&mut out).await.is_err() {
-                debug!(session = planner.session().id, "push stream closed");
-                return;
-            }
-            out.clear();
-        }
     }
 }
 

@@ -33,6 +33,7 @@ use switchboard_store::{
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
+use crate::push::{Outbox, Push, PushStream};
 use crate::rates::{Limited, RateLimiter, SessionRates, TenantRates, UserRates, Whose};
 use crate::serving::{PolicySet, Serving, ServingState, ServingVersion, VersionedPolicy};
 
@@ -128,6 +129,13 @@ pub struct Metrics {
     pub deliveries_catch_up: AtomicU64,
     /// Times a session's outbox was full and it switched to catching up from the log.
     pub outbox_overflows: AtomicU64,
+    /// Deliveries not sent live to a background session (large group or shed under load):
+    /// it gets them on returning to the foreground, or fetches them.
+    pub deliveries_deferred: AtomicU64,
+    /// `Nudge` frames written (at most one per deferred group and connection a second).
+    pub nudges: AtomicU64,
+    /// Best-effort notices (receipts, presence) dropped because a session's queue was full.
+    pub notices_dropped: AtomicU64,
     pub flushes: AtomicU64,
     pub flush_failures: AtomicU64,
     pub auth_failures: AtomicU64,
@@ -166,6 +174,9 @@ pub struct MetricsSnapshot {
     pub deliveries_live: u64,
     pub deliveries_catch_up: u64,
     pub outbox_overflows: u64,
+    pub deliveries_deferred: u64,
+    pub nudges: u64,
+    pub notices_dropped: u64,
     pub flushes: u64,
     pub flush_failures: u64,
     pub auth_failures: u64,
@@ -197,6 +208,9 @@ impl Metrics {
             deliveries_live: l(&self.deliveries_live),
             deliveries_catch_up: l(&self.deliveries_catch_up),
             outbox_overflows: l(&self.outbox_overflows),
+            deliveries_deferred: l(&self.deliveries_deferred),
+            nudges: l(&self.nudges),
+            notices_dropped: l(&self.notices_dropped),
             flushes: l(&self.flushes),
             flush_failures: l(&self.flush_failures),
             auth_failures: l(&self.auth_failures),
@@ -218,99 +232,6 @@ impl Metrics {
     }
 }
 
-/// What a session's push writer is handed.
-#[derive(Debug)]
-pub(crate) enum Push {
-    /// A new message of `group`, already encoded (shared by every recipient).
-    Deliver {
-        group: GroupId,
-        seq: u64,
-        lane: Lane,
-        frame: Bytes,
-    },
-    /// A best-effort notice (receipt, presence, flags), queued on `lane`: dropped if that
-    /// lane's outbox is full.
-    Notice { lane: Lane, frame: Bytes },
-}
-
-impl Push {
-    fn lane(&self) -> Lane {
-        match self {
-            Push::Deliver { lane, .. } | Push::Notice { lane, .. } => *lane,
-        }
-    }
-
-    /// Encoded size, for write budgets.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Push::Deliver { frame, .. } | Push::Notice { frame, .. } => frame.len(),
-        }
-    }
-}
-
-/// A session's queues of pushes, one per lane, each bounded by `outbox_frames`. The push
-/// writer always drains the most urgent non-empty lane first; per-group order still holds
-/// because the planner fills any gap from the log before writing a message that overtook
-/// its predecessors.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    lanes: [mpsc::Sender<Push>; 3],
-}
-
-/// The writer's end of an [`Outbox`].
-#[derive(Debug)]
-pub(crate) struct OutboxRx {
-    lanes: [mpsc::Receiver<Push>; 3],
-}
-
-/// A new outbox with room for `per_lane` pushes in each lane.
-pub(crate) fn outbox(per_lane: usize) -> (Outbox, OutboxRx) {
-    let (h_tx, h_rx) = mpsc::channel(per_lane);
-    let (n_tx, n_rx) = mpsc::channel(per_lane);
-    let (l_tx, l_rx) = mpsc::channel(per_lane);
-    (
-        Outbox {
-            lanes: [h_tx, n_tx, l_tx],
-        },
-        OutboxRx {
-            lanes: [h_rx, n_rx, l_rx],
-        },
-    )
-}
-
-impl OutboxRx {
-    /// Waits for the next push of any lane, most urgent first; `None` once the session is
-    /// gone.
-    pub(crate) async fn recv(&mut self) -> Option<Push> {
-        let [h, n, l] = &mut self.lanes;
-        tokio::select! {
-            biased;
-            Some(p) = h.recv() => Some(p),
-            Some(p) = n.recv() => Some(p),
-            Some(p) = l.recv() => Some(p),
-            else => None,
-        }
-    }
-
-    /// Takes what is queued in the high lane now.
-    pub(crate) fn drain_high(&mut self, out: &mut Vec<Push>) {
-        while let Ok(p) = self.lanes[0].try_recv() {
-            out.push(p);
-        }
-    }
-
-    /// Takes queued pushes, most urgent lane first, until about `budget` bytes are taken.
-    pub(crate) fn drain(&mut self, out: &mut Vec<Push>, mut budget: usize) {
-        for lane in &mut self.lanes {
-            while budget > 0 {
-                let Ok(p) = lane.try_recv() else { break };
-                budget = budget.saturating_sub(p.len().max(1));
-                out.push(p);
-            }
-        }
-    }
-}
-
 /// A change to a session's subscriptions, applied by its push writer in order.
 #[derive(Debug)]
 pub(crate) enum SubChange {
@@ -326,11 +247,11 @@ pub struct Session {
     pub user: UserId,
     outbox: Outbox,
     /// Set when the writer must bring every group up to its durable head from the log.
-    catch_up: AtomicBool,
-    wake: Notify,
+    pub(crate) catch_up: AtomicBool,
+    pub(crate) wake: Notify,
     /// Pending subscription changes, the latest per group (so a client looping Join/Leave
     /// while its writer is blocked cannot grow this beyond its groups).
-    sub_changes: Mutex<HashMap<GroupId, SubChange>>,
+    pub(crate) sub_changes: Mutex<HashMap<GroupId, SubChange>>,
     /// Groups this session is subscribed to (for presence fan-out and cleanup).
     groups: Mutex<HashSet<GroupId>>,
     presence: AtomicU8,
@@ -343,17 +264,21 @@ impl Session {
     /// Queues a push without waiting. A full outbox never blocks the fan-out: a delivery that
     /// does not fit is recovered from the log by the writer; a notice is dropped.
     fn push(&self, p: Push, metrics: &Metrics) {
-        match self.outbox.lanes[usize::from(p.lane().rank())].try_send(p) {
+        match self.outbox.try_push(p) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Push::Deliver { .. })) => {
                 metrics.outbox_overflows.fetch_add(1, Ordering::Relaxed);
                 self.request_catch_up();
             }
+            Err(mpsc::error::TrySendError::Full(Push::Notice { .. })) => {
+                metrics.notices_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            // A lost nudge is a lost hint: the next one, or the return to the foreground, tells.
             Err(_) => {}
         }
     }
 
-    fn request_catch_up(&self) {
+    pub(crate) fn request_catch_up(&self) {
         self.catch_up.store(true, Ordering::Release);
         self.wake.notify_one();
     }
@@ -1020,6 +945,20 @@ impl Hub {
         }
     }
 
+    /// Pushes queued right now over every session, per push stream (gauge for metrics;
+    /// walks the sessions, so call it per scrape, not per message).
+    pub fn queue_depths(&self) -> [(PushStream, usize); 4] {
+        let mut depths = PushStream::ALL.map(|s| (s, 0));
+        for e in self.users.iter() {
+            for s in &e.value().sessions {
+                for (stream, n) in &mut depths {
+                    *n += s.outbox.depth(*stream);
+                }
+            }
+        }
+        depths
+    }
+
     /// The node's load level: 0 normal, 1 elevated, 2 high, 3 critical. An admin's forced
     /// level wins over the measured one.
     pub fn load_level(&self) -> u8 {
@@ -1197,7 +1136,7 @@ impl Hub {
         // Flags change what the app shows: ahead of messages.
         session.push(
             Push::Notice {
-                lane: Lane::High,
+                stream: PushStream::High,
                 frame,
             },
             &self.metrics,
@@ -1481,7 +1420,7 @@ impl Hub {
         });
         for s in targets {
             let notice = Push::Notice {
-                lane: Lane::Low,
+                stream: PushStream::Notices,
                 frame: frame.clone(),
             };
             s.push(notice, &self.metrics);
@@ -1497,6 +1436,10 @@ impl Hub {
         };
         if session.presence.swap(v, Ordering::Relaxed) == v {
             return;
+        }
+        if state == PresenceState::Foreground {
+            // Whatever was deferred while it was in the background comes now, from the log.
+            session.request_catch_up();
         }
         if self.shedding(&session.tenant).presence {
             // Recorded for delivery planning; co-members are not told while shedding.
@@ -1521,7 +1464,7 @@ impl Hub {
             for s in subs {
                 if s.user != session.user && told.insert(s.id) {
                     let notice = Push::Notice {
-                        lane: Lane::Low,
+                        stream: PushStream::Notices,
                         frame: frame.clone(),
                     };
                     s.push(notice, &self.metrics);
@@ -1531,7 +1474,7 @@ impl Hub {
     }
 
     /// Messages of `group` after `after`, up to `upto`, for a push writer's catch-up.
-    fn read_for_catch_up(
+    pub(crate) fn read_for_catch_up(
         &self,
         g: &GroupState,
         after: u64,
@@ -1544,7 +1487,7 @@ impl Hub {
     }
 }
 
-fn to_message(gid: &GroupId, m: StoredMessage) -> Message {
+pub(crate) fn to_message(gid: &GroupId, m: StoredMessage) -> Message {
     Message {
         group: gid.to_string(),
         seq: m.seq,
@@ -1630,23 +1573,54 @@ impl Hub {
     /// Makes `seq` visible: advances the durable head and queues the frame to subscribers,
     /// foreground sessions before background ones (their writers are woken first).
     fn publish(&self, g: &GroupState, seq: u64, lane: Lane, frame: Bytes) {
+        // Decided once per message, not per recipient.
+        let defer_background = self.defers_background(g);
         let mut f = g.fanout.lock();
         f.head = f.head.max(seq);
         let active = |s: &Arc<Session>| s.presence() == PresenceState::Foreground;
+        let mut deferred = 0u64;
         for_each_active_first(&f.subscribers, active, |s| {
-            s.push(
+            // Presence is read again: a session that came to the foreground since the split
+            // above gets the message (its catch-up would fill it in anyway).
+            let push = if defer_background && !active(s) {
+                deferred += 1;
+                Push::Nudge {
+                    group: g.id.clone(),
+                    seq,
+                }
+            } else {
                 Push::Deliver {
                     group: g.id.clone(),
                     seq,
                     lane,
                     frame: frame.clone(),
-                },
-                &self.metrics,
-            );
+                }
+            };
+            s.push(push, &self.metrics);
         });
         self.metrics
             .deliveries_live
-            .fetch_add(f.subscribers.len() as u64, Ordering::Relaxed);
+            .fetch_add(f.subscribers.len() as u64 - deferred, Ordering::Relaxed);
+        if deferred > 0 {
+            self.metrics
+                .deliveries_deferred
+                .fetch_add(deferred, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether background sessions of `g` get nudges instead of its messages now: the group
+    /// is large (`nudge_background_from_members`) or the tenant sheds background delivery
+    /// at the current load level.
+    fn defers_background(&self, g: &GroupState) -> bool {
+        let from = self.limits.nudge_background_from_members;
+        (from > 0 && g.members.load(Ordering::Relaxed) >= from)
+            || self.shedding(&g.tenant).background_delivery
+    }
+
+    /// Whether `session`'s deliveries of `g` are deferred right now (see
+    /// [`Hub::defers_background`]); catch-up skips such groups until it is foreground.
+    pub(crate) fn defers(&self, session: &Session, g: &GroupState) -> bool {
+        session.presence() == PresenceState::Background && self.defers_background(g)
     }
 }
 
@@ -1668,150 +1642,9 @@ fn for_each_active_first<T>(items: &[T], is_active: impl Fn(&T) -> bool, mut f: 
     }
 }
 
-/// Decides what a session's push stream carries next. Owned by the writer task; the
-/// transport only writes the frames it returns.
-pub(crate) struct PushPlanner {
-    hub: Arc<Hub>,
-    session: Arc<Session>,
-    /// Per subscribed group: its state and the highest seq already written.
-    sent: HashMap<GroupId, (Arc<GroupState>, u64)>,
-}
-
-impl PushPlanner {
-    pub(crate) fn new(hub: Arc<Hub>, session: Arc<Session>) -> Self {
-        Self {
-            hub,
-            session,
-            sent: HashMap::new(),
-        }
-    }
-
-    pub(crate) fn session(&self) -> &Arc<Session> {
-        &self.session
-    }
-
-    /// Waits until there is something to do (a push arrived or a catch-up was requested).
-    pub(crate) async fn wait(&self) {
-        self.session.wake.notified().await
-    }
-
-    fn apply_sub_changes(&mut self) {
-        let changes = std::mem::take(&mut *self.session.sub_changes.lock());
-        for c in changes.into_values() {
-            match c {
-                SubChange::Subscribe { group, after } => {
-                    self.sent.insert(group.id.clone(), (group, after));
-                }
-                SubChange::Unsubscribe(id) => {
-                    self.sent.remove(&id);
-                }
-            }
-        }
-    }
-
-    /// Appends the frames for one push to `out`, filling a gap from the log first.
-    pub(crate) fn plan(&mut self, push: Push, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
-        self.apply_sub_changes();
-        match push {
-            Push::Notice { frame, .. } => out.push(frame),
-            Push::Deliver {
-                group, seq, frame, ..
-            } => {
-                let Some((g, sent)) = self.sent.get(&group) else {
-                    return Ok(()); // left the group since
-                };
-                if seq <= *sent {
-                    return Ok(());
-                }
-                if seq > *sent + 1 {
-                    let g = g.clone();
-                    self.fill(&g, seq - 1, out)?;
-                }
-                // Only write it if the gap is closed (a fill is bounded per call).
-                if let Some((_, sent)) = self.sent.get_mut(&group) {
-                    if *sent + 1 == seq {
-                        out.push(frame);
-                        *sent = seq;
-                    } else {
-                        self.session.request_catch_up();
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// If a catch-up was requested, appends up to one batch of log messages per group that is
-    /// behind its durable head. Returns true if more remain (call again after writing `out`).
-    pub(crate) fn catch_up(&mut self, out: &mut Vec<Bytes>) -> Result<bool, StoreError> {
-        self.apply_sub_changes();
-        if !self.session.catch_up.swap(false, Ordering::AcqRel) {
-            return Ok(false);
-        }
-        let groups: Vec<Arc<GroupState>> = self.sent.values().map(|(g, _)| g.clone()).collect();
-        let mut more = false;
-        for g in groups {
-            let head = g.head();
-            self.fill(&g, head, out)?;
-            if self.sent.get(&g.id).is_some_and(|(_, s)| *s < head) {
-                more = true;
-            }
-        }
-        if more {
-            self.session.catch_up.store(true, Ordering::Release);
-        }
-        Ok(more)
-    }
-
-    /// Appends one batch of messages (sent, upto] of `g` from the log.
-    fn fill(&mut self, g: &GroupState, upto: u64, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
-        let Some((_, sent)) = self.sent.get_mut(&g.id) else {
-            return Ok(());
-        };
-        if *sent >= upto {
-            return Ok(());
-        }
-        let msgs = self.hub.read_for_catch_up(g, *sent, upto)?;
-        for m in msgs {
-            if m.seq != *sent + 1 {
-                // A hole in the log would break the order invariant; stop and say so.
-                return Err(StoreError::Corrupt {
-                    tree: "log",
-                    detail: format!("group {} expected seq {} got {}", g.id, *sent + 1, m.seq),
-                });
-            }
-            *sent = m.seq;
-            out.push(wire::encode_server(&ServerFrame::Deliver(to_message(
-                &g.id, m,
-            ))));
-            self.hub
-                .metrics
-                .deliveries_catch_up
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn d(group: &str, seq: u64, lane: Lane, len: usize) -> Push {
-        Push::Deliver {
-            group: GroupId::new(group).unwrap(),
-            seq,
-            lane,
-            frame: Bytes::from(vec![0u8; len]),
-        }
-    }
-
-    fn label(p: &Push) -> String {
-        match p {
-            Push::Deliver { group, seq, .. } => format!("{group}{seq}"),
-            Push::Notice { .. } => "n".into(),
-        }
-    }
 
     #[test]
     fn active_first_visits_each_once_active_before_passive_in_order() {
@@ -1836,31 +1669,5 @@ mod tests {
         let mut none = Vec::new();
         for_each_active_first(&[] as &[u8], |_| true, |&i| none.push(i));
         assert!(none.is_empty());
-    }
-
-    #[tokio::test]
-    async fn the_outbox_serves_the_most_urgent_lane_first_within_a_budget() {
-        let (tx, mut rx) = outbox(8);
-        for p in [
-            d("a", 1, Lane::Low, 10),
-            d("a", 2, Lane::Low, 10),
-            d("b", 1, Lane::Normal, 10),
-            d("c", 1, Lane::High, 10),
-        ] {
-            tx.lanes[usize::from(p.lane().rank())].try_send(p).unwrap();
-        }
-        let first = rx.recv().await.unwrap();
-        assert_eq!(label(&first), "c1");
-        let mut out = Vec::new();
-        rx.drain(&mut out, 15); // room for two 10-byte frames
-        assert_eq!(out.iter().map(label).collect::<Vec<_>>(), ["b1", "a1"]);
-        out.clear();
-        rx.drain(&mut out, 1000);
-        assert_eq!(out.iter().map(label).collect::<Vec<_>>(), ["a2"]);
-        drop(tx);
-        assert!(
-            rx.recv().await.is_none(),
-            "ends when the session's outbox is dropped"
-        );
     }
 }

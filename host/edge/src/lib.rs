@@ -18,6 +18,7 @@ use tracing::{info, warn};
 mod breaker;
 mod conn;
 pub mod hub;
+pub mod push;
 mod rates;
 mod serving;
 pub mod tls;

@@ -407,6 +407,45 @@ pub fn encode_server(f: &ServerFrame) -> Bytes {
                 fb::Flags::create(fbb, &args).as_union_value(),
             )
         }
+        ServerFrame::Resume { group, after_seq } => {
+            let args = fb::ResumeArgs {
+                group: Some(fbb.create_string(group)),
+                after_seq: *after_seq,
+            };
+            (
+                fb::Body::Resume,
+                fb::Resume::create(fbb, &args).as_union_value(),
+            )
+        }
+        ServerFrame::ReceiptSummary {
+            group,
+            seq,
+            delivered,
+            read,
+            members,
+        } => {
+            let args = fb::ReceiptSummaryArgs {
+                group: Some(fbb.create_string(group)),
+                seq: *seq,
+                delivered: *delivered,
+                read: *read,
+                members: *members,
+            };
+            (
+                fb::Body::ReceiptSummary,
+                fb::ReceiptSummary::create(fbb, &args).as_union_value(),
+            )
+        }
+        ServerFrame::Nudge { group, head_seq } => {
+            let args = fb::NudgeArgs {
+                group: Some(fbb.create_string(group)),
+                head_seq: *head_seq,
+            };
+            (
+                fb::Body::Nudge,
+                fb::Nudge::create(fbb, &args).as_union_value(),
+            )
+        }
         ServerFrame::Pong { request_id } => {
             let args = fb::PongArgs {
                 request_id: *request_id,
@@ -744,6 +783,30 @@ pub fn decode_server(frame: &[u8], l: &DecodeLimits) -> Result<ServerFrame, Wire
                 }
             };
             ServerFrame::Flags { flags }
+        }
+        fb::Body::Resume => {
+            let r = body(root.body_as_resume())?;
+            ServerFrame::Resume {
+                group: id("group", r.group())?,
+                after_seq: r.after_seq(),
+            }
+        }
+        fb::Body::ReceiptSummary => {
+            let r = body(root.body_as_receipt_summary())?;
+            ServerFrame::ReceiptSummary {
+                group: id("group", r.group())?,
+                seq: r.seq(),
+                delivered: r.delivered(),
+                read: r.read(),
+                members: r.members(),
+            }
+        }
+        fb::Body::Nudge => {
+            let n = body(root.body_as_nudge())?;
+            ServerFrame::Nudge {
+                group: id("group", n.group())?,
+                head_seq: n.head_seq(),
+            }
         }
         fb::Body::Error => {
             let e = body(root.body_as_error())?;

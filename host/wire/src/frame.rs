@@ -163,6 +163,25 @@ pub enum ServerFrame {
     Flags {
         flags: Vec<Flag>,
     },
+    /// Push: deliveries of `group` on this connection continue after `after_seq` (written
+    /// before the first `Deliver` of each subscription).
+    Resume {
+        group: String,
+        after_seq: u64,
+    },
+    /// Push: aggregated receipts of message `seq`, to its sender.
+    ReceiptSummary {
+        group: String,
+        seq: u64,
+        delivered: u32,
+        read: u32,
+        members: u32,
+    },
+    /// Push: `group` has messages up to `head_seq` this connection was not sent; fetch them.
+    Nudge {
+        group: String,
+        head_seq: u64,
+    },
 }
 
 /// A typed refusal. Fatal codes (see `ErrorCode::is_fatal`) are followed by connection close.

@@ -18,6 +18,7 @@ mod codec;
 mod error;
 pub mod frame;
 mod framing;
+pub mod order;
 
 // flatc's output: it uses `unsafe` behind the verifier and does not follow our lints.
 #[allow(

@@ -316,10 +316,10 @@ fn unknown_union_type() {
         "",
         ErrorCode::UnknownFrameType,
     );
-    // The next number after the schema's last member (Flags = 20).
+    // The next number after the schema's last member (Nudge = 23).
     check(
-        decode_client(&raw_frame(21, empty_table), &l),
-        "UnknownFrameType(21)",
+        decode_client(&raw_frame(24, empty_table), &l),
+        "UnknownFrameType(24)",
         "",
         ErrorCode::UnknownFrameType,
     );

@@ -179,6 +179,7 @@ fn limits_table_matches_the_defaults() {
         max_fetch_messages,
         max_inflight_sends,
         outbox_frames,
+        nudge_background_from_members,
         max_connections,
         user_messages_per_sec,
         user_messages_burst,
@@ -206,6 +207,10 @@ fn limits_table_matches_the_defaults() {
         ("max_fetch_messages", u64::from(max_fetch_messages)),
         ("max_inflight_sends", u64::from(max_inflight_sends)),
         ("outbox_frames", u64::from(outbox_frames)),
+        (
+            "nudge_background_from_members",
+            u64::from(nudge_background_from_members),
+        ),
         ("max_connections", u64::from(max_connections)),
         ("user_messages_per_sec", u64::from(user_messages_per_sec)),
         ("user_messages_burst", u64::from(user_messages_burst)),

@@ -1,5 +1,6 @@
 //! What the client tells the app, in order, through [`Events`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use switchboard_wire::{Message, ServerFrame};
 use tokio::sync::mpsc;
 
 use crate::shared::Shared;
-use crate::tracker::Observed;
+use crate::tracker::Arrival;
 use crate::ClientError;
 
 /// Something that happened on the client. See [`Events`] for the ordering guarantees.
@@ -25,6 +26,18 @@ pub enum Event {
     },
     /// A message of a group: per group in increasing `seq`, each `(group, seq)` once.
     Message(Message),
+    /// The aggregated receipts of one of your messages ("read by 37 of 120"), when the
+    /// tenant aggregates receipts instead of forwarding each.
+    ReceiptSummary {
+        group: String,
+        seq: u64,
+        delivered: u32,
+        read: u32,
+        members: u32,
+    },
+    /// `group` has messages up to `head_seq` that were not sent to this (background)
+    /// client; they come when it is foreground again, or fetch them now.
+    Nudge { group: String, head_seq: u64 },
     /// Someone sent a receipt for one of your messages.
     Receipt {
         group: String,
@@ -53,7 +66,12 @@ impl Event {
     fn is_data(&self) -> bool {
         matches!(
             self,
-            Self::Message(_) | Self::Receipt { .. } | Self::Presence { .. } | Self::Flags { .. }
+            Self::Message(_)
+                | Self::Receipt { .. }
+                | Self::ReceiptSummary { .. }
+                | Self::Nudge { .. }
+                | Self::Presence { .. }
+                | Self::Flags { .. }
         )
     }
 }
@@ -104,7 +122,14 @@ impl Events {
         if !event.is_data() {
             return;
         }
-        self.shared.event_slots.add_permits(1);
+        let paid_debt = self
+            .shared
+            .slot_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if !paid_debt {
+            self.shared.event_slots.add_permits(1);
+        }
         if let (Event::Message(m), true) = (event, self.shared.auto_ack) {
             self.shared.tracker.lock().want_ack(&m.group, m.seq);
             self.shared.ack_ready.notify_one();
@@ -141,21 +166,48 @@ impl EventSink {
         let event = match frame {
             ServerFrame::Deliver(m) => {
                 let mut tracker = self.shared.tracker.lock();
-                match tracker.observe(&m.group, m.seq) {
-                    Observed::Duplicate => {
-                        tracing::debug!(group = %m.group, seq = m.seq, "dropping duplicate delivery");
-                        return;
+                let mut ready = Vec::new();
+                let (group, seq) = (m.group.clone(), m.seq);
+                match tracker.arrive(m, &mut ready) {
+                    Arrival::Duplicate => {
+                        tracing::debug!(%group, seq, "dropping duplicate delivery");
                     }
-                    Observed::AfterGap { missing } => {
-                        tracing::warn!(group = %m.group, seq = m.seq, missing, "gap in deliveries");
+                    Arrival::Held => {
+                        tracing::trace!(%group, seq, "holding a delivery that overtook an earlier one");
                     }
-                    Observed::Next => {}
+                    Arrival::TooManyHeld => {
+                        tracing::warn!(%group, seq, "too many out-of-order deliveries; reconnecting");
+                        self.shared.request_reconnect();
+                    }
+                    Arrival::Ready => {}
                 }
-                if self.tx.send(Event::Message(m)).is_ok() {
-                    slot.forget();
-                }
+                self.hand_on(ready, slot);
                 return;
             }
+            ServerFrame::Resume { group, after_seq } => {
+                let mut tracker = self.shared.tracker.lock();
+                let mut ready = Vec::new();
+                let skipped = tracker.resume(&group, after_seq, &mut ready);
+                if skipped > 0 {
+                    tracing::warn!(%group, after_seq, skipped, "the node resumed past this client's cursor");
+                }
+                self.hand_on(ready, slot);
+                return;
+            }
+            ServerFrame::ReceiptSummary {
+                group,
+                seq,
+                delivered,
+                read,
+                members,
+            } => Event::ReceiptSummary {
+                group,
+                seq,
+                delivered,
+                read,
+                members,
+            },
+            ServerFrame::Nudge { group, head_seq } => Event::Nudge { group, head_seq },
             ServerFrame::ReceiptNotice {
                 group,
                 seq,
@@ -178,6 +230,24 @@ impl EventSink {
         };
         if self.tx.send(event).is_ok() {
             slot.forget();
+        }
+    }
+
+    /// Queues messages for the app, in order. The frame's own slot covers the first; any
+    /// more (held ones it released) are owed (`slot_debt`). Called with the tracker locked,
+    /// so deciding and queueing are one step.
+    fn hand_on(&self, ready: Vec<Message>, slot: tokio::sync::SemaphorePermit<'_>) {
+        let mut ready = ready.into_iter();
+        let Some(first) = ready.next() else {
+            return; // nothing for the app: the slot goes back
+        };
+        if self.tx.send(Event::Message(first)).is_ok() {
+            slot.forget();
+        }
+        for m in ready {
+            if self.tx.send(Event::Message(m)).is_ok() {
+                self.shared.slot_debt.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -212,6 +282,13 @@ mod tests {
         })
     }
 
+    fn resume(group: &str, after_seq: u64) -> ServerFrame {
+        ServerFrame::Resume {
+            group: group.into(),
+            after_seq,
+        }
+    }
+
     fn seq_of(e: Option<Event>) -> u64 {
         match e {
             Some(Event::Message(m)) => m.seq,
@@ -222,6 +299,8 @@ mod tests {
     #[tokio::test]
     async fn deliveries_are_deduped_against_resume_and_each_other() {
         let (sink, mut events) = pair(16, &[("g", 1)]);
+        // The node resumes from an older position than the client's cursor.
+        sink.push(resume("g", 0)).await;
         for seq in [1, 2, 2, 3, 1, 4] {
             sink.push(deliver("g", seq)).await;
         }
@@ -233,6 +312,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_buffer_holds_pushes_but_not_lifecycle_events() {
         let (sink, mut events) = pair(2, &[]);
+        sink.push(resume("g", 0)).await;
         sink.push(deliver("g", 1)).await;
         sink.push(deliver("g", 2)).await;
         let third = sink.push(deliver("g", 3));
@@ -262,6 +342,7 @@ mod tests {
     #[tokio::test]
     async fn handed_messages_are_acked_when_auto_ack_is_on() {
         let (sink, mut events) = pair(16, &[]);
+        sink.push(resume("g", 0)).await;
         for seq in 1..=3 {
             sink.push(deliver("g", seq)).await;
         }
@@ -270,6 +351,32 @@ mod tests {
         // Only what the app took is acked, coalesced into one ack.
         let acks = events.shared.tracker.lock().take_acks();
         assert_eq!(acks, vec![("g".to_string(), 2)]);
+    }
+
+    #[tokio::test]
+    async fn deliveries_from_several_streams_reach_the_app_in_order_within_the_bound() {
+        let (sink, mut events) = pair(2, &[]);
+        // 3 and 2 came on a more urgent stream than 1, and before the group's Resume.
+        sink.push(deliver("g", 3)).await;
+        sink.push(resume("g", 0)).await;
+        sink.push(deliver("g", 2)).await;
+        assert!(events.try_next().is_none(), "nothing before seq 1");
+        assert_eq!(
+            events.shared.event_slots.available_permits(),
+            2,
+            "held messages do not take the app's places"
+        );
+        sink.push(deliver("g", 1)).await;
+        let got: Vec<u64> = (0..3).map(|_| seq_of(events.try_next())).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        assert_eq!(
+            events.shared.event_slots.available_permits(),
+            2,
+            "released messages are paid back, not double-counted"
+        );
+        // Pushes flow normally afterwards.
+        sink.push(deliver("g", 4)).await;
+        assert_eq!(seq_of(events.try_next()), 4);
     }
 
     #[tokio::test]
@@ -301,6 +408,33 @@ mod tests {
                 state: PresenceState::Background,
                 ..
             })
+        ));
+        sink.push(ServerFrame::ReceiptSummary {
+            group: "g".into(),
+            seq: 7,
+            delivered: 5,
+            read: 3,
+            members: 9,
+        })
+        .await;
+        sink.push(ServerFrame::Nudge {
+            group: "g".into(),
+            head_seq: 12,
+        })
+        .await;
+        assert!(matches!(
+            events.next().await,
+            Some(Event::ReceiptSummary {
+                seq: 7,
+                delivered: 5,
+                read: 3,
+                members: 9,
+                ..
+            })
+        ));
+        assert!(matches!(
+            events.next().await,
+            Some(Event::Nudge { head_seq: 12, .. })
         ));
         // Receipts are never deduped or acked.
         assert!(events.shared.tracker.lock().take_acks().is_empty());

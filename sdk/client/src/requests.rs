@@ -111,9 +111,13 @@ pub(crate) fn route(frame: ServerFrame) -> Routed {
         | F::Pong { request_id } => Routed::Response(request_id, frame),
         F::Error(e) if e.request_id == 0 => Routed::ConnectionError(e),
         F::Error(ref e) => Routed::Response(e.request_id, frame),
-        F::Deliver(_) | F::ReceiptNotice { .. } | F::PresenceNotice { .. } | F::Flags { .. } => {
-            Routed::Push(frame)
-        }
+        F::Deliver(_)
+        | F::Resume { .. }
+        | F::ReceiptNotice { .. }
+        | F::ReceiptSummary { .. }
+        | F::PresenceNotice { .. }
+        | F::Nudge { .. }
+        | F::Flags { .. } => Routed::Push(frame),
         F::Welcome { .. } => Routed::Unexpected(frame),
     }
 }
@@ -248,6 +252,9 @@ pub(crate) fn frame_name(f: &ServerFrame) -> &'static str {
         ServerFrame::Pong { .. } => "Pong",
         ServerFrame::Error(_) => "Error",
         ServerFrame::Flags { .. } => "Flags",
+        ServerFrame::Resume { .. } => "Resume",
+        ServerFrame::ReceiptSummary { .. } => "ReceiptSummary",
+        ServerFrame::Nudge { .. } => "Nudge",
     }
 }
 

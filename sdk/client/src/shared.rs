@@ -1,6 +1,6 @@
 //! State shared by the `Client` handles, `Events`, the connection task and its readers.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use switchboard_core::PresenceState;
@@ -31,6 +31,10 @@ pub(crate) struct Shared {
     pub(crate) auto_ack: bool,
     /// Free places for data events in the app's buffer (see `Events`).
     pub(crate) event_slots: Semaphore,
+    /// Messages queued for the app without a slot of their own: held messages released by
+    /// the arrival of their predecessor (each slot covers one arrived frame). The next data
+    /// events the app takes pay these back instead of freeing slots.
+    pub(crate) slot_debt: AtomicUsize,
     /// What the next `Hello` says.
     pub(crate) token: Mutex<String>,
     pub(crate) presence: Mutex<PresenceState>,
@@ -55,6 +59,7 @@ impl Shared {
             ack_ready: Notify::new(),
             auto_ack: cfg.auto_ack,
             event_slots: Semaphore::new(cfg.event_buffer.clamp(1, Semaphore::MAX_PERMITS)),
+            slot_debt: AtomicUsize::new(0),
             token: Mutex::new(cfg.token.clone()),
             presence: Mutex::new(cfg.presence),
             client_name: truncate(&cfg.client_name, MAX_CLIENT_NAME).to_owned(),
@@ -151,7 +156,23 @@ mod tests {
         cfg.resume = vec![("b".into(), 2), ("a".into(), 9)];
         let shared = Shared::new(&cfg);
         *shared.presence.lock() = PresenceState::Background;
-        shared.tracker.lock().observe("b", 3);
+        {
+            let mut t = shared.tracker.lock();
+            let mut out = Vec::new();
+            t.resume("b", 2, &mut out);
+            t.arrive(
+                switchboard_wire::Message {
+                    group: "b".into(),
+                    seq: 3,
+                    sender: "s".into(),
+                    client_msg_id: "m".into(),
+                    sent_at_ms: 0,
+                    body: Default::default(),
+                    lane: Default::default(),
+                },
+                &mut out,
+            );
+        }
         let hello = shared.hello();
         assert_eq!(hello.token, "tok");
         assert_eq!(hello.presence, PresenceState::Background);

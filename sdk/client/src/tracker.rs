@@ -1,28 +1,44 @@
-//! Per-group delivery bookkeeping: what was seen (dedupe + resume cursors) and what the app
-//! was handed but the node has not been told about yet (coalesced `AckDelivery`).
+//! Per-group delivery bookkeeping: what was seen (dedupe + resume cursors), deliveries that
+//! overtook an earlier message of their group (held until it arrives), and what the app was
+//! handed but the node has not been told about yet (coalesced `AckDelivery`).
 //!
-//! Invariant: a `(group, seq)` passes [`DeliveryTracker::observe`] at most once per tracker,
-//! and never at or below the group's cursor — so no message reaches the app twice, whatever
-//! the node resends after a reconnect.
+//! The node spreads a connection's deliveries over several push streams (one per lane), so
+//! a group's messages can arrive out of order; each subscription starts with a `Resume
+//! { group, after_seq }` (protocol §9). Invariant: a `(group, seq)` is handed on at most once
+//! per tracker, in increasing `seq` per group with no gap after the connection's `Resume`,
+//! and never at or below the group's cursor — so no message reaches the app twice or out of
+//! order, whatever the node resends after a reconnect.
 
 use std::collections::BTreeMap;
 
-/// What [`DeliveryTracker::observe`] decided about a delivered message.
+use switchboard_wire::Message;
+
+/// Messages one connection may hold back waiting for an earlier one. The node never has
+/// more than its outbox bound per stream in flight, so a connection over this is broken
+/// (the client reconnects and resumes from its cursors).
+pub(crate) const MAX_HELD: usize = 65_536;
+
+/// What [`DeliveryTracker::arrive`] did with a delivered message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Observed {
-    /// New and in order: hand it to the app.
-    Next,
-    /// New, but seqs between the cursor and it never arrived (`missing` of them). The node
-    /// promises no gaps, so this is logged; the message is still handed to the app.
-    AfterGap { missing: u64 },
-    /// At or below the cursor: already handed to the app, drop it.
+pub(crate) enum Arrival {
+    /// It (and any held successors) went to `out`, in order.
+    Ready,
+    /// An earlier message of its group has not arrived yet (or the group's `Resume`): kept.
+    Held,
+    /// At or below the cursor: already handed to the app, dropped.
     Duplicate,
+    /// Holding it would exceed [`MAX_HELD`]: dropped; reconnect.
+    TooManyHeld,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct GroupState {
-    /// Highest seq seen; `None` until the first delivery (or resume cursor).
+    /// Highest seq handed on; `None` until the first delivery (or resume cursor).
     seen: Option<u64>,
+    /// The next seq that may be handed on, on this connection (set by `Resume`).
+    next: Option<u64>,
+    /// Deliveries that arrived before `next`'s message, by seq.
+    held: BTreeMap<u64, Message>,
     /// Highest seq the app was handed (or acked by hand) that should reach the node.
     ack_wanted: u64,
     /// Highest seq sent in an `AckDelivery` on the current connection.
@@ -33,6 +49,8 @@ struct GroupState {
 #[derive(Debug, Default)]
 pub(crate) struct DeliveryTracker {
     groups: BTreeMap<String, GroupState>,
+    /// Messages held over all groups.
+    held: usize,
 }
 
 impl DeliveryTracker {
@@ -59,21 +77,62 @@ impl DeliveryTracker {
         }
     }
 
-    /// Records a delivered `(group, seq)` and says whether it is new.
-    pub(crate) fn observe(&mut self, group: &str, seq: u64) -> Observed {
-        let g = match self.groups.get_mut(group) {
-            Some(g) => g,
-            None => self.groups.entry(group.to_owned()).or_default(),
-        };
-        let verdict = match g.seen {
-            Some(seen) if seq <= seen => return Observed::Duplicate,
-            Some(seen) if seq > seen + 1 => Observed::AfterGap {
-                missing: seq - seen - 1,
-            },
-            _ => Observed::Next,
-        };
-        g.seen = Some(seq);
-        verdict
+    fn group(&mut self, group: &str) -> &mut GroupState {
+        if !self.groups.contains_key(group) {
+            self.groups.insert(group.to_owned(), GroupState::default());
+        }
+        self.groups.get_mut(group).expect("inserted above")
+    }
+
+    /// A `Resume`: this connection's deliveries of `group` follow `after`. Anything held that
+    /// may now be handed on goes to `out`. Returns how many messages the node skipped past
+    /// this client's cursor (it resumed later than the client had seen; logged by callers).
+    pub(crate) fn resume(&mut self, group: &str, after: u64, out: &mut Vec<Message>) -> u64 {
+        let g = self.group(group);
+        let seen = g.seen.unwrap_or(after);
+        let skipped = after.saturating_sub(seen);
+        if skipped > 0 {
+            g.seen = Some(after);
+        }
+        let next = after.max(seen) + 1;
+        g.next = Some(next);
+        let before = g.held.len();
+        g.held.retain(|&seq, _| seq >= next);
+        let dropped = before - g.held.len();
+        let released = release(g, out);
+        self.held -= dropped + released;
+        skipped
+    }
+
+    /// A delivered message: hands it (and held successors) to `out` when it is next in its
+    /// group, holds it when it overtook an earlier one, drops it when already seen.
+    pub(crate) fn arrive(&mut self, m: Message, out: &mut Vec<Message>) -> Arrival {
+        let held_now = self.held;
+        let g = self.group(&m.group);
+        if g.seen.is_some_and(|seen| m.seq <= seen) || g.next.is_some_and(|n| m.seq < n) {
+            return Arrival::Duplicate;
+        }
+        if g.next == Some(m.seq) {
+            g.seen = Some(m.seq);
+            g.next = Some(m.seq + 1);
+            out.push(m);
+            let released = release(g, out);
+            self.held -= released;
+            return Arrival::Ready;
+        }
+        if held_now >= MAX_HELD {
+            return Arrival::TooManyHeld;
+        }
+        if g.held.insert(m.seq, m).is_none() {
+            self.held += 1;
+        }
+        Arrival::Held
+    }
+
+    /// Messages held now, over all groups.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.held
     }
 
     /// Highest seq seen per group: what `Hello` resumes from.
@@ -118,18 +177,209 @@ impl DeliveryTracker {
     pub(crate) fn new_connection(&mut self) {
         for g in self.groups.values_mut() {
             g.ack_sent = 0;
+            // The new connection says where it resumes; what the old one left held, the node
+            // sends again (it resumes from the cursors, which never pass a held message).
+            g.next = None;
+            g.held.clear();
         }
+        self.held = 0;
     }
 
     /// The user left `group`: forget it, so a later join resumes wherever the node says.
     pub(crate) fn forget(&mut self, group: &str) {
-        self.groups.remove(group);
+        if let Some(g) = self.groups.remove(group) {
+            self.held -= g.held.len();
+        }
     }
 }
 
+/// Moves held messages that are next in order to `out`; returns how many.
+fn release(g: &mut GroupState, out: &mut Vec<Message>) -> usize {
+    let mut n = 0;
+    while let Some(next) = g.next {
+        let Some(m) = g.held.remove(&next) else { break };
+        g.seen = Some(next);
+        g.next = Some(next + 1);
+        out.push(m);
+        n += 1;
+    }
+    n
+}
+
 #[cfg(test)]
-mod adopt_tests {
+mod tests {
     use super::*;
+
+    fn msg(group: &str, seq: u64) -> Message {
+        Message {
+            group: group.into(),
+            seq,
+            sender: "s".into(),
+            client_msg_id: format!("m{seq}"),
+            sent_at_ms: 0,
+            body: Default::default(),
+            lane: Default::default(),
+        }
+    }
+
+    /// Feeds `Resume`s (`("R", group, after)`) and deliveries (`("D", group, seq)`), and
+    /// returns what was handed on, as `group/seq`.
+    fn feed(t: &mut DeliveryTracker, events: &[(&str, &str, u64)]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &(kind, group, n) in events {
+            match kind {
+                "R" => {
+                    t.resume(group, n, &mut out);
+                }
+                _ => {
+                    t.arrive(msg(group, n), &mut out);
+                }
+            }
+        }
+        out.iter()
+            .map(|m| format!("{}/{}", m.group, m.seq))
+            .collect()
+    }
+
+    fn cursors(t: &DeliveryTracker) -> Vec<(String, u64)> {
+        t.cursors()
+    }
+
+    #[test]
+    fn in_order_then_duplicates() {
+        let mut t = DeliveryTracker::default();
+        let got = feed(
+            &mut t,
+            &[
+                ("R", "a", 0),
+                ("D", "a", 1),
+                ("D", "a", 2),
+                ("D", "a", 2),
+                ("D", "a", 1),
+                ("D", "a", 3),
+            ],
+        );
+        assert_eq!(got, ["a/1", "a/2", "a/3"]);
+        assert_eq!(cursors(&t), [("a".to_string(), 3)]);
+    }
+
+    #[test]
+    fn a_message_that_overtook_its_predecessor_waits_for_it() {
+        let mut t = DeliveryTracker::default();
+        let mut out = Vec::new();
+        t.resume("a", 4, &mut out);
+        assert_eq!(t.arrive(msg("a", 7), &mut out), Arrival::Held);
+        assert_eq!(t.arrive(msg("a", 6), &mut out), Arrival::Held);
+        assert_eq!(t.held(), 2);
+        assert!(out.is_empty());
+        assert_eq!(t.arrive(msg("a", 5), &mut out), Arrival::Ready);
+        let seqs: Vec<u64> = out.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [5, 6, 7]);
+        assert_eq!(t.held(), 0);
+        assert_eq!(t.arrive(msg("a", 6), &mut out), Arrival::Duplicate);
+    }
+
+    #[test]
+    fn deliveries_before_the_resume_wait_for_it() {
+        let mut t = DeliveryTracker::default();
+        let got = feed(&mut t, &[("D", "g", 41), ("D", "g", 42), ("R", "g", 40)]);
+        assert_eq!(got, ["g/41", "g/42"]);
+        assert_eq!(t.held(), 0);
+    }
+
+    #[test]
+    fn resume_cursor_drops_what_the_app_already_has() {
+        let mut t = DeliveryTracker::with_resume([("a".to_string(), 5), ("b".to_string(), 0)]);
+        // The node resumes `a` from an older position: 4 and 5 are duplicates.
+        let got = feed(
+            &mut t,
+            &[
+                ("R", "a", 3),
+                ("D", "a", 5),
+                ("D", "a", 4),
+                ("D", "a", 6),
+                ("R", "b", 0),
+                ("D", "b", 1),
+            ],
+        );
+        assert_eq!(got, ["a/6", "b/1"]);
+        assert_eq!(cursors(&t), [("a".to_string(), 6), ("b".to_string(), 1)]);
+        // The higher of repeated resume entries wins.
+        let mut t = DeliveryTracker::with_resume([("a".to_string(), 5), ("a".to_string(), 3)]);
+        assert_eq!(
+            feed(&mut t, &[("R", "a", 3), ("D", "a", 4)]),
+            Vec::<String>::new()
+        );
+        assert_eq!(cursors(&t), [("a".to_string(), 5)]);
+    }
+
+    #[test]
+    fn a_resume_past_the_cursor_is_reported_and_followed() {
+        let mut t = DeliveryTracker::with_resume([("a".to_string(), 2)]);
+        let mut out = Vec::new();
+        assert_eq!(t.resume("a", 4, &mut out), 2, "3 and 4 were skipped");
+        assert_eq!(t.arrive(msg("a", 5), &mut out), Arrival::Ready);
+        assert_eq!(t.arrive(msg("a", 3), &mut out), Arrival::Duplicate);
+    }
+
+    #[test]
+    fn groups_are_independent_and_sorted() {
+        let mut t = DeliveryTracker::default();
+        let got = feed(
+            &mut t,
+            &[
+                ("R", "z", 0),
+                ("R", "a", 0),
+                ("R", "m", 6),
+                ("D", "z", 1),
+                ("D", "a", 1),
+                ("D", "z", 1),
+                ("D", "m", 7),
+            ],
+        );
+        assert_eq!(got, ["z/1", "a/1", "m/7"]);
+        assert_eq!(
+            cursors(&t),
+            [
+                ("a".to_string(), 1),
+                ("m".to_string(), 7),
+                ("z".to_string(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_connection_drops_held_messages_and_waits_for_its_resume() {
+        let mut t = DeliveryTracker::default();
+        let mut out = Vec::new();
+        t.resume("a", 0, &mut out);
+        t.arrive(msg("a", 1), &mut out);
+        t.arrive(msg("a", 3), &mut out);
+        assert_eq!(t.held(), 1);
+        t.new_connection();
+        assert_eq!(t.held(), 0);
+        // Until the new connection's Resume, nothing is handed on.
+        assert_eq!(t.arrive(msg("a", 2), &mut out), Arrival::Held);
+        t.resume("a", 1, &mut out);
+        let seqs: Vec<u64> = out.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2]);
+    }
+
+    #[test]
+    fn holding_is_bounded() {
+        let mut t = DeliveryTracker::default();
+        let mut out = Vec::new();
+        t.resume("a", 0, &mut out);
+        for seq in 2..2 + MAX_HELD as u64 {
+            assert_eq!(t.arrive(msg("a", seq), &mut out), Arrival::Held);
+        }
+        assert_eq!(
+            t.arrive(msg("a", 10 * MAX_HELD as u64), &mut out),
+            Arrival::TooManyHeld
+        );
+        t.forget("a");
+        assert_eq!(t.held(), 0);
+    }
 
     #[test]
     fn resume_points_fill_only_unknown_groups() {
@@ -139,81 +389,6 @@ mod adopt_tests {
         assert_eq!(
             t.cursors(),
             vec![("a".to_string(), 5), ("b".to_string(), 7)]
-        );
-        assert_eq!(t.observe("b", 7), Observed::Duplicate);
-        assert_eq!(t.observe("b", 8), Observed::Next);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Feeds `(group, seq)` deliveries and compares the verdicts, then the cursors.
-    fn check(
-        resume: &[(&str, u64)],
-        deliveries: &[(&str, u64)],
-        verdicts: &[Observed],
-        cursors: &[(&str, u64)],
-    ) {
-        let mut t = DeliveryTracker::with_resume(resume.iter().map(|(g, s)| (g.to_string(), *s)));
-        let got: Vec<Observed> = deliveries.iter().map(|(g, s)| t.observe(g, *s)).collect();
-        assert_eq!(got, verdicts, "deliveries {deliveries:?}");
-        let want: Vec<(String, u64)> = cursors.iter().map(|(g, s)| (g.to_string(), *s)).collect();
-        assert_eq!(t.cursors(), want);
-    }
-
-    use Observed::*;
-
-    #[test]
-    fn in_order_then_duplicates() {
-        check(
-            &[],
-            &[("a", 1), ("a", 2), ("a", 2), ("a", 1), ("a", 3)],
-            &[Next, Next, Duplicate, Duplicate, Next],
-            &[("a", 3)],
-        );
-    }
-
-    #[test]
-    fn first_delivery_of_a_group_may_start_anywhere() {
-        check(&[], &[("g", 40), ("g", 41)], &[Next, Next], &[("g", 41)]);
-    }
-
-    #[test]
-    fn resume_cursor_drops_what_the_app_already_has() {
-        check(
-            &[("a", 5), ("b", 0)],
-            &[("a", 4), ("a", 5), ("a", 6), ("b", 1)],
-            &[Duplicate, Duplicate, Next, Next],
-            &[("a", 6), ("b", 1)],
-        );
-        // The higher of repeated resume entries wins.
-        check(
-            &[("a", 5), ("a", 3)],
-            &[("a", 4)],
-            &[Duplicate],
-            &[("a", 5)],
-        );
-    }
-
-    #[test]
-    fn gaps_are_reported_but_delivered() {
-        check(
-            &[("a", 2)],
-            &[("a", 5), ("a", 3), ("a", 6)],
-            &[AfterGap { missing: 2 }, Duplicate, Next],
-            &[("a", 6)],
-        );
-    }
-
-    #[test]
-    fn groups_are_independent_and_sorted() {
-        check(
-            &[],
-            &[("z", 1), ("a", 1), ("z", 1), ("m", 7)],
-            &[Next, Next, Duplicate, Next],
-            &[("a", 1), ("m", 7), ("z", 1)],
         );
     }
 
@@ -258,6 +433,7 @@ mod tests {
         t.forget("a");
         assert_eq!(t.cursors(), vec![]);
         assert!(!t.has_acks());
-        assert_eq!(t.observe("a", 1), Next);
+        let got = feed(&mut t, &[("R", "a", 0), ("D", "a", 1)]);
+        assert_eq!(got, ["a/1"]);
     }
 }

@@ -50,6 +50,19 @@ pub(super) fn render(control: &Control) -> Result<String, ControlError> {
     let _ = writeln!(out, "switchboard_load_level {}", control.hub().load_level());
     family(
         &mut out,
+        "switchboard_push_queue_depth",
+        Kind::Gauge,
+        "Pushes queued for sessions now, by push stream (high, normal, low, notices).",
+    );
+    for (stream, depth) in control.hub().queue_depths() {
+        let _ = writeln!(
+            out,
+            "switchboard_push_queue_depth{{stream=\"{}\"}} {depth}",
+            stream.name()
+        );
+    }
+    family(
+        &mut out,
         "switchboard_policy_auto_rollbacks_total",
         Kind::Counter,
         "Policy versions this node took out of service by itself (failure rate over threshold).",
@@ -76,6 +89,9 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         deliveries_live,
         deliveries_catch_up,
         outbox_overflows,
+        deliveries_deferred,
+        nudges,
+        notices_dropped,
         flushes,
         flush_failures,
         auth_failures,
@@ -137,6 +153,24 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             outbox_overflows,
             "Times a session's outbox was full and it switched to catching up from the log.",
+        ),
+        (
+            "deliveries_deferred",
+            Counter,
+            deliveries_deferred,
+            "Deliveries not sent live to a background session (large group or shed under load).",
+        ),
+        (
+            "nudges",
+            Counter,
+            nudges,
+            "Nudge frames sent for deferred groups (at most one per group and connection a second).",
+        ),
+        (
+            "notices_dropped",
+            Counter,
+            notices_dropped,
+            "Receipt and presence notices dropped because a session's queue was full.",
         ),
         (
             "flushes",

@@ -269,8 +269,30 @@ pub struct RawClient {
     pub send: Option<quinn::SendStream>,
     pub recv: Option<quinn::RecvStream>,
     buf: BytesMut,
-    push: Option<quinn::RecvStream>,
-    push_buf: BytesMut,
+    pushes: Option<tokio::sync::mpsc::UnboundedReceiver<ServerFrame>>,
+    order: wire::order::PushOrder,
+    flags_seen: bool,
+}
+
+/// Reads every push stream the node opens and forwards their frames, decoded, in arrival
+/// order per stream.
+async fn read_push_streams(
+    conn: quinn::Connection,
+    tx: tokio::sync::mpsc::UnboundedSender<ServerFrame>,
+) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            while let Ok(Some(frame)) = wire::read_frame(&mut recv, &mut buf, 1 << 20).await {
+                let f = wire::decode_server(&frame, &DecodeLimits::default())
+                    .expect("the node sent an undecodable push");
+                if tx.send(f).is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 impl RawClient {
@@ -288,8 +310,9 @@ impl RawClient {
             send: None,
             recv: None,
             buf: BytesMut::new(),
-            push: None,
-            push_buf: BytesMut::new(),
+            pushes: None,
+            order: wire::order::PushOrder::new(1 << 20),
+            flags_seen: false,
         })
     }
 
@@ -329,39 +352,46 @@ impl RawClient {
         Some(wire::decode_server(&frame, &DecodeLimits::default()).unwrap())
     }
 
-    /// Next frame on the server's push stream. The first push of every session is its
-    /// `Flags` set (protocol §7): this checks that and skips it; tests about flags use
+    /// Next push, in order (see [`wire::order::PushOrder`]), skipping the session's first `Flags` set
+    /// (every session gets one, protocol §7); tests about flags use
     /// [`RawClient::read_push_raw`].
     pub async fn read_push(&mut self) -> Option<ServerFrame> {
-        let first = self.push.is_none();
-        let f = self.read_push_raw().await?;
-        match f {
-            ServerFrame::Flags { .. } if first => self.read_push_raw().await,
-            other => {
-                assert!(!first, "the first push must be Flags, got {other:?}");
-                Some(other)
+        loop {
+            let skip_flags = !self.flags_seen;
+            match self.read_push_raw().await? {
+                ServerFrame::Flags { .. } if skip_flags => {}
+                other => return Some(other),
             }
         }
     }
 
-    /// Next frame on the server's push stream, whatever it is.
+    /// Next push from any push stream, deliveries in per-group order; `Resume` frames are
+    /// consumed (see [`RawClient::push_order`]).
     pub async fn read_push_raw(&mut self) -> Option<ServerFrame> {
-        if self.push.is_none() {
-            self.push = Some(
-                tokio::time::timeout(WAIT, self.conn.accept_uni())
-                    .await
-                    .expect("timed out waiting for push stream")
-                    .ok()?,
-            );
+        if self.pushes.is_none() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(read_push_streams(self.conn.clone(), tx));
+            self.pushes = Some(rx);
         }
-        let frame = tokio::time::timeout(
-            WAIT,
-            wire::read_frame(self.push.as_mut().unwrap(), &mut self.push_buf, 1 << 20),
-        )
-        .await
-        .expect("timed out reading push stream")
-        .ok()??;
-        Some(wire::decode_server(&frame, &DecodeLimits::default()).unwrap())
+        loop {
+            if let Some(f) = self.order.pop() {
+                if matches!(f, ServerFrame::Flags { .. }) {
+                    self.flags_seen = true;
+                }
+                return Some(f);
+            }
+            let f = tokio::time::timeout(WAIT, self.pushes.as_mut().unwrap().recv())
+                .await
+                .expect("timed out reading push streams")?;
+            self.order
+                .arrive(f)
+                .expect("the node broke its delivery promise");
+        }
+    }
+
+    /// What the ordering of this connection's pushes has seen so far.
+    pub fn push_order(&self) -> &wire::order::PushOrder {
+        &self.order
     }
 
     /// Waits for the connection to close and returns the application error code, if any.

@@ -278,10 +278,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Lane {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 20;
+pub const ENUM_MAX_BODY: u8 = 23;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 21] = [
+pub const ENUM_VALUES_BODY: [Body; 24] = [
   Body::NONE,
   Body::Hello,
   Body::Join,
@@ -303,6 +303,9 @@ pub const ENUM_VALUES_BODY: [Body; 21] = [
   Body::Pong,
   Body::Error,
   Body::Flags,
+  Body::Resume,
+  Body::ReceiptSummary,
+  Body::Nudge,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -331,9 +334,12 @@ impl Body {
   pub const Pong: Self = Self(18);
   pub const Error: Self = Self(19);
   pub const Flags: Self = Self(20);
+  pub const Resume: Self = Self(21);
+  pub const ReceiptSummary: Self = Self(22);
+  pub const Nudge: Self = Self(23);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 20;
+  pub const ENUM_MAX: u8 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -356,6 +362,9 @@ impl Body {
     Self::Pong,
     Self::Error,
     Self::Flags,
+    Self::Resume,
+    Self::ReceiptSummary,
+    Self::Nudge,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -381,6 +390,9 @@ impl Body {
       Self::Pong => Some("Pong"),
       Self::Error => Some("Error"),
       Self::Flags => Some("Flags"),
+      Self::Resume => Some("Resume"),
+      Self::ReceiptSummary => Some("ReceiptSummary"),
+      Self::Nudge => Some("Nudge"),
       _ => None,
     }
   }
@@ -3529,6 +3541,417 @@ impl ::core::fmt::Debug for Flags<'_> {
       ds.finish()
   }
 }
+pub enum ResumeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Push: deliveries of `group` on this connection continue after `after_seq`. Written on a
+/// push stream before the first `Deliver` of each subscription (after `Welcome`, a `Join`, a
+/// membership change). A group's deliveries may be spread over several push streams (one per
+/// lane); the client hands them to the app in `seq` order starting at `after_seq + 1`.
+pub struct Resume<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Resume<'a> {
+  type Inner = Resume<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Resume<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_AFTER_SEQ: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Resume { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ResumeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Resume<'bldr>> {
+    let mut builder = ResumeBuilder::new(_fbb);
+    builder.add_after_seq(args.after_seq);
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  /// The group id.
+  #[inline]
+  pub fn group(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Resume::VT_GROUP, None).unwrap()}
+  }
+  /// The newest sequence number this connection will not be sent.
+  #[inline]
+  pub fn after_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Resume::VT_AFTER_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Resume<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
+     .visit_field::<u64>("after_seq", Self::VT_AFTER_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ResumeArgs<'a> {
+    pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub after_seq: u64,
+}
+impl<'a> Default for ResumeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ResumeArgs {
+      group: None, // required field
+      after_seq: 0,
+    }
+  }
+}
+
+pub struct ResumeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResumeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Resume::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_after_seq(&mut self, after_seq: u64) {
+    self.fbb_.push_slot::<u64>(Resume::VT_AFTER_SEQ, after_seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResumeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ResumeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Resume<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Resume::VT_GROUP,"group");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Resume<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Resume");
+      ds.field("group", &self.group());
+      ds.field("after_seq", &self.after_seq());
+      ds.finish()
+  }
+}
+pub enum ReceiptSummaryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Push: the aggregated receipts of one message, sent to its sender (when the tenant's
+/// receipt policy aggregates instead of forwarding each receipt).
+pub struct ReceiptSummary<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReceiptSummary<'a> {
+  type Inner = ReceiptSummary<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReceiptSummary<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SEQ: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DELIVERED: ::flatbuffers::VOffsetT = 8;
+  pub const VT_READ: ::flatbuffers::VOffsetT = 10;
+  pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReceiptSummary { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReceiptSummaryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReceiptSummary<'bldr>> {
+    let mut builder = ReceiptSummaryBuilder::new(_fbb);
+    builder.add_seq(args.seq);
+    builder.add_members(args.members);
+    builder.add_read(args.read);
+    builder.add_delivered(args.delivered);
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  /// The group id.
+  #[inline]
+  pub fn group(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ReceiptSummary::VT_GROUP, None).unwrap()}
+  }
+  /// The message's sequence number.
+  #[inline]
+  pub fn seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReceiptSummary::VT_SEQ, Some(0)).unwrap()}
+  }
+  /// Members who reported it delivered (or read).
+  #[inline]
+  pub fn delivered(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReceiptSummary::VT_DELIVERED, Some(0)).unwrap()}
+  }
+  /// Members who reported it read.
+  #[inline]
+  pub fn read(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReceiptSummary::VT_READ, Some(0)).unwrap()}
+  }
+  /// The group's member count when the summary was made.
+  #[inline]
+  pub fn members(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ReceiptSummary::VT_MEMBERS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReceiptSummary<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
+     .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+     .visit_field::<u32>("delivered", Self::VT_DELIVERED, false)?
+     .visit_field::<u32>("read", Self::VT_READ, false)?
+     .visit_field::<u32>("members", Self::VT_MEMBERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReceiptSummaryArgs<'a> {
+    pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub seq: u64,
+    pub delivered: u32,
+    pub read: u32,
+    pub members: u32,
+}
+impl<'a> Default for ReceiptSummaryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReceiptSummaryArgs {
+      group: None, // required field
+      seq: 0,
+      delivered: 0,
+      read: 0,
+      members: 0,
+    }
+  }
+}
+
+pub struct ReceiptSummaryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptSummaryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReceiptSummary::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_seq(&mut self, seq: u64) {
+    self.fbb_.push_slot::<u64>(ReceiptSummary::VT_SEQ, seq, 0);
+  }
+  #[inline]
+  pub fn add_delivered(&mut self, delivered: u32) {
+    self.fbb_.push_slot::<u32>(ReceiptSummary::VT_DELIVERED, delivered, 0);
+  }
+  #[inline]
+  pub fn add_read(&mut self, read: u32) {
+    self.fbb_.push_slot::<u32>(ReceiptSummary::VT_READ, read, 0);
+  }
+  #[inline]
+  pub fn add_members(&mut self, members: u32) {
+    self.fbb_.push_slot::<u32>(ReceiptSummary::VT_MEMBERS, members, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReceiptSummaryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReceiptSummaryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReceiptSummary<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, ReceiptSummary::VT_GROUP,"group");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReceiptSummary<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReceiptSummary");
+      ds.field("group", &self.group());
+      ds.field("seq", &self.seq());
+      ds.field("delivered", &self.delivered());
+      ds.field("read", &self.read());
+      ds.field("members", &self.members());
+      ds.finish()
+  }
+}
+pub enum NudgeOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Push: `group` has messages up to `head_seq` that this connection was not sent (a
+/// background member of a large group, a held delivery, a slow consumer in pull mode).
+/// Fetch them when the app needs them (e.g. when it comes to the foreground).
+pub struct Nudge<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Nudge<'a> {
+  type Inner = Nudge<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Nudge<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HEAD_SEQ: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Nudge { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args NudgeArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Nudge<'bldr>> {
+    let mut builder = NudgeBuilder::new(_fbb);
+    builder.add_head_seq(args.head_seq);
+    if let Some(x) = args.group { builder.add_group(x); }
+    builder.finish()
+  }
+
+
+  /// The group id.
+  #[inline]
+  pub fn group(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Nudge::VT_GROUP, None).unwrap()}
+  }
+  /// The group's newest sequence number.
+  #[inline]
+  pub fn head_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Nudge::VT_HEAD_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Nudge<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("group", Self::VT_GROUP, true)?
+     .visit_field::<u64>("head_seq", Self::VT_HEAD_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct NudgeArgs<'a> {
+    pub group: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub head_seq: u64,
+}
+impl<'a> Default for NudgeArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    NudgeArgs {
+      group: None, // required field
+      head_seq: 0,
+    }
+  }
+}
+
+pub struct NudgeBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> NudgeBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Nudge::VT_GROUP, group);
+  }
+  #[inline]
+  pub fn add_head_seq(&mut self, head_seq: u64) {
+    self.fbb_.push_slot::<u64>(Nudge::VT_HEAD_SEQ, head_seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> NudgeBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    NudgeBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Nudge<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Nudge::VT_GROUP,"group");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Nudge<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Nudge");
+      ds.field("group", &self.group());
+      ds.field("head_seq", &self.head_seq());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3860,6 +4283,48 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_resume(&self) -> Option<Resume<'a>> {
+    if self.body_type() == Body::Resume {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { Resume::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_receipt_summary(&self) -> Option<ReceiptSummary<'a>> {
+    if self.body_type() == Body::ReceiptSummary {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { ReceiptSummary::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_nudge(&self) -> Option<Nudge<'a>> {
+    if self.body_type() == Body::Nudge {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { Nudge::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -3890,6 +4355,9 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Pong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Pong>>("Body::Pong", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
           Body::Flags => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Flags>>("Body::Flags", pos),
+          Body::Resume => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Resume>>("Body::Resume", pos),
+          Body::ReceiptSummary => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ReceiptSummary>>("Body::ReceiptSummary", pos),
+          Body::Nudge => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Nudge>>("Body::Nudge", pos),
           _ => Ok(()),
         }
      })?
@@ -4080,6 +4548,27 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Flags => {
           if let Some(x) = self.body_as_flags() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Resume => {
+          if let Some(x) = self.body_as_resume() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ReceiptSummary => {
+          if let Some(x) = self.body_as_receipt_summary() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Nudge => {
+          if let Some(x) = self.body_as_nudge() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -181,6 +181,25 @@ pub fn server_cases() -> Vec<ServerFrame> {
             ],
         },
         ServerFrame::Flags { flags: vec![] },
+        ServerFrame::Resume {
+            group: "general".into(),
+            after_seq: 41,
+        },
+        ServerFrame::Resume {
+            group: "general".into(),
+            after_seq: 0,
+        },
+        ServerFrame::ReceiptSummary {
+            group: "general".into(),
+            seq: 43,
+            delivered: 37,
+            read: 12,
+            members: 120,
+        },
+        ServerFrame::Nudge {
+            group: "general".into(),
+            head_seq: 99,
+        },
         ServerFrame::Error(ErrorFrame::new(
             3,
             ErrorCode::NotMember,
@@ -232,6 +251,9 @@ pub fn server_name(f: &ServerFrame) -> &'static str {
         ServerFrame::Pong { .. } => "Pong",
         ServerFrame::Error(_) => "Error",
         ServerFrame::Flags { .. } => "Flags",
+        ServerFrame::Resume { .. } => "Resume",
+        ServerFrame::ReceiptSummary { .. } => "ReceiptSummary",
+        ServerFrame::Nudge { .. } => "Nudge",
     }
 }
-pub const SERVER_VARIANTS: usize = 11;
+pub const SERVER_VARIANTS: usize = 14;

@@ -1,0 +1,537 @@
+//! The push path of one session: what the hub queues for a connection ([`Push`], [`Outbox`]),
+//! what goes on the wire next ([`PushPlanner`]), and the writers that put it on the
+//! connection's push streams.
+//!
+//! Each [`PushStream`] is its own QUIC unidirectional stream with its own transport priority,
+//! opened on first use. quinn sends buffered data of a higher-priority stream before any of a
+//! lower one, and a stream blocked by flow control (a client that stopped reading bulk
+//! traffic) blocks only its own writer — so a big low-lane backlog never delays a high-lane
+//! message or a feature-flag update.
+//!
+//! A group's messages may therefore travel on several streams. The planner keeps them
+//! exactly-once and gap-free per connection (it never writes a sequence number at or below
+//! one it wrote, and fills a gap from the log, on the writing stream, before writing past
+//! it), and announces each subscription with a `Resume { group, after_seq }` frame on the
+//! stream of its first delivery. The client hands a group's messages to the app in `seq`
+//! order from `after_seq + 1`, holding one that overtook its predecessor until that arrives
+//! (protocol §9).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use switchboard_core::{GroupId, Lane};
+use switchboard_store::StoreError;
+use switchboard_wire::{self as wire, ServerFrame};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::hub::{GroupState, Hub, Session, SubChange};
+
+/// Bytes of pushes a writer takes from its queue per write (more if a single frame is
+/// larger): enough to pack many small messages into few packets, small enough that planning
+/// (which holds the session's planner lock) stays short.
+const WRITE_BUDGET: usize = 64 * 1024;
+/// Expected frames per write; only a capacity hint.
+const WRITE_BATCH: usize = 64;
+/// A deferred group is nudged at most once per this interval per connection: the nudge is a
+/// hint ("there is more, fetch when you need it"), not a copy of the traffic.
+pub const NUDGE_INTERVAL_MS: u64 = 1_000;
+
+/// A connection's push streams, most urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushStream {
+    /// `Flags` and high-lane deliveries.
+    High,
+    /// Normal-lane deliveries, and catch-up from the log.
+    Normal,
+    /// Low-lane (bulk) deliveries.
+    Low,
+    /// Best-effort notices: receipts, receipt summaries, presence, nudges.
+    Notices,
+}
+
+impl PushStream {
+    /// Every stream, most urgent first.
+    pub const ALL: [PushStream; 4] = [Self::High, Self::Normal, Self::Low, Self::Notices];
+
+    /// The stream that carries deliveries of `lane`.
+    pub fn of_lane(lane: Lane) -> Self {
+        match lane {
+            Lane::High => Self::High,
+            Lane::Normal => Self::Normal,
+            Lane::Low => Self::Low,
+        }
+    }
+
+    /// Position in [`PushStream::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The QUIC send priority (higher is sent first).
+    fn priority(self) -> i32 {
+        3 - self as i32
+    }
+
+    /// For metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+            Self::Notices => "notices",
+        }
+    }
+}
+
+/// What a session's push writers are handed.
+#[derive(Debug)]
+pub(crate) enum Push {
+    /// A new message of `group`, already encoded (shared by every recipient).
+    Deliver {
+        group: GroupId,
+        seq: u64,
+        lane: Lane,
+        frame: Bytes,
+    },
+    /// A best-effort notice (receipt, presence, flags): dropped if its queue is full.
+    Notice { stream: PushStream, frame: Bytes },
+    /// `group` has messages up to `seq` that this session is not sent now (deferred while it
+    /// is in the background): tell it with a `Nudge`, at most once per [`NUDGE_INTERVAL_MS`].
+    Nudge { group: GroupId, seq: u64 },
+}
+
+impl Push {
+    pub(crate) fn stream(&self) -> PushStream {
+        match self {
+            Push::Deliver { lane, .. } => PushStream::of_lane(*lane),
+            Push::Notice { stream, .. } => *stream,
+            Push::Nudge { .. } => PushStream::Notices,
+        }
+    }
+
+    /// Encoded size, for write budgets.
+    fn len(&self) -> usize {
+        match self {
+            Push::Deliver { frame, .. } | Push::Notice { frame, .. } => frame.len(),
+            Push::Nudge { .. } => 32,
+        }
+    }
+}
+
+/// A session's queues of pushes, one per [`PushStream`], each bounded by `outbox_frames`.
+/// Filling one never blocks the fan-out: see [`Session`]'s `push`.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    queues: [mpsc::Sender<Push>; 4],
+}
+
+impl Outbox {
+    pub(crate) fn try_push(&self, p: Push) -> Result<(), mpsc::error::TrySendError<Push>> {
+        self.queues[p.stream().index()].try_send(p)
+    }
+
+    /// Pushes queued on `stream` now.
+    pub(crate) fn depth(&self, stream: PushStream) -> usize {
+        let q = &self.queues[stream.index()];
+        q.max_capacity() - q.capacity()
+    }
+}
+
+/// The writers' end of an [`Outbox`].
+#[derive(Debug)]
+pub(crate) struct OutboxRx {
+    queues: [mpsc::Receiver<Push>; 4],
+}
+
+/// A new outbox with room for `per_stream` pushes in each queue.
+pub(crate) fn outbox(per_stream: usize) -> (Outbox, OutboxRx) {
+    let (h_tx, h_rx) = mpsc::channel(per_stream);
+    let (n_tx, n_rx) = mpsc::channel(per_stream);
+    let (l_tx, l_rx) = mpsc::channel(per_stream);
+    let (x_tx, x_rx) = mpsc::channel(per_stream);
+    (
+        Outbox {
+            queues: [h_tx, n_tx, l_tx, x_tx],
+        },
+        OutboxRx {
+            queues: [h_rx, n_rx, l_rx, x_rx],
+        },
+    )
+}
+
+/// Takes queued pushes until about `budget` bytes are taken.
+fn drain(rx: &mut mpsc::Receiver<Push>, out: &mut Vec<Push>, mut budget: usize) {
+    while budget > 0 {
+        let Ok(p) = rx.try_recv() else { break };
+        budget = budget.saturating_sub(p.len().max(1));
+        out.push(p);
+    }
+}
+
+/// One subscribed group as the planner sees it.
+struct Sub {
+    group: Arc<GroupState>,
+    /// Highest seq written to this connection.
+    sent: u64,
+    /// Whether the `Resume` frame of this subscription was written.
+    announced: bool,
+    /// Highest seq a `Nudge` told about, and when (ms).
+    nudged_seq: u64,
+    nudged_at_ms: u64,
+}
+
+/// Decides what a session's push streams carry next. Shared by the session's writers (each
+/// takes the lock only to plan, never across a write); the transport only writes the frames
+/// it returns, on the stream of the writer that asked.
+pub(crate) struct PushPlanner {
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    subs: HashMap<GroupId, Sub>,
+}
+
+impl PushPlanner {
+    pub(crate) fn new(hub: Arc<Hub>, session: Arc<Session>) -> Self {
+        Self {
+            hub,
+            session,
+            subs: HashMap::new(),
+        }
+    }
+
+    fn apply_sub_changes(&mut self) {
+        let changes = std::mem::take(&mut *self.session.sub_changes.lock());
+        for c in changes.into_values() {
+            match c {
+                SubChange::Subscribe { group, after } => {
+                    self.subs.insert(
+                        group.id.clone(),
+                        Sub {
+                            group,
+                            sent: after,
+                            announced: false,
+                            nudged_seq: 0,
+                            nudged_at_ms: 0,
+                        },
+                    );
+                }
+                SubChange::Unsubscribe(id) => {
+                    self.subs.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Appends the frames for one push to `out`, filling a gap from the log first.
+    pub(crate) fn plan(&mut self, push: Push, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+        self.apply_sub_changes();
+        match push {
+            Push::Notice { frame, .. } => out.push(frame),
+            Push::Nudge { group, seq } => self.nudge(&group, seq, out),
+            Push::Deliver {
+                group, seq, frame, ..
+            } => {
+                let Some(sub) = self.subs.get(&group) else {
+                    return Ok(()); // left the group since
+                };
+                if seq <= sub.sent {
+                    return Ok(());
+                }
+                if seq > sub.sent + 1 {
+                    let g = sub.group.clone();
+                    self.fill(&g, seq - 1, out)?;
+                }
+                // Only write it if the gap is closed (a fill is bounded per call).
+                if let Some(sub) = self.subs.get_mut(&group) {
+                    if sub.sent + 1 == seq {
+                        announce(sub, out);
+                        out.push(frame);
+                        sub.sent = seq;
+                    } else {
+                        self.session.request_catch_up();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn nudge(&mut self, group: &GroupId, seq: u64, out: &mut Vec<Bytes>) {
+        let Some(sub) = self.subs.get_mut(group) else {
+            return;
+        };
+        if seq <= sub.sent || seq <= sub.nudged_seq {
+            return;
+        }
+        let now = crate::hub::now_ms();
+        if sub.nudged_at_ms != 0 && now < sub.nudged_at_ms + NUDGE_INTERVAL_MS {
+            return;
+        }
+        sub.nudged_seq = seq;
+        sub.nudged_at_ms = now;
+        out.push(wire::encode_server(&ServerFrame::Nudge {
+            group: group.to_string(),
+            head_seq: seq,
+        }));
+        self.hub.metrics().nudges.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// If a catch-up was requested, appends up to one batch of log messages per group that is
+    /// behind its durable head (except groups whose delivery is deferred for this session).
+    /// Returns true if more remain (call again after writing `out`).
+    pub(crate) fn catch_up(&mut self, out: &mut Vec<Bytes>) -> Result<bool, StoreError> {
+        self.apply_sub_changes();
+        if !self.session.catch_up.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let groups: Vec<Arc<GroupState>> = self.subs.values().map(|s| s.group.clone()).collect();
+        let mut more = false;
+        for g in groups {
+            if self.hub.defers(&self.session, &g) {
+                continue;
+            }
+            let head = g.head();
+            self.fill(&g, head, out)?;
+            if self.subs.get(&g.id).is_some_and(|s| s.sent < head) {
+                more = true;
+            }
+        }
+        if more {
+            self.session.catch_up.store(true, Ordering::Release);
+        }
+        Ok(more)
+    }
+
+    /// Appends one batch of messages (sent, upto] of `g` from the log.
+    fn fill(&mut self, g: &GroupState, upto: u64, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+        let Some(sub) = self.subs.get_mut(&g.id) else {
+            return Ok(());
+        };
+        if sub.sent >= upto {
+            return Ok(());
+        }
+        let msgs = self.hub.read_for_catch_up(g, sub.sent, upto)?;
+        for m in msgs {
+            if m.seq != sub.sent + 1 {
+                // A hole in the log would break the order invariant; stop and say so.
+                return Err(StoreError::Corrupt {
+                    tree: "log",
+                    detail: format!("group {} expected seq {} got {}", g.id, sub.sent + 1, m.seq),
+                });
+            }
+            announce(sub, out);
+            sub.sent = m.seq;
+            out.push(wire::encode_server(&ServerFrame::Deliver(
+                crate::hub::to_message(&g.id, m),
+            )));
+            self.hub
+                .metrics()
+                .deliveries_catch_up
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Writes the subscription's `Resume` before its first delivery on this connection.
+fn announce(sub: &mut Sub, out: &mut Vec<Bytes>) {
+    if !sub.announced {
+        sub.announced = true;
+        out.push(wire::encode_server(&ServerFrame::Resume {
+            group: sub.group.id.to_string(),
+            after_seq: sub.sent,
+        }));
+    }
+}
+
+/// Why the push writers stopped.
+#[derive(Debug)]
+pub(crate) enum PushEnd {
+    /// The client closed or reset a push stream, or the connection is gone.
+    Closed,
+    /// Planning failed to read the log.
+    Store(StoreError),
+}
+
+/// Runs the session's push writers until its outbox is dropped (session closed) or one of
+/// them fails. Whatever the high queue holds at start (the session's `Flags`) is written
+/// before catch-up begins.
+pub(crate) async fn run(
+    conn: quinn::Connection,
+    planner: PushPlanner,
+    rx: OutboxRx,
+) -> Result<(), PushEnd> {
+    let session = planner.session.clone();
+    let planner = Mutex::new(planner);
+    let [mut high, normal, low, notices] = rx.queues;
+    let mut first = Writer::new(&conn, PushStream::High, &planner);
+    let mut items = Vec::new();
+    while let Ok(p) = high.try_recv() {
+        items.push(p);
+    }
+    first.plan_and_write(&mut items).await?;
+    let result = tokio::try_join!(
+        first.run(high, None),
+        Writer::new(&conn, PushStream::Normal, &planner).run(normal, Some(&session)),
+        Writer::new(&conn, PushStream::Low, &planner).run(low, None),
+        Writer::new(&conn, PushStream::Notices, &planner).run(notices, None),
+    );
+    result.map(|_| ())
+}
+
+/// One push stream's writer.
+struct Writer<'a> {
+    conn: &'a quinn::Connection,
+    kind: PushStream,
+    planner: &'a Mutex<PushPlanner>,
+    /// Opened on first write.
+    stream: Option<quinn::SendStream>,
+    out: Vec<Bytes>,
+}
+
+impl<'a> Writer<'a> {
+    fn new(conn: &'a quinn::Connection, kind: PushStream, planner: &'a Mutex<PushPlanner>) -> Self {
+        Self {
+            conn,
+            kind,
+            planner,
+            stream: None,
+            out: Vec::with_capacity(WRITE_BATCH),
+        }
+    }
+
+    /// Serves `rx`; the writer given the session also does its catch-up (woken by it).
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Push>,
+        catch_up: Option<&Session>,
+    ) -> Result<(), PushEnd> {
+        let mut items = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            if catch_up.is_some() {
+                // Catch-up (after hello, a join, an overflow, a return to the foreground):
+                // one bounded batch per turn so live pushes keep flowing in between.
+                let more = self.planner.lock().catch_up(&mut self.out);
+                if let Err(e) = more {
+                    warn!(error = %e, "catch-up failed");
+                    return Err(PushEnd::Store(e));
+                }
+            }
+            if self.out.is_empty() {
+                match catch_up {
+                    Some(session) => tokio::select! {
+                        p = rx.recv() => match p {
+                            Some(p) => items.push(p),
+                            None => return Ok(()),
+                        },
+                        _ = session.wake.notified() => {}
+                    },
+                    None => match rx.recv().await {
+                        Some(p) => items.push(p),
+                        None => return Ok(()),
+                    },
+                }
+            }
+            drain(&mut rx, &mut items, WRITE_BUDGET);
+            self.plan_and_write(&mut items).await?;
+        }
+    }
+
+    async fn plan_and_write(&mut self, items: &mut Vec<Push>) -> Result<(), PushEnd> {
+        if !items.is_empty() {
+            let mut planner = self.planner.lock();
+            for item in items.drain(..) {
+                if let Err(e) = planner.plan(item, &mut self.out) {
+                    warn!(error = %e, "delivery planning failed");
+                    return Err(PushEnd::Store(e));
+                }
+            }
+        }
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if self.stream.is_none() {
+            let s = self.conn.open_uni().await.map_err(|_| PushEnd::Closed)?;
+            let _ = s.set_priority(self.kind.priority());
+            self.stream = Some(s);
+        }
+        let stream = self.stream.as_mut().expect("opened above");
+        if stream.write_all_chunks(&mut self.out).await.is_err() {
+            debug!(stream = self.kind.name(), "push stream closed");
+            return Err(PushEnd::Closed);
+        }
+        self.out.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(group: &str, seq: u64, lane: Lane) -> Push {
+        Push::Deliver {
+            group: GroupId::new(group).unwrap(),
+            seq,
+            lane,
+            frame: Bytes::from(vec![0u8; 10]),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_push_is_queued_on_the_stream_of_its_kind() {
+        let (tx, rx) = outbox(2);
+        tx.try_push(d("a", 1, Lane::Low)).unwrap();
+        tx.try_push(d("b", 1, Lane::Normal)).unwrap();
+        tx.try_push(d("c", 1, Lane::High)).unwrap();
+        tx.try_push(Push::Nudge {
+            group: GroupId::new("d").unwrap(),
+            seq: 9,
+        })
+        .unwrap();
+        tx.try_push(Push::Notice {
+            stream: PushStream::High,
+            frame: Bytes::new(),
+        })
+        .unwrap();
+        assert_eq!(tx.depth(PushStream::High), 2);
+        assert!(
+            tx.try_push(d("c", 2, Lane::High)).is_err(),
+            "each queue is bounded on its own"
+        );
+        for s in [PushStream::Normal, PushStream::Low, PushStream::Notices] {
+            assert_eq!(tx.depth(s), 1, "{s:?}");
+        }
+        let [mut h, mut n, mut l, mut x] = rx.queues;
+        let mut out = Vec::new();
+        drain(&mut h, &mut out, 1000);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(n.try_recv(), Ok(Push::Deliver { seq: 1, .. })));
+        assert!(matches!(l.try_recv(), Ok(Push::Deliver { seq: 1, .. })));
+        assert!(matches!(x.try_recv(), Ok(Push::Nudge { seq: 9, .. })));
+    }
+
+    #[test]
+    fn drain_stops_at_the_budget_but_takes_at_least_one() {
+        let (tx, rx) = outbox(8);
+        for seq in 1..=4 {
+            tx.try_push(d("a", seq, Lane::Normal)).unwrap();
+        }
+        let [_, mut n, _, _] = rx.queues;
+        let mut out = Vec::new();
+        drain(&mut n, &mut out, 15); // room for two 10-byte frames
+        assert_eq!(out.len(), 2);
+        out.clear();
+        drain(&mut n, &mut out, 1);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn priorities_follow_urgency() {
+        let p: Vec<i32> = PushStream::ALL.iter().map(|s| s.priority()).collect();
+        assert!(p.windows(2).all(|w| w[0] > w[1]), "{p:?}");
+    }
+}
