@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -28,7 +28,7 @@ use switchboard_core::{
 };
 use switchboard_policy::{self as policy, TenantPolicy};
 use switchboard_store::{
-    Appended, FlagRule, GroupMeta, NewMessage, Store, StoreError, StoredMessage, StoredReceipt,
+    Appended, FlagRule, GroupMeta, NewMessage, Store, StoreError, StoredMessage,
 };
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
@@ -154,6 +154,10 @@ pub struct Metrics {
     /// Receipts and presence changes shed under load.
     pub receipts_shed: AtomicU64,
     pub presence_shed: AtomicU64,
+    /// `ReceiptSummary` frames sent (aggregated receipts, one per message per worker batch).
+    pub receipt_summaries: AtomicU64,
+    /// Receipts the worker could not store (store error); the batch is lost, not retried.
+    pub receipts_failed: AtomicU64,
     /// Requests refused with `RateLimited`, by what was limited (nothing of them was done).
     pub rate_limited_messages: AtomicU64,
     pub rate_limited_receipts: AtomicU64,
@@ -190,6 +194,8 @@ pub struct MetricsSnapshot {
     pub receipts_dropped: u64,
     pub receipts_shed: u64,
     pub presence_shed: u64,
+    pub receipt_summaries: u64,
+    pub receipts_failed: u64,
     pub rate_limited_messages: u64,
     pub rate_limited_receipts: u64,
     pub rate_limited_joins: u64,
@@ -224,6 +230,8 @@ impl Metrics {
             receipts_dropped: l(&self.receipts_dropped),
             receipts_shed: l(&self.receipts_shed),
             presence_shed: l(&self.presence_shed),
+            receipt_summaries: l(&self.receipt_summaries),
+            receipts_failed: l(&self.receipts_failed),
             rate_limited_messages: l(&self.rate_limited_messages),
             rate_limited_receipts: l(&self.rate_limited_receipts),
             rate_limited_joins: l(&self.rate_limited_joins),
@@ -263,7 +271,7 @@ pub struct Session {
 impl Session {
     /// Queues a push without waiting. A full outbox never blocks the fan-out: a delivery that
     /// does not fit is recovered from the log by the writer; a notice is dropped.
-    fn push(&self, p: Push, metrics: &Metrics) {
+    pub(crate) fn push(&self, p: Push, metrics: &Metrics) {
         match self.outbox.try_push(p) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Push::Deliver { .. })) => {
@@ -300,7 +308,7 @@ pub struct GroupState {
     append: tokio::sync::Mutex<()>,
     fanout: Mutex<Fanout>,
     /// Member count, kept here so the per-message policy call reads no store.
-    members: AtomicU32,
+    pub(crate) members: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -381,6 +389,8 @@ pub struct Hub {
     shedding: DashMap<TenantId, policy::Shedding>,
     /// See [`Hub::membership_lock`].
     membership: Box<[Mutex<()>]>,
+    /// The receipt worker's queue (`receipts.rs`), set once the hub exists.
+    receipts_tx: OnceLock<mpsc::Sender<crate::receipts::ReceiptJob>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -433,7 +443,11 @@ impl Hub {
             load_override: AtomicU8::new(NO_OVERRIDE),
             shedding: DashMap::new(),
             membership: (0..MEMBERSHIP_STRIPES).map(|_| Mutex::new(())).collect(),
+            receipts_tx: OnceLock::new(),
         });
+        let _ = hub
+            .receipts_tx
+            .set(crate::receipts::start(Arc::downgrade(&hub)));
         let committer = Committer {
             store,
             rx,
@@ -1153,7 +1167,7 @@ impl Hub {
         self.membership[(h.finish() as usize) % self.membership.len()].lock()
     }
 
-    fn sessions_of(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Session>> {
+    pub(crate) fn sessions_of(&self, tenant: &TenantId, user: &UserId) -> Vec<Arc<Session>> {
         self.users
             .get(&(tenant.clone(), user.clone()))
             .map(|e| e.sessions.clone())
@@ -1336,7 +1350,9 @@ impl Hub {
         Ok(())
     }
 
-    /// `Receipt`: stores it and tells the message's sender.
+    /// `Receipt`: checked here (rate limit, membership, the message exists, load shedding),
+    /// then queued for the receipt worker (`receipts.rs`), which stores it and tells the
+    /// message's sender. A full queue sheds it (counted), never the message path.
     pub fn receipt(
         &self,
         session: &Session,
@@ -1365,67 +1381,47 @@ impl Hub {
             self.metrics.receipts_shed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let action = match self.hot_policy(&session.tenant, &session.user, &gid) {
+        let job = crate::receipts::ReceiptJob {
+            group: g,
+            seq,
+            reader: session.user.clone(),
+            kind,
+        };
+        let queue = self.receipts_tx.get().expect("set in Hub::new");
+        if queue.try_send(job).is_err() {
+            self.metrics.receipts_shed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// What the tenant's policy does with one receipt (the receipt worker asks).
+    pub(crate) fn receipt_policy(
+        &self,
+        g: &GroupState,
+        seq: u64,
+        reader: &UserId,
+        kind: ReceiptKind,
+    ) -> policy::ReceiptAction {
+        match self.hot_policy(&g.tenant, reader, &g.id) {
             Some(v) => {
                 let info = policy::ReceiptInfo {
-                    group: gid.to_string(),
+                    group: g.id.to_string(),
                     seq,
-                    reader: session.user.to_string(),
+                    reader: reader.to_string(),
                     kind,
                     group_size: g.members.load(Ordering::Relaxed),
                 };
-                self.guarded(&session.tenant, &v, v.policy.on_receipt(&info))
+                self.guarded(&g.tenant, &v, v.policy.on_receipt(&info))
             }
             None => policy::ReceiptAction::Forward,
-        };
-        if action == policy::ReceiptAction::Drop {
-            self.metrics
-                .receipts_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(());
         }
-        let at_ms = now_ms();
-        self.store.put_receipt(
-            &session.tenant,
-            &gid,
-            seq,
-            &StoredReceipt {
-                user: session.user.clone(),
-                kind,
-                at_ms,
-            },
-        )?;
-        if action == policy::ReceiptAction::Aggregate {
-            // Stored (counted into the message's aggregate), not forwarded one by one.
-            self.metrics
-                .receipts_aggregated
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        self.metrics
-            .receipts_forwarded
-            .fetch_add(1, Ordering::Relaxed);
-        let Some(msg) = self.store.message(&session.tenant, &gid, seq)? else {
-            return Ok(());
-        };
-        let targets = self.sessions_of(&session.tenant, &msg.sender);
-        if targets.is_empty() {
-            return Ok(());
-        }
-        let frame = wire::encode_server(&ServerFrame::ReceiptNotice {
-            group: gid.to_string(),
-            seq,
-            user: session.user.to_string(),
-            kind,
-        });
-        for s in targets {
-            let notice = Push::Notice {
-                stream: PushStream::Notices,
-                frame: frame.clone(),
-            };
-            s.push(notice, &self.metrics);
-        }
-        Ok(())
+    }
+
+    /// A loaded group's member count, if it is loaded.
+    pub(crate) fn group_members(&self, tenant: &TenantId, group: &GroupId) -> Option<u32> {
+        self.groups
+            .get(&(tenant.clone(), group.clone()))
+            .map(|g| g.members.load(Ordering::Relaxed))
     }
 
     /// `Presence`: records the state and tells connected members of the user's groups.

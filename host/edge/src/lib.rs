@@ -20,6 +20,7 @@ mod conn;
 pub mod hub;
 pub mod push;
 mod rates;
+pub mod receipts;
 mod serving;
 pub mod tls;
 

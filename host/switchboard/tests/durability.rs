@@ -26,6 +26,8 @@ enum Gate {
 struct GateStore {
     inner: SledStore,
     gate: Mutex<Gate>,
+    /// While true, `put_receipt` waits (the receipt worker is stuck on a slow disk).
+    receipts_held: (Mutex<bool>, std::sync::Condvar),
     entered: Mutex<std_mpsc::Sender<()>>,
     release: Mutex<std_mpsc::Receiver<()>>,
 }
@@ -57,8 +59,19 @@ impl Store for GateStore {
         message(t: &TenantId, g: &GroupId, s: u64) -> Result<Option<StoredMessage>, StoreError>;
         advance_cursor(t: &TenantId, g: &GroupId, u: &UserId, s: u64) -> Result<u64, StoreError>;
         cursor(t: &TenantId, g: &GroupId, u: &UserId) -> Result<u64, StoreError>;
-        put_receipt(t: &TenantId, g: &GroupId, s: u64, r: &StoredReceipt) -> Result<(), StoreError>;
         receipts(t: &TenantId, g: &GroupId, s: u64) -> Result<Vec<StoredReceipt>, StoreError>;
+    }
+
+    fn put_receipt(
+        &self,
+        t: &TenantId,
+        g: &GroupId,
+        s: u64,
+        r: &StoredReceipt,
+    ) -> Result<(), StoreError> {
+        let (held, cv) = &self.receipts_held;
+        let _held = cv.wait_while(held.lock().unwrap(), |held| *held).unwrap();
+        self.inner.put_receipt(t, g, s, r)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -85,6 +98,10 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(Limits::default()).await
+}
+
+async fn harness_with(limits: Limits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let inner = SledStore::open(&dir.path().join("store")).unwrap();
     seed(&inner);
@@ -93,6 +110,7 @@ async fn harness() -> Harness {
     let store = Arc::new(GateStore {
         inner,
         gate: Mutex::new(Gate::Open),
+        receipts_held: (Mutex::new(false), std::sync::Condvar::new()),
         entered: Mutex::new(entered_tx),
         release: Mutex::new(release_rx),
     });
@@ -101,7 +119,7 @@ async fn harness() -> Harness {
     let node = Node::start(
         EdgeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            limits: Limits::default(),
+            limits,
             identity,
         },
         store.clone(),
@@ -132,6 +150,12 @@ impl Harness {
         .await;
         assert!(matches!(c.read().await, Some(ServerFrame::Welcome { .. })));
         c
+    }
+
+    fn hold_receipts(&self, held: bool) {
+        let (h, cv) = &self.store.receipts_held;
+        *h.lock().unwrap() = held;
+        cv.notify_all();
     }
 
     fn set(&self, g: Gate) {
@@ -257,4 +281,75 @@ async fn a_failed_flush_is_refused_and_a_retry_is_acked_once() {
     .await;
     bob.send(&ClientFrame::Ping { request_id: 9 }).await;
     assert_eq!(bob.read().await, Some(ServerFrame::Pong { request_id: 9 }));
+}
+
+/// Receipts have their own bounded queue and worker: with the worker stuck on the store, a
+/// flood of receipts fills only that queue (the excess is shed and counted) while messages
+/// sent at the same time are acked and delivered as usual; once the store moves again the
+/// queued receipts are stored and forwarded.
+#[tokio::test]
+async fn a_flood_of_receipts_does_not_delay_messages() {
+    use switchboard_edge::receipts::RECEIPT_QUEUE;
+    let h = harness_with(Limits {
+        user_receipts_per_sec: 0,
+        ..Limits::default()
+    })
+    .await;
+    let mut alice = h.member("alice").await;
+    let mut bob = h.member("bob").await;
+    alice.send(&send(1, "m1")).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack { seq: 1, .. })
+    ));
+    assert_eq!(next_deliver(&mut bob).await.seq, 1);
+
+    h.hold_receipts(true);
+    let flood = RECEIPT_QUEUE as u64 + 2_000;
+    for _ in 0..flood {
+        bob.send(&ClientFrame::Receipt {
+            group: "team".into(),
+            seq: 1,
+            kind: ReceiptKind::Read,
+        })
+        .await;
+    }
+    bob.sync().await; // every receipt was taken: queued, or shed
+    let shed = h.node.hub().metrics().snapshot().receipts_shed;
+    // The worker took up to one batch (512) before it got stuck; the queue holds the rest.
+    assert!(
+        (flood - RECEIPT_QUEUE as u64 - 512..=flood - RECEIPT_QUEUE as u64).contains(&shed),
+        "shed {shed}"
+    );
+
+    // Messages go through while receipts cannot be stored.
+    alice.send(&send(2, "m2")).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack { seq: 2, .. })
+    ));
+    assert_eq!(next_deliver(&mut bob).await.seq, 2);
+    assert_eq!(h.node.hub().metrics().snapshot().receipts_forwarded, 0);
+
+    h.hold_receipts(false);
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.node.hub().metrics().snapshot().receipts_forwarded < flood - shed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "receipts not processed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        h.store
+            .receipts(
+                &TenantId::new("acme").unwrap(),
+                &GroupId::new("team").unwrap(),
+                1
+            )
+            .unwrap()
+            .len(),
+        1,
+        "one receipt per reader and message"
+    );
 }

@@ -164,9 +164,18 @@ async fn the_receipts_plugin_aggregates_instead_of_forwarding() {
         kind: ReceiptKind::Read,
     })
     .await;
+    // Alice gets the team message's summary ("read by 1 of 3"), then the closed receipt.
+    let mut summary = None;
     loop {
         match alice.read_push().await.unwrap() {
             ServerFrame::Deliver(_) => {}
+            ServerFrame::ReceiptSummary {
+                group,
+                seq,
+                delivered,
+                read,
+                members,
+            } => summary = Some((group, seq, delivered, read, members)),
             ServerFrame::ReceiptNotice { group, .. } => {
                 assert_eq!(
                     group, "closed",
@@ -177,8 +186,10 @@ async fn the_receipts_plugin_aggregates_instead_of_forwarding() {
             other => panic!("{other:?}"),
         }
     }
+    assert_eq!(summary, Some(("team".to_string(), 1, 1, 1, 3)));
     let m = n.hub().metrics().snapshot();
     assert_eq!((m.receipts_aggregated, m.receipts_forwarded), (1, 1));
+    assert_eq!(m.receipt_summaries, 1);
     let stored = switchboard_store::Store::receipts(
         &*n.store,
         &"acme".parse().unwrap(),
@@ -402,7 +413,7 @@ async fn the_minimal_example_plugin_works_from_a_config_file() {
 }
 
 #[tokio::test]
-async fn an_urgent_message_overtakes_a_bulk_backlog_without_breaking_group_order() {
+async fn urgent_messages_never_break_group_order() {
     let n = TestNode::start().await;
     n.bind(
         "acme",
@@ -436,11 +447,9 @@ async fn an_urgent_message_overtakes_a_bulk_backlog_without_breaking_group_order
         let m = next_deliver(&mut bob).await;
         order.push((m.group.clone(), m.seq, m.lane));
     }
+    // That the urgent one overtakes the backlog is delivery_planning.rs's test; here: lanes
+    // are as the policy said, and each group's order holds.
     let urgent = order.iter().position(|(g, _, _)| g == "team").unwrap();
-    assert!(
-        urgent < BULK as usize,
-        "the urgent message must overtake part of the bulk backlog (position {urgent})"
-    );
     assert_eq!(order[urgent].2, Lane::High);
     let closed: Vec<u64> = order
         .iter()

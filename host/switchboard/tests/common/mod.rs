@@ -272,21 +272,34 @@ pub struct RawClient {
     pushes: Option<tokio::sync::mpsc::UnboundedReceiver<ServerFrame>>,
     order: wire::order::PushOrder,
     flags_seen: bool,
+    arrivals: Arrivals,
 }
+
+/// When each delivery reached a test client: a number from one counter shared by every
+/// client of the test process, taken by the stream reader as it decodes the frame, so
+/// "arrived before" can be compared across connections.
+pub type Arrivals = Arc<std::sync::Mutex<std::collections::HashMap<(String, u64), u64>>>;
+static ARRIVAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Reads every push stream the node opens and forwards their frames, decoded, in arrival
 /// order per stream.
 async fn read_push_streams(
     conn: quinn::Connection,
     tx: tokio::sync::mpsc::UnboundedSender<ServerFrame>,
+    arrivals: Arrivals,
 ) {
     while let Ok(mut recv) = conn.accept_uni().await {
         let tx = tx.clone();
+        let arrivals = arrivals.clone();
         tokio::spawn(async move {
             let mut buf = BytesMut::new();
             while let Ok(Some(frame)) = wire::read_frame(&mut recv, &mut buf, 1 << 20).await {
                 let f = wire::decode_server(&frame, &DecodeLimits::default())
                     .expect("the node sent an undecodable push");
+                if let ServerFrame::Deliver(m) = &f {
+                    let n = ARRIVAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    arrivals.lock().unwrap().insert((m.group.clone(), m.seq), n);
+                }
                 if tx.send(f).is_err() {
                     return;
                 }
@@ -313,6 +326,7 @@ impl RawClient {
             pushes: None,
             order: wire::order::PushOrder::new(1 << 20),
             flags_seen: false,
+            arrivals: Arrivals::default(),
         })
     }
 
@@ -368,11 +382,7 @@ impl RawClient {
     /// Next push from any push stream, deliveries in per-group order; `Resume` frames are
     /// consumed (see [`RawClient::push_order`]).
     pub async fn read_push_raw(&mut self) -> Option<ServerFrame> {
-        if self.pushes.is_none() {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(read_push_streams(self.conn.clone(), tx));
-            self.pushes = Some(rx);
-        }
+        self.listen();
         loop {
             if let Some(f) = self.order.pop() {
                 if matches!(f, ServerFrame::Flags { .. }) {
@@ -386,6 +396,42 @@ impl RawClient {
             self.order
                 .arrive(f)
                 .expect("the node broke its delivery promise");
+        }
+    }
+
+    /// Starts reading the push streams now (otherwise the first `read_push` does), so
+    /// arrival numbers are taken as frames come in.
+    pub fn listen(&mut self) {
+        if self.pushes.is_none() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(read_push_streams(
+                self.conn.clone(),
+                tx,
+                self.arrivals.clone(),
+            ));
+            self.pushes = Some(rx);
+        }
+    }
+
+    /// The arrival number of delivery `group`/`seq` (see [`Arrivals`]), once it arrived.
+    pub fn arrival(&self, group: &str, seq: u64) -> Option<u64> {
+        self.arrivals
+            .lock()
+            .unwrap()
+            .get(&(group.to_string(), seq))
+            .copied()
+    }
+
+    /// Sends a `Ping` and reads the control stream up to its `Pong`: everything sent before
+    /// has been handled by the node. Returns the other frames read on the way.
+    pub async fn sync(&mut self) -> Vec<ServerFrame> {
+        self.send(&ClientFrame::Ping { request_id: 0xfeed }).await;
+        let mut other = Vec::new();
+        loop {
+            match self.read().await.expect("control stream ended") {
+                ServerFrame::Pong { request_id: 0xfeed } => return other,
+                f => other.push(f),
+            }
         }
     }
 

@@ -1,0 +1,361 @@
+//! Delivery planning over real QUIC: foreground members before background members, offline
+//! members on reconnect, nudges instead of messages for background members of large groups,
+//! the degradation ladder level by level, and lanes on their own push streams (a bulk
+//! backlog does not hold up an urgent message).
+
+mod common;
+
+use common::*;
+use switchboard_core::{GroupId, Limits, PresenceState, ReceiptKind, TenantId, UserId};
+use switchboard_store::{GroupMeta, Store};
+use switchboard_wire::{ClientFrame, ServerFrame};
+
+fn acme() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+
+/// Creates open group `name` in acme with `members`.
+fn group(n: &TestNode, name: &str, members: &[&str]) {
+    let g = GroupId::new(name).unwrap();
+    n.store
+        .create_group(
+            &acme(),
+            &g,
+            GroupMeta {
+                open: true,
+                max_members: 1000,
+            },
+        )
+        .unwrap();
+    for m in members {
+        n.store
+            .add_member(&acme(), &g, &UserId::new(m).unwrap())
+            .unwrap();
+    }
+    n.store.flush().unwrap();
+}
+
+/// A connected session of `user` in `presence`, reading its push streams.
+async fn member(n: &TestNode, user: &str, presence: PresenceState) -> RawClient {
+    let mut c = n.raw().await;
+    assert!(matches!(
+        c.hello(&n.token("acme", user)).await,
+        ServerFrame::Welcome { .. }
+    ));
+    if presence == PresenceState::Background {
+        c.send(&ClientFrame::Presence { state: presence }).await;
+        c.sync().await;
+    }
+    c.listen();
+    c
+}
+
+/// Sends one message and waits for its ack.
+async fn post(c: &mut RawClient, id: u64, group: &str, body: &[u8]) -> u64 {
+    c.send(&send(id, group, body)).await;
+    for f in c.sync().await {
+        if let ServerFrame::Ack { seq, .. } = f {
+            return seq;
+        }
+    }
+    match c.read().await {
+        Some(ServerFrame::Ack { seq, .. }) => seq,
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+/// The next push that is not a delivery-independent notice (flags, presence).
+async fn next_push(c: &mut RawClient) -> ServerFrame {
+    loop {
+        match c.read_push().await.expect("push streams ended") {
+            ServerFrame::Flags { .. } | ServerFrame::PresenceNotice { .. } => {}
+            f => return f,
+        }
+    }
+}
+
+#[tokio::test]
+async fn foreground_members_get_a_message_before_any_background_member_and_offline_ones_on_reconnect(
+) {
+    let n = TestNode::start().await;
+    let active = ["a0", "a1", "a2", "a3"];
+    let background = ["b0", "b1", "b2", "b3"];
+    let offline = ["o0", "o1"];
+    let mut all = vec!["sender"];
+    all.extend(background); // stored before the active ones: member order is no help
+    all.extend(active);
+    all.extend(offline);
+    group(&n, "crowd", &all);
+
+    let mut sender = member(&n, "sender", PresenceState::Background).await;
+    let mut bg = Vec::new();
+    for u in background {
+        bg.push(member(&n, u, PresenceState::Background).await);
+    }
+    let mut fg = Vec::new();
+    for u in active {
+        fg.push(member(&n, u, PresenceState::Foreground).await);
+    }
+
+    for i in 1..=5u64 {
+        let seq = post(&mut sender, i, "crowd", format!("m{i}").as_bytes()).await;
+        assert_eq!(seq, i);
+        for c in fg.iter_mut().chain(bg.iter_mut()) {
+            assert_eq!(next_deliver(c).await.seq, seq);
+        }
+        let last_active = fg.iter().map(|c| c.arrival("crowd", seq).unwrap()).max();
+        let first_background = bg.iter().map(|c| c.arrival("crowd", seq).unwrap()).min();
+        assert!(
+            last_active < first_background,
+            "message {seq}: the last foreground member got it (arrival {last_active:?}) after \
+             a background member ({first_background:?})"
+        );
+    }
+
+    for u in offline {
+        let mut c = member(&n, u, PresenceState::Foreground).await;
+        for seq in 1..=5 {
+            let m = next_deliver(&mut c).await;
+            assert_eq!(
+                (m.seq, m.body.as_ref()),
+                (seq, format!("m{seq}").as_bytes())
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn background_members_of_large_groups_get_nudges_then_everything_in_the_foreground() {
+    let n = TestNode::start_with(Limits {
+        nudge_background_from_members: 4,
+        ..Limits::default()
+    })
+    .await;
+    group(&n, "big", &["s", "fg", "bg", "x"]);
+    group(&n, "small", &["s", "bg"]);
+    let mut s = member(&n, "s", PresenceState::Foreground).await;
+    let mut fg = member(&n, "fg", PresenceState::Foreground).await;
+    let mut bg = member(&n, "bg", PresenceState::Background).await;
+
+    for i in 1..=3 {
+        post(&mut s, i, "big", b"news").await;
+        assert_eq!(next_deliver(&mut fg).await.seq, i);
+    }
+    // A small group is not deferred: its message comes, the big group's do not.
+    post(&mut s, 10, "small", b"direct").await;
+    let mut nudged = 0;
+    loop {
+        match next_push(&mut bg).await {
+            ServerFrame::Nudge { group, head_seq } => {
+                assert_eq!(group, "big");
+                assert!((1..=3).contains(&head_seq));
+                nudged += 1;
+            }
+            ServerFrame::Deliver(m) => {
+                assert_eq!(
+                    m.group, "small",
+                    "a big-group message reached a background member"
+                );
+                break;
+            }
+            other => panic!("unexpected push {other:?}"),
+        }
+    }
+    assert_eq!(nudged, 1, "one nudge per group and second");
+    let m = n.hub().metrics().snapshot();
+    assert_eq!(m.deliveries_deferred, 3);
+    assert_eq!(m.nudges, 1);
+
+    // Foreground: the three come from the log, in order, then live traffic flows.
+    bg.send(&ClientFrame::Presence {
+        state: PresenceState::Foreground,
+    })
+    .await;
+    for seq in 1..=3 {
+        assert_eq!(next_deliver(&mut bg).await.seq, seq);
+    }
+    post(&mut s, 4, "big", b"live").await;
+    let m = next_deliver(&mut bg).await;
+    assert_eq!((m.group.as_str(), m.seq), ("big", 4));
+}
+
+/// The built-in ladder: level 1 sheds presence notices, 2 also receipts, 3 also delivery to
+/// background members (they get nudges); 0 sheds nothing. Messages always flow.
+#[tokio::test]
+async fn each_degradation_level_sheds_what_the_ladder_says() {
+    let n = TestNode::start().await;
+    let mut alice = member(&n, "alice", PresenceState::Foreground).await;
+    let mut bob = member(&n, "bob", PresenceState::Foreground).await;
+    let mut carol = member(&n, "carol", PresenceState::Background).await;
+    let hub = n.hub().clone();
+    let mut seq = 0;
+    for level in 0..=3u8 {
+        hub.set_load_override(Some(level));
+        let before = hub.metrics().snapshot();
+
+        // Presence: bob goes background and back; alice shares "team" with him.
+        for state in [PresenceState::Background, PresenceState::Foreground] {
+            bob.send(&ClientFrame::Presence { state }).await;
+        }
+        bob.sync().await;
+        let presence_shed = hub.metrics().snapshot().presence_shed - before.presence_shed;
+        if level >= 1 {
+            assert_eq!(presence_shed, 2, "level {level}");
+        } else {
+            assert_eq!(presence_shed, 0);
+            for want in [PresenceState::Background, PresenceState::Foreground] {
+                loop {
+                    match alice.read_push().await.unwrap() {
+                        // Carol went to the background when she connected.
+                        ServerFrame::PresenceNotice { user, .. } if user == "carol" => {}
+                        ServerFrame::PresenceNotice { user, state } => {
+                            assert_eq!((user.as_str(), state), ("bob", want));
+                            break;
+                        }
+                        other => panic!("expected bob's presence, got {other:?}"),
+                    }
+                }
+            }
+        }
+
+        // A message always gets through to foreground members; carol (background) gets it
+        // below level 3 and a nudge at level 3.
+        seq = post(&mut alice, 100 + u64::from(level), "team", b"hi").await;
+        let m = next_deliver(&mut bob).await;
+        assert_eq!(m.seq, seq);
+        match next_push(&mut carol).await {
+            ServerFrame::Deliver(m) if level < 3 => assert_eq!(m.seq, seq),
+            ServerFrame::Nudge { head_seq, .. } if level == 3 => assert_eq!(head_seq, seq),
+            other => panic!("level {level}: carol got {other:?}"),
+        }
+
+        // Receipts: bob reads it; alice hears of it below level 2.
+        // Carol's copy (deliver or nudge) above says the publish is done; bob may still be
+        // reading his. The receipt is about the message either way.
+        bob.send(&ClientFrame::Receipt {
+            group: "team".into(),
+            seq,
+            kind: ReceiptKind::Read,
+        })
+        .await;
+        bob.sync().await;
+        let receipts_shed = hub.metrics().snapshot().receipts_shed - before.receipts_shed;
+        if level >= 2 {
+            assert_eq!(receipts_shed, 1, "level {level}");
+        } else {
+            assert_eq!(receipts_shed, 0);
+            loop {
+                match next_push(&mut alice).await {
+                    // Alice's own copy of her message.
+                    ServerFrame::Deliver(m) => assert_eq!(m.seq, seq),
+                    ServerFrame::ReceiptNotice { user, seq: s, .. } => {
+                        assert_eq!((user.as_str(), s), ("bob", seq));
+                        break;
+                    }
+                    other => panic!("expected bob's receipt, got {other:?}"),
+                }
+            }
+        }
+    }
+    // Back to normal: carol, in the foreground, gets what level 3 deferred.
+    hub.set_load_override(None);
+    carol
+        .send(&ClientFrame::Presence {
+            state: PresenceState::Foreground,
+        })
+        .await;
+    assert_eq!(next_deliver(&mut carol).await.seq, seq);
+}
+
+/// A backlog of low-lane (bulk) messages that the client has not read — more than its
+/// flow-control windows hold — does not hold up a high-lane message sent after it: the urgent
+/// one travels on its own stream and is readable while the whole backlog is still unread.
+#[tokio::test]
+async fn an_urgent_message_overtakes_a_bulk_backlog() {
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::PRIORITY,
+        &[("large_bytes", "1000")],
+    );
+    group(&n, "media", &["alice", "bob"]);
+    let mut alice = member(&n, "alice", PresenceState::Foreground).await;
+    // Bob reads his push streams by hand: first only the high one.
+    let mut bob = n.raw().await;
+    bob.hello(&n.token("acme", "bob")).await;
+    let mut high = tokio::time::timeout(WAIT, bob.conn.accept_uni())
+        .await
+        .unwrap()
+        .unwrap();
+
+    const BULK: u64 = 100;
+    let big = vec![7u8; 60 * 1024]; // 6 MB in all, > large_bytes: the low lane
+    for i in 1..=BULK {
+        post(&mut alice, i, "media", &big).await;
+    }
+    let urgent_seq = post(&mut alice, 1000, "team", b"!urgent call me").await;
+
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let urgent = loop {
+        let f = tokio::time::timeout(
+            WAIT,
+            switchboard_wire::read_frame(&mut high, &mut buf, 1 << 20),
+        )
+        .await
+        .expect("the urgent message is stuck behind the backlog")
+        .unwrap()
+        .unwrap();
+        match switchboard_wire::decode_server(&f, &Default::default()).unwrap() {
+            ServerFrame::Deliver(m) => break m,
+            other => frames.push(other),
+        }
+    };
+    assert_eq!(
+        (urgent.group.as_str(), urgent.seq, urgent.lane),
+        ("team", urgent_seq, switchboard_core::Lane::High)
+    );
+    assert!(matches!(frames[0], ServerFrame::Flags { .. }), "{frames:?}");
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Resume { group, .. } if group == "team")),
+        "{frames:?}"
+    );
+    assert_eq!(
+        n.hub().metrics().snapshot().outbox_overflows,
+        0,
+        "the backlog waited in bob's queues and windows, not in the log"
+    );
+
+    // The backlog still arrives, complete and in order, on its own stream.
+    let mut low = tokio::time::timeout(WAIT, bob.conn.accept_uni())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut next = 1;
+    while next <= BULK {
+        let f = tokio::time::timeout(
+            WAIT,
+            switchboard_wire::read_frame(&mut low, &mut buf, 1 << 20),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        match switchboard_wire::decode_server(&f, &Default::default()).unwrap() {
+            ServerFrame::Resume { group, after_seq } => {
+                assert_eq!((group.as_str(), after_seq), ("media", 0))
+            }
+            ServerFrame::Deliver(m) => {
+                assert_eq!(
+                    (m.group.as_str(), m.seq, m.lane),
+                    ("media", next, switchboard_core::Lane::Low)
+                );
+                next += 1;
+            }
+            other => panic!("unexpected {other:?} on the low stream"),
+        }
+    }
+}
