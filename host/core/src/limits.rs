@@ -37,6 +37,10 @@ pub struct Limits {
     pub nudge_background_from_members: u32,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
+    /// How often the node samples its own load (event-loop lag, commit and push queues) to
+    /// set its degradation level, in milliseconds; 0 = never (the level stays 0 unless an
+    /// admin forces one).
+    pub load_sample_ms: u64,
 
     // Rate limits (token buckets: `*_per_sec` sustained, `*_burst` at once; a per-second
     // value of 0 turns that limit off). A request over a limit is refused with `RateLimited`
@@ -87,6 +91,7 @@ impl Default for Limits {
             outbox_frames: 1_024,
             nudge_background_from_members: 1_000,
             max_connections: 100_000,
+            load_sample_ms: 250,
             user_messages_per_sec: 20_000,
             user_messages_burst: 40_000,
             user_receipts_per_sec: 1_000,

@@ -134,6 +134,8 @@ pub struct Metrics {
     pub deliveries_deferred: AtomicU64,
     /// `Nudge` frames written (at most one per deferred group and connection a second).
     pub nudges: AtomicU64,
+    /// Times the measured load level changed (`load.rs`).
+    pub load_level_changes: AtomicU64,
     /// Best-effort notices (receipts, presence) dropped because a session's queue was full.
     pub notices_dropped: AtomicU64,
     pub flushes: AtomicU64,
@@ -181,6 +183,7 @@ pub struct MetricsSnapshot {
     pub deliveries_deferred: u64,
     pub nudges: u64,
     pub notices_dropped: u64,
+    pub load_level_changes: u64,
     pub flushes: u64,
     pub flush_failures: u64,
     pub auth_failures: u64,
@@ -217,6 +220,7 @@ impl Metrics {
             deliveries_deferred: l(&self.deliveries_deferred),
             nudges: l(&self.nudges),
             notices_dropped: l(&self.notices_dropped),
+            load_level_changes: l(&self.load_level_changes),
             flushes: l(&self.flushes),
             flush_failures: l(&self.flush_failures),
             auth_failures: l(&self.auth_failures),
@@ -957,6 +961,20 @@ impl Hub {
         for s in sessions {
             self.push_flags(&s);
         }
+    }
+
+    /// Sends waiting for the committer, as a percentage of the commit queue's bound.
+    pub fn commit_queue_percent(&self) -> u64 {
+        let max = self.commit_tx.max_capacity();
+        ((max - self.commit_tx.capacity()) * 100 / max.max(1)) as u64
+    }
+
+    /// Pushes queued for all sessions, as a percentage of their total bound.
+    pub fn push_queue_percent(&self) -> u64 {
+        let queued: usize = self.queue_depths().iter().map(|(_, n)| n).sum();
+        let sessions = self.metrics.sessions.load(Ordering::Relaxed).max(1);
+        let bound = sessions * self.limits.outbox_frames as usize * PushStream::ALL.len();
+        (queued * 100 / bound.max(1)) as u64
     }
 
     /// Pushes queued right now over every session, per push stream (gauge for metrics;

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 mod breaker;
 mod conn;
 pub mod hub;
+pub mod load;
 pub mod push;
 mod rates;
 pub mod receipts;
@@ -80,6 +81,13 @@ impl Node {
         let stop_committer = Arc::new(Notify::new());
         let committer_task = tokio::spawn(committer.run(stop_committer.clone()));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), hub.clone()));
+        if cfg.limits.load_sample_ms > 0 {
+            // Ends by itself once the hub is gone.
+            tokio::spawn(load::monitor(
+                Arc::downgrade(&hub),
+                cfg.limits.load_sample_ms,
+            ));
+        }
         info!(addr = %endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: cfg.listen, source })?, "listening");
         Ok(Node {
             endpoint,

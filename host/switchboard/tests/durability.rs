@@ -98,7 +98,11 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
-    harness_with(Limits::default()).await
+    harness_with(Limits {
+        load_sample_ms: 0,
+        ..Limits::default()
+    })
+    .await
 }
 
 async fn harness_with(limits: Limits) -> Harness {
@@ -292,6 +296,7 @@ async fn a_flood_of_receipts_does_not_delay_messages() {
     use switchboard_edge::receipts::RECEIPT_QUEUE;
     let h = harness_with(Limits {
         user_receipts_per_sec: 0,
+        load_sample_ms: 0,
         ..Limits::default()
     })
     .await;
@@ -352,4 +357,58 @@ async fn a_flood_of_receipts_does_not_delay_messages() {
         1,
         "one receipt per reader and message"
     );
+}
+
+/// The node measures its own load: sends piling up behind a slow disk (the flush is held)
+/// fill the commit queue past a quarter of its bound and raise the level; once the disk
+/// moves again the level comes back down, after the calm period.
+#[tokio::test]
+async fn the_load_level_follows_the_commit_queue_with_hysteresis() {
+    let h = harness_with(Limits {
+        load_sample_ms: 20,
+        ..Limits::default()
+    })
+    .await;
+    let hub = h.node.hub().clone();
+    let mut clients = Vec::new();
+    for user in ["alice", "bob", "carol", "alice", "bob"] {
+        clients.push(h.member(user).await);
+    }
+    h.set(Gate::Held);
+    let per_client = Limits::default().max_inflight_sends as u64;
+    for (i, c) in clients.iter_mut().enumerate() {
+        for j in 0..per_client {
+            c.send(&send(j + 1, &format!("c{i}-{j}"))).await;
+        }
+    }
+    h.wait_flush_entered().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub.load_level() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the level never rose");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(hub.commit_queue_percent() >= 25);
+    h.set(Gate::Open);
+    h.release.send(()).unwrap();
+    for c in &mut clients {
+        for _ in 0..per_client {
+            assert!(matches!(c.read().await, Some(ServerFrame::Ack { .. })));
+        }
+    }
+    let calm_from = std::time::Instant::now();
+    while hub.load_level() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the level never came down"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        calm_from.elapsed()
+            >= std::time::Duration::from_millis(
+                20 * u64::from(switchboard_edge::load::CALM_SAMPLES - 1)
+            ),
+        "came down without waiting for the calm period"
+    );
+    assert!(hub.metrics().snapshot().load_level_changes >= 2);
 }

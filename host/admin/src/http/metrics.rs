@@ -92,6 +92,7 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         deliveries_deferred,
         nudges,
         notices_dropped,
+        load_level_changes,
         flushes,
         flush_failures,
         auth_failures,
@@ -173,6 +174,12 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             notices_dropped,
             "Receipt and presence notices dropped because a session's queue was full.",
+        ),
+        (
+            "load_level_changes",
+            Counter,
+            load_level_changes,
+            "Times the measured load level changed (up at once, down after 2 s calm).",
         ),
         (
             "flushes",

@@ -82,7 +82,14 @@ impl TestNode {
         Self::start_with(Limits::default()).await
     }
 
+    /// A node with `limits`, except that it never measures its own load: tests that are
+    /// not about degradation must not shed presence or receipts because a busy CI machine
+    /// made the event loop late (degradation tests force levels, or use `Node` directly).
     pub async fn start_with(limits: Limits) -> TestNode {
+        let limits = Limits {
+            load_sample_ms: 0,
+            ..limits
+        };
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
         let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
