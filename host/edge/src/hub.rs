@@ -393,6 +393,9 @@ pub struct Hub {
     shedding: DashMap<TenantId, policy::Shedding>,
     /// See [`Hub::membership_lock`].
     membership: Box<[Mutex<()>]>,
+    /// Fan out in subscription order instead of foreground first (benchmarks compare the
+    /// two; see [`Hub::set_naive_fanout`]).
+    naive_fanout: AtomicBool,
     /// The receipt worker's queue (`receipts.rs`), set once the hub exists.
     receipts_tx: OnceLock<mpsc::Sender<crate::receipts::ReceiptJob>>,
 }
@@ -448,6 +451,7 @@ impl Hub {
             shedding: DashMap::new(),
             membership: (0..MEMBERSHIP_STRIPES).map(|_| Mutex::new(())).collect(),
             receipts_tx: OnceLock::new(),
+            naive_fanout: AtomicBool::new(false),
         });
         let _ = hub
             .receipts_tx
@@ -961,6 +965,12 @@ impl Hub {
         for s in sessions {
             self.push_flags(&s);
         }
+    }
+
+    /// For benchmarks only: fan out in subscription order (the naive way) instead of
+    /// foreground sessions first. Deferral to background sessions is unaffected.
+    pub fn set_naive_fanout(&self, naive: bool) {
+        self.naive_fanout.store(naive, Ordering::Relaxed);
     }
 
     /// Sends waiting for the committer, as a percentage of the commit queue's bound.
@@ -1592,8 +1602,10 @@ impl Hub {
         let mut f = g.fanout.lock();
         f.head = f.head.max(seq);
         let active = |s: &Arc<Session>| s.presence() == PresenceState::Foreground;
+        let naive = self.naive_fanout.load(Ordering::Relaxed);
+        let first = |s: &Arc<Session>| naive || active(s);
         let mut deferred = 0u64;
-        for_each_active_first(&f.subscribers, active, |s| {
+        for_each_active_first(&f.subscribers, first, |s| {
             // Presence is read again: a session that came to the foreground since the split
             // above gets the message (its catch-up would fill it in anyway).
             let push = if defer_background && !active(s) {

@@ -395,7 +395,6 @@ async fn the_load_level_follows_the_commit_queue_with_hysteresis() {
             assert!(matches!(c.read().await, Some(ServerFrame::Ack { .. })));
         }
     }
-    let calm_from = std::time::Instant::now();
     while hub.load_level() > 0 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -403,12 +402,7 @@ async fn the_load_level_follows_the_commit_queue_with_hysteresis() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert!(
-        calm_from.elapsed()
-            >= std::time::Duration::from_millis(
-                20 * u64::from(switchboard_edge::load::CALM_SAMPLES - 1)
-            ),
-        "came down without waiting for the calm period"
-    );
+    // (How long it waits before stepping down is `load.rs`'s unit tests: the queue drained
+    // while the acks were being read, so the calm period started before this point.)
     assert!(hub.metrics().snapshot().load_level_changes >= 2);
 }
