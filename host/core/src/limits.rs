@@ -30,6 +30,10 @@ pub struct Limits {
     /// Pushes queued for one connection, per push stream (high, normal, low, notices),
     /// before it counts as a slow consumer and switches to catching up from the log.
     pub outbox_frames: u32,
+    /// Bytes of frames queued for one connection over all its push streams, with the same
+    /// effect when reached (frames are shared between recipients; this bounds what one slow
+    /// connection can keep alive). At least `max_frame_bytes`.
+    pub outbox_bytes: u32,
     /// Groups with at least this many members send their background (not foreground)
     /// members a `Nudge` (group and newest seq, at most one a second) instead of each
     /// message; they get the messages when they come to the foreground or fetch. 0 = never
@@ -89,6 +93,7 @@ impl Default for Limits {
             max_fetch_messages: 256,
             max_inflight_sends: 256,
             outbox_frames: 1_024,
+            outbox_bytes: 4 * 1024 * 1024,
             nudge_background_from_members: 1_000,
             max_connections: 100_000,
             load_sample_ms: 250,
@@ -125,6 +130,9 @@ impl Limits {
             return Err(LimitsError(
                 "max_frame_bytes must exceed max_payload_bytes by at least 1024",
             ));
+        }
+        if self.outbox_bytes < self.max_frame_bytes {
+            return Err(LimitsError("outbox_bytes must be at least max_frame_bytes"));
         }
         if self.max_frame_bytes > 16 * 1024 * 1024 {
             return Err(LimitsError("max_frame_bytes must be at most 16 MiB"));

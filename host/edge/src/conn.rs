@@ -98,7 +98,8 @@ async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
         Ok(c) => c,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
     };
-    let (outbox_tx, outbox_rx) = crate::push::outbox(limits.outbox_frames as usize);
+    let (outbox_tx, outbox_rx) =
+        crate::push::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
     let (session, welcome) = match hub.open_session(claims, &hello, outbox_tx) {
         Ok(s) => s,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,

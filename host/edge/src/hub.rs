@@ -136,6 +136,9 @@ pub struct Metrics {
     pub nudges: AtomicU64,
     /// Times the measured load level changed (`load.rs`).
     pub load_level_changes: AtomicU64,
+    /// Publish (durable) → handed to QUIC, per live delivery, by the session's presence.
+    pub latency_active: crate::histogram::Histogram,
+    pub latency_background: crate::histogram::Histogram,
     /// Best-effort notices (receipts, presence) dropped because a session's queue was full.
     pub notices_dropped: AtomicU64,
     pub flushes: AtomicU64,
@@ -973,6 +976,20 @@ impl Hub {
         self.naive_fanout.store(naive, Ordering::Relaxed);
     }
 
+    /// Bytes of frames queued for all sessions now (gauge; walks the sessions).
+    pub fn queued_bytes(&self) -> usize {
+        self.users
+            .iter()
+            .flat_map(|e| {
+                e.value()
+                    .sessions
+                    .iter()
+                    .map(|s| s.outbox.bytes())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     /// Sends waiting for the committer, as a percentage of the commit queue's bound.
     pub fn commit_queue_percent(&self) -> u64 {
         let max = self.commit_tx.max_capacity();
@@ -1599,6 +1616,7 @@ impl Hub {
     fn publish(&self, g: &GroupState, seq: u64, lane: Lane, frame: Bytes) {
         // Decided once per message, not per recipient.
         let defer_background = self.defers_background(g);
+        let published_at = std::time::Instant::now();
         let mut f = g.fanout.lock();
         f.head = f.head.max(seq);
         let active = |s: &Arc<Session>| s.presence() == PresenceState::Foreground;
@@ -1620,6 +1638,7 @@ impl Hub {
                     seq,
                     lane,
                     frame: frame.clone(),
+                    published_at,
                 }
             };
             s.push(push, &self.metrics);

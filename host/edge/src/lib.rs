@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 mod breaker;
 mod conn;
+pub mod histogram;
 pub mod hub;
 pub mod load;
 pub mod push;

@@ -17,8 +17,9 @@
 //! (protocol §9).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -96,6 +97,8 @@ pub(crate) enum Push {
         seq: u64,
         lane: Lane,
         frame: Bytes,
+        /// When the message was published (durable): delivery latency is measured from here.
+        published_at: Instant,
     },
     /// A best-effort notice (receipt, presence, flags): dropped if its queue is full.
     Notice { stream: PushStream, frame: Bytes },
@@ -122,16 +125,35 @@ impl Push {
     }
 }
 
-/// A session's queues of pushes, one per [`PushStream`], each bounded by `outbox_frames`.
-/// Filling one never blocks the fan-out: see [`Session`]'s `push`.
+/// A session's queues of pushes, one per [`PushStream`], each bounded by `outbox_frames`,
+/// and all together by `outbox_bytes` of frames (frames are shared between recipients, but
+/// a slow session must not pin an unbounded amount of them). Filling one never blocks the
+/// fan-out: see [`Session`]'s `push`.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     queues: [mpsc::Sender<Push>; 4],
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
 }
 
 impl Outbox {
+    /// Queues `p`, or hands it back as `Full` when its queue or the byte bound is full.
     pub(crate) fn try_push(&self, p: Push) -> Result<(), mpsc::error::TrySendError<Push>> {
-        self.queues[p.stream().index()].try_send(p)
+        let len = p.len();
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return Err(mpsc::error::TrySendError::Full(p));
+        }
+        self.queues[p.stream().index()]
+            .try_send(p)
+            .inspect_err(|_| {
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+            })
+    }
+
+    /// Bytes of frames queued now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Pushes queued on `stream` now.
@@ -145,10 +167,12 @@ impl Outbox {
 #[derive(Debug)]
 pub(crate) struct OutboxRx {
     queues: [mpsc::Receiver<Push>; 4],
+    bytes: Arc<AtomicUsize>,
 }
 
-/// A new outbox with room for `per_stream` pushes in each queue.
-pub(crate) fn outbox(per_stream: usize) -> (Outbox, OutboxRx) {
+/// A new outbox with room for `per_stream` pushes in each queue and `max_bytes` of frames.
+pub(crate) fn outbox(per_stream: usize, max_bytes: usize) -> (Outbox, OutboxRx) {
+    let bytes = Arc::new(AtomicUsize::new(0));
     let (h_tx, h_rx) = mpsc::channel(per_stream);
     let (n_tx, n_rx) = mpsc::channel(per_stream);
     let (l_tx, l_rx) = mpsc::channel(per_stream);
@@ -156,9 +180,12 @@ pub(crate) fn outbox(per_stream: usize) -> (Outbox, OutboxRx) {
     (
         Outbox {
             queues: [h_tx, n_tx, l_tx, x_tx],
+            bytes: bytes.clone(),
+            max_bytes,
         },
         OutboxRx {
             queues: [h_rx, n_rx, l_rx, x_rx],
+            bytes,
         },
     )
 }
@@ -366,8 +393,9 @@ pub(crate) async fn run(
 ) -> Result<(), PushEnd> {
     let session = planner.session.clone();
     let planner = Mutex::new(planner);
+    let bytes = rx.bytes;
     let [mut high, normal, low, notices] = rx.queues;
-    let mut first = Writer::new(&conn, PushStream::High, &planner);
+    let mut first = Writer::new(&conn, PushStream::High, &planner, &bytes);
     let mut items = Vec::new();
     while let Ok(p) = high.try_recv() {
         items.push(p);
@@ -375,9 +403,9 @@ pub(crate) async fn run(
     first.plan_and_write(&mut items).await?;
     let result = tokio::try_join!(
         first.run(high, None),
-        Writer::new(&conn, PushStream::Normal, &planner).run(normal, Some(&session)),
-        Writer::new(&conn, PushStream::Low, &planner).run(low, None),
-        Writer::new(&conn, PushStream::Notices, &planner).run(notices, None),
+        Writer::new(&conn, PushStream::Normal, &planner, &bytes).run(normal, Some(&session)),
+        Writer::new(&conn, PushStream::Low, &planner, &bytes).run(low, None),
+        Writer::new(&conn, PushStream::Notices, &planner, &bytes).run(notices, None),
     );
     result.map(|_| ())
 }
@@ -387,17 +415,35 @@ struct Writer<'a> {
     conn: &'a quinn::Connection,
     kind: PushStream,
     planner: &'a Mutex<PushPlanner>,
+    hub: Arc<Hub>,
+    session: Arc<Session>,
+    queued_bytes: Arc<AtomicUsize>,
+    /// When each live delivery in the current write was published (latency metrics).
+    published: Vec<Instant>,
     /// Opened on first write.
     stream: Option<quinn::SendStream>,
     out: Vec<Bytes>,
 }
 
 impl<'a> Writer<'a> {
-    fn new(conn: &'a quinn::Connection, kind: PushStream, planner: &'a Mutex<PushPlanner>) -> Self {
+    fn new(
+        conn: &'a quinn::Connection,
+        kind: PushStream,
+        planner: &'a Mutex<PushPlanner>,
+        queued_bytes: &Arc<AtomicUsize>,
+    ) -> Self {
+        let (hub, session) = {
+            let p = planner.lock();
+            (p.hub.clone(), p.session.clone())
+        };
         Self {
             conn,
             kind,
             planner,
+            hub,
+            session,
+            queued_bytes: queued_bytes.clone(),
+            published: Vec::new(),
             stream: None,
             out: Vec::with_capacity(WRITE_BATCH),
         }
@@ -442,8 +488,13 @@ impl<'a> Writer<'a> {
 
     async fn plan_and_write(&mut self, items: &mut Vec<Push>) -> Result<(), PushEnd> {
         if !items.is_empty() {
+            let taken: usize = items.iter().map(Push::len).sum();
+            self.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
             let mut planner = self.planner.lock();
             for item in items.drain(..) {
+                if let Push::Deliver { published_at, .. } = &item {
+                    self.published.push(*published_at);
+                }
                 if let Err(e) = planner.plan(item, &mut self.out) {
                     warn!(error = %e, "delivery planning failed");
                     return Err(PushEnd::Store(e));
@@ -464,6 +515,18 @@ impl<'a> Writer<'a> {
             return Err(PushEnd::Closed);
         }
         self.out.clear();
+        if !self.published.is_empty() {
+            // One clock read per write, not per message.
+            let now = Instant::now();
+            let m = self.hub.metrics();
+            let class = match self.session.presence() {
+                switchboard_core::PresenceState::Foreground => &m.latency_active,
+                switchboard_core::PresenceState::Background => &m.latency_background,
+            };
+            for at in self.published.drain(..) {
+                class.observe(now.saturating_duration_since(at));
+            }
+        }
         Ok(())
     }
 }
@@ -478,12 +541,13 @@ mod tests {
             seq,
             lane,
             frame: Bytes::from(vec![0u8; 10]),
+            published_at: Instant::now(),
         }
     }
 
     #[tokio::test]
     async fn each_push_is_queued_on_the_stream_of_its_kind() {
-        let (tx, rx) = outbox(2);
+        let (tx, rx) = outbox(2, 1 << 20);
         tx.try_push(d("a", 1, Lane::Low)).unwrap();
         tx.try_push(d("b", 1, Lane::Normal)).unwrap();
         tx.try_push(d("c", 1, Lane::High)).unwrap();
@@ -516,7 +580,7 @@ mod tests {
 
     #[test]
     fn drain_stops_at_the_budget_but_takes_at_least_one() {
-        let (tx, rx) = outbox(8);
+        let (tx, rx) = outbox(8, 1 << 20);
         for seq in 1..=4 {
             tx.try_push(d("a", seq, Lane::Normal)).unwrap();
         }
@@ -527,6 +591,23 @@ mod tests {
         out.clear();
         drain(&mut n, &mut out, 1);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn queued_bytes_are_bounded_across_streams() {
+        let (tx, rx) = outbox(100, 25);
+        tx.try_push(d("a", 1, Lane::Normal)).unwrap();
+        tx.try_push(d("a", 2, Lane::Low)).unwrap();
+        assert!(
+            matches!(
+                tx.try_push(d("a", 3, Lane::High)),
+                Err(mpsc::error::TrySendError::Full(_))
+            ),
+            "30 bytes would exceed 25"
+        );
+        assert_eq!(tx.bytes(), 20, "a refused push leaves no trace");
+        rx.bytes.fetch_sub(10, Ordering::AcqRel); // what a writer does when it takes one
+        tx.try_push(d("a", 3, Lane::High)).unwrap();
     }
 
     #[test]

@@ -160,6 +160,10 @@ pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerC
         // A stream may hold a few maximum-size frames in flight; the connection a few more.
         .stream_receive_window((limits.max_frame_bytes.saturating_mul(4)).into())
         .receive_window((limits.max_frame_bytes.saturating_mul(16)).into())
+        // What one connection may have sent but not acknowledged, or buffered to send (a
+        // client that stops reading holds this much of the node's memory, not quinn's 10 MB
+        // default): 2 MiB at the defaults, far above a phone link's bandwidth-delay product.
+        .send_window(u64::from(limits.max_frame_bytes) * 16)
         .datagram_receive_buffer_size(None);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)

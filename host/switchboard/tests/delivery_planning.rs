@@ -288,8 +288,10 @@ async fn an_urgent_message_overtakes_a_bulk_backlog() {
         .unwrap()
         .unwrap();
 
-    const BULK: u64 = 100;
-    let big = vec![7u8; 60 * 1024]; // 6 MB in all, > large_bytes: the low lane
+    // 3.6 MB in all: more than the client's stream window (1.25 MB) and the node's send
+    // window (2 MiB) together, less than bob's queue bound (outbox_bytes, 4 MiB).
+    const BULK: u64 = 60;
+    let big = vec![7u8; 60 * 1024]; // > large_bytes: the low lane
     for i in 1..=BULK {
         post(&mut alice, i, "media", &big).await;
     }

@@ -484,6 +484,11 @@ async fn a_member_that_never_reads_does_not_stall_others_and_still_gets_everythi
         n.hub().metrics().snapshot().outbox_overflows > 0,
         "bob's outbox overflowed"
     );
+    // What bob holds on the node stays within his queues' bounds (4 streams × 4 frames),
+    // however much more was sent: the rest waits in the log, not in memory.
+    let queued: usize = n.hub().queue_depths().iter().map(|(_, d)| d).sum();
+    assert!(queued <= 3 * 4 * 4, "{queued} pushes queued");
+    assert!(n.hub().queued_bytes() <= 3 * 4 * 4 * 4100);
     // Bob catches up from the log, in order, exactly once.
     let got = deliveries(&mut bob, N as usize).await;
     assert_in_order(&got, 1);

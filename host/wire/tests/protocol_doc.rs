@@ -179,6 +179,7 @@ fn limits_table_matches_the_defaults() {
         max_fetch_messages,
         max_inflight_sends,
         outbox_frames,
+        outbox_bytes,
         nudge_background_from_members,
         max_connections,
         load_sample_ms,
@@ -208,6 +209,7 @@ fn limits_table_matches_the_defaults() {
         ("max_fetch_messages", u64::from(max_fetch_messages)),
         ("max_inflight_sends", u64::from(max_inflight_sends)),
         ("outbox_frames", u64::from(outbox_frames)),
+        ("outbox_bytes", u64::from(outbox_bytes)),
         (
             "nudge_background_from_members",
             u64::from(nudge_background_from_members),

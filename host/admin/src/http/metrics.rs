@@ -14,6 +14,7 @@ pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8"
 enum Kind {
     Gauge,
     Counter,
+    Histogram,
 }
 
 impl Kind {
@@ -21,6 +22,7 @@ impl Kind {
         match self {
             Kind::Gauge => "gauge",
             Kind::Counter => "counter",
+            Kind::Histogram => "histogram",
         }
     }
 }
@@ -54,6 +56,18 @@ pub(super) fn render(control: &Control) -> Result<String, ControlError> {
         Kind::Gauge,
         "Pushes queued for sessions now, by push stream (high, normal, low, notices).",
     );
+    family(
+        &mut out,
+        "switchboard_push_queue_bytes",
+        Kind::Gauge,
+        "Bytes of pushes queued for sessions now (each bounded by outbox_bytes).",
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_push_queue_bytes {}",
+        control.hub().queued_bytes()
+    );
+    latency_series(&mut out, control.hub().metrics());
     for (stream, depth) in control.hub().queue_depths() {
         let _ = writeln!(
             out,
@@ -74,6 +88,41 @@ pub(super) fn render(control: &Control) -> Result<String, ControlError> {
     );
     policy_series(&mut out, control)?;
     Ok(out)
+}
+
+/// Delivery latency (publish → handed to QUIC) by the receiving session's presence.
+fn latency_series(out: &mut String, m: &switchboard_edge::hub::Metrics) {
+    let name = "switchboard_delivery_latency_seconds";
+    family(
+        out,
+        name,
+        Kind::Histogram,
+        "Live delivery latency from publish (durable) to the push stream, by presence class.",
+    );
+    for (class, h) in [
+        ("active", &m.latency_active),
+        ("background", &m.latency_background),
+    ] {
+        let s = h.snapshot();
+        for (le_us, count) in &s.cumulative {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{class=\"{class}\",le=\"{}\"}} {count}",
+                *le_us as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{class=\"{class}\",le=\"+Inf\"}} {}",
+            s.count
+        );
+        let _ = writeln!(
+            out,
+            "{name}_sum{{class=\"{class}\"}} {}",
+            s.sum_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{class=\"{class}\"}} {}", s.count);
+    }
 }
 
 fn hub_series(out: &mut String, m: MetricsSnapshot) {
