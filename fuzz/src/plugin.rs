@@ -58,6 +58,18 @@ fn world() -> &'static (Resolve, WorldId, Vec<u8>) {
     })
 }
 
+/// What the uploads of this process came to (for the figures): candidates, loaded, passed
+/// the self-test.
+pub static STATS: [std::sync::atomic::AtomicU64; 3] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+fn count(i: usize) {
+    STATS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn run(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -75,12 +87,16 @@ pub fn run(data: &[u8]) {
 
 /// `load`, then `self_test` if it loaded: what an upload runs. Returns whether it passed.
 pub fn upload(wasm: &[u8]) -> bool {
+    count(0);
     let started = Instant::now();
     let loaded = engine().load(wasm);
     let took = started.elapsed();
     assert!(took < BUDGET, "load took {took:?}");
     let plugin = match loaded {
-        Ok(p) => p,
+        Ok(p) => {
+            count(1);
+            p
+        }
         Err(e) => {
             check_load_error(&e, wasm);
             return false;
@@ -97,6 +113,7 @@ pub fn upload(wasm: &[u8]) -> bool {
             for h in &report.hooks {
                 assert!(h.fuel_used <= report.fuel_per_call, "{h:?} over its fuel");
             }
+            count(2);
             true
         }
         Err(e) => {

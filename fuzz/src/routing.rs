@@ -72,7 +72,7 @@ pub enum Op {
     ForeignHello { tenant: u8, user: u8 },
 }
 
-#[derive(Debug, Arbitrary)]
+#[derive(Debug)]
 pub struct Scenario {
     /// Picks the outbox size (small ones overflow into catch-up).
     pub outbox: u8,
@@ -81,8 +81,35 @@ pub struct Scenario {
     pub ops: Vec<Op>,
 }
 
+impl Scenario {
+    /// Two bytes of settings, then operations until the input ends (no length prefix, so
+    /// every byte libFuzzer adds or removes is an operation's worth).
+    pub fn parse(data: &[u8]) -> arbitrary::Result<Self> {
+        let mut u = Unstructured::new(data);
+        let outbox = u.arbitrary()?;
+        let page = u.arbitrary()?;
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < MAX_OPS {
+            ops.push(Op::arbitrary(&mut u)?);
+        }
+        Ok(Self { outbox, page, ops })
+    }
+}
+
+/// What the scenarios of this process did (for the figures): operations applied, sends
+/// acked, messages delivered.
+pub static STATS: [std::sync::atomic::AtomicU64; 3] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+fn count(i: usize) {
+    STATS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn run(data: &[u8]) {
-    if let Ok(s) = Scenario::arbitrary_take_rest(Unstructured::new(data)) {
+    if let Ok(s) = Scenario::parse(data) {
         run_scenario(&s);
     }
 }
@@ -193,6 +220,7 @@ pub fn run_scenario(s: &Scenario) {
             acked: HashMap::new(),
         };
         for op in s.ops.iter().take(MAX_OPS) {
+            count(0);
             w.apply(*op).await;
         }
         w.settle().await;
@@ -596,6 +624,7 @@ impl World {
             (user, client_msg_id.as_str()),
             "ack names another message"
         );
+        count(1);
         let key = (t, group, user.to_string(), client_msg_id);
         match self.acked.get(&key) {
             Some(&first) => {
@@ -639,6 +668,7 @@ impl World {
                 m.seq
             );
             live.last.insert(m.group.clone(), m.seq);
+            count(2);
             let c = self.devices[d].cursors.entry(m.group.clone()).or_insert(0);
             *c = (*c).max(m.seq);
         }

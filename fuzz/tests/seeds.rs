@@ -147,7 +147,37 @@ fn write_seeds() {
         }
     }
 
-    // routing: arbitrary bytes make scenarios; a few lengths.
+    // routing: a scenario written out (two tenants with the same group names, resends,
+    // reconnects, small outboxes), and arbitrary bytes.
+    let mut sc = vec![0u8, 0]; // outbox 1 frame per lane, 1 message per fetch page
+    let ops: &[(u32, &[u8])] = &[
+        (0, &[0, 0, 0]),      // Connect ta/u0
+        (0, &[0, 1, 1]),      // Connect ta/u1 (background)
+        (0, &[1, 0, 0]),      // Connect tb/u0
+        (3, &[0, 0]),         // Join slot0 g0
+        (3, &[1, 0]),         // Join slot1 g0
+        (3, &[2, 0]),         // Join slot2 g0 (tb)
+        (5, &[0, 0, 1, 10]),  // Send slot0 g0 m1
+        (5, &[2, 0, 1, 10]),  // Send slot2 g0 m1 (tb, same names)
+        (5, &[0, 0, 1, 10]),  // resend slot0 g0 m1
+        (5, &[1, 0, 2, 200]), // Send slot1 g0 m2
+        (6, &[]),             // Settle
+        (7, &[1]),            // Pump slot1
+        (1, &[1]),            // Reconnect slot1
+        (5, &[0, 0, 3, 0]),   // Send slot0 g0 m3
+        (6, &[]),             // Settle
+        (7, &[1]),            // Pump slot1
+        (8, &[1, 0, 0, 7]),   // Fetch slot1 g0 after 0
+        (11, &[0, 2, 2]),     // AddMember ta/u2 g2
+        (13, &[0, 1]),        // ForeignHello
+    ];
+    for (variant, fields) in ops {
+        // arbitrary picks an enum variant as (u32 * variants) >> 32.
+        let x = ((u64::from(*variant) << 32) + 13) / 14;
+        sc.extend_from_slice(&(x as u32).to_le_bytes());
+        sc.extend_from_slice(fields);
+    }
+    std::fs::write(dir("routing").join("seed-scripted"), &sc).unwrap();
     for (k, len) in [64usize, 256, 1024].into_iter().enumerate() {
         std::fs::write(
             dir("routing").join(format!("seed-{k}")),

@@ -121,12 +121,24 @@ fn token() {
     smoke("token", 256);
 }
 
+fn stats(s: &[std::sync::atomic::AtomicU64]) -> Vec<u64> {
+    s.iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        .collect()
+}
+
 #[test]
 fn plugin_upload() {
     smoke("plugin_upload", 4096);
+    let s = stats(&switchboard_fuzz::plugin::STATS);
+    eprintln!("plugin_upload: {} uploads, {} loaded, {} passed the self-test", s[0], s[1], s[2]);
+    assert!(s[1] > 0, "nothing loaded: the corpus lost its valid plugin");
 }
 
 #[test]
 fn routing() {
     smoke("routing", 512);
+    let s = stats(&switchboard_fuzz::routing::STATS);
+    eprintln!("routing: {} operations, {} acks, {} deliveries", s[0], s[1], s[2]);
+    assert!(s[1] > 0 && s[2] > 0, "scenarios never got to a delivery");
 }
