@@ -16,8 +16,7 @@ use bytes::Bytes;
 use switchboard_core::{Lane, PresenceState, ReceiptKind};
 use switchboard_wire::{
     decode_client, decode_server, encode_client, encode_server, ClientFrame, DecodeLimits,
-    ErrorFrame, Flag, FrameReader, GroupCursor, Hello, Message, ServerFrame, WireError,
-    LEN_PREFIX,
+    ErrorFrame, Flag, FrameReader, GroupCursor, Hello, Message, ServerFrame, WireError, LEN_PREFIX,
 };
 
 use crate::alloc::measure;
@@ -390,7 +389,11 @@ fn structured(u: &mut Unstructured) -> AResult<()> {
     let mut n = 0;
     for piece in stream.chunks(chunk) {
         reader.push(piece);
-        while reader.next_frame().expect("own frames are in bounds").is_some() {
+        while reader
+            .next_frame()
+            .expect("own frames are in bounds")
+            .is_some()
+        {
             n += 1;
         }
     }

@@ -12,8 +12,11 @@ pub mod plugin;
 pub mod routing;
 pub mod token;
 
+/// A target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as `cargo fuzz` and the corpus folders name them.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("frame", frame::run),
     ("token", token::run),
     ("plugin_upload", plugin::run),

@@ -56,20 +56,64 @@ fn secret(tenant: usize) -> Vec<u8> {
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub enum Op {
-    Connect { tenant: u8, user: u8, background: bool },
-    Reconnect { slot: u8 },
-    Disconnect { slot: u8 },
-    Join { slot: u8, group: u8 },
-    Leave { slot: u8, group: u8 },
-    Send { slot: u8, group: u8, msg: u8, len: u8 },
+    Connect {
+        tenant: u8,
+        user: u8,
+        background: bool,
+    },
+    Reconnect {
+        slot: u8,
+    },
+    Disconnect {
+        slot: u8,
+    },
+    Join {
+        slot: u8,
+        group: u8,
+    },
+    Leave {
+        slot: u8,
+        group: u8,
+    },
+    Send {
+        slot: u8,
+        group: u8,
+        msg: u8,
+        len: u8,
+    },
     Settle,
-    Pump { slot: u8 },
-    Fetch { slot: u8, group: u8, after: u8, limit: u8 },
-    AckDelivery { slot: u8, group: u8, seq: u8 },
-    Presence { slot: u8, background: bool },
-    AddMember { tenant: u8, user: u8, group: u8 },
-    RemoveMember { tenant: u8, user: u8, group: u8 },
-    ForeignHello { tenant: u8, user: u8 },
+    Pump {
+        slot: u8,
+    },
+    Fetch {
+        slot: u8,
+        group: u8,
+        after: u8,
+        limit: u8,
+    },
+    AckDelivery {
+        slot: u8,
+        group: u8,
+        seq: u8,
+    },
+    Presence {
+        slot: u8,
+        background: bool,
+    },
+    AddMember {
+        tenant: u8,
+        user: u8,
+        group: u8,
+    },
+    RemoveMember {
+        tenant: u8,
+        user: u8,
+        group: u8,
+    },
+    ForeignHello {
+        tenant: u8,
+        user: u8,
+    },
 }
 
 #[derive(Debug)]
@@ -613,7 +657,10 @@ impl World {
             .remove(&request_id)
             .unwrap_or_else(|| panic!("ack for unknown request {request_id}"));
         assert_eq!((&p.group, &p.cmid), (&group, &client_msg_id));
-        assert!(seq >= 1 && seq <= self.head(t, &group), "ack of seq {seq} above the head");
+        assert!(
+            seq >= 1 && seq <= self.head(t, &group),
+            "ack of seq {seq} above the head"
+        );
         let stored = self
             .store()
             .message(&tid(t), &gid(&group), seq)
@@ -708,16 +755,16 @@ impl World {
         let group = GROUPS[usize::from(group) % GROUPS.len()];
         let after = u64::from(after % 16);
         let limit = u32::from(limit % 8);
-        match self
-            .hub
-            .fetch(live.session.session(), group, after, limit)
-        {
+        match self.hub.fetch(live.session.session(), group, after, limit) {
             Ok((msgs, head)) => {
                 assert!(self.is_member(t, USERS[u], group), "fetch by a non-member");
                 assert_eq!(head, self.head(t, group));
                 assert!(msgs.len() <= limit as usize);
                 if after < head && limit > 0 {
-                    assert!(!msgs.is_empty(), "fetch after {after} of {head} returned nothing");
+                    assert!(
+                        !msgs.is_empty(),
+                        "fetch after {after} of {head} returned nothing"
+                    );
                 }
                 for (i, m) in msgs.iter().enumerate() {
                     assert_eq!(m.seq, after + 1 + i as u64, "fetch page out of order");
@@ -797,7 +844,10 @@ impl World {
                     );
                     let tag = body_tag(t, m.sender.as_str(), group, &m.client_msg_id);
                     assert!(m.body.starts_with(tag.as_bytes()), "{key:?}: foreign body");
-                    assert!(self.accepted.contains(&key), "{key:?} stored, never accepted");
+                    assert!(
+                        self.accepted.contains(&key),
+                        "{key:?} stored, never accepted"
+                    );
                     if let Some(&s) = self.acked.get(&key) {
                         assert_eq!(s, m.seq, "{key:?} acked with another seq");
                     }

@@ -59,15 +59,24 @@ fn check_untrusted(s: &str, minted: Option<(&str, &str)>, now: u64) {
     };
     drop(unverified);
     assert!(s.len() <= MAX_TOKEN_LEN, "parsed a {}-byte token", s.len());
-    assert!(s.starts_with("sb1."), "parsed a token without the sb1 prefix: {s:?}");
-    let signed = [(SECRET, minted.map(|m| m.0)), (OTHER_SECRET, minted.map(|m| m.1))];
+    assert!(
+        s.starts_with("sb1."),
+        "parsed a token without the sb1 prefix: {s:?}"
+    );
+    let signed = [
+        (SECRET, minted.map(|m| m.0)),
+        (OTHER_SECRET, minted.map(|m| m.1)),
+    ];
     for (secret, legit) in signed {
         let unverified = token::parse(s).expect("parsed above");
         let tenant = unverified.tenant().clone();
         match unverified.verify(secret, now) {
             Ok(claims) => {
                 assert_eq!(claims.tenant, tenant);
-                assert!(claims.nbf <= now && now < claims.exp, "accepted outside its window");
+                assert!(
+                    claims.nbf <= now && now < claims.exp,
+                    "accepted outside its window"
+                );
                 // Nothing but the harness's own signing produces an accepted token.
                 assert_eq!(
                     s,
@@ -113,7 +122,9 @@ fn forge(u: &mut Unstructured) -> AResult<()> {
     let minted = token::mint(&claims, SECRET);
 
     // The window, unedited.
-    let verdict = token::parse(&minted).expect("own token parses").verify(SECRET, now);
+    let verdict = token::parse(&minted)
+        .expect("own token parses")
+        .verify(SECRET, now);
     if now < nbf {
         assert_eq!(verdict, Err(TokenError::NotYetValid { nbf, now }));
     } else if now >= exp {
@@ -151,7 +162,15 @@ fn forge(u: &mut Unstructured) -> AResult<()> {
             }
             3 => {
                 // Algorithm confusion: another version prefix, JWT-style headers.
-                let prefixes = ["sb2", "SB1", "none", "sb1 ", "eyJhbGciOiJub25lIn0", "", "sb0"];
+                let prefixes = [
+                    "sb2",
+                    "SB1",
+                    "none",
+                    "sb1 ",
+                    "eyJhbGciOiJub25lIn0",
+                    "",
+                    "sb0",
+                ];
                 let s = String::from_utf8_lossy(&t).into_owned();
                 let rest = s.split_once('.').map_or("", |(_, r)| r).to_string();
                 t = format!("{}.{rest}", u.choose(&prefixes)?).into_bytes();

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use switchboard_core::token::{mint, Claims};
 use switchboard_core::{Lane, PresenceState, TenantId, UserId};
 use switchboard_wire::{
-    encode_client, encode_server, ClientFrame, GroupCursor, Hello, Message, ServerFrame,
-    LEN_PREFIX,
+    encode_client, encode_server, ClientFrame, GroupCursor, Hello, Message, ServerFrame, LEN_PREFIX,
 };
 
 fn dir(target: &str) -> PathBuf {
@@ -173,7 +172,7 @@ fn write_seeds() {
     ];
     for (variant, fields) in ops {
         // arbitrary picks an enum variant as (u32 * variants) >> 32.
-        let x = ((u64::from(*variant) << 32) + 13) / 14;
+        let x = (u64::from(*variant) << 32).div_ceil(14);
         sc.extend_from_slice(&(x as u32).to_le_bytes());
         sc.extend_from_slice(fields);
     }

@@ -46,7 +46,7 @@ impl Rng {
     /// Random bytes, or a corpus entry with a few bytes changed (so generated inputs start
     /// from the interesting shapes too).
     fn input(&mut self, seeds: &[(PathBuf, Vec<u8>)], max_len: usize) -> Vec<u8> {
-        if !seeds.is_empty() && self.next() % 2 == 0 {
+        if !seeds.is_empty() && self.next().is_multiple_of(2) {
             let mut v = seeds[(self.next() % seeds.len() as u64) as usize].1.clone();
             for _ in 0..1 + self.next() % 8 {
                 if v.is_empty() {
@@ -97,7 +97,10 @@ fn smoke(target: &str, max_len: usize) {
         if let Err(panic) = result {
             let dir = std::env::temp_dir().join(format!("fuzz-smoke-{target}-{seed}-{n}"));
             let _ = std::fs::write(&dir, &input);
-            eprintln!("{target}: input #{n} of seed {seed} failed; saved to {}", dir.display());
+            eprintln!(
+                "{target}: input #{n} of seed {seed} failed; saved to {}",
+                dir.display()
+            );
             std::panic::resume_unwind(panic);
         }
     }
@@ -111,8 +114,12 @@ fn smoke(target: &str, max_len: usize) {
 #[test]
 fn frame() {
     smoke("frame", 512);
-    let worst = switchboard_fuzz::frame::WORST_RATIO_PERMILLE.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("frame: worst decode allocation {:.1}x the frame size", worst as f64 / 1000.0);
+    let worst =
+        switchboard_fuzz::frame::WORST_RATIO_PERMILLE.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "frame: worst decode allocation {:.1}x the frame size",
+        worst as f64 / 1000.0
+    );
     assert!(worst > 0, "the tracking allocator is not installed");
 }
 
@@ -131,7 +138,10 @@ fn stats(s: &[std::sync::atomic::AtomicU64]) -> Vec<u64> {
 fn plugin_upload() {
     smoke("plugin_upload", 4096);
     let s = stats(&switchboard_fuzz::plugin::STATS);
-    eprintln!("plugin_upload: {} uploads, {} loaded, {} passed the self-test", s[0], s[1], s[2]);
+    eprintln!(
+        "plugin_upload: {} uploads, {} loaded, {} passed the self-test",
+        s[0], s[1], s[2]
+    );
     assert!(s[1] > 0, "nothing loaded: the corpus lost its valid plugin");
 }
 
@@ -139,6 +149,9 @@ fn plugin_upload() {
 fn routing() {
     smoke("routing", 512);
     let s = stats(&switchboard_fuzz::routing::STATS);
-    eprintln!("routing: {} operations, {} acks, {} deliveries", s[0], s[1], s[2]);
+    eprintln!(
+        "routing: {} operations, {} acks, {} deliveries",
+        s[0], s[1], s[2]
+    );
     assert!(s[1] > 0 && s[2] > 0, "scenarios never got to a delivery");
 }

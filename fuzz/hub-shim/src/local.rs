@@ -73,11 +73,7 @@ impl LocalSession {
     /// A `Send` as `conn::handle` makes it. `Ok` means accepted: its ack (or flush error)
     /// arrives later in [`LocalSession::responses`]. `None` when the session is at its
     /// in-flight limit (where the connection would stop reading).
-    pub async fn send(
-        &self,
-        hub: &Hub,
-        req: SendRequest,
-    ) -> Option<Result<(), RequestError>> {
+    pub async fn send(&self, hub: &Hub, req: SendRequest) -> Option<Result<(), RequestError>> {
         let permit = self.inflight.clone().try_acquire_owned().ok()?;
         let slot = self.responses_tx.clone().try_reserve_owned().ok()?;
         Some(hub.send(&self.session, req, slot, permit).await)
