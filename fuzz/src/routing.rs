@@ -679,7 +679,10 @@ impl World {
         // Acks of different sessions are read in no particular order, so "new" may be read
         // after "duplicate"; there is just one "new" per message.
         if !duplicate {
-            assert!(self.acked_new.insert(key.clone()), "{key:?} acked as new twice");
+            assert!(
+                self.acked_new.insert(key.clone()),
+                "{key:?} acked as new twice"
+            );
         }
         match self.acked.get(&key) {
             Some(&first) => assert_eq!(seq, first, "{key:?} acked with two sequence numbers"),

@@ -79,8 +79,10 @@ fn smoke(target: &str, max_len: usize) {
     let seeds = corpus(target);
     let started = Instant::now();
     for (path, bytes) in &seeds {
-        eprintln!("{target}: {}", path.display());
-        run(bytes);
+        if let Err(panic) = std::panic::catch_unwind(|| run(bytes)) {
+            eprintln!("{target}: corpus input {} failed", path.display());
+            std::panic::resume_unwind(panic);
+        }
     }
     let replayed = started.elapsed();
     let seed: u64 = std::env::var("FUZZ_SMOKE_SEED")
