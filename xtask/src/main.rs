@@ -8,12 +8,15 @@
 //! - `gen-wire [--check]`: regenerate (or check) the flatbuffers code of the wire schema.
 //! - `bench [--quick]`: the loopback fan-out benchmark; writes a table to stdout.
 //! - `build-plugins [--debug]`: build every plugin of `plugins/` for wasm32; prints the folder.
+//! - `fuzz --smoke`: the fuzz targets' stable replay (part of `test`); `fuzz TARGET|all
+//!   [SECONDS]`: libFuzzer runs with cargo-fuzz (docs/reliability.md, "Fuzzing").
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod fuzz;
 mod gen_wire;
 mod plugins;
 
@@ -31,6 +34,7 @@ fn main() -> Result<()> {
         Some("lint") => lint(),
         Some("gen-wire") => gen_wire::run(rest.contains(&"--check")),
         Some("bench") => bench(&rest),
+        Some("fuzz") => fuzz::main(&rest),
         Some("build-plugins") => {
             ensure_wasm_target()?;
             let dir = plugins::build(!rest.contains(&"--debug"))?;
@@ -39,7 +43,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick]|build-plugins [--debug]>"
+                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -139,7 +143,8 @@ fn test(extra: &[&str]) -> Result<()> {
     for manifest in ["plugins/Cargo.toml", "examples/minimal-plugin/Cargo.toml"] {
         run(cargo().args(["test", "--manifest-path", manifest]))?;
     }
-    Ok(())
+    // The fuzz targets (their own workspace): corpus replay plus a few seconds each.
+    fuzz::smoke()
 }
 
 /// Formatting, clippy with warnings as errors, and generated-code freshness.
@@ -153,8 +158,13 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    // The plugin workspace and the example plugin are projects of their own.
-    for manifest in ["plugins/Cargo.toml", "examples/minimal-plugin/Cargo.toml"] {
+    // The plugin workspace, the example plugin and the fuzz targets are projects of their
+    // own.
+    for manifest in [
+        "plugins/Cargo.toml",
+        "examples/minimal-plugin/Cargo.toml",
+        "fuzz/Cargo.toml",
+    ] {
         run(cargo().args(["fmt", "--manifest-path", manifest, "--all", "--", "--check"]))?;
         run(cargo().args([
             "clippy",
