@@ -1,6 +1,6 @@
 //! Target `routing`: the hub (routing, fan-out, catch-up, dedupe) driven by arbitrary
 //! sequences of client and admin operations, with a sled store in a temporary directory and
-//! no sockets (sessions through `hub_shim::local`).
+//! no sockets (sessions through `switchboard_edge::local`).
 //!
 //! World: tenants `ta` and `tb`, each with users `u0`..`u2` and the same group names: `g0`
 //! and `g1` open, `g2` closed (admin-managed), plus a missing group and an invalid id. Up to
@@ -32,9 +32,8 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use hub_shim::hub::SendRequest;
-use hub_shim::local::LocalSession;
-use hub_shim::{Hub, RequestError};
+use switchboard_edge::hub::{Hub, RequestError, SendRequest};
+use switchboard_edge::local::LocalSession;
 use switchboard_core::token::{self, Claims};
 use switchboard_core::{ErrorCode, GroupId, Limits, PresenceState, TenantId, UserId};
 use switchboard_store::{GroupMeta, SledStore, SledStoreConfig, Store, TenantRecord};

@@ -20,6 +20,7 @@ mod conn;
 pub mod histogram;
 pub mod hub;
 pub mod load;
+pub mod local;
 pub mod push;
 mod rates;
 pub mod receipts;

@@ -170,6 +170,18 @@ pub(crate) struct OutboxRx {
     bytes: Arc<AtomicUsize>,
 }
 
+impl OutboxRx {
+    /// Takes what is queued on `stream` now (for [`crate::local`]; the writers use their
+    /// own receivers).
+    pub(crate) fn take(&mut self, stream: PushStream, out: &mut Vec<Push>) {
+        let q = &mut self.queues[stream.index()];
+        while let Ok(p) = q.try_recv() {
+            self.bytes.fetch_sub(p.len(), Ordering::AcqRel);
+            out.push(p);
+        }
+    }
+}
+
 /// A new outbox with room for `per_stream` pushes in each queue and `max_bytes` of frames.
 pub(crate) fn outbox(per_stream: usize, max_bytes: usize) -> (Outbox, OutboxRx) {
     let bytes = Arc::new(AtomicUsize::new(0));

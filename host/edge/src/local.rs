@@ -1,4 +1,6 @@
-//! A session without a connection: what `conn.rs` does for one client, minus QUIC.
+//! A session without a connection: what `conn.rs` and the push writers do for one client,
+//! minus QUIC, driven step by step. For tests and fuzzing of the routing state machine
+//! (`fuzz/`'s routing target); the node itself never uses it.
 
 use std::sync::Arc;
 
@@ -8,17 +10,14 @@ use switchboard_store::StoreError;
 use switchboard_wire::{Hello, ServerFrame};
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::hub::{self, Hub, OutboxRx, PushPlanner, RequestError, SendRequest, Session};
-
-/// Bytes a writer turn takes from the outbox, as `conn::WRITE_BUDGET`.
-const WRITE_BUDGET: usize = 64 * 1024;
+use crate::hub::{Hub, RequestError, SendRequest, Session};
+use crate::push::{self, OutboxRx, Push, PushPlanner, PushStream};
 
 /// One open session: its hub state, its push planner and outbox, and its response queue.
 pub struct LocalSession {
     session: Arc<Session>,
     planner: PushPlanner,
     outbox: OutboxRx,
-    started: bool,
     responses_tx: mpsc::Sender<Bytes>,
     responses: mpsc::Receiver<Bytes>,
     inflight: Arc<Semaphore>,
@@ -33,14 +32,15 @@ impl std::fmt::Debug for LocalSession {
 }
 
 impl LocalSession {
-    /// Opens a session as an accepted `Hello` does (authenticate first, as `conn::run`).
+    /// Opens a session as an accepted `Hello` does (the caller authenticated the token).
     pub fn open(
         hub: &Arc<Hub>,
         claims: Claims,
         hello: &Hello,
     ) -> Result<(Self, ServerFrame), RequestError> {
         let limits = hub.limits().clone();
-        let (tx, outbox) = hub::outbox(limits.outbox_frames as usize);
+        let (tx, outbox) =
+            push::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
         let (session, welcome) = hub.open_session(claims, hello, tx)?;
         let (responses_tx, responses) = mpsc::channel(limits.max_inflight_sends as usize + 8);
         Ok((
@@ -48,7 +48,6 @@ impl LocalSession {
                 planner: PushPlanner::new(hub.clone(), session.clone()),
                 session,
                 outbox,
-                started: false,
                 responses_tx,
                 responses,
                 inflight: Arc::new(Semaphore::new(limits.max_inflight_sends as usize)),
@@ -63,14 +62,10 @@ impl LocalSession {
 
     /// Sends in flight (accepted, not yet answered by the committer).
     pub fn in_flight(&self) -> usize {
-        self.inflight_limit() - self.inflight.available_permits()
+        self.responses_tx.max_capacity() - 8 - self.inflight.available_permits()
     }
 
-    fn inflight_limit(&self) -> usize {
-        self.responses_tx.max_capacity() - 8
-    }
-
-    /// A `Send` as `conn::handle` makes it. `Ok` means accepted: its ack (or flush error)
+    /// A `Send` as the connection makes it. `Ok` means accepted: its ack (or flush error)
     /// arrives later in [`LocalSession::responses`]. `None` when the session is at its
     /// in-flight limit (where the connection would stop reading).
     pub async fn send(&self, hub: &Hub, req: SendRequest) -> Option<Result<(), RequestError>> {
@@ -93,25 +88,26 @@ impl LocalSession {
         self.responses.recv().await
     }
 
-    /// What the push writer would write now, encoded (with the length prefix), until it has
-    /// nothing more to do: `conn::push_writer`'s loop run to idleness.
+    /// What the push writers would write now, encoded (with the length prefix), until they
+    /// have nothing more to do, in the order they write it: each stream's queue in priority
+    /// order, catch-up with the normal stream, as `push::run` does. Per group this is the
+    /// order the planner promises (by `seq`, no gap); on a real connection the streams may
+    /// interleave differently on arrival.
     pub fn push_stream(&mut self) -> Result<Vec<Bytes>, StoreError> {
         let mut out = Vec::new();
-        let mut items = Vec::new();
-        if !self.started {
-            self.started = true;
-            self.outbox.drain_high(&mut items);
-            for item in items.drain(..) {
-                self.planner.plan(item, &mut out)?;
-            }
-        }
+        let mut items: Vec<Push> = Vec::new();
         loop {
             let before = out.len();
-            self.planner.catch_up(&mut out)?;
-            self.outbox.drain(&mut items, WRITE_BUDGET);
-            let drained = !items.is_empty();
-            for item in items.drain(..) {
-                self.planner.plan(item, &mut out)?;
+            let mut drained = false;
+            for stream in PushStream::ALL {
+                if stream == PushStream::Normal {
+                    self.planner.catch_up(&mut out)?;
+                }
+                self.outbox.take(stream, &mut items);
+                drained |= !items.is_empty();
+                for item in items.drain(..) {
+                    self.planner.plan(item, &mut out)?;
+                }
             }
             if out.len() == before && !drained {
                 return Ok(out);
