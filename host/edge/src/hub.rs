@@ -153,6 +153,10 @@ pub struct Metrics {
     pub policy_breaker_skips: AtomicU64,
     /// Messages whose policy asked for offline members to be notified.
     pub notify_offline_requests: AtomicU64,
+    /// Push-notification events handed to the sink (one per offline member and message).
+    pub notifications: AtomicU64,
+    /// Messages whose notifications were dropped because the notification queue was full.
+    pub notifications_dropped: AtomicU64,
     pub receipts_forwarded: AtomicU64,
     pub receipts_aggregated: AtomicU64,
     pub receipts_dropped: AtomicU64,
@@ -195,6 +199,8 @@ pub struct MetricsSnapshot {
     pub policy_fallbacks: u64,
     pub policy_breaker_skips: u64,
     pub notify_offline_requests: u64,
+    pub notifications: u64,
+    pub notifications_dropped: u64,
     pub receipts_forwarded: u64,
     pub receipts_aggregated: u64,
     pub receipts_dropped: u64,
@@ -232,6 +238,8 @@ impl Metrics {
             policy_fallbacks: l(&self.policy_fallbacks),
             policy_breaker_skips: l(&self.policy_breaker_skips),
             notify_offline_requests: l(&self.notify_offline_requests),
+            notifications: l(&self.notifications),
+            notifications_dropped: l(&self.notifications_dropped),
             receipts_forwarded: l(&self.receipts_forwarded),
             receipts_aggregated: l(&self.receipts_aggregated),
             receipts_dropped: l(&self.receipts_dropped),
@@ -353,6 +361,8 @@ struct Commit {
     /// The encoded Deliver frame, for new messages.
     deliver: Option<Bytes>,
     lane: Lane,
+    /// The sender, when the policy asked to notify offline members (new messages only).
+    notify: Option<UserId>,
     /// The encoded Ack frame.
     ack: Bytes,
     /// A slot in the connection's response queue, reserved when the send was accepted, so
@@ -399,6 +409,9 @@ pub struct Hub {
     /// Fan out in subscription order instead of foreground first (benchmarks compare the
     /// two; see [`Hub::set_naive_fanout`]).
     naive_fanout: AtomicBool,
+    /// The notification worker's queue (`notify.rs`), set once the hub exists.
+    notify_tx: OnceLock<mpsc::Sender<crate::notify::NotifyJob>>,
+    notify_sink: parking_lot::RwLock<Arc<dyn crate::notify::NotifySink>>,
     /// The receipt worker's queue (`receipts.rs`), set once the hub exists.
     receipts_tx: OnceLock<mpsc::Sender<crate::receipts::ReceiptJob>>,
 }
@@ -455,7 +468,12 @@ impl Hub {
             membership: (0..MEMBERSHIP_STRIPES).map(|_| Mutex::new(())).collect(),
             receipts_tx: OnceLock::new(),
             naive_fanout: AtomicBool::new(false),
+            notify_tx: OnceLock::new(),
+            notify_sink: parking_lot::RwLock::new(Arc::new(crate::notify::LogSink)),
         });
+        let _ = hub
+            .notify_tx
+            .set(crate::notify::start(Arc::downgrade(&hub)));
         let _ = hub
             .receipts_tx
             .set(crate::receipts::start(Arc::downgrade(&hub)));
@@ -970,6 +988,35 @@ impl Hub {
         }
     }
 
+    /// Where push-notification events for offline members go (default: the log).
+    pub fn set_notify_sink(&self, sink: Arc<dyn crate::notify::NotifySink>) {
+        *self.notify_sink.write() = sink;
+    }
+
+    pub(crate) fn notify_sink(&self) -> Arc<dyn crate::notify::NotifySink> {
+        self.notify_sink.read().clone()
+    }
+
+    /// Whether `user` has a session on this node now.
+    pub(crate) fn is_connected(&self, tenant: &TenantId, user: &UserId) -> bool {
+        !self.sessions_of(tenant, user).is_empty()
+    }
+
+    fn queue_notification(&self, g: &GroupState, seq: u64, sender: UserId) {
+        let job = crate::notify::NotifyJob {
+            tenant: g.tenant.clone(),
+            group: g.id.clone(),
+            seq,
+            sender,
+        };
+        let queue = self.notify_tx.get().expect("set in Hub::new");
+        if queue.try_send(job).is_err() {
+            self.metrics
+                .notifications_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// For benchmarks only: fan out in subscription order (the naive way) instead of
     /// foreground sessions first. Deferral to background sessions is unaffected.
     pub fn set_naive_fanout(&self, naive: bool) {
@@ -1139,9 +1186,10 @@ impl Hub {
         session: &Session,
         g: &GroupState,
         body: &[u8],
-    ) -> Result<Lane, RequestError> {
+    ) -> Result<(Lane, bool), RequestError> {
         let Some(v) = self.hot_policy(&session.tenant, &session.user, &g.id) else {
-            return Ok(Lane::Normal); // the built-in default, without building its input
+            // The built-in default, without building its input.
+            return Ok((Lane::Normal, false));
         };
         let info = policy::MessageInfo {
             group: g.id.to_string(),
@@ -1158,7 +1206,7 @@ impl Hub {
                         .notify_offline_requests
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(d.lane)
+                Ok((d.lane, d.notify_offline))
             }
             policy::Verdict::Reject(reason) => {
                 self.metrics
@@ -1264,8 +1312,8 @@ impl Hub {
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
 
-        let lane = match self.message_verdict(session, &g, &body) {
-            Ok(lane) => lane,
+        let (lane, notify) = match self.message_verdict(session, &g, &body) {
+            Ok(verdict) => verdict,
             // A resend of a message the group already has is acked again whatever the policy
             // says now (it may have been swapped, or the first verdict was a fallback).
             // Rejections are rare, so this lookup costs nothing on the hot path.
@@ -1276,7 +1324,7 @@ impl Hub {
                         .find_sent(&session.tenant, &gid, &session.user, client_msg_id)?
                         .is_some() =>
             {
-                Lane::Normal // unused: the append below finds the duplicate
+                (Lane::Normal, false) // unused: the append below finds the duplicate
             }
             Err(e) => return Err(e),
         };
@@ -1319,6 +1367,7 @@ impl Hub {
             group: g.clone(),
             seq,
             lane,
+            notify: (notify && !duplicate).then(|| session.user.clone()),
             request_id,
             deliver,
             ack,
@@ -1573,6 +1622,9 @@ impl Committer {
             Ok(()) => {
                 hub.metrics.flushes.fetch_add(1, Ordering::Relaxed);
                 for c in batch.drain(..) {
+                    if let Some(sender) = c.notify {
+                        hub.queue_notification(&c.group, c.seq, sender);
+                    }
                     match c.deliver {
                         Some(frame) => hub.publish(&c.group, c.seq, c.lane, frame),
                         // A resend of a message whose first flush failed: it is durable now,

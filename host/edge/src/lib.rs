@@ -21,6 +21,7 @@ pub mod histogram;
 pub mod hub;
 pub mod load;
 pub mod local;
+pub mod notify;
 pub mod push;
 mod rates;
 pub mod receipts;

@@ -361,3 +361,48 @@ async fn an_urgent_message_overtakes_a_bulk_backlog() {
         }
     }
 }
+
+/// When the tenant's policy asks (the reference priority plugin does for VIP senders), each
+/// member offline at publish time gets a push-notification event on the node's sink; members
+/// with a session, the sender, and messages the policy did not flag get none.
+#[tokio::test]
+async fn offline_members_get_a_push_notification_event_when_the_policy_asks() {
+    use std::sync::Arc;
+    use switchboard_edge::notify::MemorySink;
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::PRIORITY,
+        &[("vip_users", "alice")],
+    );
+    let sink = Arc::new(MemorySink::default());
+    n.hub().set_notify_sink(Arc::new(sink.clone()));
+    group(&n, "board", &["alice", "bob", "carol", "dave"]);
+    let mut alice = member(&n, "alice", PresenceState::Foreground).await;
+    let mut bob = member(&n, "bob", PresenceState::Background).await;
+
+    let plain = post(&mut bob, 1, "board", b"not vip").await;
+    let vip = post(&mut alice, 2, "board", b"from the boss").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while sink.0.lock().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no notifications");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut got: Vec<(String, u64, String)> = sink
+        .0
+        .lock()
+        .iter()
+        .map(|e| (e.recipient.to_string(), e.seq, e.sender.to_string()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("carol".to_string(), vip, "alice".to_string()),
+            ("dave".to_string(), vip, "alice".to_string())
+        ],
+        "message {plain} was not flagged; bob and alice are connected"
+    );
+    let m = n.hub().metrics().snapshot();
+    assert_eq!((m.notify_offline_requests, m.notifications), (1, 2));
+}

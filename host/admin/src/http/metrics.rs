@@ -150,6 +150,8 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         policy_fallbacks,
         policy_breaker_skips,
         notify_offline_requests,
+        notifications,
+        notifications_dropped,
         receipts_forwarded,
         receipts_aggregated,
         receipts_dropped,
@@ -277,6 +279,18 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             notify_offline_requests,
             "Messages whose policy asked for offline members to be notified.",
+        ),
+        (
+            "notifications",
+            Counter,
+            notifications,
+            "Push-notification events for offline members handed to the notification sink.",
+        ),
+        (
+            "notifications_dropped",
+            Counter,
+            notifications_dropped,
+            "Messages whose offline notifications were dropped (notification queue full).",
         ),
         (
             "receipts_forwarded",

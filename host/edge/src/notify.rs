@@ -1,0 +1,118 @@
+//! Push-notification events for members who are offline when a message is published, when
+//! the tenant's policy asks for it (`delivery.notify-offline`, e.g. a VIP sender or an
+//! `!urgent` message with the reference priority plugin).
+//!
+//! The committer only queues the message (after it is durable and published), so the
+//! message path never waits for a sink: a worker thread resolves the group's members, skips
+//! those with a connected session and the sender, and hands one [`OfflineNotice`] per
+//! offline member to the node's [`NotifySink`] — by default [`LogSink`], which writes a
+//! structured log line (target `switchboard::notify`) for a log shipper to turn into APNs/FCM
+//! pushes; an operator can install another (a webhook, a queue) with `Hub::set_notify_sink`.
+//! Bounds: [`NOTIFY_QUEUE`] messages waiting (more are dropped and counted), and a group's
+//! member list (at most `max_group_members`) per message.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use switchboard_core::{GroupId, TenantId, UserId};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::hub::Hub;
+
+/// Messages waiting for the notification worker. Beyond this they are dropped (counted in
+/// `notifications_dropped`): a push notification is a hint, the message is in the log.
+pub const NOTIFY_QUEUE: usize = 4_096;
+
+/// One offline member to notify about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineNotice {
+    pub tenant: TenantId,
+    pub group: GroupId,
+    pub seq: u64,
+    pub sender: UserId,
+    pub recipient: UserId,
+}
+
+/// Where push-notification events go. Called on the notification worker thread; may block
+/// (a webhook call), which only delays later notifications.
+pub trait NotifySink: Send + Sync + 'static {
+    fn notify(&self, notice: &OfflineNotice);
+}
+
+/// The default sink: one `info` log line per notice, target `switchboard::notify`.
+#[derive(Debug, Default)]
+pub struct LogSink;
+
+impl NotifySink for LogSink {
+    fn notify(&self, n: &OfflineNotice) {
+        tracing::info!(
+            target: "switchboard::notify",
+            tenant = %n.tenant,
+            group = %n.group,
+            seq = n.seq,
+            sender = %n.sender,
+            recipient = %n.recipient,
+            "offline member to notify"
+        );
+    }
+}
+
+/// A published message whose offline members should be notified.
+pub(crate) struct NotifyJob {
+    pub(crate) tenant: TenantId,
+    pub(crate) group: GroupId,
+    pub(crate) seq: u64,
+    pub(crate) sender: UserId,
+}
+
+/// Starts the worker for `hub`; it ends when the hub (and so the queue) is dropped.
+pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<NotifyJob> {
+    let (tx, mut rx) = mpsc::channel::<NotifyJob>(NOTIFY_QUEUE);
+    std::thread::Builder::new()
+        .name("switchboard-notify".into())
+        .spawn(move || {
+            while let Some(job) = rx.blocking_recv() {
+                let Some(hub) = hub.upgrade() else { return };
+                let members = match hub.store().members(&job.tenant, &job.group) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(error = %e, "members not read; notifications skipped");
+                        continue;
+                    }
+                };
+                let sink = hub.notify_sink();
+                for recipient in members {
+                    if recipient == job.sender || hub.is_connected(&job.tenant, &recipient) {
+                        continue;
+                    }
+                    sink.notify(&OfflineNotice {
+                        tenant: job.tenant.clone(),
+                        group: job.group.clone(),
+                        seq: job.seq,
+                        sender: job.sender.clone(),
+                        recipient,
+                    });
+                    hub.metrics().notifications.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .expect("spawn the notification worker");
+    tx
+}
+
+/// A sink that keeps what it is given (tests, and embedding apps that poll).
+#[derive(Debug, Default)]
+pub struct MemorySink(pub parking_lot::Mutex<Vec<OfflineNotice>>);
+
+impl NotifySink for MemorySink {
+    fn notify(&self, n: &OfflineNotice) {
+        self.0.lock().push(n.clone());
+    }
+}
+
+impl NotifySink for Arc<MemorySink> {
+    fn notify(&self, n: &OfflineNotice) {
+        self.as_ref().notify(n)
+    }
+}
