@@ -22,8 +22,10 @@ pub const SECRET_ENV: &str = "SWITCHBOARD_PEERS_BENCH_SECRET";
 pub const SERVER_CORE: usize = 0;
 pub const CLIENT_CORE: usize = 1;
 
+/// Cores of the machine, as seen before [`pin_self`] (after it, this process sees one).
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Pins the calling process (all its threads, so call it before any runtime starts) to
