@@ -21,6 +21,8 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// Body header: send (or due) time in ns since the run's start, then the message index.
 pub const HEADER: usize = 16;
 
@@ -249,4 +251,105 @@ pub fn percentile(sorted: &[u32], p: f64) -> u32 {
         return 0;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Acknowledged publishes (durable scenario): per message its send time, and a window that
+/// an ack (not a delivery) frees.
+pub struct AckTally {
+    start: std::time::Instant,
+    sent_ns: Vec<AtomicU64>,
+    pub window: Arc<Semaphore>,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    last_ack_ns: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+impl AckTally {
+    pub fn new(start: Instant, max_messages: usize, window: usize) -> Arc<AckTally> {
+        Arc::new(AckTally {
+            start,
+            sent_ns: (0..max_messages).map(|_| AtomicU64::new(0)).collect(),
+            window: Arc::new(Semaphore::new(window)),
+            acked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            last_ack_ns: AtomicU64::new(0),
+            latencies_us: Mutex::default(),
+        })
+    }
+
+    /// Message `index` was acknowledged (`ok`) or refused.
+    pub fn ack(&self, index: u64, ok: bool) {
+        let now = self.start.elapsed().as_nanos() as u64;
+        if ok {
+            let sent = self
+                .sent_ns
+                .get(index as usize)
+                .map_or(now, |s| s.load(Ordering::Relaxed));
+            self.latencies_us
+                .lock()
+                .expect("not poisoned")
+                .push((now.saturating_sub(sent) / 1_000).min(u32::MAX as u64) as u32);
+            self.acked.fetch_add(1, Ordering::Relaxed);
+            self.last_ack_ns.fetch_max(now, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.window.add_permits(1);
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn last_ack(&self) -> Duration {
+        Duration::from_nanos(self.last_ack_ns.load(Ordering::Relaxed))
+    }
+
+    /// Waits until `published` are answered or nothing is for `idle`; returns those missing.
+    pub async fn drain(&self, published: u64, idle: Duration) -> u64 {
+        let mut last = 0;
+        let mut since = Instant::now();
+        loop {
+            let now = self.acked() + self.errors();
+            if now >= published {
+                return 0;
+            }
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() > idle {
+                return published - now;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn latencies(&self) -> Vec<u32> {
+        let mut l = self.latencies_us.lock().expect("not poisoned").clone();
+        l.sort_unstable();
+        l
+    }
+}
+
+/// An encoder that also records each message's send time (from its body) for [`AckTally`].
+pub struct Recording<E> {
+    pub inner: E,
+    pub tally: Arc<AckTally>,
+}
+
+impl<E: Encode> Encode for Recording<E> {
+    fn encode(&mut self, buf: &mut BytesMut, index: u64, body: &[u8]) {
+        if let Some(s) = self.tally.sent_ns.get(index as usize) {
+            s.store(
+                u64::from_be_bytes(body[..8].try_into().expect("8 bytes")),
+                Ordering::Relaxed,
+            );
+        }
+        self.inner.encode(buf, index, body);
+    }
 }

@@ -46,6 +46,8 @@ enum System {
     Mqtt0Tls,
     /// mosquitto, QoS 1, TLS.
     Mqtt1Tls,
+    /// nats-server, JetStream with file storage, acked publishes (durable scenario only).
+    NatsJs,
 }
 
 impl System {
@@ -58,6 +60,7 @@ impl System {
             System::Mqtt1 => "Mosquitto QoS 1",
             System::Mqtt0Tls => "Mosquitto QoS 0, TLS",
             System::Mqtt1Tls => "Mosquitto QoS 1, TLS",
+            System::NatsJs => "NATS JetStream, file storage",
         }
     }
 
@@ -69,6 +72,7 @@ impl System {
             System::Nats | System::NatsTls => "at most once, in memory",
             System::Mqtt0 | System::Mqtt0Tls => "at most once, in memory",
             System::Mqtt1 | System::Mqtt1Tls => "at least once per hop (PUBACK), in memory",
+            System::NatsJs => "in the stream's file before the PubAck, but not fsynced per message: nats-server 2.9 has no `sync_interval` (2.10+), so writes reach the disk with the OS's writeback",
         }
     }
 
@@ -91,6 +95,9 @@ impl System {
 enum Scenario {
     Throughput,
     Latency,
+    /// Acked publishes/s with no subscribers: Switchboard (ack after fsync) against NATS
+    /// JetStream with file storage.
+    Durable,
 }
 
 #[derive(Parser, Debug)]
@@ -144,6 +151,8 @@ struct Outcome {
     server_cpu: f64,
     client_cpu: f64,
     acks: u64,
+    /// Compilers (`rustc`) of other people running on the machine when the run started.
+    busy: usize,
 }
 
 impl Outcome {
@@ -165,6 +174,8 @@ impl Outcome {
 enum Mode {
     Windowed(usize),
     Fixed(f64),
+    /// At most this many publishes not yet acknowledged; no subscribers.
+    Acked(usize),
 }
 
 struct Bench {
@@ -238,7 +249,9 @@ fn main() -> Result<()> {
             bench.args.window
         );
         for &(fanout, payload) in &scenarios {
-            let results = bench.repeat(fanout, payload, |_| Mode::Windowed(bench.args.window))?;
+            let results = bench.repeat(&bench.args.systems, fanout, payload, |_| {
+                Mode::Windowed(bench.args.window)
+            })?;
             print_throughput(fanout, payload, &results);
             for (sys, runs) in &results {
                 let m = median(runs.iter().map(Outcome::msgs_per_sec));
@@ -250,11 +263,23 @@ fn main() -> Result<()> {
         println!("\n## Latency at a fixed rate (share of each system's own throughput)\n");
         for &(fanout, payload) in &scenarios {
             for &level in &bench.args.levels {
-                let results = bench.repeat(fanout, payload, |sys| {
+                let results = bench.repeat(&bench.args.systems, fanout, payload, |sys| {
                     Mode::Fixed(saturation[&(fanout, payload, sys)] * level as f64 / 100.0)
                 })?;
                 print_latency(fanout, payload, level, &results, &saturation);
             }
+        }
+    }
+    if bench.args.scenario.contains(&Scenario::Durable) {
+        println!(
+            "\n## Durable: acknowledged publishes, window {}, no subscribers\n",
+            bench.args.window
+        );
+        for &payload in &bench.args.payload {
+            let payload = payload.max(load::HEADER);
+            let systems = [System::Switchboard, System::NatsJs];
+            let results = bench.repeat(&systems, 0, payload, |_| Mode::Acked(bench.args.window))?;
+            print_durable(payload, &results);
         }
     }
     Ok(())
@@ -264,24 +289,28 @@ impl Bench {
     /// Every system `runs` times (alternating), fresh servers each run.
     fn repeat(
         &self,
+        systems: &[System],
         fanout: usize,
         payload: usize,
         mode: impl Fn(System) -> Mode,
     ) -> Result<BTreeMap<System, Vec<Outcome>>> {
         let mut out: BTreeMap<System, Vec<Outcome>> = BTreeMap::new();
         for run in 0..self.args.runs {
-            for &sys in &self.args.systems {
+            for &sys in systems {
                 let m = mode(sys);
-                let o = self
+                let busy = servers::compilers_running();
+                let mut o = self
                     .run_once(sys, fanout, payload, m)
                     .with_context(|| format!("{} 1→{fanout} {payload} B", sys.label()))?;
+                o.busy = busy;
                 eprintln!(
-                    "  run {} {:<28} 1→{fanout:<3} {payload:>3} B {:>12}: {:>9.0} msgs/s {:>10.0} deliveries/s p50 {:>7} µs p99 {:>7} µs srv cpu {:.2}s/M cli {:.2}s/M lost {} dup {} ooo {} acks {}",
+                    "  run {} {:<28} 1→{fanout:<3} {payload:>3} B {:>12}: {:>9.0} msgs/s {:>10.0} deliveries/s p50 {:>7} µs p99 {:>7} µs srv cpu {:.2}s/M cli {:.2}s/M lost {} dup {} ooo {} acks {} rustc {}",
                     run + 1,
                     sys.label(),
                     match m {
                         Mode::Windowed(w) => format!("window {w}"),
                         Mode::Fixed(r) => format!("{r:.0}/s"),
+                        Mode::Acked(w) => format!("acked {w}"),
                     },
                     o.msgs_per_sec(),
                     o.deliveries_per_sec(),
@@ -293,6 +322,7 @@ impl Bench {
                     o.duplicates,
                     o.out_of_order,
                     o.acks,
+                    o.busy,
                 );
                 out.entry(sys).or_default().push(o);
             }
@@ -305,11 +335,17 @@ impl Bench {
         let mut server = match sys {
             System::Switchboard => servers::switchboard(&self.node, fanout)?,
             System::Nats | System::NatsTls => servers::nats(tls_cert, false)?,
+            System::NatsJs => servers::nats(None, true)?,
             _ => servers::mosquitto(tls_cert)?,
         };
-        let outcome = self
-            .rt
-            .block_on(drive(sys, &server, fanout, payload, mode, &self.args));
+        let outcome = match mode {
+            Mode::Acked(window) => self
+                .rt
+                .block_on(drive_acked(sys, &server, payload, window, &self.args)),
+            _ => self
+                .rt
+                .block_on(drive(sys, &server, fanout, payload, mode, &self.args)),
+        };
         server.check_alive()?;
         outcome
     }
@@ -332,6 +368,7 @@ async fn drive(
             let total = (rate * args.seconds) as u64;
             (None, total + 1, total / 10)
         }
+        Mode::Acked(_) => bail!("acked publishing runs in drive_acked"),
     };
     let tally = Tally::new(start, fanout, max as usize, window.clone(), warmup);
     let addr = server.addr;
@@ -354,7 +391,7 @@ async fn drive(
             for i in 0..fanout {
                 sb::subscribe(&ep, addr, i, tally.clone()).await?;
             }
-            let p = sb::publisher(&ep, addr).await?;
+            let p = sb::publisher(&ep, addr, None).await?;
             acks_counter = Some(p.acks.clone());
             writer = Box::new(p.send);
             sb_publisher = Some((p.errors, p.acks));
@@ -401,6 +438,7 @@ async fn drive(
         Mode::Fixed(rate) => {
             load::publish_fixed(&mut writer, &mut *encoder, &tally, payload, rate, duration).await?
         }
+        Mode::Acked(_) => unreachable!("checked above"),
     };
     let losses = tally.drain(published, Duration::from_secs(3)).await;
     let server_cpu = server.cpu_seconds()? - server_cpu0;
@@ -439,7 +477,121 @@ async fn drive(
         server_cpu,
         client_cpu,
         acks,
+        busy: 0,
     })
+}
+
+/// Acked publishing with no subscribers: "delivered" counts acknowledged publishes, and the
+/// latencies are send → ack.
+async fn drive_acked(
+    sys: System,
+    server: &Server,
+    payload: usize,
+    window: usize,
+    args: &Args,
+) -> Result<Outcome> {
+    let start = std::time::Instant::now();
+    let acks = load::AckTally::new(start, args.max_messages as usize, window);
+    // Only for its clock: nobody subscribes.
+    let tally = Tally::new(start, 0, 0, None, 0);
+    let mut endpoint = None;
+    let (mut writer, mut encoder): (load::Writer, Box<dyn Encode>) = match sys {
+        System::Switchboard => {
+            let ep = sb::endpoint(&server.cert_der)?;
+            let p = sb::publisher(&ep, server.addr, Some(acks.clone())).await?;
+            endpoint = Some(ep);
+            (
+                Box::new(p.send),
+                Box::new(load::Recording {
+                    inner: sb::Encoder,
+                    tally: acks.clone(),
+                }),
+            )
+        }
+        System::NatsJs => (
+            nats::jetstream_publisher(server.addr, acks.clone()).await?,
+            Box::new(load::Recording {
+                inner: nats::JsEncoder,
+                tally: acks.clone(),
+            }),
+        ),
+        other => bail!("{} has no durable mode here", other.label()),
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server_cpu0 = server.cpu_seconds()?;
+    let client_cpu0 = servers::cpu_seconds("/proc/self/stat")?;
+    let t0 = tally.now_ns();
+    let published = load::publish_windowed(
+        &mut writer,
+        &mut *encoder,
+        &tally,
+        &acks.window,
+        payload,
+        Duration::from_secs_f64(args.seconds),
+        args.max_messages,
+    )
+    .await?;
+    let losses = acks.drain(published, Duration::from_secs(3)).await;
+    let server_cpu = server.cpu_seconds()? - server_cpu0;
+    let client_cpu = servers::cpu_seconds("/proc/self/stat")? - client_cpu0;
+    if acks.errors() > 0 {
+        bail!("{} publishes refused", acks.errors());
+    }
+    if let Some(ep) = endpoint {
+        ep.close(0u32.into(), b"done");
+    }
+    let lat = acks.latencies();
+    Ok(Outcome {
+        published,
+        delivered: acks.acked(),
+        losses,
+        duplicates: 0,
+        out_of_order: 0,
+        elapsed: acks.last_ack().as_secs_f64() - Duration::from_nanos(t0).as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        server_cpu,
+        client_cpu,
+        acks: acks.acked(),
+        busy: 0,
+    })
+}
+
+fn print_durable(payload: usize, results: &BTreeMap<System, Vec<Outcome>>) {
+    let sb = results
+        .get(&System::Switchboard)
+        .map(|r| median(r.iter().map(Outcome::deliveries_per_sec)));
+    println!("### {payload} B\n");
+    println!("| system | acked publishes/s (median) | runs | ack p50 µs | ack p99 µs | server CPU s / M acks | unacked | Switchboard ÷ this |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (sys, runs) in results {
+        let aps = median(runs.iter().map(Outcome::deliveries_per_sec));
+        println!(
+            "| {} | {:.0} | {} | {} | {} | {:.2} | {} | {} |",
+            sys.label(),
+            aps,
+            runs_column(runs, |o| format!("{:.0}", o.deliveries_per_sec())),
+            median_u32(runs.iter().map(|o| o.p50)),
+            median_u32(runs.iter().map(|o| o.p99)),
+            median(runs.iter().map(Outcome::server_cpu_per_m)),
+            runs.iter().map(|o| o.losses).sum::<u64>(),
+            match sb {
+                Some(s) if *sys != System::Switchboard => format!("{:.2}", s / aps),
+                _ => "—".to_owned(),
+            },
+        );
+    }
+    println!();
+}
+
+/// Each run's value; a run that started while other people's compilers were running is
+/// marked with how many (`²` = two).
+fn runs_column(runs: &[Outcome], f: impl Fn(&Outcome) -> String) -> String {
+    const MARK: [&str; 4] = ["", "¹", "²", "³"];
+    runs.iter()
+        .map(|o| format!("{}{}", f(o), MARK[o.busy.min(3)]))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn median(v: impl Iterator<Item = f64>) -> f64 {
@@ -492,7 +644,11 @@ fn print_setup(args: &Args, pinned: bool) {
         args.seconds, args.runs, args.window, args.levels
     );
     println!("\n| system | delivery guarantee in these runs |\n|---|---|");
-    for s in &args.systems {
+    let durable = args
+        .scenario
+        .contains(&Scenario::Durable)
+        .then_some(System::NatsJs);
+    for s in args.systems.iter().copied().chain(durable) {
         println!("| {} | {} |", s.label(), s.guarantee());
     }
 }
@@ -515,10 +671,7 @@ fn print_throughput(fanout: usize, payload: usize, results: &BTreeMap<System, Ve
             "| {} | {:.0} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
             sys.label(),
             dps,
-            runs.iter()
-                .map(|o| format!("{:.0}", o.deliveries_per_sec()))
-                .collect::<Vec<_>>()
-                .join(", "),
+            runs_column(runs, |o| format!("{:.0}", o.deliveries_per_sec())),
             median(runs.iter().map(Outcome::msgs_per_sec)),
             median_u32(runs.iter().map(|o| o.p50)),
             median_u32(runs.iter().map(|o| o.p99)),
@@ -560,10 +713,7 @@ fn print_latency(
             median(runs.iter().map(Outcome::deliveries_per_sec)),
             p50,
             p99,
-            runs.iter()
-                .map(|o| o.p99.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            runs_column(runs, |o| o.p99.to_string()),
             median(runs.iter().map(Outcome::server_cpu_per_m)),
             runs.iter().map(|o| o.losses).sum::<u64>(),
             runs.iter().map(|o| o.duplicates).sum::<u64>(),

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::load::{Encode, Tally};
+use crate::load::{AckTally, Encode, Tally};
 
 pub const SUBJECT: &str = "bench.g";
 
@@ -215,6 +215,83 @@ impl Encode for Encoder {
     fn encode(&mut self, buf: &mut BytesMut, _index: u64, body: &[u8]) {
         use std::fmt::Write;
         let _ = write!(buf, "PUB {SUBJECT} {}\r\n", body.len());
+        buf.extend_from_slice(body);
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The subject of the JetStream stream `BENCH`.
+pub const JS_SUBJECT: &str = "bench.js";
+/// Where the publisher gets JetStream's answers: `_INBOX.b.<message index>`.
+const INBOX: &str = "_INBOX.b";
+
+/// A JetStream publisher: creates the stream `BENCH` (file storage, one replica) over
+/// [`JS_SUBJECT`] and reports each publish's `PubAck` (or error) to `tally`.
+pub async fn jetstream_publisher(addr: SocketAddr, tally: Arc<AckTally>) -> Result<Writer> {
+    let (mut r, mut w, mut buf) = connect(addr, None, "js-pub").await?;
+    let config = format!(
+        "{{\"name\":\"BENCH\",\"subjects\":[\"{JS_SUBJECT}\"],\"storage\":\"file\",\
+         \"retention\":\"limits\",\"discard\":\"old\",\"num_replicas\":1}}"
+    );
+    w.write_all(
+        format!(
+            "SUB {INBOX}.* 1\r\nPUB $JS.API.STREAM.CREATE.BENCH {INBOX}.create {}\r\n{config}\r\n",
+            config.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    'created: loop {
+        while let Some(op) = parse(&mut buf)? {
+            match op {
+                Op::Msg { payload, .. } if is_error(&payload) => {
+                    bail!("stream create: {}", String::from_utf8_lossy(&payload))
+                }
+                Op::Msg { .. } => break 'created,
+                Op::Err(e) => bail!("{e}"),
+                _ => {}
+            }
+        }
+        if r.read_buf(&mut buf).await? == 0 {
+            bail!("connection closed");
+        }
+    }
+    tokio::spawn(async move {
+        loop {
+            while let Ok(Some(op)) = parse(&mut buf) {
+                if let Op::Msg {
+                    subject, payload, ..
+                } = op
+                {
+                    let index = subject
+                        .rsplit(|&b| b == b'.')
+                        .next()
+                        .and_then(|i| std::str::from_utf8(i).ok()?.parse().ok());
+                    if let Some(i) = index {
+                        tally.ack(i, !is_error(&payload));
+                    }
+                }
+            }
+            match r.read_buf(&mut buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+    });
+    Ok(w)
+}
+
+fn is_error(payload: &[u8]) -> bool {
+    payload.windows(7).any(|w| w == b"\"error\"")
+}
+
+/// `PUB bench.js _INBOX.b.<index> <n>\r\n<body>\r\n`: a JetStream publish that wants its ack.
+pub struct JsEncoder;
+
+impl Encode for JsEncoder {
+    fn encode(&mut self, buf: &mut BytesMut, index: u64, body: &[u8]) {
+        use std::fmt::Write;
+        let _ = write!(buf, "PUB {JS_SUBJECT} {INBOX}.{index} {}\r\n", body.len());
         buf.extend_from_slice(body);
         buf.extend_from_slice(b"\r\n");
     }

@@ -14,7 +14,7 @@ use switchboard_core::token::{self, Claims};
 use switchboard_core::{PresenceState, TenantId, UserId};
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
-use crate::load::{Encode, Tally};
+use crate::load::{AckTally, Encode, Tally};
 use crate::servers::SECRET;
 
 const MAX_FRAME: u32 = 1 << 20;
@@ -139,7 +139,12 @@ pub struct Publisher {
     _conn: quinn::Connection,
 }
 
-pub async fn publisher(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Publisher> {
+/// With `acks_to`, every `Ack` (and `Error`) is also reported to it by message index.
+pub async fn publisher(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    acks_to: Option<Arc<AckTally>>,
+) -> Result<Publisher> {
     let s = connect(endpoint, addr, "u0").await?;
     let acks = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -150,9 +155,22 @@ pub async fn publisher(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<P
             let limits = DecodeLimits::default();
             while let Ok(Some(f)) = wire::read_frame(&mut recv, &mut buf, MAX_FRAME).await {
                 match wire::decode_server(&f, &limits) {
-                    Ok(ServerFrame::Ack { .. }) => acks.fetch_add(1, Ordering::Relaxed),
-                    _ => errors.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(ServerFrame::Ack { request_id, .. }) => {
+                        acks.fetch_add(1, Ordering::Relaxed);
+                        if let Some(t) = &acks_to {
+                            t.ack(request_id.saturating_sub(1), true);
+                        }
+                    }
+                    Ok(ServerFrame::Error(e)) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        if let Some(t) = &acks_to {
+                            t.ack(e.request_id.saturating_sub(1), false);
+                        }
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
         });
     }

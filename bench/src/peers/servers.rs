@@ -43,6 +43,18 @@ pub fn pin_self() -> Result<bool> {
     Ok(status.success())
 }
 
+/// How many `rustc` processes are running (other people's builds: the machine is shared,
+/// and a compiler on either core skews a run).
+pub fn compilers_running() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+                .filter(|c| c.trim() == "rustc")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Installs nats-server and mosquitto from Debian if either is missing.
 pub fn ensure_installed(nats: bool, mqtt: bool) -> Result<()> {
     let mut missing = Vec::new();
