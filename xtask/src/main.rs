@@ -41,7 +41,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick]|build-plugins [--debug]>"
+                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]>"
             );
             std::process::exit(2);
         }
