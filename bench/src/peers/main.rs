@@ -98,6 +98,9 @@ enum Scenario {
     /// Acked publishes/s with no subscribers: Switchboard (ack after fsync) against NATS
     /// JetStream with file storage.
     Durable,
+    /// Connection storm: `--storm` clients connect at once (at most `--storm-concurrency`
+    /// handshakes in flight) and stay connected; time from connect to ready.
+    Storm,
 }
 
 #[derive(Parser, Debug)]
@@ -133,6 +136,12 @@ struct Args {
     /// The `switchboard` node binary (default: next to this one).
     #[arg(long)]
     node: Option<PathBuf>,
+    /// Storm: clients that connect.
+    #[arg(long, default_value_t = 1000)]
+    storm: usize,
+    /// Storm: handshakes in flight at once.
+    #[arg(long, default_value_t = 100)]
+    storm_concurrency: usize,
     /// One run of one second per scenario: a smoke test.
     #[arg(long)]
     quick: bool,
@@ -176,6 +185,8 @@ enum Mode {
     Fixed(f64),
     /// At most this many publishes not yet acknowledged; no subscribers.
     Acked(usize),
+    /// Connections only.
+    Storm,
 }
 
 struct Bench {
@@ -270,6 +281,14 @@ fn main() -> Result<()> {
             }
         }
     }
+    if bench.args.scenario.contains(&Scenario::Storm) {
+        println!(
+            "\n## Connection storm: {} clients, at most {} handshakes at once\n",
+            bench.args.storm, bench.args.storm_concurrency
+        );
+        let results = bench.repeat(&bench.args.systems, 0, 0, |_| Mode::Storm)?;
+        print_storm(&results);
+    }
     if bench.args.scenario.contains(&Scenario::Durable) {
         println!(
             "\n## Durable: acknowledged publishes, window {}, no subscribers\n",
@@ -311,6 +330,7 @@ impl Bench {
                         Mode::Windowed(w) => format!("window {w}"),
                         Mode::Fixed(r) => format!("{r:.0}/s"),
                         Mode::Acked(w) => format!("acked {w}"),
+                        Mode::Storm => "storm".to_owned(),
                     },
                     o.msgs_per_sec(),
                     o.deliveries_per_sec(),
@@ -342,6 +362,7 @@ impl Bench {
             Mode::Acked(window) => self
                 .rt
                 .block_on(drive_acked(sys, &server, payload, window, &self.args)),
+            Mode::Storm => self.rt.block_on(drive_storm(sys, &server, &self.args)),
             _ => self
                 .rt
                 .block_on(drive(sys, &server, fanout, payload, mode, &self.args)),
@@ -368,7 +389,7 @@ async fn drive(
             let total = (rate * args.seconds) as u64;
             (None, total + 1, total / 10)
         }
-        Mode::Acked(_) => bail!("acked publishing runs in drive_acked"),
+        Mode::Acked(_) | Mode::Storm => bail!("not a publishing mode"),
     };
     let tally = Tally::new(start, fanout, max as usize, window.clone(), warmup);
     let addr = server.addr;
@@ -387,15 +408,22 @@ async fn drive(
     let mut sb_publisher = None;
     match sys {
         System::Switchboard => {
-            let ep = sb::endpoint(&server.cert_der)?;
+            // One UDP socket per connection, as each TCP client has its own: 101 QUIC
+            // connections on one socket overflowed its receive buffer (212 KiB by default)
+            // and the losses throttled QUIC's congestion control.
+            let mut eps = Vec::with_capacity(fanout + 1);
             for i in 0..fanout {
+                let ep = sb::endpoint(&server.cert_der)?;
                 sb::subscribe(&ep, addr, i, tally.clone()).await?;
+                eps.push(ep);
             }
+            let ep = sb::endpoint(&server.cert_der)?;
             let p = sb::publisher(&ep, addr, None).await?;
+            eps.push(ep);
             acks_counter = Some(p.acks.clone());
             writer = Box::new(p.send);
             sb_publisher = Some((p.errors, p.acks));
-            endpoint = Some(ep);
+            endpoint = Some(eps);
             encoder = Box::new(sb::Encoder);
         }
         System::Nats | System::NatsTls => {
@@ -438,7 +466,7 @@ async fn drive(
         Mode::Fixed(rate) => {
             load::publish_fixed(&mut writer, &mut *encoder, &tally, payload, rate, duration).await?
         }
-        Mode::Acked(_) => unreachable!("checked above"),
+        Mode::Acked(_) | Mode::Storm => unreachable!("checked above"),
     };
     let losses = tally.drain(published, Duration::from_secs(3)).await;
     let server_cpu = server.cpu_seconds()? - server_cpu0;
@@ -461,7 +489,7 @@ async fn drive(
             bail!("{e} error answers to sends");
         }
     }
-    if let Some(ep) = endpoint {
+    for ep in endpoint.into_iter().flatten() {
         ep.close(0u32.into(), b"done");
     }
     drop(writer);
@@ -555,6 +583,108 @@ async fn drive_acked(
         acks: acks.acked(),
         busy: 0,
     })
+}
+
+/// Connection storm: "delivered" counts clients ready, latencies are connect → ready
+/// (Switchboard: `Welcome`; NATS: `PONG` after `CONNECT`; MQTT: `CONNACK`).
+async fn drive_storm(sys: System, server: &Server, args: &Args) -> Result<Outcome> {
+    let addr = server.addr;
+    let connector = if sys.tls() && sys != System::Switchboard {
+        Some(tls::connector(&server.cert_der)?)
+    } else {
+        None
+    };
+    // Switchboard: one UDP socket per client, like the TCP clients (see `drive`).
+    let endpoint = (sys == System::Switchboard).then(|| Arc::new(server.cert_der.clone()));
+    let permits = Arc::new(Semaphore::new(args.storm_concurrency.max(1)));
+    let start = std::time::Instant::now();
+    let server_cpu0 = server.cpu_seconds()?;
+    let client_cpu0 = servers::cpu_seconds("/proc/self/stat")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..args.storm {
+        let (permits, connector, endpoint) = (permits.clone(), connector.clone(), endpoint.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let t = std::time::Instant::now();
+            // Each client stays connected until every one is (what a storm holds open).
+            let keep: Box<dyn std::any::Any + Send> = match sys {
+                System::Switchboard => {
+                    let ep = sb::endpoint(&endpoint.expect("cert"))?;
+                    let session = sb::connect(&ep, addr, &format!("c{i}")).await?;
+                    Box::new((ep, session))
+                }
+                System::Nats | System::NatsTls | System::NatsJs => {
+                    let (mut r, mut w, mut buf) =
+                        nats::connect(addr, connector.as_ref(), &format!("c{i}")).await?;
+                    nats::round_trip(&mut r, &mut w, &mut buf).await?;
+                    Box::new((r, w))
+                }
+                _ => Box::new(mqtt::connect(addr, connector.as_ref(), &format!("c{i}")).await?),
+            };
+            let done = start.elapsed();
+            anyhow::Ok((t.elapsed(), done, keep))
+        });
+    }
+    let mut lat = Vec::with_capacity(args.storm);
+    let mut held = Vec::with_capacity(args.storm);
+    let (mut failed, mut last) = (0u64, Duration::ZERO);
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok((l, done, keep)) => {
+                lat.push(l.as_micros().min(u32::MAX as u128) as u32);
+                last = last.max(done);
+                held.push(keep);
+            }
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("  storm: {e:#}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    let server_cpu = server.cpu_seconds()? - server_cpu0;
+    let client_cpu = servers::cpu_seconds("/proc/self/stat")? - client_cpu0;
+    drop(held);
+    lat.sort_unstable();
+    Ok(Outcome {
+        published: args.storm as u64,
+        delivered: lat.len() as u64,
+        losses: failed,
+        elapsed: last.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        server_cpu,
+        client_cpu,
+        ..Default::default()
+    })
+}
+
+fn print_storm(results: &BTreeMap<System, Vec<Outcome>>) {
+    let sb = results
+        .get(&System::Switchboard)
+        .map(|r| median(r.iter().map(Outcome::deliveries_per_sec)));
+    println!("| system | connections/s (median) | runs | connect → ready p50 ms | p99 ms | server CPU ms per connection | load gen CPU ms per connection | failed | Switchboard ÷ this |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (sys, runs) in results {
+        let cps = median(runs.iter().map(Outcome::deliveries_per_sec));
+        println!(
+            "| {} | {:.0} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} |",
+            sys.label(),
+            cps,
+            runs_column(runs, |o| format!("{:.0}", o.deliveries_per_sec())),
+            median_u32(runs.iter().map(|o| o.p50)) as f64 / 1e3,
+            median_u32(runs.iter().map(|o| o.p99)) as f64 / 1e3,
+            median(runs.iter().map(|o| o.server_cpu_per_m() / 1e3)),
+            median(runs.iter().map(|o| o.client_cpu_per_m() / 1e3)),
+            runs.iter().map(|o| o.losses).sum::<u64>(),
+            match sb {
+                Some(s) if *sys != System::Switchboard => format!("{:.2}", s / cps),
+                _ => "—".to_owned(),
+            },
+        );
+    }
+    println!();
 }
 
 fn print_durable(payload: usize, results: &BTreeMap<System, Vec<Outcome>>) {
