@@ -7,7 +7,10 @@
 //! - **throughput**: fan-out 1→N, windowed publisher (at most `--window` messages not yet
 //!   at every subscriber), for each fan-out and payload;
 //! - **latency**: fixed rate at `--levels` percent of the median throughput each system
-//!   reached in the throughput scenario, p50/p99 from the due time.
+//!   reached in the throughput scenario, p50/p99 from the due time;
+//! - **durable**: acknowledged publishes/s with no subscribers, Switchboard (ack after the
+//!   flush) against NATS JetStream with file storage;
+//! - **storm**: `--storm` clients connecting at once, connect-to-ready latency.
 //!
 //! Each run is repeated `--runs` times (systems alternating), and the tables report medians.
 
