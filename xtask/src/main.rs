@@ -7,6 +7,8 @@
 //! - `ci`: `lint`, then `test`.
 //! - `gen-wire [--check]`: regenerate (or check) the flatbuffers code of the wire schema.
 //! - `bench [--quick]`: the loopback fan-out benchmark; writes a table to stdout.
+//!   `bench --peers [...]`: Switchboard against NATS and Mosquitto (`bench/src/peers`); builds
+//!   the node binary it starts, installs the peers from Debian when missing.
 //! - `build-plugins [--debug]`: build every plugin of `plugins/` for wasm32; prints the folder.
 //! - `fuzz --smoke`: the fuzz targets' stable replay (part of `test`); `fuzz TARGET|all
 //!   [SECONDS]`: libFuzzer runs with cargo-fuzz (docs/reliability.md, "Fuzzing").
@@ -43,7 +45,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -181,6 +183,23 @@ fn lint() -> Result<()> {
 }
 
 fn bench(rest: &[&str]) -> Result<()> {
+    if rest.contains(&"--peers") {
+        // The peer benchmark runs the node as a child process, like nats-server and
+        // mosquitto: build it first.
+        run(cargo().args(["build", "--release", "-p", "switchboard"]))?;
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--release",
+            "-p",
+            "switchboard-bench",
+            "--bin",
+            "switchboard-peers",
+            "--",
+        ]);
+        cmd.args(rest.iter().filter(|a| **a != "--peers"));
+        return run(&mut cmd);
+    }
     let mut cmd = cargo();
     cmd.args(["run", "--release", "-p", "switchboard-bench", "--"]);
     cmd.args(rest);
