@@ -41,6 +41,11 @@ pub struct Limits {
     pub nudge_background_from_members: u32,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
+    /// Free bytes the node keeps on its data disk: below this, sends (and other store
+    /// writes clients cause) are refused with `StoreUnavailable` until space is freed,
+    /// because a completely full disk makes the store block instead of fail. Checked every
+    /// 250 ms; 0 = never.
+    pub min_free_disk_bytes: u64,
     /// How often the node samples its own load (event-loop lag, commit and push queues) to
     /// set its degradation level, in milliseconds; 0 = never (the level stays 0 unless an
     /// admin forces one).
@@ -97,6 +102,7 @@ impl Default for Limits {
             nudge_background_from_members: 1_000,
             max_connections: 100_000,
             load_sample_ms: 250,
+            min_free_disk_bytes: 256 * 1024 * 1024,
             user_messages_per_sec: 20_000,
             user_messages_burst: 40_000,
             user_receipts_per_sec: 1_000,

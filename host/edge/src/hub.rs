@@ -136,6 +136,8 @@ pub struct Metrics {
     pub nudges: AtomicU64,
     /// Times the measured load level changed (`load.rs`).
     pub load_level_changes: AtomicU64,
+    /// Sends refused because the data disk was under `min_free_disk_bytes`.
+    pub disk_full_refusals: AtomicU64,
     /// Publish (durable) → handed to QUIC, per live delivery, by the session's presence.
     pub latency_active: crate::histogram::Histogram,
     pub latency_background: crate::histogram::Histogram,
@@ -191,6 +193,7 @@ pub struct MetricsSnapshot {
     pub nudges: u64,
     pub notices_dropped: u64,
     pub load_level_changes: u64,
+    pub disk_full_refusals: u64,
     pub flushes: u64,
     pub flush_failures: u64,
     pub auth_failures: u64,
@@ -230,6 +233,7 @@ impl Metrics {
             nudges: l(&self.nudges),
             notices_dropped: l(&self.notices_dropped),
             load_level_changes: l(&self.load_level_changes),
+            disk_full_refusals: l(&self.disk_full_refusals),
             flushes: l(&self.flushes),
             flush_failures: l(&self.flush_failures),
             auth_failures: l(&self.auth_failures),
@@ -406,6 +410,8 @@ pub struct Hub {
     shedding: DashMap<TenantId, policy::Shedding>,
     /// See [`Hub::membership_lock`].
     membership: Box<[Mutex<()>]>,
+    /// Set while the data disk has less than `min_free_disk_bytes` free (`disk_watch`).
+    disk_low: AtomicBool,
     /// Fan out in subscription order instead of foreground first (benchmarks compare the
     /// two; see [`Hub::set_naive_fanout`]).
     naive_fanout: AtomicBool,
@@ -468,6 +474,7 @@ impl Hub {
             membership: (0..MEMBERSHIP_STRIPES).map(|_| Mutex::new(())).collect(),
             receipts_tx: OnceLock::new(),
             naive_fanout: AtomicBool::new(false),
+            disk_low: AtomicBool::new(false),
             notify_tx: OnceLock::new(),
             notify_sink: parking_lot::RwLock::new(Arc::new(crate::notify::LogSink)),
         });
@@ -988,6 +995,21 @@ impl Hub {
         }
     }
 
+    /// Re-reads the store's free disk space against `min_free_disk_bytes`; returns whether
+    /// writes are refused now. Called every 250 ms by the node (`lib.rs`).
+    pub fn check_disk(&self) -> bool {
+        let reserve = self.limits.min_free_disk_bytes;
+        let low = reserve > 0 && self.store.free_bytes().is_some_and(|free| free < reserve);
+        if self.disk_low.swap(low, Ordering::Relaxed) != low {
+            if low {
+                tracing::error!(reserve, "data disk nearly full: refusing sends");
+            } else {
+                tracing::info!("data disk has room again: accepting sends");
+            }
+        }
+        low
+    }
+
     /// Where push-notification events for offline members go (default: the log).
     pub fn set_notify_sink(&self, sink: Arc<dyn crate::notify::NotifySink>) {
         *self.notify_sink.write() = sink;
@@ -1311,6 +1333,16 @@ impl Hub {
         )?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
+        if self.disk_low.load(Ordering::Relaxed) {
+            self.metrics
+                .disk_full_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(RequestError {
+                code: ErrorCode::StoreUnavailable,
+                message: "the node's disk is nearly full; not stored, retry later".into(),
+                retry_after_ms: 1_000,
+            });
+        }
 
         let (lane, notify) = match self.message_verdict(session, &g, &body) {
             Ok(verdict) => verdict,

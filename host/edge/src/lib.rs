@@ -84,6 +84,9 @@ impl Node {
         let stop_committer = Arc::new(Notify::new());
         let committer_task = tokio::spawn(committer.run(stop_committer.clone()));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), hub.clone()));
+        if cfg.limits.min_free_disk_bytes > 0 {
+            tokio::spawn(disk_watch(Arc::downgrade(&hub)));
+        }
         if cfg.limits.load_sample_ms > 0 {
             // Ends by itself once the hub is gone.
             tokio::spawn(load::monitor(
@@ -132,6 +135,20 @@ impl Node {
             warn!(error = %e, "final flush failed");
         }
         info!("stopped");
+    }
+}
+
+/// Keeps the hub's view of free disk space current (a `statvfs` every 250 ms); ends with
+/// the hub.
+async fn disk_watch(hub: std::sync::Weak<Hub>) {
+    loop {
+        match hub.upgrade() {
+            Some(hub) => {
+                hub.check_disk();
+            }
+            None => return,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -261,4 +261,11 @@ pub trait Store: Send + Sync + 'static {
     // --- durability ---
     /// Makes every write that returned before this call durable (fsync). Blocking.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Bytes free for the store on its file system, if the store lives on one. The node
+    /// refuses new writes while this is under its reserve (`min_free_disk_bytes`): sled
+    /// blocks forever, rather than failing, when the disk is completely full.
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
 }

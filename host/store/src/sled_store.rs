@@ -641,6 +641,10 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn free_bytes(&self) -> Option<u64> {
+        fs2::available_space(&self.inner.path).ok()
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.db.flush().map_err(io)?;
         Ok(())

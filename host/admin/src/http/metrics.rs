@@ -142,6 +142,7 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         nudges,
         notices_dropped,
         load_level_changes,
+        disk_full_refusals,
         flushes,
         flush_failures,
         auth_failures,
@@ -231,6 +232,12 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             load_level_changes,
             "Times the measured load level changed (up at once, down after 2 s calm).",
+        ),
+        (
+            "disk_full_refusals",
+            Counter,
+            disk_full_refusals,
+            "Sends refused because the data disk was under min_free_disk_bytes free.",
         ),
         (
             "flushes",
