@@ -44,9 +44,6 @@ const LOADER: &str = "loader";
 const PAYLOAD: usize = 64;
 /// Longest wait for one message to reach its recipients.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a message reached everyone, before the next (lets ACKs and the last
-/// writes of the previous fan-out drain).
-const SETTLE: Duration = Duration::from_millis(100);
 /// Unmeasured messages first (Resume frames, first use of each push stream).
 const WARMUP: usize = 2;
 /// QUIC handshakes run ahead of the (ordered) Hellos by this many connections.
@@ -86,6 +83,9 @@ pub struct LargeArgs {
     pub bg_group_size: usize,
     /// Background messages per second (0: no background load).
     pub bg_rate: u32,
+    /// Pause after a message reached everyone, before the next (lets the ACKs of the last
+    /// fan-out drain).
+    pub settle: Duration,
 }
 
 pub fn run(
@@ -97,9 +97,16 @@ pub fn run(
     let active = a.members.div_ceil(a.active_every);
     println!(
         "Large group: {} receivers ({active} foreground: every {}th in member order) + 1 \
-         sender, {} measured messages of {PAYLOAD} B (+{WARMUP} warm-up), one at a time; \
-         background load {} msgs/s over {} groups of {} receivers.",
-        a.members, a.active_every, a.messages, a.bg_rate, a.bg_groups, a.bg_group_size
+         sender, {} measured messages of {PAYLOAD} B (+{WARMUP} warm-up), one at a time \
+         ({} ms pause after each reached everyone); background load {} msgs/s over {} groups \
+         of {} receivers.",
+        a.members,
+        a.active_every,
+        a.messages,
+        a.settle.as_millis(),
+        a.bg_rate,
+        a.bg_groups,
+        a.bg_group_size
     );
     print_load("before");
     let mut results = Vec::new();
@@ -482,7 +489,7 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, a: &LargeArgs, mode: Mode) -> Re
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(a.settle).await;
     }
     stop.store(true, Ordering::Relaxed);
     let acked = acker.await??;
@@ -506,6 +513,18 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, a: &LargeArgs, mode: Mode) -> Re
     }
 
     let mut r = summarize(&board, &sent_ns, mode, timeouts, connect);
+    let per_message = |v: &[u64]| {
+        v.iter()
+            .map(|us| format!("{:.0}", *us as f64 / 1e3))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    eprintln!(
+        "{}: last active per message (ms): {}; last member: {}",
+        mode.name(),
+        per_message(&r.last_active_us),
+        per_message(&r.last_any_us)
+    );
     r.node_drops = node_drops;
     r.client_drops = client_drops;
     Ok(r)

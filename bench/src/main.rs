@@ -97,6 +97,11 @@ struct Args {
     /// large-group: receivers in each background group (spread over the member order).
     #[arg(long, default_value_t = 100)]
     bg_group_size: usize,
+    /// large-group: pause after a message reached every recipient, before the next, in ms
+    /// (long enough for the ACKs and loss probes of a 10,000-session fan-out to drain, and
+    /// for every message to nudge: at most one nudge a second per connection).
+    #[arg(long, default_value_t = 1_000)]
+    settle_ms: u64,
 }
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
@@ -132,10 +137,12 @@ fn main() -> Result<()> {
     // clients run on another.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("node")
         .enable_all()
         .build()?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("clients")
         .enable_all()
         .build()?;
     if args.scenario == Which::Swap {
@@ -162,6 +169,7 @@ fn main() -> Result<()> {
                 bg_groups: args.bg_groups,
                 bg_group_size: args.bg_group_size,
                 bg_rate: args.bg_rate,
+                settle: Duration::from_millis(args.settle_ms),
             },
         );
     }
