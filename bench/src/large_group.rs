@@ -48,9 +48,6 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 const WARMUP: usize = 2;
 /// QUIC handshakes run ahead of the (ordered) Hellos by this many connections.
 const HANDSHAKE_AHEAD: usize = 64;
-/// Client UDP sockets: the receivers' connections are spread over them, each with a large
-/// receive buffer, so a 10,000-packet burst is not dropped by the client's kernel.
-const CLIENT_ENDPOINTS: usize = 8;
 const CLIENT_RCVBUF: usize = 4 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +83,9 @@ pub struct LargeArgs {
     /// Pause after a message reached everyone, before the next (lets the ACKs of the last
     /// fan-out drain).
     pub settle: Duration,
+    /// Client UDP sockets: the receivers' connections are spread over them, each with a large
+    /// receive buffer, so a 10,000-packet burst is not dropped by the client's kernel.
+    pub client_sockets: usize,
 }
 
 pub fn run(
@@ -224,6 +224,8 @@ struct ModeResult {
     /// Per measured message: until the last foreground member had it, and the last member.
     last_active_us: Vec<u64>,
     last_any_us: Vec<u64>,
+    /// Per measured message: until the first member had it.
+    first_us: Vec<u64>,
     active_us: Vec<u64>,
     /// Per measured message: background deliveries that arrived before its last foreground one.
     bg_before_last_active: Vec<usize>,
@@ -394,7 +396,7 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, a: &LargeArgs, mode: Mode) -> Re
     let total = WARMUP + a.messages;
     let board = Arc::new(Board::new(a, total));
     let start = Instant::now();
-    let endpoints = (0..CLIENT_ENDPOINTS)
+    let endpoints = (0..a.client_sockets.max(1))
         .map(|_| client_endpoint(&cert))
         .collect::<Result<Vec<_>>>()?;
 
@@ -405,7 +407,7 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, a: &LargeArgs, mode: Mode) -> Re
     let mut receivers: Vec<JoinHandle<()>> = Vec::with_capacity(a.members);
     for i in 0..a.members {
         while next < a.members && next < i + HANDSHAKE_AHEAD {
-            let ep = endpoints[next % CLIENT_ENDPOINTS].clone();
+            let ep = endpoints[next % endpoints.len()].clone();
             pending.push_back(tokio::spawn(handshake(ep, addr)));
             next += 1;
         }
@@ -542,6 +544,7 @@ fn summarize(
         mode,
         last_active_us: Vec::new(),
         last_any_us: Vec::new(),
+        first_us: Vec::new(),
         active_us: Vec::new(),
         bg_before_last_active: Vec::new(),
         timeouts,
@@ -572,6 +575,9 @@ fn summarize(
                 last_active = last_active.max(t);
             }
             last_any = last_any.max(t);
+        }
+        if let Some(first) = (0..n).map(at).filter(|&t| t != 0).min() {
+            r.first_us.push(lat(first));
         }
         if complete {
             r.last_active_us.push(lat(last_active));
@@ -784,13 +790,14 @@ fn print_table(results: &[ModeResult]) {
         }
     }
     println!();
-    println!("| mode | connect s | last nudge p50 ms (messages nudged) | node: live deliveries | from log | deferred | nudges | outbox overflows | load level changes | flushes | UDP drops: all / node / clients | RSS MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | first delivery p50 ms | connect s | last nudge p50 ms (messages nudged) | node: live deliveries | from log | deferred | nudges | outbox overflows | load level changes | flushes | UDP drops: all / node / clients | RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let m = &r.metrics;
         println!(
-            "| {} | {:.1} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |",
+            "| {} | {} | {:.1} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |",
             r.mode.name(),
+            ms(pct(&r.first_us, 0.5)),
             r.connect.as_secs_f64(),
             ms(pct(&r.last_nudge_us, 0.5)),
             r.nudged_messages,

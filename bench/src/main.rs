@@ -102,6 +102,9 @@ struct Args {
     /// for every message to nudge: at most one nudge a second per connection).
     #[arg(long, default_value_t = 1_000)]
     settle_ms: u64,
+    /// large-group: client UDP sockets the sessions are spread over (4 MiB receive buffers).
+    #[arg(long, default_value_t = 8)]
+    client_sockets: usize,
 }
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
@@ -170,6 +173,7 @@ fn main() -> Result<()> {
                 bg_group_size: args.bg_group_size,
                 bg_rate: args.bg_rate,
                 settle: Duration::from_millis(args.settle_ms),
+                client_sockets: args.client_sockets,
             },
         );
     }
