@@ -7,6 +7,9 @@
 //!
 //! Hot swap (`--scenario swap`, [`swap`]): activation-to-first-message latency and throughput
 //! with policy versions swapped continuously through the control plane, versus none.
+//!
+//! Large group (`--scenario large-group`, [`large_group`]): how soon the foreground members
+//! of a 10,000-member group have a message, active first versus naive fan-out.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +26,7 @@ use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
+mod large_group;
 mod push;
 mod swap;
 
@@ -32,6 +36,9 @@ enum Which {
     Fanout,
     /// Hot swap under load (issue 4): `--swaps`, `--swap-every-ms`, `--runs`, `--messages`.
     Swap,
+    /// A large group, active first vs naive fan-out (issue 5): `--members`, `--active-every`,
+    /// `--group-messages`, `--modes`, `--bg-rate`, `--bg-groups`, `--bg-group-size`.
+    LargeGroup,
 }
 
 #[derive(Parser, Debug)]
@@ -69,6 +76,35 @@ struct Args {
     /// swap: runs of each throughput variant (no swaps / swaps), alternating; medians.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// large-group: receiving members of the group (besides the sender).
+    #[arg(long, default_value_t = 10_000)]
+    members: usize,
+    /// large-group: every n-th member (in member order) is foreground, the rest background.
+    #[arg(long, default_value_t = 10)]
+    active_every: usize,
+    /// large-group: measured messages to the large group, one at a time.
+    #[arg(long, default_value_t = 20)]
+    group_messages: usize,
+    /// large-group: the modes to run, each on a fresh node.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![large_group::Mode::ActiveFirst, large_group::Mode::Naive, large_group::Mode::Nudges])]
+    modes: Vec<large_group::Mode>,
+    /// large-group: background messages per second, round robin over the background groups.
+    #[arg(long, default_value_t = 500)]
+    bg_rate: u32,
+    /// large-group: small groups that carry the background load.
+    #[arg(long, default_value_t = 4)]
+    bg_groups: usize,
+    /// large-group: receivers in each background group (spread over the member order).
+    #[arg(long, default_value_t = 100)]
+    bg_group_size: usize,
+    /// large-group: pause after a message reached every recipient, before the next, in ms
+    /// (long enough for the ACKs and loss probes of a 10,000-session fan-out to drain, and
+    /// for every message to nudge: at most one nudge a second per connection).
+    #[arg(long, default_value_t = 1_000)]
+    settle_ms: u64,
+    /// large-group: client UDP sockets the sessions are spread over (4 MiB receive buffers).
+    #[arg(long, default_value_t = 8)]
+    client_sockets: usize,
 }
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
@@ -97,15 +133,19 @@ fn main() -> Result<()> {
         args.messages = args.messages.min(2_000);
         args.swaps = args.swaps.min(10);
         args.runs = 1;
+        args.members = args.members.min(1_000);
+        args.group_messages = args.group_messages.min(5);
     }
     // The node gets its own runtime (one worker: the server is measured on one core); the
     // clients run on another.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("node")
         .enable_all()
         .build()?;
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("clients")
         .enable_all()
         .build()?;
     if args.scenario == Which::Swap {
@@ -117,6 +157,23 @@ fn main() -> Result<()> {
                 messages: args.messages,
                 runs: args.runs.max(1),
                 swap_every: Duration::from_millis(args.swap_every_ms),
+            },
+        );
+    }
+    if args.scenario == Which::LargeGroup {
+        return large_group::run(
+            &server_rt,
+            &client_rt,
+            large_group::LargeArgs {
+                members: args.members,
+                active_every: args.active_every.max(1),
+                messages: args.group_messages.max(1),
+                modes: args.modes.clone(),
+                bg_groups: args.bg_groups,
+                bg_group_size: args.bg_group_size,
+                bg_rate: args.bg_rate,
+                settle: Duration::from_millis(args.settle_ms),
+                client_sockets: args.client_sockets,
             },
         );
     }
