@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use switchboard_edge::hub::{Hub, RequestError, SendRequest};
-use switchboard_edge::local::LocalSession;
 use switchboard_core::token::{self, Claims};
 use switchboard_core::{ErrorCode, GroupId, Limits, PresenceState, TenantId, UserId};
+use switchboard_edge::hub::{Hub, RequestError, SendRequest};
+use switchboard_edge::local::LocalSession;
 use switchboard_store::{GroupMeta, SledStore, SledStoreConfig, Store, TenantRecord};
 use switchboard_wire::{decode_server, DecodeLimits, GroupCursor, Hello, Message, ServerFrame};
 
