@@ -1047,16 +1047,13 @@ impl Hub {
 
     /// Bytes of frames queued for all sessions now (gauge; walks the sessions).
     pub fn queued_bytes(&self) -> usize {
-        self.users
-            .iter()
-            .flat_map(|e| {
-                e.value()
-                    .sessions
-                    .iter()
-                    .map(|s| s.outbox.bytes())
-                    .collect::<Vec<_>>()
-            })
-            .sum()
+        let mut total = 0;
+        for e in self.users.iter() {
+            for s in &e.value().sessions {
+                total += s.outbox.bytes();
+            }
+        }
+        total
     }
 
     /// Sends waiting for the committer, as a percentage of the commit queue's bound.

@@ -1,5 +1,5 @@
 //! Writes the starting corpus (`corpus/<target>/seed-*`). Run by hand when a target's input
-//! format changes: `cargo test --test seeds -- --ignored`. The plugin seeds are copies of
+//! format changes: `cargo run --manifest-path fuzz/Cargo.toml --example write_seeds`. The plugin seeds are copies of
 //! the built plugins (`cargo xtask build-plugins` prints their folder; pass it as
 //! `PLUGIN_ARTIFACTS`).
 
@@ -38,9 +38,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-#[ignore]
-fn write_seeds() {
+fn main() {
     // frame: valid frames of both directions (mode 0), a stream of them (mode 1), and
     // bytes for the structured mode (2).
     let client = [
