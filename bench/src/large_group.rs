@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{BufMut, BytesMut};
 use clap::ValueEnum;
-use switchboard_core::token::{self, Claims};
 use switchboard_core::{GroupId, Limits, PresenceState, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, MetricsSnapshot, Node, TlsIdentity};
 use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
@@ -363,18 +362,7 @@ async fn handshake(endpoint: quinn::Endpoint, addr: SocketAddr) -> Result<Sessio
 }
 
 async fn hello(s: &mut Session, user: &str, presence: PresenceState) -> Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let token = token::mint(
-        &Claims {
-            tenant: TenantId::new(TENANT)?,
-            user: UserId::new(user)?,
-            exp: now + 3600,
-            nbf: 0,
-        },
-        SECRET,
-    );
+    let token = crate::bench_token(TENANT, user)?;
     s.send
         .write_all(&wire::encode_client(&ClientFrame::Hello(wire::Hello {
             token,

@@ -325,21 +325,26 @@ struct Conn {
     buf: BytesMut,
 }
 
-async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, user: &str) -> Result<Conn> {
-    let conn = endpoint.connect(addr, "localhost")?.await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+/// A token for `user` of `tenant`, signed with the bench tenants' secret, valid for an hour.
+fn bench_token(tenant: &str, user: &str) -> Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let token = token::mint(
+    Ok(token::mint(
         &Claims {
-            tenant: TenantId::new("bench")?,
+            tenant: TenantId::new(tenant)?,
             user: UserId::new(user)?,
             exp: now + 3600,
             nbf: 0,
         },
         SECRET,
-    );
+    ))
+}
+
+async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, user: &str) -> Result<Conn> {
+    let conn = endpoint.connect(addr, "localhost")?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let token = bench_token("bench", user)?;
     send.write_all(&wire::encode_client(&ClientFrame::Hello(wire::Hello {
         token,
         presence: PresenceState::Foreground,

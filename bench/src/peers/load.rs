@@ -353,3 +353,25 @@ impl<E: Encode> Encode for Recording<E> {
         self.inner.encode(buf, index, body);
     }
 }
+
+/// Reads more of a subscriber's stream into `buf`; false once it ended, including the way
+/// a server killed at the end of a run ends it (no TLS close_notify, or a reset).
+pub async fn read_more<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut bytes::BytesMut,
+) -> anyhow::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    match r.read_buf(buf).await {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

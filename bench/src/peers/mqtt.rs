@@ -174,19 +174,8 @@ pub async fn subscribe(
                     w.write_all(&acks).await?;
                     acks.clear();
                 }
-                match r.read_buf(&mut buf).await {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => {}
-                    // The server is killed at the end of a run: no TLS close_notify.
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-                        ) =>
-                    {
-                        return Ok(())
-                    }
-                    Err(e) => return Err(e.into()),
+                if !crate::load::read_more(&mut r, &mut buf).await? {
+                    return Ok(());
                 }
             }
         }

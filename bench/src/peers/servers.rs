@@ -210,6 +210,23 @@ fn spawn(dir: &Path, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Res
     cmd.spawn().with_context(|| format!("starting {program}"))
 }
 
+/// A started TCP server (NATS, Mosquitto) once its port accepts connections.
+fn listening(
+    child: std::process::Child,
+    port: u16,
+    tls: Option<&TestCert>,
+    dir: tempfile::TempDir,
+) -> Result<Server> {
+    let mut server = Server {
+        child,
+        addr: format!("127.0.0.1:{port}").parse()?,
+        cert_der: tls.map(|c| c.cert_der.clone()).unwrap_or_default(),
+        dir,
+    };
+    wait_tcp(&mut server)?;
+    Ok(server)
+}
+
 fn wait_tcp(server: &mut Server) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -297,14 +314,7 @@ pub fn nats(tls: Option<&TestCert>, jetstream: bool) -> Result<Server> {
     }
     std::fs::write(dir.path().join("nats.conf"), config)?;
     let child = spawn(dir.path(), "nats-server", &["-c", "nats.conf"], &[])?;
-    let mut server = Server {
-        child,
-        addr: format!("127.0.0.1:{port}").parse()?,
-        cert_der: tls.map(|c| c.cert_der.clone()).unwrap_or_default(),
-        dir,
-    };
-    wait_tcp(&mut server)?;
-    Ok(server)
+    listening(child, port, tls, dir)
 }
 
 /// `mosquitto` with a config file: one listener, plaintext or TLS; in-memory (no
@@ -338,12 +348,5 @@ pub fn mosquitto(tls: Option<&TestCert>) -> Result<Server> {
     }
     std::fs::write(dir.path().join("mosquitto.conf"), config)?;
     let child = spawn(dir.path(), "mosquitto", &["-c", "mosquitto.conf"], &[])?;
-    let mut server = Server {
-        child,
-        addr: format!("127.0.0.1:{port}").parse()?,
-        cert_der: tls.map(|c| c.cert_der.clone()).unwrap_or_default(),
-        dir,
-    };
-    wait_tcp(&mut server)?;
-    Ok(server)
+    listening(child, port, tls, dir)
 }
