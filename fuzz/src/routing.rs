@@ -372,7 +372,10 @@ impl World {
                         } else {
                             PresenceState::Foreground
                         };
-                        self.hub.set_presence(live.session.session(), state);
+                        // Only the per-user presence limit may refuse (the state is kept).
+                        if let Err(e) = self.hub.set_presence(live.session.session(), state) {
+                            assert_eq!(e.code, ErrorCode::RateLimited, "presence: {e:?}");
+                        }
                     }
                 }
             }

@@ -41,6 +41,14 @@ pub struct Limits {
     pub nudge_background_from_members: u32,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
+    /// Most connection attempts in their QUIC/TLS handshake at once; further attempts are
+    /// refused statelessly (`CONNECTION_REFUSED`) until some finish. A handshake that has
+    /// not completed within `hello_timeout_ms` is abandoned.
+    pub max_handshakes: u32,
+    /// From this many handshakes in flight on, a new attempt must first prove it can
+    /// receive at its address (a QUIC `Retry` round trip, which costs the node no state):
+    /// a flood from spoofed addresses then holds at most this many handshakes. 0 = always.
+    pub validate_address_from_handshakes: u32,
     /// Free bytes the node keeps on its data disk: below this, sends (and other store
     /// writes clients cause) are refused with `StoreUnavailable` until space is freed,
     /// because a completely full disk makes the store block instead of fail. Checked every
@@ -71,6 +79,13 @@ pub struct Limits {
     pub user_joins_per_sec: u32,
     /// Membership changes one user may make at once.
     pub user_joins_burst: u32,
+    /// `Presence` changes per second one user may make. Each one is a notice to every
+    /// co-member, so this bounds what one client can make the node send; a change over the
+    /// limit still counts for delivery planning, but co-members are not told of it and the
+    /// client gets `RateLimited` with the time after which to state its presence again.
+    pub user_presence_per_sec: u32,
+    /// `Presence` changes one user may make at once.
+    pub user_presence_burst: u32,
     /// `Send`s per second all of one tenant's users may make together.
     pub tenant_messages_per_sec: u32,
     /// `Send`s one tenant's users may make at once.
@@ -101,6 +116,8 @@ impl Default for Limits {
             outbox_bytes: 4 * 1024 * 1024,
             nudge_background_from_members: 1_000,
             max_connections: 100_000,
+            max_handshakes: 1_024,
+            validate_address_from_handshakes: 64,
             load_sample_ms: 250,
             min_free_disk_bytes: 256 * 1024 * 1024,
             user_messages_per_sec: 20_000,
@@ -109,6 +126,8 @@ impl Default for Limits {
             user_receipts_burst: 5_000,
             user_joins_per_sec: 10,
             user_joins_burst: 100,
+            user_presence_per_sec: 2,
+            user_presence_burst: 20,
             tenant_messages_per_sec: 50_000,
             tenant_messages_burst: 100_000,
             tenant_connections_per_sec: 2_000,
@@ -151,6 +170,7 @@ impl Limits {
             self.max_inflight_sends,
             self.outbox_frames,
             self.max_connections,
+            self.max_handshakes,
         ];
         if nonzero.contains(&0) || self.idle_timeout_ms == 0 || self.hello_timeout_ms == 0 {
             return Err(LimitsError("every count and timeout must be > 0"));
@@ -159,6 +179,7 @@ impl Limits {
             self.user_messages(),
             self.user_receipts(),
             self.user_joins(),
+            self.user_presence(),
             self.tenant_messages(),
             self.tenant_connections(),
         ];
@@ -180,6 +201,10 @@ impl Limits {
 
     pub fn user_joins(&self) -> Rate {
         Rate::new(self.user_joins_per_sec, self.user_joins_burst)
+    }
+
+    pub fn user_presence(&self) -> Rate {
+        Rate::new(self.user_presence_per_sec, self.user_presence_burst)
     }
 
     pub fn tenant_messages(&self) -> Rate {

@@ -3,7 +3,7 @@
 //! does not use. Every error a client can cause ends here as a typed `Error` frame, and the
 //! fatal ones as a connection close whose application code is the error code.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,18 +41,36 @@ fn wire_fatal(e: WireError) -> Fatal {
 /// Drives one incoming connection to completion.
 pub(crate) async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    // Counted from accept (see lib.rs) to here, handshakes included.
-    struct Counted<'a>(&'a Hub);
+    // Counted from accept (see lib.rs) to here; uncounted however this task ends.
+    struct Counted<'a>(&'a AtomicUsize);
     impl Drop for Counted<'_> {
         fn drop(&mut self) {
-            self.0.metrics().connections.fetch_sub(1, Ordering::Relaxed);
+            self.0.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    let _counted = Counted(&hub);
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
+    let _counted = Counted(&hub.metrics().connections);
+    // A handshake gets `hello_timeout_ms` too: one that never completes (a client that sent
+    // its first packet and went away, or a flood) is dropped instead of held until the idle
+    // timeout.
+    let handshake = {
+        let _handshaking = Counted(&hub.metrics().handshakes);
+        timeout(
+            Duration::from_millis(hub.limits().hello_timeout_ms),
+            incoming,
+        )
+        .await
+    };
+    let conn = match handshake {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            hub.metrics()
+                .handshake_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%remote, "handshake timed out");
             return;
         }
     };
@@ -337,10 +355,10 @@ async fn handle(
             .receipt(session, &group, seq, kind)
             .err()
             .and_then(|e| err(0, e)),
-        ClientFrame::Presence { state } => {
-            hub.set_presence(session, state);
-            None
-        }
+        ClientFrame::Presence { state } => hub
+            .set_presence(session, state)
+            .err()
+            .and_then(|e| err(0, e)),
         ClientFrame::Ping { request_id } => Some(ServerFrame::Pong { request_id }),
     }
 }

@@ -176,6 +176,17 @@ pub struct Metrics {
     pub rate_limited_joins: AtomicU64,
     /// `Hello`s refused for the tenant's connection limits.
     pub rate_limited_connections: AtomicU64,
+    /// `Presence` changes not told to co-members (recorded for delivery planning).
+    pub rate_limited_presence: AtomicU64,
+    /// Gauge: connection attempts in their QUIC/TLS handshake.
+    pub handshakes: AtomicUsize,
+    /// Connection attempts sent a QUIC `Retry` to prove their address (many handshakes
+    /// were in flight).
+    pub handshake_retries: AtomicU64,
+    /// Connection attempts refused because `max_handshakes` were in flight.
+    pub handshakes_refused: AtomicU64,
+    /// Handshakes abandoned because they did not complete within `hello_timeout_ms`.
+    pub handshake_timeouts: AtomicU64,
 }
 
 /// A snapshot of [`Metrics`].
@@ -215,6 +226,11 @@ pub struct MetricsSnapshot {
     pub rate_limited_receipts: u64,
     pub rate_limited_joins: u64,
     pub rate_limited_connections: u64,
+    pub rate_limited_presence: u64,
+    pub handshakes: usize,
+    pub handshake_retries: u64,
+    pub handshakes_refused: u64,
+    pub handshake_timeouts: u64,
 }
 
 impl Metrics {
@@ -255,6 +271,11 @@ impl Metrics {
             rate_limited_receipts: l(&self.rate_limited_receipts),
             rate_limited_joins: l(&self.rate_limited_joins),
             rate_limited_connections: l(&self.rate_limited_connections),
+            rate_limited_presence: l(&self.rate_limited_presence),
+            handshakes: self.handshakes.load(Ordering::Relaxed),
+            handshake_retries: l(&self.handshake_retries),
+            handshakes_refused: l(&self.handshakes_refused),
+            handshake_timeouts: l(&self.handshake_timeouts),
         }
     }
 }
@@ -282,6 +303,8 @@ pub struct Session {
     /// Groups this session is subscribed to (for presence fan-out and cleanup).
     groups: Mutex<HashSet<GroupId>>,
     presence: AtomicU8,
+    /// The presence co-members were last told of (lags `presence` while shed or limited).
+    presence_told: AtomicU8,
     closed: AtomicBool,
     /// The user's and the tenant's rate limits.
     rates: SessionRates,
@@ -608,6 +631,10 @@ impl Hub {
         // sessions either completes before we read the user's groups, or runs after we are
         // registered and so updates this session too.
         let membership = self.membership_lock(&claims.tenant, &claims.user);
+        let initial_presence = match hello.presence {
+            PresenceState::Foreground => 0,
+            PresenceState::Background => 1,
+        };
         let session = {
             // Created inside the user's entry, so all its sessions share one set of buckets.
             let mut entry = self
@@ -626,10 +653,8 @@ impl Hub {
                 wake: Notify::new(),
                 sub_changes: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashSet::new()),
-                presence: AtomicU8::new(match hello.presence {
-                    PresenceState::Foreground => 0,
-                    PresenceState::Background => 1,
-                }),
+                presence: AtomicU8::new(initial_presence),
+                presence_told: AtomicU8::new(initial_presence),
                 closed: AtomicBool::new(false),
                 rates: SessionRates {
                     user: entry.rates.clone(),
@@ -1548,23 +1573,49 @@ impl Hub {
     }
 
     /// `Presence`: records the state and tells connected members of the user's groups.
-    pub fn set_presence(&self, session: &Session, state: PresenceState) {
+    ///
+    /// The new state always counts for delivery planning. Telling co-members costs a notice
+    /// per co-member, so it is shed under load and limited per user (`user_presence_*`): a
+    /// change over the limit is answered `RateLimited` and co-members are not told of it.
+    pub fn set_presence(
+        &self,
+        session: &Session,
+        state: PresenceState,
+    ) -> Result<(), RequestError> {
         let v = match state {
             PresenceState::Foreground => 0,
             PresenceState::Background => 1,
         };
-        if session.presence.swap(v, Ordering::Relaxed) == v {
-            return;
-        }
-        if state == PresenceState::Foreground {
+        let changed = session.presence.swap(v, Ordering::Relaxed) != v;
+        if changed && state == PresenceState::Foreground {
             // Whatever was deferred while it was in the background comes now, from the log.
             session.request_catch_up();
+        }
+        // Stating the state co-members already know is free; stating one they were not told
+        // of (shed or limited before) tries again to tell them.
+        if session.presence_told.load(Ordering::Relaxed) == v {
+            return Ok(());
         }
         if self.shedding(&session.tenant).presence {
             // Recorded for delivery planning; co-members are not told while shedding.
             self.metrics.presence_shed.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Ok(());
         }
+        self.rates
+            .take(
+                &self.metrics,
+                &session.rates.user.presence,
+                Limited::Presence,
+                Whose("user", &session.user),
+                self.limits.user_presence(),
+                self.rates.now_ms(),
+            )
+            .map_err(|mut e| {
+                e.message
+                    .push_str(" (the new state is kept; co-members were not told)");
+                e
+            })?;
+        session.presence_told.store(v, Ordering::Relaxed);
         let frame = wire::encode_server(&ServerFrame::PresenceNotice {
             user: session.user.to_string(),
             state,
@@ -1590,6 +1641,7 @@ impl Hub {
                 }
             }
         }
+        Ok(())
     }
 
     /// Messages of `group` after `after`, up to `upto`, for a push writer's catch-up.

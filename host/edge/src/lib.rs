@@ -181,19 +181,41 @@ async fn disk_watch(hub: std::sync::Weak<Hub>) {
     }
 }
 
+/// Admits connection attempts: within `max_connections` and `max_handshakes`, and, once
+/// `validate_address_from_handshakes` handshakes are in flight, only from addresses that
+/// answered a `Retry`. Refusing and retrying are stateless for the node (quinn answers from
+/// the one packet), so a flood costs at most the bounded handshakes plus a packet each.
 async fn accept_loop(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
     while let Some(incoming) = endpoint.accept().await {
-        let open = hub.metrics().connections.load(Ordering::Relaxed);
-        if open >= hub.limits().max_connections as usize {
-            hub.metrics()
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
+        let m = hub.metrics();
+        let limits = hub.limits();
+        let open = m.connections.load(Ordering::Relaxed);
+        if open >= limits.max_connections as usize {
+            m.connections_refused.fetch_add(1, Ordering::Relaxed);
             incoming.refuse();
             continue;
         }
-        // Counted here, before the handshake, so a burst of handshakes cannot exceed the
-        // bound; `conn::serve` uncounts it when it ends.
-        hub.metrics().connections.fetch_add(1, Ordering::Relaxed);
+        let handshakes = m.handshakes.load(Ordering::Relaxed);
+        if handshakes >= limits.validate_address_from_handshakes as usize
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            m.handshake_retries.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
+        if handshakes >= limits.max_handshakes as usize {
+            m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+            m.connections_refused.fetch_add(1, Ordering::Relaxed);
+            incoming.refuse();
+            continue;
+        }
+        // Counted here, before the handshake, so a burst of attempts cannot exceed either
+        // bound; `conn::serve` uncounts them.
+        m.connections.fetch_add(1, Ordering::Relaxed);
+        m.handshakes.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(conn::serve(hub.clone(), incoming));
     }
 }

@@ -31,6 +31,7 @@ pub(crate) enum Limited {
     Messages,
     Receipts,
     Joins,
+    Presence,
     Connections,
 }
 
@@ -40,6 +41,7 @@ impl Limited {
             Limited::Messages => &m.rate_limited_messages,
             Limited::Receipts => &m.rate_limited_receipts,
             Limited::Joins => &m.rate_limited_joins,
+            Limited::Presence => &m.rate_limited_presence,
             Limited::Connections => &m.rate_limited_connections,
         }
     }
@@ -49,6 +51,7 @@ impl Limited {
             Limited::Messages => "messages",
             Limited::Receipts => "receipts",
             Limited::Joins => "joins and leaves",
+            Limited::Presence => "presence changes",
             Limited::Connections => "new connections",
         }
     }
@@ -74,6 +77,7 @@ pub(crate) struct UserRates {
     pub(crate) messages: TokenBucket,
     pub(crate) receipts: TokenBucket,
     pub(crate) joins: TokenBucket,
+    pub(crate) presence: TokenBucket,
 }
 
 impl UserRates {
@@ -82,12 +86,16 @@ impl UserRates {
             messages: TokenBucket::new(limits.user_messages()),
             receipts: TokenBucket::new(limits.user_receipts()),
             joins: TokenBucket::new(limits.user_joins()),
+            presence: TokenBucket::new(limits.user_presence()),
         }
     }
 
     /// Whether every bucket is full, i.e. forgetting them loses nothing.
     pub(crate) fn is_full(&self, now_ms: u64) -> bool {
-        self.messages.is_full(now_ms) && self.receipts.is_full(now_ms) && self.joins.is_full(now_ms)
+        self.messages.is_full(now_ms)
+            && self.receipts.is_full(now_ms)
+            && self.joins.is_full(now_ms)
+            && self.presence.is_full(now_ms)
     }
 
     /// How long any user's buckets take to refill from empty.
@@ -96,6 +104,7 @@ impl UserRates {
             limits.user_messages(),
             limits.user_receipts(),
             limits.user_joins(),
+            limits.user_presence(),
         ]
         .into_iter()
         .map(Rate::refill_ms)

@@ -166,6 +166,11 @@ pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerC
         .send_window(u64::from(limits.max_frame_bytes) * 16)
         .datagram_receive_buffer_size(None);
     cfg.transport_config(Arc::new(transport));
+    // Attempts waiting for the accept loop (which answers each at once): bounded like the
+    // handshakes they become, with what they may buffer meanwhile (quinn: 65,536 and 100 MiB).
+    cfg.max_incoming(limits.max_handshakes as usize)
+        .incoming_buffer_size(64 * 1024)
+        .incoming_buffer_size_total(8 * 1024 * 1024);
     Ok(cfg)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use switchboard_client::{Client, Event, ReconnectPolicy};
-use switchboard_core::{ErrorCode, GroupId, Limits, ReceiptKind, TenantId};
+use switchboard_core::{ErrorCode, GroupId, Limits, PresenceState, ReceiptKind, TenantId};
 use switchboard_store::Store;
 use switchboard_wire::{ClientFrame, ErrorFrame, ServerFrame};
 
@@ -306,6 +306,7 @@ async fn joins_over_the_user_limit_are_refused_and_a_reconnect_does_not_reset_th
         // Small buckets all round, so the parked state's lifetime is short.
         user_messages_burst: 20_000,
         user_receipts_burst: 1_000,
+        user_presence_burst: 2,
         ..Limits::default()
     };
     let refill = Duration::from_millis(
@@ -313,6 +314,7 @@ async fn joins_over_the_user_limit_are_refused_and_a_reconnect_does_not_reset_th
             limits.user_joins(),
             limits.user_messages(),
             limits.user_receipts(),
+            limits.user_presence(),
         ]
         .iter()
         .map(|r| r.refill_ms())
@@ -492,4 +494,82 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "condition not reached in time");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The next `PresenceNotice` bob reads (other pushes skipped).
+async fn next_presence(c: &mut RawClient) -> (String, PresenceState) {
+    loop {
+        if let Some(ServerFrame::PresenceNotice { user, state }) = c.read_push().await {
+            return (user, state);
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_over_the_user_limit_is_kept_but_not_told_until_stated_again() {
+    let limits = Limits {
+        user_presence_per_sec: 1,
+        user_presence_burst: 2,
+        ..Limits::default()
+    };
+    let n = TestNode::start_with(limits).await;
+    let mut alice = welcomed(&n, "acme", "alice").await;
+    let mut bob = welcomed(&n, "acme", "bob").await;
+    let presence = |state| ClientFrame::Presence { state };
+    use PresenceState::{Background, Foreground};
+    for state in [Background, Foreground, Background] {
+        alice.send(&presence(state)).await;
+    }
+    // Presence has no answer on success; the refusal of the third change has request id 0.
+    let refused = alice.read().await.unwrap();
+    assert_eq!(request_id(&refused), 0);
+    let retry = rate_limited(&refused);
+    assert!(alice.sync().await.is_empty(), "one refusal only");
+    assert_eq!(n.hub().metrics().snapshot().rate_limited_presence, 1);
+
+    let alice_is = |state| ("alice".to_string(), state);
+    assert_eq!(next_presence(&mut bob).await, alice_is(Background));
+    assert_eq!(next_presence(&mut bob).await, alice_is(Foreground));
+    // Bob's view now lags: alice is in the background. Stating it again after the
+    // retry-after tells him.
+    tokio::time::sleep(retry).await;
+    alice.send(&presence(Background)).await;
+    assert!(
+        alice.sync().await.is_empty(),
+        "allowed after the retry-after"
+    );
+    assert_eq!(next_presence(&mut bob).await, alice_is(Background));
+    // Repeating the state co-members were told of is free: no token, no refusal, no notice,
+    // however often.
+    for _ in 0..5 {
+        alice.send(&presence(Background)).await;
+    }
+    assert!(alice.sync().await.is_empty());
+    assert_eq!(n.hub().metrics().snapshot().rate_limited_presence, 1);
+}
+
+#[tokio::test]
+async fn the_sdk_states_its_presence_again_after_a_refusal() {
+    let limits = Limits {
+        user_presence_per_sec: 1,
+        user_presence_burst: 1,
+        ..Limits::default()
+    };
+    let n = TestNode::start_with(limits).await;
+    let mut bob = welcomed(&n, "acme", "bob").await;
+    let (alice, _events) = n.client("acme", "alice").await;
+    alice.set_presence(PresenceState::Background).await.unwrap();
+    alice.set_presence(PresenceState::Foreground).await.unwrap();
+    let alice_is = |state| ("alice".to_string(), state);
+    assert_eq!(
+        next_presence(&mut bob).await,
+        alice_is(PresenceState::Background)
+    );
+    // The second change was refused; the SDK waits the retry-after and states it again,
+    // without the app doing anything.
+    assert_eq!(
+        next_presence(&mut bob).await,
+        alice_is(PresenceState::Foreground)
+    );
+    assert!(n.hub().metrics().snapshot().rate_limited_presence >= 1);
 }

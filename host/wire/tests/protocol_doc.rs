@@ -195,6 +195,10 @@ fn limits_table_matches_the_defaults() {
         tenant_connections_per_sec,
         tenant_connections_burst,
         tenant_max_connections,
+        max_handshakes,
+        validate_address_from_handshakes,
+        user_presence_per_sec,
+        user_presence_burst,
     } = Limits::default();
     let limits = [
         ("max_frame_bytes", u64::from(max_frame_bytes)),
@@ -216,6 +220,13 @@ fn limits_table_matches_the_defaults() {
             u64::from(nudge_background_from_members),
         ),
         ("max_connections", u64::from(max_connections)),
+        ("max_handshakes", u64::from(max_handshakes)),
+        (
+            "validate_address_from_handshakes",
+            u64::from(validate_address_from_handshakes),
+        ),
+        ("user_presence_per_sec", u64::from(user_presence_per_sec)),
+        ("user_presence_burst", u64::from(user_presence_burst)),
         ("load_sample_ms", load_sample_ms),
         ("min_free_disk_bytes", min_free_disk_bytes),
         ("user_messages_per_sec", u64::from(user_messages_per_sec)),

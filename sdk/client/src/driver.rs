@@ -277,6 +277,9 @@ pub(crate) struct Driver {
     backoff: Backoff,
     /// A fatal connection-level `Error` the node sent before closing.
     fatal: Option<ClientError>,
+    /// When to state the presence again: the node refused to tell co-members of a change
+    /// (`RateLimited`, per-user presence limit) and said when it would.
+    presence_retry: Option<Instant>,
 }
 
 impl Driver {
@@ -298,6 +301,7 @@ impl Driver {
             receipts: VecDeque::new(),
             backoff,
             fatal: None,
+            presence_retry: None,
         }
     }
 
@@ -407,6 +411,8 @@ impl Driver {
         } = session;
         info!(session_id = welcome.session_id, user = %welcome.user, "connected");
         self.fatal = None;
+        // This connection's `Hello` carried the latest presence.
+        self.presence_retry = None;
         // This connection is the one a reconnect request asked for.
         self.shared.clear_reconnect_request();
         self.shared
@@ -452,12 +458,8 @@ impl Driver {
             let mut ack_at: Option<Instant> = None;
             loop {
                 self.prune_if_full();
-                let ack_due = async move {
-                    match ack_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let ack_due = sleep_until_some(ack_at);
+                let presence_due = sleep_until_some(self.presence_retry);
                 tokio::select! {
                     biased;
                     _ = self.shared.shutdown.notified() => break 'session SessionEnd::Shutdown,
@@ -499,6 +501,13 @@ impl Driver {
                             if let Err(reason) = write(&mut send, &frame).await {
                                 break 'session self.ended(&conn, reason).await;
                             }
+                        }
+                    }
+                    _ = presence_due => {
+                        self.presence_retry = None;
+                        let state = *self.shared.presence.lock();
+                        if let Err(reason) = write(&mut send, &ClientFrame::Presence { state }).await {
+                            break 'session self.ended(&conn, reason).await;
                         }
                     }
                     _ = tokio::time::sleep(Duration::from_secs(1)), if self.requests.len() >= MAX_PENDING => {}
@@ -609,6 +618,13 @@ impl Driver {
                     self.fatal = Some(error);
                 } else {
                     warn!(%error, "node reported an error");
+                    // Receipts and presence changes get their errors here (no request id).
+                    // Stating the presence again is free on the node when co-members already
+                    // know it, so any retry hint schedules it.
+                    if e.error_code() == Some(ErrorCode::RateLimited) && e.retry_after_ms > 0 {
+                        let at = Instant::now() + Duration::from_millis(e.retry_after_ms.into());
+                        self.presence_retry.get_or_insert(at);
+                    }
                 }
             }
             Routed::Push(_) => {} // readers deliver pushes themselves
@@ -657,5 +673,13 @@ impl Driver {
         }
         self.shared.stopped.send_replace(true);
         self.events.lifecycle(Event::Closed { error });
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at` (a `select!` branch that is off).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -164,6 +164,11 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         rate_limited_receipts,
         rate_limited_joins,
         rate_limited_connections,
+        rate_limited_presence,
+        handshakes,
+        handshake_retries,
+        handshakes_refused,
+        handshake_timeouts,
     } = m;
     let series: &[(&str, Kind, u64, &str)] = &[
         ("sessions", Gauge, sessions as u64, "Open sessions."),
@@ -364,6 +369,36 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             rate_limited_connections,
             "Hellos refused with RateLimited (tenant connection cap or rate).",
+        ),
+        (
+            "rate_limited_presence",
+            Counter,
+            rate_limited_presence,
+            "Presence changes over the user's limit (kept, but co-members not told).",
+        ),
+        (
+            "handshakes",
+            Gauge,
+            handshakes as u64,
+            "Connection attempts in their QUIC/TLS handshake.",
+        ),
+        (
+            "handshake_retries",
+            Counter,
+            handshake_retries,
+            "Connection attempts asked to prove their address with a QUIC Retry.",
+        ),
+        (
+            "handshakes_refused",
+            Counter,
+            handshakes_refused,
+            "Connection attempts refused because max_handshakes were in flight.",
+        ),
+        (
+            "handshake_timeouts",
+            Counter,
+            handshake_timeouts,
+            "Handshakes abandoned after hello_timeout_ms.",
         ),
     ];
     for &(name, kind, value, help) in series {
