@@ -412,3 +412,154 @@ async fn no_client_reaches_another_tenants_groups() {
     assert_eq!(messages[0].sender, "alice");
     assert_eq!(messages[0].body, body("globex only"));
 }
+
+/// Every client frame that names a group, sent by another tenant's user for a group that
+/// exists only in `acme` (and under a resume cursor in `Hello`): refused as if the group did
+/// not exist, and nothing of `acme`'s changes. Presence reaches only the sender's tenant.
+#[tokio::test]
+async fn every_group_frame_is_confined_to_the_senders_tenant() {
+    use switchboard_core::{GroupId, PresenceState, ReceiptKind, TenantId, UserId};
+    use switchboard_store::Store;
+    let n = TestNode::start().await;
+    let mut alice = welcomed(&n, "alice").await;
+    let mut bob = welcomed(&n, "bob").await;
+    alice.send(&send(1, "team", b"acme team only")).await;
+    assert!(matches!(
+        alice.read().await,
+        Some(ServerFrame::Ack { seq: 1, .. })
+    ));
+
+    // globex's `mallory`, resuming "team" as if it were hers.
+    let mut mallory = n.raw().await;
+    mallory
+        .send(&ClientFrame::Hello(wire::Hello {
+            token: n.token("globex", "mallory"),
+            presence: PresenceState::Foreground,
+            cursors: vec![wire::GroupCursor {
+                group: "team".into(),
+                seq: 0,
+            }],
+            client: "cross-tenant".into(),
+        }))
+        .await;
+    let ServerFrame::Welcome { groups, .. } = mallory.read().await.unwrap() else {
+        panic!("mallory is a valid globex user")
+    };
+    assert!(groups.iter().all(|g| g.group != "team"), "{groups:?}");
+
+    let team = || "team".to_string();
+    let frames = [
+        ClientFrame::Join {
+            request_id: 11,
+            group: team(),
+        },
+        ClientFrame::Leave {
+            request_id: 12,
+            group: team(),
+        },
+        ClientFrame::Send {
+            request_id: 13,
+            group: team(),
+            client_msg_id: "x1".into(),
+            body: body("intruder"),
+        },
+        ClientFrame::Fetch {
+            request_id: 14,
+            group: team(),
+            after_seq: 0,
+            limit: 10,
+        },
+        // No answer on success: a refusal has request id 0.
+        ClientFrame::AckDelivery {
+            group: team(),
+            seq: 1,
+        },
+        ClientFrame::Receipt {
+            group: team(),
+            seq: 1,
+            kind: ReceiptKind::Read,
+        },
+    ];
+    for f in &frames {
+        mallory.send(f).await;
+        let answer = mallory.read().await.expect("an answer");
+        let ServerFrame::Error(e) = &answer else {
+            panic!("{f:?} was answered {answer:?}");
+        };
+        let expected_id = match f {
+            ClientFrame::Join { request_id, .. }
+            | ClientFrame::Leave { request_id, .. }
+            | ClientFrame::Send { request_id, .. }
+            | ClientFrame::Fetch { request_id, .. } => *request_id,
+            _ => 0,
+        };
+        assert_eq!(e.request_id, expected_id, "{f:?}");
+        assert_eq!(
+            error_code(&answer),
+            ErrorCode::GroupNotFound,
+            "{f:?}: {e:?}"
+        );
+    }
+
+    // acme's group is as it was: members, log, receipts, no cursor for a globex user.
+    let acme = TenantId::new("acme").unwrap();
+    let gid = GroupId::new("team").unwrap();
+    let mut members: Vec<String> = n
+        .store
+        .members(&acme, &gid)
+        .unwrap()
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    members.sort();
+    assert_eq!(members, ["alice", "bob", "carol"]);
+    let log = n.store.read_after(&acme, &gid, 0, 10).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].client_msg_id, "m1");
+    assert!(n.store.receipts(&acme, &gid, 1).unwrap().is_empty());
+    let mallory_id = UserId::new("mallory").unwrap();
+    assert_eq!(n.store.cursor(&acme, &gid, &mallory_id).unwrap(), 0);
+    assert!(!n.store.is_member(&acme, &gid, &mallory_id).unwrap());
+    // globex has no such group either (nothing was created by the attempts).
+    let globex_team = n
+        .store
+        .read_after(&TenantId::new("globex").unwrap(), &gid, 0, 10);
+    assert!(globex_team.map_or(true, |v| v.is_empty()));
+
+    // Presence: mallory's change reaches no acme member. Bob's notices arrive in order on
+    // one stream, so the next one he reads being carol's means mallory's was never sent.
+    mallory
+        .send(&ClientFrame::Presence {
+            state: PresenceState::Background,
+        })
+        .await;
+    mallory.sync().await;
+    let mut carol = welcomed(&n, "carol").await;
+    carol
+        .send(&ClientFrame::Presence {
+            state: PresenceState::Background,
+        })
+        .await;
+    carol.sync().await;
+    loop {
+        match bob.read_push().await.unwrap() {
+            ServerFrame::PresenceNotice { user, .. } => {
+                assert_eq!(user, "carol");
+                break;
+            }
+            ServerFrame::Deliver(m) => assert_eq!(m.body, body("acme team only")),
+            _ => {}
+        }
+    }
+    // And alice got no receipt from mallory: her only notices are carol's presence.
+    loop {
+        match alice.read_push().await.unwrap() {
+            ServerFrame::PresenceNotice { user, .. } => {
+                assert_eq!(user, "carol");
+                break;
+            }
+            ServerFrame::ReceiptNotice { user, .. } => panic!("receipt from {user}"),
+            _ => {}
+        }
+    }
+}
