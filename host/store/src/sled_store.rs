@@ -6,7 +6,9 @@
 //! metadata, bindings, flags, quotas, API keys and their hash index, the degradation
 //! override) and `plugins` (plugin bytes only, so scanning config never pages them in).
 //!
-//! Atomicity: an append writes its log entry and its dedupe entry in one sled transaction;
+//! Atomicity: an append writes its log entry, then its dedupe entry, as two writes (a sled
+//! transaction would cost an IO-buffer write per append); opening the store restores a
+//! dedupe entry a crash left missing (`repair_dedupe`);
 //! `add_member` / `remove_member` update the member, the user's index entry and the group's
 //! member count in one transaction. Single-key read-modify-writes (cursors, receipts) use
 //! compare-and-swap loops, and `create_group` a compare-and-swap from absent. Config:
@@ -37,7 +39,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use sled::transaction::{abort, ConflictableTransactionError, TransactionError};
-use sled::{IVec, Transactional, Tree};
+use sled::{IVec, Tree};
 use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
 
 use crate::{
@@ -133,13 +135,6 @@ fn txn_err(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-/// Why an append's transaction aborted.
-enum AppendAbort {
-    /// The log already has an entry with the sequence number we picked.
-    SeqTaken,
-    Store(StoreError),
-}
-
 /// Decision of a compare-and-swap update ([`cas_update`]).
 enum Update<T, V> {
     /// Leave the value as it is and return this.
@@ -213,9 +208,55 @@ impl SledStore {
             db,
         };
         tracing::debug!(path = %inner.path.display(), "store opened");
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(inner),
-        })
+        };
+        store.repair_dedupe()?;
+        Ok(store)
+    }
+
+    /// An append writes its log entry, then its dedupe entry. A crash between the two can
+    /// leave a group's newest messages without their dedupe entries (sled recovers writes in
+    /// the order they were made, so only a group's tail); a resend of such a message would
+    /// then be stored twice. This restores them, newest first, stopping at the first
+    /// message that has its entry: one log and one dedupe read per group when nothing is
+    /// missing. Returns how many it restored.
+    fn repair_dedupe(&self) -> Result<usize, StoreError> {
+        let mut restored = 0;
+        for kv in self
+            .inner
+            .directory
+            .scan_prefix(keys::all_groups_prefix().as_slice())
+        {
+            let (key, _) = kv.map_err(io)?;
+            let (tenant, group) =
+                keys::parse_group(&key).ok_or_else(|| corrupt(DIRECTORY, "short group key"))?;
+            let tenant = codec::parse_id(DIRECTORY, tenant, TenantId::new)?;
+            let group = codec::parse_id(DIRECTORY, group, GroupId::new)?;
+            let prefix = keys::group_prefix(&tenant, &group);
+            for kv in self.inner.log.scan_prefix(prefix.as_slice()).rev() {
+                let (k, v) = kv.map_err(io)?;
+                let seq = keys::log_seq(&k).ok_or_else(|| corrupt(LOG, "short log key"))?;
+                let m = codec::decode_message(seq, v)?;
+                let dedupe_key = keys::dedupe(&prefix, &m.sender, &m.client_msg_id);
+                if self.inner.dedupe.get(&dedupe_key).map_err(io)?.is_some() {
+                    break;
+                }
+                self.inner
+                    .dedupe
+                    .insert(dedupe_key, &codec::encode_seq(seq)[..])
+                    .map_err(io)?;
+                restored += 1;
+            }
+        }
+        if restored > 0 {
+            self.inner.db.flush().map_err(io)?;
+            tracing::warn!(
+                restored,
+                "restored dedupe entries of messages appended before a crash"
+            );
+        }
+        Ok(restored)
     }
 
     /// Bytes the database takes on disk.
@@ -482,38 +523,36 @@ impl Store for SledStore {
         for _ in 0..MAX_SEQ_RETRIES {
             let seq = self.current_head(&prefix)? + 1;
             let log_key = keys::log(&prefix, seq);
-            let outcome = (&self.inner.log, &self.inner.dedupe).transaction(|(log, dedupe)| {
-                if let Some(earlier) = dedupe.get(&dedupe_key)? {
-                    let seq = codec::decode_seq(DEDUPE, &earlier)
-                        .map_err(|e| ConflictableTransactionError::Abort(AppendAbort::Store(e)))?;
-                    return Ok(Appended::Duplicate { seq });
-                }
-                // `insert` reads the old value anyway, so this guard against overwriting a
-                // message is free.
-                if log.insert(log_key.as_slice(), value.clone())?.is_some() {
-                    return abort(AppendAbort::SeqTaken);
-                }
-                dedupe.insert(dedupe_key.as_slice(), &codec::encode_seq(seq)[..])?;
-                Ok(Appended::New { seq })
-            });
-            match outcome {
-                Ok(appended) => {
-                    if let Appended::New { seq } = appended {
-                        self.raise_head(&prefix, seq);
-                    }
-                    return Ok(appended);
-                }
-                Err(TransactionError::Abort(AppendAbort::SeqTaken)) => {
-                    tracing::warn!(
-                        %tenant, %group, seq,
-                        "sequence number taken: concurrent appends to one group"
-                    );
-                    let head = self.disk_head(&prefix)?;
-                    self.raise_head(&prefix, head);
-                }
-                Err(TransactionError::Abort(AppendAbort::Store(e))) => return Err(e),
-                Err(TransactionError::Storage(e)) => return Err(io(e)),
+            // Two plain writes, log entry first, not a sled transaction: in sled 0.34 every
+            // transaction or batch writes out the IO buffer before and after itself, which
+            // made an append ~6x dearer than both writes (docs/benchmarks.md). Nothing reads
+            // either entry before the flush that makes the message visible, and a crash
+            // between them is mended at open (`repair_dedupe`).
+            if let Some(earlier) = self.inner.dedupe.get(&dedupe_key).map_err(io)? {
+                return Ok(Appended::Duplicate {
+                    seq: codec::decode_seq(DEDUPE, &earlier)?,
+                });
             }
+            let placed = self
+                .inner
+                .log
+                .compare_and_swap(log_key.as_slice(), None::<&[u8]>, Some(value.clone()))
+                .map_err(io)?;
+            if placed.is_err() {
+                tracing::warn!(
+                    %tenant, %group, seq,
+                    "sequence number taken: concurrent appends to one group"
+                );
+                let head = self.disk_head(&prefix)?;
+                self.raise_head(&prefix, head);
+                continue;
+            }
+            self.inner
+                .dedupe
+                .insert(dedupe_key.as_slice(), &codec::encode_seq(seq)[..])
+                .map_err(io)?;
+            self.raise_head(&prefix, seq);
+            return Ok(Appended::New { seq });
         }
         Err(StoreError::Io(format!(
             "append to {tenant}/{group}: sequence number taken {MAX_SEQ_RETRIES} times"

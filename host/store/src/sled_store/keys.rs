@@ -102,6 +102,18 @@ pub(super) fn group(tenant: &TenantId, group: &GroupId) -> Key {
         .last(group.as_str())
 }
 
+/// `G`: prefix of every group record.
+pub(super) fn all_groups_prefix() -> Key {
+    Key::tagged(TAG_GROUP)
+}
+
+/// The `(tenant, group)` of a group record's key (see [`group`]).
+pub(super) fn parse_group(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&tag, rest) = key.split_first()?;
+    let (&len, rest) = rest.split_first()?;
+    (tag == TAG_GROUP && rest.len() > usize::from(len)).then(|| rest.split_at(usize::from(len)))
+}
+
 /// `G len tenant`: prefix of a tenant's groups.
 pub(super) fn groups_prefix(tenant: &TenantId) -> Key {
     Key::tagged(TAG_GROUP).id(tenant.as_str())

@@ -924,3 +924,56 @@ fn a_tenants_groups_are_listed_sorted_and_only_its_own() {
     assert_eq!(store.groups(&t("acm")).unwrap(), vec![g("d")]);
     assert_eq!(store.groups(&t("nobody")).unwrap(), vec![]);
 }
+
+#[test]
+fn a_crash_between_the_log_and_the_dedupe_write_is_mended_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ten, grp, other, ann) = (t("acme"), g("general"), g("other"), u("ann"));
+    {
+        let store = open_in(&dir);
+        store.create_group(&ten, &grp, OPEN).unwrap();
+        store.create_group(&ten, &other, OPEN).unwrap();
+        append_n(&store, &ten, &grp, &ann, "m", 2);
+        append_n(&store, &ten, &other, &ann, "o", 3);
+        // What an append leaves when the process dies after its first write: the log
+        // entries of seqs 3 and 4, without their dedupe entries.
+        let prefix = keys::group_prefix(&ten, &grp);
+        for (seq, id) in [(3, "late3"), (4, "late4")] {
+            let value = codec::encode_message(&msg(&ann, id, b"x"));
+            store
+                .inner
+                .log
+                .insert(keys::log(&prefix, seq).as_slice(), value)
+                .unwrap();
+        }
+        store.flush().unwrap();
+        assert_eq!(
+            store.repair_dedupe().unwrap(),
+            2,
+            "the missing entries are found"
+        );
+        // Put the damage back to see the reopen mend it.
+        for id in ["late3", "late4"] {
+            store
+                .inner
+                .dedupe
+                .remove(keys::dedupe(&prefix, &ann, id))
+                .unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let store = open_in(&dir);
+    // A resend of either is recognised, not stored again.
+    for (seq, id) in [(3, "late3"), (4, "late4"), (1, "m0")] {
+        assert_eq!(
+            store.append(&ten, &grp, msg(&ann, id, b"x")).unwrap(),
+            Appended::Duplicate { seq }
+        );
+    }
+    assert_eq!(
+        store.append(&ten, &grp, msg(&ann, "new", b"x")).unwrap(),
+        Appended::New { seq: 5 }
+    );
+    assert_eq!(store.repair_dedupe().unwrap(), 0, "nothing left to mend");
+    assert_eq!(store.head(&ten, &other).unwrap(), 3);
+}
