@@ -424,6 +424,8 @@ pub struct Hub {
     /// [`policy::Builtin`]. Swapping a value here is a hot swap: an event holds the `Arc` of
     /// the version it picked until it is handled.
     serving: DashMap<TenantId, Arc<Serving>>,
+    /// Bounds the heavy plugin calls running at once (see [`ServingVersion::call`]).
+    heavy_calls: crate::serving::HeavyCalls,
     /// Tenants' feature-flag rules from the config store, applied over the plugin's flags.
     flag_rules: DashMap<TenantId, Arc<BTreeMap<String, FlagRule>>>,
     /// The node's load level (0 normal .. 3 critical) and what each tenant sheds at it.
@@ -490,6 +492,7 @@ impl Hub {
             next_session: AtomicU64::new(1),
             metrics: Metrics::default(),
             serving: DashMap::new(),
+            heavy_calls: crate::serving::HeavyCalls::for_this_machine(),
             flag_rules: DashMap::new(),
             load_level: AtomicU8::new(0),
             load_override: AtomicU8::new(NO_OVERRIDE),
@@ -1243,7 +1246,11 @@ impl Hub {
             group_size: g.members.load(Ordering::Relaxed),
             connected_members: g.subscriber_count() as u32,
         };
-        match self.guarded(&session.tenant, &v, v.policy.on_message(&info)) {
+        match self.guarded(
+            &session.tenant,
+            &v,
+            v.call(&self.heavy_calls, |p| p.on_message(&info)),
+        ) {
             policy::Verdict::Accept(d) => {
                 if d.notify_offline {
                     self.metrics
@@ -1265,9 +1272,11 @@ impl Hub {
     fn push_flags(&self, session: &Session) {
         let serving = self.serving.get(&session.tenant).map(|s| s.clone());
         let flags = match serving.as_deref().and_then(|s| s.pick(&session.user, None)) {
-            Some(v) => self.count_fallback(v.policy.evaluate_flags(&policy::FlagContext {
-                user: session.user.to_string(),
-                group: None,
+            Some(v) => self.count_fallback(v.call(&self.heavy_calls, |p| {
+                p.evaluate_flags(&policy::FlagContext {
+                    user: session.user.to_string(),
+                    group: None,
+                })
             })),
             None => Vec::new(),
         };

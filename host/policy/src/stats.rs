@@ -69,6 +69,10 @@ impl PolicyStats {
         self.fuel_used_max.fetch_max(fuel, Relaxed);
     }
 
+    pub(crate) fn fuel_used_max(&self) -> u64 {
+        self.fuel_used_max.load(Relaxed)
+    }
+
     pub(crate) fn record_memory(&self, bytes: usize) {
         self.memory_peak_bytes
             .fetch_max(u64::try_from(bytes).unwrap_or(u64::MAX), Relaxed);

@@ -293,6 +293,12 @@ impl TenantPolicy {
         self.shared.counters.clone()
     }
 
+    /// The most fuel one successful call has used so far (one atomic load: cheap enough to
+    /// read after every call, unlike [`TenantPolicy::stats`]).
+    pub fn fuel_used_max(&self) -> u64 {
+        self.shared.stats.fuel_used_max()
+    }
+
     /// Instances kept for reuse right now.
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().len()

@@ -137,6 +137,8 @@ fn well_behaved_plugins_import_only_the_host_and_inert_wasi() {
         ("flags", plugins_artifacts::FLAGS),
         ("degradation", plugins_artifacts::DEGRADATION),
         ("minimal-plugin", plugins_artifacts::MINIMAL_PLUGIN),
+        ("probe-memory", plugins_artifacts::PROBE_MEMORY),
+        ("heavy", plugins_artifacts::HEAVY),
         ("hostile-loop", plugins_artifacts::HOSTILE_LOOP),
         ("hostile-memory", plugins_artifacts::HOSTILE_MEMORY),
         ("hostile-recursion", plugins_artifacts::HOSTILE_RECURSION),
