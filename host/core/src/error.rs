@@ -52,11 +52,14 @@ pub enum ErrorCode {
     Internal = 33,
     /// The node is shutting down; reconnect (to another node) and resume.
     ShuttingDown = 34,
+    /// The connection did not read its deliveries fast enough and the node is configured to
+    /// disconnect slow consumers (`disconnect_slow_consumers`); reconnect and resume.
+    SlowConsumer = 35,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownFrameType,
@@ -79,6 +82,7 @@ impl ErrorCode {
         Self::StoreUnavailable,
         Self::Internal,
         Self::ShuttingDown,
+        Self::SlowConsumer,
     ];
 
     /// The wire value.
@@ -95,7 +99,11 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            Self::RateLimited | Self::Overloaded | Self::StoreUnavailable | Self::ShuttingDown
+            Self::RateLimited
+                | Self::Overloaded
+                | Self::StoreUnavailable
+                | Self::ShuttingDown
+                | Self::SlowConsumer
         )
     }
 
@@ -113,6 +121,7 @@ impl ErrorCode {
                 | Self::FrameTooLarge
                 | Self::MalformedFrame
                 | Self::ShuttingDown
+                | Self::SlowConsumer
         )
     }
 }

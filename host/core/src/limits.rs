@@ -39,6 +39,11 @@ pub struct Limits {
     /// message; they get the messages when they come to the foreground or fetch. 0 = never
     /// (background members of any group get every message, unless load sheds them).
     pub nudge_background_from_members: u32,
+    /// What happens to a connection whose outbox fills (`outbox_frames`/`outbox_bytes`):
+    /// `false` (default) switches it to catching up from the log, so it gets everything
+    /// once it reads again; `true` closes it with `SlowConsumer` (it reconnects and resumes
+    /// from its cursors), for deployments that would rather free the connection.
+    pub disconnect_slow_consumers: bool,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
     /// Most connection attempts in their QUIC/TLS handshake at once; further attempts are
@@ -115,6 +120,7 @@ impl Default for Limits {
             outbox_frames: 1_024,
             outbox_bytes: 4 * 1024 * 1024,
             nudge_background_from_members: 1_000,
+            disconnect_slow_consumers: false,
             max_connections: 100_000,
             max_handshakes: 1_024,
             validate_address_from_handshakes: 64,

@@ -226,6 +226,10 @@ async fn session_loop(
             let frame = tokio::select! {
                 f = wire::read_frame(&mut ctl_recv, &mut buf, limits.max_frame_bytes) => f,
                 r = conn.closed() => { debug!(reason = %r, "connection closed"); return Ok(()) }
+                () = session.evicted() => return Err(Fatal(RequestError::new(
+                    ErrorCode::SlowConsumer,
+                    "deliveries were not read fast enough; reconnect and resume",
+                ))),
                 // Deliveries stopped (e.g. the store failed under catch-up): without them the
                 // session is useless, so end it and let the client reconnect and resume.
                 end = &mut push_task => return match end {

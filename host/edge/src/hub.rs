@@ -187,6 +187,8 @@ pub struct Metrics {
     pub handshakes_refused: AtomicU64,
     /// Handshakes abandoned because they did not complete within `hello_timeout_ms`.
     pub handshake_timeouts: AtomicU64,
+    /// Connections closed with `SlowConsumer` (`disconnect_slow_consumers`).
+    pub slow_consumers_disconnected: AtomicU64,
 }
 
 /// A snapshot of [`Metrics`].
@@ -231,6 +233,7 @@ pub struct MetricsSnapshot {
     pub handshake_retries: u64,
     pub handshakes_refused: u64,
     pub handshake_timeouts: u64,
+    pub slow_consumers_disconnected: u64,
 }
 
 impl Metrics {
@@ -276,6 +279,7 @@ impl Metrics {
             handshake_retries: l(&self.handshake_retries),
             handshakes_refused: l(&self.handshakes_refused),
             handshake_timeouts: l(&self.handshake_timeouts),
+            slow_consumers_disconnected: l(&self.slow_consumers_disconnected),
         }
     }
 }
@@ -306,6 +310,11 @@ pub struct Session {
     /// The presence co-members were last told of (lags `presence` while shed or limited).
     presence_told: AtomicU8,
     closed: AtomicBool,
+    /// `disconnect_slow_consumers`: a full outbox ends the connection instead of switching
+    /// it to catch-up. `slow` is set once, and `evict` wakes the connection to close.
+    disconnect_when_slow: bool,
+    slow: AtomicBool,
+    evict: Notify,
     /// The user's and the tenant's rate limits.
     rates: SessionRates,
 }
@@ -318,7 +327,14 @@ impl Session {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(Push::Deliver { .. })) => {
                 metrics.outbox_overflows.fetch_add(1, Ordering::Relaxed);
-                self.request_catch_up();
+                if !self.disconnect_when_slow {
+                    self.request_catch_up();
+                } else if !self.slow.swap(true, Ordering::AcqRel) {
+                    metrics
+                        .slow_consumers_disconnected
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.evict.notify_one();
+                }
             }
             Err(mpsc::error::TrySendError::Full(Push::Notice { .. })) => {
                 metrics.notices_dropped.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +342,11 @@ impl Session {
             // A lost nudge is a lost hint: the next one, or the return to the foreground, tells.
             Err(_) => {}
         }
+    }
+
+    /// Resolves once the session must end as a slow consumer (`disconnect_slow_consumers`).
+    pub(crate) async fn evicted(&self) {
+        self.evict.notified().await
     }
 
     pub(crate) fn request_catch_up(&self) {
@@ -659,6 +680,9 @@ impl Hub {
                 presence: AtomicU8::new(initial_presence),
                 presence_told: AtomicU8::new(initial_presence),
                 closed: AtomicBool::new(false),
+                disconnect_when_slow: self.limits.disconnect_slow_consumers,
+                slow: AtomicBool::new(false),
+                evict: Notify::new(),
                 rates: SessionRates {
                     user: entry.rates.clone(),
                     tenant: tenant_rates,

@@ -500,6 +500,44 @@ async fn a_member_that_never_reads_does_not_stall_others_and_still_gets_everythi
 }
 
 #[tokio::test]
+async fn a_slow_consumer_is_disconnected_when_configured_and_resumes_without_loss() {
+    // Default queue bounds: bob's fill after his QUIC send window (2 MiB) and his outbox
+    // (4 MiB) are full; alice and carol read all the time, so theirs never hold more than a
+    // commit batch (≤ 256 sends ≈ 1 MiB).
+    let limits = Limits {
+        disconnect_slow_consumers: true,
+        ..Limits::default()
+    };
+    let n = TestNode::start_with(limits).await;
+    let mut alice = member(&n, "alice").await;
+    let bob = member(&n, "bob").await; // never reads its push streams
+    let mut carol = member(&n, "carol").await;
+    alice.listen();
+    carol.listen();
+    const N: u64 = 2_000;
+    let big = "x".repeat(4000);
+    for i in 1..=N {
+        alice.send(&send(i, "team", &format!("s{i}"), &big)).await;
+    }
+    assert_eq!(acks(&mut alice, N as usize).await.len(), N as usize);
+    assert_in_order(&deliveries(&mut carol, N as usize).await, 1);
+    // Bob's queues filled: the node closed his connection with SlowConsumer instead of
+    // holding or catching him up.
+    assert_eq!(
+        bob.closed_code().await,
+        Some(ErrorCode::SlowConsumer.as_u16().into())
+    );
+    let m = n.hub().metrics().snapshot();
+    assert_eq!(m.slow_consumers_disconnected, 1);
+    assert!(m.outbox_overflows >= 1);
+    // Reconnecting (no cursors: from the start) gets him everything, in order, once.
+    let mut bob = member(&n, "bob").await;
+    assert_in_order(&deliveries(&mut bob, N as usize).await, 1);
+    // Alice and carol read theirs: never disconnected.
+    assert_eq!(n.hub().metrics().snapshot().slow_consumers_disconnected, 1);
+}
+
+#[tokio::test]
 async fn fetch_pages_always_advance_even_with_the_tightest_frame_limit() {
     // The smallest frame limit the node accepts for this payload limit.
     let limits = Limits {

@@ -199,6 +199,7 @@ fn limits_table_matches_the_defaults() {
         validate_address_from_handshakes,
         user_presence_per_sec,
         user_presence_burst,
+        disconnect_slow_consumers,
     } = Limits::default();
     let limits = [
         ("max_frame_bytes", u64::from(max_frame_bytes)),
@@ -256,4 +257,6 @@ fn limits_table_matches_the_defaults() {
         let r = row(&rows, 0, name);
         assert_eq!(r[1], default.to_string(), "default of {name}");
     }
+    let r = row(&rows, 0, "disconnect_slow_consumers");
+    assert_eq!(r[1], disconnect_slow_consumers.to_string());
 }

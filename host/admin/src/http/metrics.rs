@@ -169,6 +169,7 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         handshake_retries,
         handshakes_refused,
         handshake_timeouts,
+        slow_consumers_disconnected,
     } = m;
     let series: &[(&str, Kind, u64, &str)] = &[
         ("sessions", Gauge, sessions as u64, "Open sessions."),
@@ -399,6 +400,12 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             handshake_timeouts,
             "Handshakes abandoned after hello_timeout_ms.",
+        ),
+        (
+            "slow_consumers_disconnected",
+            Counter,
+            slow_consumers_disconnected,
+            "Connections closed with SlowConsumer (disconnect_slow_consumers).",
         ),
     ];
     for &(name, kind, value, help) in series {
