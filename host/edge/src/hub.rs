@@ -481,6 +481,9 @@ pub struct Committer {
     store: Arc<dyn Store>,
     rx: mpsc::Receiver<Commit>,
     hub: std::sync::Weak<Hub>,
+    /// Messages of the current batch whose background subscribers wait for phase 2 (kept
+    /// to reuse its allocation).
+    later: Vec<(Arc<GroupState>, u64, Lane, Bytes, std::time::Instant)>,
 }
 
 /// Upper bound of a message's encoded size besides its body (three ids of at most 64 bytes,
@@ -535,6 +538,7 @@ impl Hub {
             store,
             rx,
             hub: Arc::downgrade(&hub),
+            later: Vec::new(),
         };
         (hub, committer)
     }
@@ -1735,18 +1739,36 @@ impl Committer {
         match flushed {
             Ok(()) => {
                 hub.metrics.flushes.fetch_add(1, Ordering::Relaxed);
+                let mut later = std::mem::take(&mut self.later);
                 for c in batch.drain(..) {
                     if let Some(sender) = c.notify {
                         hub.queue_notification(&c.group, c.seq, sender);
                     }
                     match c.deliver {
-                        Some(frame) => hub.publish(&c.group, c.seq, c.lane, frame),
+                        Some(frame) => {
+                            let at = std::time::Instant::now();
+                            if hub.publish_active(&c.group, c.seq, c.lane, &frame, at) {
+                                later.push((c.group, c.seq, c.lane, frame, at));
+                            }
+                        }
                         // A resend of a message whose first flush failed: it is durable now,
                         // so make it visible (subscribers fetch it from the log).
                         None => hub.reveal(&c.group, c.seq),
                     }
                     c.reply.send(c.ack);
                 }
+                if !later.is_empty() {
+                    // Active first on the wire, not only in the queues: the foreground
+                    // sessions' writers and connection drivers run (in wake order, on the
+                    // same workers) before the background writers are even woken, so
+                    // thousands of background writes cannot get between an active
+                    // session's write and its packets.
+                    tokio::task::yield_now().await;
+                    for (g, seq, lane, frame, at) in later.drain(..) {
+                        hub.publish_background(&g, seq, lane, &frame, at);
+                    }
+                }
+                self.later = later;
             }
             Err(e) => {
                 hub.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -1777,28 +1799,71 @@ impl Hub {
         }
     }
 
-    /// Makes `seq` visible: advances the durable head and queues the frame to subscribers,
-    /// foreground sessions before background ones (their writers are woken first).
-    fn publish(&self, g: &GroupState, seq: u64, lane: Lane, frame: Bytes) {
-        // Decided once per message, not per recipient.
-        let defer_background = self.defers_background(g);
-        let published_at = std::time::Instant::now();
+    /// Phase 1 of publishing (see [`Committer::commit`]): makes `seq` visible (advances the
+    /// durable head) and queues the frame to the foreground subscribers (all of them in
+    /// naive mode). Returns whether background subscribers are left for phase 2.
+    fn publish_active(
+        &self,
+        g: &GroupState,
+        seq: u64,
+        lane: Lane,
+        frame: &Bytes,
+        published_at: std::time::Instant,
+    ) -> bool {
+        let naive = self.naive_fanout.load(Ordering::Relaxed);
         let mut f = g.fanout.lock();
         f.head = f.head.max(seq);
-        let active = |s: &Arc<Session>| s.presence() == PresenceState::Foreground;
-        let naive = self.naive_fanout.load(Ordering::Relaxed);
-        let first = |s: &Arc<Session>| naive || active(s);
-        let mut deferred = 0u64;
-        for_each_active_first(&f.subscribers, first, |s| {
-            // Presence is read again: a session that came to the foreground since the split
-            // above gets the message (its catch-up would fill it in anyway).
-            let push = if defer_background && !active(s) {
+        let mut live = 0u64;
+        for s in &f.subscribers {
+            if naive || s.presence() == PresenceState::Foreground {
+                s.push(
+                    Push::Deliver {
+                        group: g.id.clone(),
+                        seq,
+                        lane,
+                        frame: frame.clone(),
+                        published_at,
+                    },
+                    &self.metrics,
+                );
+                live += 1;
+            }
+        }
+        self.metrics
+            .deliveries_live
+            .fetch_add(live, Ordering::Relaxed);
+        live < f.subscribers.len() as u64
+    }
+
+    /// Phase 2 of publishing: the background subscribers get the frame, or a nudge when the
+    /// group defers them. Presence is read again: a session that came to the foreground
+    /// since phase 1 is skipped here, and its catch-up (which every return to the
+    /// foreground starts, up to the head phase 1 advanced) brings the message; one that went
+    /// to the background gets it again, and its writer skips what it already sent.
+    fn publish_background(
+        &self,
+        g: &GroupState,
+        seq: u64,
+        lane: Lane,
+        frame: &Bytes,
+        published_at: std::time::Instant,
+    ) {
+        // Decided once per message, not per recipient.
+        let defer = self.defers_background(g);
+        let f = g.fanout.lock();
+        let (mut live, mut deferred) = (0u64, 0u64);
+        for s in &f.subscribers {
+            if s.presence() == PresenceState::Foreground {
+                continue;
+            }
+            let push = if defer {
                 deferred += 1;
                 Push::Nudge {
                     group: g.id.clone(),
                     seq,
                 }
             } else {
+                live += 1;
                 Push::Deliver {
                     group: g.id.clone(),
                     seq,
@@ -1808,10 +1873,10 @@ impl Hub {
                 }
             };
             s.push(push, &self.metrics);
-        });
+        }
         self.metrics
             .deliveries_live
-            .fetch_add(f.subscribers.len() as u64 - deferred, Ordering::Relaxed);
+            .fetch_add(live, Ordering::Relaxed);
         if deferred > 0 {
             self.metrics
                 .deliveries_deferred
@@ -1832,53 +1897,5 @@ impl Hub {
     /// [`Hub::defers_background`]); catch-up skips such groups until it is foreground.
     pub(crate) fn defers(&self, session: &Session, g: &GroupState) -> bool {
         session.presence() == PresenceState::Background && self.defers_background(g)
-    }
-}
-
-/// Calls `f` on every item once: first on the active ones, then on the rest, each in slice
-/// order. `is_active` is asked once per item, so an item whose state flips meanwhile is still
-/// visited exactly once. Allocates (one index list per call, not per item) only when some
-/// items are passive.
-fn for_each_active_first<T>(items: &[T], is_active: impl Fn(&T) -> bool, mut f: impl FnMut(&T)) {
-    let mut later: Vec<usize> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        if is_active(item) {
-            f(item);
-        } else {
-            later.push(i);
-        }
-    }
-    for i in later {
-        f(&items[i]);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn active_first_visits_each_once_active_before_passive_in_order() {
-        let items = [1, 2, 3, 4, 5, 6];
-        let asked = std::cell::Cell::new(0);
-        let mut order = Vec::new();
-        // Odd items are "active"; the answer for 4 flips after it was asked once.
-        let flips = std::cell::Cell::new(false);
-        for_each_active_first(
-            &items,
-            |&i| {
-                asked.set(asked.get() + 1);
-                if i == 4 {
-                    return flips.replace(true);
-                }
-                i % 2 == 1
-            },
-            |&i| order.push(i),
-        );
-        assert_eq!(order, [1, 3, 5, 2, 4, 6]);
-        assert_eq!(asked.get(), items.len(), "state is read once per item");
-        let mut none = Vec::new();
-        for_each_active_first(&[] as &[u8], |_| true, |&i| none.push(i));
-        assert!(none.is_empty());
     }
 }
