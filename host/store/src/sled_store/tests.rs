@@ -20,11 +20,25 @@ pub(super) fn u(s: &str) -> UserId {
     UserId::new(s).unwrap()
 }
 
+/// Opens the store in `dir`. A store dropped just before may still hold sled's file lock for
+/// a moment (its IO threads let go of the database asynchronously, and there is nothing to
+/// wait on), so a lock error is retried for up to 10 s.
 pub(super) fn open_in(dir: &TempDir) -> SledStore {
     let config = SledStoreConfig::new(dir.path())
         .cache_capacity_bytes(8 << 20)
         .flush_every_ms(None);
-    SledStore::open_with(config).unwrap()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open_with(config.clone()) {
+            Ok(store) => return store,
+            Err(StoreError::Io(e))
+                if e.contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("open {}: {e}", dir.path().display()),
+        }
+    }
 }
 
 pub(super) fn open() -> (TempDir, SledStore) {
