@@ -1,0 +1,370 @@
+//! Clients on bad networks (issue 7): behind 5–20% packet loss with reordering every member
+//! still gets every message once, in order, and every send is acked once; a client whose
+//! address changes keeps its connection (QUIC migration), and one whose path dies resumes
+//! on a new connection without losing or repeating anything.
+//!
+//! The impairment is a seeded userspace UDP relay between client and node
+//! (`common/relay.rs`). Each test prints its seed and its figures to stderr; a failing run
+//! prints the seed again, and `LOSSY_SEED=<seed>` replays the same drop and delay draws.
+
+mod common;
+#[path = "common/relay.rs"]
+mod relay;
+#[path = "common/sdk.rs"]
+mod sdk;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use relay::{Impairment, Relay};
+use sdk::*;
+use switchboard_client::{Client, Event, ReconnectPolicy};
+use switchboard_core::PresenceState;
+use switchboard_wire::{self as wire, ClientFrame, ServerFrame};
+use tokio::sync::watch;
+
+/// Messages each loss test sends (plus one marker after them).
+const MESSAGES: u64 = 300;
+/// Sends a sender keeps waiting for their ack.
+const WINDOW: u64 = 16;
+/// The loss rates the receivers sit behind.
+const LOSS_RATES: [f64; 3] = [0.05, 0.10, 0.20];
+/// Attempts to connect and say `Hello` through a lossy path: a handshake can take longer
+/// than the node's `hello_timeout_ms` when enough of its packets are lost, and a real app
+/// would try again.
+const CONNECT_ATTEMPTS: u32 = 5;
+/// The whole of one test: not a performance bound, only one that turns a hang into a failure.
+const BUDGET: Duration = Duration::from_secs(120);
+
+/// The run's seed: `LOSSY_SEED`, or a fresh one. Printed now and again if the test fails.
+struct Seed(u64);
+
+impl Seed {
+    fn new(test: &str) -> Seed {
+        let seed = std::env::var("LOSSY_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| now_secs() ^ u64::from(std::process::id()).rotate_left(32));
+        eprintln!("lossy {test}: seed {seed}");
+        Seed(seed)
+    }
+
+    /// A seed for relay `i` of this run.
+    fn relay(&self, i: u64) -> u64 {
+        self.0.wrapping_add(i.wrapping_mul(0x2545_f491_4f6c_dd1d))
+    }
+}
+
+impl Drop for Seed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "lossy: failed with seed {0} (rerun with LOSSY_SEED={0})",
+                self.0
+            );
+        }
+    }
+}
+
+/// Body of the message sent with request id `i`: mostly short, every tenth spans several
+/// QUIC packets, so stream reassembly under loss is exercised too.
+fn body_of(i: u64) -> Bytes {
+    let len = if i % 10 == 0 {
+        4000
+    } else {
+        64 + (i * 37 % 400) as usize
+    };
+    let tag = format!("{i:08}|");
+    Bytes::from(tag.repeat(len / tag.len() + 1)[..len].to_owned())
+}
+
+/// A raw client's QUIC config: the harness's TLS, plus keep-alives, so a client that only
+/// receives still sends now and then — as every real client does, and what lets the node
+/// notice that a quiet client's address changed.
+fn raw_config(n: &TestNode) -> quinn::ClientConfig {
+    let mut config = client_crypto(&n.cert_der(), wire::ALPN);
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(250)));
+    config.transport_config(Arc::new(transport));
+    config
+}
+
+/// Connects `user` through `addr` and says `Hello`, trying again when loss made the
+/// handshake or `Hello` miss the node's deadline. Returns the client and the attempts used.
+async fn raw_session(n: &TestNode, addr: SocketAddr, user: &str) -> (RawClient, u32) {
+    let mut last = String::new();
+    for attempt in 1..=CONNECT_ATTEMPTS {
+        let mut c = match tokio::time::timeout(WAIT, RawClient::connect_with(addr, raw_config(n)))
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                last = e.to_string();
+                continue;
+            }
+            Err(_) => {
+                last = "handshake timed out".into();
+                continue;
+            }
+        };
+        c.send(&ClientFrame::Hello(wire::Hello {
+            token: n.token("acme", user),
+            presence: PresenceState::Foreground,
+            cursors: vec![],
+            client: "lossy-test".into(),
+        }))
+        .await;
+        match c.read().await {
+            Some(ServerFrame::Welcome { .. }) => return (c, attempt),
+            other => last = format!("{other:?} instead of Welcome"),
+        }
+    }
+    panic!("{user} could not connect through {addr} in {CONNECT_ATTEMPTS} attempts: {last}");
+}
+
+/// The SDK through `addr`, retrying the first connect as [`raw_session`] does.
+async fn sdk_session(
+    cfg: switchboard_client::ClientConfig,
+) -> (Client, switchboard_client::Events, u32) {
+    let mut last = String::new();
+    for attempt in 1..=CONNECT_ATTEMPTS {
+        match Client::connect(cfg.clone()).await {
+            Ok((c, mut ev)) => match next_event(&mut ev).await {
+                Event::Connected { .. } => return (c, ev, attempt),
+                other => panic!("expected Connected, got {other:?}"),
+            },
+            Err(e) => last = e.to_string(),
+        }
+    }
+    panic!("the SDK could not connect in {CONNECT_ATTEMPTS} attempts: {last}");
+}
+
+async fn join(c: &mut RawClient, group: &str) {
+    c.send(&ClientFrame::Join {
+        request_id: u64::MAX,
+        group: group.into(),
+    })
+    .await;
+    match c.read().await {
+        Some(ServerFrame::Joined { .. }) => {}
+        other => panic!("expected Joined, got {other:?}"),
+    }
+}
+
+/// Sends request ids `ids` to `group` (body [`body_of`]), keeping up to [`WINDOW`] unacked
+/// and, with `gate`, never more than `ahead` past what the gate reports received. Checks
+/// that each is acked exactly once and not as a duplicate; returns request id → seq.
+async fn send_all(
+    c: &mut RawClient,
+    group: &str,
+    ids: RangeInclusive<u64>,
+    mut gate: Option<(&mut watch::Receiver<u64>, u64)>,
+) -> BTreeMap<u64, u64> {
+    let (first, last) = (*ids.start(), *ids.end());
+    let mut next = first;
+    let mut acks = BTreeMap::new();
+    while next <= last || acks.len() < (next - first) as usize {
+        let unacked = next - first - acks.len() as u64;
+        let open = gate
+            .as_ref()
+            .is_none_or(|(progress, ahead)| next <= *progress.borrow() + ahead);
+        if next <= last && unacked < WINDOW && open {
+            c.send(&send(next, group, &body_of(next))).await;
+            next += 1;
+            continue;
+        }
+        if unacked == 0 {
+            let (progress, _) = gate.as_mut().expect("only a gate stops a sender");
+            progress.changed().await.expect("the receiver stopped");
+            continue;
+        }
+        match c.read().await {
+            Some(ServerFrame::Ack {
+                request_id,
+                seq,
+                duplicate,
+                ..
+            }) => {
+                assert!(ids.contains(&request_id), "ack for unknown request {request_id}");
+                assert!(!duplicate, "request {request_id} acked as a duplicate");
+                assert!(
+                    acks.insert(request_id, seq).is_none(),
+                    "request {request_id} acked twice"
+                );
+            }
+            other => panic!("expected an Ack, got {other:?}"),
+        }
+    }
+    acks
+}
+
+/// Reads deliveries `want` from a raw client, checking each is the next one and intact.
+async fn expect_raw(c: &mut RawClient, want: RangeInclusive<u64>, progress: &watch::Sender<u64>) {
+    for seq in want {
+        let m = next_deliver(c).await;
+        assert_eq!(m.seq, seq, "delivery out of order");
+        assert_eq!(m.body, body_of(seq), "delivery {seq} has the wrong body");
+        progress.send_replace(seq);
+    }
+}
+
+fn figures(label: &str, relay: &Relay) -> String {
+    format!(
+        "{label}: to node {}; to client {}",
+        relay.to_node(),
+        relay.to_client()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_receiver_gets_every_message_in_order_behind_loss() {
+    let seed = Seed::new("loss");
+    let n = TestNode::start().await;
+    let started = Instant::now();
+    let group = "general";
+
+    // Receivers: a raw client (checks the node's order promise frame by frame) and an SDK
+    // client (what an app sees) behind each loss rate, each behind a relay of its own.
+    let mut raw = Vec::new();
+    let mut sdk = Vec::new();
+    for (i, loss) in LOSS_RATES.into_iter().enumerate() {
+        let pct = (loss * 100.0).round() as u32;
+        let imp = Impairment::lossy(loss);
+        let relay = Relay::start(n.addr, imp, imp, seed.relay(i as u64)).await;
+        let user = format!("raw{pct}");
+        let (mut c, attempts) = raw_session(&n, relay.addr, &user).await;
+        join(&mut c, group).await;
+        c.listen();
+        raw.push((format!("raw client, {pct}% loss"), relay, c, attempts));
+
+        let relay = Relay::start(n.addr, imp, imp, seed.relay(10 + i as u64)).await;
+        let mut cfg = n.client_config("acme", &format!("sdk{pct}"));
+        cfg.addr = relay.addr;
+        let (c, ev, attempts) = sdk_session(cfg).await;
+        c.join(group).await.unwrap();
+        sdk.push((format!("SDK client, {pct}% loss"), relay, c, ev, attempts));
+    }
+    // The sender is on a lossy path too.
+    let imp = Impairment::lossy(0.10);
+    let sender_relay = Relay::start(n.addr, imp, imp, seed.relay(20)).await;
+    let (mut alice, alice_attempts) = raw_session(&n, sender_relay.addr, "alice").await;
+    join(&mut alice, group).await;
+    alice.listen();
+    let connected = started.elapsed();
+
+    let sending = Instant::now();
+    let mut raw_tasks = Vec::new();
+    for (label, relay, mut c, attempts) in raw {
+        raw_tasks.push(tokio::spawn(async move {
+            let (progress, _) = watch::channel(0);
+            expect_raw(&mut c, 1..=MESSAGES, &progress).await;
+            (label, relay, c, attempts, sending.elapsed())
+        }));
+    }
+    let mut sdk_tasks = Vec::new();
+    for (label, relay, c, mut ev, attempts) in sdk {
+        sdk_tasks.push(tokio::spawn(async move {
+            let mut want = 1;
+            let mut disconnects = Vec::new();
+            while want <= MESSAGES {
+                match next_event(&mut ev).await {
+                    Event::Message(m) => {
+                        assert_eq!(m.seq, want, "{label}: out of order");
+                        assert_eq!(m.body, body_of(want), "{label}: wrong body");
+                        want += 1;
+                    }
+                    Event::Disconnected { reason } => disconnects.push(reason),
+                    Event::Closed { error } => panic!("{label}: closed: {error:?}"),
+                    _ => {}
+                }
+            }
+            (label, relay, c, ev, attempts, disconnects, sending.elapsed())
+        }));
+    }
+
+    let acks = send_all(&mut alice, group, 1..=MESSAGES, None).await;
+    let acked_in = sending.elapsed();
+    assert_eq!(
+        acks.into_iter().collect::<Vec<_>>(),
+        (1..=MESSAGES).map(|i| (i, i)).collect::<Vec<_>>(),
+        "one sender on a fresh group: request i is seq i"
+    );
+    let (own, _) = watch::channel(0);
+    expect_raw(&mut alice, 1..=MESSAGES, &own).await;
+
+    let mut lines = vec![format!(
+        "sender, 10% loss ({alice_attempts} connect attempt(s)): {MESSAGES} acked in {:.2} s",
+        acked_in.as_secs_f64()
+    )];
+    let mut raw_done = Vec::new();
+    for t in raw_tasks {
+        let (label, relay, c, attempts, took) = t.await.unwrap();
+        let lost = c.conn.stats().path.lost_packets;
+        lines.push(format!(
+            "{label} ({attempts} connect attempt(s)): all {MESSAGES} in {:.2} s, {} overtaken \
+             across push streams, quinn counted {lost} lost; {}",
+            took.as_secs_f64(),
+            c.push_order().overtaken,
+            figures("relay", &relay)
+        ));
+        raw_done.push((label, relay, c));
+    }
+    let mut sdk_done = Vec::new();
+    for t in sdk_tasks {
+        let (label, relay, c, ev, attempts, disconnects, took) = t.await.unwrap();
+        lines.push(format!(
+            "{label} ({attempts} connect attempt(s)): all {MESSAGES} in {:.2} s, {} reconnect(s) \
+             {disconnects:?}; {}",
+            took.as_secs_f64(),
+            disconnects.len(),
+            figures("relay", &relay)
+        ));
+        sdk_done.push((label, relay, c, ev));
+    }
+
+    // One more message: every receiver's next delivery is exactly it, so nothing of the
+    // first batch came again behind it.
+    let marker = MESSAGES + 1;
+    send_all(&mut alice, group, marker..=marker, None).await;
+    for (label, _, c) in &mut raw_done {
+        let m = next_deliver(c).await;
+        assert_eq!(m.seq, marker, "{label}: something came twice");
+    }
+    for (label, _, _, ev) in &mut sdk_done {
+        let m = next_message(ev).await;
+        assert_eq!(m.seq, marker, "{label}: something came twice");
+    }
+    let total = started.elapsed();
+    // Only the marker's ack came after the batch: no ack twice.
+    let extra = alice.sync().await;
+    assert!(extra.is_empty(), "frames after the last ack: {extra:?}");
+
+    // The relays really did what they claim.
+    let relays = raw_done
+        .iter()
+        .map(|(l, r, _)| (l, r))
+        .chain(sdk_done.iter().map(|(l, r, _, _)| (l, r)));
+    for (label, relay) in relays {
+        let (up, down) = (relay.to_node(), relay.to_client());
+        assert!(up.dropped + down.dropped > 0, "{label}: nothing dropped");
+        assert!(down.overtaken > 0, "{label}: nothing reordered");
+    }
+    assert!(sender_relay.to_node().dropped > 0, "sender: nothing dropped");
+    lines.push(figures("sender relay", &sender_relay));
+    for line in lines {
+        eprintln!("lossy: {line}");
+    }
+    eprintln!(
+        "lossy: connected in {:.2} s, everything delivered {:.2} s after the first send, \
+         {:.2} s in all",
+        connected.as_secs_f64(),
+        (total - connected).as_secs_f64(),
+        total.as_secs_f64()
+    );
+    assert!(total < BUDGET, "took {total:?}");
+}
