@@ -71,16 +71,29 @@ impl Drop for Seed {
     }
 }
 
-/// Body of the message sent with request id `i`: mostly short, every tenth spans several
-/// QUIC packets, so stream reassembly under loss is exercised too.
+/// Body of the message sent with request id `i`. With the priority plugin bound
+/// ([`spread_over_lanes`]) one in seven (`!urgent`) takes the high lane and one in ten
+/// (4,000 bytes, several QUIC packets each) the low one, so a group's messages travel on
+/// three push streams and a loss on one stream lets the others overtake it.
 fn body_of(i: u64) -> Bytes {
     let len = if i % 10 == 0 {
         4000
     } else {
         64 + (i * 37 % 400) as usize
     };
+    let prefix = if i % 7 == 3 { "!urgent " } else { "" };
     let tag = format!("{i:08}|");
-    Bytes::from(tag.repeat(len / tag.len() + 1)[..len].to_owned())
+    let body = format!("{prefix}{}", tag.repeat(len / tag.len() + 1));
+    Bytes::from(body[..len].to_owned())
+}
+
+/// Binds the priority plugin so [`body_of`] picks lanes.
+fn spread_over_lanes(n: &TestNode) {
+    n.bind(
+        "acme",
+        plugins_artifacts::PRIORITY,
+        &[("large_bytes", "2000")],
+    );
 }
 
 /// A raw client's QUIC config: the harness's TLS, plus keep-alives, so a client that only
@@ -213,6 +226,15 @@ async fn expect_raw(c: &mut RawClient, want: RangeInclusive<u64>, progress: &wat
     }
 }
 
+/// Waits until `rx` holds a value that satisfies `f`.
+async fn reach<T>(rx: &mut watch::Receiver<T>, what: &str, f: impl FnMut(&T) -> bool) {
+    match tokio::time::timeout(WAIT, rx.wait_for(f)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => panic!("{what}: its task ended"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
 fn figures(label: &str, relay: &Relay) -> String {
     format!(
         "{label}: to node {}; to client {}",
@@ -225,6 +247,7 @@ fn figures(label: &str, relay: &Relay) -> String {
 async fn every_receiver_gets_every_message_in_order_behind_loss() {
     let seed = Seed::new("loss");
     let n = TestNode::start().await;
+    spread_over_lanes(&n);
     let started = Instant::now();
     let group = "general";
 
@@ -302,6 +325,7 @@ async fn every_receiver_gets_every_message_in_order_behind_loss() {
         acked_in.as_secs_f64()
     )];
     let mut raw_done = Vec::new();
+    let mut overtaken = 0;
     for t in raw_tasks {
         let (label, relay, c, attempts, took) = t.await.unwrap();
         let lost = c.conn.stats().path.lost_packets;
@@ -312,6 +336,7 @@ async fn every_receiver_gets_every_message_in_order_behind_loss() {
             c.push_order().overtaken,
             figures("relay", &relay)
         ));
+        overtaken += c.push_order().overtaken;
         raw_done.push((label, relay, c));
     }
     let mut sdk_done = Vec::new();
@@ -355,6 +380,10 @@ async fn every_receiver_gets_every_message_in_order_behind_loss() {
         assert!(down.overtaken > 0, "{label}: nothing reordered");
     }
     assert!(sender_relay.to_node().dropped > 0, "sender: nothing dropped");
+    assert!(
+        overtaken > 0,
+        "no delivery overtook another on a different push stream"
+    );
     lines.push(figures("sender relay", &sender_relay));
     for line in lines {
         eprintln!("lossy: {line}");
@@ -367,4 +396,216 @@ async fn every_receiver_gets_every_message_in_order_behind_loss() {
         total.as_secs_f64()
     );
     assert!(total < BUDGET, "took {total:?}");
+}
+
+/// Messages of the address-change tests.
+const MOVING: u64 = 150;
+/// How far a paced sender may run ahead of its receiver: enough that messages are in flight
+/// at every address change, few enough that sending continues after it.
+const AHEAD: u64 = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_follows_its_client_to_a_new_address() {
+    let seed = Seed::new("migration");
+    let n = TestNode::start().await;
+    let started = Instant::now();
+    let group = "closed";
+    let imp = Impairment::lossy(0.05);
+    let relay = Relay::start(n.addr, imp, imp, seed.relay(0)).await;
+    let (mut bob, _) = raw_session(&n, relay.addr, "bob").await;
+    bob.listen();
+    let (mut alice, _) = raw_session(&n, n.addr, "alice").await;
+    alice.listen();
+    let connection = bob.conn.stable_id();
+
+    let (received, mut progress) = watch::channel(0);
+    let sender = tokio::spawn(async move {
+        let acks = send_all(&mut alice, group, 1..=MOVING, Some((&mut progress, AHEAD))).await;
+        (alice, acks)
+    });
+
+    // 1. The NAT in front of bob gives it a new port: the node sees the same connection
+    //    come from a new address (it cannot tell; bob does not know).
+    expect_raw(&mut bob, 1..=40, &received).await;
+    relay.rebind();
+    let rebound = Instant::now();
+    expect_raw(&mut bob, 41..=90, &received).await;
+    // 71..=90 were sent only after the rebinding, so they came through the new port.
+    let after_rebinding = relay.from_node_on_current_ports();
+    assert!(after_rebinding > 0, "the node never sent to the new port");
+    let rebinding_took = rebound.elapsed();
+
+    // 2. Bob itself moves to a new socket (active migration, as on a switch from Wi-Fi to
+    //    cellular), with messages in flight.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let new_addr = socket.local_addr().unwrap();
+    bob.endpoint.rebind(socket).unwrap();
+    let moved = Instant::now();
+    expect_raw(&mut bob, 91..=MOVING, &received).await;
+    let migration_took = moved.elapsed();
+    let flows = relay.flows();
+    let on_new = flows
+        .iter()
+        .find(|(client, _)| *client == new_addr)
+        .map(|(_, from_node)| *from_node);
+    assert!(
+        on_new.is_some_and(|n| n > 0),
+        "the node never sent to bob's new socket: {flows:?}"
+    );
+
+    // The same connection throughout, and it still answers requests.
+    let other = bob.sync().await;
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(bob.conn.stable_id(), connection);
+    assert!(bob.conn.close_reason().is_none());
+    let (mut alice, acks) = sender.await.unwrap();
+    assert_eq!(
+        acks.into_iter().collect::<Vec<_>>(),
+        (1..=MOVING).map(|i| (i, i)).collect::<Vec<_>>()
+    );
+    let marker = MOVING + 1;
+    send_all(&mut alice, group, marker..=marker, None).await;
+    assert_eq!(next_deliver(&mut bob).await.seq, marker, "something came twice");
+    assert!(relay.to_node().dropped + relay.to_client().dropped > 0);
+
+    let stats = bob.conn.stats();
+    eprintln!(
+        "lossy: migration: {MOVING} messages on one connection across a NAT rebinding and a \
+         client socket change, 5% loss; 50 after the rebinding in {:.2} s, {} after the move \
+         in {:.2} s; node → new port after rebinding: {after_rebinding} datagrams; quinn: {} \
+         lost, {} congestion events; {}; {:.2} s in all",
+        rebinding_took.as_secs_f64(),
+        MOVING - 90,
+        migration_took.as_secs_f64(),
+        stats.path.lost_packets,
+        stats.path.congestion_events,
+        figures("relay", &relay),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(started.elapsed() < BUDGET);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_path_dies_resumes_on_a_new_connection() {
+    let seed = Seed::new("reconnect");
+    let n = TestNode::start().await;
+    let started = Instant::now();
+    let group = "closed";
+    let imp = Impairment::lossy(0.05);
+    let relay = Relay::start(n.addr, imp, imp, seed.relay(0)).await;
+    let mut cfg = n.client_config("acme", "bob");
+    cfg.addr = relay.addr;
+    // A dead path is noticed after 2 s of silence (keep-alives every 250 ms).
+    cfg.keep_alive = Duration::from_millis(250);
+    cfg.idle_timeout = Duration::from_secs(2);
+    cfg.reconnect = ReconnectPolicy {
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        max_attempts: None,
+    };
+    let (bob, mut bob_ev, _) = sdk_session(cfg).await;
+    let (mut alice, _) = raw_session(&n, n.addr, "alice").await;
+    alice.listen();
+    const BOB_SENDS: u64 = 5;
+    let total = MOVING + BOB_SENDS;
+
+    // What the app sees: each message once and in order, across every reconnect.
+    let (received, mut progress) = watch::channel(0);
+    let (connected, mut sessions) = watch::channel(1);
+    let reader = tokio::spawn(async move {
+        let (mut messages, mut disconnects) = (Vec::new(), Vec::new());
+        while (messages.len() as u64) < total {
+            match next_event(&mut bob_ev).await {
+                Event::Message(m) => {
+                    let want = messages.len() as u64 + 1;
+                    assert_eq!(m.seq, want, "a message lost, repeated or out of order");
+                    received.send_replace(m.seq);
+                    messages.push(m);
+                }
+                Event::Disconnected { reason } => disconnects.push(reason),
+                Event::Connected { .. } => connected.send_modify(|s| *s += 1),
+                Event::Closed { error } => panic!("bob closed: {error:?}"),
+                _ => {}
+            }
+        }
+        (bob_ev, messages, disconnects)
+    });
+    let sender = {
+        let mut progress = progress.clone();
+        tokio::spawn(async move {
+            let acks = send_all(&mut alice, group, 1..=MOVING, Some((&mut progress, AHEAD))).await;
+            (alice, acks)
+        })
+    };
+
+    // 1. Bob's path dies one way: his sends still reach the node, which stores them, but
+    //    their acks and everything else the node sends are lost. The SDK notices by its idle
+    //    timeout, reconnects from a new socket and sends them again with the same ids, while
+    //    alice goes on sending.
+    reach(&mut progress, "30 messages", |&p| p >= 30).await;
+    relay.kill_flows_toward_client();
+    let died = Instant::now();
+    let mut bob_sends = tokio::task::JoinSet::new();
+    for i in 0..BOB_SENDS {
+        let bob = bob.clone();
+        bob_sends.spawn(async move { (i, bob.send(group, format!("bob {i}")).await.unwrap()) });
+    }
+    reach(&mut sessions, "the first reconnect", |&s| s >= 2).await;
+    let idle_reconnect = died.elapsed();
+
+    // 2. Bob's path dies both ways, and his app, told that the network changed, asks for a
+    //    reconnect at once.
+    reach(&mut progress, "90 messages", |&p| p >= 90).await;
+    relay.kill_flows();
+    let died = Instant::now();
+    bob.reconnect();
+    reach(&mut sessions, "the second reconnect", |&s| s >= 3).await;
+    let asked_reconnect = died.elapsed();
+
+    let (mut bob_ev, messages, disconnects) = reader.await.unwrap();
+    let (mut alice, acks) = sender.await.unwrap();
+    let mut bob_acks: Vec<_> = bob_sends.join_all().await;
+    bob_acks.sort_by_key(|(i, _)| *i);
+    let resent = bob_acks.iter().filter(|(_, a)| a.duplicate).count();
+    let bob_acks: Vec<_> = bob_acks.into_iter().map(|(_, a)| a).collect();
+
+    // Every send acked once, each with its own seq; alice's in the order she sent them.
+    let mut seqs: Vec<u64> = acks.values().copied().chain(bob_acks.iter().map(|a| a.seq)).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "acks: {acks:?} {bob_acks:?}");
+    assert!(acks.values().is_sorted());
+    // What bob got is exactly what was acked: alice's bodies at their seqs, bob's once each.
+    let request_of: BTreeMap<u64, u64> = acks.iter().map(|(r, s)| (*s, *r)).collect();
+    for m in &messages {
+        match request_of.get(&m.seq) {
+            Some(&r) => assert_eq!(m.body, body_of(r), "seq {}", m.seq),
+            None => {
+                let ack = bob_acks.iter().position(|a| a.seq == m.seq).expect("acked");
+                assert_eq!(m.body, Bytes::from(format!("bob {ack}")));
+            }
+        }
+    }
+    let marker = MOVING + 1;
+    let marker_ack = send_all(&mut alice, group, marker..=marker, None).await;
+    assert_eq!(
+        next_message(&mut bob_ev).await.seq,
+        marker_ack[&marker],
+        "something came twice"
+    );
+    assert_eq!(disconnects.len(), 2, "{disconnects:?}");
+    assert!(resent > 0, "no send reached the node over the half-dead path");
+    assert!(relay.flows().len() >= 3, "{:?}", relay.flows());
+    assert!(relay.to_node().blackholed + relay.to_client().blackholed > 0);
+
+    eprintln!(
+        "lossy: reconnect: {total} messages ({BOB_SENDS} sent by bob while his path was \
+         half dead, {resent} of them acked as duplicates of the first attempt), 5% loss; path \
+         dead → new session in {:.2} s by idle timeout (2 s), {:.2} s when the app asks; \
+         disconnects {disconnects:?}; {}; {:.2} s in all",
+        idle_reconnect.as_secs_f64(),
+        asked_reconnect.as_secs_f64(),
+        figures("relay", &relay),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(started.elapsed() < BUDGET);
 }

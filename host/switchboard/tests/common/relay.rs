@@ -8,7 +8,7 @@
 //! client its own port: [`Relay::rebind`] moves every flow to a new upstream port (what the
 //! node sees when a client's NAT rebinds), [`Relay::kill_flows`] silently drops everything on
 //! the current flows while new ones pass (a client that moved to another network and comes
-//! back from a new socket).
+//! back from a new socket), [`Relay::kill_flows_toward_client`] only what the node sends.
 //!
 //! Userspace rather than `tc netem` in a network namespace: the node runs in the test
 //! process, and this keeps the test free of root, veth pairs and namespaces. The RNG decides
@@ -231,8 +231,9 @@ async fn send_when_due(mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<Directio
 struct Flow {
     upstream: Arc<UdpSocket>,
     reader: JoinHandle<()>,
-    /// Killed: everything of this flow is dropped, both ways.
-    dead: Arc<AtomicBool>,
+    /// Killed toward the node / toward the client: everything that way is dropped.
+    dead_to_node: Arc<AtomicBool>,
+    dead_to_client: Arc<AtomicBool>,
     /// Datagrams from the node on this upstream socket.
     from_node: Arc<AtomicU64>,
 }
@@ -285,7 +286,7 @@ impl Relay {
                             flows.entry(client).or_insert(f)
                         }
                     };
-                    (flow.upstream.clone(), flow.dead.clone())
+                    (flow.upstream.clone(), flow.dead_to_node.clone())
                 };
                 if dead.load(Relaxed) {
                     to_node.stats.received.fetch_add(1, Relaxed);
@@ -305,7 +306,8 @@ impl Relay {
         let mut flows = self.flows.lock().unwrap();
         for (client, flow) in flows.iter_mut() {
             let new = open_flow(&self.front, *client, &self.to_client);
-            new.dead.store(flow.dead.load(Relaxed), Relaxed);
+            new.dead_to_node.store(flow.dead_to_node.load(Relaxed), Relaxed);
+            new.dead_to_client.store(flow.dead_to_client.load(Relaxed), Relaxed);
             let old = std::mem::replace(flow, new);
             old.reader.abort();
         }
@@ -315,7 +317,17 @@ impl Relay {
     /// from a new source address get a new, working flow.
     pub fn kill_flows(&self) {
         for flow in self.flows.lock().unwrap().values() {
-            flow.dead.store(true, Relaxed);
+            flow.dead_to_node.store(true, Relaxed);
+            flow.dead_to_client.store(true, Relaxed);
+        }
+    }
+
+    /// Drops what the node sends on the current flows from now on, while what their clients
+    /// send still arrives: a path that died one way (the client's requests reach the node,
+    /// the answers are lost).
+    pub fn kill_flows_toward_client(&self) {
+        for flow in self.flows.lock().unwrap().values() {
+            flow.dead_to_client.store(true, Relaxed);
         }
     }
 
@@ -351,10 +363,15 @@ fn open_flow(front: &Arc<UdpSocket>, client: SocketAddr, to_client: &Arc<Directi
     let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     std.set_nonblocking(true).unwrap();
     let upstream = Arc::new(UdpSocket::from_std(std).unwrap());
-    let dead = Arc::new(AtomicBool::new(false));
+    let dead_to_node = Arc::new(AtomicBool::new(false));
+    let dead_to_client = Arc::new(AtomicBool::new(false));
     let from_node = Arc::new(AtomicU64::new(0));
     let reader = {
-        let (upstream, dead, from_node) = (upstream.clone(), dead.clone(), from_node.clone());
+        let (upstream, dead, from_node) = (
+            upstream.clone(),
+            dead_to_client.clone(),
+            from_node.clone(),
+        );
         let (front, to_client) = (front.clone(), to_client.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
@@ -372,7 +389,8 @@ fn open_flow(front: &Arc<UdpSocket>, client: SocketAddr, to_client: &Arc<Directi
     Flow {
         upstream,
         reader,
-        dead,
+        dead_to_node,
+        dead_to_client,
         from_node,
     }
 }
