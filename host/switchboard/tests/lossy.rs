@@ -609,3 +609,81 @@ async fn a_client_whose_path_dies_resumes_on_a_new_connection() {
     );
     assert!(started.elapsed() < BUDGET);
 }
+
+/// Reconnects in [`a_client_that_keeps_moving_misses_nothing`].
+const MOVES: u64 = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_moving_misses_nothing() {
+    let seed = Seed::new("moves");
+    let n = TestNode::start().await;
+    spread_over_lanes(&n);
+    let started = Instant::now();
+    let group = "closed";
+    let imp = Impairment::lossy(0.10);
+    let relay = Relay::start(n.addr, imp, imp, seed.relay(0)).await;
+    let mut cfg = n.client_config("acme", "bob");
+    cfg.addr = relay.addr;
+    cfg.reconnect = ReconnectPolicy {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        max_attempts: None,
+    };
+    let (bob, mut bob_ev, _) = sdk_session(cfg).await;
+    let (mut alice, _) = raw_session(&n, n.addr, "alice").await;
+    alice.listen();
+
+    let (received, mut progress) = watch::channel(0);
+    let (connected, mut sessions) = watch::channel(1u64);
+    let reader = tokio::spawn(async move {
+        let mut next = 1;
+        while next <= MESSAGES {
+            match next_event(&mut bob_ev).await {
+                Event::Message(m) => {
+                    assert_eq!(m.seq, next, "a message lost, repeated or out of order");
+                    assert_eq!(m.body, body_of(next));
+                    received.send_replace(next);
+                    next += 1;
+                }
+                Event::Connected { .. } => connected.send_modify(|s| *s += 1),
+                Event::Closed { error } => panic!("bob closed: {error:?}"),
+                _ => {}
+            }
+        }
+        bob_ev
+    });
+    let sender = {
+        let mut progress = progress.clone();
+        tokio::spawn(async move {
+            let acks =
+                send_all(&mut alice, group, 1..=MESSAGES, Some((&mut progress, 2 * AHEAD))).await;
+            (alice, acks)
+        })
+    };
+    // Every MESSAGES / (MOVES + 1) messages the path dies and the app reconnects at once,
+    // while alice keeps sending: each new session starts with a catch-up from the log.
+    let step = MESSAGES / (MOVES + 1);
+    for k in 1..=MOVES {
+        reach(&mut progress, "bob's next messages", |&p| p >= k * step).await;
+        relay.kill_flows();
+        bob.reconnect();
+        reach(&mut sessions, "a reconnect", |&s| s > k).await;
+    }
+    let mut bob_ev = reader.await.unwrap();
+    let (mut alice, acks) = sender.await.unwrap();
+    assert_eq!(
+        acks.into_iter().collect::<Vec<_>>(),
+        (1..=MESSAGES).map(|i| (i, i)).collect::<Vec<_>>()
+    );
+    let marker = MESSAGES + 1;
+    send_all(&mut alice, group, marker..=marker, None).await;
+    assert_eq!(next_message(&mut bob_ev).await.seq, marker, "something came twice");
+    assert_eq!(*sessions.borrow(), MOVES + 1);
+    eprintln!(
+        "lossy: moves: {MESSAGES} messages across {MOVES} reconnects from new sockets, 10% \
+         loss; {}; {:.2} s in all",
+        figures("relay", &relay),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(started.elapsed() < BUDGET);
+}
