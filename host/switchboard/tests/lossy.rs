@@ -636,7 +636,7 @@ async fn a_client_that_keeps_moving_misses_nothing() {
     let (received, mut progress) = watch::channel(0);
     let (connected, mut sessions) = watch::channel(1u64);
     let reader = tokio::spawn(async move {
-        let mut next = 1;
+        let (mut next, mut retries) = (1, 0);
         while next <= MESSAGES {
             match next_event(&mut bob_ev).await {
                 Event::Message(m) => {
@@ -646,11 +646,12 @@ async fn a_client_that_keeps_moving_misses_nothing() {
                     next += 1;
                 }
                 Event::Connected { .. } => connected.send_modify(|s| *s += 1),
+                Event::Reconnecting { attempt, .. } if attempt > 1 => retries += 1,
                 Event::Closed { error } => panic!("bob closed: {error:?}"),
                 _ => {}
             }
         }
-        bob_ev
+        (bob_ev, retries)
     });
     let sender = {
         let mut progress = progress.clone();
@@ -669,7 +670,7 @@ async fn a_client_that_keeps_moving_misses_nothing() {
         bob.reconnect();
         reach(&mut sessions, "a reconnect", |&s| s > k).await;
     }
-    let mut bob_ev = reader.await.unwrap();
+    let (mut bob_ev, retries) = reader.await.unwrap();
     let (mut alice, acks) = sender.await.unwrap();
     assert_eq!(
         acks.into_iter().collect::<Vec<_>>(),
@@ -681,9 +682,58 @@ async fn a_client_that_keeps_moving_misses_nothing() {
     assert_eq!(*sessions.borrow(), MOVES + 1);
     eprintln!(
         "lossy: moves: {MESSAGES} messages across {MOVES} reconnects from new sockets, 10% \
-         loss; {}; {:.2} s in all",
+         loss, {retries} reconnect attempt(s) failed and retried; {}; {:.2} s in all",
         figures("relay", &relay),
         started.elapsed().as_secs_f64()
     );
     assert!(started.elapsed() < BUDGET);
+}
+
+/// A reconnect whose `Hello` the node did not get in time is retried, not given up. Found by
+/// [`a_client_that_keeps_moving_misses_nothing`] run with 60 moves: the relay reordered a new
+/// connection's first 1-RTT packets (the `Hello`) ahead of the client's Finished, the node
+/// dropped them as unreadable, and quinn 0.11 did not send them again (no probe timeout fired
+/// on the client) until the node closed the connection with `HelloRequired` 5 s later — which
+/// the SDK took for a refusal of the session and stopped for good. This test delays the
+/// `Hello` past the node's deadline on purpose, so it happens every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_whose_hello_came_too_late_is_retried() {
+    let n = TestNode::start_with(switchboard_core::Limits {
+        hello_timeout_ms: 500,
+        ..Default::default()
+    })
+    .await;
+    let relay = Relay::start(n.addr, Impairment::CLEAN, Impairment::CLEAN, 0).await;
+    let mut cfg = n.client_config("acme", "bob");
+    cfg.addr = relay.addr;
+    cfg.reconnect = ReconnectPolicy {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        max_attempts: None,
+    };
+    let (bob, mut bob_ev, _) = sdk_session(cfg).await;
+    let (mut alice, _) = raw_session(&n, n.addr, "alice").await;
+    alice.listen();
+
+    relay.delay_next_hello(Duration::from_millis(1500));
+    let started = Instant::now();
+    bob.reconnect();
+    let mut attempts = 0;
+    loop {
+        match next_event(&mut bob_ev).await {
+            Event::Reconnecting { attempt, .. } => attempts = attempt,
+            Event::Connected { .. } => break,
+            Event::Closed { error } => panic!("bob gave up: {error:?}"),
+            _ => {}
+        }
+    }
+    let took = started.elapsed();
+    assert_eq!(attempts, 2, "the first attempt should have missed the deadline");
+    send_all(&mut alice, "closed", 1..=1, None).await;
+    assert_eq!(next_message(&mut bob_ev).await.seq, 1);
+    eprintln!(
+        "lossy: late hello: reconnected on attempt {attempts} after {:.2} s (hello timeout \
+         0.5 s, first Hello 1.5 s late)",
+        took.as_secs_f64()
+    );
 }

@@ -157,8 +157,8 @@ impl Direction {
         (Arc::new(d), sender)
     }
 
-    /// Drops `bytes` or queues them for `to` through `socket`.
-    fn pass(&self, socket: &Arc<UdpSocket>, to: SocketAddr, bytes: &[u8]) {
+    /// Drops `bytes` or queues them for `to` through `socket`, `extra` later than drawn.
+    fn pass(&self, socket: &Arc<UdpSocket>, to: SocketAddr, bytes: &[u8], extra: Duration) {
         self.stats.received.fetch_add(1, Relaxed);
         let imp = &self.impairment;
         let delay = {
@@ -172,7 +172,7 @@ impl Direction {
                 self.stats.held_back.fetch_add(1, Relaxed);
                 delay += imp.reorder_by.mul_f64(rng.gen_range(0.04..=1.0));
             }
-            delay
+            delay + extra
         };
         let _ = self.queue.send(Job {
             due: Instant::now() + delay,
@@ -236,6 +236,8 @@ struct Flow {
     dead_to_client: Arc<AtomicBool>,
     /// Datagrams from the node on this upstream socket.
     from_node: Arc<AtomicU64>,
+    /// How much later than drawn the client's 1-RTT packets go to the node.
+    one_rtt_delay: Duration,
 }
 
 /// See the module docs. Dropping it stops the relay.
@@ -248,6 +250,8 @@ pub struct Relay {
     flows: Arc<Mutex<HashMap<SocketAddr, Flow>>>,
     to_node: Arc<Direction>,
     to_client: Arc<Direction>,
+    /// For the next flow: see [`Relay::delay_next_hello`].
+    hold_one_rtt: Arc<Mutex<Option<Duration>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -264,6 +268,7 @@ impl Relay {
         let (to_node, up_sender) = Direction::new(to_node, seed);
         let (to_client, down_sender) = Direction::new(to_client, seed ^ 0x9e37_79b9_7f4a_7c15);
         let flows: Arc<Mutex<HashMap<SocketAddr, Flow>>> = Arc::default();
+        let hold_one_rtt: Arc<Mutex<Option<Duration>>> = Arc::default();
         let mut relay = Relay {
             addr,
             seed,
@@ -272,28 +277,40 @@ impl Relay {
             flows: flows.clone(),
             to_node: to_node.clone(),
             to_client: to_client.clone(),
+            hold_one_rtt: hold_one_rtt.clone(),
             tasks: vec![up_sender, down_sender],
         };
         let front_reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             while let Ok((len, client)) = front.recv_from(&mut buf).await {
-                let (upstream, dead) = {
+                let (upstream, dead, one_rtt_delay) = {
                     let mut flows = flows.lock().unwrap();
                     let flow = match flows.get(&client) {
                         Some(f) => f,
                         None => {
-                            let f = open_flow(&front, client, &to_client);
+                            let mut f = open_flow(&front, client, &to_client);
+                            if let Some(d) = hold_one_rtt.lock().unwrap().take() {
+                                f.one_rtt_delay = d;
+                            }
                             flows.entry(client).or_insert(f)
                         }
                     };
-                    (flow.upstream.clone(), flow.dead_to_node.clone())
+                    let d = flow.one_rtt_delay;
+                    (flow.upstream.clone(), flow.dead_to_node.clone(), d)
                 };
                 if dead.load(Relaxed) {
                     to_node.stats.received.fetch_add(1, Relaxed);
                     to_node.stats.blackholed.fetch_add(1, Relaxed);
                     continue;
                 }
-                to_node.pass(&upstream, node, &buf[..len]);
+                // A short header (bit 7 clear): a 1-RTT packet, sent after the handshake.
+                let one_rtt = len > 0 && buf[0] & 0x80 == 0;
+                let extra = if one_rtt {
+                    one_rtt_delay
+                } else {
+                    Duration::ZERO
+                };
+                to_node.pass(&upstream, node, &buf[..len], extra);
             }
         });
         relay.tasks.push(front_reader);
@@ -320,6 +337,13 @@ impl Relay {
             flow.dead_to_node.store(true, Relaxed);
             flow.dead_to_client.store(true, Relaxed);
         }
+    }
+
+    /// On the next flow that opens, delays the client's 1-RTT (short header) packets by
+    /// `delay` while its handshake passes: the connection is up, but its `Hello` reaches the
+    /// node `delay` late.
+    pub fn delay_next_hello(&self, delay: Duration) {
+        *self.hold_one_rtt.lock().unwrap() = Some(delay);
     }
 
     /// Drops what the node sends on the current flows from now on, while what their clients
@@ -382,7 +406,7 @@ fn open_flow(front: &Arc<UdpSocket>, client: SocketAddr, to_client: &Arc<Directi
                     to_client.stats.blackholed.fetch_add(1, Relaxed);
                     continue;
                 }
-                to_client.pass(&front, client, &buf[..len]);
+                to_client.pass(&front, client, &buf[..len], Duration::ZERO);
             }
         })
     };
@@ -392,6 +416,7 @@ fn open_flow(front: &Arc<UdpSocket>, client: SocketAddr, to_client: &Arc<Directi
         dead_to_node,
         dead_to_client,
         from_node,
+        one_rtt_delay: Duration::ZERO,
     }
 }
 
