@@ -76,7 +76,7 @@ impl Drop for Seed {
 /// (4,000 bytes, several QUIC packets each) the low one, so a group's messages travel on
 /// three push streams and a loss on one stream lets the others overtake it.
 fn body_of(i: u64) -> Bytes {
-    let len = if i % 10 == 0 {
+    let len = if i.is_multiple_of(10) {
         4000
     } else {
         64 + (i * 37 % 400) as usize
@@ -112,19 +112,18 @@ fn raw_config(n: &TestNode) -> quinn::ClientConfig {
 async fn raw_session(n: &TestNode, addr: SocketAddr, user: &str) -> (RawClient, u32) {
     let mut last = String::new();
     for attempt in 1..=CONNECT_ATTEMPTS {
-        let mut c = match tokio::time::timeout(WAIT, RawClient::connect_with(addr, raw_config(n)))
-            .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                last = e.to_string();
-                continue;
-            }
-            Err(_) => {
-                last = "handshake timed out".into();
-                continue;
-            }
-        };
+        let mut c =
+            match tokio::time::timeout(WAIT, RawClient::connect_with(addr, raw_config(n))).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    continue;
+                }
+                Err(_) => {
+                    last = "handshake timed out".into();
+                    continue;
+                }
+            };
         c.send(&ClientFrame::Hello(wire::Hello {
             token: n.token("acme", user),
             presence: PresenceState::Foreground,
@@ -203,7 +202,10 @@ async fn send_all(
                 duplicate,
                 ..
             }) => {
-                assert!(ids.contains(&request_id), "ack for unknown request {request_id}");
+                assert!(
+                    ids.contains(&request_id),
+                    "ack for unknown request {request_id}"
+                );
                 assert!(!duplicate, "request {request_id} acked as a duplicate");
                 assert!(
                     acks.insert(request_id, seq).is_none(),
@@ -306,7 +308,15 @@ async fn every_receiver_gets_every_message_in_order_behind_loss() {
                     _ => {}
                 }
             }
-            (label, relay, c, ev, attempts, disconnects, sending.elapsed())
+            (
+                label,
+                relay,
+                c,
+                ev,
+                attempts,
+                disconnects,
+                sending.elapsed(),
+            )
         }));
     }
 
@@ -379,7 +389,10 @@ async fn every_receiver_gets_every_message_in_order_behind_loss() {
         assert!(up.dropped + down.dropped > 0, "{label}: nothing dropped");
         assert!(down.overtaken > 0, "{label}: nothing reordered");
     }
-    assert!(sender_relay.to_node().dropped > 0, "sender: nothing dropped");
+    assert!(
+        sender_relay.to_node().dropped > 0,
+        "sender: nothing dropped"
+    );
     assert!(
         overtaken > 0,
         "no delivery overtook another on a different push stream"
@@ -431,7 +444,7 @@ async fn a_connection_follows_its_client_to_a_new_address() {
     let rebound = Instant::now();
     expect_raw(&mut bob, 41..=90, &received).await;
     // 71..=90 were sent only after the rebinding, so they came through the new port.
-    let after_rebinding = relay.from_node_on_current_ports();
+    let after_rebinding = relay.node_sent_to_current_ports();
     assert!(after_rebinding > 0, "the node never sent to the new port");
     let rebinding_took = rebound.elapsed();
 
@@ -465,7 +478,11 @@ async fn a_connection_follows_its_client_to_a_new_address() {
     );
     let marker = MOVING + 1;
     send_all(&mut alice, group, marker..=marker, None).await;
-    assert_eq!(next_deliver(&mut bob).await.seq, marker, "something came twice");
+    assert_eq!(
+        next_deliver(&mut bob).await.seq,
+        marker,
+        "something came twice"
+    );
     assert!(relay.to_node().dropped + relay.to_client().dropped > 0);
 
     let stats = bob.conn.stats();
@@ -570,9 +587,17 @@ async fn a_client_whose_path_dies_resumes_on_a_new_connection() {
     let bob_acks: Vec<_> = bob_acks.into_iter().map(|(_, a)| a).collect();
 
     // Every send acked once, each with its own seq; alice's in the order she sent them.
-    let mut seqs: Vec<u64> = acks.values().copied().chain(bob_acks.iter().map(|a| a.seq)).collect();
+    let mut seqs: Vec<u64> = acks
+        .values()
+        .copied()
+        .chain(bob_acks.iter().map(|a| a.seq))
+        .collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "acks: {acks:?} {bob_acks:?}");
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "acks: {acks:?} {bob_acks:?}"
+    );
     assert!(acks.values().is_sorted());
     // What bob got is exactly what was acked: alice's bodies at their seqs, bob's once each.
     let request_of: BTreeMap<u64, u64> = acks.iter().map(|(r, s)| (*s, *r)).collect();
@@ -593,7 +618,10 @@ async fn a_client_whose_path_dies_resumes_on_a_new_connection() {
         "something came twice"
     );
     assert_eq!(disconnects.len(), 2, "{disconnects:?}");
-    assert!(resent > 0, "no send reached the node over the half-dead path");
+    assert!(
+        resent > 0,
+        "no send reached the node over the half-dead path"
+    );
     assert!(relay.flows().len() >= 3, "{:?}", relay.flows());
     assert!(relay.to_node().blackholed + relay.to_client().blackholed > 0);
 
@@ -656,8 +684,13 @@ async fn a_client_that_keeps_moving_misses_nothing() {
     let sender = {
         let mut progress = progress.clone();
         tokio::spawn(async move {
-            let acks =
-                send_all(&mut alice, group, 1..=MESSAGES, Some((&mut progress, 2 * AHEAD))).await;
+            let acks = send_all(
+                &mut alice,
+                group,
+                1..=MESSAGES,
+                Some((&mut progress, 2 * AHEAD)),
+            )
+            .await;
             (alice, acks)
         })
     };
@@ -678,7 +711,11 @@ async fn a_client_that_keeps_moving_misses_nothing() {
     );
     let marker = MESSAGES + 1;
     send_all(&mut alice, group, marker..=marker, None).await;
-    assert_eq!(next_message(&mut bob_ev).await.seq, marker, "something came twice");
+    assert_eq!(
+        next_message(&mut bob_ev).await.seq,
+        marker,
+        "something came twice"
+    );
     assert_eq!(*sessions.borrow(), MOVES + 1);
     eprintln!(
         "lossy: moves: {MESSAGES} messages across {MOVES} reconnects from new sockets, 10% \
@@ -728,7 +765,10 @@ async fn a_reconnect_whose_hello_came_too_late_is_retried() {
         }
     }
     let took = started.elapsed();
-    assert_eq!(attempts, 2, "the first attempt should have missed the deadline");
+    assert_eq!(
+        attempts, 2,
+        "the first attempt should have missed the deadline"
+    );
     send_all(&mut alice, "closed", 1..=1, None).await;
     assert_eq!(next_message(&mut bob_ev).await.seq, 1);
     eprintln!(

@@ -323,8 +323,10 @@ impl Relay {
         let mut flows = self.flows.lock().unwrap();
         for (client, flow) in flows.iter_mut() {
             let new = open_flow(&self.front, *client, &self.to_client);
-            new.dead_to_node.store(flow.dead_to_node.load(Relaxed), Relaxed);
-            new.dead_to_client.store(flow.dead_to_client.load(Relaxed), Relaxed);
+            new.dead_to_node
+                .store(flow.dead_to_node.load(Relaxed), Relaxed);
+            new.dead_to_client
+                .store(flow.dead_to_client.load(Relaxed), Relaxed);
             let old = std::mem::replace(flow, new);
             old.reader.abort();
         }
@@ -358,7 +360,7 @@ impl Relay {
     /// Datagrams the node sent to the flows' current upstream sockets: after
     /// [`Relay::rebind`], more than zero means the node follows the client to its new
     /// address.
-    pub fn from_node_on_current_ports(&self) -> u64 {
+    pub fn node_sent_to_current_ports(&self) -> u64 {
         let flows = self.flows.lock().unwrap();
         flows.values().map(|f| f.from_node.load(Relaxed)).sum()
     }
@@ -391,11 +393,8 @@ fn open_flow(front: &Arc<UdpSocket>, client: SocketAddr, to_client: &Arc<Directi
     let dead_to_client = Arc::new(AtomicBool::new(false));
     let from_node = Arc::new(AtomicU64::new(0));
     let reader = {
-        let (upstream, dead, from_node) = (
-            upstream.clone(),
-            dead_to_client.clone(),
-            from_node.clone(),
-        );
+        let (upstream, dead, from_node) =
+            (upstream.clone(), dead_to_client.clone(), from_node.clone());
         let (front, to_client) = (front.clone(), to_client.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
