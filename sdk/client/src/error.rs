@@ -82,10 +82,16 @@ impl ClientError {
     /// Whether this ends the client instead of triggering a reconnect: the node refused the
     /// session itself (bad or expired token, unknown tenant, an invalid `Hello`) or our
     /// frames. Those would fail identically on every reconnect.
+    ///
+    /// `HelloRequired` is not among them: this client always sends `Hello` first, so the node
+    /// says it only when the `Hello` did not reach it within `hello_timeout_ms` — on a lossy
+    /// path, a reconnect's `Hello` can be stuck that long (`lossy.rs` in the node's tests
+    /// found it) and the next attempt usually gets through.
     pub(crate) fn is_terminal(&self) -> bool {
         match self {
             Self::Server { known: Some(c), .. } => {
-                (c.is_fatal() && !c.is_retryable()) || *c == ErrorCode::InvalidArgument
+                (c.is_fatal() && !c.is_retryable() && *c != ErrorCode::HelloRequired)
+                    || *c == ErrorCode::InvalidArgument
             }
             _ => false,
         }
@@ -176,6 +182,8 @@ mod tests {
         assert!(terminal.contains(&ErrorCode::UnknownTenant));
         // A node shutting down is fatal for the connection but a reason to reconnect.
         assert!(!terminal.contains(&ErrorCode::ShuttingDown));
+        // So is a `Hello` that a lossy path delayed past the node's deadline.
+        assert!(!terminal.contains(&ErrorCode::HelloRequired));
         assert!(!terminal.contains(&ErrorCode::NotMember));
         // Codes from newer nodes are never terminal.
         let unknown = ClientError::Server {

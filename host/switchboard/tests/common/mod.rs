@@ -321,8 +321,16 @@ impl RawClient {
         cert_der: &[u8],
         alpn: &[u8],
     ) -> Result<RawClient, quinn::ConnectionError> {
+        Self::connect_with(addr, client_crypto(cert_der, alpn)).await
+    }
+
+    /// [`RawClient::connect`] with a client config of the test's own (e.g. keep-alives).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<RawClient, quinn::ConnectionError> {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(client_crypto(cert_der, alpn));
+        endpoint.set_default_client_config(config);
         let conn = endpoint.connect(addr, "localhost").unwrap().await?;
         Ok(RawClient {
             endpoint,
