@@ -218,7 +218,10 @@ impl Outcome {
     }
     /// Idle: server RSS growth from no client to all connected, per connection.
     fn kib_per_connection(&self) -> f64 {
-        (self.rss_connected as f64 - self.rss_before as f64) / (self.connections.max(1) as f64)
+        if self.connections == 0 {
+            return 0.0;
+        }
+        (self.rss_connected as f64 - self.rss_before as f64) / (self.connections as f64)
     }
 }
 
