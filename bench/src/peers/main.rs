@@ -1165,7 +1165,7 @@ fn print_idle(args: &Args, results: &BTreeMap<System, Vec<Outcome>>) {
             _ => "—".to_owned(),
         };
         println!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {} of {} | {} | {} | {} | {:.1} / {:.1} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {:.1} | {:.1} | {} of {} | {} | {} | {} | {:.1} / {:.1} | {} | {} |",
             sys.label(),
             mib(|o| o.rss_before),
             mib(|o| o.rss_connected),
@@ -1173,7 +1173,11 @@ fn print_idle(args: &Args, results: &BTreeMap<System, Vec<Outcome>>) {
             kib,
             runs_column(runs, |o| format!("{:.1}", o.kib_per_connection())),
             cpu,
-            cpu * per_k,
+            if clients == 0 {
+                "—".to_owned()
+            } else {
+                format!("{:.1}", cpu * per_k)
+            },
             runs_column(runs, |o| format!("{:.1}", cpu_ms_per_s(o))),
             median(runs.iter().map(|o| o.client_cpu * 1e3 / o.elapsed.max(1e-9))),
             median(runs.iter().map(|o| o.connect_secs)),
