@@ -999,7 +999,8 @@ async fn drive_idle(sys: System, server: &Server, payload: usize, args: &Args) -
     } else {
         None
     };
-    if sys == System::SwitchboardPlugin {
+    // The probe needs a group (`--groups 0` runs the server alone).
+    if sys == System::SwitchboardPlugin && args.groups > 0 {
         sb::wait_for_plugin(&server.cert_der, addr, "g0").await?;
     }
     // The server has started (listening, the node's certificate written): its memory with no

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use quinn::crypto::rustls::QuicClientConfig;
 use switchboard_core::token::{self, Claims};
-use switchboard_core::{PresenceState, TenantId, UserId};
+use switchboard_core::{ErrorCode, PresenceState, TenantId, UserId};
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
 use crate::load::{AckTally, Encode, Tally};
@@ -247,6 +247,9 @@ pub async fn wait_for_plugin(cert: &[u8], addr: SocketAddr, group: &str) -> Resu
                 .context("node closed the probe's stream")?;
             match wire::decode_server(&f, &limits)? {
                 ServerFrame::Error(e) if e.request_id == request_id => {
+                    if e.code != ErrorCode::PolicyRejected as u16 {
+                        bail!("policy probe to {group}: {} ({})", e.message, e.code);
+                    }
                     ep.close(0u32.into(), b"done");
                     return Ok(());
                 }
