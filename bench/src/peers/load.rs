@@ -117,10 +117,14 @@ impl Tally {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Waits until `published` messages reached every subscriber, or nothing arrived for
-    /// `idle`. Returns the deliveries missing.
-    pub async fn drain(&self, published: u64, idle: Duration) -> u64 {
-        let want = published * self.fanout as u64;
+    /// What subscriber `sub` received: (messages, index of the last one).
+    pub fn received(&self, sub: usize) -> (u64, Option<u64>) {
+        let s = self.subs[sub].lock().expect("not poisoned");
+        (s.received, s.last_index)
+    }
+
+    /// Waits until `want` deliveries arrived, or none did for `idle`. Returns those missing.
+    pub async fn drain_deliveries(&self, want: u64, idle: Duration) -> u64 {
         let mut last = self.delivered();
         let mut since = Instant::now();
         loop {
@@ -136,6 +140,13 @@ impl Tally {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Waits until `published` messages reached every subscriber, or nothing arrived for
+    /// `idle`. Returns the deliveries missing.
+    pub async fn drain(&self, published: u64, idle: Duration) -> u64 {
+        self.drain_deliveries(published * self.fanout as u64, idle)
+            .await
     }
 
     pub fn last_delivery(&self) -> Duration {

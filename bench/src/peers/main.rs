@@ -10,7 +10,14 @@
 //!   reached in the throughput scenario, p50/p99 from the due time;
 //! - **durable**: acknowledged publishes/s with no subscribers, Switchboard (ack after the
 //!   flush) against NATS JetStream with file storage;
-//! - **storm**: `--storm` clients connecting at once, connect-to-ready latency.
+//! - **storm**: `--storm` clients connecting at once, connect-to-ready latency;
+//! - **idle**: `--groups` × `--group-size` subscribers, one group / subject / topic per
+//!   group, connected and then idle for `--idle-seconds`: server memory per connection and
+//!   CPU while idle, then one message per group to show every connection is live.
+//!
+//! `switchboard-plugin` is the node again with the reference `priority` plugin bound to the
+//! tenant (the plugin-cost scenario): run with `switchboard`, its rows show the
+//! plugin's cost against the built-in default policy in the same invocation.
 //!
 //! Each run is repeated `--runs` times (systems alternating), and the tables report medians.
 
@@ -37,6 +44,8 @@ use crate::servers::Server;
 enum System {
     /// The `switchboard` node over QUIC (TLS 1.3 always), durable: delivered after fsync.
     Switchboard,
+    /// The same node with the reference `priority` policy plugin bound to the tenant.
+    SwitchboardPlugin,
     /// nats-server, core NATS, plaintext TCP.
     Nats,
     /// nats-server, core NATS, TLS.
@@ -57,6 +66,7 @@ impl System {
     fn label(self) -> &'static str {
         match self {
             System::Switchboard => "Switchboard (QUIC, TLS 1.3)",
+            System::SwitchboardPlugin => "Switchboard + priority plugin",
             System::Nats => "NATS core",
             System::NatsTls => "NATS core, TLS",
             System::Mqtt0 => "Mosquitto QoS 0",
@@ -69,7 +79,7 @@ impl System {
 
     fn guarantee(self) -> &'static str {
         match self {
-            System::Switchboard => {
+            System::Switchboard | System::SwitchboardPlugin => {
                 "durable (fsync) before ack and delivery; in order, exactly once per connection"
             }
             System::Nats | System::NatsTls => "at most once, in memory",
@@ -80,10 +90,13 @@ impl System {
     }
 
     fn tls(self) -> bool {
-        matches!(
-            self,
-            System::Switchboard | System::NatsTls | System::Mqtt0Tls | System::Mqtt1Tls
-        )
+        self.is_switchboard()
+            || matches!(self, System::NatsTls | System::Mqtt0Tls | System::Mqtt1Tls)
+    }
+
+    /// The node, with or without a plugin: QUIC clients.
+    fn is_switchboard(self) -> bool {
+        matches!(self, System::Switchboard | System::SwitchboardPlugin)
     }
 
     fn qos(self) -> u8 {
@@ -104,6 +117,9 @@ enum Scenario {
     /// Connection storm: `--storm` clients connect at once (at most `--storm-concurrency`
     /// handshakes in flight) and stay connected; time from connect to ready.
     Storm,
+    /// `--groups` × `--group-size` subscribers connected and idle for `--idle-seconds`:
+    /// server memory per connection, server CPU while idle, then one message per group.
+    Idle,
 }
 
 #[derive(Parser, Debug)]
@@ -113,8 +129,8 @@ struct Args {
     scenario: Vec<Scenario>,
     /// Systems to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = vec![
-        System::Switchboard, System::Nats, System::NatsTls, System::Mqtt0, System::Mqtt1,
-        System::Mqtt0Tls, System::Mqtt1Tls])]
+        System::Switchboard, System::SwitchboardPlugin, System::Nats, System::NatsTls,
+        System::Mqtt0, System::Mqtt1, System::Mqtt0Tls, System::Mqtt1Tls])]
     systems: Vec<System>,
     #[arg(long, value_delimiter = ',', default_values_t = vec![10usize, 100])]
     fanout: Vec<usize>,
@@ -145,6 +161,19 @@ struct Args {
     /// Storm: handshakes in flight at once.
     #[arg(long, default_value_t = 100)]
     storm_concurrency: usize,
+    /// Idle: groups (topics, subjects), each with `--group-size` subscribers.
+    #[arg(long, default_value_t = 100)]
+    groups: usize,
+    /// Idle: subscribers per group.
+    #[arg(long, default_value_t = 10)]
+    group_size: usize,
+    /// Idle: seconds the connections stay idle while the server's CPU is measured.
+    #[arg(long, default_value_t = 10.0)]
+    idle_seconds: f64,
+    /// The policy plugin `switchboard-plugin` binds (default: the reference `priority`
+    /// plugin as `plugins-artifacts` built it).
+    #[arg(long)]
+    plugin: Option<PathBuf>,
     /// One run of one second per scenario: a smoke test.
     #[arg(long)]
     quick: bool,
@@ -165,6 +194,13 @@ struct Outcome {
     acks: u64,
     /// Compilers (`rustc`) of other people running on the machine when the run started.
     busy: usize,
+    /// Idle scenario: the clients connected; server RSS in KiB before any client, after all
+    /// connected (and a settle), after the idle period; seconds to connect them all.
+    connections: u64,
+    rss_before: u64,
+    rss_connected: u64,
+    rss_idle_end: u64,
+    connect_secs: f64,
 }
 
 impl Outcome {
@@ -180,6 +216,13 @@ impl Outcome {
     fn client_cpu_per_m(&self) -> f64 {
         self.client_cpu / (self.delivered.max(1) as f64 / 1e6)
     }
+    /// Idle: server RSS growth from no client to all connected, per connection.
+    fn kib_per_connection(&self) -> f64 {
+        if self.connections == 0 {
+            return 0.0;
+        }
+        (self.rss_connected as f64 - self.rss_before as f64) / (self.connections as f64)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -190,6 +233,8 @@ enum Mode {
     Acked(usize),
     /// Connections only.
     Storm,
+    /// Connections in groups, idle, then one message per group.
+    Idle,
 }
 
 struct Bench {
@@ -197,6 +242,7 @@ struct Bench {
     rt: tokio::runtime::Runtime,
     cert: tls::TestCert,
     node: PathBuf,
+    plugin: PathBuf,
 }
 
 fn main() -> Result<()> {
@@ -227,11 +273,18 @@ fn main() -> Result<()> {
             .context("exe dir")?
             .join("switchboard"),
     };
-    if args.systems.contains(&System::Switchboard) && !node.exists() {
+    if args.systems.iter().any(|s| s.is_switchboard()) && !node.exists() {
         bail!(
             "no node binary at {} (cargo build --release -p switchboard, or --node)",
             node.display()
         );
+    }
+    let plugin = args
+        .plugin
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(plugins_artifacts::PRIORITY));
+    if args.systems.contains(&System::SwitchboardPlugin) && !plugin.exists() {
+        bail!("no plugin at {} (--plugin)", plugin.display());
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -240,6 +293,7 @@ fn main() -> Result<()> {
         cert: tls::self_signed()?,
         rt,
         node,
+        plugin,
         args,
     };
     print_setup(&bench.args, pinned);
@@ -292,6 +346,20 @@ fn main() -> Result<()> {
         let results = bench.repeat(&bench.args.systems, 0, 0, |_| Mode::Storm)?;
         print_storm(&results);
     }
+    if bench.args.scenario.contains(&Scenario::Idle) {
+        println!(
+            "\n## Idle: {} clients in {} groups of {}, idle {} s\n",
+            bench.args.groups * bench.args.group_size,
+            bench.args.groups,
+            bench.args.group_size,
+            bench.args.idle_seconds
+        );
+        let systems: Vec<System> = (bench.args.systems.iter().copied())
+            .filter(|&s| s != System::NatsJs)
+            .collect();
+        let results = bench.repeat(&systems, 0, IDLE_PAYLOAD, |_| Mode::Idle)?;
+        print_idle(&bench.args, &results);
+    }
     if bench.args.scenario.contains(&Scenario::Durable) {
         println!(
             "\n## Durable: acknowledged publishes, window {}, no subscribers\n",
@@ -325,6 +393,28 @@ impl Bench {
                     .run_once(sys, fanout, payload, m)
                     .with_context(|| format!("{} 1→{fanout} {payload} B", sys.label()))?;
                 o.busy = busy;
+                if let Mode::Idle = m {
+                    eprintln!(
+                        "  run {} {:<28} idle: RSS {} → {} → {} KiB ({:.1} KiB/conn), connect {:.1} s, idle srv cpu {:.1} ms/s cli {:.1} ms/s, round {}/{} delivered, lost {} misrouted {} dup {} rustc {}",
+                        run + 1,
+                        sys.label(),
+                        o.rss_before,
+                        o.rss_connected,
+                        o.rss_idle_end,
+                        o.kib_per_connection(),
+                        o.connect_secs,
+                        o.server_cpu * 1e3 / o.elapsed.max(1e-9),
+                        o.client_cpu * 1e3 / o.elapsed.max(1e-9),
+                        o.delivered,
+                        o.delivered + o.losses,
+                        o.losses,
+                        o.out_of_order,
+                        o.duplicates,
+                        o.busy,
+                    );
+                    out.entry(sys).or_default().push(o);
+                    continue;
+                }
                 eprintln!(
                     "  run {} {:<28} 1→{fanout:<3} {payload:>3} B {:>12}: {:>9.0} msgs/s {:>10.0} deliveries/s p50 {:>7} µs p99 {:>7} µs srv cpu {:.2}s/M cli {:.2}s/M lost {} dup {} ooo {} acks {} rustc {}",
                     run + 1,
@@ -334,6 +424,7 @@ impl Bench {
                         Mode::Fixed(r) => format!("{r:.0}/s"),
                         Mode::Acked(w) => format!("acked {w}"),
                         Mode::Storm => "storm".to_owned(),
+                        Mode::Idle => "idle".to_owned(),
                     },
                     o.msgs_per_sec(),
                     o.deliveries_per_sec(),
@@ -356,7 +447,14 @@ impl Bench {
     fn run_once(&self, sys: System, fanout: usize, payload: usize, mode: Mode) -> Result<Outcome> {
         let tls_cert = sys.tls().then_some(&self.cert);
         let mut server = match sys {
-            System::Switchboard => servers::switchboard(&self.node, fanout)?,
+            System::Switchboard | System::SwitchboardPlugin => {
+                let groups = match mode {
+                    Mode::Idle => servers::idle_groups(self.args.groups, self.args.group_size),
+                    _ => servers::fanout_group(fanout),
+                };
+                let plugin = (sys == System::SwitchboardPlugin).then_some(self.plugin.as_path());
+                servers::switchboard(&self.node, &groups, plugin)?
+            }
             System::Nats | System::NatsTls => servers::nats(tls_cert, false)?,
             System::NatsJs => servers::nats(None, true)?,
             _ => servers::mosquitto(tls_cert)?,
@@ -366,6 +464,9 @@ impl Bench {
                 .rt
                 .block_on(drive_acked(sys, &server, payload, window, &self.args)),
             Mode::Storm => self.rt.block_on(drive_storm(sys, &server, &self.args)),
+            Mode::Idle => self
+                .rt
+                .block_on(drive_idle(sys, &server, payload, &self.args)),
             _ => self
                 .rt
                 .block_on(drive(sys, &server, fanout, payload, mode, &self.args)),
@@ -392,11 +493,11 @@ async fn drive(
             let total = (rate * args.seconds) as u64;
             (None, total + 1, total / 10)
         }
-        Mode::Acked(_) | Mode::Storm => bail!("not a publishing mode"),
+        Mode::Acked(_) | Mode::Storm | Mode::Idle => bail!("not a publishing mode"),
     };
     let tally = Tally::new(start, fanout, max as usize, window.clone(), warmup);
     let addr = server.addr;
-    let connector = if sys.tls() && sys != System::Switchboard {
+    let connector = if sys.tls() && !sys.is_switchboard() {
         Some(tls::connector(&server.cert_der)?)
     } else {
         None
@@ -410,7 +511,10 @@ async fn drive(
     let mut encoder: Box<dyn Encode>;
     let mut sb_publisher = None;
     match sys {
-        System::Switchboard => {
+        System::Switchboard | System::SwitchboardPlugin => {
+            if sys == System::SwitchboardPlugin {
+                sb::wait_for_plugin(&server.cert_der, addr, "g").await?;
+            }
             // One UDP socket per connection, as each TCP client has its own: 101 QUIC
             // connections on one socket overflowed its receive buffer (212 KiB by default)
             // and the losses throttled QUIC's congestion control.
@@ -431,14 +535,14 @@ async fn drive(
         }
         System::Nats | System::NatsTls => {
             for i in 0..fanout {
-                nats::subscribe(addr, tls, i, tally.clone()).await?;
+                nats::subscribe(addr, tls, nats::SUBJECT, i, tally.clone()).await?;
             }
             writer = nats::publisher(addr, tls).await?;
             encoder = Box::new(nats::Encoder);
         }
         _ => {
             for i in 0..fanout {
-                mqtt::subscribe(addr, tls, sys.qos(), i, tally.clone()).await?;
+                mqtt::subscribe(addr, tls, mqtt::TOPIC, sys.qos(), i, tally.clone()).await?;
             }
             let (w, acks) = mqtt::publisher(addr, tls).await?;
             writer = w;
@@ -469,7 +573,7 @@ async fn drive(
         Mode::Fixed(rate) => {
             load::publish_fixed(&mut writer, &mut *encoder, &tally, payload, rate, duration).await?
         }
-        Mode::Acked(_) | Mode::Storm => unreachable!("checked above"),
+        Mode::Acked(_) | Mode::Storm | Mode::Idle => unreachable!("checked above"),
     };
     let losses = tally.drain(published, Duration::from_secs(3)).await;
     let server_cpu = server.cpu_seconds()? - server_cpu0;
@@ -508,7 +612,7 @@ async fn drive(
         server_cpu,
         client_cpu,
         acks,
-        busy: 0,
+        ..Default::default()
     })
 }
 
@@ -527,7 +631,7 @@ async fn drive_acked(
     let tally = Tally::new(start, 0, 0, None, 0);
     let mut endpoint = None;
     let (mut writer, mut encoder): (load::Writer, Box<dyn Encode>) = match sys {
-        System::Switchboard => {
+        System::Switchboard | System::SwitchboardPlugin => {
             let ep = sb::endpoint(&server.cert_der)?;
             let p = sb::publisher(&ep, server.addr, Some(acks.clone())).await?;
             endpoint = Some(ep);
@@ -584,7 +688,7 @@ async fn drive_acked(
         server_cpu,
         client_cpu,
         acks: acks.acked(),
-        busy: 0,
+        ..Default::default()
     })
 }
 
@@ -592,13 +696,15 @@ async fn drive_acked(
 /// (Switchboard: `Welcome`; NATS: `PONG` after `CONNECT`; MQTT: `CONNACK`).
 async fn drive_storm(sys: System, server: &Server, args: &Args) -> Result<Outcome> {
     let addr = server.addr;
-    let connector = if sys.tls() && sys != System::Switchboard {
+    let connector = if sys.tls() && !sys.is_switchboard() {
         Some(tls::connector(&server.cert_der)?)
     } else {
         None
     };
     // Switchboard: one UDP socket per client, like the TCP clients (see `drive`).
-    let endpoint = (sys == System::Switchboard).then(|| Arc::new(server.cert_der.clone()));
+    let endpoint = sys
+        .is_switchboard()
+        .then(|| Arc::new(server.cert_der.clone()));
     let permits = Arc::new(Semaphore::new(args.storm_concurrency.max(1)));
     let start = std::time::Instant::now();
     let server_cpu0 = server.cpu_seconds()?;
@@ -611,7 +717,7 @@ async fn drive_storm(sys: System, server: &Server, args: &Args) -> Result<Outcom
             let t = std::time::Instant::now();
             // Each client stays connected until every one is (what a storm holds open).
             let keep: Box<dyn std::any::Any + Send> = match sys {
-                System::Switchboard => {
+                System::Switchboard | System::SwitchboardPlugin => {
                     let ep = sb::endpoint(&endpoint.expect("cert"))?;
                     let session = sb::connect(&ep, addr, &format!("c{i}")).await?;
                     Box::new((ep, session))
@@ -682,7 +788,7 @@ fn print_storm(results: &BTreeMap<System, Vec<Outcome>>) {
             median(runs.iter().map(|o| o.client_cpu_per_m() / 1e3)),
             runs.iter().map(|o| o.losses).sum::<u64>(),
             match sb {
-                Some(s) if *sys != System::Switchboard => format!("{:.2}", s / cps),
+                Some(s) if !sys.is_switchboard() => format!("{:.2}", s / cps),
                 _ => "—".to_owned(),
             },
         );
@@ -709,7 +815,7 @@ fn print_durable(payload: usize, results: &BTreeMap<System, Vec<Outcome>>) {
             median(runs.iter().map(Outcome::server_cpu_per_m)),
             runs.iter().map(|o| o.losses).sum::<u64>(),
             match sb {
-                Some(s) if *sys != System::Switchboard => format!("{:.2}", s / aps),
+                Some(s) if !sys.is_switchboard() => format!("{:.2}", s / aps),
                 _ => "—".to_owned(),
             },
         );
@@ -797,7 +903,7 @@ fn print_throughput(fanout: usize, payload: usize, results: &BTreeMap<System, Ve
         let dps = median(runs.iter().map(Outcome::deliveries_per_sec));
         let cpu = median(runs.iter().map(Outcome::server_cpu_per_m));
         let ratio = |a: Option<f64>, b: f64| match a {
-            Some(a) if *sys != System::Switchboard => format!("{:.2}", a / b),
+            Some(a) if !sys.is_switchboard() => format!("{:.2}", a / b),
             _ => "—".to_owned(),
         };
         println!(
@@ -817,6 +923,16 @@ fn print_throughput(fanout: usize, payload: usize, results: &BTreeMap<System, Ve
         );
     }
     println!();
+    if let (Some(builtin), Some(plugin)) = (sb, results.get(&System::SwitchboardPlugin)) {
+        let m = |r: &Vec<Outcome>, f: fn(&Outcome) -> f64| median(r.iter().map(f));
+        println!(
+            "Policy plugin cost: {} ÷ {}: deliveries/s {:.2} (target ≥ 0.9), server CPU per delivery {:.2}\n",
+            System::SwitchboardPlugin.label(),
+            System::Switchboard.label(),
+            m(plugin, Outcome::deliveries_per_sec) / m(builtin, Outcome::deliveries_per_sec),
+            m(plugin, Outcome::server_cpu_per_m) / m(builtin, Outcome::server_cpu_per_m),
+        );
+    }
 }
 
 fn print_latency(
@@ -834,7 +950,7 @@ fn print_latency(
     for (sys, runs) in results {
         let (p50, p99) = (p(runs, |o| o.p50), p(runs, |o| o.p99));
         let ratio = |f: fn(&Outcome) -> u32, v: u32| match sb {
-            Some(s) if *sys != System::Switchboard => {
+            Some(s) if !sys.is_switchboard() => {
                 format!("{:.2}", p(s, f) as f64 / v.max(1) as f64)
             }
             _ => "—".to_owned(),
@@ -852,6 +968,229 @@ fn print_latency(
             runs.iter().map(|o| o.duplicates).sum::<u64>(),
             ratio(|o| o.p50, p50),
             ratio(|o| o.p99, p99),
+        );
+    }
+    println!();
+}
+
+/// Idle: the body of the one message per group after the idle period.
+const IDLE_PAYLOAD: usize = 64;
+/// Idle: time between the last client connecting and the "connected" memory sample (the
+/// node's catch-up and `Flags` pushes, the peers' subscription bookkeeping).
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+/// Idle: connections being set up at once (each waits for its subscription to be confirmed).
+const IDLE_CONNECT_CONCURRENCY: usize = 32;
+/// Idle: the QUIC keep-alive of Switchboard's idle clients, half the 30 s idle timeout (the
+/// node's default `idle_timeout_ms`, and quinn's), as a long-lived client must send. NATS's
+/// server pings every `ping_interval` (10 min here, 2 min by default) and MQTT's
+/// keep-alive is off, so an idle period of 15 s or less sees no keep-alive traffic at all.
+const SB_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Idle: `groups × group_size` subscribers (subscriber `i` in group `i / group_size`), all
+/// connected and confirmed, then a settle, then `idle_seconds` without traffic. "published"
+/// counts the groups (one message each after the idle period), "delivered" the deliveries of
+/// that round, "out_of_order" the subscribers that got another group's message; "elapsed"
+/// and the CPU figures are the idle period's.
+async fn drive_idle(sys: System, server: &Server, payload: usize, args: &Args) -> Result<Outcome> {
+    let clients = args.groups * args.group_size;
+    let addr = server.addr;
+    let connector = if sys.tls() && !sys.is_switchboard() {
+        Some(tls::connector(&server.cert_der)?)
+    } else {
+        None
+    };
+    // The probe needs a group (`--groups 0` runs the server alone).
+    if sys == System::SwitchboardPlugin && args.groups > 0 {
+        sb::wait_for_plugin(&server.cert_der, addr, "g0").await?;
+    }
+    // The server has started (listening, the node's certificate written): its memory with no
+    // client. A fresh server per run, so the allocator has nothing to reuse yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = server.rss_kib()?;
+
+    let start = std::time::Instant::now();
+    let tally = Tally::new(start, clients, args.groups, None, 0);
+    let permits = Arc::new(Semaphore::new(IDLE_CONNECT_CONCURRENCY));
+    let cert = Arc::new(server.cert_der.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..clients {
+        let group = i / args.group_size;
+        let (permits, connector, cert, tally) = (
+            permits.clone(),
+            connector.clone(),
+            cert.clone(),
+            tally.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let endpoint = match sys {
+                System::Switchboard | System::SwitchboardPlugin => {
+                    // One UDP socket per client, like the TCP clients (see `drive`).
+                    let ep = sb::endpoint_with_keep_alive(&cert, Some(SB_KEEP_ALIVE))?;
+                    sb::subscribe(&ep, addr, i, tally).await?;
+                    Some(ep)
+                }
+                System::Nats | System::NatsTls => {
+                    let subject = format!("bench.g{group}");
+                    nats::subscribe(addr, connector.as_ref(), &subject, i, tally).await?;
+                    None
+                }
+                System::NatsJs => bail!("no idle scenario for JetStream"),
+                _ => {
+                    let topic = format!("bench/g{group}");
+                    mqtt::subscribe(addr, connector.as_ref(), &topic, sys.qos(), i, tally).await?;
+                    None
+                }
+            };
+            anyhow::Ok(endpoint)
+        });
+    }
+    let mut endpoints = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        endpoints.extend(r??);
+    }
+    let connect_secs = start.elapsed().as_secs_f64();
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let rss_connected = server.rss_kib()?;
+
+    let server_cpu0 = server.cpu_seconds()?;
+    let client_cpu0 = servers::cpu_seconds("/proc/self/stat")?;
+    let idle_start = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
+    let server_cpu = server.cpu_seconds()? - server_cpu0;
+    let client_cpu = servers::cpu_seconds("/proc/self/stat")? - client_cpu0;
+    let elapsed = idle_start.elapsed().as_secs_f64();
+    let rss_idle_end = server.rss_kib()?;
+
+    // One message per group, from a publisher that connects now (not part of the figures).
+    let mut buf = bytes::BytesMut::new();
+    let mut body = Vec::with_capacity(payload);
+    let mut sb_publisher = None;
+    let mut writer: load::Writer = match sys {
+        System::Switchboard | System::SwitchboardPlugin => {
+            let ep = sb::endpoint(&server.cert_der)?;
+            let p = sb::publisher(&ep, addr, None).await?;
+            endpoints.push(ep);
+            for k in 0..args.groups as u64 {
+                load::body(&mut body, payload, tally.now_ns(), k);
+                sb::encode_send(&mut buf, &format!("g{k}"), k, &body);
+            }
+            sb_publisher = Some((p.errors, p.acks));
+            Box::new(p.send)
+        }
+        System::Nats | System::NatsTls => {
+            let w = nats::publisher(addr, connector.as_ref()).await?;
+            for k in 0..args.groups as u64 {
+                load::body(&mut body, payload, tally.now_ns(), k);
+                nats::encode_pub(&mut buf, &format!("bench.g{k}"), &body);
+            }
+            w
+        }
+        System::NatsJs => unreachable!("refused above"),
+        _ => {
+            let (w, _acks) = mqtt::publisher(addr, connector.as_ref()).await?;
+            let mut enc = mqtt::Encoder::new(sys.qos());
+            for k in 0..args.groups as u64 {
+                load::body(&mut body, payload, tally.now_ns(), k);
+                enc.publish(&mut buf, &format!("bench/g{k}"), &body);
+            }
+            w
+        }
+    };
+    {
+        use tokio::io::AsyncWriteExt;
+        writer.write_all(&buf).await?;
+        writer.flush().await?;
+    }
+    let losses = tally
+        .drain_deliveries(clients as u64, Duration::from_secs(3))
+        .await;
+    let misrouted = (0..clients)
+        .filter(|&i| {
+            let (n, last) = tally.received(i);
+            n > 0 && (n, last) != (1, Some((i / args.group_size) as u64))
+        })
+        .count() as u64;
+    let (lat, duplicates, _) = tally.collect();
+    if let Some((errors, acks)) = &sb_publisher {
+        use std::sync::atomic::Ordering::Relaxed;
+        for _ in 0..200 {
+            if acks.load(Relaxed) + errors.load(Relaxed) >= args.groups as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if errors.load(Relaxed) > 0 {
+            bail!("{} error answers to sends", errors.load(Relaxed));
+        }
+    }
+    for ep in endpoints {
+        ep.close(0u32.into(), b"done");
+    }
+    drop(writer);
+    Ok(Outcome {
+        published: args.groups as u64,
+        delivered: tally.delivered(),
+        losses,
+        duplicates,
+        out_of_order: misrouted,
+        elapsed,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        server_cpu,
+        client_cpu,
+        connections: clients as u64,
+        rss_before,
+        rss_connected,
+        rss_idle_end,
+        connect_secs,
+        ..Default::default()
+    })
+}
+
+fn print_idle(args: &Args, results: &BTreeMap<System, Vec<Outcome>>) {
+    let clients = args.groups * args.group_size;
+    let per_k = 1000.0 / clients.max(1) as f64;
+    let cpu_ms_per_s = |o: &Outcome| o.server_cpu * 1e3 / o.elapsed.max(1e-9);
+    let sb = results.get(&System::Switchboard);
+    let sb_kib = sb.map(|r| median(r.iter().map(Outcome::kib_per_connection)));
+    let sb_cpu = sb.map(|r| median(r.iter().map(cpu_ms_per_s)));
+    println!("| system | server RSS before MiB | RSS connected MiB | RSS after idle MiB | KiB per connection (median) | runs | idle server CPU ms/s | per 1,000 connections | runs | load gen CPU ms/s | connect s | round: delivered | lost | misrouted | dup | round p50 / p99 ms | Switchboard ÷ this: KiB/conn | Switchboard ÷ this: idle CPU |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (sys, runs) in results {
+        let kib = median(runs.iter().map(Outcome::kib_per_connection));
+        let cpu = median(runs.iter().map(cpu_ms_per_s));
+        let mib = |f: fn(&Outcome) -> u64| median(runs.iter().map(|o| f(o) as f64)) / 1024.0;
+        let ratio = |a: Option<f64>, b: f64| match a {
+            Some(a) if !sys.is_switchboard() && b > 0.0 => format!("{:.2}", a / b),
+            _ => "—".to_owned(),
+        };
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} | {} | {:.1} | {:.1} | {} of {} | {} | {} | {} | {:.1} / {:.1} | {} | {} |",
+            sys.label(),
+            mib(|o| o.rss_before),
+            mib(|o| o.rss_connected),
+            mib(|o| o.rss_idle_end),
+            kib,
+            runs_column(runs, |o| format!("{:.1}", o.kib_per_connection())),
+            cpu,
+            if clients == 0 {
+                "—".to_owned()
+            } else {
+                format!("{:.1}", cpu * per_k)
+            },
+            runs_column(runs, |o| format!("{:.1}", cpu_ms_per_s(o))),
+            median(runs.iter().map(|o| o.client_cpu * 1e3 / o.elapsed.max(1e-9))),
+            median(runs.iter().map(|o| o.connect_secs)),
+            runs.iter().map(|o| o.delivered).sum::<u64>(),
+            runs.iter().map(|o| o.delivered + o.losses).sum::<u64>(),
+            runs.iter().map(|o| o.losses).sum::<u64>(),
+            runs.iter().map(|o| o.out_of_order).sum::<u64>(),
+            runs.iter().map(|o| o.duplicates).sum::<u64>(),
+            median_u32(runs.iter().map(|o| o.p50)) as f64 / 1e3,
+            median_u32(runs.iter().map(|o| o.p99)) as f64 / 1e3,
+            ratio(sb_kib, kib),
+            ratio(sb_cpu, cpu),
         );
     }
     println!();

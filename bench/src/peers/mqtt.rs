@@ -135,11 +135,12 @@ pub async fn connect(
     Ok((r, w, buf))
 }
 
-/// Subscriber `sub` at `qos`: subscribes (confirmed by `SUBACK`), then feeds every `PUBLISH`
-/// to the tally, answering QoS 1 ones with `PUBACK` (batched per read).
+/// Subscriber `sub` of `topic` at `qos`: subscribes (confirmed by `SUBACK`), then feeds every
+/// `PUBLISH` to the tally, answering QoS 1 ones with `PUBACK` (batched per read).
 pub async fn subscribe(
     addr: SocketAddr,
     tls: Option<&TlsConnector>,
+    topic: &str,
     qos: u8,
     sub: usize,
     tally: Arc<Tally>,
@@ -147,9 +148,9 @@ pub async fn subscribe(
     let (mut r, mut w, mut buf) = connect(addr, tls, &format!("s{sub}")).await?;
     let mut p = BytesMut::new();
     p.put_u8(SUBSCRIBE);
-    put_len(&mut p, 2 + 2 + TOPIC.len() + 1);
+    put_len(&mut p, 2 + 2 + topic.len() + 1);
     p.put_u16(1);
-    put_str(&mut p, TOPIC);
+    put_str(&mut p, topic);
     p.put_u8(qos);
     w.write_all(&p).await?;
     let (first, body) = read_packet(&mut r, &mut buf).await?;
@@ -225,10 +226,17 @@ impl Encoder {
 
 impl Encode for Encoder {
     fn encode(&mut self, buf: &mut BytesMut, _index: u64, body: &[u8]) {
+        self.publish(buf, TOPIC, body);
+    }
+}
+
+impl Encoder {
+    /// `PUBLISH` of `body` to `topic`.
+    pub fn publish(&mut self, buf: &mut BytesMut, topic: &str, body: &[u8]) {
         let id_len = if self.qos > 0 { 2 } else { 0 };
         buf.put_u8(PUBLISH | (self.qos << 1));
-        put_len(buf, 2 + TOPIC.len() + id_len + body.len());
-        put_str(buf, TOPIC);
+        put_len(buf, 2 + topic.len() + id_len + body.len());
+        put_str(buf, topic);
         if self.qos > 0 {
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
             buf.put_u16(self.next_id);

@@ -140,16 +140,17 @@ pub async fn round_trip(r: &mut Reader, w: &mut Writer, buf: &mut BytesMut) -> R
     }
 }
 
-/// Subscriber `sub`: subscribes (confirmed by a round trip), then feeds every `MSG` to the
-/// tally and answers the server's `PING`s.
+/// Subscriber `sub` of `subject`: subscribes (confirmed by a round trip), then feeds every
+/// `MSG` to the tally and answers the server's `PING`s.
 pub async fn subscribe(
     addr: SocketAddr,
     tls: Option<&TlsConnector>,
+    subject: &str,
     sub: usize,
     tally: Arc<Tally>,
 ) -> Result<()> {
     let (mut r, mut w, mut buf) = connect(addr, tls, &format!("s{sub}")).await?;
-    w.write_all(format!("SUB {SUBJECT} 1\r\n").as_bytes())
+    w.write_all(format!("SUB {subject} 1\r\n").as_bytes())
         .await?;
     round_trip(&mut r, &mut w, &mut buf).await?;
     tokio::spawn(async move {
@@ -202,11 +203,16 @@ pub struct Encoder;
 
 impl Encode for Encoder {
     fn encode(&mut self, buf: &mut BytesMut, _index: u64, body: &[u8]) {
-        use std::fmt::Write;
-        let _ = write!(buf, "PUB {SUBJECT} {}\r\n", body.len());
-        buf.extend_from_slice(body);
-        buf.extend_from_slice(b"\r\n");
+        encode_pub(buf, SUBJECT, body);
     }
+}
+
+/// `PUB <subject> <n>\r\n<body>\r\n`.
+pub fn encode_pub(buf: &mut BytesMut, subject: &str, body: &[u8]) {
+    use std::fmt::Write;
+    let _ = write!(buf, "PUB {subject} {}\r\n", body.len());
+    buf.extend_from_slice(body);
+    buf.extend_from_slice(b"\r\n");
 }
 
 /// The subject of the JetStream stream `BENCH`.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use quinn::crypto::rustls::QuicClientConfig;
 use switchboard_core::token::{self, Claims};
-use switchboard_core::{PresenceState, TenantId, UserId};
+use switchboard_core::{ErrorCode, PresenceState, TenantId, UserId};
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
 use crate::load::{AckTally, Encode, Tally};
@@ -20,6 +20,16 @@ use crate::servers::SECRET;
 const MAX_FRAME: u32 = 1 << 20;
 
 pub fn endpoint(cert: &[u8]) -> Result<quinn::Endpoint> {
+    endpoint_with_keep_alive(cert, None)
+}
+
+/// A client endpoint whose connections send a QUIC `PING` after `keep_alive` without traffic.
+/// Without one an idle connection ends after 30 s (quinn's and the node's default idle
+/// timeout, the smaller of the two applies); the seconds-long publishing runs never idle.
+pub fn endpoint_with_keep_alive(
+    cert: &[u8],
+    keep_alive: Option<Duration>,
+) -> Result<quinn::Endpoint> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -29,9 +39,11 @@ pub fn endpoint(cert: &[u8]) -> Result<quinn::Endpoint> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls)?,
-    )));
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(keep_alive);
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
 
@@ -195,12 +207,60 @@ pub struct Encoder;
 
 impl Encode for Encoder {
     fn encode(&mut self, buf: &mut BytesMut, index: u64, body: &[u8]) {
-        let frame = wire::encode_client(&ClientFrame::Send {
-            request_id: index + 1,
-            group: "g".into(),
-            client_msg_id: format!("m{index}"),
-            body: bytes::Bytes::copy_from_slice(body),
-        });
-        buf.extend_from_slice(&frame);
+        encode_send(buf, "g", index, body);
     }
+}
+
+/// A `Send` of message `index` (request id `index + 1`) to `group`.
+pub fn encode_send(buf: &mut BytesMut, group: &str, index: u64, body: &[u8]) {
+    let frame = wire::encode_client(&ClientFrame::Send {
+        request_id: index + 1,
+        group: group.into(),
+        client_msg_id: format!("m{index}"),
+        body: bytes::Bytes::copy_from_slice(body),
+    });
+    buf.extend_from_slice(&frame);
+}
+
+/// Waits until the tenant's policy plugin is active: the node binds a config file's plugin
+/// only after its endpoint is up. Probes as `u0` with a `!spam` body, which the reference
+/// `priority` plugin refuses and the built-in default accepts (the probe bodies are shorter
+/// than [`crate::load::HEADER`], so subscribers that see them through catch-up ignore them).
+/// `u0` must be a member of `group`.
+pub async fn wait_for_plugin(cert: &[u8], addr: SocketAddr, group: &str) -> Result<()> {
+    let ep = endpoint(cert)?;
+    let mut s = connect(&ep, addr, "u0").await?;
+    let limits = DecodeLimits::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for request_id in 1.. {
+        s.send
+            .write_all(&wire::encode_client(&ClientFrame::Send {
+                request_id,
+                group: group.into(),
+                client_msg_id: format!("probe{request_id}"),
+                body: bytes::Bytes::from_static(b"!spam probe"),
+            }))
+            .await?;
+        loop {
+            let f = wire::read_frame(&mut s.recv, &mut s.buf, MAX_FRAME)
+                .await?
+                .context("node closed the probe's stream")?;
+            match wire::decode_server(&f, &limits)? {
+                ServerFrame::Error(e) if e.request_id == request_id => {
+                    if e.code != ErrorCode::PolicyRejected as u16 {
+                        bail!("policy probe to {group}: {} ({})", e.message, e.code);
+                    }
+                    ep.close(0u32.into(), b"done");
+                    return Ok(());
+                }
+                ServerFrame::Ack { request_id: r, .. } if r == request_id => break,
+                _ => {}
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the node accepts `!spam` after 20 s: is the priority plugin bound?");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!("request ids do not run out")
 }

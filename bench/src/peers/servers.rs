@@ -138,6 +138,16 @@ impl Server {
         cpu_seconds(&format!("/proc/{}/stat", self.pid()))
     }
 
+    /// Resident set size of the server process (`VmRSS` of `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmRSS in {path}"))
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -241,13 +251,34 @@ fn wait_tcp(server: &mut Server) -> Result<()> {
     }
 }
 
-/// `switchboard serve` over a fresh data dir: tenant `bench`, closed group `g` with members
-/// `u0` (the publisher) … `u{fanout}`; rate limits off (the benchmark measures capacity, not
-/// the per-user ceilings), admin API off.
-pub fn switchboard(node_bin: &Path, fanout: usize) -> Result<Server> {
+/// Groups of the node's tenant `bench`, each `(id, members)`: all closed.
+pub type Groups = Vec<(String, Vec<String>)>;
+
+/// The fan-out scenarios' one group: `g` with members `u0` (the publisher) … `u{fanout}`.
+pub fn fanout_group(fanout: usize) -> Groups {
+    vec![("g".into(), (0..=fanout).map(|i| format!("u{i}")).collect())]
+}
+
+/// The idle scenario's groups: `g0` … `g{groups-1}`, group `k` with the members
+/// `u{k*size+1}` … `u{k*size+size}` (subscriber `i` is user `u{i+1}`, as in the fan-out runs)
+/// and the publisher `u0`, which sends one message to each after the idle period.
+pub fn idle_groups(groups: usize, size: usize) -> Groups {
+    (0..groups)
+        .map(|k| {
+            let members = std::iter::once("u0".to_owned())
+                .chain((1..=size).map(|j| format!("u{}", k * size + j)))
+                .collect();
+            (format!("g{k}"), members)
+        })
+        .collect()
+}
+
+/// `switchboard serve` over a fresh data dir: tenant `bench` with `groups` (closed), bound to
+/// the policy `plugin` if given (with the same config as `switchboard-bench`'s priority runs);
+/// rate limits off (the benchmark measures capacity, not the per-user ceilings), admin API off.
+pub fn switchboard(node_bin: &Path, groups: &Groups, plugin: Option<&Path>) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
-    let members: Vec<String> = (0..=fanout).map(|i| format!("\"u{i}\"")).collect();
     let mut config = String::new();
     writeln!(config, "listen = \"127.0.0.1:{port}\"")?;
     writeln!(config, "data_dir = \"data\"")?;
@@ -260,8 +291,17 @@ pub fn switchboard(node_bin: &Path, fanout: usize) -> Result<Server> {
         config,
         "[[tenants]]\nid = \"bench\"\nsecret_env = \"{SECRET_ENV}\""
     )?;
-    writeln!(config, "[[tenants.groups]]\nid = \"g\"")?;
-    writeln!(config, "members = [{}]", members.join(", "))?;
+    if let Some(p) = plugin {
+        // The sender `u0` is no VIP: every message takes the plugin's full path to the
+        // normal lane, as with the built-in default.
+        writeln!(config, "plugin = {:?}", p.to_str().context("plugin path")?)?;
+        writeln!(config, "plugin_config = {{ vip_users = \"u1,u2\" }}")?;
+    }
+    for (id, members) in groups {
+        let members: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+        writeln!(config, "[[tenants.groups]]\nid = \"{id}\"")?;
+        writeln!(config, "members = [{}]", members.join(", "))?;
+    }
     std::fs::write(dir.path().join("switchboard.toml"), config)?;
     let child = spawn(
         dir.path(),
