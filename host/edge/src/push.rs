@@ -35,8 +35,6 @@ use crate::hub::{GroupState, Hub, Session, SubChange};
 /// larger): enough to pack many small messages into few packets, small enough that planning
 /// (which holds the session's planner lock) stays short.
 const WRITE_BUDGET: usize = 64 * 1024;
-/// Expected frames per write; only a capacity hint.
-const WRITE_BATCH: usize = 64;
 /// A deferred group is nudged at most once per this interval per connection: the nudge is a
 /// hint ("there is more, fetch when you need it"), not a copy of the traffic.
 pub const NUDGE_INTERVAL_MS: u64 = 1_000;
@@ -457,7 +455,9 @@ impl<'a> Writer<'a> {
             queued_bytes: queued_bytes.clone(),
             published: Vec::new(),
             stream: None,
-            out: Vec::with_capacity(WRITE_BATCH),
+            // Grown on first use: most connections never use some of their streams, and
+            // 64-slot buffers up front were ~28 KiB of every idle connection.
+            out: Vec::new(),
         }
     }
 
@@ -467,7 +467,7 @@ impl<'a> Writer<'a> {
         mut rx: mpsc::Receiver<Push>,
         catch_up: Option<&Session>,
     ) -> Result<(), PushEnd> {
-        let mut items = Vec::with_capacity(WRITE_BATCH);
+        let mut items = Vec::new();
         loop {
             if catch_up.is_some() {
                 // Catch-up (after hello, a join, an overflow, a return to the foreground):

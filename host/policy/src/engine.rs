@@ -1,6 +1,7 @@
 //! The wasm engine, configured for untrusted guests, and loading plugins into it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::types::ComponentItem;
@@ -39,6 +40,38 @@ pub(crate) struct EngineInner {
     /// SHA-256 of `Engine::precompile_compatibility_hash`: which compiled artifacts this
     /// engine can load (see `cache.rs`).
     pub compatibility: [u8; 32],
+    /// Drives the epoch (the call deadline) while guest code runs.
+    pub ticker: Arc<Ticker>,
+}
+
+/// The epoch ticker's switch: the ticker thread advances the epoch every `epoch_tick` only
+/// while some guest code runs ([`Ticker::running`]), and parks otherwise, so an idle node
+/// does not wake a thread 1,000 times a second (measured: ~20 ms of CPU a second, the
+/// node's whole idle cost with 1,000 idle connections). A deadline is counted in ticks
+/// from the call's start, so pausing between calls changes nothing.
+pub(crate) struct Ticker {
+    running: AtomicUsize,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// Guest code is running while this lives.
+pub(crate) struct Running<'a>(&'a Ticker);
+
+impl Ticker {
+    pub(crate) fn running(&self) -> Running<'_> {
+        if self.running.fetch_add(1, Ordering::AcqRel) == 0 {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+        Running(self)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -68,12 +101,17 @@ impl PolicyEngine {
             .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
         bindings::wasi::InertWasi::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
-        spawn_epoch_ticker(engine.weak(), limits.epoch_tick)
+        let ticker = Arc::new(Ticker {
+            running: AtomicUsize::new(0),
+            thread: OnceLock::new(),
+        });
+        spawn_epoch_ticker(engine.weak(), ticker.clone(), limits.epoch_tick)
             .map_err(|e| EngineError::Setup(format!("epoch ticker: {e}")))?;
         let compatibility = cache::compatibility_digest(&engine);
         Ok(PolicyEngine {
             inner: Arc::new(EngineInner {
                 compatibility,
+                ticker,
                 engine,
                 linker,
                 limits: Arc::new(limits),
@@ -271,17 +309,30 @@ fn round_up_to_page(bytes: usize) -> u64 {
     (bytes as u64).div_ceil(PAGE) * PAGE
 }
 
-/// Advances the engine's epoch every `tick` until the engine is dropped. One thread per
-/// engine; it holds only a weak reference.
-fn spawn_epoch_ticker(engine: EngineWeak, tick: Duration) -> std::io::Result<()> {
-    std::thread::Builder::new()
+/// Advances the engine's epoch every `tick` while guest code runs (see [`Ticker`]), until
+/// the engine is dropped. One thread per engine; it holds only a weak reference, and wakes
+/// once a second while parked to notice the engine is gone.
+fn spawn_epoch_ticker(
+    engine: EngineWeak,
+    ticker: Arc<Ticker>,
+    tick: Duration,
+) -> std::io::Result<()> {
+    let shared = ticker.clone();
+    let handle = std::thread::Builder::new()
         .name("policy-epoch".into())
         .spawn(move || loop {
-            std::thread::sleep(tick);
+            if shared.running.load(Ordering::Acquire) == 0 {
+                // A call starting after this load unparks us (the token makes the park
+                // return at once if it came first).
+                std::thread::park_timeout(Duration::from_secs(1));
+            } else {
+                std::thread::sleep(tick);
+            }
             match engine.upgrade() {
                 Some(engine) => engine.increment_epoch(),
                 None => return,
             }
-        })
-        .map(drop)
+        })?;
+    let _ = ticker.thread.set(handle.thread().clone());
+    Ok(())
 }

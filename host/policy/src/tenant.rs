@@ -159,6 +159,8 @@ pub(crate) enum InstantiateError {
 
 fn instantiate(plugin: &Plugin, shared: &Arc<TenantShared>) -> Result<Slot, InstantiateError> {
     let engine = plugin.inner.engine.inner();
+    // Start functions are guest code: the deadline must run.
+    let _running = engine.ticker.running();
     let limits = &engine.limits;
     let mut store = Store::new(&engine.engine, InstanceState::new(shared.clone()));
     store.limiter(|state| &mut state.limiter);
@@ -392,6 +394,9 @@ impl TenantPolicy {
         invoke: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, String>>,
     ) -> Result<Called<R>, FallbackReason> {
         let stats = &self.shared.stats;
+        // From here guest code may run (start functions, then the hook): keep the epoch,
+        // and so the deadline, moving.
+        let _running = self.plugin.inner.engine.inner().ticker.running();
         let reused = self.idle.lock().pop();
         let mut slot = match reused {
             Some(slot) => slot,
