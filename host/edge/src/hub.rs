@@ -159,6 +159,8 @@ pub struct Metrics {
     pub notifications: AtomicU64,
     /// Messages whose notifications were dropped because the notification queue was full.
     pub notifications_dropped: AtomicU64,
+    /// Notifications the sink could not deliver (e.g. the webhook failed); not retried.
+    pub notifications_failed: AtomicU64,
     pub receipts_forwarded: AtomicU64,
     pub receipts_aggregated: AtomicU64,
     pub receipts_dropped: AtomicU64,
@@ -217,6 +219,7 @@ pub struct MetricsSnapshot {
     pub notify_offline_requests: u64,
     pub notifications: u64,
     pub notifications_dropped: u64,
+    pub notifications_failed: u64,
     pub receipts_forwarded: u64,
     pub receipts_aggregated: u64,
     pub receipts_dropped: u64,
@@ -263,6 +266,7 @@ impl Metrics {
             notify_offline_requests: l(&self.notify_offline_requests),
             notifications: l(&self.notifications),
             notifications_dropped: l(&self.notifications_dropped),
+            notifications_failed: l(&self.notifications_failed),
             receipts_forwarded: l(&self.receipts_forwarded),
             receipts_aggregated: l(&self.receipts_aggregated),
             receipts_dropped: l(&self.receipts_dropped),

@@ -27,6 +27,7 @@ mod rates;
 pub mod receipts;
 mod serving;
 pub mod tls;
+pub mod webhook;
 
 pub use hub::{Hub, MetricsSnapshot, RequestError};
 pub use serving::{CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy};

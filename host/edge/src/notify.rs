@@ -7,7 +7,8 @@
 //! those with a connected session and the sender, and hands one [`OfflineNotice`] per
 //! offline member to the node's [`NotifySink`] — by default [`LogSink`], which writes a
 //! structured log line (target `switchboard::notify`) for a log shipper to turn into APNs/FCM
-//! pushes; an operator can install another (a webhook, a queue) with `Hub::set_notify_sink`.
+//! pushes, or [`WebhookSink`](crate::webhook::WebhookSink) (`[notify] webhook` in the
+//! config); an embedding app can install its own with `Hub::set_notify_sink`.
 //! Bounds: [`NOTIFY_QUEUE`] messages waiting (more are dropped and counted), and a group's
 //! member list (at most `max_group_members`) per message.
 
@@ -37,7 +38,15 @@ pub struct OfflineNotice {
 /// Where push-notification events go. Called on the notification worker thread; may block
 /// (a webhook call), which only delays later notifications.
 pub trait NotifySink: Send + Sync + 'static {
+    /// One offline member of one message.
     fn notify(&self, notice: &OfflineNotice);
+
+    /// Called after the notices of each message: a sink that batches (one webhook request
+    /// per message) sends them here. `Ok(sent)`, or how many were lost and why (counted in
+    /// `notifications_failed`; not retried — the message is in the log).
+    fn flush(&self) -> Result<usize, (usize, String)> {
+        Ok(0)
+    }
 }
 
 /// The default sink: one `info` log line per notice, target `switchboard::notify`.
@@ -94,6 +103,12 @@ pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<NotifyJob> {
                         recipient,
                     });
                     hub.metrics().notifications.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Err((lost, e)) = sink.flush() {
+                    hub.metrics()
+                        .notifications_failed
+                        .fetch_add(lost as u64, Ordering::Relaxed);
+                    warn!(lost, error = %e, group = %job.group, seq = job.seq, "push notifications not delivered");
                 }
             }
         })

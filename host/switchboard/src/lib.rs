@@ -64,6 +64,19 @@ pub struct Config {
     /// The admin and tenant HTTP API.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// Where push-notification events go (members offline when a flagged message arrives).
+    #[serde(default)]
+    pub notify: NotifySettings,
+}
+
+/// The `[notify]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySettings {
+    /// `http://host[:port]/path` to POST events to (JSON, one request per message; see
+    /// `switchboard_edge::webhook`). Unset: events are log lines (target
+    /// `switchboard::notify`).
+    pub webhook: Option<String>,
 }
 
 /// The `[admin]` section: where the HTTP API listens, the operator's token, automatic
@@ -164,6 +177,9 @@ impl Config {
             }
         }
         cfg.limits.validate().map_err(|e| err(e.to_string()))?;
+        if let Some(url) = &cfg.notify.webhook {
+            switchboard_edge::webhook::WebhookSink::new(url).map_err(|e| err(e.to_string()))?;
+        }
         Ok(cfg)
     }
 }
@@ -311,6 +327,13 @@ pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, N
     let engine = PolicyEngine::new(PolicyLimits::default())?;
     // Check the file's plugins before anything starts or is stored.
     let file_plugins = load_policies(cfg, &engine)?;
+    let webhook = cfg
+        .notify
+        .webhook
+        .as_deref()
+        .map(switchboard_edge::webhook::WebhookSink::new)
+        .transpose()
+        .map_err(|e| NodeError::Invalid(e.to_string()))?;
     let (identity, _) = identity(cfg)?;
     let node = Node::start(
         EdgeConfig {
@@ -321,6 +344,13 @@ pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, N
         store.clone(),
     )
     .await?;
+    if let Some(sink) = webhook {
+        tracing::info!(
+            url = cfg.notify.webhook.as_deref().unwrap_or(""),
+            "push notifications go to a webhook"
+        );
+        node.hub().set_notify_sink(Arc::new(sink));
+    }
     let token = cfg
         .admin
         .token

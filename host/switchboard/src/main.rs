@@ -115,6 +115,7 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
         tls: None,
         limits: Limits::default(),
         tenants: Vec::new(),
+        notify: switchboard::NotifySettings::default(),
         admin: switchboard::AdminSettings {
             listen: admin_listen,
             // A fresh operator token per run unless one is in the environment.

@@ -44,6 +44,10 @@ fn bad_files_are_refused_with_a_reason() {
             "data_dir = \"d\"\n[limits]\nmax_payload_bytes = 200000",
             "max_frame_bytes must exceed max_payload_bytes",
         ),
+        (
+            "data_dir = \"d\"\n[notify]\nwebhook = \"https://push.example/x\"",
+            "https is not supported",
+        ),
     ];
     for (text, want) in cases {
         let e = load_str(text).unwrap_err().to_string();

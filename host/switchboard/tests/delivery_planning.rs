@@ -408,3 +408,103 @@ async fn offline_members_get_a_push_notification_event_when_the_policy_asks() {
     let m = n.hub().metrics().snapshot();
     assert_eq!((m.notify_offline_requests, m.notifications), (1, 2));
 }
+
+/// A one-request-at-a-time HTTP endpoint for the webhook sink: answers each request with
+/// `status` and hands its body to the test.
+fn webhook_endpoint(status: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/sb", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert_eq!(line, "POST /hooks/sb HTTP/1.1\r\n");
+            let mut length = 0;
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let mut stream = reader.into_inner();
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            if tx.send(String::from_utf8(body).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+/// The webhook sink: one POST per flagged message with every offline recipient; an endpoint
+/// that fails is counted, and the messages are delivered all the same.
+#[tokio::test]
+async fn push_notifications_reach_a_webhook_and_its_failures_are_counted() {
+    use std::sync::Arc;
+    use switchboard_edge::webhook::WebhookSink;
+    let n = TestNode::start().await;
+    n.bind(
+        "acme",
+        plugins_artifacts::PRIORITY,
+        &[("vip_users", "alice")],
+    );
+    group(&n, "board", &["alice", "bob", "carol", "dave"]);
+    let mut alice = member(&n, "alice", PresenceState::Foreground).await;
+    let mut bob = member(&n, "bob", PresenceState::Background).await;
+
+    let (url, bodies) = webhook_endpoint("204 No Content");
+    n.hub()
+        .set_notify_sink(Arc::new(WebhookSink::new(&url).unwrap()));
+    let seq = post(&mut alice, 1, "board", b"from the boss").await;
+    let body = tokio::task::spawn_blocking(move || bodies.recv_timeout(WAIT))
+        .await
+        .unwrap()
+        .expect("the webhook got no request");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut recipients: Vec<&str> = v["notices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                (e["tenant"].as_str(), e["group"].as_str()),
+                (Some("acme"), Some("board"))
+            );
+            assert_eq!(
+                (e["seq"].as_u64(), e["sender"].as_str()),
+                (Some(seq), Some("alice"))
+            );
+            e["recipient"].as_str().unwrap()
+        })
+        .collect();
+    recipients.sort();
+    assert_eq!(recipients, ["carol", "dave"], "bob and alice are connected");
+
+    // An endpoint that fails: counted, not retried, and delivery goes on.
+    let (url, bodies) = webhook_endpoint("503 Service Unavailable");
+    n.hub()
+        .set_notify_sink(Arc::new(WebhookSink::new(&url).unwrap()));
+    let seq = post(&mut alice, 2, "board", b"again").await;
+    tokio::task::spawn_blocking(move || bodies.recv_timeout(WAIT))
+        .await
+        .unwrap()
+        .expect("the webhook got no request");
+    let deadline = std::time::Instant::now() + WAIT;
+    while n.hub().metrics().snapshot().notifications_failed < 2 {
+        assert!(std::time::Instant::now() < deadline, "failure not counted");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(n.hub().metrics().snapshot().notifications_failed, 2);
+    assert_eq!(next_deliver(&mut bob).await.seq, seq - 1);
+    assert_eq!(next_deliver(&mut bob).await.seq, seq);
+}

@@ -153,6 +153,7 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         notify_offline_requests,
         notifications,
         notifications_dropped,
+        notifications_failed,
         receipts_forwarded,
         receipts_aggregated,
         receipts_dropped,
@@ -370,6 +371,12 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             rate_limited_connections,
             "Hellos refused with RateLimited (tenant connection cap or rate).",
+        ),
+        (
+            "notifications_failed",
+            Counter,
+            notifications_failed,
+            "Push notifications the sink could not deliver (webhook errors); not retried.",
         ),
         (
             "rate_limited_presence",
