@@ -912,12 +912,29 @@ impl Hub {
 
     /// Takes a token of the user's `user_joins` limit (shared by `Join` and `Leave`).
     fn admit_join(&self, session: &Session) -> Result<(), RequestError> {
+        let user = &session.rates.user;
+        self.admit_user(
+            session,
+            &user.joins,
+            Limited::Joins,
+            self.limits.user_joins(),
+        )
+    }
+
+    /// Takes a token of one of the session's user's buckets, or the typed refusal.
+    fn admit_user(
+        &self,
+        session: &Session,
+        bucket: &switchboard_core::rate::TokenBucket,
+        kind: Limited,
+        rate: switchboard_core::rate::Rate,
+    ) -> Result<(), RequestError> {
         self.rates.take(
             &self.metrics,
-            &session.rates.user.joins,
-            Limited::Joins,
+            bucket,
+            kind,
             Whose("user", &session.user),
-            self.limits.user_joins(),
+            rate,
             self.rates.now_ms(),
         )
     }
@@ -1550,13 +1567,12 @@ impl Hub {
         kind: ReceiptKind,
     ) -> Result<(), RequestError> {
         let gid = group_id(group)?;
-        self.rates.take(
-            &self.metrics,
-            &session.rates.user.receipts,
+        let user = &session.rates.user;
+        self.admit_user(
+            session,
+            &user.receipts,
             Limited::Receipts,
-            Whose("user", &session.user),
             self.limits.user_receipts(),
-            self.rates.now_ms(),
         )?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
@@ -1642,20 +1658,18 @@ impl Hub {
             self.metrics.presence_shed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        self.rates
-            .take(
-                &self.metrics,
-                &session.rates.user.presence,
-                Limited::Presence,
-                Whose("user", &session.user),
-                self.limits.user_presence(),
-                self.rates.now_ms(),
-            )
-            .map_err(|mut e| {
-                e.message
-                    .push_str(" (the new state is kept; co-members were not told)");
-                e
-            })?;
+        let user = &session.rates.user;
+        self.admit_user(
+            session,
+            &user.presence,
+            Limited::Presence,
+            self.limits.user_presence(),
+        )
+        .map_err(|mut e| {
+            e.message
+                .push_str(" (the new state is kept; co-members were not told)");
+            e
+        })?;
         session.presence_told.store(v, Ordering::Relaxed);
         let frame = wire::encode_server(&ServerFrame::PresenceNotice {
             user: session.user.to_string(),
