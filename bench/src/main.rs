@@ -20,14 +20,14 @@ use anyhow::{bail, Context, Result};
 use bytes::{BufMut, BytesMut};
 use clap::{Parser, ValueEnum};
 use quinn::crypto::rustls::QuicClientConfig;
-use switchboard_core::token::{self, Claims};
-use switchboard_core::{GroupId, Limits, PresenceState, TenantId, UserId};
+use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
 mod large_group;
 mod push;
+mod session;
 mod swap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -327,39 +327,13 @@ struct Conn {
 
 /// A token for `user` of `tenant`, signed with the bench tenants' secret, valid for an hour.
 fn bench_token(tenant: &str, user: &str) -> Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    Ok(token::mint(
-        &Claims {
-            tenant: TenantId::new(tenant)?,
-            user: UserId::new(user)?,
-            exp: now + 3600,
-            nbf: 0,
-        },
-        SECRET,
-    ))
+    session::token(tenant, user, SECRET)
 }
 
 async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, user: &str) -> Result<Conn> {
     let conn = endpoint.connect(addr, "localhost")?.await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
     let token = bench_token("bench", user)?;
-    send.write_all(&wire::encode_client(&ClientFrame::Hello(wire::Hello {
-        token,
-        presence: PresenceState::Foreground,
-        cursors: vec![],
-        client: "bench".into(),
-    })))
-    .await?;
-    let mut buf = BytesMut::new();
-    let f = wire::read_frame(&mut recv, &mut buf, 1 << 20)
-        .await?
-        .context("no welcome")?;
-    match wire::decode_server(&f, &DecodeLimits::default())? {
-        ServerFrame::Welcome { .. } => {}
-        other => bail!("expected Welcome, got {other:?}"),
-    }
+    let (send, recv, buf) = session::hello(&conn, token, "bench", 1 << 20).await?;
     Ok(Conn {
         conn,
         send,

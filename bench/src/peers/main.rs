@@ -26,6 +26,8 @@ mod mqtt;
 mod nats;
 mod sb;
 mod servers;
+#[path = "../session.rs"]
+mod session;
 mod tls;
 
 use std::collections::BTreeMap;

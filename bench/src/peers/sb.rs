@@ -10,8 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use quinn::crypto::rustls::QuicClientConfig;
-use switchboard_core::token::{self, Claims};
-use switchboard_core::{ErrorCode, PresenceState, TenantId, UserId};
+use switchboard_core::ErrorCode;
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
 use crate::load::{AckTally, Encode, Tally};
@@ -68,34 +67,8 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, user: &str) -
             Err(e) => return Err(e.into()),
         }
     };
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let token = token::mint(
-        &Claims {
-            tenant: TenantId::new("bench")?,
-            user: UserId::new(user)?,
-            exp: now + 3600,
-            nbf: 0,
-        },
-        SECRET.as_bytes(),
-    );
-    send.write_all(&wire::encode_client(&ClientFrame::Hello(wire::Hello {
-        token,
-        presence: PresenceState::Foreground,
-        cursors: vec![],
-        client: "peers-bench".into(),
-    })))
-    .await?;
-    let mut buf = BytesMut::new();
-    let f = wire::read_frame(&mut recv, &mut buf, MAX_FRAME)
-        .await?
-        .context("no welcome")?;
-    match wire::decode_server(&f, &DecodeLimits::default())? {
-        ServerFrame::Welcome { .. } => {}
-        other => bail!("expected Welcome, got {other:?}"),
-    }
+    let token = crate::session::token("bench", user, SECRET.as_bytes())?;
+    let (send, recv, buf) = crate::session::hello(&conn, token, "peers-bench", MAX_FRAME).await?;
     Ok(Session {
         conn,
         send,
