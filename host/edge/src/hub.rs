@@ -33,6 +33,7 @@ use switchboard_store::{
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
+use crate::active_first::{ForegroundGate, Later, Phase2};
 use crate::push::{Outbox, Push, PushStream};
 use crate::rates::{Limited, RateLimiter, SessionRates, TenantRates, UserRates, Whose};
 use crate::serving::{PolicySet, Serving, ServingState, ServingVersion, VersionedPolicy};
@@ -191,6 +192,9 @@ pub struct Metrics {
     pub handshake_timeouts: AtomicU64,
     /// Connections closed with `SlowConsumer` (`disconnect_slow_consumers`).
     pub slow_consumers_disconnected: AtomicU64,
+    /// Batches whose background phase started at its deadline, before every foreground copy
+    /// was handed to QUIC (a foreground session not reading; `active_first.rs`).
+    pub foreground_gate_timeouts: AtomicU64,
 }
 
 /// A snapshot of [`Metrics`].
@@ -237,6 +241,7 @@ pub struct MetricsSnapshot {
     pub handshakes_refused: u64,
     pub handshake_timeouts: u64,
     pub slow_consumers_disconnected: u64,
+    pub foreground_gate_timeouts: u64,
 }
 
 impl Metrics {
@@ -284,6 +289,7 @@ impl Metrics {
             handshakes_refused: l(&self.handshakes_refused),
             handshake_timeouts: l(&self.handshake_timeouts),
             slow_consumers_disconnected: l(&self.slow_consumers_disconnected),
+            foreground_gate_timeouts: l(&self.foreground_gate_timeouts),
         }
     }
 }
@@ -485,9 +491,9 @@ pub struct Committer {
     store: Arc<dyn Store>,
     rx: mpsc::Receiver<Commit>,
     hub: std::sync::Weak<Hub>,
-    /// Messages of the current batch whose background subscribers wait for phase 2 (kept
-    /// to reuse its allocation).
-    later: Vec<(Arc<GroupState>, u64, Lane, Bytes, std::time::Instant)>,
+    /// Batches whose background subscribers wait for phase 2 (`active_first`).
+    phase2: mpsc::Sender<crate::active_first::Phase2>,
+    phase2_rx: Option<mpsc::Receiver<crate::active_first::Phase2>>,
 }
 
 /// Upper bound of a message's encoded size besides its body (three ids of at most 64 bytes,
@@ -538,11 +544,13 @@ impl Hub {
         let _ = hub
             .receipts_tx
             .set(crate::receipts::start(Arc::downgrade(&hub)));
+        let (phase2, phase2_rx) = crate::active_first::channel();
         let committer = Committer {
             store,
             rx,
             hub: Arc::downgrade(&hub),
-            later: Vec::new(),
+            phase2,
+            phase2_rx: Some(phase2_rx),
         };
         (hub, committer)
     }
@@ -1729,6 +1737,10 @@ impl Committer {
     /// Runs until the hub is dropped or [`Committer::close`] is signalled through `stop`,
     /// then commits what is queued and returns.
     pub async fn run(mut self, stop: Arc<Notify>) {
+        let phase2 = self
+            .phase2_rx
+            .take()
+            .map(|rx| tokio::spawn(crate::active_first::run(rx, self.hub.clone())));
         let mut batch = Vec::with_capacity(256);
         loop {
             let n = tokio::select! {
@@ -1739,9 +1751,14 @@ impl Committer {
                 }
             };
             if n == 0 {
-                return;
+                break;
             }
             self.commit(&mut batch).await;
+        }
+        // Background phases still queued are published (each waits at most its gate).
+        drop(self.phase2);
+        if let Some(task) = phase2 {
+            let _ = task.await;
         }
     }
 
@@ -1757,7 +1774,8 @@ impl Committer {
         match flushed {
             Ok(()) => {
                 hub.metrics.flushes.fetch_add(1, Ordering::Relaxed);
-                let mut later = std::mem::take(&mut self.later);
+                let (gate, publishing) = ForegroundGate::new();
+                let mut later = Vec::new();
                 for c in batch.drain(..) {
                     if let Some(sender) = c.notify {
                         hub.queue_notification(&c.group, c.seq, sender);
@@ -1765,8 +1783,14 @@ impl Committer {
                     match c.deliver {
                         Some(frame) => {
                             let at = std::time::Instant::now();
-                            if hub.publish_active(&c.group, c.seq, c.lane, &frame, at) {
-                                later.push((c.group, c.seq, c.lane, frame, at));
+                            if hub.publish_active(&c.group, c.seq, c.lane, &frame, at, &gate) {
+                                later.push(Later {
+                                    group: c.group,
+                                    seq: c.seq,
+                                    lane: c.lane,
+                                    frame,
+                                    published_at: at,
+                                });
                             }
                         }
                         // A resend of a message whose first flush failed: it is durable now,
@@ -1775,18 +1799,23 @@ impl Committer {
                     }
                     c.reply.send(c.ack);
                 }
+                drop(publishing);
                 if !later.is_empty() {
-                    // Active first on the wire, not only in the queues: the foreground
-                    // sessions' writers and connection drivers run (in wake order, on the
-                    // same workers) before the background writers are even woken, so
-                    // thousands of background writes cannot get between an active
-                    // session's write and its packets.
-                    tokio::task::yield_now().await;
-                    for (g, seq, lane, frame, at) in later.drain(..) {
-                        hub.publish_background(&g, seq, lane, &frame, at);
-                    }
+                    // Active first on the wire, not only in the queues: the background
+                    // sessions get the batch once its foreground copies are written (or the
+                    // gate's deadline passed), on their own task, so the next batch's
+                    // phase 1 does not wait for it.
+                    let deadline =
+                        tokio::time::Instant::now() + crate::active_first::FOREGROUND_GATE;
+                    let _ = self
+                        .phase2
+                        .send(Phase2 {
+                            gate,
+                            deadline,
+                            items: later,
+                        })
+                        .await;
                 }
-                self.later = later;
             }
             Err(e) => {
                 hub.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
@@ -1819,7 +1848,8 @@ impl Hub {
 
     /// Phase 1 of publishing (see [`Committer::commit`]): makes `seq` visible (advances the
     /// durable head) and queues the frame to the foreground subscribers (all of them in
-    /// naive mode). Returns whether background subscribers are left for phase 2.
+    /// naive mode), each with a ticket of the batch's `gate`. Returns whether background
+    /// subscribers are left for phase 2.
     fn publish_active(
         &self,
         g: &GroupState,
@@ -1827,6 +1857,7 @@ impl Hub {
         lane: Lane,
         frame: &Bytes,
         published_at: std::time::Instant,
+        gate: &Arc<ForegroundGate>,
     ) -> bool {
         let naive = self.naive_fanout.load(Ordering::Relaxed);
         let mut f = g.fanout.lock();
@@ -1841,6 +1872,7 @@ impl Hub {
                         lane,
                         frame: frame.clone(),
                         published_at,
+                        gate: (!naive).then(|| gate.ticket()),
                     },
                     &self.metrics,
                 );
@@ -1858,7 +1890,7 @@ impl Hub {
     /// since phase 1 is skipped here, and its catch-up (which every return to the
     /// foreground starts, up to the head phase 1 advanced) brings the message; one that went
     /// to the background gets it again, and its writer skips what it already sent.
-    fn publish_background(
+    pub(crate) fn publish_background(
         &self,
         g: &GroupState,
         seq: u64,
@@ -1888,6 +1920,7 @@ impl Hub {
                     lane,
                     frame: frame.clone(),
                     published_at,
+                    gate: None,
                 }
             };
             s.push(push, &self.metrics);

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub mod active_first;
 mod breaker;
 mod conn;
 pub mod histogram;

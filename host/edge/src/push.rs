@@ -29,6 +29,7 @@ use switchboard_wire::{self as wire, ServerFrame};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::active_first::GateTicket;
 use crate::hub::{GroupState, Hub, Session, SubChange};
 
 /// Bytes of pushes a writer takes from its queue per write (more if a single frame is
@@ -97,6 +98,9 @@ pub(crate) enum Push {
         frame: Bytes,
         /// When the message was published (durable): delivery latency is measured from here.
         published_at: Instant,
+        /// A foreground copy's ticket: released once written, so the background phase of
+        /// its batch can start (`active_first`).
+        gate: Option<GateTicket>,
     },
     /// A best-effort notice (receipt, presence, flags): dropped if its queue is full.
     Notice { stream: PushStream, frame: Bytes },
@@ -430,6 +434,8 @@ struct Writer<'a> {
     queued_bytes: Arc<AtomicUsize>,
     /// When each live delivery in the current write was published (latency metrics).
     published: Vec<Instant>,
+    /// Gate tickets of the foreground copies in the current write, released after it.
+    tickets: Vec<GateTicket>,
     /// Opened on first write.
     stream: Option<quinn::SendStream>,
     out: Vec<Bytes>,
@@ -454,6 +460,7 @@ impl<'a> Writer<'a> {
             session,
             queued_bytes: queued_bytes.clone(),
             published: Vec::new(),
+            tickets: Vec::new(),
             stream: None,
             // Grown on first use: most connections never use some of their streams, and
             // 64-slot buffers up front were ~28 KiB of every idle connection.
@@ -503,9 +510,13 @@ impl<'a> Writer<'a> {
             let taken: usize = items.iter().map(Push::len).sum();
             self.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
             let mut planner = self.planner.lock();
-            for item in items.drain(..) {
-                if let Push::Deliver { published_at, .. } = &item {
+            for mut item in items.drain(..) {
+                if let Push::Deliver {
+                    published_at, gate, ..
+                } = &mut item
+                {
                     self.published.push(*published_at);
+                    self.tickets.extend(gate.take());
                 }
                 if let Err(e) = planner.plan(item, &mut self.out) {
                     warn!(error = %e, "delivery planning failed");
@@ -514,6 +525,7 @@ impl<'a> Writer<'a> {
             }
         }
         if self.out.is_empty() {
+            self.tickets.clear();
             return Ok(());
         }
         if self.stream.is_none() {
@@ -527,6 +539,8 @@ impl<'a> Writer<'a> {
             return Err(PushEnd::Closed);
         }
         self.out.clear();
+        // Handed to QUIC (its connection driver is woken): the background may go.
+        self.tickets.clear();
         if !self.published.is_empty() {
             // One clock read per write, not per message.
             let now = Instant::now();
@@ -554,6 +568,7 @@ mod tests {
             lane,
             frame: Bytes::from(vec![0u8; 10]),
             published_at: Instant::now(),
+            gate: None,
         }
     }
 

@@ -124,6 +124,60 @@ async fn foreground_members_get_a_message_before_any_background_member_and_offli
     }
 }
 
+/// The same promise with a crowd: 96 background sessions (subscribed before the foreground
+/// ones) whose writers would otherwise get between the 32 foreground sessions' writes and
+/// their packets. The node runs on its own one-worker runtime, as deployed; the clients on
+/// one thread, so they number deliveries in the order the datagrams reached their sockets.
+#[test]
+fn a_crowd_of_background_members_never_gets_ahead_of_a_foreground_member() {
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = node_rt.block_on(TestNode::start());
+    let active: Vec<String> = (0..32).map(|i| format!("a{i}")).collect();
+    let background: Vec<String> = (0..96).map(|i| format!("b{i}")).collect();
+    let mut all = vec!["sender"];
+    all.extend(background.iter().map(String::as_str));
+    all.extend(active.iter().map(String::as_str));
+    group(&n, "crowd", &all);
+
+    client_rt.block_on(async {
+        let mut sender = member(&n, "sender", PresenceState::Background).await;
+        let mut bg = Vec::new();
+        for u in &background {
+            bg.push(member(&n, u, PresenceState::Background).await);
+        }
+        let mut fg = Vec::new();
+        for u in &active {
+            fg.push(member(&n, u, PresenceState::Foreground).await);
+        }
+        for i in 1..=5u64 {
+            let seq = post(&mut sender, i, "crowd", format!("m{i}").as_bytes()).await;
+            for c in fg.iter_mut().chain(bg.iter_mut()) {
+                assert_eq!(next_deliver(c).await.seq, seq);
+            }
+            let last_active = fg.iter().map(|c| c.arrival("crowd", seq).unwrap()).max();
+            let early = bg
+                .iter()
+                .filter(|c| Some(c.arrival("crowd", seq).unwrap()) < last_active)
+                .count();
+            assert_eq!(
+                early, 0,
+                "message {seq}: {early} of 96 background members got it before the last of \
+                 32 foreground members"
+            );
+        }
+    });
+    assert_eq!(n.hub().metrics().snapshot().foreground_gate_timeouts, 0);
+    node_rt.block_on(async move { drop(n) });
+}
+
 #[tokio::test]
 async fn background_members_of_large_groups_get_nudges_then_everything_in_the_foreground() {
     let n = TestNode::start_with(Limits {

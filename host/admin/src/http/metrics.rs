@@ -171,6 +171,7 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         handshakes_refused,
         handshake_timeouts,
         slow_consumers_disconnected,
+        foreground_gate_timeouts,
     } = m;
     let series: &[(&str, Kind, u64, &str)] = &[
         ("sessions", Gauge, sessions as u64, "Open sessions."),
@@ -413,6 +414,12 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             Counter,
             slow_consumers_disconnected,
             "Connections closed with SlowConsumer (disconnect_slow_consumers).",
+        ),
+        (
+            "foreground_gate_timeouts",
+            Counter,
+            foreground_gate_timeouts,
+            "Batches whose background phase started at its deadline, before every foreground copy was written.",
         ),
     ];
     for &(name, kind, value, help) in series {
