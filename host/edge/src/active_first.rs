@@ -3,14 +3,17 @@
 //!
 //! The committer publishes each batch to the foreground sessions itself (phase 1) and hands
 //! the rest to [`run`], one [`Phase2`] per batch, in commit order. Every foreground push of
-//! the batch carries a [`GateTicket`]; the session's writer releases it once the frame is
-//! handed to QUIC (or the push is dropped: full queue, session gone). When the last ticket is
-//! released the batch's [`ForegroundGate`] opens and phase 2 queues the background pushes.
+//! the batch carries a [`GateTicket`]; the session's writer releases it after the write and
+//! one yield, so the connection driver the write woke (next to run on that worker) has sent
+//! the packet — or when the push is dropped (full queue, session gone). When the last ticket
+//! is released the batch's [`ForegroundGate`] opens and phase 2 queues the background pushes.
 //!
 //! A yield orders tasks, not the wire: with a plain `yield_now` between the phases, background
 //! writers woken by a large fan-out still got between foreground writes and their packets
-//! (93 of 9,000 background members served before the last of 1,000 foreground ones in the
-//! large-group benchmark). Waiting on the writers themselves closes that gap.
+//! (61–93 of 9,000 background members served before the last of 1,000 foreground ones in the
+//! large-group benchmark). Waiting on the writers themselves closes that gap. The order
+//! argument (a task woken later runs later, one woken from a running task runs right after
+//! it) holds per worker thread; with several workers it is best effort, as is the wire.
 //!
 //! Bounds: a gate waits at most [`FOREGROUND_GATE`] from the batch's publish, so a
 //! foreground session that stopped reading delays background delivery by that much at most;
@@ -122,9 +125,7 @@ pub(crate) async fn run(mut rx: mpsc::Receiver<Phase2>, hub: Weak<Hub>) {
                 .foreground_gate_timeouts
                 .fetch_add(1, Ordering::Relaxed);
         }
-        // The last ticket was released by a writer right after it woke its connection's
-        // driver, and waking this task may have put it ahead of that driver: let the
-        // driver send first.
+        // Let whatever the last release queued ahead of the background writers run first.
         tokio::task::yield_now().await;
         for l in batch.items {
             hub.publish_background(&l.group, l.seq, l.lane, &l.frame, l.published_at);

@@ -345,6 +345,43 @@ impl RawClient {
         })
     }
 
+    /// A client endpoint (one UDP socket, 4 MiB receive buffer where the kernel allows) for
+    /// [`RawClient::connect_via`].
+    pub fn shared_endpoint(cert_der: &[u8]) -> quinn::Endpoint {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = quinn::udp::UdpSocketState::new((&socket).into()).unwrap();
+        let _ = state.set_recv_buffer_size((&socket).into(), 4 << 20);
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .unwrap();
+        endpoint.set_default_client_config(client_crypto(cert_der, wire::ALPN));
+        endpoint
+    }
+
+    /// A connection over a shared endpoint: the datagrams of all its connections are read
+    /// from one socket, in the order they arrived, so [`Arrivals`] follow the wire exactly.
+    pub async fn connect_via(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> Result<RawClient, quinn::ConnectionError> {
+        let conn = endpoint.connect(addr, "localhost").unwrap().await?;
+        Ok(RawClient {
+            endpoint: endpoint.clone(),
+            conn,
+            send: None,
+            recv: None,
+            buf: BytesMut::new(),
+            pushes: None,
+            order: wire::order::PushOrder::new(1 << 20),
+            flags_seen: false,
+            arrivals: Arrivals::default(),
+        })
+    }
+
     /// Writes raw bytes on the control stream (opened on first use).
     pub async fn write_raw(&mut self, bytes: &[u8]) {
         if self.send.is_none() {
