@@ -3,9 +3,10 @@
 //!
 //! The committer publishes each batch to the foreground sessions itself (phase 1) and hands
 //! the rest to [`run`], one [`Phase2`] per batch, in commit order. Every foreground push of
-//! the batch carries a [`GateTicket`]; the session's writer releases it after the write and
-//! one yield, so the connection driver the write woke (next to run on that worker) has sent
-//! the packet — or when the push is dropped (full queue, session gone). When the last ticket
+//! the batch carries a [`GateTicket`]; the session's writer releases it after the write and,
+//! when a background phase waits on the gate, one yield, so the connection driver the write
+//! woke (next to run on that worker) has sent the packet — or when the push is dropped (full
+//! queue, session gone). When the last ticket
 //! is released the batch's [`ForegroundGate`] opens and phase 2 queues the background pushes.
 //!
 //! A yield orders tasks, not the wire: with a plain `yield_now` between the phases, background
@@ -21,7 +22,7 @@
 //! At most [`PHASE2_QUEUE`] batches wait; beyond that the committer waits (back-pressure on
 //! commits rather than unbounded memory).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub(crate) struct ForegroundGate {
     /// (so the gate cannot open while tickets are still being handed out).
     pending: AtomicUsize,
     open: Notify,
+    /// Whether a background phase waits on this gate (set before the publisher's ticket is
+    /// released); writers only pay their yield for gates that are waited on.
+    awaited: AtomicBool,
 }
 
 /// One foreground copy in flight; released (dropped) after its write.
@@ -55,6 +59,7 @@ impl ForegroundGate {
         let gate = Arc::new(Self {
             pending: AtomicUsize::new(1),
             open: Notify::new(),
+            awaited: AtomicBool::new(false),
         });
         (gate.clone(), GateTicket(gate))
     }
@@ -62,6 +67,11 @@ impl ForegroundGate {
     pub(crate) fn ticket(self: &Arc<Self>) -> GateTicket {
         self.pending.fetch_add(1, Ordering::AcqRel);
         GateTicket(self.clone())
+    }
+
+    /// Marks that a background phase will wait on this gate.
+    pub(crate) fn await_later(&self) {
+        self.awaited.store(true, Ordering::Release);
     }
 
     fn is_open(&self) -> bool {
@@ -82,6 +92,14 @@ impl ForegroundGate {
                 return self.is_open();
             }
         }
+    }
+}
+
+impl GateTicket {
+    /// Whether a background phase waits for this copy (its writer then yields before the
+    /// release).
+    pub(crate) fn awaited(&self) -> bool {
+        self.0.awaited.load(Ordering::Acquire)
     }
 }
 

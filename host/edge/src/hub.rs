@@ -1799,6 +1799,9 @@ impl Committer {
                     }
                     c.reply.send(c.ack);
                 }
+                if !later.is_empty() {
+                    gate.await_later();
+                }
                 drop(publishing);
                 if !later.is_empty() {
                     // Active first on the wire, not only in the queues: the background

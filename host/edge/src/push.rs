@@ -539,15 +539,18 @@ impl<'a> Writer<'a> {
             return Err(PushEnd::Closed);
         }
         self.out.clear();
-        if !self.tickets.is_empty() {
-            // Handed to QUIC and its connection driver woken (it runs next on this worker):
-            // yield so it sends before the release wakes the phase-2 task. Releasing right
-            // after the write instead let that wake run ahead of the driver, and a
-            // background packet went before the last foreground one in 4 of 15 runs of the
-            // crowd test (delivery_planning.rs); releasing before the write, 1 of 45.
+        if self.tickets.iter().any(GateTicket::awaited) {
+            // Handed to QUIC and the connection driver woken (it runs next on this worker).
+            // Yield so it sends before the release can wake the phase-2 task: releasing right
+            // after the write let that wake run ahead of the driver, and a background packet
+            // went before the last foreground one in 4 of 15 runs of the crowd test
+            // (delivery_planning.rs); releasing before the write, 1 of 45; only the writer
+            // of a gate's last copies yielding, 2 of 15. Only for gates a background phase
+            // waits on: yielding on every write slowed fast readers of all-foreground groups
+            // enough to overflow their queues (messaging.rs, slow-consumer test, 6 of 10).
             tokio::task::yield_now().await;
-            self.tickets.clear();
         }
+        self.tickets.clear();
         if !self.published.is_empty() {
             // One clock read per write, not per message.
             let now = Instant::now();
