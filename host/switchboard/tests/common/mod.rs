@@ -332,7 +332,11 @@ impl RawClient {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config);
         let conn = endpoint.connect(addr, "localhost").unwrap().await?;
-        Ok(RawClient {
+        Ok(Self::over(endpoint, conn))
+    }
+
+    fn over(endpoint: quinn::Endpoint, conn: quinn::Connection) -> RawClient {
+        RawClient {
             endpoint,
             conn,
             send: None,
@@ -342,7 +346,7 @@ impl RawClient {
             order: wire::order::PushOrder::new(1 << 20),
             flags_seen: false,
             arrivals: Arrivals::default(),
-        })
+        }
     }
 
     /// A client endpoint (one UDP socket, 4 MiB receive buffer where the kernel allows) for
@@ -369,17 +373,7 @@ impl RawClient {
         addr: SocketAddr,
     ) -> Result<RawClient, quinn::ConnectionError> {
         let conn = endpoint.connect(addr, "localhost").unwrap().await?;
-        Ok(RawClient {
-            endpoint: endpoint.clone(),
-            conn,
-            send: None,
-            recv: None,
-            buf: BytesMut::new(),
-            pushes: None,
-            order: wire::order::PushOrder::new(1 << 20),
-            flags_seen: false,
-            arrivals: Arrivals::default(),
-        })
+        Ok(Self::over(endpoint.clone(), conn))
     }
 
     /// Writes raw bytes on the control stream (opened on first use).
