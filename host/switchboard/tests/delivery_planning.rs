@@ -192,6 +192,44 @@ fn a_crowd_of_background_members_never_gets_ahead_of_a_foreground_member() {
     node_rt.block_on(async move { drop(n) });
 }
 
+/// The gate's bound: a foreground member that never reads holds its gate tickets once its
+/// QUIC send window is full, and the background member still gets every message (each
+/// batch's background phase starts at its deadline, counted) instead of waiting for it.
+#[tokio::test]
+async fn a_foreground_member_that_never_reads_does_not_hold_up_the_background() {
+    let n = TestNode::start().await;
+    group(&n, "stall", &["sender", "stuck", "b"]);
+    let mut sender = member(&n, "sender", PresenceState::Background).await;
+    let mut stuck = n.raw().await; // foreground; never reads its push streams
+    assert!(matches!(
+        stuck.hello(&n.token("acme", "stuck")).await,
+        ServerFrame::Welcome { .. }
+    ));
+    let mut b = member(&n, "b", PresenceState::Background).await;
+
+    // ~4.8 MB: past the node's 2 MiB send window to `stuck` and its client's receive window.
+    const N: u64 = 1_200;
+    let body = vec![b'x'; 4_000];
+    for i in 1..=N {
+        sender.send(&send(i, "stall", &body)).await;
+    }
+    let mut acked = 0;
+    while acked < N {
+        match sender.read().await {
+            Some(ServerFrame::Ack { .. }) => acked += 1,
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    for seq in 1..=N {
+        assert_eq!(next_deliver(&mut b).await.seq, seq);
+    }
+    assert!(
+        n.hub().metrics().snapshot().foreground_gate_timeouts >= 1,
+        "the stuck member's held tickets should have run some gates to their deadline"
+    );
+    drop(stuck);
+}
+
 #[tokio::test]
 async fn background_members_of_large_groups_get_nudges_then_everything_in_the_foreground() {
     let n = TestNode::start_with(Limits {
