@@ -33,6 +33,8 @@ use switchboard_store::{
 use switchboard_wire::{self as wire, ErrorFrame, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
+use switchboard_router::{self as router, GroupFanout};
+
 use crate::active_first::{ForegroundGate, Later, Phase2};
 use crate::push::{Outbox, Push, PushStream};
 use crate::rates::{Limited, RateLimiter, SessionRates, TenantRates, UserRates, Whose};
@@ -372,6 +374,15 @@ impl Session {
     }
 }
 
+impl router::Subscriber for Session {
+    fn session_id(&self) -> u64 {
+        self.id
+    }
+    fn presence(&self) -> PresenceState {
+        Session::presence(self)
+    }
+}
+
 /// The hub's view of one group: its append lock and its subscribers.
 #[derive(Debug)]
 pub struct GroupState {
@@ -379,26 +390,19 @@ pub struct GroupState {
     pub id: GroupId,
     /// Serialises appends so sequence numbers and commit order agree.
     append: tokio::sync::Mutex<()>,
-    fanout: Mutex<Fanout>,
+    fanout: Mutex<GroupFanout<Arc<Session>>>,
     /// Member count, kept here so the per-message policy call reads no store.
     pub(crate) members: AtomicU32,
-}
-
-#[derive(Debug)]
-struct Fanout {
-    /// Highest durable (flushed and published) sequence number.
-    head: u64,
-    subscribers: Vec<Arc<Session>>,
 }
 
 impl GroupState {
     /// The newest durable sequence number: what clients may see.
     pub fn head(&self) -> u64 {
-        self.fanout.lock().head
+        self.fanout.lock().head()
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.fanout.lock().subscribers.len()
+        self.fanout.lock().subscribers().len()
     }
 }
 
@@ -617,10 +621,7 @@ impl Hub {
                     tenant: tenant.clone(),
                     id: group.clone(),
                     append: tokio::sync::Mutex::new(()),
-                    fanout: Mutex::new(Fanout {
-                        head,
-                        subscribers: Vec::new(),
-                    }),
+                    fanout: Mutex::new(GroupFanout::new(head)),
                     members: AtomicU32::new(members),
                 })
             })
@@ -768,7 +769,7 @@ impl Hub {
         let groups: Vec<GroupId> = session.groups.lock().drain().collect();
         for gid in groups {
             if let Some(g) = self.groups.get(&(session.tenant.clone(), gid)) {
-                g.fanout.lock().subscribers.retain(|s| s.id != session.id);
+                g.fanout.lock().unsubscribe(session.id);
             }
         }
         let key = (session.tenant.clone(), session.user.clone());
@@ -824,7 +825,7 @@ impl Hub {
         if session.closed.load(Ordering::Acquire) {
             // close_session ran (or is running) for this session: never re-add it. It drains
             // `groups` after setting `closed`, so it removes what we inserted above.
-            return f.head;
+            return f.head();
         }
         // Queue the change before becoming visible to the committer, so any push for this
         // group the writer sees finds the subscription already applied.
@@ -832,11 +833,11 @@ impl Hub {
             g.id.clone(),
             SubChange::Subscribe {
                 group: g.clone(),
-                after: after.min(f.head),
+                after: after.min(f.head()),
             },
         );
-        f.subscribers.push(session.clone());
-        let head = f.head;
+        f.subscribe(session.clone());
+        let head = f.head();
         drop(f);
         session.request_catch_up();
         head
@@ -846,7 +847,7 @@ impl Hub {
         if !session.groups.lock().remove(&g.id) {
             return;
         }
-        g.fanout.lock().subscribers.retain(|s| s.id != session.id);
+        g.fanout.lock().unsubscribe(session.id);
         session
             .sub_changes
             .lock()
@@ -1693,7 +1694,7 @@ impl Hub {
             else {
                 continue;
             };
-            let subs = g.fanout.lock().subscribers.clone();
+            let subs = g.fanout.lock().subscribers().to_vec();
             for s in subs {
                 if s.user != session.user && told.insert(s.id) {
                     let notice = Push::Notice {
@@ -1839,12 +1840,7 @@ impl Committer {
 impl Hub {
     /// Advances the durable head to `seq` without a live frame; subscribers catch up.
     fn reveal(&self, g: &GroupState, seq: u64) {
-        let mut f = g.fanout.lock();
-        if f.head >= seq {
-            return;
-        }
-        f.head = seq;
-        for s in &f.subscribers {
+        for s in g.fanout.lock().reveal(seq) {
             s.request_catch_up();
         }
     }
@@ -1863,29 +1859,22 @@ impl Hub {
         gate: &Arc<ForegroundGate>,
     ) -> bool {
         let naive = self.naive_fanout.load(Ordering::Relaxed);
-        let mut f = g.fanout.lock();
-        f.head = f.head.max(seq);
-        let mut live = 0u64;
-        for s in &f.subscribers {
-            if naive || s.presence() == PresenceState::Foreground {
-                s.push(
-                    Push::Deliver {
-                        group: g.id.clone(),
-                        seq,
-                        lane,
-                        frame: frame.clone(),
-                        published_at,
-                        gate: (!naive).then(|| gate.ticket()),
-                    },
-                    &self.metrics,
-                );
-                live += 1;
-            }
-        }
+        let (n, later) = g.fanout.lock().publish_active(seq, naive, |s, copy| {
+            let gated = matches!(copy, router::Copy::Deliver { gated: true });
+            let push = Push::Deliver {
+                group: g.id.clone(),
+                seq,
+                lane,
+                frame: frame.clone(),
+                published_at,
+                gate: gated.then(|| gate.ticket()),
+            };
+            s.push(push, &self.metrics);
+        });
         self.metrics
             .deliveries_live
-            .fetch_add(live, Ordering::Relaxed);
-        live < f.subscribers.len() as u64
+            .fetch_add(n.live, Ordering::Relaxed);
+        later
     }
 
     /// Phase 2 of publishing: the background subscribers get the frame, or a nudge when the
@@ -1903,38 +1892,30 @@ impl Hub {
     ) {
         // Decided once per message, not per recipient.
         let defer = self.defers_background(g);
-        let f = g.fanout.lock();
-        let (mut live, mut deferred) = (0u64, 0u64);
-        for s in &f.subscribers {
-            if s.presence() == PresenceState::Foreground {
-                continue;
-            }
-            let push = if defer {
-                deferred += 1;
-                Push::Nudge {
+        let n = g.fanout.lock().publish_background(defer, |s, copy| {
+            let push = match copy {
+                router::Copy::Nudge => Push::Nudge {
                     group: g.id.clone(),
                     seq,
-                }
-            } else {
-                live += 1;
-                Push::Deliver {
+                },
+                router::Copy::Deliver { .. } => Push::Deliver {
                     group: g.id.clone(),
                     seq,
                     lane,
                     frame: frame.clone(),
                     published_at,
                     gate: None,
-                }
+                },
             };
             s.push(push, &self.metrics);
-        }
+        });
         self.metrics
             .deliveries_live
-            .fetch_add(live, Ordering::Relaxed);
-        if deferred > 0 {
+            .fetch_add(n.live, Ordering::Relaxed);
+        if n.deferred > 0 {
             self.metrics
                 .deliveries_deferred
-                .fetch_add(deferred, Ordering::Relaxed);
+                .fetch_add(n.deferred, Ordering::Relaxed);
         }
     }
 
@@ -1942,9 +1923,11 @@ impl Hub {
     /// is large (`nudge_background_from_members`) or the tenant sheds background delivery
     /// at the current load level.
     fn defers_background(&self, g: &GroupState) -> bool {
-        let from = self.limits.nudge_background_from_members;
-        (from > 0 && g.members.load(Ordering::Relaxed) >= from)
-            || self.shedding(&g.tenant).background_delivery
+        router::defers_background(
+            g.members.load(Ordering::Relaxed),
+            self.limits.nudge_background_from_members,
+            self.shedding(&g.tenant).background_delivery,
+        )
     }
 
     /// Whether `session`'s deliveries of `g` are deferred right now (see

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use switchboard_core::token::Claims;
-use switchboard_store::StoreError;
+use switchboard_router::LogError;
 use switchboard_wire::{Hello, ServerFrame};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -93,7 +93,7 @@ impl LocalSession {
     /// order, catch-up with the normal stream, as `push::run` does. Per group this is the
     /// order the planner promises (by `seq`, no gap); on a real connection the streams may
     /// interleave differently on arrival.
-    pub fn push_stream(&mut self) -> Result<Vec<Bytes>, StoreError> {
+    pub fn push_stream(&mut self) -> Result<Vec<Bytes>, LogError> {
         let mut out = Vec::new();
         let mut items: Vec<Push> = Vec::new();
         loop {

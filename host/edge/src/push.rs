@@ -16,7 +16,6 @@
 //! order from `after_seq + 1`, holding one that overtook its predecessor until that arrives
 //! (protocol §9).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,8 +23,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_core::{GroupId, Lane};
-use switchboard_store::StoreError;
-use switchboard_wire::{self as wire, ServerFrame};
+use switchboard_router::{self as router, LogError};
+use switchboard_wire as wire;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -36,9 +35,7 @@ use crate::hub::{GroupState, Hub, Session, SubChange};
 /// larger): enough to pack many small messages into few packets, small enough that planning
 /// (which holds the session's planner lock) stays short.
 const WRITE_BUDGET: usize = 64 * 1024;
-/// A deferred group is nudged at most once per this interval per connection: the nudge is a
-/// hint ("there is more, fetch when you need it"), not a copy of the traffic.
-pub const NUDGE_INTERVAL_MS: u64 = 1_000;
+pub use router::NUDGE_INTERVAL_MS;
 
 /// A connection's push streams, most urgent first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -213,25 +210,46 @@ fn drain(rx: &mut mpsc::Receiver<Push>, out: &mut Vec<Push>, mut budget: usize) 
     }
 }
 
-/// One subscribed group as the planner sees it.
-struct Sub {
-    group: Arc<GroupState>,
-    /// Highest seq written to this connection.
-    sent: u64,
-    /// Whether the `Resume` frame of this subscription was written.
-    announced: bool,
-    /// Highest seq a `Nudge` told about, and when (ms).
-    nudged_seq: u64,
-    nudged_at_ms: u64,
-}
-
-/// Decides what a session's push streams carry next. Shared by the session's writers (each
-/// takes the lock only to plan, never across a write); the transport only writes the frames
-/// it returns, on the stream of the writer that asked.
+/// A session's [`router::SessionPlanner`] with the session's state it reads (subscription
+/// changes, the catch-up flag) and the log it reads through the hub. Shared by the session's
+/// writers (each takes the lock only to plan, never across a write); the transport only
+/// writes the frames it returns, on the stream of the writer that asked.
 pub(crate) struct PushPlanner {
     hub: Arc<Hub>,
     session: Arc<Session>,
-    subs: HashMap<GroupId, Sub>,
+    planner: router::SessionPlanner<Arc<GroupState>>,
+}
+
+/// The log and group state as one session's planner sees them.
+struct SessionLog<'a> {
+    hub: &'a Hub,
+    session: &'a Session,
+}
+
+impl router::GroupLog<Arc<GroupState>> for SessionLog<'_> {
+    fn head(&self, g: &Arc<GroupState>) -> u64 {
+        g.head()
+    }
+
+    fn defers(&self, g: &Arc<GroupState>) -> bool {
+        self.hub.defers(self.session, g)
+    }
+
+    fn read(
+        &self,
+        g: &Arc<GroupState>,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<wire::Message>, LogError> {
+        let msgs = self
+            .hub
+            .read_for_catch_up(g, after, upto)
+            .map_err(|e| LogError::Read(e.to_string()))?;
+        Ok(msgs
+            .into_iter()
+            .map(|m| crate::hub::to_message(&g.id, m))
+            .collect())
+    }
 }
 
 impl PushPlanner {
@@ -239,7 +257,7 @@ impl PushPlanner {
         Self {
             hub,
             session,
-            subs: HashMap::new(),
+            planner: router::SessionPlanner::new(),
         }
     }
 
@@ -248,143 +266,70 @@ impl PushPlanner {
         for c in changes.into_values() {
             match c {
                 SubChange::Subscribe { group, after } => {
-                    self.subs.insert(
-                        group.id.clone(),
-                        Sub {
-                            group,
-                            sent: after,
-                            announced: false,
-                            nudged_seq: 0,
-                            nudged_at_ms: 0,
-                        },
-                    );
+                    self.planner.subscribe(group.id.clone(), group, after);
                 }
-                SubChange::Unsubscribe(id) => {
-                    self.subs.remove(&id);
-                }
+                SubChange::Unsubscribe(id) => self.planner.unsubscribe(&id),
             }
+        }
+    }
+
+    /// Counts what planning did in the node's metrics.
+    fn count(&self, stats: router::PlanStats) {
+        let m = self.hub.metrics();
+        if stats.from_log > 0 {
+            m.deliveries_catch_up
+                .fetch_add(stats.from_log, Ordering::Relaxed);
+        }
+        if stats.nudges > 0 {
+            m.nudges.fetch_add(stats.nudges, Ordering::Relaxed);
         }
     }
 
     /// Appends the frames for one push to `out`, filling a gap from the log first.
-    pub(crate) fn plan(&mut self, push: Push, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
+    pub(crate) fn plan(&mut self, push: Push, out: &mut Vec<Bytes>) -> Result<(), LogError> {
         self.apply_sub_changes();
-        match push {
-            Push::Notice { frame, .. } => out.push(frame),
-            Push::Nudge { group, seq } => self.nudge(&group, seq, out),
+        let item = match push {
+            Push::Notice { frame, .. } => router::PlanItem::Notice(frame),
+            Push::Nudge { group, seq } => router::PlanItem::Nudge { group, seq },
             Push::Deliver {
                 group, seq, frame, ..
-            } => {
-                let Some(sub) = self.subs.get(&group) else {
-                    return Ok(()); // left the group since
-                };
-                if seq <= sub.sent {
-                    return Ok(());
-                }
-                if seq > sub.sent + 1 {
-                    let g = sub.group.clone();
-                    self.fill(&g, seq - 1, out)?;
-                }
-                // Only write it if the gap is closed (a fill is bounded per call).
-                if let Some(sub) = self.subs.get_mut(&group) {
-                    if sub.sent + 1 == seq {
-                        announce(sub, out);
-                        out.push(frame);
-                        sub.sent = seq;
-                    } else {
-                        self.session.request_catch_up();
-                    }
-                }
-            }
+            } => router::PlanItem::Deliver { group, seq, frame },
+        };
+        let mut stats = router::PlanStats::default();
+        let log = SessionLog {
+            hub: &self.hub,
+            session: &self.session,
+        };
+        let planned = self
+            .planner
+            .plan(item, crate::hub::now_ms(), &log, out, &mut stats);
+        self.count(stats);
+        if planned? == router::Planned::NeedsCatchUp {
+            self.session.request_catch_up();
         }
         Ok(())
-    }
-
-    fn nudge(&mut self, group: &GroupId, seq: u64, out: &mut Vec<Bytes>) {
-        let Some(sub) = self.subs.get_mut(group) else {
-            return;
-        };
-        if seq <= sub.sent || seq <= sub.nudged_seq {
-            return;
-        }
-        let now = crate::hub::now_ms();
-        if sub.nudged_at_ms != 0 && now < sub.nudged_at_ms + NUDGE_INTERVAL_MS {
-            return;
-        }
-        sub.nudged_seq = seq;
-        sub.nudged_at_ms = now;
-        out.push(wire::encode_server(&ServerFrame::Nudge {
-            group: group.to_string(),
-            head_seq: seq,
-        }));
-        self.hub.metrics().nudges.fetch_add(1, Ordering::Relaxed);
     }
 
     /// If a catch-up was requested, appends up to one batch of log messages per group that is
     /// behind its durable head (except groups whose delivery is deferred for this session).
     /// Returns true if more remain (call again after writing `out`).
-    pub(crate) fn catch_up(&mut self, out: &mut Vec<Bytes>) -> Result<bool, StoreError> {
+    pub(crate) fn catch_up(&mut self, out: &mut Vec<Bytes>) -> Result<bool, LogError> {
         self.apply_sub_changes();
         if !self.session.catch_up.swap(false, Ordering::AcqRel) {
             return Ok(false);
         }
-        let groups: Vec<Arc<GroupState>> = self.subs.values().map(|s| s.group.clone()).collect();
-        let mut more = false;
-        for g in groups {
-            if self.hub.defers(&self.session, &g) {
-                continue;
-            }
-            let head = g.head();
-            self.fill(&g, head, out)?;
-            if self.subs.get(&g.id).is_some_and(|s| s.sent < head) {
-                more = true;
-            }
-        }
+        let mut stats = router::PlanStats::default();
+        let log = SessionLog {
+            hub: &self.hub,
+            session: &self.session,
+        };
+        let more = self.planner.catch_up(&log, out, &mut stats);
+        self.count(stats);
+        let more = more?;
         if more {
             self.session.catch_up.store(true, Ordering::Release);
         }
         Ok(more)
-    }
-
-    /// Appends one batch of messages (sent, upto] of `g` from the log.
-    fn fill(&mut self, g: &GroupState, upto: u64, out: &mut Vec<Bytes>) -> Result<(), StoreError> {
-        let Some(sub) = self.subs.get_mut(&g.id) else {
-            return Ok(());
-        };
-        if sub.sent >= upto {
-            return Ok(());
-        }
-        let msgs = self.hub.read_for_catch_up(g, sub.sent, upto)?;
-        for m in msgs {
-            if m.seq != sub.sent + 1 {
-                // A hole in the log would break the order invariant; stop and say so.
-                return Err(StoreError::Corrupt {
-                    tree: "log",
-                    detail: format!("group {} expected seq {} got {}", g.id, sub.sent + 1, m.seq),
-                });
-            }
-            announce(sub, out);
-            sub.sent = m.seq;
-            out.push(wire::encode_server(&ServerFrame::Deliver(
-                crate::hub::to_message(&g.id, m),
-            )));
-            self.hub
-                .metrics()
-                .deliveries_catch_up
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-/// Writes the subscription's `Resume` before its first delivery on this connection.
-fn announce(sub: &mut Sub, out: &mut Vec<Bytes>) {
-    if !sub.announced {
-        sub.announced = true;
-        out.push(wire::encode_server(&ServerFrame::Resume {
-            group: sub.group.id.to_string(),
-            after_seq: sub.sent,
-        }));
     }
 }
 
@@ -394,7 +339,7 @@ pub(crate) enum PushEnd {
     /// The client closed or reset a push stream, or the connection is gone.
     Closed,
     /// Planning failed to read the log.
-    Store(StoreError),
+    Store(LogError),
 }
 
 /// Runs the session's push writers until its outbox is dropped (session closed) or one of

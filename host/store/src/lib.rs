@@ -56,12 +56,14 @@ use bytes::Bytes;
 use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
 pub mod config;
+mod mem;
 mod sled_store;
 
 pub use config::{
     ApiKeyRecord, BindingRefused, Canary, ConfigChange, ConfigStore, ConfigWatch, FlagRule,
     PluginVersion, PolicyBinding, RollbackRecord, TenantQuotas, VersionConfig,
 };
+pub use mem::MemStore;
 pub use sled_store::{SledStore, SledStoreConfig};
 
 /// Why a storage operation failed. Never means "partially applied": every write is atomic.

@@ -1,0 +1,30 @@
+//! Switchboard's routing core without IO.
+//!
+//! Routing decisions live here as plain values driven by their caller: no tokio, no quinn, no
+//! sled, no wasmtime, no clock (callers pass `now`). The node's driver (`host/edge`) owns the
+//! sockets, tasks and locks and calls in; the seeded simulation (`tests/simulation.rs`) drives
+//! the same code with simulated clients, time and faults.
+//!
+//! - [`planner`]: what one session's push streams carry next — exactly once, in order, gaps
+//!   filled from the log, `Resume` before a subscription's first delivery, nudges at most once
+//!   per interval.
+//! - [`fanout`]: a group's durable head and subscribers, and active-first publishing in two
+//!   phases (foreground copies first, then background copies or nudges).
+//! - [`log`]: the [`log::GroupLog`] trait through which the planner reads durable messages.
+
+pub mod fanout;
+pub mod log;
+pub mod planner;
+
+pub use fanout::{defers_background, Copy, GroupFanout, Published, Subscriber};
+pub use log::{GroupLog, LogError};
+pub use planner::{PlanItem, PlanStats, Planned, SessionPlanner, NUDGE_INTERVAL_MS};
+
+impl<S: Subscriber> Subscriber for std::sync::Arc<S> {
+    fn session_id(&self) -> u64 {
+        (**self).session_id()
+    }
+    fn presence(&self) -> switchboard_core::PresenceState {
+        (**self).presence()
+    }
+}

@@ -1,0 +1,246 @@
+//! What one session's push streams carry next: [`SessionPlanner`].
+//!
+//! The planner keeps, per subscribed group, the highest sequence number written to the
+//! connection. It never writes one at or below it, and before writing a higher one it fills
+//! the gap from the log, on the same stream, so a session sees every message of its groups
+//! once and in order whether the message came live, from catch-up, or after its queue
+//! overflowed. A subscription's first frame is `Resume { group, after_seq }`; the client
+//! orders a group's messages by `seq` from there (protocol §9), because a group's messages
+//! may travel on several streams (lanes).
+//!
+//! The planner is a plain value: the driver owns it (one per session, behind whatever lock
+//! its writers share), hands it work with `now_ms`, and writes the frames it returns.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use switchboard_core::GroupId;
+use switchboard_wire::{self as wire, Message, ServerFrame};
+
+use crate::log::{GroupLog, LogError};
+
+/// A deferred group is nudged at most once per this interval per connection: the nudge is a
+/// hint ("there is more, fetch when you need it"), not a copy of the traffic.
+pub const NUDGE_INTERVAL_MS: u64 = 1_000;
+
+/// One thing to plan, as the fan-out queued it for the session.
+#[derive(Debug, Clone)]
+pub enum PlanItem {
+    /// Message `seq` of `group`, already encoded as a `Deliver` frame (shared by recipients).
+    Deliver {
+        group: GroupId,
+        seq: u64,
+        frame: Bytes,
+    },
+    /// A best-effort notice, written as it is.
+    Notice(Bytes),
+    /// `group` has messages up to `seq` that this session is not sent now: a `Nudge`, at
+    /// most once per [`NUDGE_INTERVAL_MS`].
+    Nudge { group: GroupId, seq: u64 },
+}
+
+/// What planning did besides producing frames, for the driver's metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PlanStats {
+    /// `Deliver` frames read from the log (gap fills and catch-up).
+    pub from_log: u64,
+    /// `Nudge` frames written.
+    pub nudges: u64,
+    /// Live deliveries skipped because the connection had them already.
+    pub skipped: u64,
+}
+
+/// What the driver must do after [`SessionPlanner::plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Planned {
+    /// Nothing more.
+    Done,
+    /// A gap could not be closed in one bounded read: run a catch-up.
+    NeedsCatchUp,
+}
+
+/// One subscribed group as the planner sees it.
+#[derive(Debug)]
+struct Sub<G> {
+    group: G,
+    /// Highest seq written to this connection.
+    sent: u64,
+    /// Whether the `Resume` frame of this subscription was written.
+    announced: bool,
+    /// Highest seq a `Nudge` told about, and when (ms).
+    nudged_seq: u64,
+    nudged_at_ms: u64,
+}
+
+/// Decides what a session's push streams carry next; `G` is the driver's handle of a group,
+/// passed back to the [`GroupLog`] for reads.
+#[derive(Debug)]
+pub struct SessionPlanner<G> {
+    subs: HashMap<GroupId, Sub<G>>,
+}
+
+impl<G> Default for SessionPlanner<G> {
+    fn default() -> Self {
+        Self {
+            subs: HashMap::new(),
+        }
+    }
+}
+
+impl<G> SessionPlanner<G> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts (or restarts) a subscription: the connection has everything up to `after`.
+    pub fn subscribe(&mut self, id: GroupId, group: G, after: u64) {
+        self.subs.insert(
+            id,
+            Sub {
+                group,
+                sent: after,
+                announced: false,
+                nudged_seq: 0,
+                nudged_at_ms: 0,
+            },
+        );
+    }
+
+    pub fn unsubscribe(&mut self, id: &GroupId) {
+        self.subs.remove(id);
+    }
+
+    /// Highest seq of `group` written to the connection, if subscribed.
+    pub fn sent(&self, id: &GroupId) -> Option<u64> {
+        self.subs.get(id).map(|s| s.sent)
+    }
+
+    /// Appends the frames for one item to `out`, filling a gap from the log first.
+    pub fn plan(
+        &mut self,
+        item: PlanItem,
+        now_ms: u64,
+        log: &impl GroupLog<G>,
+        out: &mut Vec<Bytes>,
+        stats: &mut PlanStats,
+    ) -> Result<Planned, LogError> {
+        match item {
+            PlanItem::Notice(frame) => out.push(frame),
+            PlanItem::Nudge { group, seq } => self.nudge(&group, seq, now_ms, out, stats),
+            PlanItem::Deliver { group, seq, frame } => {
+                let Some(sub) = self.subs.get_mut(&group) else {
+                    return Ok(Planned::Done); // left the group since
+                };
+                if seq <= sub.sent {
+                    stats.skipped += 1;
+                    return Ok(Planned::Done);
+                }
+                if seq > sub.sent + 1 {
+                    fill(&group, sub, seq - 1, log, out, stats)?;
+                }
+                // Only write it if the gap is closed (a fill is bounded per call).
+                if sub.sent + 1 != seq {
+                    return Ok(Planned::NeedsCatchUp);
+                }
+                announce(&group, sub, out);
+                out.push(frame);
+                sub.sent = seq;
+            }
+        }
+        Ok(Planned::Done)
+    }
+
+    fn nudge(
+        &mut self,
+        group: &GroupId,
+        seq: u64,
+        now_ms: u64,
+        out: &mut Vec<Bytes>,
+        stats: &mut PlanStats,
+    ) {
+        let Some(sub) = self.subs.get_mut(group) else {
+            return;
+        };
+        if seq <= sub.sent || seq <= sub.nudged_seq {
+            return;
+        }
+        if sub.nudged_at_ms != 0 && now_ms < sub.nudged_at_ms + NUDGE_INTERVAL_MS {
+            return;
+        }
+        sub.nudged_seq = seq;
+        sub.nudged_at_ms = now_ms;
+        out.push(wire::encode_server(&ServerFrame::Nudge {
+            group: group.to_string(),
+            head_seq: seq,
+        }));
+        stats.nudges += 1;
+    }
+
+    /// Appends up to one bounded batch of log messages per group that is behind its durable
+    /// head, except groups whose delivery is deferred for this session now. Returns whether
+    /// more remain (call again after writing `out`).
+    pub fn catch_up(
+        &mut self,
+        log: &impl GroupLog<G>,
+        out: &mut Vec<Bytes>,
+        stats: &mut PlanStats,
+    ) -> Result<bool, LogError> {
+        let mut more = false;
+        for (id, sub) in self.subs.iter_mut() {
+            if log.defers(&sub.group) {
+                continue;
+            }
+            let head = log.head(&sub.group);
+            fill(id, sub, head, log, out, stats)?;
+            more |= sub.sent < head;
+        }
+        Ok(more)
+    }
+}
+
+/// Appends one bounded batch of messages (sent, upto] of a group from the log.
+fn fill<G>(
+    id: &GroupId,
+    sub: &mut Sub<G>,
+    upto: u64,
+    log: &impl GroupLog<G>,
+    out: &mut Vec<Bytes>,
+    stats: &mut PlanStats,
+) -> Result<(), LogError> {
+    if sub.sent >= upto {
+        return Ok(());
+    }
+    for m in log.read(&sub.group, sub.sent, upto)? {
+        if m.seq != sub.sent + 1 {
+            // A hole in the log would break the order promise: stop and say so.
+            return Err(LogError::Hole {
+                group: id.clone(),
+                expected: sub.sent + 1,
+                found: m.seq,
+            });
+        }
+        announce(id, sub, out);
+        sub.sent = m.seq;
+        out.push(wire::encode_server(&ServerFrame::Deliver(m)));
+        stats.from_log += 1;
+    }
+    Ok(())
+}
+
+/// Writes the subscription's `Resume` before its first delivery on this connection.
+fn announce<G>(id: &GroupId, sub: &mut Sub<G>, out: &mut Vec<Bytes>) {
+    if !sub.announced {
+        sub.announced = true;
+        out.push(wire::encode_server(&ServerFrame::Resume {
+            group: id.to_string(),
+            after_seq: sub.sent,
+        }));
+    }
+}
+
+/// Encodes a log message as its `Deliver` frame (what live publishing shares between
+/// recipients).
+pub fn deliver_frame(m: Message) -> Bytes {
+    wire::encode_server(&ServerFrame::Deliver(m))
+}
