@@ -106,3 +106,17 @@ fn a_run_replays_from_its_seed() {
     let c = Sim::run(8, Config::default());
     assert_ne!(format!("{a:?}"), format!("{c:?}"), "seeds differ");
 }
+
+/// Every flush fails until the run settles: each message becomes durable only when its
+/// resend is flushed, so it is revealed without a live copy, and every connected member must
+/// still get it (from the log).
+#[test]
+fn messages_whose_first_flush_failed_reach_every_member_once_revealed() {
+    let cfg = Config {
+        flush_failure_pct: 100,
+        steps: 400,
+        ..Config::default()
+    };
+    let reports = check_seeds(600..640, cfg);
+    assert!(total(&reports, |r| r.delivered) > 1_000);
+}

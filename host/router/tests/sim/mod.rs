@@ -7,7 +7,7 @@
 //! ARCHITECTURE.md as it goes. A failure names its seed; `Sim::run(seed)` replays it.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -257,7 +257,7 @@ pub struct Sim {
     policy: u64,
     shedding: bool,
     /// (group, sender, client_msg_id) → the seq it was acknowledged with.
-    acks: HashMap<(usize, String, String), u64>,
+    acks: BTreeMap<(usize, String, String), u64>,
     report: Report,
 }
 
@@ -328,7 +328,7 @@ impl Sim {
             next_session: 1,
             policy: 0,
             shedding: false,
-            acks: HashMap::new(),
+            acks: BTreeMap::new(),
             report: Report {
                 seed,
                 ..Report::default()
@@ -661,10 +661,17 @@ impl Sim {
                 self.shedding,
             );
             let mut copies = Vec::new();
+            let mut foreground = Vec::new();
             group.fanout.publish_background(defer, |s, copy| {
+                if s.presence.get() == PresenceState::Foreground {
+                    foreground.push(s.session);
+                }
                 copies.push((s.session, copy));
             });
             let id = group.id.clone();
+            for s in foreground {
+                self.violation(format!("phase 2 handed foreground session {s} a copy"));
+            }
             for (session, copy) in copies {
                 match copy {
                     Copy::Nudge => {
@@ -714,6 +721,16 @@ impl Sim {
             match s.planner.catch_up(&log, &mut out, &mut stats) {
                 Ok(more) => s.catch_up |= more,
                 Err(e) => errors.push(format!("catch-up: {e}")),
+            }
+            // Deferral: catch-up brings nothing of a group deferred for this session now.
+            for f in &out {
+                let frame = wire::decode_server(&f[wire::LEN_PREFIX..], &DecodeLimits::default());
+                if let Ok(ServerFrame::Deliver(m)) = frame {
+                    let g = self.groups.iter().position(|g| g.id.as_str() == m.group);
+                    if g.is_some_and(|g| log.defers(&g)) {
+                        errors.push(format!("catch-up sent {}/{} while deferred", m.group, m.seq));
+                    }
+                }
             }
         }
         let mut batches = Vec::new();
@@ -958,7 +975,8 @@ impl Sim {
             while !self.phase2.is_empty() {
                 self.run_phase2();
             }
-            let ids: Vec<u64> = self.sessions.keys().copied().collect();
+            let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
+            ids.sort_unstable(); // the same order on every run
             let mut pending = false;
             for id in ids {
                 for s in 0..4 {
