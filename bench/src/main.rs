@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, BytesMut};
 use clap::{Parser, ValueEnum};
-use quinn::crypto::rustls::QuicClientConfig;
+// The SDK's QUIC client config (pinned certificate, TLS 1.3, `switchboard/1`), so the raw
+// clients here connect exactly as apps do.
+use switchboard_client::tls::client_config;
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
@@ -302,20 +304,6 @@ fn start_node(
         store.clone(),
     ))?;
     Ok((store, node, cert))
-}
-
-fn client_config(cert: &[u8]) -> Result<quinn::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
-    Ok(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls)?,
-    )))
 }
 
 struct Conn {

@@ -3,7 +3,9 @@
 //! - `test`: install what the tests need (flatc, wasm targets), then run the whole test suite
 //!   (the workspace, then the plugin projects' native unit tests). This is the
 //!   README's test command and what CI runs.
-//! - `lint`: formatting, clippy with `-D warnings`, generated-code freshness.
+//! - `lint`: crate boundaries, formatting, clippy with `-D warnings`, generated-code freshness.
+//! - `boundaries`: which crate may depend on what (ARCHITECTURE.md, "Isolation and
+//!   absences"), from `cargo metadata`; the first step of `lint`.
 //! - `ci`: `lint`, then `test`.
 //! - `gen-wire [--check]`: regenerate (or check) the flatbuffers code of the wire schema.
 //! - `bench [--quick]`: the loopback fan-out benchmark; writes a table to stdout.
@@ -18,6 +20,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod boundaries;
 mod fuzz;
 mod gen_wire;
 mod plugins;
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
             test(&[])
         }
         Some("lint") => lint(),
+        Some("boundaries") => boundaries::run(),
         Some("gen-wire") => gen_wire::run(rest.contains(&"--check")),
         Some("bench") => bench(&rest),
         Some("fuzz") => fuzz::main(&rest),
@@ -45,7 +49,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|lint|boundaries|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -149,8 +153,10 @@ fn test(extra: &[&str]) -> Result<()> {
     fuzz::smoke()
 }
 
-/// Formatting, clippy with warnings as errors, and generated-code freshness.
+/// Crate boundaries, formatting, clippy with warnings as errors, and generated-code freshness.
 fn lint() -> Result<()> {
+    // First: it takes a second, and a broken boundary is worth knowing before clippy's minutes.
+    boundaries::run()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
-use quinn::crypto::rustls::QuicClientConfig;
 use switchboard_core::ErrorCode;
 use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
@@ -29,16 +28,8 @@ pub fn endpoint_with_keep_alive(
     cert: &[u8],
     keep_alive: Option<Duration>,
 ) -> Result<quinn::Endpoint> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(cert.to_vec()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![wire::ALPN.to_vec()];
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    let mut config = switchboard_client::tls::client_config(cert)?;
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(keep_alive);
     config.transport_config(Arc::new(transport));

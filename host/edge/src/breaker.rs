@@ -1,7 +1,8 @@
-//! A per-tenant circuit breaker for policy plugins. A plugin that keeps failing (trap, fuel,
-//! deadline, invalid output) costs the node up to its deadline per call on a runtime thread.
-//! After [`Breaker::MAX_FAILURES`] consecutive failures the breaker opens for
-//! [`Breaker::OPEN_MS`]: the tenant gets the built-in defaults without calling the plugin.
+//! A circuit breaker for a bound policy version (one per version in `serving.rs`: a tenant's
+//! active version and its canary each have their own). A plugin that keeps failing (trap,
+//! fuel, deadline, invalid output) costs the node up to its deadline per call on a runtime
+//! thread. After [`Breaker::MAX_FAILURES`] consecutive failures the breaker opens for
+//! [`Breaker::OPEN_MS`]: the version's events get the built-in defaults without calling it.
 //! Then one call tries the plugin again; a failure reopens at once, a success closes it.
 //! Pure: the caller passes `now_ms`.
 

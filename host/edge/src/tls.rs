@@ -58,13 +58,7 @@ impl TlsIdentity {
 
     /// A fresh self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
     pub fn self_signed() -> Result<Self, EdgeError> {
-        let names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-        let ck = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| EdgeError::Tls(format!("generating certificate: {e}")))?;
-        Ok(Self {
-            cert_chain: vec![ck.cert.der().clone()],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
-        })
+        Ok(DevCert::generate()?.identity)
     }
 
     /// Loads the dev certificate from `dir` (`cert.der`, `key.der`), creating it on first use.
@@ -75,20 +69,39 @@ impl TlsIdentity {
         if cert_path.exists() && key_path.exists() {
             return Ok((Self::load(&cert_path, &key_path)?, cert_path));
         }
-        let id = Self::self_signed()?;
+        let dev = DevCert::generate()?;
         let io = |e: std::io::Error| EdgeError::Tls(format!("writing dev certificate: {e}"));
         std::fs::create_dir_all(dir).map_err(io)?;
-        let PrivateKeyDer::Pkcs8(key) = &id.key else {
-            unreachable!("self_signed returns PKCS#8")
-        };
-        write_private(&key_path, key.secret_pkcs8_der()).map_err(io)?;
-        std::fs::write(&cert_path, id.cert_chain[0].as_ref()).map_err(io)?;
-        let pem = format!(
-            "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
-            pem_base64(id.cert_chain[0].as_ref())
-        );
-        std::fs::write(dir.join("cert.pem"), pem).map_err(io)?;
-        Ok((id, cert_path))
+        write_private(&key_path, &dev.key_pkcs8_der).map_err(io)?;
+        std::fs::write(&cert_path, &dev.cert_der).map_err(io)?;
+        std::fs::write(dir.join("cert.pem"), &dev.cert_pem).map_err(io)?;
+        Ok((dev.identity, cert_path))
+    }
+}
+
+/// A fresh self-signed certificate and its encodings, all from rcgen.
+struct DevCert {
+    identity: TlsIdentity,
+    cert_der: Vec<u8>,
+    cert_pem: String,
+    key_pkcs8_der: Vec<u8>,
+}
+
+impl DevCert {
+    fn generate() -> Result<Self, EdgeError> {
+        let names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let ck = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| EdgeError::Tls(format!("generating certificate: {e}")))?;
+        let key_pkcs8_der = ck.key_pair.serialize_der();
+        Ok(Self {
+            identity: TlsIdentity {
+                cert_chain: vec![ck.cert.der().clone()],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8_der.clone())),
+            },
+            cert_der: ck.cert.der().to_vec(),
+            cert_pem: ck.cert.pem(),
+            key_pkcs8_der,
+        })
     }
 }
 
@@ -102,33 +115,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     opts.open(path)?.write_all(bytes)
-}
-
-/// Base64 with 64-column lines, as PEM wants. Small and only used for the dev cert.
-fn pem_base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                s.push('=');
-            }
-        }
-    }
-    let mut out = String::new();
-    for line in s.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("ascii"));
-        out.push('\n');
-    }
-    out
 }
 
 /// The quinn server configuration: TLS 1.3 with the `switchboard/1` ALPN and transport limits
@@ -177,13 +163,6 @@ pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerC
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pem_base64_matches_known_vectors() {
-        assert_eq!(pem_base64(b"foobar"), "Zm9vYmFy\n");
-        assert_eq!(pem_base64(b"fooba"), "Zm9vYmE=\n");
-        assert_eq!(pem_base64(b"foob"), "Zm9vYg==\n");
-    }
 
     #[test]
     fn dev_cert_round_trips_through_files() {

@@ -102,6 +102,29 @@ pub enum ClientFrame {
     },
 }
 
+impl ClientFrame {
+    /// The frame's type as the schema's `Body` union and `docs/protocol.md` spell it (`"Send"`),
+    /// for logs and errors: it names the frame without showing its content (a token, a body).
+    ///
+    /// ```
+    /// use switchboard_wire::ClientFrame;
+    /// assert_eq!(ClientFrame::Ping { request_id: 1 }.name(), "Ping");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Join { .. } => "Join",
+            Self::Leave { .. } => "Leave",
+            Self::Send { .. } => "Send",
+            Self::Fetch { .. } => "Fetch",
+            Self::AckDelivery { .. } => "AckDelivery",
+            Self::Receipt { .. } => "Receipt",
+            Self::Presence { .. } => "Presence",
+            Self::Ping { .. } => "Ping",
+        }
+    }
+}
+
 /// Frames the server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {
@@ -182,6 +205,34 @@ pub enum ServerFrame {
         group: String,
         head_seq: u64,
     },
+}
+
+impl ServerFrame {
+    /// The frame's type as the schema's `Body` union and `docs/protocol.md` spell it
+    /// (`"Deliver"`), for logs and errors: it names the frame without showing its content.
+    ///
+    /// ```
+    /// use switchboard_wire::ServerFrame;
+    /// assert_eq!(ServerFrame::Pong { request_id: 1 }.name(), "Pong");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "Welcome",
+            Self::Joined { .. } => "Joined",
+            Self::Left { .. } => "Left",
+            Self::Ack { .. } => "Ack",
+            Self::Deliver(_) => "Deliver",
+            Self::FetchResult { .. } => "FetchResult",
+            Self::ReceiptNotice { .. } => "ReceiptNotice",
+            Self::PresenceNotice { .. } => "PresenceNotice",
+            Self::Pong { .. } => "Pong",
+            Self::Error(_) => "Error",
+            Self::Flags { .. } => "Flags",
+            Self::Resume { .. } => "Resume",
+            Self::ReceiptSummary { .. } => "ReceiptSummary",
+            Self::Nudge { .. } => "Nudge",
+        }
+    }
 }
 
 /// A typed refusal. Fatal codes (see `ErrorCode::is_fatal`) are followed by connection close.

@@ -27,7 +27,8 @@ fn check_client(f: ClientFrame) {
     assert_eq!(&frame[4..8], b"SB01");
     let back = decode_client(&frame, &DecodeLimits::default()).unwrap();
     assert_eq!(back, f);
-    // And it is refused in the wrong direction.
+    // And it is refused in the wrong direction, under its name in the schema, which is the
+    // one `name()` gives.
     let err = decode_server(&frame, &DecodeLimits::default()).unwrap_err();
     assert!(
         matches!(err, switchboard_wire::WireError::UnexpectedFrame(n) if n == client_name(&f)),

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, Rng};
 use crate::events::{Event, EventSink};
-use crate::requests::{frame_name, route, Outcome, RequestKind, Requests, Routed};
+use crate::requests::{route, Outcome, RequestKind, Requests, Routed};
 use crate::shared::Shared;
 use crate::{ClientConfig, ClientError};
 
@@ -194,7 +194,7 @@ async fn establish(
         ServerFrame::Error(e) => Err(ClientError::from_frame(&e)),
         other => Err(ClientError::Protocol(format!(
             "expected Welcome, got {}",
-            frame_name(&other)
+            other.name()
         ))),
     }
 }
@@ -629,7 +629,7 @@ impl Driver {
             }
             Routed::Push(_) => {} // readers deliver pushes themselves
             Routed::Unexpected(frame) => {
-                warn!(frame = frame_name(&frame), "unexpected frame ignored")
+                warn!(frame = frame.name(), "unexpected frame ignored")
             }
         }
     }

@@ -41,7 +41,8 @@
 //! without IO, tested on their own.
 //!
 //! Trust is pinned: the node's certificate ([`load_cert`]) is the only root; TLS 1.3 and the
-//! ring provider are configured per client, nothing process-wide.
+//! ring provider are configured per client, nothing process-wide. [`tls::client_config`] builds
+//! that QUIC config for clients of their own (the benchmarks' and tests' raw clients).
 
 mod backoff;
 mod client;
@@ -51,7 +52,7 @@ mod error;
 mod events;
 mod requests;
 mod shared;
-mod tls;
+pub mod tls;
 mod tracker;
 
 pub use client::{Client, FetchResult, SendAck};

@@ -234,27 +234,8 @@ fn outcome(kind: &RequestKind, frame: ServerFrame) -> Outcome {
         (K::Ping, F::Pong { .. }) => Ok(Response::Pong),
         (kind, frame) => Err(ClientError::Protocol(format!(
             "{kind:?} answered by {}",
-            frame_name(&frame)
+            frame.name()
         ))),
-    }
-}
-
-pub(crate) fn frame_name(f: &ServerFrame) -> &'static str {
-    match f {
-        ServerFrame::Welcome { .. } => "Welcome",
-        ServerFrame::Joined { .. } => "Joined",
-        ServerFrame::Left { .. } => "Left",
-        ServerFrame::Ack { .. } => "Ack",
-        ServerFrame::Deliver(_) => "Deliver",
-        ServerFrame::FetchResult { .. } => "FetchResult",
-        ServerFrame::ReceiptNotice { .. } => "ReceiptNotice",
-        ServerFrame::PresenceNotice { .. } => "PresenceNotice",
-        ServerFrame::Pong { .. } => "Pong",
-        ServerFrame::Error(_) => "Error",
-        ServerFrame::Flags { .. } => "Flags",
-        ServerFrame::Resume { .. } => "Resume",
-        ServerFrame::ReceiptSummary { .. } => "ReceiptSummary",
-        ServerFrame::Nudge { .. } => "Nudge",
     }
 }
 

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls::pki_types::CertificateDer;
 use switchboard_core::token::{self, Claims};
 use switchboard_core::{GroupId, Limits, PresenceState, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
@@ -256,17 +254,10 @@ pub fn mint(tenant: &str, user: &str, secret: &[u8], exp: u64, nbf: u64) -> Stri
     )
 }
 
+/// The SDK's QUIC client config (pinned `cert_der`, TLS 1.3), offering `alpn`.
 pub fn client_crypto(cert_der: &[u8], alpn: &[u8]) -> quinn::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(cert_der.to_vec())).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()))
+    switchboard_client::tls::client_config_with_alpn(cert_der, &[alpn])
+        .expect("the node's certificate makes a client config")
 }
 
 /// A client that writes and reads frames by hand.
