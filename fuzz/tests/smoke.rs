@@ -157,3 +157,14 @@ fn routing() {
     );
     assert!(s[1] > 0 && s[2] > 0, "scenarios never got to a delivery");
 }
+
+#[test]
+fn routing_sim() {
+    smoke("routing_sim", 2048);
+    let s = stats(&switchboard_fuzz::routing_sim::STATS);
+    eprintln!(
+        "routing_sim: {} runs, {} client operations, {} deliveries",
+        s[0], s[1], s[2]
+    );
+    assert!(s[2] > 0, "simulated runs never got to a delivery");
+}

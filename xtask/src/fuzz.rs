@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{cargo, root, run};
 
-pub(crate) const TARGETS: [&str; 4] = ["frame", "token", "plugin_upload", "routing"];
+pub(crate) const TARGETS: [&str; 5] = ["frame", "token", "plugin_upload", "routing", "routing_sim"];
 
 /// Seconds of one long run unless given.
 const DEFAULT_SECONDS: u64 = 600;

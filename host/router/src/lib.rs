@@ -2,7 +2,7 @@
 //!
 //! Routing decisions live here as plain values driven by their caller: no tokio, no quinn, no
 //! sled, no wasmtime, no clock (callers pass `now`). The node's driver (`host/edge`) owns the
-//! sockets, tasks and locks and calls in; the seeded simulation (`tests/simulation.rs`) drives
+//! sockets, tasks and locks and calls in; the seeded simulation (`host/sim`) drives
 //! the same code with simulated clients, time and faults.
 //!
 //! - [`planner`]: what one session's push streams carry next — exactly once, in order, gaps

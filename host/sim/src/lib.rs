@@ -4,7 +4,10 @@
 //! messages between lanes). The node's routing decisions are the router's own
 //! ([`GroupFanout`], [`SessionPlanner`], [`defers_background`]); this harness is the driver,
 //! as `host/edge` is on a real node, and an oracle that checks the invariants of
-//! ARCHITECTURE.md as it goes. A failure names its seed; `Sim::run(seed)` replays it.
+//! ARCHITECTURE.md as it goes. A failure names its seed; `Sim::run(seed, config)` replays it.
+//!
+//! Used by this crate's tests (`tests/invariants.rs`), its `sim_rate` example (operations per
+//! second, for docs/benchmarks.md) and the `routing_sim` fuzz target.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -27,7 +30,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -35,7 +38,7 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     /// True with probability `p` percent.
     pub fn pct(&mut self, p: u64) -> bool {
@@ -79,6 +82,8 @@ impl Default for Config {
 
 /// Longest a batch's background phase waits for its foreground copies (ms).
 const FOREGROUND_GATE_MS: u64 = 50;
+/// Most operations one fuzz input runs (the rest of a longer input is ignored).
+const MAX_FUZZ_STEPS: usize = 4_096;
 /// Frames a push stream may have in flight to a client that is not reading (flow control).
 const WINDOW_FRAMES: usize = 16;
 
@@ -358,11 +363,42 @@ impl Sim {
         }
     }
 
+    /// Runs a run whose shape and operations come from `data` (the `routing_sim` fuzz
+    /// target): 4 bytes of shape, 8 of seed, then one operation per byte.
+    pub fn run_bytes(data: &[u8]) -> Report {
+        let byte = |i: usize| data.get(i).copied().unwrap_or(0) as u64;
+        let cfg = Config {
+            groups: 1 + (byte(0) % 6) as usize,
+            users: 2 + (byte(1) % 15) as usize,
+            steps: 0,
+            queue_frames: 1 + (byte(2) % 5) as usize,
+            read_batch: 1 + (byte(2) / 5 % 6) as usize,
+            nudge_from_members: (byte(3) % 8) as u32,
+            flush_failure_pct: byte(3) / 8 % 60,
+            naive: byte(3) >= 240,
+        };
+        let seed = (4..12).fold(0u64, |s, i| s << 8 | byte(i));
+        let mut sim = Sim::new(seed, cfg);
+        for &b in data.iter().skip(12).take(MAX_FUZZ_STEPS) {
+            let c = sim.rng.below(sim.clients.len() as u64) as usize;
+            sim.step_with(u64::from(b) * 100 / 256, c);
+        }
+        sim.settle();
+        sim.check_end_state();
+        sim.report
+    }
+
     fn random_step(&mut self) {
+        let choice = self.rng.below(100);
+        let c = self.rng.below(self.clients.len() as u64) as usize;
+        self.step_with(choice, c);
+    }
+
+    /// One operation: `choice` (0..100) picks its kind, `c` the client.
+    fn step_with(&mut self, choice: u64, c: usize) {
         self.step += 1;
         self.now_ms += self.rng.below(8);
-        let c = self.rng.below(self.clients.len() as u64) as usize;
-        match self.rng.below(100) {
+        match choice {
             0..=29 => self.send(c),
             30..=44 => self.flush(),
             45..=54 => self.run_phase2(),
@@ -728,7 +764,10 @@ impl Sim {
                 if let Ok(ServerFrame::Deliver(m)) = frame {
                     let g = self.groups.iter().position(|g| g.id.as_str() == m.group);
                     if g.is_some_and(|g| log.defers(&g)) {
-                        errors.push(format!("catch-up sent {}/{} while deferred", m.group, m.seq));
+                        errors.push(format!(
+                            "catch-up sent {}/{} while deferred",
+                            m.group, m.seq
+                        ));
                     }
                 }
             }

@@ -1,9 +1,8 @@
 //! How fast the routing simulation runs: simulated client operations per second of wall
-//! time (`cargo run --release -p switchboard-router --example sim_rate [SEEDS]`). A figure
-//! for docs/benchmarks.md, not a test: timing goals live in benchmarks.
+//! time (`cargo run --release -p switchboard-sim --example sim_rate [SEEDS]`). A figure for
+//! docs/benchmarks.md, not a test: timing goals live in benchmarks.
 
-#[path = "../tests/sim/mod.rs"]
-mod sim;
+use switchboard_sim as sim;
 
 fn main() {
     let seeds: u64 = std::env::args()

@@ -1,9 +1,7 @@
-//! Routing invariants under a seeded simulation (see `sim/mod.rs`). Each test runs many
-//! seeds in milliseconds; a failure prints the seed, and `Sim::run(seed, config)` replays it.
+//! Routing invariants under the seeded simulation (`switchboard_sim`). Each test runs many
+//! seeds; a failure prints the seed, and `Sim::run(seed, config)` replays it.
 
-mod sim;
-
-use sim::{Config, Report, Sim};
+use switchboard_sim::{Config, Report, Sim};
 
 /// Runs `seeds` seeds of `cfg` and fails with every violation of the first failing seed.
 fn check_seeds(seeds: std::ops::Range<u64>, cfg: Config) -> Vec<Report> {
