@@ -2,125 +2,133 @@
 //! or the operator's push service), one request per published message with all its offline
 //! recipients.
 //!
-//! Plain `http://` only, HTTP/1.1 with `Connection: close`, written by hand on a std socket:
-//! the sink runs on the notification worker thread (never on the message path) and needs
-//! nothing more. For `https://`, run a local relay (a sidecar proxy) and point this at it.
+//! `http://` or `https://` through `ureq` (a kept blocking client: the sink runs on the
+//! notification worker thread, never on the message path). HTTPS verifies the endpoint
+//! against the webpki roots, or only against the operator's CA when one is given
+//! ([`WebhookSink::with_ca_pem`]: a private push relay).
 //!
 //! Bounds: at most [`MAX_NOTICES_PER_REQUEST`] notices per request (a larger group takes
-//! several), [`CONNECT_TIMEOUT`] to connect and [`IO_TIMEOUT`] per read or write, so a dead
-//! endpoint costs the worker at most a few seconds per message while the notification queue
+//! several); [`RESOLVE_TIMEOUT`] for the DNS lookup, [`CONNECT_TIMEOUT`] to connect (TLS
+//! included), [`IO_TIMEOUT`] per read or write and [`REQUEST_TIMEOUT`] for the whole request;
+//! no redirects; a response body is not read beyond its status. So a dead endpoint costs the
+//! worker at most [`REQUEST_TIMEOUT`] per message while the notification queue
 //! (`notify::NOTIFY_QUEUE`) bounds what waits. A failed request is not retried: the events are
 //! counted in `notifications_failed` and the messages stay in the log.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use ureq::http::Uri;
 
 use crate::notify::{NotifySink, OfflineNotice};
 
 /// Notices in one request body.
 pub const MAX_NOTICES_PER_REQUEST: usize = 500;
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// POSTs `{"notices": [{"tenant", "group", "seq", "sender", "recipient"}, ...]}` to a URL.
 #[derive(Debug)]
 pub struct WebhookSink {
-    host: String,
-    port: u16,
-    path: String,
+    url: String,
+    agent: ureq::Agent,
     /// Notices of the message being handled, sent by `flush`.
     pending: Mutex<Vec<OfflineNotice>>,
 }
 
-/// Why a webhook URL cannot be used.
+/// Why a webhook URL (or its CA) cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("webhook URL {url:?}: {reason}")]
 pub struct WebhookUrlError {
     pub url: String,
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 impl WebhookSink {
-    /// A sink for `http://host[:port][/path]`.
+    /// A sink for `http[s]://host[:port][/path]`; HTTPS trusts the webpki roots.
     pub fn new(url: &str) -> Result<Self, WebhookUrlError> {
-        let err = |reason| WebhookUrlError {
-            url: url.to_owned(),
-            reason,
-        };
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            err(if url.starts_with("https://") {
-                "https is not supported; point this at a local relay that adds TLS"
-            } else {
-                "must start with http://"
+        Self::build(url, ureq::tls::RootCerts::WebPki)
+    }
+
+    /// A sink whose HTTPS endpoint must present a certificate issued by one of the CAs in
+    /// `ca_pem` (and by no other).
+    pub fn with_ca_pem(url: &str, ca_pem: &[u8]) -> Result<Self, WebhookUrlError> {
+        let certs = ureq::tls::parse_pem(ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
             })
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| WebhookUrlError {
+                url: url.to_owned(),
+                reason: format!("the CA file is not PEM: {e}"),
+            })?;
+        if certs.is_empty() {
+            return Err(WebhookUrlError {
+                url: url.to_owned(),
+                reason: "the CA file holds no certificate".into(),
+            });
+        }
+        Self::build(url, ureq::tls::RootCerts::new_with_certs(&certs))
+    }
+
+    fn build(url: &str, roots: ureq::tls::RootCerts) -> Result<Self, WebhookUrlError> {
+        let err = |reason: &str| WebhookUrlError {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
         };
-        if authority.is_empty() || authority.contains('@') {
+        let uri: Uri = url.parse().map_err(|_| err("not a URL"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(err("must start with http:// or https://")),
+        }
+        let authority = uri.authority().ok_or_else(|| err("needs a host"))?;
+        if authority.host().is_empty() || authority.as_str().contains('@') {
             return Err(err("needs a host (and no user info)"));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| err("the port is not a number"))?,
-            ),
-            _ => (authority, 80),
+        // `http::Uri` accepts any text after the host's colon; the port must be a number.
+        let port = match authority.as_str().strip_prefix('[') {
+            Some(v6) => v6.split_once("]:").map(|(_, port)| port),
+            None => authority.as_str().rsplit_once(':').map(|(_, port)| port),
         };
-        if host.is_empty() || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(err("bad host or path"));
+        if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+            return Err(err("the port is not a number"));
         }
+        let tls = ureq::tls::TlsConfig::builder().root_certs(roots).build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_resolve(Some(RESOLVE_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_read(Some(IO_TIMEOUT))
+            .timeout_per_write(Some(IO_TIMEOUT))
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .user_agent("switchboard")
+            .build()
+            .new_agent();
         Ok(WebhookSink {
-            host: host.to_owned(),
-            port,
-            path: path.to_owned(),
+            url: url.to_owned(),
+            agent,
             pending: Mutex::new(Vec::new()),
         })
     }
 
     fn post(&self, body: &[u8]) -> Result<(), String> {
-        let addr: SocketAddr = (self.host.trim_matches(['[', ']']), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolve {}: {e}", self.host))?
-            .next()
-            .ok_or_else(|| format!("resolve {}: no address", self.host))?;
-        let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
-            .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
-            .map_err(|e| e.to_string())?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\nUser-Agent: switchboard\r\n\r\n",
-            self.path,
-            self.host,
-            self.port,
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(body))
-            .map_err(|e| format!("send to {addr}: {e}"))?;
-        // The status line is all we need: "HTTP/1.1 204 No Content".
-        let mut status = [0u8; 12];
-        stream
-            .read_exact(&mut status)
-            .map_err(|e| format!("read the answer of {addr}: {e}"))?;
-        let code = std::str::from_utf8(&status[9..12])
-            .ok()
-            .and_then(|c| c.parse::<u16>().ok())
-            .filter(|_| status.starts_with(b"HTTP/1."))
-            .ok_or_else(|| format!("{addr} did not answer HTTP"))?;
-        if (200..300).contains(&code) {
+        let response = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .send(body)
+            .map_err(|e| format!("POST {}: {e}", self.url))?;
+        let status = response.status();
+        if status.is_success() {
             Ok(())
         } else {
-            Err(format!("{addr} answered {code}"))
+            Err(format!("{} answered {}", self.url, status.as_u16()))
         }
     }
 }
@@ -165,29 +173,34 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        let s = WebhookSink::new("http://push.internal:8080/hooks/sb").unwrap();
-        assert_eq!(
-            (s.host.as_str(), s.port, s.path.as_str()),
-            ("push.internal", 8080, "/hooks/sb")
-        );
-        let s = WebhookSink::new("http://127.0.0.1").unwrap();
-        assert_eq!(
-            (s.host.as_str(), s.port, s.path.as_str()),
-            ("127.0.0.1", 80, "/")
-        );
-        let s = WebhookSink::new("http://[::1]:9000/x").unwrap();
-        assert_eq!((s.host.as_str(), s.port), ("[::1]", 9000));
-        for bad in [
+        for good in [
+            "http://push.internal:8080/hooks/sb",
+            "http://127.0.0.1",
+            "http://[::1]:9000/x",
+            "http://[::1]/x",
             "https://push.example/x",
+        ] {
+            assert!(WebhookSink::new(good).is_ok(), "{good}");
+        }
+        for bad in [
             "ftp://x",
             "http://",
-            "http://:80/x",
             "http://user@host/x",
             "http://host:port/x",
             "http://host/a b",
+            "push.example/x",
         ] {
             assert!(WebhookSink::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let url = "https://push.example/x";
+        assert!(WebhookSink::with_ca_pem(url, b"").is_err());
+        assert!(WebhookSink::with_ca_pem(url, b"not pem").is_err());
+        let cert = rcgen::generate_simple_self_signed(vec!["push.example".into()]).unwrap();
+        assert!(WebhookSink::with_ca_pem(url, cert.cert.pem().as_bytes()).is_ok());
     }
 
     #[test]

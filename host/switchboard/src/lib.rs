@@ -73,10 +73,13 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifySettings {
-    /// `http://host[:port]/path` to POST events to (JSON, one request per message; see
+    /// `http[s]://host[:port]/path` to POST events to (JSON, one request per message; see
     /// `switchboard_edge::webhook`). Unset: events are log lines (target
     /// `switchboard::notify`).
     pub webhook: Option<String>,
+    /// PEM file of the CAs an `https` webhook must be issued by (instead of the webpki roots),
+    /// relative to the config file.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 /// The `[admin]` section: where the HTTP API listens, the operator's token, automatic
@@ -177,11 +180,36 @@ impl Config {
             }
         }
         cfg.limits.validate().map_err(|e| err(e.to_string()))?;
-        if let Some(url) = &cfg.notify.webhook {
-            switchboard_edge::webhook::WebhookSink::new(url).map_err(|e| err(e.to_string()))?;
+        if let Some(ca) = &mut cfg.notify.webhook_ca {
+            *ca = base.join(&*ca);
         }
+        webhook_sink(&cfg.notify).map_err(|e| err(e.to_string()))?;
         Ok(cfg)
     }
+}
+
+/// The `[notify]` section's webhook sink, if one is configured.
+fn webhook_sink(
+    notify: &NotifySettings,
+) -> Result<Option<switchboard_edge::webhook::WebhookSink>, NodeError> {
+    use switchboard_edge::webhook::WebhookSink;
+    let Some(url) = &notify.webhook else {
+        if notify.webhook_ca.is_some() {
+            return Err(NodeError::Invalid(
+                "webhook_ca is set without a webhook".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let sink = match &notify.webhook_ca {
+        None => WebhookSink::new(url),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| invalid(&path.display().to_string(), e))?;
+            WebhookSink::with_ca_pem(url, &pem)
+        }
+    };
+    sink.map(Some)
+        .map_err(|e| NodeError::Invalid(e.to_string()))
 }
 
 fn invalid(what: &str, e: impl std::fmt::Display) -> NodeError {
@@ -327,13 +355,7 @@ pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, N
     let engine = PolicyEngine::new(PolicyLimits::default())?;
     // Check the file's plugins before anything starts or is stored.
     let file_plugins = load_policies(cfg, &engine)?;
-    let webhook = cfg
-        .notify
-        .webhook
-        .as_deref()
-        .map(switchboard_edge::webhook::WebhookSink::new)
-        .transpose()
-        .map_err(|e| NodeError::Invalid(e.to_string()))?;
+    let webhook = webhook_sink(&cfg.notify)?;
     let (identity, _) = identity(cfg)?;
     let node = Node::start(
         EdgeConfig {

@@ -52,8 +52,8 @@ fn bad_files_are_refused_with_a_reason() {
             "max_frame_bytes must exceed max_payload_bytes",
         ),
         (
-            "data_dir = \"d\"\n[notify]\nwebhook = \"https://push.example/x\"",
-            "https is not supported",
+            "data_dir = \"d\"\n[notify]\nwebhook = \"ftp://push.example/x\"",
+            "must start with http:// or https://",
         ),
     ];
     for (text, want) in cases {
