@@ -87,7 +87,7 @@ impl From<StoreError> for RequestError {
             StoreError::GroupExists(g) => {
                 Self::new(ErrorCode::InvalidArgument, format!("group {g} exists"))
             }
-            e @ (StoreError::Io(_) | StoreError::Corrupt { .. }) => {
+            e @ (StoreError::Io(_) | StoreError::Corrupt { .. } | StoreError::Secrets(_)) => {
                 tracing::error!(error = %e, "store failure");
                 Self::new(
                     ErrorCode::StoreUnavailable,

@@ -69,6 +69,8 @@ impl TlsIdentity {
 
     /// Loads the dev certificate from `dir` (`cert.der`, `key.der`), creating it on first use.
     /// `cert.pem` is written too, for tools that want PEM. Returns the identity and cert path.
+    /// The directory is created 0700 and the files 0600 (they sit in the node's data
+    /// directory, which is its own).
     pub fn dev_in(dir: &Path) -> Result<(Self, PathBuf), EdgeError> {
         let cert_path = dir.join("cert.der");
         let key_path = dir.join("key.der");
@@ -77,17 +79,24 @@ impl TlsIdentity {
         }
         let id = Self::self_signed()?;
         let io = |e: std::io::Error| EdgeError::Tls(format!("writing dev certificate: {e}"));
-        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(io)?;
         let PrivateKeyDer::Pkcs8(key) = &id.key else {
             unreachable!("self_signed returns PKCS#8")
         };
         write_private(&key_path, key.secret_pkcs8_der()).map_err(io)?;
-        std::fs::write(&cert_path, id.cert_chain[0].as_ref()).map_err(io)?;
+        write_private(&cert_path, id.cert_chain[0].as_ref()).map_err(io)?;
         let pem = format!(
             "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
             pem_base64(id.cert_chain[0].as_ref())
         );
-        std::fs::write(dir.join("cert.pem"), pem).map_err(io)?;
+        write_private(&dir.join("cert.pem"), pem.as_bytes()).map_err(io)?;
         Ok((id, cert_path))
     }
 }
@@ -199,5 +208,14 @@ mod tests {
         assert_eq!(pem.cert_chain, a.cert_chain);
         assert!(path.ends_with("cert.der"));
         server_config(&a, &Limits::default()).unwrap();
+        #[cfg(unix)]
+        for name in ["cert.der", "cert.pem", "key.der"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
     }
 }

@@ -26,7 +26,7 @@
 //!
 //! | tree      | key (`‹x›`: length-prefixed)            | value                                  |
 //! |-----------|-----------------------------------------|----------------------------------------|
-//! | directory | `T` tenant                              | secret                                 |
+//! | directory | `T` tenant                              | secret, sealed ([`secrets`])           |
 //! |           | `G` ‹tenant› group                      | open flag, max_members, member count   |
 //! |           | `M` ‹tenant› ‹group› user               | empty                                  |
 //! |           | `U` ‹tenant› ‹user› group               | empty                                  |
@@ -56,12 +56,14 @@ use bytes::Bytes;
 use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
 pub mod config;
+pub mod secrets;
 mod sled_store;
 
 pub use config::{
     ApiKeyRecord, BindingRefused, Canary, ConfigChange, ConfigStore, ConfigWatch, FlagRule,
     PluginVersion, PolicyBinding, RollbackRecord, TenantQuotas, VersionConfig,
 };
+pub use secrets::{KeyRing, SecretsError};
 pub use sled_store::{SledStore, SledStoreConfig};
 
 /// Why a storage operation failed. Never means "partially applied": every write is atomic.
@@ -82,14 +84,31 @@ pub enum StoreError {
     /// Adding the member would exceed the group's member limit.
     #[error("group {group} is full ({max} members)")]
     GroupFull { group: GroupId, max: u32 },
+    /// Tenant secrets could not be sealed or opened: a missing or wrong store key file
+    /// ([`secrets`]).
+    #[error("tenant secrets: {0}")]
+    Secrets(#[from] SecretsError),
 }
 
-/// A tenant: an app's backend with its own token-signing secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tenant: an app's backend with its own token-signing secret. Its `Debug` shows the
+/// secret's length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TenantRecord {
     pub id: TenantId,
-    /// HMAC-SHA256 key for client tokens.
+    /// HMAC-SHA256 key for client tokens. Sealed at rest ([`secrets`]).
     pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TenantRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantRecord")
+            .field("id", &self.id)
+            .field(
+                "secret",
+                &format_args!("<redacted, {} bytes>", self.secret.len()),
+            )
+            .finish()
+    }
 }
 
 /// Settings of a group.

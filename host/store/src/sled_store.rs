@@ -31,6 +31,8 @@ mod config;
 mod config_tests;
 mod keys;
 #[cfg(test)]
+mod secrets_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
@@ -38,10 +40,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use parking_lot::RwLock;
 use sled::transaction::{abort, ConflictableTransactionError, TransactionError};
 use sled::{IVec, Tree};
 use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
 
+use crate::secrets::{KeyRing, SecretsError};
 use crate::{
     Appended, GroupMeta, NewMessage, Store, StoreError, StoredMessage, StoredReceipt, TenantRecord,
 };
@@ -68,6 +72,9 @@ pub struct SledStoreConfig {
     /// contract does not rely on it (only [`Store::flush`] promises durability); it bounds
     /// how much is lost on a crash for writes nobody flushed.
     pub flush_every_ms: Option<u64>,
+    /// The store key file that seals tenant secrets ([`crate::secrets`]); `None` for the
+    /// default, `<path>.key` (next to the store directory, never inside it).
+    pub key_file: Option<PathBuf>,
 }
 
 impl SledStoreConfig {
@@ -77,7 +84,26 @@ impl SledStoreConfig {
             path: path.into(),
             cache_capacity_bytes: 256 << 20,
             flush_every_ms: Some(500),
+            key_file: None,
         }
+    }
+
+    /// Where the store key file is: the one set, else `<path>.key`.
+    pub fn key_file_path(&self) -> PathBuf {
+        self.key_file.clone().unwrap_or_else(|| {
+            let mut name = self
+                .path
+                .file_name()
+                .map(|n| n.to_owned())
+                .unwrap_or_else(|| "store".into());
+            name.push(".key");
+            self.path.with_file_name(name)
+        })
+    }
+
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = Some(path.into());
+        self
     }
 
     pub fn cache_capacity_bytes(mut self, bytes: u64) -> Self {
@@ -112,6 +138,12 @@ struct Inner {
     config: Tree,
     /// Plugin bytes only.
     plugins: Tree,
+    /// The keys that seal tenant secrets, and their file ([`crate::secrets`]). Swapped
+    /// whole by a rotation.
+    keys: RwLock<Arc<KeyRing>>,
+    key_file: PathBuf,
+    /// One rotation at a time.
+    rotation: parking_lot::Mutex<()>,
     /// Newest sequence number of each group with messages, keyed by the group's prefix
     /// ([`keys::group_prefix`]), loaded lazily from the log's last key. Only ever raised
     /// (`raise_head`), so a reader that loaded an older head from disk cannot lower it.
@@ -173,14 +205,84 @@ fn cas_update<T, V: AsRef<[u8]>>(
     }
 }
 
+/// The key id of the first sealed tenant secret, if any.
+fn first_sealed_key_id(directory: &Tree) -> Result<Option<u32>, StoreError> {
+    for kv in directory.scan_prefix([keys::TAG_TENANT]) {
+        let (_, v) = kv.map_err(io)?;
+        if let Some(id) = KeyRing::sealed_key_id(&v) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+/// Creates `path` (and missing parents) readable by this user only; tightens an existing
+/// one that others may enter.
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)?;
+    set_mode(path, 0o700)
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if current != mode {
+        if current & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{current:o}"),
+                "store file was accessible to other users; made it private"
+            );
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Makes everything sled made under `dir` private: directories 0700, files 0600. sled
+/// creates its files with the process's umask (usually 0644); the node's binary also sets
+/// a umask of 077, but a library user may not.
+fn tighten_permissions(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            set_mode(&entry.path(), 0o700)?;
+            tighten_permissions(&entry.path())?;
+        } else if kind.is_file() {
+            set_mode(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 impl SledStore {
     /// Opens (or creates) the store in directory `path` with default settings.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with(SledStoreConfig::new(path))
     }
 
-    /// Opens (or creates) the store as `config` says.
+    /// Opens (or creates) the store as `config` says. The directory is created 0700 and
+    /// every file in it made 0600 (also those of an existing store). Tenant secrets are
+    /// sealed with the store key file (created with the store; a store with sealed secrets
+    /// and no key file is refused with [`SecretsError::MissingKey`]); secrets in the clear
+    /// or sealed under an older key are sealed again under the newest key here.
     pub fn open_with(config: SledStoreConfig) -> Result<Self, StoreError> {
+        private_dir(&config.path).map_err(os)?;
+        let key_file = config.key_file_path();
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
@@ -204,12 +306,35 @@ impl SledStore {
         // sled writes everything to this one file (values under its blob threshold, which
         // is far above max_payload_bytes). Its directory entry is made durable once here.
         let data_file = std::fs::File::open(config.path.join("db")).map_err(os)?;
+        tighten_permissions(&config.path).map_err(os)?;
         std::fs::File::open(&config.path)
             .and_then(|dir| dir.sync_all())
             .map_err(os)?;
+        let directory = tree(DIRECTORY)?;
+        let keys = match KeyRing::load(&key_file)? {
+            Some(keys) => keys,
+            None => {
+                // A new key only for a store without sealed secrets: one sealed under a
+                // lost key must not be silently replaced by unreadable records.
+                if let Some(key_id) = first_sealed_key_id(&directory)? {
+                    return Err(SecretsError::MissingKey {
+                        path: key_file,
+                        key_id,
+                    }
+                    .into());
+                }
+                let keys = KeyRing::generate(1)?;
+                keys.store(&key_file)?;
+                tracing::info!(path = %key_file.display(), "created the store key file");
+                keys
+            }
+        };
         let inner = Inner {
+            keys: RwLock::new(Arc::new(keys)),
+            key_file,
+            rotation: parking_lot::Mutex::new(()),
             data_file,
-            directory: tree(DIRECTORY)?,
+            directory,
             log: tree(LOG)?,
             dedupe: tree(DEDUPE)?,
             cursors: tree(CURSORS)?,
@@ -225,7 +350,74 @@ impl SledStore {
             inner: Arc::new(inner),
         };
         store.repair_dedupe()?;
+        store.reseal_secrets()?;
         Ok(store)
+    }
+
+    /// Seals again, under the newest key, every tenant secret that is in the clear (a store
+    /// written before secrets were sealed) or sealed under an older key (an interrupted
+    /// rotation). Opening every record also proves the key file is this store's: a wrong one
+    /// fails here with [`SecretsError::WrongKey`] or [`SecretsError::UnknownKey`], not at the
+    /// first client's hello. Returns how many records it rewrote.
+    fn reseal_secrets(&self) -> Result<usize, StoreError> {
+        let ring = self.keys();
+        let prefix = [keys::TAG_TENANT];
+        let mut resealed = 0;
+        for kv in self.inner.directory.scan_prefix(prefix) {
+            let (k, v) = kv.map_err(io)?;
+            let id = codec::parse_id(DIRECTORY, &k[prefix.len()..], TenantId::new)?;
+            let (record, stale) = codec::decode_tenant(&ring, id, &v)?;
+            if !stale {
+                continue;
+            }
+            let sealed = codec::encode_tenant(&ring, &record.id, &record.secret)?;
+            // Only if unchanged since read: a concurrent put_tenant (sealed already) wins.
+            let _ = self
+                .inner
+                .directory
+                .compare_and_swap(&k, Some(&v), Some(sealed))
+                .map_err(io)?;
+            resealed += 1;
+        }
+        if resealed > 0 {
+            self.inner.db.flush().map_err(io)?;
+            self.inner.data_file.sync_data().map_err(os)?;
+            tracing::info!(
+                resealed,
+                key_id = ring.current_id(),
+                "sealed tenant secrets under the newest store key"
+            );
+        }
+        Ok(resealed)
+    }
+
+    fn keys(&self) -> Arc<KeyRing> {
+        self.inner.keys.read().clone()
+    }
+
+    /// The ids of the store keys in use (the last one seals).
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.keys().ids()
+    }
+
+    /// Rotates the store key: a fresh key is added to the key file (which then holds the old
+    /// and the new key, so every record opens whatever happens next), every tenant secret is
+    /// sealed again under it and made durable, then the old keys are dropped from the file.
+    /// A crash in between leaves a key file with both keys; the next open finishes the
+    /// re-sealing. Tokens stay valid: the secrets are the same, only their sealing changes.
+    /// Returns the new key's id and how many secrets were sealed again.
+    pub fn rotate_secrets_key(&self) -> Result<(u32, usize), StoreError> {
+        let _rotation = self.inner.rotation.lock();
+        let both = Arc::new(self.keys().with_new_key()?);
+        both.store(&self.inner.key_file)?;
+        *self.inner.keys.write() = both.clone();
+        let resealed = self.reseal_secrets()?;
+        let new_only = both.current_only()?;
+        new_only.store(&self.inner.key_file)?;
+        let id = new_only.current_id();
+        *self.inner.keys.write() = Arc::new(new_only);
+        tracing::info!(key_id = id, resealed, "store key rotated");
+        Ok((id, resealed))
     }
 
     /// An append writes its log entry, then its dedupe entry. A crash between the two can
@@ -355,29 +547,28 @@ impl SledStore {
 impl Store for SledStore {
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
         let key = keys::tenant(&tenant.id);
-        self.inner
-            .directory
-            .insert(key, codec::encode_tenant(&tenant.secret))
-            .map_err(io)?;
+        let sealed = codec::encode_tenant(&self.keys(), &tenant.id, &tenant.secret)?;
+        self.inner.directory.insert(key, sealed).map_err(io)?;
         Ok(())
     }
 
     fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
         match self.inner.directory.get(keys::tenant(id)).map_err(io)? {
-            Some(v) => Ok(Some(codec::decode_tenant(id.clone(), &v)?)),
+            Some(v) => Ok(Some(codec::decode_tenant(&self.keys(), id.clone(), &v)?.0)),
             None => Ok(None),
         }
     }
 
     fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         let prefix = [keys::TAG_TENANT];
+        let ring = self.keys();
         self.inner
             .directory
             .scan_prefix(prefix)
             .map(|kv| {
                 let (k, v) = kv.map_err(io)?;
                 let id = codec::parse_id(DIRECTORY, &k[prefix.len()..], TenantId::new)?;
-                codec::decode_tenant(id, &v)
+                Ok(codec::decode_tenant(&ring, id, &v)?.0)
             })
             .collect()
     }

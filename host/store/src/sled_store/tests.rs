@@ -24,7 +24,7 @@ pub(super) fn u(s: &str) -> UserId {
 /// a moment (its IO threads let go of the database asynchronously, and there is nothing to
 /// wait on), so a lock error is retried for up to 10 s.
 pub(super) fn open_in(dir: &TempDir) -> SledStore {
-    let config = SledStoreConfig::new(dir.path())
+    let config = SledStoreConfig::new(dir.path().join("store"))
         .cache_capacity_bytes(8 << 20)
         .flush_every_ms(None);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -910,11 +910,11 @@ fn corrupt_records_are_reported() {
 fn unknown_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled::open(dir.path().join("store")).unwrap();
         db.insert(FORMAT_KEY, &[2u8][..]).unwrap();
         db.flush().unwrap();
     }
-    let config = SledStoreConfig::new(dir.path()).flush_every_ms(None);
+    let config = SledStoreConfig::new(dir.path().join("store")).flush_every_ms(None);
     assert!(matches!(
         SledStore::open_with(config),
         Err(StoreError::Corrupt { tree: "meta", .. })
