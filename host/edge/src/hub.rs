@@ -87,12 +87,23 @@ impl From<StoreError> for RequestError {
             StoreError::GroupExists(g) => {
                 Self::new(ErrorCode::InvalidArgument, format!("group {g} exists"))
             }
+            StoreError::OutcomeUnknown(e) => {
+                tracing::error!(error = %e, "store failure after a write");
+                Self::new(
+                    ErrorCode::OutcomeUnknown,
+                    "storage failed after the write; it may be stored: resend with the same \
+                     client_msg_id",
+                )
+                .with_retry_after(1_000)
+            }
             e @ (StoreError::Io(_) | StoreError::Corrupt { .. } | StoreError::Secrets(_)) => {
                 tracing::error!(error = %e, "store failure");
+                // The node reopens a failed store once its disk has room (`store_watch`).
                 Self::new(
                     ErrorCode::StoreUnavailable,
                     "storage unavailable; not stored, retry",
                 )
+                .with_retry_after(1_000)
             }
         }
     }
@@ -1095,6 +1106,11 @@ impl Hub {
         low
     }
 
+    /// Whether the data disk was under `min_free_disk_bytes` at the last [`Hub::check_disk`].
+    pub fn disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::Relaxed)
+    }
+
     /// Where push-notification events for offline members go (default: the log).
     pub fn set_notify_sink(&self, sink: Arc<dyn crate::notify::NotifySink>) {
         *self.notify_sink.write() = sink;
@@ -1823,10 +1839,15 @@ impl Committer {
             Err(e) => {
                 hub.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, n = batch.len(), "flush failed; refusing the batch");
+                // Every message of the batch was appended before the flush failed: some or
+                // all of it may be on disk (and be found by a resend's dedupe), so "not
+                // stored" would be a lie the client could act on.
                 let err = RequestError::new(
-                    ErrorCode::StoreUnavailable,
-                    "storage unavailable; not acknowledged, retry with the same client_msg_id",
-                );
+                    ErrorCode::OutcomeUnknown,
+                    "storage failed before the message was durable; it may be stored: resend \
+                     with the same client_msg_id",
+                )
+                .with_retry_after(1_000);
                 for c in batch.drain(..) {
                     let frame = wire::encode_server(&ServerFrame::Error(err.frame(c.request_id)));
                     c.reply.send(frame);

@@ -64,9 +64,10 @@ pub use config::{
     PluginVersion, PolicyBinding, RollbackRecord, TenantQuotas, VersionConfig,
 };
 pub use secrets::{KeyRing, SecretsError};
-pub use sled_store::{SledStore, SledStoreConfig};
+pub use sled_store::{SledStore, SledStoreConfig, StoreHealth};
 
-/// Why a storage operation failed. Never means "partially applied": every write is atomic.
+/// Why a storage operation failed. Never means "partially applied" (every write is atomic),
+/// except [`StoreError::OutcomeUnknown`], which says the write may have been applied.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The underlying storage failed (I/O error, disk full, corruption).
@@ -88,6 +89,10 @@ pub enum StoreError {
     /// ([`secrets`]).
     #[error("tenant secrets: {0}")]
     Secrets(#[from] SecretsError),
+    /// A write was made but could not be made durable, and may or may not survive (an
+    /// append whose second write failed). The caller cannot tell the client "not stored".
+    #[error("storage failure after the write (outcome unknown): {0}")]
+    OutcomeUnknown(String),
 }
 
 /// A tenant: an app's backend with its own token-signing secret. Its `Debug` shows the
@@ -286,5 +291,17 @@ pub trait Store: Send + Sync + 'static {
     /// blocks forever, rather than failing, when the disk is completely full.
     fn free_bytes(&self) -> Option<u64> {
         None
+    }
+
+    /// Whether the store works. A store whose storage failed (an I/O error such as a full
+    /// disk) refuses writes until [`Store::recover`] has reopened it.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
+
+    /// Reopens a failed store (see [`SledStore::recover`]); `Ok(false)` when it works.
+    /// Blocking.
+    fn recover(&self) -> Result<bool, StoreError> {
+        Ok(false)
     }
 }

@@ -91,7 +91,8 @@ fn secrets_written_in_the_clear_are_sealed_when_the_store_opens() {
         let store = open_in(&dir);
         // What a store written before sealing holds: version 1, the secret in the clear.
         store
-            .inner
+            .h()
+            .unwrap()
             .directory
             .insert(keys::tenant(&t("old")), codec::encode_tenant_plain(SECRET))
             .unwrap();
@@ -99,7 +100,8 @@ fn secrets_written_in_the_clear_are_sealed_when_the_store_opens() {
     }
     let store = open_in(&dir);
     let raw = store
-        .inner
+        .h()
+        .unwrap()
         .directory
         .get(keys::tenant(&t("old")))
         .unwrap()
@@ -172,7 +174,8 @@ fn rotation_reseals_every_secret_under_a_new_key_and_keeps_the_secrets() {
     ] {
         assert_eq!(store.tenant(&t(tenant)).unwrap().unwrap().secret, secret);
         let raw = store
-            .inner
+            .h()
+            .unwrap()
             .directory
             .get(keys::tenant(&t(tenant)))
             .unwrap()
@@ -203,7 +206,8 @@ fn an_interrupted_rotation_is_finished_at_the_next_open() {
     }
     let store = open_in(&dir);
     let raw = store
-        .inner
+        .h()
+        .unwrap()
         .directory
         .get(keys::tenant(&t("acme")))
         .unwrap()
