@@ -477,7 +477,7 @@ pub struct Hub {
     shedding: DashMap<TenantId, policy::Shedding>,
     /// See [`Hub::membership_lock`].
     membership: Box<[Mutex<()>]>,
-    /// Set while the data disk has less than `min_free_disk_bytes` free (`disk_watch`).
+    /// Set while the data disk has less than `min_free_disk_bytes` free (`store_watch` in `lib.rs`).
     disk_low: AtomicBool,
     /// Fan out in subscription order instead of foreground first (benchmarks compare the
     /// two; see [`Hub::set_naive_fanout`]).
