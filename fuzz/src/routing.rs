@@ -227,7 +227,7 @@ pub fn run_scenario(s: &Scenario) {
     limits.validate().expect("harness limits");
     let dir = temp_dir();
     let store = SledStore::open_with(
-        SledStoreConfig::new(dir.path())
+        SledStoreConfig::new(dir.path().join("store"))
             .cache_capacity_bytes(4 << 20)
             .flush_every_ms(None),
     )

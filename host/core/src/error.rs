@@ -46,7 +46,7 @@ pub enum ErrorCode {
     RateLimited = 30,
     /// The node is overloaded; retry after the given delay.
     Overloaded = 31,
-    /// The message could not be made durable; it was NOT accepted. Safe to retry.
+    /// The message could not be made durable; it was NOT stored. Safe to retry.
     StoreUnavailable = 32,
     /// A bug or unexpected failure on the node.
     Internal = 33,
@@ -55,11 +55,15 @@ pub enum ErrorCode {
     /// The connection did not read its deliveries fast enough and the node is configured to
     /// disconnect slow consumers (`disconnect_slow_consumers`); reconnect and resume.
     SlowConsumer = 35,
+    /// The node wrote the message but could not make it durable (its flush failed): it may
+    /// or may not be stored. Resend it with the same client message id; the answer is then
+    /// an `Ack` at its original sequence number (`duplicate`) if it was, or a new one.
+    OutcomeUnknown = 36,
 }
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and docs.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::MalformedFrame,
         Self::FrameTooLarge,
         Self::UnknownFrameType,
@@ -83,6 +87,7 @@ impl ErrorCode {
         Self::Internal,
         Self::ShuttingDown,
         Self::SlowConsumer,
+        Self::OutcomeUnknown,
     ];
 
     /// The wire value.
@@ -104,7 +109,14 @@ impl ErrorCode {
                 | Self::StoreUnavailable
                 | Self::ShuttingDown
                 | Self::SlowConsumer
+                | Self::OutcomeUnknown
         )
+    }
+
+    /// Whether the request may have taken effect although it failed: the client must resend
+    /// it unchanged (same client message id) rather than treat it as refused.
+    pub fn outcome_unknown(self) -> bool {
+        self == Self::OutcomeUnknown
     }
 
     /// Whether the server closes the connection after sending this error, wherever it is

@@ -16,6 +16,10 @@ pub enum IdError {
     TooLong(usize),
     #[error("id contains {0:?}; allowed: ASCII letters, digits, '-', '_', '.', ':', '@'")]
     BadChar(char),
+    /// `.` and `..` name a directory and its parent wherever an id becomes a path segment
+    /// (a file name, a URL path, an operator's script), so they are never ids.
+    #[error("id {0:?} is a path segment ('.' or '..'), not a name")]
+    DotSegment(&'static str),
 }
 
 fn validate(s: &str) -> Result<(), IdError> {
@@ -31,7 +35,11 @@ fn validate(s: &str) -> Result<(), IdError> {
     {
         return Err(IdError::BadChar(c));
     }
-    Ok(())
+    match s {
+        "." => Err(IdError::DotSegment(".")),
+        ".." => Err(IdError::DotSegment("..")),
+        _ => Ok(()),
+    }
 }
 
 macro_rules! id_type {
@@ -107,5 +115,21 @@ mod tests {
         check("a/b", Err(IdError::BadChar('/')));
         check("é", Err(IdError::BadChar('é')));
         check("a\0", Err(IdError::BadChar('\0')));
+    }
+
+    #[test]
+    fn dot_segments_are_not_ids_of_any_kind() {
+        for input in [".", ".."] {
+            check(
+                input,
+                Err(IdError::DotSegment(if input == "." { "." } else { ".." })),
+            );
+            assert!(TenantId::new(input).is_err(), "tenant {input:?}");
+            assert!(UserId::new(input).is_err(), "user {input:?}");
+        }
+        // Dots inside a longer id stay allowed.
+        check("...", Ok(()));
+        check(".a", Ok(()));
+        check("a..b", Ok(()));
     }
 }

@@ -55,9 +55,11 @@ pub struct Limits {
     /// a flood from spoofed addresses then holds at most this many handshakes. 0 = always.
     pub validate_address_from_handshakes: u32,
     /// Free bytes the node keeps on its data disk: below this, sends (and other store
-    /// writes clients cause) are refused with `StoreUnavailable` until space is freed,
-    /// because a completely full disk makes the store block instead of fail. Checked every
-    /// 250 ms; 0 = never.
+    /// writes clients cause) are refused with `StoreUnavailable` until space is freed, so
+    /// the store stays clear of a full disk (where its writes fail and it must be reopened).
+    /// Checked every 250 ms. At least [`MIN_FREE_DISK_FLOOR`]: a config file with less is
+    /// refused ([`Limits::validate`]), and the node raises a smaller value it is given in
+    /// code to the floor, with a warning.
     pub min_free_disk_bytes: u64,
     /// How often the node samples its own load (event-loop lag, commit and push queues) to
     /// set its degradation level, in milliseconds; 0 = never (the level stays 0 unless an
@@ -151,9 +153,19 @@ pub struct LimitsError(pub &'static str);
 /// Bytes the frame envelope of a message may take besides its body (ids, seq, timestamps).
 pub const ENVELOPE_OVERHEAD: u32 = 1024;
 
+/// The least `min_free_disk_bytes` may be: one of sled's I/O buffers (8 MiB), the most a
+/// single flush writes at once, so a flush that starts above the reserve fits on the disk.
+pub const MIN_FREE_DISK_FLOOR: u64 = 8 * 1024 * 1024;
+
 impl Limits {
     /// Checks the limits are consistent with each other.
     pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.min_free_disk_bytes < MIN_FREE_DISK_FLOOR {
+            return Err(LimitsError(
+                "min_free_disk_bytes must be at least 8388608 (8 MiB, MIN_FREE_DISK_FLOOR): \
+                 without a reserve the store's writes run into a full disk",
+            ));
+        }
         if self.max_payload_bytes == 0 {
             return Err(LimitsError("max_payload_bytes must be > 0"));
         }
@@ -232,6 +244,24 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_disk_reserve_cannot_be_turned_off() {
+        for bytes in [0, 1, MIN_FREE_DISK_FLOOR - 1] {
+            let l = Limits {
+                min_free_disk_bytes: bytes,
+                ..Limits::default()
+            };
+            let e = l.validate().unwrap_err();
+            assert!(e.0.contains("min_free_disk_bytes"), "{e:?}");
+        }
+        Limits {
+            min_free_disk_bytes: MIN_FREE_DISK_FLOOR,
+            ..Limits::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

@@ -250,4 +250,59 @@ mod tests {
             Err(TokenError::BadSignature)
         );
     }
+
+    /// What docs/protocol.md §5 promises about strictness: every variant below is refused.
+    #[test]
+    fn parsing_is_as_strict_as_the_protocol_says() {
+        let sign = |claims_json: &str| {
+            let signed = format!("{PREFIX}.{}", B64.encode(claims_json));
+            let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+            mac.update(signed.as_bytes());
+            format!("{signed}.{}", B64.encode(mac.finalize().into_bytes()))
+        };
+        // Any member order and whitespace are fine.
+        let ok = sign(r#" { "exp": 2000, "u": "alice", "nbf": 1000, "t": "acme" } "#);
+        assert_eq!(check(&ok, SECRET, 1_500), Ok(claims()));
+        for bad_claims in [
+            r#"{"t":"acme","u":"alice","exp":2000,"exp":2000}"#,
+            r#"{"t":"acme","u":"alice","exp":2000.0}"#,
+            r#"{"t":"acme","u":"alice","exp":2e3}"#,
+            r#"{"t":"acme","u":"alice","exp":"2000"}"#,
+            r#"{"t":"acme","u":"alice","exp":-1}"#,
+            r#"{"t":"acme","u":"alice","exp":2000,"x":1}"#,
+            r#"{"t":"acme","u":"..","exp":2000}"#,
+            r#"{"t":"acme","u":"alice","exp":2000} {}"#,
+            r#"[]"#,
+        ] {
+            assert!(
+                matches!(
+                    check(&sign(bad_claims), SECRET, 1_500),
+                    Err(TokenError::Malformed(_))
+                ),
+                "{bad_claims}"
+            );
+        }
+        let good = mint(&claims(), SECRET);
+        let (head, sig) = good.rsplit_once('.').unwrap();
+        // Padding, standard-alphabet characters, non-canonical trailing bits, a short MAC.
+        // 32 bytes are 43 characters whose last carries 2 unused bits: set one of them.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut last = sig.as_bytes().to_vec();
+        let l = last.len() - 1;
+        let v = ALPHABET.iter().position(|c| *c == last[l]).unwrap();
+        assert_eq!(v & 3, 0, "a canonical encoding");
+        last[l] = ALPHABET[v | 1];
+        for bad in [
+            format!("{good}="),
+            format!("{head}.{sig}+"),
+            format!("{head}.{}", String::from_utf8(last).unwrap()),
+        ] {
+            assert!(
+                matches!(check(&bad, SECRET, 1_500), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let short = format!("{head}.{}", &sig[..sig.len() - 3]);
+        assert_eq!(check(&short, SECRET, 1_500), Err(TokenError::BadSignature));
+    }
 }

@@ -89,12 +89,23 @@ impl From<StoreError> for RequestError {
             StoreError::GroupExists(g) => {
                 Self::new(ErrorCode::InvalidArgument, format!("group {g} exists"))
             }
-            e @ (StoreError::Io(_) | StoreError::Corrupt { .. }) => {
+            StoreError::OutcomeUnknown(e) => {
+                tracing::error!(error = %e, "store failure after a write");
+                Self::new(
+                    ErrorCode::OutcomeUnknown,
+                    "storage failed after the write; it may be stored: resend with the same \
+                     client_msg_id",
+                )
+                .with_retry_after(1_000)
+            }
+            e @ (StoreError::Io(_) | StoreError::Corrupt { .. } | StoreError::Secrets(_)) => {
                 tracing::error!(error = %e, "store failure");
+                // The node reopens a failed store once its disk has room (`store_watch`).
                 Self::new(
                     ErrorCode::StoreUnavailable,
                     "storage unavailable; not stored, retry",
                 )
+                .with_retry_after(1_000)
             }
         }
     }
@@ -470,7 +481,7 @@ pub struct Hub {
     shedding: DashMap<TenantId, policy::Shedding>,
     /// See [`Hub::membership_lock`].
     membership: Box<[Mutex<()>]>,
-    /// Set while the data disk has less than `min_free_disk_bytes` free (`disk_watch`).
+    /// Set while the data disk has less than `min_free_disk_bytes` free (`store_watch` in `lib.rs`).
     disk_low: AtomicBool,
     /// Fan out in subscription order instead of foreground first (benchmarks compare the
     /// two; see [`Hub::set_naive_fanout`]).
@@ -1094,6 +1105,11 @@ impl Hub {
             }
         }
         low
+    }
+
+    /// Whether the data disk was under `min_free_disk_bytes` at the last [`Hub::check_disk`].
+    pub fn disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::Relaxed)
     }
 
     /// Where push-notification events for offline members go (default: the log).
@@ -1824,10 +1840,15 @@ impl Committer {
             Err(e) => {
                 hub.metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, n = batch.len(), "flush failed; refusing the batch");
+                // Every message of the batch was appended before the flush failed: some or
+                // all of it may be on disk (and be found by a resend's dedupe), so "not
+                // stored" would be a lie the client could act on.
                 let err = RequestError::new(
-                    ErrorCode::StoreUnavailable,
-                    "storage unavailable; not acknowledged, retry with the same client_msg_id",
-                );
+                    ErrorCode::OutcomeUnknown,
+                    "storage failed before the message was durable; it may be stored: resend \
+                     with the same client_msg_id",
+                )
+                .with_retry_after(1_000);
                 for c in batch.drain(..) {
                     let frame = wire::encode_server(&ServerFrame::Error(err.frame(c.request_id)));
                     c.reply.send(frame);

@@ -90,13 +90,20 @@ impl Node {
             runtime,
         )
         .map_err(bind_err)?;
-        let (hub, committer) = Hub::new(store, cfg.limits.clone());
+        let mut limits = cfg.limits.clone();
+        if limits.min_free_disk_bytes < switchboard_core::limits::MIN_FREE_DISK_FLOOR {
+            warn!(
+                configured = limits.min_free_disk_bytes,
+                floor = switchboard_core::limits::MIN_FREE_DISK_FLOOR,
+                "min_free_disk_bytes is under its floor; using the floor"
+            );
+            limits.min_free_disk_bytes = switchboard_core::limits::MIN_FREE_DISK_FLOOR;
+        }
+        let (hub, committer) = Hub::new(store, limits);
         let stop_committer = Arc::new(Notify::new());
         let committer_task = tokio::spawn(committer.run(stop_committer.clone()));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), hub.clone()));
-        if cfg.limits.min_free_disk_bytes > 0 {
-            tokio::spawn(disk_watch(Arc::downgrade(&hub)));
-        }
+        tokio::spawn(store_watch(Arc::downgrade(&hub)));
         if cfg.limits.load_sample_ms > 0 {
             // Ends by itself once the hub is gone.
             tokio::spawn(load::monitor(
@@ -169,17 +176,29 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Keeps the hub's view of free disk space current (a `statvfs` every 250 ms); ends with
-/// the hub.
-async fn disk_watch(hub: std::sync::Weak<Hub>) {
+/// How often [`store_watch`] looks at the disk and the store.
+pub const STORE_WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keeps the hub's view of free disk space current (a `statvfs` every 250 ms), and reopens
+/// the store once it failed (an I/O error such as a full disk: sled then refuses every
+/// write until it is opened again) and the disk has room above the reserve again, so the
+/// node recovers without a restart. Ends with the hub.
+async fn store_watch(hub: std::sync::Weak<Hub>) {
     loop {
-        match hub.upgrade() {
-            Some(hub) => {
-                hub.check_disk();
+        let Some(h) = hub.upgrade() else { return };
+        let low = h.check_disk();
+        let store = h.store().clone();
+        drop(h);
+        if !low && store.health() != switchboard_store::StoreHealth::Ok {
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || store.recover()).await {
+                Ok(Ok(true)) => info!(took = ?started.elapsed(), "store reopened after a failure"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => warn!(error = %e, "store still failing; will retry"),
+                Err(e) => warn!(error = %e, "store reopen task failed; will retry"),
             }
-            None => return,
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(STORE_WATCH_INTERVAL).await;
     }
 }
 

@@ -63,6 +63,8 @@ impl TlsIdentity {
 
     /// Loads the dev certificate from `dir` (`cert.der`, `key.der`), creating it on first use.
     /// `cert.pem` is written too, for tools that want PEM. Returns the identity and cert path.
+    /// The directory is created 0700 and the files 0600 (they sit in the node's data
+    /// directory, which is its own).
     pub fn dev_in(dir: &Path) -> Result<(Self, PathBuf), EdgeError> {
         let cert_path = dir.join("cert.der");
         let key_path = dir.join("key.der");
@@ -71,10 +73,17 @@ impl TlsIdentity {
         }
         let dev = DevCert::generate()?;
         let io = |e: std::io::Error| EdgeError::Tls(format!("writing dev certificate: {e}"));
-        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir).map_err(io)?;
         write_private(&key_path, &dev.key_pkcs8_der).map_err(io)?;
-        std::fs::write(&cert_path, &dev.cert_der).map_err(io)?;
-        std::fs::write(dir.join("cert.pem"), &dev.cert_pem).map_err(io)?;
+        write_private(&cert_path, &dev.cert_der).map_err(io)?;
+        write_private(&dir.join("cert.pem"), dev.cert_pem.as_bytes()).map_err(io)?;
         Ok((dev.identity, cert_path))
     }
 }
@@ -178,5 +187,14 @@ mod tests {
         assert_eq!(pem.cert_chain, a.cert_chain);
         assert!(path.ends_with("cert.der"));
         server_config(&a, &Limits::default()).unwrap();
+        #[cfg(unix)]
+        for name in ["cert.der", "cert.pem", "key.der"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
     }
 }

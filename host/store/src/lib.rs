@@ -26,7 +26,7 @@
 //!
 //! | tree      | key (`‹x›`: length-prefixed)            | value                                  |
 //! |-----------|-----------------------------------------|----------------------------------------|
-//! | directory | `T` tenant                              | secret                                 |
+//! | directory | `T` tenant                              | secret, sealed ([`secrets`])           |
 //! |           | `G` ‹tenant› group                      | open flag, max_members, member count   |
 //! |           | `M` ‹tenant› ‹group› user               | empty                                  |
 //! |           | `U` ‹tenant› ‹user› group               | empty                                  |
@@ -57,6 +57,7 @@ use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
 pub mod config;
 mod mem;
+pub mod secrets;
 mod sled_store;
 
 pub use config::{
@@ -64,9 +65,11 @@ pub use config::{
     PluginVersion, PolicyBinding, RollbackRecord, TenantQuotas, VersionConfig,
 };
 pub use mem::MemStore;
-pub use sled_store::{SledStore, SledStoreConfig};
+pub use secrets::{KeyRing, SecretsError};
+pub use sled_store::{SledStore, SledStoreConfig, StoreHealth};
 
-/// Why a storage operation failed. Never means "partially applied": every write is atomic.
+/// Why a storage operation failed. Never means "partially applied" (every write is atomic),
+/// except [`StoreError::OutcomeUnknown`], which says the write may have been applied.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The underlying storage failed (I/O error, disk full, corruption).
@@ -84,14 +87,35 @@ pub enum StoreError {
     /// Adding the member would exceed the group's member limit.
     #[error("group {group} is full ({max} members)")]
     GroupFull { group: GroupId, max: u32 },
+    /// Tenant secrets could not be sealed or opened: a missing or wrong store key file
+    /// ([`secrets`]).
+    #[error("tenant secrets: {0}")]
+    Secrets(#[from] SecretsError),
+    /// A write was made but could not be made durable, and may or may not survive (an
+    /// append whose second write failed). The caller cannot tell the client "not stored".
+    #[error("storage failure after the write (outcome unknown): {0}")]
+    OutcomeUnknown(String),
 }
 
-/// A tenant: an app's backend with its own token-signing secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A tenant: an app's backend with its own token-signing secret. Its `Debug` shows the
+/// secret's length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TenantRecord {
     pub id: TenantId,
-    /// HMAC-SHA256 key for client tokens.
+    /// HMAC-SHA256 key for client tokens. Sealed at rest ([`secrets`]).
     pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TenantRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantRecord")
+            .field("id", &self.id)
+            .field(
+                "secret",
+                &format_args!("<redacted, {} bytes>", self.secret.len()),
+            )
+            .finish()
+    }
 }
 
 /// Settings of a group.
@@ -269,5 +293,17 @@ pub trait Store: Send + Sync + 'static {
     /// blocks forever, rather than failing, when the disk is completely full.
     fn free_bytes(&self) -> Option<u64> {
         None
+    }
+
+    /// Whether the store works. A store whose storage failed (an I/O error such as a full
+    /// disk) refuses writes until [`Store::recover`] has reopened it.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
+
+    /// Reopens a failed store (see [`SledStore::recover`]); `Ok(false)` when it works.
+    /// Blocking.
+    fn recover(&self) -> Result<bool, StoreError> {
+        Ok(false)
     }
 }

@@ -14,7 +14,7 @@ use switchboard_admin::{AutoRollback, Control, ControlConfig};
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_policy::{PolicyEngine, PolicyLimits};
-use switchboard_store::{GroupMeta, SledStore, Store, StoreError, TenantRecord};
+use switchboard_store::{GroupMeta, SledStore, SledStoreConfig, Store, StoreError, TenantRecord};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -50,8 +50,15 @@ pub struct Config {
     /// UDP address the QUIC endpoint binds.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where sled keeps its files (and the dev certificate, if no `[tls]` is given).
+    /// Where sled keeps its files (and the dev certificate, if no `[tls]` is given). Created
+    /// 0700; everything in it is the node's own.
     pub data_dir: PathBuf,
+    /// The store key file, which seals the tenants' secrets in the store (see
+    /// `docs/reliability.md`, "Secrets at rest"). Default: `<data_dir>/store.key`, created
+    /// with a new store. Put it elsewhere (a secrets mount) to keep it out of copies of the
+    /// data directory.
+    #[serde(default)]
+    pub store_key_file: Option<PathBuf>,
     /// Certificate and key (PEM or DER). Without it a self-signed certificate is created in
     /// `data_dir` — fine for development, not for phones in the wild.
     #[serde(default)]
@@ -170,6 +177,9 @@ impl Config {
         let mut cfg: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.data_dir = base.join(&cfg.data_dir);
+        if let Some(key) = &mut cfg.store_key_file {
+            *key = base.join(&*key);
+        }
         if let Some(tls) = &mut cfg.tls {
             tls.cert = base.join(&tls.cert);
             tls.key = base.join(&tls.key);
@@ -274,9 +284,68 @@ pub fn ensure_group(
     }
 }
 
-/// Opens the store in `data_dir`.
+/// Opens the store in `data_dir` (created 0700) with the default key file,
+/// `<data_dir>/store.key`.
 pub fn open_store(data_dir: &Path) -> Result<Arc<SledStore>, NodeError> {
-    Ok(Arc::new(SledStore::open(&data_dir.join("store"))?))
+    open_store_with_key(data_dir, None)
+}
+
+/// Opens the store in `data_dir` (created 0700), its secrets sealed with `key_file`
+/// (default `<data_dir>/store.key`).
+pub fn open_store_with_key(
+    data_dir: &Path,
+    key_file: Option<&Path>,
+) -> Result<Arc<SledStore>, NodeError> {
+    private_dir(data_dir)
+        .map_err(|e| NodeError::Invalid(format!("data directory {}: {e}", data_dir.display())))?;
+    let mut config = SledStoreConfig::new(data_dir.join("store"));
+    if let Some(key) = key_file {
+        config = config.key_file(key);
+    }
+    Ok(Arc::new(SledStore::open_with(config)?))
+}
+
+/// Creates `dir` 0700 (with any missing parents), or makes an existing one 0700: the data
+/// directory holds the store, its key and the TLS key.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+        if mode != 0o700 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "data directory was accessible to other users; made it 0700"
+            );
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
+/// Rotates the store key of the store in `data_dir` (the node must be stopped: the store is
+/// opened here). Returns the new key's id and how many tenant secrets were sealed again.
+pub fn rotate_store_key(
+    data_dir: &Path,
+    key_file: Option<&Path>,
+) -> Result<(u32, usize), NodeError> {
+    let store = open_store_with_key(data_dir, key_file).map_err(|e| match e {
+        NodeError::Store(StoreError::Io(detail)) if detail.contains("could not acquire lock") => {
+            NodeError::Invalid(format!(
+                "the store in {} is in use (is the node running?); stop the node to rotate                  its key",
+                data_dir.display()
+            ))
+        }
+        e => e,
+    })?;
+    Ok(store.rotate_secrets_key()?)
 }
 
 /// The TLS identity for `cfg`: its files, or the dev certificate in the data dir.

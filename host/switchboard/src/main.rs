@@ -55,12 +55,37 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
+        /// The store key file, if not `<data-dir>/store.key` (the config's `store_key_file`).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Drive a node's admin API: tenants, keys, tokens, groups, plugins, policy, flags.
     Ctl(ctl::CtlArgs),
+    /// The store key that seals tenant secrets at rest.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Seal every tenant secret under a new store key and retire the old one. Stop the node
+    /// first; tokens stay valid (the secrets do not change).
+    Rotate {
+        #[arg(long, default_value = "dev-data")]
+        data_dir: PathBuf,
+        /// The store key file, if not `<data-dir>/store.key` (the config's `store_key_file`).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
+    // Everything the node creates (store, key files, certificates, artifacts, sled's later
+    // snapshots) is readable by its user only, whatever the shell's umask.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     // Before the log subscriber and the runtime: ctl needs neither, and its stdout is the
     // answer (`--json` output must not mix with log lines).
@@ -87,9 +112,17 @@ fn main() -> Result<()> {
             tenant,
             user,
             ttl,
+            key_file,
         } => {
-            let store = switchboard::open_store(&data_dir)?;
+            let store = switchboard::open_store_with_key(&data_dir, key_file.as_deref())?;
             println!("{}", mint(&*store, &tenant, &user, ttl)?);
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { data_dir, key_file },
+        } => {
+            let (id, resealed) = switchboard::rotate_store_key(&data_dir, key_file.as_deref())?;
+            println!("store key rotated: key {id} now seals {resealed} tenant secrets");
             Ok(())
         }
         Command::Ctl(_) => unreachable!("handled before the runtime starts"),
@@ -97,7 +130,7 @@ fn main() -> Result<()> {
 }
 
 async fn serve(cfg: Config) -> Result<()> {
-    let store = switchboard::open_store(&cfg.data_dir)?;
+    let store = switchboard::open_store_with_key(&cfg.data_dir, cfg.store_key_file.as_deref())?;
     switchboard::seed(&*store, &cfg)?;
     let node = switchboard::start(&cfg, store).await?;
     wait_for_signal().await;
@@ -112,6 +145,7 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
     let cfg = Config {
         listen,
         data_dir: data_dir.clone(),
+        store_key_file: None,
         tls: None,
         limits: Limits::default(),
         tenants: Vec::new(),

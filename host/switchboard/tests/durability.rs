@@ -238,22 +238,30 @@ async fn nothing_is_acked_or_delivered_before_its_flush_returns() {
 }
 
 #[tokio::test]
-async fn a_failed_flush_is_refused_and_a_retry_is_acked_once() {
+async fn a_failed_flush_is_answered_outcome_unknown_and_a_resend_is_acked_once() {
     let h = harness().await;
     let mut alice = h.member("alice").await;
     let mut bob = h.member("bob").await;
     h.set(Gate::Fail);
     alice.send(&send(1, "m1")).await;
     let reply = alice.read().await.unwrap();
-    assert_eq!(error_code(&reply), ErrorCode::StoreUnavailable);
-    assert!(ErrorCode::StoreUnavailable.is_retryable());
+    // The append was made before the flush failed: the message may be stored, so the node
+    // must not say "not stored" (StoreUnavailable).
+    assert_eq!(error_code(&reply), ErrorCode::OutcomeUnknown);
+    let ServerFrame::Error(e) = &reply else {
+        unreachable!()
+    };
+    assert!(e.retry_after_ms > 0, "{e:?}");
+    assert!(ErrorCode::OutcomeUnknown.is_retryable());
     assert_eq!(h.node.hub().metrics().snapshot().flush_failures, 1);
-    // Storage is back; the client retries with the same id.
+    // Storage is back; the client resends with the same id — and it had in fact been
+    // written: the answer is a duplicate ack at its original number.
     h.set(Gate::Open);
     alice.send(&send(2, "m1")).await;
     let Some(ServerFrame::Ack {
         request_id: 2,
         seq: 1,
+        duplicate: true,
         ..
     }) = alice.read().await
     else {
@@ -285,6 +293,52 @@ async fn a_failed_flush_is_refused_and_a_retry_is_acked_once() {
     .await;
     bob.send(&ClientFrame::Ping { request_id: 9 }).await;
     assert_eq!(bob.read().await, Some(ServerFrame::Pong { request_id: 9 }));
+}
+
+/// The SDK resends a send answered `OutcomeUnknown` by itself, with the same client message
+/// id, so the app sees one ack for one stored message (not an error it might "fix" by
+/// sending the content again under a new id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_resends_a_send_whose_outcome_is_unknown_with_the_same_id() {
+    let h = harness().await;
+    let mut bob = h.member("bob").await;
+    let mut cfg = switchboard_client::ClientConfig::new(
+        h.node.local_addr(),
+        h.cert.clone(),
+        mint("acme", "alice", ACME_SECRET, now_secs() + 600, 0),
+    );
+    cfg.request_timeout = WAIT;
+    let (alice, _events) = switchboard_client::Client::connect(cfg).await.unwrap();
+    h.set(Gate::Fail);
+    let sending = tokio::spawn(async move {
+        let ack = alice.send_with_id("team", "only-once", &b"hello"[..]).await;
+        (alice, ack)
+    });
+    // The first attempt's flush fails; then storage is back before the SDK's resend (the
+    // node asks for 1 s; should the resend meet the failure too, it is resent again).
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.node.hub().metrics().snapshot().flush_failures == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flush was attempted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    h.set(Gate::Open);
+    let (alice, ack) = sending.await.unwrap();
+    let ack = ack.expect("the SDK resolved the unknown outcome itself");
+    assert_eq!((ack.seq, ack.duplicate), (1, true), "{ack:?}");
+    assert_eq!(ack.client_msg_id, "only-once");
+    // One message in the log, delivered once.
+    let (acme, team) = (
+        TenantId::new("acme").unwrap(),
+        GroupId::new("team").unwrap(),
+    );
+    assert_eq!(h.store.head(&acme, &team).unwrap(), 1);
+    let m = next_deliver(&mut bob).await;
+    assert_eq!((m.seq, m.client_msg_id.as_str()), (1, "only-once"));
+    assert_eq!(alice.send("team", &b"next"[..]).await.unwrap().seq, 2);
+    assert_eq!(next_deliver(&mut bob).await.seq, 2);
 }
 
 /// Receipts have their own bounded queue and worker: with the worker stuck on the store, a

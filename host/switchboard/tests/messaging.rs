@@ -581,3 +581,58 @@ async fn fetch_pages_always_advance_even_with_the_tightest_frame_limit() {
         after = messages.last().unwrap().seq;
     }
 }
+
+/// docs/protocol.md §8 and §9, exactly: pipelined sends of one connection are acked in the
+/// order they were sent (across groups too); a fetch page is cut by its byte budget (body
+/// + 512 per message within `max_frame_bytes` − 1024: 254 messages at the default limits,
+/// never `max_fetch_messages` = 256); `limit` 0 returns no messages, only the head.
+#[tokio::test]
+async fn pipelined_acks_keep_send_order_and_fetch_pages_follow_the_documented_budget() {
+    let n = TestNode::start().await;
+    let mut alice = member(&n, "alice").await;
+    const N: u64 = 300;
+    for i in 1..=N {
+        let group = if i % 10 == 0 { "closed" } else { "team" };
+        alice.send(&send(i, group, &format!("p{i}"), "")).await;
+    }
+    let mut order = Vec::new();
+    while order.len() < N as usize {
+        match alice.read().await {
+            Some(ServerFrame::Ack { request_id, .. }) => order.push(request_id),
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+    assert_eq!(order, (1..=N).collect::<Vec<_>>(), "acks in send order");
+    let team_head = N - N / 10;
+    let fetch = |limit| ClientFrame::Fetch {
+        request_id: 1_000,
+        group: "team".into(),
+        after_seq: 0,
+        limit,
+    };
+    alice.send(&fetch(1_000)).await;
+    let Some(ServerFrame::FetchResult {
+        messages, head_seq, ..
+    }) = alice.read().await
+    else {
+        panic!()
+    };
+    let budget = (Limits::default().max_frame_bytes - 1024) as usize;
+    assert_eq!(
+        messages.len(),
+        budget / 512,
+        "the byte budget cuts the page"
+    );
+    assert_eq!(messages.len(), 254);
+    assert_in_order(&messages, 1);
+    assert_eq!(head_seq, team_head);
+    alice.send(&fetch(0)).await;
+    let Some(ServerFrame::FetchResult {
+        messages, head_seq, ..
+    }) = alice.read().await
+    else {
+        panic!()
+    };
+    assert!(messages.is_empty());
+    assert_eq!(head_seq, team_head);
+}

@@ -148,10 +148,16 @@ async fn a_second_hello_is_unexpected() {
 async fn wrong_alpn_is_refused_at_the_handshake() {
     let n = TestNode::start().await;
     let r = RawClient::connect(n.addr, &n.cert_der(), b"h3").await;
-    assert!(
-        r.is_err(),
-        "a connection without switchboard/1 must not be accepted"
-    );
+    // The close docs/protocol.md §1 names: TLS alert no_application_protocol (120), carried
+    // by QUIC as CRYPTO_ERROR 0x178.
+    match r {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(close.error_code, quinn::TransportErrorCode::crypto(120));
+            assert_eq!(u64::from(close.error_code), 0x178);
+        }
+        Err(other) => panic!("expected CRYPTO_ERROR 0x178, got {other}"),
+        Ok(_) => panic!("a connection without switchboard/1 must not be accepted"),
+    }
     assert_node_serves(&n).await;
 }
 

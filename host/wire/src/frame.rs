@@ -16,8 +16,9 @@ pub struct GroupCursor {
     pub seq: u64,
 }
 
-/// First frame of every connection, client to server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// First frame of every connection, client to server. Its `Debug` never shows the token (a
+/// bearer credential: whoever reads it from a log can connect as the user), only its length.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Hello {
     /// `sb1.…` client token signed by the tenant.
     pub token: String,
@@ -29,6 +30,20 @@ pub struct Hello {
     /// Free-form client name/version, for logs. Keep it under 64 bytes; the decoder refuses
     /// more than `DecodeLimits::max_string_bytes`.
     pub client: String,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field(
+                "token",
+                &format_args!("<redacted, {} bytes>", self.token.len()),
+            )
+            .field("presence", &self.presence)
+            .field("cursors", &self.cursors)
+            .field("client", &self.client)
+            .finish()
+    }
 }
 
 /// A message of a group, as delivered and fetched.

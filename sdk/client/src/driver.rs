@@ -280,6 +280,9 @@ pub(crate) struct Driver {
     /// When to state the presence again: the node refused to tell co-members of a change
     /// (`RateLimited`, per-user presence limit) and said when it would.
     presence_retry: Option<Instant>,
+    /// Sends the node answered `OutcomeUnknown`: when to send each again (same id), by
+    /// request id. A reconnect re-issues every pending request anyway, so it clears them.
+    resends: Vec<(Instant, u64)>,
 }
 
 impl Driver {
@@ -302,6 +305,7 @@ impl Driver {
             backoff,
             fatal: None,
             presence_retry: None,
+            resends: Vec::new(),
         }
     }
 
@@ -413,6 +417,8 @@ impl Driver {
         self.fatal = None;
         // This connection's `Hello` carried the latest presence.
         self.presence_retry = None;
+        // Re-issued below with every pending request.
+        self.resends.clear();
         // This connection is the one a reconnect request asked for.
         self.shared.clear_reconnect_request();
         self.shared
@@ -460,6 +466,7 @@ impl Driver {
                 self.prune_if_full();
                 let ack_due = sleep_until_some(ack_at);
                 let presence_due = sleep_until_some(self.presence_retry);
+                let resend_due = sleep_until_some(self.resends.iter().map(|r| r.0).min());
                 tokio::select! {
                     biased;
                     _ = self.shared.shutdown.notified() => break 'session SessionEnd::Shutdown,
@@ -508,6 +515,21 @@ impl Driver {
                         let state = *self.shared.presence.lock();
                         if let Err(reason) = write(&mut send, &ClientFrame::Presence { state }).await {
                             break 'session self.ended(&conn, reason).await;
+                        }
+                    }
+                    _ = resend_due => {
+                        let now = Instant::now();
+                        let (due, later) = std::mem::take(&mut self.resends)
+                            .into_iter()
+                            .partition::<Vec<_>, _>(|r| r.0 <= now);
+                        self.resends = later;
+                        for (_, id) in due {
+                            // Gone if its caller stopped waiting meanwhile.
+                            let Some(frame) = self.requests.frame_of(id) else { continue };
+                            debug!(request_id = id, "sending again a send whose outcome was unknown");
+                            if let Err(reason) = write(&mut send, &frame).await {
+                                break 'session self.ended(&conn, reason).await;
+                            }
                         }
                     }
                     _ = tokio::time::sleep(Duration::from_secs(1)), if self.requests.len() >= MAX_PENDING => {}
@@ -605,12 +627,22 @@ impl Driver {
 
     fn on_routed(&mut self, routed: Routed) {
         match routed {
-            Routed::Response(id, frame) => match self.requests.complete(id, frame) {
-                Some((reply, outcome)) => {
-                    let _ = reply.send(outcome);
+            Routed::Response(id, frame) => {
+                if let Some((_, wait)) = self.requests.resend_if_unknown(id, &frame) {
+                    warn!(
+                        request_id = id,
+                        "send outcome unknown (node storage failed); sending it again with the same id"
+                    );
+                    self.resends.push((Instant::now() + wait, id));
+                    return;
                 }
-                None => debug!(request_id = id, "response to no waiting request"),
-            },
+                match self.requests.complete(id, frame) {
+                    Some((reply, outcome)) => {
+                        let _ = reply.send(outcome);
+                    }
+                    None => debug!(request_id = id, "response to no waiting request"),
+                }
+            }
             Routed::ConnectionError(e) => {
                 let error = ClientError::from_frame(&e);
                 if e.error_code().is_some_and(ErrorCode::is_fatal) {

@@ -172,6 +172,37 @@ impl<R> Requests<R> {
         Some((pending.reply, outcome))
     }
 
+    /// For a `Send` answered `OutcomeUnknown` (the node wrote the message but could not make
+    /// it durable: it may be stored): the request stays pending, and this returns the frame
+    /// to send again — same request id, same `client_msg_id`, so the node acks it once
+    /// whether or not the first attempt landed — and how long to wait first (the node's
+    /// `retry_after_ms`, at least 100 ms). `None` for any other answer.
+    pub(crate) fn resend_if_unknown(
+        &self,
+        request_id: u64,
+        frame: &ServerFrame,
+    ) -> Option<(ClientFrame, std::time::Duration)> {
+        let ServerFrame::Error(e) = frame else {
+            return None;
+        };
+        if e.error_code() != Some(switchboard_core::ErrorCode::OutcomeUnknown) {
+            return None;
+        }
+        let pending = self.pending.get(&request_id)?;
+        if !matches!(pending.kind, RequestKind::Send { .. }) {
+            return None;
+        }
+        let wait = std::time::Duration::from_millis(u64::from(e.retry_after_ms).max(100));
+        Some((pending.kind.frame(request_id), wait))
+    }
+
+    /// The frame of a pending request, if it is still pending.
+    pub(crate) fn frame_of(&self, request_id: u64) -> Option<ClientFrame> {
+        self.pending
+            .get(&request_id)
+            .map(|p| p.kind.frame(request_id))
+    }
+
     /// Frames for every pending request, in id order, for a fresh connection.
     pub(crate) fn reissue(&self) -> Vec<ClientFrame> {
         self.pending
@@ -271,6 +302,46 @@ mod tests {
             | ClientFrame::Ping { request_id } => *request_id,
             other => panic!("not a request: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_send_whose_outcome_is_unknown_stays_pending_to_be_sent_again_unchanged() {
+        let mut t = Requests::default();
+        let first = t.insert(send("g", "m-1"), 0);
+        let ping = t.insert(RequestKind::Ping, 1);
+        let unknown = |request_id, retry_after_ms| {
+            ServerFrame::Error(switchboard_wire::ErrorFrame {
+                request_id,
+                code: ErrorCode::OutcomeUnknown.as_u16(),
+                message: "flush failed".into(),
+                retry_after_ms,
+            })
+        };
+        let (again, wait) = t.resend_if_unknown(1, &unknown(1, 1_000)).unwrap();
+        assert_eq!(
+            again, first,
+            "same request id, group, client_msg_id and body"
+        );
+        assert_eq!(wait, std::time::Duration::from_millis(1_000));
+        assert_eq!(
+            t.resend_if_unknown(1, &unknown(1, 0)).unwrap().1,
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(t.len(), 2, "still pending");
+        // Only sends are resent, and only for this code.
+        assert!(t.resend_if_unknown(2, &unknown(2, 0)).is_none());
+        let not_stored = ServerFrame::Error(switchboard_wire::ErrorFrame {
+            request_id: 1,
+            code: ErrorCode::StoreUnavailable.as_u16(),
+            message: String::new(),
+            retry_after_ms: 0,
+        });
+        assert!(t.resend_if_unknown(1, &not_stored).is_none());
+        assert_eq!(t.frame_of(2), Some(ping));
+        // The resend's ack completes it.
+        let (reply, outcome) = t.complete(1, ack(1, "g", "m-1", 7)).unwrap();
+        assert_eq!(reply, 0);
+        assert!(matches!(outcome, Ok(Response::Ack { seq: 7, .. })));
     }
 
     #[test]

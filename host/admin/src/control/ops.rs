@@ -840,11 +840,21 @@ impl Control {
 
     pub fn health(&self) -> Health {
         let m = self.hub.metrics().snapshot();
+        let (store, store_reason) = match self.hub.store().health() {
+            switchboard_store::StoreHealth::Failed { reason } => ("failed", Some(reason)),
+            switchboard_store::StoreHealth::Ok if self.hub.disk_low() => (
+                "disk_low",
+                Some("free disk space is under min_free_disk_bytes; sends are refused".into()),
+            ),
+            switchboard_store::StoreHealth::Ok => ("ok", None),
+        };
         Health {
-            status: "ok".to_owned(),
+            status: if store == "ok" { "ok" } else { "degraded" }.to_owned(),
             sessions: m.sessions,
             connections: m.connections,
             load_level: self.hub.load_level(),
+            store: store.to_owned(),
+            store_reason,
         }
     }
 }

@@ -259,8 +259,16 @@ pub struct DegradationStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` while the store refuses writes (see `store`).
     pub status: String,
     pub sessions: usize,
     pub connections: usize,
     pub load_level: u8,
+    /// The store: `ok`; `disk_low` (free space under `min_free_disk_bytes`: sends are
+    /// refused until there is room); `failed` (a storage error, e.g. a full disk: writes
+    /// are refused, and the node reopens the store by itself once the disk has room).
+    pub store: String,
+    /// Why the store is not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_reason: Option<String>,
 }

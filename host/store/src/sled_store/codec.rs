@@ -3,7 +3,7 @@
 //!
 //! | record  | layout after the version byte                                               |
 //! |---------|-----------------------------------------------------------------------------|
-//! | tenant  | secret (rest)                                                               |
+//! | tenant  | version 2: key id u32, nonce [u8; 12], sealed secret and tag (see `secrets`); version 1 (read only): secret (rest) |
 //! | group   | flags u8 (bit 0 = open), max_members u32, member count u32                  |
 //! | member, user→group | (empty value, no version byte: the key is the record)            |
 //! | message | sent_at_ms u64, lane u8, sender len u8, sender, client_msg_id len u32, id, body (rest) |
@@ -33,6 +33,7 @@ use bytes::Bytes;
 use sled::IVec;
 use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
+use crate::secrets::{self, KeyRing};
 use crate::{
     ApiKeyRecord, Canary, FlagRule, GroupMeta, NewMessage, PluginVersion, PolicyBinding,
     RollbackRecord, StoreError, StoredMessage, StoredReceipt, TenantQuotas, TenantRecord,
@@ -235,19 +236,48 @@ pub(super) fn parse_id<T>(
 
 // --- tenant ---
 
-pub(super) fn encode_tenant(secret: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + secret.len());
-    v.push(V1);
-    v.extend_from_slice(secret);
-    v
+/// A tenant's record: its secret sealed under the ring's current key ([`crate::secrets`]).
+pub(super) fn encode_tenant(
+    ring: &KeyRing,
+    id: &TenantId,
+    secret: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    Ok(ring.seal(id.as_str(), secret)?)
 }
 
-pub(super) fn decode_tenant(id: TenantId, value: &[u8]) -> Result<TenantRecord, StoreError> {
-    let mut r = Reader::new(DIRECTORY, value)?;
-    Ok(TenantRecord {
-        id,
-        secret: r.rest().to_vec(),
-    })
+/// A tenant's record as stored, and whether it must be sealed again under the ring's
+/// current key (it is in the clear, version 1, or sealed under an older key).
+pub(super) fn decode_tenant(
+    ring: &KeyRing,
+    id: TenantId,
+    value: &[u8],
+) -> Result<(TenantRecord, bool), StoreError> {
+    match value.first() {
+        Some(&secrets::PLAIN) => {
+            let secret = value[1..].to_vec();
+            Ok((TenantRecord { id, secret }, true))
+        }
+        Some(&secrets::SEALED) => {
+            let (secret, key_id) = ring.open(id.as_str(), value)?;
+            let stale = key_id != ring.current_id();
+            Ok((TenantRecord { id, secret }, stale))
+        }
+        Some(v) => Err(corrupt(
+            DIRECTORY,
+            format!("unknown tenant record version {v}"),
+        )),
+        None => Err(corrupt(DIRECTORY, "empty tenant record")),
+    }
+}
+
+/// The record of a secret in the clear, as stores wrote it before secrets were sealed (for
+/// the migration tests).
+#[cfg(test)]
+pub(super) fn encode_tenant_plain(secret: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + secret.len());
+    v.push(secrets::PLAIN);
+    v.extend_from_slice(secret);
+    v
 }
 
 // --- group ---
@@ -617,12 +647,17 @@ mod tests {
             );
         }
         let t = TenantId::new("t").unwrap();
-        assert_eq!(
-            decode_tenant(t.clone(), &encode_tenant(b"s3cret"))
-                .unwrap()
-                .secret,
-            b"s3cret"
-        );
+        let ring = KeyRing::generate(1).unwrap();
+        let (record, stale) = decode_tenant(
+            &ring,
+            t.clone(),
+            &encode_tenant(&ring, &t, b"s3cret").unwrap(),
+        )
+        .unwrap();
+        assert_eq!((record.secret.as_slice(), stale), (&b"s3cret"[..], false));
+        let (record, stale) =
+            decode_tenant(&ring, t.clone(), &encode_tenant_plain(b"s3cret")).unwrap();
+        assert_eq!((record.secret.as_slice(), stale), (&b"s3cret"[..], true));
         let sender = user("alice");
         let new = NewMessage {
             sender: &sender,

@@ -12,7 +12,7 @@ use sled::{IVec, Subscriber, Transactional};
 use switchboard_core::TenantId;
 
 use super::codec::{self, corrupt, CONFIG};
-use super::{cas_update, io, keys, txn_err, SledStore, Update};
+use super::{cas_update, keys, txn_err, SledStore, Update};
 use crate::config::MAX_PREVIOUS_VERSIONS;
 use crate::{
     ApiKeyRecord, BindingRefused, ConfigChange, ConfigStore, ConfigWatch, FlagRule, PluginVersion,
@@ -27,7 +27,7 @@ fn abort_on<T>(r: Result<T, StoreError>) -> Result<T, ConflictableTransactionErr
 impl SledStore {
     /// Makes config writes durable before they are reported done.
     fn durable(&self) -> Result<(), StoreError> {
-        self.inner.db.flush().map_err(io)?;
+        self.h()?.db.flush().map_err(|e| self.io(e))?;
         Ok(())
     }
 
@@ -36,14 +36,17 @@ impl SledStore {
         key: &[u8],
         decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        match self.inner.config.get(key).map_err(io)? {
+        match self.h()?.config.get(key).map_err(|e| self.io(e))? {
             Some(v) => Ok(Some(decode(&v)?)),
             None => Ok(None),
         }
     }
 
     fn config_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.inner.config.insert(key, value).map_err(io)?;
+        self.h()?
+            .config
+            .insert(key, value)
+            .map_err(|e| self.io(e))?;
         self.durable()
     }
 }
@@ -54,7 +57,7 @@ impl ConfigStore for SledStore {
         let bytes_key = keys::plugin_bytes(&meta.tenant, &meta.version);
         let meta_value = IVec::from(codec::encode_plugin(meta));
         let bytes_value = IVec::from(codec::encode_plugin_bytes(wasm));
-        let inner = &self.inner;
+        let inner = self.h()?;
         // Trees commit in this order: the bytes are in place before a watcher can see the
         // metadata that announces them.
         let stored = (&inner.plugins, &inner.config)
@@ -68,7 +71,7 @@ impl ConfigStore for SledStore {
                     Ok(true)
                 },
             )
-            .map_err(txn_err)?;
+            .map_err(|e| self.note(txn_err(e)))?;
         // Also when it was there already: a concurrent first upload may not have flushed yet,
         // and "already stored" must mean durable too.
         self.durable()?;
@@ -91,10 +94,10 @@ impl ConfigStore for SledStore {
         version: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         match self
-            .inner
+            .h()?
             .plugins
             .get(keys::plugin_bytes(tenant, version))
-            .map_err(io)?
+            .map_err(|e| self.io(e))?
         {
             Some(v) => Ok(Some(codec::decode_plugin_bytes(&v)?)),
             None => Ok(None),
@@ -104,11 +107,11 @@ impl ConfigStore for SledStore {
     fn plugins(&self, tenant: &TenantId) -> Result<Vec<PluginVersion>, StoreError> {
         let prefix = keys::plugins_prefix(tenant);
         let mut versions = self
-            .inner
+            .h()?
             .config
             .scan_prefix(&prefix)
             .map(|kv| {
-                let (k, v) = kv.map_err(io)?;
+                let (k, v) = kv.map_err(|e| self.io(e))?;
                 let version = std::str::from_utf8(&k[prefix.len()..])
                     .map_err(|_| corrupt(CONFIG, "plugin version is not UTF-8"))?;
                 codec::decode_plugin(tenant.clone(), version.to_owned(), &v)
@@ -134,7 +137,7 @@ impl ConfigStore for SledStore {
         change: &mut dyn FnMut(&mut PolicyBinding) -> Result<(), BindingRefused>,
     ) -> Result<Result<PolicyBinding, BindingRefused>, StoreError> {
         let key = keys::binding(tenant);
-        let outcome = cas_update(&self.inner.config, &key, |current| {
+        let outcome = cas_update(self, &self.h()?.config, &key, |current| {
             // Decoded afresh on every attempt: `change` never sees its own earlier edits.
             let mut binding = current
                 .map(codec::decode_binding)
@@ -162,11 +165,11 @@ impl ConfigStore for SledStore {
 
     fn bound_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
         let prefix = [keys::TAG_BINDING];
-        self.inner
+        self.h()?
             .config
             .scan_prefix(prefix)
             .map(|kv| {
-                let (k, _) = kv.map_err(io)?;
+                let (k, _) = kv.map_err(|e| self.io(e))?;
                 codec::parse_id(CONFIG, &k[prefix.len()..], TenantId::new)
             })
             .collect()
@@ -205,7 +208,7 @@ impl ConfigStore for SledStore {
         let record_key = keys::api_key(&key.tenant, &key.id);
         let hash_key = keys::api_key_hash(&key.hash);
         let value = IVec::from(codec::encode_api_key(key));
-        self.inner
+        self.h()?
             .config
             .transaction(|tx| -> ConflictableTransactionResult<_, StoreError> {
                 // Replacing a key's hash: its old hash must stop authenticating.
@@ -220,7 +223,7 @@ impl ConfigStore for SledStore {
                 tx.insert(&hash_key[..], value.clone())?;
                 Ok(())
             })
-            .map_err(txn_err)?;
+            .map_err(|e| self.note(txn_err(e)))?;
         self.durable()
     }
 
@@ -229,17 +232,17 @@ impl ConfigStore for SledStore {
     }
 
     fn api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.inner
+        self.h()?
             .config
             .scan_prefix(keys::api_keys_prefix(tenant))
-            .map(|kv| codec::decode_api_key(&kv.map_err(io)?.1))
+            .map(|kv| codec::decode_api_key(&kv.map_err(|e| self.io(e))?.1))
             .collect()
     }
 
     fn delete_api_key(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
         let record_key = keys::api_key(tenant, id);
         let deleted = self
-            .inner
+            .h()?
             .config
             .transaction(|tx| -> ConflictableTransactionResult<_, StoreError> {
                 let Some(old) = tx.remove(record_key.as_slice())? else {
@@ -252,7 +255,7 @@ impl ConfigStore for SledStore {
                 }
                 Ok(true)
             })
-            .map_err(txn_err)?;
+            .map_err(|e| self.note(txn_err(e)))?;
         if deleted {
             self.durable()?;
         }
@@ -267,7 +270,10 @@ impl ConfigStore for SledStore {
         match level {
             Some(level) => self.config_put(keys::DEGRADATION, &codec::encode_level(level)),
             None => {
-                self.inner.config.remove(keys::DEGRADATION).map_err(io)?;
+                self.h()?
+                    .config
+                    .remove(keys::DEGRADATION)
+                    .map_err(|e| self.io(e))?;
                 self.durable()
             }
         }
@@ -278,28 +284,42 @@ impl ConfigStore for SledStore {
     /// and with them the whole store (see "Costs worth knowing" in the `sled_store` module). Drop a watch
     /// that is no longer read.
     fn watch(&self) -> Result<Box<dyn ConfigWatch>, StoreError> {
-        Ok(Box::new(SledConfigWatch {
-            events: self.inner.config.watch_prefix(b""),
-        }))
+        let (next, reopened) = std::sync::mpsc::channel();
+        // Under the watchers' lock, so a reopen cannot slip between the subscription and
+        // the registration.
+        let mut watchers = self.inner.watchers.lock();
+        let events = self.h()?.config.watch_prefix(b"");
+        watchers.push(next);
+        Ok(Box::new(SledConfigWatch { events, reopened }))
     }
 }
 
 /// [`ConfigWatch`] over a sled subscription to the whole `config` tree. It holds no
-/// reference to the database, so it ends (`None`) once the last [`SledStore`] clone is
-/// dropped.
-struct SledConfigWatch {
+/// reference to the database. When the database is reopened after a failure
+/// ([`SledStore::recover`]) the subscription ends and the reopen hands over one to the new
+/// database (through `reopened`) before anything is written to it; once the last
+/// [`SledStore`] clone is dropped there is none to come, and the watch ends (`None`).
+pub(super) struct SledConfigWatch {
     events: Subscriber,
+    reopened: std::sync::mpsc::Receiver<Subscriber>,
 }
 
 impl ConfigWatch for SledConfigWatch {
     fn next_change(&mut self) -> Option<ConfigChange> {
-        self.events.by_ref().find_map(|event| {
-            let key = event.key();
-            let change = keys::config_change(key);
-            if change.is_none() && key.first() != Some(&keys::TAG_API_KEY_HASH) {
-                tracing::warn!(?key, "config watch: skipping a key that does not decode");
+        loop {
+            let change = self.events.by_ref().find_map(|event| {
+                let key = event.key();
+                let change = keys::config_change(key);
+                if change.is_none() && key.first() != Some(&keys::TAG_API_KEY_HASH) {
+                    tracing::warn!(?key, "config watch: skipping a key that does not decode");
+                }
+                change
+            });
+            if change.is_some() {
+                return change;
             }
-            change
-        })
+            // The database went away: reopened (a new subscription comes) or closed.
+            self.events = self.reopened.recv().ok()?;
+        }
     }
 }

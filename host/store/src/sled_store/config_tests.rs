@@ -145,7 +145,10 @@ fn put_plugin_twice_changes_nothing() {
     let (_dir, store) = open();
     let first = plugin("acme", "v1", 5);
     assert!(store.put_plugin(&first, b"first").unwrap());
-    let (config_len, plugins_len) = (store.inner.config.len(), store.inner.plugins.len());
+    let (config_len, plugins_len) = (
+        store.h().unwrap().config.len(),
+        store.h().unwrap().plugins.len(),
+    );
     let mut second = plugin("acme", "v1", 6);
     second.uploader = "key-1".into();
     assert!(!store.put_plugin(&second, b"second").unwrap());
@@ -154,8 +157,8 @@ fn put_plugin_twice_changes_nothing() {
         store.plugin_bytes(&t("acme"), "v1").unwrap().as_deref(),
         Some(&b"first"[..])
     );
-    assert_eq!(store.inner.config.len(), config_len);
-    assert_eq!(store.inner.plugins.len(), plugins_len);
+    assert_eq!(store.h().unwrap().config.len(), config_len);
+    assert_eq!(store.h().unwrap().plugins.len(), plugins_len);
     // Metadata in `config`, bytes in `plugins`, nothing else.
     assert_eq!((config_len, plugins_len), (1, 1));
 }
@@ -373,7 +376,8 @@ fn api_keys_by_hash_list_and_delete() {
     assert_eq!(store.api_key_by_hash(&[1; 32]).unwrap(), None);
     assert!(
         !store
-            .inner
+            .h()
+            .unwrap()
             .config
             .contains_key(keys::api_key_hash(&[1; 32]))
             .unwrap(),
@@ -430,7 +434,11 @@ fn degradation_set_and_clear() {
     store.set_degradation_override(None).unwrap();
     assert_eq!(store.degradation_override().unwrap(), None);
     store.set_degradation_override(None).unwrap();
-    assert_eq!(store.inner.config.len(), 0, "clearing removes the record");
+    assert_eq!(
+        store.h().unwrap().config.len(),
+        0,
+        "clearing removes the record"
+    );
 }
 
 // --- isolation, durability, corruption ---
@@ -499,7 +507,7 @@ fn config_survives_reopen() {
 fn corrupt_config_records_are_reported() {
     let (_dir, store) = open();
     let acme = t("acme");
-    let (config, plugins) = (&store.inner.config, &store.inner.plugins);
+    let (config, plugins) = (&store.h().unwrap().config, &store.h().unwrap().plugins);
     let put = |tree: &Tree, key: &[u8], value: &[u8]| {
         tree.insert(key, value).unwrap();
     };
@@ -541,7 +549,8 @@ fn corrupt_config_records_are_reported() {
     // Failed writes wrote nothing.
     assert_eq!(
         store
-            .inner
+            .h()
+            .unwrap()
             .config
             .get(keys::binding(&acme))
             .unwrap()
@@ -549,7 +558,8 @@ fn corrupt_config_records_are_reported() {
         [1]
     );
     assert!(store
-        .inner
+        .h()
+        .unwrap()
         .config
         .contains_key(keys::api_key(&acme, "k"))
         .unwrap());
@@ -620,9 +630,15 @@ fn watch_ends_when_the_store_is_closed() {
 fn watch_skips_keys_that_do_not_decode() {
     let (_dir, store) = open();
     let changes = watch_on_thread(&store);
-    store.inner.config.insert(b"?junk", &[1u8][..]).unwrap();
     store
-        .inner
+        .h()
+        .unwrap()
+        .config
+        .insert(b"?junk", &[1u8][..])
+        .unwrap();
+    store
+        .h()
+        .unwrap()
         .config
         .insert([keys::TAG_BINDING, 0xff], &[1u8][..])
         .unwrap();

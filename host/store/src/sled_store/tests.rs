@@ -24,7 +24,7 @@ pub(super) fn u(s: &str) -> UserId {
 /// a moment (its IO threads let go of the database asynchronously, and there is nothing to
 /// wait on), so a lock error is retried for up to 10 s.
 pub(super) fn open_in(dir: &TempDir) -> SledStore {
-    let config = SledStoreConfig::new(dir.path())
+    let config = SledStoreConfig::new(dir.path().join("store"))
         .cache_capacity_bytes(8 << 20)
         .flush_every_ms(None);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -354,8 +354,8 @@ fn duplicate_returns_the_earlier_seq_and_writes_nothing() {
         store.append(&ten, &grp, msg(&bob, "y", b"other")).unwrap(),
         Appended::New { seq: 2 }
     );
-    let log_len = store.inner.log.len();
-    let dedupe_len = store.inner.dedupe.len();
+    let log_len = store.h().unwrap().log.len();
+    let dedupe_len = store.h().unwrap().dedupe.len();
     let again = NewMessage {
         sender: &ann,
         lane: Lane::High,
@@ -367,8 +367,8 @@ fn duplicate_returns_the_earlier_seq_and_writes_nothing() {
         store.append(&ten, &grp, again).unwrap(),
         Appended::Duplicate { seq: 1 }
     );
-    assert_eq!(store.inner.log.len(), log_len);
-    assert_eq!(store.inner.dedupe.len(), dedupe_len);
+    assert_eq!(store.h().unwrap().log.len(), log_len);
+    assert_eq!(store.h().unwrap().dedupe.len(), dedupe_len);
     assert_eq!(store.head(&ten, &grp).unwrap(), 2);
     let first = store.message(&ten, &grp, 1).unwrap().unwrap();
     assert_eq!(
@@ -804,7 +804,11 @@ fn receipts_are_per_message_and_sorted_by_user() {
     assert_eq!(users(2), ["bob"]);
     assert_eq!(users(256), ["cy"]);
     assert!(users(3).is_empty());
-    assert_eq!(store.inner.log.len(), 0, "receipts live in their own tree");
+    assert_eq!(
+        store.h().unwrap().log.len(),
+        0,
+        "receipts live in their own tree"
+    );
 }
 
 // --- durability and housekeeping ---
@@ -871,7 +875,7 @@ fn corrupt_records_are_reported() {
     let (_dir, store) = open();
     let (ten, grp, ann) = (t("acme"), g("general"), u("ann"));
     let prefix = keys::group_prefix(&ten, &grp);
-    let inner = &store.inner;
+    let inner = store.h().unwrap();
     inner.log.insert(keys::log(&prefix, 1), &[9u8][..]).unwrap();
     inner
         .cursors
@@ -910,11 +914,11 @@ fn corrupt_records_are_reported() {
 fn unknown_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled::open(dir.path().join("store")).unwrap();
         db.insert(FORMAT_KEY, &[2u8][..]).unwrap();
         db.flush().unwrap();
     }
-    let config = SledStoreConfig::new(dir.path()).flush_every_ms(None);
+    let config = SledStoreConfig::new(dir.path().join("store")).flush_every_ms(None);
     assert!(matches!(
         SledStore::open_with(config),
         Err(StoreError::Corrupt { tree: "meta", .. })
@@ -955,7 +959,8 @@ fn a_crash_between_the_log_and_the_dedupe_write_is_mended_at_open() {
         for (seq, id) in [(3, "late3"), (4, "late4")] {
             let value = codec::encode_message(&msg(&ann, id, b"x"));
             store
-                .inner
+                .h()
+                .unwrap()
                 .log
                 .insert(keys::log(&prefix, seq).as_slice(), value)
                 .unwrap();
@@ -969,7 +974,8 @@ fn a_crash_between_the_log_and_the_dedupe_write_is_mended_at_open() {
         // Put the damage back to see the reopen mend it.
         for id in ["late3", "late4"] {
             store
-                .inner
+                .h()
+                .unwrap()
                 .dedupe
                 .remove(keys::dedupe(&prefix, &ann, id))
                 .unwrap();
@@ -990,4 +996,42 @@ fn a_crash_between_the_log_and_the_dedupe_write_is_mended_at_open() {
     );
     assert_eq!(store.repair_dedupe().unwrap(), 0, "nothing left to mend");
     assert_eq!(store.head(&ten, &other).unwrap(), 3);
+}
+
+// --- recovery after a storage failure ---
+
+#[test]
+fn a_failed_store_is_reopened_with_everything_durable_and_watches_continue() {
+    use crate::{ConfigChange, ConfigStore};
+    let (_dir, store) = open();
+    let (ten, grp, ann) = (t("acme"), g("general"), u("ann"));
+    store.create_group(&ten, &grp, OPEN).unwrap();
+    append_n(&store, &ten, &grp, &ann, "m", 3);
+    store.flush().unwrap();
+    let mut watch = store.watch().unwrap();
+    assert_eq!(store.health(), StoreHealth::Ok);
+    assert!(!store.recover().unwrap(), "nothing to recover");
+
+    // What any storage call does when sled reports an I/O error.
+    let _ = store.note(StoreError::Io("injected: No space left on device".into()));
+    assert!(
+        matches!(store.health(), StoreHealth::Failed { reason } if reason.contains("No space"))
+    );
+    let other = store.clone();
+    assert!(store.recover().unwrap(), "reopened");
+    assert_eq!(store.health(), StoreHealth::Ok);
+    assert_eq!(store.reopens(), 1);
+    // The clones share the new database; what was durable is there, and appends continue.
+    assert_eq!(other.head(&ten, &grp).unwrap(), 3);
+    assert_eq!(
+        other.append(&ten, &grp, msg(&ann, "m2", b"again")).unwrap(),
+        Appended::Duplicate { seq: 3 }
+    );
+    assert_eq!(
+        other.append(&ten, &grp, msg(&ann, "new", b"x")).unwrap(),
+        Appended::New { seq: 4 }
+    );
+    // A config watch made before the reopen reports changes made after it.
+    other.set_degradation_override(Some(2)).unwrap();
+    assert_eq!(watch.next_change(), Some(ConfigChange::Degradation));
 }

@@ -163,6 +163,29 @@ impl NodeProcess {
         child.wait().expect("reap the node")
     }
 
+    /// Sends SIGTERM (a graceful stop: drain, final flush) and waits up to 20 s for the
+    /// process to exit; returns how it ended. SIGKILLs it after the deadline.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("node already stopped");
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("node did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process id, while it runs.
     pub fn id(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

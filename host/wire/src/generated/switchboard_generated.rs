@@ -1382,7 +1382,8 @@ impl<'a> Fetch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Fetch::VT_AFTER_SEQ, Some(0)).unwrap()}
   }
-  /// At most this many messages (capped by the server's max_fetch_messages; 0 is invalid).
+  /// At most this many messages (capped by the server's max_fetch_messages and by a byte
+  /// budget, see docs/protocol.md section 9); 0 returns none, only head_seq.
   #[inline]
   pub fn limit(&self) -> u32 {
     // Safety:
