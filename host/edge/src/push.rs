@@ -310,6 +310,19 @@ impl PushPlanner {
         Ok(())
     }
 
+    /// When the earliest held nudge is due (wall-clock ms), if any.
+    pub(crate) fn next_nudge_at(&self) -> Option<u64> {
+        self.planner.next_nudge_at()
+    }
+
+    /// Appends the held nudges that are due now (the trailing edge of a burst).
+    pub(crate) fn poll_nudges(&mut self, out: &mut Vec<Bytes>) {
+        let mut stats = router::PlanStats::default();
+        self.planner
+            .poll_nudges(crate::hub::now_ms(), out, &mut stats);
+        self.count(stats);
+    }
+
     /// If a catch-up was requested, appends up to one batch of log messages per group that is
     /// behind its durable head (except groups whose delivery is deferred for this session).
     /// Returns true if more remain (call again after writing `out`).
@@ -431,18 +444,33 @@ impl<'a> Writer<'a> {
                 }
             }
             if self.out.is_empty() {
-                match catch_up {
-                    Some(session) => tokio::select! {
-                        p = rx.recv() => match p {
-                            Some(p) => items.push(p),
-                            None => return Ok(()),
-                        },
-                        _ = session.wake.notified() => {}
-                    },
-                    None => match rx.recv().await {
+                // The notices writer also wakes for the trailing edge of held nudges.
+                let nudge_due = match self.kind {
+                    PushStream::Notices => self.planner.lock().next_nudge_at(),
+                    _ => None,
+                };
+                let nudge_timer = async {
+                    match nudge_due {
+                        Some(at) => {
+                            let wait = at.saturating_sub(crate::hub::now_ms());
+                            tokio::time::sleep(std::time::Duration::from_millis(wait)).await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                let woken = async {
+                    match catch_up {
+                        Some(session) => session.wake.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    p = rx.recv() => match p {
                         Some(p) => items.push(p),
                         None => return Ok(()),
                     },
+                    _ = woken => {}
+                    _ = nudge_timer => self.planner.lock().poll_nudges(&mut self.out),
                 }
             }
             drain(&mut rx, &mut items, WRITE_BUDGET);

@@ -35,7 +35,9 @@ pub enum PlanItem {
     /// A best-effort notice, written as it is.
     Notice(Bytes),
     /// `group` has messages up to `seq` that this session is not sent now: a `Nudge`, at
-    /// most once per [`NUDGE_INTERVAL_MS`].
+    /// most once per [`NUDGE_INTERVAL_MS`]. One that comes too soon is held, and the newest
+    /// held one goes out when the interval ends ([`SessionPlanner::poll_nudges`]): a burst
+    /// ends with a nudge naming its last message.
     Nudge { group: GroupId, seq: u64 },
 }
 
@@ -71,6 +73,15 @@ struct Sub<G> {
     /// Highest seq a `Nudge` told about, and when (ms).
     nudged_seq: u64,
     nudged_at_ms: u64,
+    /// The newest seq a nudge held back by the interval would name (0: none).
+    held_nudge: u64,
+}
+
+impl<G> Sub<G> {
+    /// The held nudge, if it still says something new.
+    fn held(&self) -> Option<u64> {
+        (self.held_nudge > self.sent.max(self.nudged_seq)).then_some(self.held_nudge)
+    }
 }
 
 /// Decides what a session's push streams carry next; `G` is the driver's handle of a group,
@@ -103,6 +114,7 @@ impl<G> SessionPlanner<G> {
                 announced: false,
                 nudged_seq: 0,
                 nudged_at_ms: 0,
+                held_nudge: 0,
             },
         );
     }
@@ -166,15 +178,33 @@ impl<G> SessionPlanner<G> {
             return;
         }
         if sub.nudged_at_ms != 0 && now_ms < sub.nudged_at_ms + NUDGE_INTERVAL_MS {
+            sub.held_nudge = sub.held_nudge.max(seq);
             return;
         }
-        sub.nudged_seq = seq;
-        sub.nudged_at_ms = now_ms;
-        out.push(wire::encode_server(&ServerFrame::Nudge {
-            group: group.to_string(),
-            head_seq: seq,
-        }));
-        stats.nudges += 1;
+        write_nudge(group, sub, seq, now_ms, out, stats);
+    }
+
+    /// When the earliest held nudge is due (ms), if any: the driver calls
+    /// [`SessionPlanner::poll_nudges`] then (a timer; nothing else would wake it).
+    pub fn next_nudge_at(&self) -> Option<u64> {
+        self.subs
+            .values()
+            .filter(|s| s.held().is_some())
+            .map(|s| s.nudged_at_ms + NUDGE_INTERVAL_MS)
+            .min()
+    }
+
+    /// Writes the held nudges whose interval has ended (the trailing edge of a burst).
+    pub fn poll_nudges(&mut self, now_ms: u64, out: &mut Vec<Bytes>, stats: &mut PlanStats) {
+        for (id, sub) in self.subs.iter_mut() {
+            match sub.held() {
+                Some(seq) if now_ms >= sub.nudged_at_ms + NUDGE_INTERVAL_MS => {
+                    write_nudge(id, sub, seq, now_ms, out, stats);
+                }
+                Some(_) => {}
+                None => sub.held_nudge = 0,
+            }
+        }
     }
 
     /// Appends up to one bounded batch of log messages per group that is behind its durable
@@ -197,6 +227,24 @@ impl<G> SessionPlanner<G> {
         }
         Ok(more)
     }
+}
+
+fn write_nudge<G>(
+    group: &GroupId,
+    sub: &mut Sub<G>,
+    seq: u64,
+    now_ms: u64,
+    out: &mut Vec<Bytes>,
+    stats: &mut PlanStats,
+) {
+    sub.nudged_seq = seq;
+    sub.nudged_at_ms = now_ms;
+    sub.held_nudge = 0;
+    out.push(wire::encode_server(&ServerFrame::Nudge {
+        group: group.to_string(),
+        head_seq: seq,
+    }));
+    stats.nudges += 1;
 }
 
 /// Appends one bounded batch of messages (sent, upto] of a group from the log.
@@ -243,4 +291,95 @@ fn announce<G>(id: &GroupId, sub: &mut Sub<G>, out: &mut Vec<Bytes>) {
 /// recipients).
 pub fn deliver_frame(m: Message) -> Bytes {
     wire::encode_server(&ServerFrame::Deliver(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log with nothing in it: nudges never read.
+    struct NoLog;
+    impl GroupLog<()> for NoLog {
+        fn head(&self, _: &()) -> u64 {
+            0
+        }
+        fn defers(&self, _: &()) -> bool {
+            true
+        }
+        fn read(&self, _: &(), _: u64, _: u64) -> Result<Vec<Message>, LogError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn nudged(out: &[Bytes]) -> Vec<u64> {
+        let limits = wire::DecodeLimits::default();
+        out.iter()
+            .map(
+                |f| match wire::decode_server(&f[wire::LEN_PREFIX..], &limits) {
+                    Ok(ServerFrame::Nudge { head_seq, .. }) => head_seq,
+                    other => panic!("not a nudge: {other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_of_nudges_ends_with_one_naming_its_last_message() {
+        let g = GroupId::new("g").unwrap();
+        let mut p = SessionPlanner::new();
+        p.subscribe(g.clone(), (), 0);
+        let (mut out, mut stats) = (Vec::new(), PlanStats::default());
+        for (seq, at) in [(1, 1_000), (2, 1_100), (3, 1_200)] {
+            let item = PlanItem::Nudge {
+                group: g.clone(),
+                seq,
+            };
+            let _ = p.plan(item, at, &NoLog, &mut out, &mut stats).unwrap();
+        }
+        assert_eq!(
+            nudged(&out),
+            vec![1],
+            "the leading edge only, within the interval"
+        );
+        assert_eq!(p.next_nudge_at(), Some(1_000 + NUDGE_INTERVAL_MS));
+        p.poll_nudges(1_999, &mut out, &mut stats);
+        assert_eq!(nudged(&out), vec![1], "not due yet");
+        p.poll_nudges(2_000, &mut out, &mut stats);
+        assert_eq!(
+            nudged(&out),
+            vec![1, 3],
+            "the trailing edge names the newest"
+        );
+        assert_eq!(p.next_nudge_at(), None);
+        assert_eq!(stats.nudges, 2);
+    }
+
+    #[test]
+    fn a_held_nudge_is_dropped_once_the_messages_were_sent() {
+        let g = GroupId::new("g").unwrap();
+        let mut p = SessionPlanner::new();
+        p.subscribe(g.clone(), (), 0);
+        let (mut out, mut stats) = (Vec::new(), PlanStats::default());
+        for (seq, at) in [(1, 1_000), (2, 1_100)] {
+            let item = PlanItem::Nudge {
+                group: g.clone(),
+                seq,
+            };
+            let _ = p.plan(item, at, &NoLog, &mut out, &mut stats).unwrap();
+        }
+        // The session came to the foreground and got both messages live.
+        for seq in 1..=2 {
+            let frame = Bytes::from_static(b"deliver");
+            let item = PlanItem::Deliver {
+                group: g.clone(),
+                seq,
+                frame,
+            };
+            let _ = p.plan(item, 1_200, &NoLog, &mut out, &mut stats).unwrap();
+        }
+        assert_eq!(p.next_nudge_at(), None, "nothing new to say");
+        let before = out.len();
+        p.poll_nudges(5_000, &mut out, &mut stats);
+        assert_eq!(out.len(), before);
+    }
 }

@@ -137,8 +137,10 @@ struct Session {
     planner: SessionPlanner<usize>,
     queues: [VecDeque<Queued>; 4],
     catch_up: bool,
-    /// When a nudge of each group was last written to this connection.
-    last_nudge_ms: HashMap<String, u64>,
+    /// When a nudge of each group was last written to this connection, and its seq.
+    last_nudge: HashMap<String, (u64, u64)>,
+    /// The newest seq of each group that a nudge handed to the planner named.
+    nudge_asked: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -772,12 +774,20 @@ impl Sim {
                 }
             }
         }
+        if stream == NOTICES {
+            // The notices writer's timer: held nudges that are due now.
+            s.planner.poll_nudges(self.now_ms, &mut out, &mut stats);
+        }
         let mut batches = Vec::new();
         for _ in 0..3 {
             let Some(q) = s.queues[stream].pop_front() else {
                 break;
             };
             batches.extend(q.batch);
+            if let PlanItem::Nudge { group, seq } = &q.item {
+                let asked = s.nudge_asked.entry(group.to_string()).or_default();
+                *asked = (*asked).max(*seq);
+            }
             match s
                 .planner
                 .plan(q.item, self.now_ms, &log, &mut out, &mut stats)
@@ -797,7 +807,8 @@ impl Sim {
                     if sent.is_some_and(|sent| head_seq <= sent) {
                         errors.push(format!("nudge {group}/{head_seq} for what was sent"));
                     }
-                    if let Some(last) = s.last_nudge_ms.insert(group.clone(), self.now_ms) {
+                    let last = s.last_nudge.insert(group.clone(), (self.now_ms, head_seq));
+                    if let Some((last, _)) = last {
                         if self.now_ms < last + NUDGE_INTERVAL_MS {
                             errors.push(format!("two nudges of {group} within the interval"));
                         }
@@ -979,7 +990,8 @@ impl Sim {
                 planner,
                 queues: Default::default(),
                 catch_up: true,
-                last_nudge_ms: HashMap::new(),
+                last_nudge: HashMap::new(),
+                nudge_asked: BTreeMap::new(),
             },
         );
         self.clients[c].session = Some(id);
@@ -989,6 +1001,7 @@ impl Sim {
     /// comes to the foreground and reads; unacknowledged sends are resent until acked.
     fn settle(&mut self) {
         self.cfg.flush_failure_pct = 0;
+        self.check_trailing_nudges();
         for c in 0..self.clients.len() {
             self.clients[c].reader = Reader::Fast;
             if self.clients[c].session.is_none() {
@@ -1039,6 +1052,46 @@ impl Sim {
             }
         }
         self.violation("the run did not settle".into());
+    }
+
+    /// Nudges have a trailing edge: once the interval has passed with no new traffic, every
+    /// session whose planner was asked to nudge about a message it has not been sent has been
+    /// told the newest such message.
+    fn check_trailing_nudges(&mut self) {
+        self.now_ms += NUDGE_INTERVAL_MS;
+        let mut ids: Vec<u64> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        for &id in &ids {
+            // The notices stream may be blocked by a client that does not read: drain it.
+            let c = self.sessions[&id].client;
+            self.clients[c].inbox[NOTICES].clear();
+            while !self.sessions[&id].queues[NOTICES].is_empty() {
+                self.write(id, NOTICES);
+                self.clients[c].inbox[NOTICES].clear();
+            }
+        }
+        // No traffic for an interval: every held nudge is due.
+        self.now_ms += NUDGE_INTERVAL_MS;
+        for &id in &ids {
+            self.write(id, NOTICES);
+        }
+        let mut problems = Vec::new();
+        for id in ids {
+            let s = &self.sessions[&id];
+            for (group, &asked) in &s.nudge_asked {
+                let gid = GroupId::new(group.as_str()).expect("valid id");
+                let sent = s.planner.sent(&gid).unwrap_or(u64::MAX);
+                let told = s.last_nudge.get(group).map_or(0, |&(_, seq)| seq);
+                if asked > sent && told < asked {
+                    problems.push(format!(
+                        "session {id}: nudged up to {told} of {group}, asked {asked}, sent {sent}"
+                    ));
+                }
+            }
+        }
+        for p in problems {
+            self.violation(p);
+        }
     }
 
     /// Every client has every message of each of its groups; every acknowledgement names the

@@ -285,6 +285,40 @@ async fn background_members_of_large_groups_get_nudges_then_everything_in_the_fo
     assert_eq!((m.group.as_str(), m.seq), ("big", 4));
 }
 
+/// Nudges have a trailing edge: after a burst, a deferred member's last nudge names the
+/// burst's last message (within about a nudge interval), with no further message needed.
+#[tokio::test]
+async fn a_burst_of_messages_ends_with_a_nudge_naming_the_last_one() {
+    let n = TestNode::start_with(Limits {
+        nudge_background_from_members: 3,
+        ..Limits::default()
+    })
+    .await;
+    group(&n, "big", &["s", "bg", "x"]);
+    let mut s = member(&n, "s", PresenceState::Foreground).await;
+    let mut bg = member(&n, "bg", PresenceState::Background).await;
+    let mut last = 0;
+    for i in 1..=5 {
+        last = post(&mut s, i, "big", b"burst").await;
+    }
+    let mut nudges = Vec::new();
+    let wait = std::time::Duration::from_secs(10);
+    while nudges.last() != Some(&last) {
+        match tokio::time::timeout(wait, next_push(&mut bg)).await {
+            Ok(ServerFrame::Nudge { group, head_seq }) => {
+                assert_eq!(group, "big");
+                nudges.push(head_seq);
+            }
+            Ok(other) => panic!("a deferred member got {other:?}"),
+            Err(_) => panic!("no nudge named seq {last}; nudges: {nudges:?}"),
+        }
+    }
+    assert!(
+        nudges.windows(2).all(|w| w[0] < w[1]),
+        "each nudge names a newer message: {nudges:?}"
+    );
+}
+
 /// The built-in ladder: level 1 sheds presence notices, 2 also receipts, 3 also delivery to
 /// background members (they get nudges); 0 sheds nothing. Messages always flow.
 #[tokio::test]
