@@ -11,7 +11,7 @@
 //! The planner is a plain value: the driver owns it (one per session, behind whatever lock
 //! its writers share), hands it work with `now_ms`, and writes the frames it returns.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use switchboard_core::GroupId;
@@ -86,15 +86,18 @@ impl<G> Sub<G> {
 
 /// Decides what a session's push streams carry next; `G` is the driver's handle of a group,
 /// passed back to the [`GroupLog`] for reads.
+///
+/// Subscriptions are kept in id order, so catch-up visits groups in the same order on every
+/// run (a simulation replays from its seed).
 #[derive(Debug)]
 pub struct SessionPlanner<G> {
-    subs: HashMap<GroupId, Sub<G>>,
+    subs: BTreeMap<GroupId, Sub<G>>,
 }
 
 impl<G> Default for SessionPlanner<G> {
     fn default() -> Self {
         Self {
-            subs: HashMap::new(),
+            subs: BTreeMap::new(),
         }
     }
 }
