@@ -195,7 +195,8 @@ impl PolicyEngine {
         Ok((plugin, outcome))
     }
 
-    /// The checks on the upload's bytes themselves: size, then the binary header.
+    /// The checks on the upload's bytes themselves: size, the binary header, then its shape
+    /// (counts of functions, exports, nesting…: `shape.rs`), all before compiling.
     fn check_upload(&self, bytes: &[u8]) -> Result<(), LoadError> {
         let max = self.inner.limits.max_plugin_bytes;
         if bytes.len() > max {
@@ -204,7 +205,8 @@ impl PolicyEngine {
                 max,
             });
         }
-        load::check_header(bytes)
+        load::check_header(bytes)?;
+        crate::shape::Shape::measure(bytes, &self.inner.limits.shape).map(drop)
     }
 
     /// Validates and compiles (the slow part of a load).
