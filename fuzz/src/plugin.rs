@@ -148,6 +148,7 @@ fn check_load_error(e: &LoadError, wasm: &[u8]) {
             assert!(wasm.len() < 8 || wasm[..4] != *b"\0asm" || wasm[6..8] != [1, 0]);
         }
         LoadError::WrongVersion { .. } => panic!("load never checks a version: {text}"),
+        LoadError::TooComplex { count, max, .. } => assert!(count > max, "{text}"),
         LoadError::Invalid(_) | LoadError::ForbiddenImport { .. } | LoadError::WrongWorld(_) => {}
     }
 }

@@ -54,6 +54,7 @@ const OWNED: &[Owned] = &[
         dep: "rustls",
         owners: &[
             ("switchboard-edge", "QUIC's TLS"),
+            ("switchboard-admin", "the admin API's HTTPS listener"),
             ("switchboard-client", "QUIC's TLS"),
             (
                 "switchboard-bench",

@@ -2,8 +2,9 @@
 //! answers, and refusals as [`ClientError::Problem`] with the server's problem details.
 //! `switchboard ctl` and the API's tests use it.
 //!
-//! Plain HTTP only (no TLS in this build): put the API on loopback or behind a proxy that
-//! terminates TLS.
+//! Plain HTTP only (no TLS in this build's ureq): the server can serve HTTPS (`[admin.tls]`),
+//! but this client (and so `switchboard ctl`) reaches only a plain-HTTP listener, e.g. a
+//! node's on loopback.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

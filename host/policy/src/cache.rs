@@ -267,6 +267,36 @@ impl ArtifactCache {
         }
     }
 
+    /// Caches a plugin that passed every check the caller makes (for an upload: the load
+    /// checks, the self-test, and being stored), under its own version. Plugins loaded with
+    /// [`PolicyEngine::load`](crate::PolicyEngine::load) are cached only this way, so a
+    /// refused upload never leaves an artifact.
+    pub fn store_plugin(&self, plugin: &crate::Plugin) -> Result<(), CacheError> {
+        self.store(
+            plugin.engine().inner(),
+            plugin.version_id(),
+            plugin.component(),
+        )
+    }
+
+    /// The number of artifacts in the directory (`*.cwasm`): what refused uploads must not
+    /// grow, and what a tenant's stored versions bound.
+    pub fn artifact_count(&self) -> Result<usize, CacheError> {
+        let dir = &self.inner.dir;
+        let entries = fs::read_dir(dir).map_err(|source| CacheError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.path()
+                    .extension()
+                    .is_some_and(|x| x == ARTIFACT_EXTENSION)
+            })
+            .count())
+    }
+
     /// Writes the artifact of a compiled, checked plugin: to a temporary file, then renamed
     /// into place, so a reader sees the old file, the new one or none.
     pub(crate) fn store(

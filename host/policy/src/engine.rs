@@ -130,10 +130,14 @@ impl PolicyEngine {
     /// Checks and compiles a plugin. Refusals say what is wrong in terms the uploader can act
     /// on; see [`LoadError`]. Compiling takes milliseconds to seconds: call it off the
     /// async runtime (e.g. `spawn_blocking`).
+    ///
+    /// Nothing is written anywhere: a plugin that is refused later (say, by its self-test)
+    /// leaves nothing behind once dropped. [`ArtifactCache::store_plugin`] caches one that
+    /// passed.
     pub fn load(&self, bytes: &[u8]) -> Result<crate::Plugin, LoadError> {
         self.check_upload(bytes)?;
         let component = self.compile(bytes)?;
-        self.check_component(component, bytes.len())
+        self.check_component(component, Version::of(bytes), bytes.len())
     }
 
     /// [`PolicyEngine::load`], through a cache of compiled plugins: a plugin this node
@@ -164,13 +168,15 @@ impl PolicyEngine {
         let rejected = match cache.lookup(&self.inner, &computed) {
             Lookup::Missing => None,
             Lookup::Rejected(reason) => Some(reason),
-            Lookup::Found(component) => match self.check_component(component, wasm.len()) {
-                Ok(plugin) => return Ok((plugin, CacheOutcome::Hit)),
-                Err(e) => {
-                    cache.discard(&computed);
-                    Some(CacheRejection::FailedChecks(e))
+            Lookup::Found(component) => {
+                match self.check_component(component, computed.clone(), wasm.len()) {
+                    Ok(plugin) => return Ok((plugin, CacheOutcome::Hit)),
+                    Err(e) => {
+                        cache.discard(&computed);
+                        Some(CacheRejection::FailedChecks(e))
+                    }
                 }
-            },
+            }
         };
         if let Some(reason) = &rejected {
             // An upgrade (another engine) explains itself; anything else deserves a look.
@@ -181,7 +187,7 @@ impl PolicyEngine {
             }
         }
         let component = self.compile(wasm)?;
-        let plugin = self.check_component(component.clone(), wasm.len())?;
+        let plugin = self.check_component(component.clone(), computed.clone(), wasm.len())?;
         if let Err(error) = cache.store(&self.inner, &computed, &component) {
             tracing::warn!(version = computed.as_str(), %error, "could not cache a compiled plugin");
         }
@@ -189,7 +195,8 @@ impl PolicyEngine {
         Ok((plugin, outcome))
     }
 
-    /// The checks on the upload's bytes themselves: size, then the binary header.
+    /// The checks on the upload's bytes themselves: size, the binary header, then its shape
+    /// (counts of functions, exports, nesting…: `shape.rs`), all before compiling.
     fn check_upload(&self, bytes: &[u8]) -> Result<(), LoadError> {
         let max = self.inner.limits.max_plugin_bytes;
         if bytes.len() > max {
@@ -198,7 +205,8 @@ impl PolicyEngine {
                 max,
             });
         }
-        load::check_header(bytes)
+        load::check_header(bytes)?;
+        crate::shape::Shape::measure(bytes, &self.inner.limits.shape).map(drop)
     }
 
     /// Validates and compiles (the slow part of a load).
@@ -212,6 +220,7 @@ impl PolicyEngine {
     fn check_component(
         &self,
         component: Component,
+        version: Version,
         size: usize,
     ) -> Result<crate::Plugin, LoadError> {
         let engine = &self.inner.engine;
@@ -249,7 +258,7 @@ impl PolicyEngine {
                 "`{POLICY_EXPORT}` does not have the functions this node calls: {e:#}"
             ))
         })?;
-        let plugin = crate::Plugin::new(self.clone(), pre, size, imports);
+        let plugin = crate::Plugin::new(self.clone(), pre, version, size, imports);
         // Instantiate once now, so a plugin that cannot even start within its limits (too
         // much initial memory, a trapping start function) is refused at upload.
         plugin.check_instantiate().map_err(|e| match e {

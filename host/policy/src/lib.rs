@@ -37,6 +37,7 @@ mod host;
 mod limits;
 mod load;
 mod self_test;
+mod shape;
 mod stats;
 mod tenant;
 mod types;
@@ -48,6 +49,7 @@ pub use host::TenantCounters;
 pub use limits::PolicyLimits;
 pub use load::LoadError;
 pub use self_test::{HookReport, SelfTestError, SelfTestReport};
+pub use shape::{Shape, ShapeLimits};
 pub use stats::{FallbackCounts, HookStats, PolicyStatsSnapshot};
 pub use tenant::{Plugin, TenantPolicy};
 pub use types::{

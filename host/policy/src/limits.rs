@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::shape::ShapeLimits;
+
 /// Budgets and bounds for policy plugins. One value configures a
 /// [`PolicyEngine`](crate::PolicyEngine) and everything loaded into it.
 ///
@@ -58,6 +60,9 @@ pub struct PolicyLimits {
     /// Distinct counter names per tenant; adds to new names beyond it are ignored and
     /// counted. Default 64.
     pub max_counters_per_tenant: usize,
+    /// Bounds on what an upload may contain (functions, exports, nesting…), checked before
+    /// compiling. Defaults in [`ShapeLimits`].
+    pub shape: ShapeLimits,
 }
 
 impl Default for PolicyLimits {
@@ -80,6 +85,7 @@ impl Default for PolicyLimits {
             max_log_lines_per_call: 16,
             max_log_line_bytes: 1 << 10,
             max_counters_per_tenant: 64,
+            shape: ShapeLimits::default(),
         }
     }
 }

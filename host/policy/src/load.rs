@@ -15,6 +15,17 @@ pub enum LoadError {
     ForbiddenImport { name: String, why: String },
     #[error("wrong world: {0}")]
     WrongWorld(String),
+    /// More of something than any real plugin needs, found before compiling: such modules
+    /// cost far more to compile than their size suggests (see `shape.rs`).
+    #[error(
+        "the plugin has at least {count} {what}; at most {max} are accepted (a module \
+         shaped to be slow to compile)"
+    )]
+    TooComplex {
+        what: &'static str,
+        count: u64,
+        max: u64,
+    },
     /// The version given with the upload is not its SHA-256 (`load_cached`).
     #[error(
         "version `{given}` is not this plugin's version `{computed}` (a plugin's version is \

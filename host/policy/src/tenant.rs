@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 
 use crate::bindings::policy::{TenantPolicy as PolicyBindings, TenantPolicyPre};
+use crate::cache::Version;
 use crate::convert;
 use crate::engine::PolicyEngine;
 use crate::host::{InstanceState, MemoryCapExceeded, TenantCounters, TenantShared};
@@ -29,6 +30,8 @@ pub struct Plugin {
 struct PluginInner {
     engine: PolicyEngine,
     pre: TenantPolicyPre<InstanceState>,
+    /// The plugin's version: the hex SHA-256 of the component it was loaded from.
+    version: Version,
     size: usize,
     imports: Vec<String>,
 }
@@ -46,6 +49,7 @@ impl Plugin {
     pub(crate) fn new(
         engine: PolicyEngine,
         pre: TenantPolicyPre<InstanceState>,
+        version: Version,
         size: usize,
         imports: Vec<String>,
     ) -> Self {
@@ -53,10 +57,25 @@ impl Plugin {
             inner: Arc::new(PluginInner {
                 engine,
                 pre,
+                version,
                 size,
                 imports,
             }),
         }
+    }
+
+    /// The plugin's version: the lowercase hex SHA-256 of the component it was loaded from.
+    pub fn version(&self) -> &str {
+        self.inner.version.as_str()
+    }
+
+    pub(crate) fn version_id(&self) -> &Version {
+        &self.inner.version
+    }
+
+    /// The compiled component (for the artifact cache).
+    pub(crate) fn component(&self) -> &wasmtime::component::Component {
+        self.inner.pre.instance_pre().component()
     }
 
     /// Size of the uploaded component, in bytes.

@@ -23,13 +23,13 @@ pub struct CtlArgs {
         global = true
     )]
     url: String,
-    /// The admin token, or a tenant API key (`sbk_…`).
-    #[arg(
-        long,
-        env = "SWITCHBOARD_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
+    /// A file holding the admin token or a tenant API key (`sbk_…`): its first line, without
+    /// surrounding whitespace. Without it the token is `$SWITCHBOARD_ADMIN_TOKEN`. There is no
+    /// flag taking the token itself: a command line is visible to every local user (`ps`).
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Removed (it showed the token in `ps`); refused with a pointer to the alternatives.
+    #[arg(long, global = true, hide = true)]
     token: Option<String>,
     /// Print the API's JSON answer instead of a summary.
     #[arg(long, global = true)]
@@ -282,9 +282,42 @@ fn answer<T: Serialize>(value: &T, human: impl FnOnce(&T) -> String) -> Answer {
     }
 }
 
+/// The environment variable `switchboard ctl` reads the token from.
+pub const TOKEN_ENV: &str = "SWITCHBOARD_ADMIN_TOKEN";
+
+/// The token to send: from `--token-file`, else from [`TOKEN_ENV`]. `--token` is refused.
+fn token(args: &CtlArgs) -> Result<Option<String>, String> {
+    if args.token.is_some() {
+        return Err(format!(
+            "--token is no longer accepted: a token on the command line is visible to every \
+             local user (ps). Export {TOKEN_ENV}, or pass --token-file PATH"
+        ));
+    }
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim();
+        if token.is_empty() {
+            return Err(format!(
+                "--token-file {}: the file is empty",
+                path.display()
+            ));
+        }
+        return Ok(Some(token.to_owned()));
+    }
+    Ok(std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
+}
+
 /// Runs `switchboard ctl` and returns the process's exit code.
 pub fn run(args: CtlArgs) -> i32 {
-    let client = AdminClient::new(&args.url, args.token.clone());
+    let token = match token(&args) {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return if args.token.is_some() { 2 } else { 1 };
+        }
+    };
+    let client = AdminClient::new(&args.url, token);
     match execute(&client, args.command) {
         Ok(out) => {
             match (args.json, out.json) {

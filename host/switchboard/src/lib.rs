@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use switchboard_admin::control::types::{Activate, Caller};
+use switchboard_admin::http::{ServeOptions, ServerLimits};
 use switchboard_admin::{AutoRollback, Control, ControlConfig};
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
@@ -89,13 +90,13 @@ pub struct NotifySettings {
     pub webhook_ca: Option<PathBuf>,
 }
 
-/// The `[admin]` section: where the HTTP API listens, the operator's token, automatic
-/// rollback.
+/// The `[admin]` section: where the HTTP API listens, the operator's token, the server's
+/// bounds, TLS, automatic rollback.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
-    /// TCP address of the HTTP API (plain HTTP: keep it on a private interface or behind a
-    /// TLS proxy).
+    /// TCP address of the HTTP API. Plain HTTP unless `[admin.tls]` is given: keep it on a
+    /// private interface then.
     pub listen: SocketAddr,
     /// `false` turns the HTTP API off.
     pub enabled: bool,
@@ -105,17 +106,42 @@ pub struct AdminSettings {
     /// The admin token itself, for embedding (`switchboard dev`); never read from the file.
     #[serde(skip)]
     pub token: Option<String>,
+    /// From accept (or the end of the previous response) to the end of the next request's
+    /// head; also the TLS handshake's deadline and the keep-alive idle timeout.
+    pub header_timeout_ms: u64,
+    /// Reading one request's whole body; past it, 408 and the connection is closed.
+    pub body_timeout_ms: u64,
+    /// Connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Certificate chain and key (PEM or DER) to serve the API over HTTPS.
+    pub tls: Option<TlsFiles>,
     pub auto_rollback: AutoRollback,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
+        let limits = ServerLimits::default();
         AdminSettings {
             listen: "127.0.0.1:7780".parse().expect("valid address"),
             enabled: true,
             token_env: "SWITCHBOARD_ADMIN_TOKEN".to_owned(),
             token: None,
+            header_timeout_ms: limits.header_timeout.as_millis() as u64,
+            body_timeout_ms: limits.body_timeout.as_millis() as u64,
+            max_connections: limits.max_connections,
+            tls: None,
             auto_rollback: AutoRollback::default(),
+        }
+    }
+}
+
+impl AdminSettings {
+    /// The HTTP server's bounds.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            max_connections: self.max_connections,
         }
     }
 }
@@ -180,7 +206,7 @@ impl Config {
         if let Some(key) = &mut cfg.store_key_file {
             *key = base.join(&*key);
         }
-        if let Some(tls) = &mut cfg.tls {
+        for tls in [&mut cfg.tls, &mut cfg.admin.tls].into_iter().flatten() {
             tls.cert = base.join(&tls.cert);
             tls.key = base.join(&tls.key);
         }
@@ -190,6 +216,7 @@ impl Config {
             }
         }
         cfg.limits.validate().map_err(|e| err(e.to_string()))?;
+        cfg.admin.server_limits().validate().map_err(err)?;
         if let Some(ca) = &mut cfg.notify.webhook_ca {
             *ca = base.join(&*ca);
         }
@@ -472,6 +499,26 @@ pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, N
         bind_file_plugin(&control, &tenant, bytes, config).await?;
     }
     let (admin_addr, admin) = if cfg.admin.enabled {
+        let admin_err = |detail: String| NodeError::Admin {
+            addr: cfg.admin.listen,
+            detail,
+        };
+        let tls = cfg
+            .admin
+            .tls
+            .as_ref()
+            .map(|files| {
+                let id = TlsIdentity::load(&files.cert, &files.key)
+                    .map_err(|e| admin_err(format!("TLS: {e}")))?;
+                switchboard_admin::http::tls_config(id.cert_chain, id.key)
+                    .map_err(|e| admin_err(e.to_string()))
+            })
+            .transpose()?;
+        let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+        let options = ServeOptions {
+            limits: cfg.admin.server_limits(),
+            tls,
+        };
         let listener = tokio::net::TcpListener::bind(cfg.admin.listen)
             .await
             .map_err(|e| NodeError::Admin {
@@ -483,14 +530,15 @@ pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, N
             detail: e.to_string(),
         })?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(switchboard_admin::http::serve(
+        let task = tokio::spawn(switchboard_admin::http::serve_with(
             listener,
             control.clone(),
+            options,
             async move {
                 let _ = stopped.await;
             },
         ));
-        tracing::info!(%addr, "admin API listening (HTTP)");
+        tracing::info!(%addr, "admin API listening ({scheme})");
         (Some(addr), Some((stop, task)))
     } else {
         (None, None)

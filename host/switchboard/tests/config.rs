@@ -29,6 +29,12 @@ fn the_annotated_example_parses_and_states_the_defaults() {
     assert_eq!(cfg.tenants.len(), 1);
     assert!(cfg.tls.is_none());
     assert!(cfg.data_dir.ends_with("dev-data/example"));
+    assert_eq!(
+        cfg.admin.server_limits(),
+        switchboard_admin::http::ServerLimits::default(),
+        "the example documents the admin server's defaults"
+    );
+    assert!(cfg.admin.tls.is_none());
 }
 
 fn load_str(text: &str) -> Result<Config, NodeError> {
@@ -54,6 +60,14 @@ fn bad_files_are_refused_with_a_reason() {
         (
             "data_dir = \"d\"\n[notify]\nwebhook = \"ftp://push.example/x\"",
             "must start with http:// or https://",
+        ),
+        (
+            "data_dir = \"d\"\n[admin]\nheader_timeout_ms = 0",
+            "header_timeout_ms must be greater than zero",
+        ),
+        (
+            "data_dir = \"d\"\n[admin]\nmax_connections = 0",
+            "max_connections must be at least 1",
         ),
     ];
     for (text, want) in cases {
@@ -99,4 +113,53 @@ fn seeding_creates_tenants_groups_and_members_and_needs_the_secret() {
             .unwrap()
             .open
     );
+}
+
+/// `[admin.tls]`: the node serves its admin API over HTTPS with the configured certificate
+/// (a PEM chain here), and a rustls client that trusts it gets `/healthz`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_serves_https_with_the_configured_certificate() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    // The dev certificate: cert.pem (PEM) and key.der.
+    let (identity, _) = switchboard_edge::TlsIdentity::dev_in(dir.path()).unwrap();
+    let text = "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
+                [admin]\nlisten = \"127.0.0.1:0\"\n\
+                [admin.tls]\ncert = \"cert.pem\"\nkey = \"key.der\"\n";
+    std::fs::write(dir.path().join("node.toml"), text).unwrap();
+    let cfg = Config::load(&dir.path().join("node.toml")).unwrap();
+    let store = switchboard::open_store(&cfg.data_dir).unwrap();
+    let node = switchboard::start(&cfg, store).await.unwrap();
+    let addr = node.admin_addr.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(identity.cert_chain[0].clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let got = tokio::task::spawn_blocking(move || {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tls.read_to_end(&mut got);
+        got
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"status\":\"ok\""), "{text}");
+    node.shutdown().await;
 }

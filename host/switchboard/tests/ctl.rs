@@ -136,7 +136,7 @@ async fn every_ctl_command_end_to_end() {
     let out = admin(&["tenant", "quotas", "acme", "--max-groups", "50"]).ok();
     assert!(out.contains("50 groups, 64 plugin versions"), "{out}");
 
-    // A tenant key, then the tenant's own work with it (passed with --token this time).
+    // A tenant key, then the tenant's own work with it (from --token-file this time).
     let key = admin(&["key", "create", "acme", "--label", "ci", "--json"]).json();
     let key_id = key["id"].as_str().unwrap().to_owned();
     let key = key["key"].as_str().unwrap().to_owned();
@@ -145,11 +145,20 @@ async fn every_ctl_command_end_to_end() {
         keys.contains(&key_id) && keys.contains("ci") && !keys.contains(&key),
         "{keys}"
     );
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let key_file = key_file.to_str().unwrap().to_owned();
     let tenant = |args: &[&str]| {
-        let mut all = vec!["--token", key.as_str()];
+        let mut all = vec!["--token-file", key_file.as_str()];
         all.extend_from_slice(args);
-        ctl(url, None, &all)
+        // The file wins over the environment's (admin) token.
+        ctl(url, Some(ADMIN_TOKEN), &all)
     };
+    // A tenant key reaches only its tenant: proof the file's key was used, not the admin's.
+    let out = tenant(&["tenant", "list"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("forbidden"), "{}", out.stderr);
     assert!(tenant(&["tenant", "show", "acme"])
         .ok()
         .contains("built-in policy"));
@@ -355,6 +364,29 @@ async fn ctl_exit_codes() {
         "{}",
         out.stderr
     );
+
+    // 2: the removed --token (a token on the command line shows in `ps`), with the way out.
+    let out = ctl(url, None, &["--token", ADMIN_TOKEN, "tenant", "list"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("SWITCHBOARD_ADMIN_TOKEN") && out.stderr.contains("--token-file"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty());
+
+    // 1: a local problem: a token file that is missing or empty.
+    let out = ctl(url, None, &["--token-file", "/no/such/token", "health"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("/no/such/token"), "{}", out.stderr);
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = ctl(
+        url,
+        None,
+        &["--token-file", empty.path().to_str().unwrap(), "health"],
+    );
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("empty"), "{}", out.stderr);
 
     // 1: a local problem.
     let out = ctl(

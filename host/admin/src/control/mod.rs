@@ -6,6 +6,7 @@
 //! Authorization lives here too ([`Control::authenticate`], [`Control::authorize_tenant`]):
 //! the HTTP layer only maps a request to a call.
 
+mod compiled;
 mod error;
 mod ops;
 mod reconcile;
@@ -24,6 +25,7 @@ use switchboard_policy::{ArtifactCache, PolicyEngine};
 use switchboard_store::{ConfigStore, Store};
 use tokio::sync::watch;
 
+pub use compiled::COMPILED_PLUGINS;
 pub use error::ControlError;
 pub use rollback::AutoRollback;
 use types::Caller;
@@ -53,9 +55,9 @@ pub struct Control {
     pub(crate) engine: PolicyEngine,
     pub(crate) cache: ArtifactCache,
     pub(crate) settings: ControlConfig,
-    /// Plugins compiled on this node, by (tenant, version): activation after the first is
-    /// a map lookup.
-    pub(crate) plugins: DashMap<(TenantId, String), switchboard_policy::Plugin>,
+    /// Stored versions compiled on this node, by (tenant, version), at most
+    /// [`COMPILED_PLUGINS`]: activation after the first is a lookup.
+    pub(crate) plugins: compiled::CompiledPlugins,
     /// Per tenant, the binding revision this node is serving.
     pub(crate) applied: DashMap<TenantId, watch::Sender<u64>>,
     /// Serialises applying bindings (the reconcile task and start-up).
@@ -96,7 +98,7 @@ impl Control {
             engine,
             cache,
             settings,
-            plugins: DashMap::new(),
+            plugins: compiled::CompiledPlugins::new(COMPILED_PLUGINS),
             applied: DashMap::new(),
             apply_lock: tokio::sync::Mutex::new(()),
             bound: DashMap::new(),
@@ -110,6 +112,19 @@ impl Control {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Compiled plugins held in memory for activation (at most [`COMPILED_PLUGINS`]; the
+    /// versions serving are held by the hub besides). A refused upload never adds one.
+    pub fn compiled_plugins(&self) -> usize {
+        self.plugins.len()
+    }
+
+    /// Artifacts in the compiled-plugin cache on disk. Only stored versions have one.
+    pub fn artifact_count(&self) -> Result<usize, ControlError> {
+        self.cache
+            .artifact_count()
+            .map_err(|e| ControlError::Internal(e.to_string()))
     }
 
     /// Versions this node rolled back by itself since it started.

@@ -100,6 +100,15 @@ pub(crate) fn authenticate(c: &Control, bearer: Option<&str>) -> Result<Caller, 
     Err(ControlError::Unauthenticated("unknown token".to_owned()))
 }
 
+fn load_error(e: switchboard_policy::LoadError) -> ControlError {
+    match e {
+        switchboard_policy::LoadError::TooLarge { .. } => {
+            ControlError::PluginTooLarge(e.to_string())
+        }
+        other => ControlError::PluginRejected(other.to_string()),
+    }
+}
+
 fn quotas_out(q: TenantQuotas) -> Quotas {
     Quotas {
         max_groups: q.max_groups,
@@ -433,7 +442,9 @@ impl Control {
                 quotas.max_plugin_versions
             )));
         }
-        let plugin = self.compile(&rec.id, &version, wasm.clone()).await?;
+        // Compiled for this check only: nothing is cached, kept in memory or written until
+        // the upload has passed every check and is stored, so a refusal leaves nothing.
+        let plugin = self.load_new(wasm.clone()).await?;
         let test_plugin = plugin.clone();
         let slot = self.compile_slot().await?;
         let report = tokio::task::spawn_blocking(move || {
@@ -452,6 +463,17 @@ impl Control {
             imports: plugin.imports().to_vec(),
         };
         let created = self.config.put_plugin(&meta, &wasm)?;
+        let cache = self.cache.clone();
+        let cached = plugin.clone();
+        let stored = tokio::task::spawn_blocking(move || cache.store_plugin(&cached)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%version, %error, "could not cache a compiled plugin")
+            }
+            Err(error) => tracing::warn!(%version, %error, "plugin cache task failed"),
+        }
+        self.plugins.insert(&rec.id, &version, plugin);
         tracing::info!(tenant, %version, size = wasm.len(), uploader = %meta.uploader, "plugin uploaded");
         Ok(Uploaded {
             plugin: plugin_info(&meta),
@@ -464,16 +486,30 @@ impl Control {
         })
     }
 
-    /// Compiles (or fetches from the artifact cache) a version's bytes, off the runtime.
+    /// Compiles an upload's bytes for its checks, off the runtime, without the artifact cache
+    /// or the in-memory map: what it makes is dropped with the refusal.
+    async fn load_new(&self, wasm: Bytes) -> Result<switchboard_policy::Plugin, ControlError> {
+        let engine = self.engine.clone();
+        let slot = self.compile_slot().await?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            engine.load(&wasm)
+        })
+        .await
+        .map_err(|e| ControlError::Internal(format!("compile task: {e}")))?
+        .map_err(load_error)
+    }
+
+    /// Loads a stored version's bytes (from the artifact cache, or compiled and cached), off
+    /// the runtime, and keeps it in the in-memory map.
     pub(crate) async fn compile(
         &self,
         tenant: &TenantId,
         version: &str,
         wasm: Bytes,
     ) -> Result<switchboard_policy::Plugin, ControlError> {
-        let key = (tenant.clone(), version.to_owned());
-        if let Some(p) = self.plugins.get(&key) {
-            return Ok(p.clone());
+        if let Some(p) = self.plugins.get(tenant, version) {
+            return Ok(p);
         }
         let engine = self.engine.clone();
         let cache = self.cache.clone();
@@ -485,14 +521,9 @@ impl Control {
         })
         .await
         .map_err(|e| ControlError::Internal(format!("compile task: {e}")))?
-        .map_err(|e| match e {
-            switchboard_policy::LoadError::TooLarge { .. } => {
-                ControlError::PluginTooLarge(e.to_string())
-            }
-            other => ControlError::PluginRejected(other.to_string()),
-        })?;
+        .map_err(load_error)?;
         tracing::debug!(%tenant, version, ?outcome, "plugin compiled");
-        self.plugins.insert(key, plugin.clone());
+        self.plugins.insert(tenant, version, plugin.clone());
         Ok(plugin)
     }
 
@@ -512,8 +543,8 @@ impl Control {
         tenant: &TenantId,
         version: &str,
     ) -> Result<switchboard_policy::Plugin, ControlError> {
-        if let Some(p) = self.plugins.get(&(tenant.clone(), version.to_owned())) {
-            return Ok(p.clone());
+        if let Some(p) = self.plugins.get(tenant, version) {
+            return Ok(p);
         }
         let wasm = self
             .config

@@ -3,6 +3,8 @@
 //! anything about the request's content or the resource's existence.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -90,23 +92,37 @@ where
     }
 }
 
+/// Reads a request body within the server's body timeout: past it, 408 `request-timeout`
+/// (and the connection is closed), however slowly the bytes were trickling in.
+pub(crate) async fn read_body<T>(
+    timeout: Duration,
+    read: impl Future<Output = Result<T, Problem>>,
+) -> Result<T, Problem> {
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| Problem::request_timeout(timeout))?
+}
+
 /// A JSON body (`Content-Type: application/json`), refused as an `invalid-argument` problem
-/// when it is missing, malformed, has unknown fields or is over the body limit.
+/// when it is missing, malformed, has unknown fields or is over the body limit, and as
+/// `request-timeout` when it does not arrive within the body timeout.
 #[derive(Debug)]
 pub(crate) struct JsonBody<T>(pub T);
 
-impl<T, S> FromRequest<S> for JsonBody<T>
+impl<T> FromRequest<ApiState> for JsonBody<T>
 where
     T: DeserializeOwned,
-    S: Send + Sync,
 {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| JsonBody(v))
-            .map_err(json_rejection)
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, Problem> {
+        read_body(state.body_timeout, async {
+            Json::<T>::from_request(req, state)
+                .await
+                .map(|Json(v)| JsonBody(v))
+                .map_err(json_rejection)
+        })
+        .await
     }
 }
 

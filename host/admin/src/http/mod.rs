@@ -6,35 +6,43 @@
 //! a [`Control`] call: who may call what is decided by the extractors in `extract`, through
 //! `Control::authenticate` / `require_admin` / `authorize_tenant`.
 //!
-//! Bounds: JSON bodies up to [`JSON_BODY_LIMIT`], plugin uploads up to
-//! [`UPLOAD_BODY_LIMIT`], and at most [`UPLOAD_CONCURRENCY`] uploads (body + compile +
-//! self-test) at once; more are refused with 429 `busy` rather than queued.
+//! Bounds (see `docs/admin-api.md` §4): the server's header, body and keep-alive timeouts
+//! and connection cap ([`ServerLimits`], `server`); JSON bodies up to [`JSON_BODY_LIMIT`];
+//! plugin uploads up to the node's plugin limit, at most [`UPLOAD_BODIES`] being received
+//! ([`UPLOAD_BODIES_PER_TENANT`] per tenant) and, once received, at most
+//! [`UPLOAD_CONCURRENCY`] being checked ([`UPLOAD_CHECKS_PER_TENANT`] per tenant); more are
+//! refused with 429 `busy` rather than queued, and no tenant can hold every permit. A
+//! request with `Transfer-Encoding` is refused (400): bodies must say their length, and a
+//! `Content-Length` beside a `Transfer-Encoding` is how requests are smuggled past proxies.
 
 mod extract;
 mod groups;
 mod metrics;
 mod node;
+mod permits;
 mod plugins;
 mod problem;
+mod server;
 mod tenants;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{Method, Uri};
+use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
-use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use crate::{Control, ControlError};
 pub use groups::MemberAdded;
+use permits::FairPermits;
 pub use problem::{Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE};
+pub use server::{serve_with, tls_config, ServeOptions, ServerLimits, TlsConfigError};
 
 /// Every route, as (method, path in axum/OpenAPI template syntax). The router is built from
 /// this list; `tests/openapi.rs` checks `openapi.json` against it in both directions.
@@ -77,19 +85,32 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Largest JSON request body.
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
-/// Largest plugin upload body. Above the node's default plugin limit (4 MiB), which
-/// `Control::upload_plugin` enforces with a precise message; this only stops a client from
-/// making the node buffer an unbounded body.
+/// Largest plugin upload body the API reads. Above the node's default plugin limit (4 MiB):
+/// a declared length over the node's own limit is refused before the body is read, with the
+/// same message `Control::upload_plugin` gives.
 pub const UPLOAD_BODY_LIMIT: usize = 16 << 20;
-/// Uploads handled at once. Each buffers its body and compiles it (CPU-heavy, seconds for
-/// a large component), so they are bounded rather than queued.
+/// Plugin uploads being checked at once on the node (compile + self-test: CPU-heavy, seconds
+/// for a large component). Taken only once the body is fully read, so a slow client holds
+/// none.
 pub const UPLOAD_CONCURRENCY: usize = 2;
+/// Uploads one tenant may have being checked at once: a tenant never holds every check slot.
+pub const UPLOAD_CHECKS_PER_TENANT: usize = 1;
+/// Upload bodies being received at once on the node (each at most the node's plugin limit,
+/// so at most 64 MiB buffered with the defaults).
+pub const UPLOAD_BODIES: usize = 16;
+/// Upload bodies one tenant may be sending at once.
+pub const UPLOAD_BODIES_PER_TENANT: usize = 2;
 
 /// What every handler sees.
 #[derive(Clone)]
 pub(crate) struct ApiState {
     pub control: Arc<Control>,
-    pub uploads: Arc<Semaphore>,
+    /// Upload bodies being received.
+    pub upload_bodies: Arc<FairPermits>,
+    /// Uploads being checked (compile and self-test).
+    pub upload_checks: Arc<FairPermits>,
+    /// Longest time to read one request's body ([`ServerLimits::body_timeout`]).
+    pub body_timeout: Duration,
 }
 
 /// Runs a synchronous control operation on the blocking pool: they read, write and flush
@@ -106,11 +127,26 @@ where
         .map_err(Problem::from)
 }
 
-/// The API as a router, ready to serve.
+/// The API as a router with the default [`ServerLimits`].
 pub fn router(control: Arc<Control>) -> Router {
+    router_with(control, &ServerLimits::default())
+}
+
+/// The API as a router, ready to serve.
+pub fn router_with(control: Arc<Control>, limits: &ServerLimits) -> Router {
     let state = ApiState {
         control,
-        uploads: Arc::new(Semaphore::new(UPLOAD_CONCURRENCY)),
+        upload_bodies: FairPermits::new(
+            "plugin uploads being received",
+            UPLOAD_BODIES,
+            UPLOAD_BODIES_PER_TENANT,
+        ),
+        upload_checks: FairPermits::new(
+            "plugin uploads being checked",
+            UPLOAD_CONCURRENCY,
+            UPLOAD_CHECKS_PER_TENANT,
+        ),
+        body_timeout: limits.body_timeout,
     };
     // One MethodRouter per path; `merge` panics on a (method, path) listed twice.
     let mut paths: BTreeMap<&str, MethodRouter<ApiState>> = BTreeMap::new();
@@ -131,6 +167,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(route_not_found)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn(framing))
         .layer(middleware::from_fn(trace))
         .with_state(state)
 }
@@ -185,17 +222,33 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
     Problem::method_not_allowed(method.as_str(), uri.path())
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
+/// Serves the API (plain HTTP, default [`ServerLimits`]) on `listener` until `shutdown`
+/// completes, then lets requests in flight finish. See [`serve_with`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Arc<Control>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "admin API listening");
-    axum::serve(listener, router(control))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, control, ServeOptions::default(), shutdown).await
+}
+
+/// Refuses a request with `Transfer-Encoding` before anything else looks at it: 400, and the
+/// connection is closed. hyper drops a `Content-Length` sent beside one (RFC 9112 §6.3), so
+/// both together cannot be told from a chunked body here; this API's bodies are bounded and
+/// every client it has sends `Content-Length`, so neither is accepted.
+async fn framing(req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(header::TRANSFER_ENCODING) {
+        return next.run(req).await;
+    }
+    let mut resp = Problem::invalid(
+        400,
+        "request bodies must be sent with Content-Length; Transfer-Encoding is refused \
+         (alone, or beside a Content-Length)",
+    )
+    .into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// A span per request, and one event with its status and latency: reads at debug, changes

@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
 
-use super::extract::{Admin, JsonBody, Params, TenantScope};
+use super::extract::{read_body, Admin, JsonBody, Params, TenantScope};
 use super::{blocking, ApiState, Problem, UPLOAD_BODY_LIMIT};
 use crate::control::types::*;
 use crate::ControlError;
@@ -13,18 +13,16 @@ use crate::ControlError;
 const WASM_CONTENT_TYPE: &str = "application/wasm";
 
 /// `POST /v1/tenants/{tenant}/plugins`: the body is the component's bytes.
+///
+/// The body is read first, under the body timeout and one of the tenant's
+/// [`UPLOAD_BODIES_PER_TENANT`](super::UPLOAD_BODIES_PER_TENANT) receiving permits; only
+/// then is a check permit taken (one per tenant, [`super::UPLOAD_CONCURRENCY`] on the node),
+/// so a client that sends slowly, or never, holds nothing another tenant needs.
 pub(super) async fn upload(
     State(s): State<ApiState>,
     scope: TenantScope,
     req: Request,
 ) -> Result<(StatusCode, Json<Uploaded>), Problem> {
-    // Taken before the body is read, so the bound covers buffered bodies as well as compiles.
-    let _permit = s.uploads.try_acquire().map_err(|_| {
-        Problem::busy(format!(
-            "{} plugin uploads are being checked; retry shortly",
-            super::UPLOAD_CONCURRENCY
-        ))
-    })?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -54,13 +52,28 @@ pub(super) async fn upload(
     if declared.is_some_and(|n| n > UPLOAD_BODY_LIMIT as u64) {
         return Err(too_large());
     }
-    let wasm = Bytes::from_request(req, &s).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            Problem::invalid(400, e.body_text())
-        }
-    })?;
+    let node_max = s.control.engine.limits().max_plugin_bytes;
+    if let Some(n) = declared.filter(|&n| n > node_max as u64) {
+        return Err(ControlError::PluginTooLarge(format!(
+            "plugin is {n} bytes; at most {node_max}"
+        ))
+        .into());
+    }
+    let busy =
+        |refused: super::permits::Refused| Problem::busy(format!("{refused}; retry shortly"));
+    let receiving = s.upload_bodies.try_acquire(&scope.tenant).map_err(busy)?;
+    let wasm = read_body(s.body_timeout, async {
+        Bytes::from_request(req, &s).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                Problem::invalid(400, e.body_text())
+            }
+        })
+    })
+    .await?;
+    drop(receiving);
+    let _checking = s.upload_checks.try_acquire(&scope.tenant).map_err(busy)?;
     let uploaded = s
         .control
         .upload_plugin(&scope.caller, &scope.tenant, wasm)

@@ -54,6 +54,20 @@ impl Problem {
         )
     }
 
+    /// The request's body did not arrive within the server's body timeout. The connection is
+    /// closed with the answer.
+    pub(crate) fn request_timeout(timeout: std::time::Duration) -> Problem {
+        Problem::new(
+            408,
+            "request-timeout",
+            "Request body not received in time",
+            format!(
+                "the request body was not received within {} ms",
+                timeout.as_millis()
+            ),
+        )
+    }
+
     /// Too many requests of a bounded kind (plugin uploads) are running; retry shortly.
     pub(crate) fn busy(detail: impl Into<String>) -> Problem {
         Problem::new(429, "busy", "Too many concurrent requests", detail)
@@ -80,6 +94,11 @@ impl IntoResponse for Problem {
             // RFC 6750 §3: a 401 names the scheme the client should use.
             401 => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body may still be on its way: nothing more can be read on this
+            // connection as a request.
+            408 => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             429 if self.code == "busy" => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

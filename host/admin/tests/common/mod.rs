@@ -52,6 +52,11 @@ pub struct TestApi {
 
 impl TestApi {
     pub async fn start() -> TestApi {
+        TestApi::start_with(switchboard_admin::http::ServeOptions::default()).await
+    }
+
+    /// A node whose API serves with these bounds (and TLS, if given).
+    pub async fn start_with(options: switchboard_admin::http::ServeOptions) -> TestApi {
         let tmp = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(&tmp.path().join("store")).unwrap());
         let identity = TlsIdentity::self_signed().unwrap();
@@ -87,11 +92,17 @@ impl TestApi {
         .await
         .expect("control starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(switchboard_admin::http::serve(
+        let server = tokio::spawn(switchboard_admin::http::serve_with(
             listener,
             control.clone(),
+            options,
             async move {
                 let _ = stopped.await;
             },
@@ -143,6 +154,11 @@ impl TestApi {
         body: Option<(&str, &[u8])>,
     ) -> Raw {
         raw(&self.url, method, path, token, body)
+    }
+
+    /// The API's `host:port`.
+    pub fn addr(&self) -> &str {
+        self.url.split("://").nth(1).unwrap_or_default()
     }
 
     /// Stops the API gracefully and waits for it.
