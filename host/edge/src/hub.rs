@@ -1141,8 +1141,9 @@ impl Hub {
         }
     }
 
-    /// For benchmarks only: fan out in subscription order (the naive way) instead of
-    /// foreground sessions first. Deferral to background sessions is unaffected.
+    /// For benchmarks only (feature `bench`): fan out in subscription order (the naive way)
+    /// instead of foreground sessions first. Deferral to background sessions is unaffected.
+    #[cfg(feature = "bench")]
     pub fn set_naive_fanout(&self, naive: bool) {
         self.naive_fanout.store(naive, Ordering::Relaxed);
     }

@@ -21,6 +21,8 @@ mod conn;
 pub mod histogram;
 pub mod hub;
 pub mod load;
+/// A session without a socket, for the routing fuzz target (feature `local`).
+#[cfg(feature = "local")]
 pub mod local;
 pub mod notify;
 pub mod push;

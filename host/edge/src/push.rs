@@ -170,8 +170,9 @@ pub(crate) struct OutboxRx {
 }
 
 impl OutboxRx {
-    /// Takes what is queued on `stream` now (for [`crate::local`]; the writers use their
-    /// own receivers).
+    /// Takes what is queued on `stream` now (for `crate::local`; the writers use their own
+    /// receivers).
+    #[cfg(feature = "local")]
     pub(crate) fn take(&mut self, stream: PushStream, out: &mut Vec<Push>) {
         let q = &mut self.queues[stream.index()];
         while let Ok(p) = q.try_recv() {
