@@ -158,9 +158,16 @@ async fn read_hello(
         Ok(_) => {
             Err(RequestError::new(ErrorCode::HelloRequired, "first frame must be Hello").into())
         }
+        // Any frame but Hello first is `HelloRequired`, whatever it is: a client frame, a
+        // server frame (which after Hello would be `UnexpectedFrame`) or an unknown type.
         Err(WireError::UnknownFrameType(t)) => Err(RequestError::new(
             ErrorCode::HelloRequired,
             format!("first frame must be Hello, got unknown type {t}"),
+        )
+        .into()),
+        Err(WireError::UnexpectedFrame(name)) => Err(RequestError::new(
+            ErrorCode::HelloRequired,
+            format!("first frame must be Hello, got {name}"),
         )
         .into()),
         Err(e) => Err(wire_fatal(e)),

@@ -125,6 +125,22 @@ async fn frames_before_hello_are_refused() {
         error_code(&c.read().await.unwrap()),
         ErrorCode::HelloRequired
     );
+    assert_eq!(
+        c.closed_code().await,
+        Some(ErrorCode::HelloRequired.as_u16().into())
+    );
+    // So is a server frame first (after Hello it would be a non-fatal `UnexpectedFrame`).
+    let mut c = n.raw().await;
+    c.write_raw(&wire::encode_server(&ServerFrame::Pong { request_id: 1 }))
+        .await;
+    assert_eq!(
+        error_code(&c.read().await.unwrap()),
+        ErrorCode::HelloRequired
+    );
+    assert_eq!(
+        c.closed_code().await,
+        Some(ErrorCode::HelloRequired.as_u16().into())
+    );
     // So is garbage.
     let mut c = n.raw().await;
     c.write_raw(b"GET / HTTP/1.1\r\n\r\n").await;
