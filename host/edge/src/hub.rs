@@ -1659,6 +1659,9 @@ impl Hub {
     /// The new state always counts for delivery planning. Telling co-members costs a notice
     /// per co-member, so it is shed under load and limited per user (`user_presence_*`): a
     /// change over the limit is answered `RateLimited` and co-members are not told of it.
+    /// The limit counts notices, not requests: a state is compared with the one co-members
+    /// were last told of (`presence_told`), never with the session's previous state, so a
+    /// return to what they know costs nothing and needs no retry (protocol §11).
     pub fn set_presence(
         &self,
         session: &Session,

@@ -573,3 +573,69 @@ async fn the_sdk_states_its_presence_again_after_a_refusal() {
     );
     assert!(n.hub().metrics().snapshot().rate_limited_presence >= 1);
 }
+
+/// The presence limit counts notices told to co-members, not `Presence` frames: a change
+/// back to the state co-members were last told of is free and tells nobody, so what they
+/// know is never more than one refused change behind. 30 alternating changes against a
+/// burst of 20 (issue 15): 20 notices; of the last 10 changes, the 5 to the background are
+/// refused and the 5 back to the foreground (what bob was last told) are free.
+#[tokio::test]
+async fn the_presence_limit_counts_notices_and_a_change_back_to_the_told_state_is_free() {
+    use PresenceState::{Background, Foreground};
+    let limits = Limits {
+        // One token a second: none refills while the 30 changes are handled (checked below).
+        user_presence_per_sec: 1,
+        user_presence_burst: 20,
+        ..Limits::default()
+    };
+    let n = TestNode::start_with(limits).await;
+    let mut bob = welcomed(&n, "acme", "bob").await;
+    let mut alice = welcomed(&n, "acme", "alice").await;
+    let mut carol = welcomed(&n, "acme", "carol").await;
+    bob.sync().await;
+    let before = n.hub().metrics().snapshot().rate_limited_presence;
+
+    let started = Instant::now();
+    let states: Vec<PresenceState> = (0..30)
+        .map(|i| if i % 2 == 0 { Background } else { Foreground })
+        .collect();
+    for &state in &states {
+        alice.send(&ClientFrame::Presence { state }).await;
+    }
+    let refusals = alice.sync().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "the counts below assume no token refilled during the changes; they took {took:?}"
+    );
+    assert_eq!(refusals.len(), 5, "{refusals:?}");
+    for f in &refusals {
+        assert_eq!(request_id(f), 0);
+        rate_limited(f);
+    }
+    assert_eq!(
+        n.hub().metrics().snapshot().rate_limited_presence - before,
+        5
+    );
+
+    // Carol's change is queued on bob's notices stream after every notice of alice's: it
+    // marks the end of what alice's 30 changes told him.
+    carol
+        .send(&ClientFrame::Presence { state: Background })
+        .await;
+    carol.sync().await;
+    let mut told = Vec::new();
+    loop {
+        match bob.read_push().await.expect("push streams ended") {
+            ServerFrame::PresenceNotice { user, state } if user == "alice" => told.push(state),
+            ServerFrame::PresenceNotice { user, state } if user == "carol" => {
+                assert_eq!(state, Background);
+                break;
+            }
+            other => panic!("expected presence notices, got {other:?}"),
+        }
+    }
+    assert_eq!(told, states[..20], "the first 20 changes, in order");
+    // Bob's view is alice's true state: the last change was back to the foreground.
+    assert_eq!(told.last(), Some(&Foreground));
+}
