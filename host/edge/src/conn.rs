@@ -216,6 +216,14 @@ async fn session_loop(
         .write_all(&wire::encode_server(&welcome))
         .await
         .map_err(|e| internal(&e))?;
+    // Co-members' presence to this session, and its user's to them. Over the presence
+    // limit, they are not told and the client hears why, as for a `Presence` change.
+    if let Err(e) = hub.session_arrived(session) {
+        ctl_send
+            .write_all(&wire::encode_server(&ServerFrame::Error(e.frame(0))))
+            .await
+            .map_err(|e| internal(&e))?;
+    }
 
     let planner = PushPlanner::new(hub.clone(), session.clone());
     let push_task = tokio::spawn(

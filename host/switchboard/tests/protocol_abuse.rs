@@ -563,25 +563,27 @@ async fn every_group_frame_is_confined_to_the_senders_tenant() {
         })
         .await;
     carol.sync().await;
+    // Before carol's arrival bob was told only of alice (his snapshot when he connected).
+    let mut told = Vec::new();
     loop {
         match bob.read_push().await.unwrap() {
-            ServerFrame::PresenceNotice { user, .. } => {
-                assert_eq!(user, "carol");
-                break;
-            }
+            ServerFrame::PresenceNotice { user, .. } if user == "carol" => break,
+            ServerFrame::PresenceNotice { user, .. } => told.push(user),
             ServerFrame::Deliver(m) => assert_eq!(m.body, body("acme team only")),
             _ => {}
         }
     }
-    // And alice got no receipt from mallory: her only notices are carol's presence.
+    assert_eq!(told, ["alice"]);
+    // And alice got no receipt from mallory: her only notices are bob's and carol's
+    // presence.
+    let mut told = Vec::new();
     loop {
         match alice.read_push().await.unwrap() {
-            ServerFrame::PresenceNotice { user, .. } => {
-                assert_eq!(user, "carol");
-                break;
-            }
+            ServerFrame::PresenceNotice { user, .. } if user == "carol" => break,
+            ServerFrame::PresenceNotice { user, .. } => told.push(user),
             ServerFrame::ReceiptNotice { user, .. } => panic!("receipt from {user}"),
             _ => {}
         }
     }
+    assert_eq!(told, ["bob"]);
 }

@@ -1,0 +1,169 @@
+//! Presence over real QUIC (protocol §11): a new session is told its co-members' current
+//! state, one notice per user, capped; co-members are told when a user's state changes
+//! because a session of it arrived or left, and when its last session closes.
+//!
+//! A user's notices are queued in order on a session's notices stream, so each test ends
+//! what it reads with a marker: a later notice of another user.
+
+mod common;
+
+use common::*;
+use switchboard_core::{GroupId, Limits, PresenceState, TenantId, UserId};
+use switchboard_store::{GroupMeta, Store};
+use switchboard_wire::{self as wire, ClientFrame, ServerFrame};
+
+use PresenceState::{Background, Foreground};
+
+/// A session of `user` (tenant `tenant`) that said `Hello` in `presence`.
+async fn session(n: &TestNode, tenant: &str, user: &str, presence: PresenceState) -> RawClient {
+    let mut c = n.raw().await;
+    c.send(&ClientFrame::Hello(wire::Hello {
+        token: n.token(tenant, user),
+        presence,
+        cursors: vec![],
+        client: "presence-test".into(),
+    }))
+    .await;
+    let w = c.read().await.expect("an answer to hello");
+    assert!(matches!(w, ServerFrame::Welcome { .. }), "{w:?}");
+    c
+}
+
+/// The presence notices `c` reads up to and including `(marker_user, marker_state)`; other
+/// pushes are skipped.
+async fn told_until(
+    c: &mut RawClient,
+    marker_user: &str,
+    marker_state: PresenceState,
+) -> Vec<(String, PresenceState)> {
+    let mut told = Vec::new();
+    loop {
+        if let ServerFrame::PresenceNotice { user, state } =
+            c.read_push().await.expect("push streams ended")
+        {
+            let end = user == marker_user && state == marker_state;
+            told.push((user, state));
+            if end {
+                return told;
+            }
+        }
+    }
+}
+
+fn is(user: &str, state: PresenceState) -> (String, PresenceState) {
+    (user.to_string(), state)
+}
+
+#[tokio::test]
+async fn a_new_session_is_told_each_connected_co_members_state_once() {
+    let n = TestNode::start().await;
+    // Bob has two devices, one in the foreground: he is in the foreground. Carol is in the
+    // background. Dave shares no group with alice, mallory is another tenant's.
+    let _bob_phone = session(&n, "acme", "bob", Foreground).await;
+    let _bob_tablet = session(&n, "acme", "bob", Background).await;
+    let mut carol = session(&n, "acme", "carol", Background).await;
+    let _dave = session(&n, "acme", "dave", Foreground).await;
+    let _mallory = session(&n, "globex", "mallory", Foreground).await;
+    // Alice's other device: her own presence is never told to her.
+    let _alice_phone = session(&n, "acme", "alice", Foreground).await;
+
+    let mut alice = session(&n, "acme", "alice", Foreground).await;
+    // Carol's change is queued after the snapshot: the marker.
+    carol
+        .send(&ClientFrame::Presence { state: Foreground })
+        .await;
+    carol.sync().await;
+    let mut snapshot = told_until(&mut alice, "carol", Foreground).await;
+    assert_eq!(snapshot.pop(), Some(is("carol", Foreground)), "the marker");
+    snapshot.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(snapshot, [is("bob", Foreground), is("carol", Background)]);
+}
+
+#[tokio::test]
+async fn a_co_members_disconnect_is_told_and_so_is_the_return() {
+    let n = TestNode::start().await;
+    let mut alice = session(&n, "acme", "alice", Foreground).await;
+
+    // Bob arrives, then his only session closes: he is told as gone to the background.
+    let bob = session(&n, "acme", "bob", Foreground).await;
+    assert_eq!(
+        told_until(&mut alice, "bob", Foreground).await,
+        [is("bob", Foreground)]
+    );
+    bob.conn.close(0u32.into(), b"bye");
+    assert_eq!(
+        told_until(&mut alice, "bob", Background).await,
+        [is("bob", Background)]
+    );
+
+    // He comes back (told again), opens a second session in the background, and closes the
+    // foreground one: on his remaining device he is in the background.
+    let bob_phone = session(&n, "acme", "bob", Foreground).await;
+    let mut bob_tablet = session(&n, "acme", "bob", Background).await;
+    bob_tablet.sync().await; // registered before the phone goes
+    bob_phone.conn.close(0u32.into(), b"bye");
+    assert_eq!(
+        told_until(&mut alice, "bob", Background).await,
+        [is("bob", Foreground), is("bob", Background)]
+    );
+
+    // His last session, in the background, closes: the notice would repeat what alice
+    // knows, so none is sent. His return is told, whichever of the two the node handles
+    // first, and carol's arrival marks the end.
+    bob_tablet.conn.close(0u32.into(), b"bye");
+    let _bob = session(&n, "acme", "bob", Foreground).await;
+    let _carol = session(&n, "acme", "carol", Foreground).await;
+    assert_eq!(
+        told_until(&mut alice, "carol", Foreground).await,
+        [is("bob", Foreground), is("carol", Foreground)]
+    );
+}
+
+#[tokio::test]
+async fn the_presence_snapshot_is_capped_at_half_the_notice_queue() {
+    let n = TestNode::start_with(Limits {
+        // The snapshot takes at most 4 of the 8 places of the notices queue.
+        outbox_frames: 8,
+        ..Limits::default()
+    })
+    .await;
+    let acme = TenantId::new("acme").unwrap();
+    let crowd = GroupId::new("crowd").unwrap();
+    let others = ["u1", "u2", "u3", "u4", "u5", "u6"];
+    n.store
+        .create_group(
+            &acme,
+            &crowd,
+            GroupMeta {
+                open: true,
+                max_members: 100,
+            },
+        )
+        .unwrap();
+    for m in others.iter().chain(&["alice"]) {
+        n.store
+            .add_member(&acme, &crowd, &UserId::new(m).unwrap())
+            .unwrap();
+    }
+    n.store.flush().unwrap();
+    let mut sessions = Vec::new();
+    for u in others {
+        sessions.push(session(&n, "acme", u, Foreground).await);
+    }
+
+    let mut alice = session(&n, "acme", "alice", Foreground).await;
+    let marker = &mut sessions[0];
+    marker
+        .send(&ClientFrame::Presence { state: Background })
+        .await;
+    marker.sync().await;
+    let mut snapshot = told_until(&mut alice, "u1", Background).await;
+    snapshot.pop();
+    assert_eq!(snapshot.len(), 4, "{snapshot:?}");
+    let mut users: Vec<&str> = snapshot.iter().map(|(u, _)| u.as_str()).collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 4, "one notice per user: {snapshot:?}");
+    assert!(snapshot.iter().all(|(_, s)| *s == Foreground));
+    assert_eq!(n.hub().metrics().snapshot().notices_dropped, 0);
+}
