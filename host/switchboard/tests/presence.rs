@@ -1,6 +1,7 @@
 //! Presence over real QUIC (protocol §11): a new session is told its co-members' current
 //! state, one notice per user, capped; co-members are told when a user's state changes
-//! because a session of it arrived or left, and when its last session closes.
+//! because a session of it arrived or left, and when its last session closes; in large
+//! groups only explicit changes are told.
 //!
 //! A user's notices are queued in order on a session's notices stream, so each test ends
 //! what it reads with a marker: a later notice of another user.
@@ -166,4 +167,38 @@ async fn the_presence_snapshot_is_capped_at_half_the_notice_queue() {
     assert_eq!(users.len(), 4, "one notice per user: {snapshot:?}");
     assert!(snapshot.iter().all(|(_, s)| *s == Foreground));
     assert_eq!(n.hub().metrics().snapshot().notices_dropped, 0);
+}
+
+/// In a large group (`nudge_background_from_members`) a connect would tell every member and
+/// every member connecting would make that the square of the group: arrivals, departures and
+/// snapshots skip it, explicit changes are still told.
+#[tokio::test]
+async fn arrivals_and_snapshots_skip_large_groups_and_changes_do_not() {
+    let n = TestNode::start_with(Limits {
+        // "team" (alice, bob, carol) is large, "closed" (alice, bob) is not.
+        nudge_background_from_members: 3,
+        ..Limits::default()
+    })
+    .await;
+    let mut carol = session(&n, "acme", "carol", Foreground).await;
+    let mut bob = session(&n, "acme", "bob", Foreground).await;
+    let mut alice = session(&n, "acme", "alice", Foreground).await;
+    // Alice's snapshot holds bob ("closed"), not carol (only "team"); carol's change is
+    // told to her all the same, and marks the end.
+    carol
+        .send(&ClientFrame::Presence { state: Background })
+        .await;
+    carol.sync().await;
+    assert_eq!(
+        told_until(&mut alice, "carol", Background).await,
+        [is("bob", Foreground), is("carol", Background)]
+    );
+    // Carol shares only "team" with bob and alice: she was told of neither arrival, and
+    // bob's change is the first notice she gets.
+    bob.send(&ClientFrame::Presence { state: Background }).await;
+    bob.sync().await;
+    assert_eq!(
+        told_until(&mut carol, "bob", Background).await,
+        [is("bob", Background)]
+    );
 }

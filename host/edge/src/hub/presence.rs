@@ -8,7 +8,9 @@
 //!
 //! Cost: a notice per co-member session. Changes and arrivals take a token of the user's
 //! presence limit (a departure is free: it follows an arrival or change that paid); all of
-//! it is shed under load. Every telling runs under the user's membership lock, so one user's
+//! it is shed under load. Arrivals, departures and snapshots skip large groups
+//! (`nudge_background_from_members`): there every member connecting would tell every other,
+//! a cost that grows with the square of the group, so only explicit changes are told. Every telling runs under the user's membership lock, so one user's
 //! notices are queued in the order its states were decided.
 
 use super::*;
@@ -156,6 +158,9 @@ impl Hub {
             else {
                 continue;
             };
+            if cause != Cause::Change && self.large_for_presence(&g) {
+                continue;
+            }
             let subs = g.fanout.lock().subscribers().to_vec();
             for s in subs {
                 if s.user != session.user && reached.insert(s.id) {
@@ -170,11 +175,18 @@ impl Hub {
         Ok(())
     }
 
+    /// Whether `g` is large (`nudge_background_from_members`, 0 = never): arrivals,
+    /// departures and snapshots skip it.
+    fn large_for_presence(&self, g: &GroupState) -> bool {
+        let from = self.limits.nudge_background_from_members;
+        from > 0 && g.members.load(Ordering::Relaxed) >= from
+    }
+
     /// Queues one `PresenceNotice` per connected co-member (other users sharing a group with
     /// `session`, whose state co-members were told) with that told state: at most
     /// [`PRESENCE_SNAPSHOT_USERS`] users (and half of `outbox_frames`), looking at most at
-    /// [`PRESENCE_SNAPSHOT_SCAN`] sessions, groups in id order. Shed under load like every
-    /// presence notice.
+    /// [`PRESENCE_SNAPSHOT_SCAN`] sessions, groups in id order, large groups skipped. Shed
+    /// under load like every presence notice.
     fn push_presence_snapshot(&self, session: &Arc<Session>) {
         if self.shedding(&session.tenant).presence {
             self.metrics.presence_shed.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +205,9 @@ impl Hub {
             else {
                 continue;
             };
+            if self.large_for_presence(&g) {
+                continue;
+            }
             let fanout = g.fanout.lock();
             for s in fanout.subscribers() {
                 scanned += 1;
