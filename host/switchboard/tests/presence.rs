@@ -202,3 +202,53 @@ async fn arrivals_and_snapshots_skip_large_groups_and_changes_do_not() {
         [is("bob", Background)]
     );
 }
+
+/// An arrival over the user's presence limit opens the session all the same, is not told,
+/// and is answered right after `Welcome` with `RateLimited`; stating the presence after the
+/// retry-after tells co-members.
+#[tokio::test]
+async fn an_arrival_over_the_presence_limit_is_refused_after_welcome_and_told_when_stated() {
+    let n = TestNode::start_with(Limits {
+        user_presence_per_sec: 1,
+        user_presence_burst: 1,
+        ..Limits::default()
+    })
+    .await;
+    let mut bob = session(&n, "acme", "bob", Foreground).await;
+    // Alice's first arrival takes her only token; her leaving is free.
+    let alice = session(&n, "acme", "alice", Foreground).await;
+    assert_eq!(
+        told_until(&mut bob, "alice", Foreground).await,
+        [is("alice", Foreground)]
+    );
+    alice.conn.close(0u32.into(), b"bye");
+    assert_eq!(
+        told_until(&mut bob, "alice", Background).await,
+        [is("alice", Background)]
+    );
+
+    let mut alice = session(&n, "acme", "alice", Foreground).await;
+    let refusal = alice.read().await.expect("an answer after Welcome");
+    let ServerFrame::Error(e) = &refusal else {
+        panic!("expected RateLimited, got {refusal:?}")
+    };
+    assert_eq!(
+        (e.request_id, e.error_code()),
+        (0, Some(switchboard_core::ErrorCode::RateLimited))
+    );
+    assert!(e.retry_after_ms > 0, "{e:?}");
+    assert_eq!(n.hub().metrics().snapshot().rate_limited_presence, 1);
+    // The session works, and after the retry-after its state is told.
+    tokio::time::sleep(std::time::Duration::from_millis(e.retry_after_ms.into())).await;
+    alice
+        .send(&ClientFrame::Presence { state: Foreground })
+        .await;
+    assert!(
+        alice.sync().await.is_empty(),
+        "allowed after the retry-after"
+    );
+    assert_eq!(
+        told_until(&mut bob, "alice", Foreground).await,
+        [is("alice", Foreground)]
+    );
+}
