@@ -158,9 +158,16 @@ async fn read_hello(
         Ok(_) => {
             Err(RequestError::new(ErrorCode::HelloRequired, "first frame must be Hello").into())
         }
+        // Any frame but Hello first is `HelloRequired`, whatever it is: a client frame, a
+        // server frame (which after Hello would be `UnexpectedFrame`) or an unknown type.
         Err(WireError::UnknownFrameType(t)) => Err(RequestError::new(
             ErrorCode::HelloRequired,
             format!("first frame must be Hello, got unknown type {t}"),
+        )
+        .into()),
+        Err(WireError::UnexpectedFrame(name)) => Err(RequestError::new(
+            ErrorCode::HelloRequired,
+            format!("first frame must be Hello, got {name}"),
         )
         .into()),
         Err(e) => Err(wire_fatal(e)),
@@ -209,6 +216,14 @@ async fn session_loop(
         .write_all(&wire::encode_server(&welcome))
         .await
         .map_err(|e| internal(&e))?;
+    // Co-members' presence to this session, and its user's to them. Over the presence
+    // limit, they are not told and the client hears why, as for a `Presence` change.
+    if let Err(e) = hub.session_arrived(session) {
+        ctl_send
+            .write_all(&wire::encode_server(&ServerFrame::Error(e.frame(0))))
+            .await
+            .map_err(|e| internal(&e))?;
+    }
 
     let planner = PushPlanner::new(hub.clone(), session.clone());
     let push_task = tokio::spawn(

@@ -40,6 +40,9 @@ use crate::push::{Outbox, Push, PushStream};
 use crate::rates::{Limited, RateLimiter, SessionRates, TenantRates, UserRates, Whose};
 use crate::serving::{PolicySet, Serving, ServingState, ServingVersion, VersionedPolicy};
 
+mod presence;
+pub(crate) use presence::Told;
+
 /// A refusal of one request, sent to the client as an `Error` frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -330,8 +333,8 @@ pub struct Session {
     /// Groups this session is subscribed to (for presence fan-out and cleanup).
     groups: Mutex<HashSet<GroupId>>,
     presence: AtomicU8,
-    /// The presence co-members were last told of (lags `presence` while shed or limited).
-    presence_told: AtomicU8,
+    /// What co-members were last told of this session's user (shared by its sessions).
+    told: Arc<Told>,
     closed: AtomicBool,
     /// `disconnect_slow_consumers`: a full outbox ends the connection instead of switching
     /// it to catch-up. `slow` is set once, and `evict` wakes the connection to close.
@@ -452,6 +455,7 @@ pub(crate) type Key<T> = (TenantId, T);
 struct UserEntry {
     sessions: Vec<Arc<Session>>,
     rates: Arc<UserRates>,
+    told: Arc<Told>,
 }
 
 /// The routing hub. One per node.
@@ -695,6 +699,7 @@ impl Hub {
                 .or_insert_with(|| UserEntry {
                     sessions: Vec::new(),
                     rates: Arc::new(UserRates::new(&self.limits)),
+                    told: Arc::default(),
                 });
             let session = Arc::new(Session {
                 id: self.next_session.fetch_add(1, Ordering::Relaxed),
@@ -706,7 +711,7 @@ impl Hub {
                 sub_changes: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashSet::new()),
                 presence: AtomicU8::new(initial_presence),
-                presence_told: AtomicU8::new(initial_presence),
+                told: entry.told.clone(),
                 closed: AtomicBool::new(false),
                 disconnect_when_slow: self.limits.disconnect_slow_consumers,
                 slow: AtomicBool::new(false),
@@ -724,7 +729,9 @@ impl Hub {
             Ok(v) => v,
             Err(e) => {
                 // Undo: the session never becomes usable (close_session also unregisters it
-                // and lowers the sessions gauge).
+                // and lowers the sessions gauge). It takes the membership lock itself; a Join
+                // in between is undone with the rest.
+                drop(membership);
                 self.close_session(&session);
                 return Err(e);
             }
@@ -772,14 +779,17 @@ impl Hub {
         Ok((groups, resumed))
     }
 
-    /// Removes a session from every group and index. Idempotent.
+    /// Removes a session from every group and index, and tells co-members when that changes
+    /// its user's presence (its last session: it left). Idempotent.
     pub(crate) fn close_session(&self, session: &Arc<Session>) {
         if session.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Serialised with the user's other sessions opening, closing and telling presence.
+        let membership = self.membership_lock(&session.tenant, &session.user);
         let groups: Vec<GroupId> = session.groups.lock().drain().collect();
-        for gid in groups {
-            if let Some(g) = self.groups.get(&(session.tenant.clone(), gid)) {
+        for gid in &groups {
+            if let Some(g) = self.groups.get(&(session.tenant.clone(), gid.clone())) {
                 g.fanout.lock().unsubscribe(session.id);
             }
         }
@@ -800,6 +810,8 @@ impl Hub {
         if park {
             self.rates.park(key, now); // after the entry's shard lock is released
         }
+        self.tell_departure(session, &groups);
+        drop(membership);
         session.rates.tenant.session_closed();
         self.prune_user_rates(now);
         self.metrics.sessions.fetch_sub(1, Ordering::Relaxed);
@@ -1653,76 +1665,6 @@ impl Hub {
         self.groups
             .get(&(tenant.clone(), group.clone()))
             .map(|g| g.members.load(Ordering::Relaxed))
-    }
-
-    /// `Presence`: records the state and tells connected members of the user's groups.
-    ///
-    /// The new state always counts for delivery planning. Telling co-members costs a notice
-    /// per co-member, so it is shed under load and limited per user (`user_presence_*`): a
-    /// change over the limit is answered `RateLimited` and co-members are not told of it.
-    pub fn set_presence(
-        &self,
-        session: &Session,
-        state: PresenceState,
-    ) -> Result<(), RequestError> {
-        let v = match state {
-            PresenceState::Foreground => 0,
-            PresenceState::Background => 1,
-        };
-        let changed = session.presence.swap(v, Ordering::Relaxed) != v;
-        if changed && state == PresenceState::Foreground {
-            // Whatever was deferred while it was in the background comes now, from the log.
-            session.request_catch_up();
-        }
-        // Stating the state co-members already know is free; stating one they were not told
-        // of (shed or limited before) tries again to tell them.
-        if session.presence_told.load(Ordering::Relaxed) == v {
-            return Ok(());
-        }
-        if self.shedding(&session.tenant).presence {
-            // Recorded for delivery planning; co-members are not told while shedding.
-            self.metrics.presence_shed.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let user = &session.rates.user;
-        self.admit_user(
-            session,
-            &user.presence,
-            Limited::Presence,
-            self.limits.user_presence(),
-        )
-        .map_err(|mut e| {
-            e.message
-                .push_str(" (the new state is kept; co-members were not told)");
-            e
-        })?;
-        session.presence_told.store(v, Ordering::Relaxed);
-        let frame = wire::encode_server(&ServerFrame::PresenceNotice {
-            user: session.user.to_string(),
-            state,
-        });
-        let groups: Vec<GroupId> = session.groups.lock().iter().cloned().collect();
-        let mut told = HashSet::new();
-        for gid in groups {
-            let Some(g) = self
-                .groups
-                .get(&(session.tenant.clone(), gid))
-                .map(|g| g.clone())
-            else {
-                continue;
-            };
-            let subs = g.fanout.lock().subscribers().to_vec();
-            for s in subs {
-                if s.user != session.user && told.insert(s.id) {
-                    let notice = Push::Notice {
-                        stream: PushStream::Notices,
-                        frame: frame.clone(),
-                    };
-                    s.push(notice, &self.metrics);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Messages of `group` after `after`, up to `upto`, for a push writer's catch-up.

@@ -327,6 +327,22 @@ async fn each_degradation_level_sheds_what_the_ladder_says() {
     let mut alice = member(&n, "alice", PresenceState::Foreground).await;
     let mut bob = member(&n, "bob", PresenceState::Foreground).await;
     let mut carol = member(&n, "carol", PresenceState::Background).await;
+    // Alice was told of bob's and carol's arrivals, and of carol going to the background.
+    let mut told = Vec::new();
+    while told.len() < 3 {
+        if let Some(ServerFrame::PresenceNotice { user, state }) = alice.read_push().await {
+            told.push((user, state));
+        }
+    }
+    let is = |user: &str, state| (user.to_string(), state);
+    assert_eq!(
+        told,
+        [
+            is("bob", PresenceState::Foreground),
+            is("carol", PresenceState::Foreground),
+            is("carol", PresenceState::Background)
+        ]
+    );
     let hub = n.hub().clone();
     let mut seq = 0;
     for level in 0..=3u8 {
@@ -346,16 +362,11 @@ async fn each_degradation_level_sheds_what_the_ladder_says() {
         } else {
             assert_eq!(presence_shed, 0);
             for want in [PresenceState::Background, PresenceState::Foreground] {
-                loop {
-                    match alice.read_push().await.unwrap() {
-                        // Carol went to the background when she connected.
-                        ServerFrame::PresenceNotice { user, .. } if user == "carol" => {}
-                        ServerFrame::PresenceNotice { user, state } => {
-                            assert_eq!((user.as_str(), state), ("bob", want));
-                            break;
-                        }
-                        other => panic!("expected bob's presence, got {other:?}"),
+                match alice.read_push().await.unwrap() {
+                    ServerFrame::PresenceNotice { user, state } => {
+                        assert_eq!((user.as_str(), state), ("bob", want));
                     }
+                    other => panic!("expected bob's presence, got {other:?}"),
                 }
             }
         }
@@ -425,10 +436,7 @@ async fn an_urgent_message_overtakes_a_bulk_backlog() {
     // Bob reads his push streams by hand: first only the high one.
     let mut bob = n.raw().await;
     bob.hello(&n.token("acme", "bob")).await;
-    let mut high = tokio::time::timeout(WAIT, bob.conn.accept_uni())
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut high, mut buf, first) = accept_push_stream(&bob.conn).await;
 
     // 3.6 MB in all: more than the client's stream window (1.25 MB) and the node's send
     // window (2 MiB) together, less than bob's queue bound (outbox_bytes, 4 MiB).
@@ -439,8 +447,7 @@ async fn an_urgent_message_overtakes_a_bulk_backlog() {
     }
     let urgent_seq = post(&mut alice, 1000, "team", b"!urgent call me").await;
 
-    let mut buf = bytes::BytesMut::new();
-    let mut frames = Vec::new();
+    let mut frames = vec![first];
     let urgent = loop {
         let f = tokio::time::timeout(
             WAIT,
@@ -473,22 +480,15 @@ async fn an_urgent_message_overtakes_a_bulk_backlog() {
     );
 
     // The backlog still arrives, complete and in order, on its own stream.
-    let mut low = tokio::time::timeout(WAIT, bob.conn.accept_uni())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut buf = bytes::BytesMut::new();
+    let (mut low, mut buf, first) = accept_push_stream(&bob.conn).await;
+    let mut first = Some(first);
     let mut next = 1;
     while next <= BULK {
-        let f = tokio::time::timeout(
-            WAIT,
-            switchboard_wire::read_frame(&mut low, &mut buf, 1 << 20),
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-        match switchboard_wire::decode_server(&f, &Default::default()).unwrap() {
+        let f = match first.take() {
+            Some(f) => f,
+            None => next_frame(&mut low, &mut buf).await,
+        };
+        match f {
             ServerFrame::Resume { group, after_seq } => {
                 assert_eq!((group.as_str(), after_seq), ("media", 0))
             }
@@ -500,6 +500,34 @@ async fn an_urgent_message_overtakes_a_bulk_backlog() {
                 next += 1;
             }
             other => panic!("unexpected {other:?} on the low stream"),
+        }
+    }
+}
+
+/// The next frame of a push stream read by hand.
+async fn next_frame(recv: &mut quinn::RecvStream, buf: &mut bytes::BytesMut) -> ServerFrame {
+    let f = tokio::time::timeout(WAIT, switchboard_wire::read_frame(recv, buf, 1 << 20))
+        .await
+        .expect("timed out reading a push stream")
+        .unwrap()
+        .expect("push stream ended");
+    switchboard_wire::decode_server(&f, &Default::default()).unwrap()
+}
+
+/// The next push stream the node opens that is not the notices stream (it carries presence
+/// notices, e.g. the snapshot after `Welcome`), with its first frame.
+async fn accept_push_stream(
+    conn: &quinn::Connection,
+) -> (quinn::RecvStream, bytes::BytesMut, ServerFrame) {
+    loop {
+        let mut recv = tokio::time::timeout(WAIT, conn.accept_uni())
+            .await
+            .expect("no push stream opened")
+            .unwrap();
+        let mut buf = bytes::BytesMut::new();
+        match next_frame(&mut recv, &mut buf).await {
+            ServerFrame::PresenceNotice { .. } => continue,
+            first => return (recv, buf, first),
         }
     }
 }

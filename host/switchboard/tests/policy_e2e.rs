@@ -93,6 +93,15 @@ async fn the_flags_plugin_sends_each_user_its_flags_on_connect_and_on_change() {
         Some(ServerFrame::Flags { flags }) => flags,
         other => panic!("expected Flags, got {other:?}"),
     };
+    // The next push but presence notices (co-members' arrivals, the snapshot).
+    async fn next_but_presence(c: &mut RawClient) -> Option<ServerFrame> {
+        loop {
+            match c.read_push_raw().await {
+                Some(ServerFrame::PresenceNotice { .. }) => {}
+                other => return other,
+            }
+        }
+    }
     let flag = |name: &str, enabled| Flag {
         name: name.into(),
         enabled,
@@ -100,13 +109,13 @@ async fn the_flags_plugin_sends_each_user_its_flags_on_connect_and_on_change() {
     let mut alice = n.raw().await;
     alice.hello(&n.token("acme", "alice")).await;
     assert_eq!(
-        flags_of(alice.read_push_raw().await),
+        flags_of(next_but_presence(&mut alice).await),
         vec![flag("beta", true), flag("everyone", true)]
     );
     let mut bob = n.raw().await;
     bob.hello(&n.token("acme", "bob")).await;
     assert_eq!(
-        flags_of(bob.read_push_raw().await),
+        flags_of(next_but_presence(&mut bob).await),
         vec![flag("beta", false), flag("everyone", true)]
     );
     // Rebinding with new rules re-evaluates for connected users.
@@ -116,13 +125,13 @@ async fn the_flags_plugin_sends_each_user_its_flags_on_connect_and_on_change() {
         &[("flags", "beta:users:alice,bob")],
     );
     assert_eq!(
-        flags_of(bob.read_push_raw().await),
+        flags_of(next_but_presence(&mut bob).await),
         vec![flag("beta", true)]
     );
     // Another tenant has no plugin: an empty set.
     let mut g = n.raw().await;
     g.hello(&n.token("globex", "alice")).await;
-    assert_eq!(flags_of(g.read_push_raw().await), vec![]);
+    assert_eq!(flags_of(next_but_presence(&mut g).await), vec![]);
 }
 
 #[tokio::test]
@@ -176,6 +185,8 @@ async fn the_receipts_plugin_aggregates_instead_of_forwarding() {
                 read,
                 members,
             } => summary = Some((group, seq, delivered, read, members)),
+            // Bob's and carol's arrivals.
+            ServerFrame::PresenceNotice { .. } => {}
             ServerFrame::ReceiptNotice { group, .. } => {
                 assert_eq!(
                     group, "closed",
@@ -214,6 +225,14 @@ async fn the_degradation_plugin_decides_what_is_shed_at_each_level() {
     );
     let mut alice = member(&n, "acme", "alice").await;
     let mut bob = member(&n, "acme", "bob").await;
+    // Bob's arrival, told before anything is shed.
+    assert_eq!(
+        alice.read_push().await,
+        Some(ServerFrame::PresenceNotice {
+            user: "bob".into(),
+            state: PresenceState::Foreground
+        })
+    );
     let acme = "acme".parse().unwrap();
     assert_eq!(n.hub().shedding(&acme), Default::default());
     n.hub().set_load_level(1);

@@ -125,6 +125,22 @@ async fn frames_before_hello_are_refused() {
         error_code(&c.read().await.unwrap()),
         ErrorCode::HelloRequired
     );
+    assert_eq!(
+        c.closed_code().await,
+        Some(ErrorCode::HelloRequired.as_u16().into())
+    );
+    // So is a server frame first (after Hello it would be a non-fatal `UnexpectedFrame`).
+    let mut c = n.raw().await;
+    c.write_raw(&wire::encode_server(&ServerFrame::Pong { request_id: 1 }))
+        .await;
+    assert_eq!(
+        error_code(&c.read().await.unwrap()),
+        ErrorCode::HelloRequired
+    );
+    assert_eq!(
+        c.closed_code().await,
+        Some(ErrorCode::HelloRequired.as_u16().into())
+    );
     // So is garbage.
     let mut c = n.raw().await;
     c.write_raw(b"GET / HTTP/1.1\r\n\r\n").await;
@@ -547,25 +563,27 @@ async fn every_group_frame_is_confined_to_the_senders_tenant() {
         })
         .await;
     carol.sync().await;
+    // Before carol's arrival bob was told only of alice (his snapshot when he connected).
+    let mut told = Vec::new();
     loop {
         match bob.read_push().await.unwrap() {
-            ServerFrame::PresenceNotice { user, .. } => {
-                assert_eq!(user, "carol");
-                break;
-            }
+            ServerFrame::PresenceNotice { user, .. } if user == "carol" => break,
+            ServerFrame::PresenceNotice { user, .. } => told.push(user),
             ServerFrame::Deliver(m) => assert_eq!(m.body, body("acme team only")),
             _ => {}
         }
     }
-    // And alice got no receipt from mallory: her only notices are carol's presence.
+    assert_eq!(told, ["alice"]);
+    // And alice got no receipt from mallory: her only notices are bob's and carol's
+    // presence.
+    let mut told = Vec::new();
     loop {
         match alice.read_push().await.unwrap() {
-            ServerFrame::PresenceNotice { user, .. } => {
-                assert_eq!(user, "carol");
-                break;
-            }
+            ServerFrame::PresenceNotice { user, .. } if user == "carol" => break,
+            ServerFrame::PresenceNotice { user, .. } => told.push(user),
             ServerFrame::ReceiptNotice { user, .. } => panic!("receipt from {user}"),
             _ => {}
         }
     }
+    assert_eq!(told, ["bob"]);
 }

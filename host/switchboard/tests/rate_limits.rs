@@ -509,7 +509,8 @@ async fn next_presence(c: &mut RawClient) -> (String, PresenceState) {
 async fn presence_over_the_user_limit_is_kept_but_not_told_until_stated_again() {
     let limits = Limits {
         user_presence_per_sec: 1,
-        user_presence_burst: 2,
+        // One for alice's arrival, two for changes.
+        user_presence_burst: 3,
         ..Limits::default()
     };
     let n = TestNode::start_with(limits).await;
@@ -517,6 +518,9 @@ async fn presence_over_the_user_limit_is_kept_but_not_told_until_stated_again() 
     let mut bob = welcomed(&n, "acme", "bob").await;
     let presence = |state| ClientFrame::Presence { state };
     use PresenceState::{Background, Foreground};
+    let alice_is = |state| ("alice".to_string(), state);
+    // Bob's snapshot when he connected: alice had arrived in the foreground.
+    assert_eq!(next_presence(&mut bob).await, alice_is(Foreground));
     for state in [Background, Foreground, Background] {
         alice.send(&presence(state)).await;
     }
@@ -527,7 +531,6 @@ async fn presence_over_the_user_limit_is_kept_but_not_told_until_stated_again() 
     assert!(alice.sync().await.is_empty(), "one refusal only");
     assert_eq!(n.hub().metrics().snapshot().rate_limited_presence, 1);
 
-    let alice_is = |state| ("alice".to_string(), state);
     assert_eq!(next_presence(&mut bob).await, alice_is(Background));
     assert_eq!(next_presence(&mut bob).await, alice_is(Foreground));
     // Bob's view now lags: alice is in the background. Stating it again after the
@@ -558,18 +561,88 @@ async fn the_sdk_states_its_presence_again_after_a_refusal() {
     let n = TestNode::start_with(limits).await;
     let mut bob = welcomed(&n, "acme", "bob").await;
     let (alice, _events) = n.client("acme", "alice").await;
-    alice.set_presence(PresenceState::Background).await.unwrap();
-    alice.set_presence(PresenceState::Foreground).await.unwrap();
     let alice_is = |state| ("alice".to_string(), state);
-    assert_eq!(
-        next_presence(&mut bob).await,
-        alice_is(PresenceState::Background)
-    );
-    // The second change was refused; the SDK waits the retry-after and states it again,
-    // without the app doing anything.
+    // Alice's arrival took the only token.
     assert_eq!(
         next_presence(&mut bob).await,
         alice_is(PresenceState::Foreground)
     );
+    alice.set_presence(PresenceState::Background).await.unwrap();
+    // The change was refused; the SDK waits the retry-after and states it again, without
+    // the app doing anything.
+    assert_eq!(
+        next_presence(&mut bob).await,
+        alice_is(PresenceState::Background)
+    );
     assert!(n.hub().metrics().snapshot().rate_limited_presence >= 1);
+}
+
+/// The presence limit counts notices told to co-members, not `Presence` frames: a change
+/// back to the state co-members were last told of is free and tells nobody, so what they
+/// know is never more than one refused change behind. 30 alternating changes against a
+/// burst of 20 (issue 15): 20 notices; of the last 10 changes, the 5 to the background are
+/// refused and the 5 back to the foreground (what bob was last told) are free. (Alice's
+/// arrival, told to bob, takes a 21st token.)
+#[tokio::test]
+async fn the_presence_limit_counts_notices_and_a_change_back_to_the_told_state_is_free() {
+    use PresenceState::{Background, Foreground};
+    let limits = Limits {
+        // One token a second: none refills while the 30 changes are handled (checked below).
+        user_presence_per_sec: 1,
+        user_presence_burst: 21,
+        ..Limits::default()
+    };
+    let n = TestNode::start_with(limits).await;
+    let mut bob = welcomed(&n, "acme", "bob").await;
+    let mut alice = welcomed(&n, "acme", "alice").await;
+    let mut carol = welcomed(&n, "acme", "carol").await;
+    bob.sync().await;
+    let before = n.hub().metrics().snapshot().rate_limited_presence;
+
+    let started = Instant::now();
+    let states: Vec<PresenceState> = (0..30)
+        .map(|i| if i % 2 == 0 { Background } else { Foreground })
+        .collect();
+    for &state in &states {
+        alice.send(&ClientFrame::Presence { state }).await;
+    }
+    let refusals = alice.sync().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "the counts below assume no token refilled during the changes; they took {took:?}"
+    );
+    assert_eq!(refusals.len(), 5, "{refusals:?}");
+    for f in &refusals {
+        assert_eq!(request_id(f), 0);
+        rate_limited(f);
+    }
+    assert_eq!(
+        n.hub().metrics().snapshot().rate_limited_presence - before,
+        5
+    );
+
+    // Carol's change is queued on bob's notices stream after every notice of alice's: it
+    // marks the end of what alice's 30 changes told him.
+    carol
+        .send(&ClientFrame::Presence { state: Background })
+        .await;
+    carol.sync().await;
+    let mut told = Vec::new();
+    loop {
+        match bob.read_push().await.expect("push streams ended") {
+            ServerFrame::PresenceNotice { user, state } if user == "alice" => told.push(state),
+            // Her arrival, then the end marker.
+            ServerFrame::PresenceNotice { user, state } if user == "carol" => {
+                if state == Background {
+                    break;
+                }
+            }
+            other => panic!("expected presence notices, got {other:?}"),
+        }
+    }
+    assert_eq!(told[0], Foreground, "alice's arrival");
+    assert_eq!(told[1..], states[..20], "the first 20 changes, in order");
+    // Bob's view is alice's true state: the last change was back to the foreground.
+    assert_eq!(told.last(), Some(&Foreground));
 }

@@ -45,7 +45,9 @@ pub enum Event {
         user: String,
         kind: ReceiptKind,
     },
-    /// A user sharing a group went foreground or background.
+    /// The presence of a user sharing a group: after each connect, one per connected
+    /// co-member (the node's snapshot), then on every change, including its arrival and its
+    /// leaving (told as `Background`: the protocol has no offline state).
     Presence { user: String, state: PresenceState },
     /// The user's complete feature-flag set, as the tenant's policy evaluates it: after each
     /// connect and whenever it changes. Replaces the previous set.

@@ -2963,7 +2963,9 @@ impl ::core::fmt::Debug for ReceiptNotice<'_> {
 pub enum PresenceNoticeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// A user who shares a group with you changed presence.
+/// The presence of a user who shares a group with you, as all its co-members know it: sent
+/// when it changes (a Presence change, a connection arriving or closing; Background once its
+/// last connection closed) and, after Welcome, once per connected co-member (protocol §11).
 pub struct PresenceNotice<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -3004,7 +3006,7 @@ impl<'a> PresenceNotice<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceNotice::VT_USER, None).unwrap()}
   }
-  /// The new state.
+  /// Its state: Foreground if any of its connections is, else Background.
   #[inline]
   pub fn state(&self) -> PresenceState {
     // Safety:
