@@ -167,6 +167,17 @@ impl Appended {
     }
 }
 
+/// Whether a stored receipt of kind `stored` stays when a receipt of kind `new` arrives: a
+/// receipt is never downgraded (`Read` stays), and a repeated one keeps the time it was first
+/// recorded. Every [`Store`] follows this rule.
+pub(crate) fn keeps_stored_receipt(stored: Option<ReceiptKind>, new: ReceiptKind) -> bool {
+    match stored {
+        None => false,
+        Some(ReceiptKind::Read) => true,
+        Some(ReceiptKind::Delivered) => new == ReceiptKind::Delivered,
+    }
+}
+
 /// A receipt as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredReceipt {

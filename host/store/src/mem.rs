@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use parking_lot::Mutex;
-use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
+use switchboard_core::{GroupId, TenantId, UserId};
 
 use crate::{
     Appended, GroupMeta, NewMessage, Store, StoreError, StoredMessage, StoredReceipt, TenantRecord,
@@ -314,13 +314,8 @@ impl Store for MemStore {
     ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let at = inner.receipts.entry((key(tenant, group), seq)).or_default();
-        let keep = match at.get(&receipt.user).map(|r| r.kind) {
-            None => false,
-            // Never downgrade; a repeated receipt keeps the first time it was recorded.
-            Some(ReceiptKind::Read) => true,
-            Some(ReceiptKind::Delivered) => receipt.kind == ReceiptKind::Delivered,
-        };
-        if !keep {
+        let stored = at.get(&receipt.user).map(|r| r.kind);
+        if !crate::keeps_stored_receipt(stored, receipt.kind) {
             at.insert(receipt.user.clone(), receipt.clone());
         }
         Ok(())

@@ -44,7 +44,7 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use sled::transaction::{abort, ConflictableTransactionError, TransactionError};
 use sled::{IVec, Tree};
-use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
+use switchboard_core::{GroupId, TenantId, UserId};
 
 use crate::secrets::{KeyRing, SecretsError};
 use crate::{
@@ -1011,12 +1011,8 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let key = keys::receipt(tenant, group, seq, &receipt.user);
         cas_update(self, &self.h()?.receipts, key.as_slice(), |current| {
-            let keep = match current.map(codec::decode_receipt).transpose()? {
-                None => false,
-                // Never downgrade; a repeated receipt keeps the first time it was recorded.
-                Some((ReceiptKind::Read, _)) => true,
-                Some((ReceiptKind::Delivered, _)) => receipt.kind == ReceiptKind::Delivered,
-            };
+            let stored = current.map(codec::decode_receipt).transpose()?;
+            let keep = crate::keeps_stored_receipt(stored.map(|(kind, _)| kind), receipt.kind);
             Ok(if keep {
                 Update::Keep(())
             } else {

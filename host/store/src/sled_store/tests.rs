@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tempfile::TempDir;
 
 use super::*;
-use switchboard_core::Lane;
+use switchboard_core::{Lane, ReceiptKind};
 
 pub(super) fn t(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
