@@ -130,10 +130,13 @@ fn main() -> Result<()> {
 }
 
 async fn serve(cfg: Config) -> Result<()> {
+    // Before anything serves: a SIGTERM that arrives while the node starts must stop it
+    // gracefully, not kill it (the default action).
+    let stop = Stop::install()?;
     let store = switchboard::open_store_with_key(&cfg.data_dir, cfg.store_key_file.as_deref())?;
     switchboard::seed(&*store, &cfg)?;
     let node = switchboard::start(&cfg, store).await?;
-    wait_for_signal().await;
+    stop.wait().await;
     node.shutdown().await;
     Ok(())
 }
@@ -142,6 +145,7 @@ const DEMO_TENANT: &str = "demo";
 const DEMO_GROUP: &str = "general";
 
 async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> Result<()> {
+    let stop = Stop::install()?;
     let cfg = Config {
         listen,
         data_dir: data_dir.clone(),
@@ -213,7 +217,7 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
         data = data_dir.display(),
         cert = cert.display(),
     );
-    wait_for_signal().await;
+    stop.wait().await;
     node.shutdown().await;
     Ok(())
 }
@@ -236,17 +240,37 @@ fn mint(store: &dyn Store, tenant: &str, user: &str, ttl: u64) -> Result<String>
     ))
 }
 
-async fn wait_for_signal() {
+/// The signals that stop the node, registered up front so that one arriving during start-up
+/// is kept for [`Stop::wait`] instead of ending the process.
+struct Stop {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down (up to {:?})", Duration::from_secs(5));
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down (up to {:?})", Duration::from_secs(5));
+    }
 }
