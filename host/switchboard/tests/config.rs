@@ -62,6 +62,14 @@ fn bad_files_are_refused_with_a_reason() {
             "must start with http:// or https://",
         ),
         (
+            "data_dir = \"d\"\n[notify]\nwebhook_ca = \"ca.pem\"",
+            "webhook_ca is set without a webhook",
+        ),
+        (
+            "data_dir = \"d\"\n[notify]\nwebhook = \"https://push.example/x\"\nwebhook_ca = \"no-such-ca.pem\"",
+            "no-such-ca.pem",
+        ),
+        (
             "data_dir = \"d\"\n[admin]\nheader_timeout_ms = 0",
             "header_timeout_ms must be greater than zero",
         ),
