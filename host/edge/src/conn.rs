@@ -15,7 +15,6 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::hub::{Hub, RequestError, SendRequest, Session};
-use crate::push::PushPlanner;
 
 /// How long a closing connection waits for its last frames (e.g. a fatal error) to be read.
 const LINGER: Duration = Duration::from_millis(500);
@@ -117,7 +116,7 @@ async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
     };
     let (outbox_tx, outbox_rx) =
-        crate::push::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
+        crate::outbox::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
     let (session, welcome) = match hub.open_session(claims, &hello, outbox_tx) {
         Ok(s) => s,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
@@ -206,7 +205,7 @@ async fn session_loop(
     mut ctl_send: quinn::SendStream,
     mut ctl_recv: quinn::RecvStream,
     mut buf: BytesMut,
-    outbox_rx: crate::push::OutboxRx,
+    outbox_rx: crate::outbox::OutboxRx,
 ) -> Result<(), Fatal> {
     let limits = hub.limits().clone();
     let decode = DecodeLimits::from_limits(&limits);
@@ -225,7 +224,7 @@ async fn session_loop(
             .map_err(|e| internal(&e))?;
     }
 
-    let planner = PushPlanner::new(hub.clone(), session.clone());
+    let planner = hub.push_planner(session.clone());
     let push_task = tokio::spawn(
         crate::push::run(conn.clone(), planner, outbox_rx).instrument(tracing::Span::current()),
     );

@@ -17,24 +17,37 @@ use tracing::{info, warn};
 
 pub mod active_first;
 mod breaker;
+mod clock;
+mod commit;
 mod conn;
+mod error;
+mod groups;
 pub mod histogram;
 pub mod hub;
 pub mod load;
 /// A session without a socket, for the routing fuzz target (feature `local`).
 #[cfg(feature = "local")]
 pub mod local;
+pub mod metrics;
 pub mod notify;
+mod outbox;
 pub mod push;
 mod rates;
 pub mod receipts;
 mod serving;
+mod sessions;
+mod state;
 pub mod tls;
 pub mod webhook;
 
-pub use hub::{Hub, MetricsSnapshot, RequestError};
+pub use error::RequestError;
+pub use hub::Hub;
+pub use metrics::{Metrics, MetricsSnapshot};
 pub use serving::{CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy};
 pub use tls::TlsIdentity;
+
+/// A key scoped to one tenant (tenants share no state).
+pub(crate) type Key<T> = (switchboard_core::TenantId, T);
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +121,9 @@ impl Node {
         tokio::spawn(store_watch(Arc::downgrade(&hub)));
         if cfg.limits.load_sample_ms > 0 {
             // Ends by itself once the hub is gone.
+            let signals: Arc<dyn load::LoadSignals> = hub.clone();
             tokio::spawn(load::monitor(
-                Arc::downgrade(&hub),
+                Arc::downgrade(&signals),
                 cfg.limits.load_sample_ms,
             ));
         }

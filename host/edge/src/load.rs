@@ -16,11 +16,97 @@
 //! Every change is logged by the hub and visible as `switchboard_load_level`; an admin's
 //! forced level (`Hub::set_load_override`) wins over the measured one.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use crate::hub::Hub;
+use dashmap::DashMap;
+use switchboard_core::TenantId;
+use switchboard_policy as policy;
+
+use crate::metrics::Metrics;
+
+/// The node's load level (0 normal .. 3 critical), an admin's forced level, and what each
+/// tenant sheds at the level in force. The tenant's policy decides the shedding; the hub
+/// asks it on every change (`Hub::set_load_level`) and stores the answer here.
+#[derive(Debug)]
+pub(crate) struct Load {
+    measured: AtomicU8,
+    /// [`NO_OVERRIDE`] when no level is forced.
+    forced: AtomicU8,
+    shedding: DashMap<TenantId, policy::Shedding>,
+}
+
+/// `Load::forced` when no level is forced.
+const NO_OVERRIDE: u8 = u8::MAX;
+
+impl Load {
+    pub(crate) fn new() -> Self {
+        Self {
+            measured: AtomicU8::new(0),
+            forced: AtomicU8::new(NO_OVERRIDE),
+            shedding: DashMap::new(),
+        }
+    }
+
+    /// The level in force: the forced one if any, else the measured one.
+    pub(crate) fn level(&self) -> u8 {
+        match self.forced.load(Ordering::Relaxed) {
+            NO_OVERRIDE => self.measured.load(Ordering::Relaxed),
+            forced => forced,
+        }
+    }
+
+    /// Records a measured level; returns the level in force before, if it changed.
+    pub(crate) fn set_measured(&self, level: u8) -> Option<u8> {
+        let before = self.level();
+        self.measured.store(level.min(3), Ordering::Relaxed);
+        (self.level() != before).then_some(before)
+    }
+
+    /// Forces a level (or with `None` goes back to the measured one); returns the level in
+    /// force before, if it changed.
+    pub(crate) fn set_forced(&self, level: Option<u8>) -> Option<u8> {
+        let before = self.level();
+        self.forced
+            .store(level.map_or(NO_OVERRIDE, |l| l.min(3)), Ordering::Relaxed);
+        (self.level() != before).then_some(before)
+    }
+
+    /// What `tenant` sheds now: its policy's answer, or the built-in one for the level.
+    pub(crate) fn shedding(&self, tenant: &TenantId) -> policy::Shedding {
+        match self.shedding.get(tenant) {
+            Some(s) => *s,
+            None => policy::Builtin::on_load(&policy::LoadInfo {
+                level: self.level(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Stores the tenant policy's answer for the level in force (`None`: the built-in one).
+    pub(crate) fn set_shedding(&self, tenant: &TenantId, shed: Option<policy::Shedding>) {
+        match shed {
+            Some(s) => {
+                self.shedding.insert(tenant.clone(), s);
+            }
+            None => {
+                self.shedding.remove(tenant);
+            }
+        }
+    }
+}
+
+/// What the monitor reads and moves (the hub; a trait so this module does not know it).
+pub(crate) trait LoadSignals: Send + Sync + 'static {
+    /// Sends waiting for the committer, % of the commit queue's bound.
+    fn commit_queue_percent(&self) -> u64;
+    /// Pushes queued for all sessions, % of their total bound (walks the sessions).
+    fn push_queue_percent(&self) -> u64;
+    /// A new measured level.
+    fn set_load_level(&self, level: u8);
+    fn metrics(&self) -> &Metrics;
+}
 
 /// Samples below the current level before it steps down (2 s at the default
 /// `load_sample_ms` of 250).
@@ -94,7 +180,7 @@ impl LevelTracker {
 }
 
 /// Samples the hub's load until the hub is dropped, moving its measured level.
-pub(crate) async fn monitor(hub: Weak<Hub>, sample_ms: u64) {
+pub(crate) async fn monitor(hub: Weak<dyn LoadSignals>, sample_ms: u64) {
     let period = Duration::from_millis(sample_ms);
     let mut tracker = LevelTracker::default();
     loop {

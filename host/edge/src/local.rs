@@ -11,7 +11,8 @@ use switchboard_wire::{Hello, ServerFrame};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::hub::{Hub, RequestError, SendRequest, Session};
-use crate::push::{self, OutboxRx, Push, PushPlanner, PushStream};
+use crate::outbox::{self, OutboxRx, Push, PushStream};
+use crate::push::PushPlanner;
 
 /// One open session: its hub state, its push planner and outbox, and its response queue.
 pub struct LocalSession {
@@ -40,12 +41,12 @@ impl LocalSession {
     ) -> Result<(Self, ServerFrame), RequestError> {
         let limits = hub.limits().clone();
         let (tx, outbox) =
-            push::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
+            outbox::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
         let (session, welcome) = hub.open_session(claims, hello, tx)?;
         let (responses_tx, responses) = mpsc::channel(limits.max_inflight_sends as usize + 8);
         Ok((
             Self {
-                planner: PushPlanner::new(hub.clone(), session.clone()),
+                planner: hub.push_planner(session.clone()),
                 session,
                 outbox,
                 responses_tx,

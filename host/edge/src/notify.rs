@@ -13,13 +13,16 @@
 //! member list (at most `max_group_members`) per message.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use switchboard_core::{GroupId, TenantId, UserId};
+use switchboard_store::Store;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+use crate::state::GroupState;
 
 /// Messages waiting for the notification worker. Beyond this they are dropped (counted in
 /// `notifications_dropped`): a push notification is a hint, the message is in the log.
@@ -68,31 +71,66 @@ impl NotifySink for LogSink {
 }
 
 /// A published message whose offline members should be notified.
-pub(crate) struct NotifyJob {
-    pub(crate) tenant: TenantId,
-    pub(crate) group: GroupId,
-    pub(crate) seq: u64,
-    pub(crate) sender: UserId,
+struct NotifyJob {
+    tenant: TenantId,
+    group: GroupId,
+    seq: u64,
+    sender: UserId,
 }
 
-/// Starts the worker for `hub`; it ends when the hub (and so the queue) is dropped.
-pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<NotifyJob> {
+/// The sink in use, replaceable while the node runs (`Hub::set_notify_sink`).
+pub(crate) type SharedSink = Arc<parking_lot::RwLock<Arc<dyn NotifySink>>>;
+
+/// The committer's handle on the notification worker's queue.
+pub(crate) struct Notifier {
+    tx: mpsc::Sender<NotifyJob>,
+    metrics: Arc<Metrics>,
+}
+
+impl Notifier {
+    /// Queues the notification of `g`'s message `seq` without waiting; a full queue drops
+    /// it (counted: a push notification is a hint, the message is in the log).
+    pub(crate) fn queue(&self, g: &GroupState, seq: u64, sender: UserId) {
+        let job = NotifyJob {
+            tenant: g.tenant.clone(),
+            group: g.id.clone(),
+            seq,
+            sender,
+        };
+        if self.tx.try_send(job).is_err() {
+            self.metrics
+                .notifications_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts the worker thread; it ends when the [`Notifier`] (the committer's) is dropped. It
+/// reads the group's members from `store`, skips members connected to this node, and hands
+/// the rest to the sink.
+pub(crate) fn start(
+    store: Arc<dyn Store>,
+    sessions: Arc<Sessions>,
+    sink: SharedSink,
+    metrics: Arc<Metrics>,
+) -> Notifier {
     let (tx, mut rx) = mpsc::channel::<NotifyJob>(NOTIFY_QUEUE);
+    let worker_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("switchboard-notify".into())
         .spawn(move || {
+            let metrics = worker_metrics;
             while let Some(job) = rx.blocking_recv() {
-                let Some(hub) = hub.upgrade() else { return };
-                let members = match hub.store().members(&job.tenant, &job.group) {
+                let members = match store.members(&job.tenant, &job.group) {
                     Ok(m) => m,
                     Err(e) => {
                         warn!(error = %e, "members not read; notifications skipped");
                         continue;
                     }
                 };
-                let sink = hub.notify_sink();
+                let sink = sink.read().clone();
                 for recipient in members {
-                    if recipient == job.sender || hub.is_connected(&job.tenant, &recipient) {
+                    if recipient == job.sender || sessions.is_connected(&job.tenant, &recipient) {
                         continue;
                     }
                     sink.notify(&OfflineNotice {
@@ -102,10 +140,10 @@ pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<NotifyJob> {
                         sender: job.sender.clone(),
                         recipient,
                     });
-                    hub.metrics().notifications.fetch_add(1, Ordering::Relaxed);
+                    metrics.notifications.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Err((lost, e)) = sink.flush() {
-                    hub.metrics()
+                    metrics
                         .notifications_failed
                         .fetch_add(lost as u64, Ordering::Relaxed);
                     warn!(lost, error = %e, group = %job.group, seq = job.seq, "push notifications not delivered");
@@ -113,7 +151,7 @@ pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<NotifyJob> {
             }
         })
         .expect("spawn the notification worker");
-    tx
+    Notifier { tx, metrics }
 }
 
 /// A sink that keeps what it is given (tests, and embedding apps that poll).

@@ -1,6 +1,5 @@
-//! The push path of one session: what the hub queues for a connection ([`Push`], [`Outbox`]),
-//! what goes on the wire next ([`PushPlanner`]), and the writers that put it on the
-//! connection's push streams.
+//! The push path of one session: what goes on the wire next ([`PushPlanner`]), and the
+//! writers that put what the hub queued (`outbox.rs`) on the connection's push streams.
 //!
 //! Each [`PushStream`] is its own QUIC unidirectional stream with its own transport priority,
 //! opened on first use. quinn sends buffered data of a higher-priority stream before any of a
@@ -22,14 +21,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use switchboard_core::{GroupId, Lane};
 use switchboard_router::{self as router, LogError};
 use switchboard_wire as wire;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::active_first::GateTicket;
-use crate::hub::{GroupState, Hub, Session, SubChange};
+use crate::groups::Groups;
+use crate::outbox::{drain, OutboxRx, Push, PushStream};
+use crate::state::{GroupState, Session, SubChange};
 
 /// Bytes of pushes a writer takes from its queue per write (more if a single frame is
 /// larger): enough to pack many small messages into few packets, small enough that planning
@@ -37,193 +37,19 @@ use crate::hub::{GroupState, Hub, Session, SubChange};
 const WRITE_BUDGET: usize = 64 * 1024;
 pub use router::NUDGE_INTERVAL_MS;
 
-/// A connection's push streams, most urgent first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PushStream {
-    /// `Flags` and high-lane deliveries.
-    High,
-    /// Normal-lane deliveries, and catch-up from the log.
-    Normal,
-    /// Low-lane (bulk) deliveries.
-    Low,
-    /// Best-effort notices: receipts, receipt summaries, presence, nudges.
-    Notices,
-}
-
-impl PushStream {
-    /// Every stream, most urgent first.
-    pub const ALL: [PushStream; 4] = [Self::High, Self::Normal, Self::Low, Self::Notices];
-
-    /// The stream that carries deliveries of `lane`.
-    pub fn of_lane(lane: Lane) -> Self {
-        match lane {
-            Lane::High => Self::High,
-            Lane::Normal => Self::Normal,
-            Lane::Low => Self::Low,
-        }
-    }
-
-    /// Position in [`PushStream::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The QUIC send priority (higher is sent first).
-    fn priority(self) -> i32 {
-        3 - self as i32
-    }
-
-    /// For metrics and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::High => "high",
-            Self::Normal => "normal",
-            Self::Low => "low",
-            Self::Notices => "notices",
-        }
-    }
-}
-
-/// What a session's push writers are handed.
-#[derive(Debug)]
-pub(crate) enum Push {
-    /// A new message of `group`, already encoded (shared by every recipient).
-    Deliver {
-        group: GroupId,
-        seq: u64,
-        lane: Lane,
-        frame: Bytes,
-        /// When the message was published (durable): delivery latency is measured from here.
-        published_at: Instant,
-        /// A foreground copy's ticket: released once written, so the background phase of
-        /// its batch can start (`active_first`).
-        gate: Option<GateTicket>,
-    },
-    /// A best-effort notice (receipt, presence, flags): dropped if its queue is full.
-    Notice { stream: PushStream, frame: Bytes },
-    /// `group` has messages up to `seq` that this session is not sent now (deferred while it
-    /// is in the background): tell it with a `Nudge`, at most once per [`NUDGE_INTERVAL_MS`].
-    Nudge { group: GroupId, seq: u64 },
-}
-
-impl Push {
-    pub(crate) fn stream(&self) -> PushStream {
-        match self {
-            Push::Deliver { lane, .. } => PushStream::of_lane(*lane),
-            Push::Notice { stream, .. } => *stream,
-            Push::Nudge { .. } => PushStream::Notices,
-        }
-    }
-
-    /// Encoded size, for write budgets.
-    fn len(&self) -> usize {
-        match self {
-            Push::Deliver { frame, .. } | Push::Notice { frame, .. } => frame.len(),
-            Push::Nudge { .. } => 32,
-        }
-    }
-}
-
-/// A session's queues of pushes, one per [`PushStream`], each bounded by `outbox_frames`,
-/// and all together by `outbox_bytes` of frames (frames are shared between recipients, but
-/// a slow session must not pin an unbounded amount of them). Filling one never blocks the
-/// fan-out: see [`Session`]'s `push`.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    queues: [mpsc::Sender<Push>; 4],
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-}
-
-impl Outbox {
-    /// Queues `p`, or hands it back as `Full` when its queue or the byte bound is full.
-    pub(crate) fn try_push(&self, p: Push) -> Result<(), mpsc::error::TrySendError<Push>> {
-        let len = p.len();
-        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.max_bytes {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(mpsc::error::TrySendError::Full(p));
-        }
-        self.queues[p.stream().index()]
-            .try_send(p)
-            .inspect_err(|_| {
-                self.bytes.fetch_sub(len, Ordering::AcqRel);
-            })
-    }
-
-    /// Bytes of frames queued now.
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Pushes queued on `stream` now.
-    pub(crate) fn depth(&self, stream: PushStream) -> usize {
-        let q = &self.queues[stream.index()];
-        q.max_capacity() - q.capacity()
-    }
-}
-
-/// The writers' end of an [`Outbox`].
-#[derive(Debug)]
-pub(crate) struct OutboxRx {
-    queues: [mpsc::Receiver<Push>; 4],
-    bytes: Arc<AtomicUsize>,
-}
-
-impl OutboxRx {
-    /// Takes what is queued on `stream` now (for `crate::local`; the writers use their own
-    /// receivers).
-    #[cfg(feature = "local")]
-    pub(crate) fn take(&mut self, stream: PushStream, out: &mut Vec<Push>) {
-        let q = &mut self.queues[stream.index()];
-        while let Ok(p) = q.try_recv() {
-            self.bytes.fetch_sub(p.len(), Ordering::AcqRel);
-            out.push(p);
-        }
-    }
-}
-
-/// A new outbox with room for `per_stream` pushes in each queue and `max_bytes` of frames.
-pub(crate) fn outbox(per_stream: usize, max_bytes: usize) -> (Outbox, OutboxRx) {
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let (h_tx, h_rx) = mpsc::channel(per_stream);
-    let (n_tx, n_rx) = mpsc::channel(per_stream);
-    let (l_tx, l_rx) = mpsc::channel(per_stream);
-    let (x_tx, x_rx) = mpsc::channel(per_stream);
-    (
-        Outbox {
-            queues: [h_tx, n_tx, l_tx, x_tx],
-            bytes: bytes.clone(),
-            max_bytes,
-        },
-        OutboxRx {
-            queues: [h_rx, n_rx, l_rx, x_rx],
-            bytes,
-        },
-    )
-}
-
-/// Takes queued pushes until about `budget` bytes are taken.
-fn drain(rx: &mut mpsc::Receiver<Push>, out: &mut Vec<Push>, mut budget: usize) {
-    while budget > 0 {
-        let Ok(p) = rx.try_recv() else { break };
-        budget = budget.saturating_sub(p.len().max(1));
-        out.push(p);
-    }
-}
-
 /// A session's [`router::SessionPlanner`] with the session's state it reads (subscription
-/// changes, the catch-up flag) and the log it reads through the hub. Shared by the session's
+/// changes, the catch-up flag) and the log it reads through [`Groups`]. Shared by the session's
 /// writers (each takes the lock only to plan, never across a write); the transport only
 /// writes the frames it returns, on the stream of the writer that asked.
 pub(crate) struct PushPlanner {
-    hub: Arc<Hub>,
+    groups: Arc<Groups>,
     session: Arc<Session>,
     planner: router::SessionPlanner<Arc<GroupState>>,
 }
 
 /// The log and group state as one session's planner sees them.
 struct SessionLog<'a> {
-    hub: &'a Hub,
+    groups: &'a Groups,
     session: &'a Session,
 }
 
@@ -233,7 +59,7 @@ impl router::GroupLog<Arc<GroupState>> for SessionLog<'_> {
     }
 
     fn defers(&self, g: &Arc<GroupState>) -> bool {
-        self.hub.defers(self.session, g)
+        self.groups.defers(self.session, g)
     }
 
     fn read(
@@ -243,20 +69,20 @@ impl router::GroupLog<Arc<GroupState>> for SessionLog<'_> {
         upto: u64,
     ) -> Result<Vec<wire::Message>, LogError> {
         let msgs = self
-            .hub
+            .groups
             .read_for_catch_up(g, after, upto)
             .map_err(|e| LogError::Read(e.to_string()))?;
         Ok(msgs
             .into_iter()
-            .map(|m| crate::hub::to_message(&g.id, m))
+            .map(|m| crate::groups::to_message(&g.id, m))
             .collect())
     }
 }
 
 impl PushPlanner {
-    pub(crate) fn new(hub: Arc<Hub>, session: Arc<Session>) -> Self {
+    pub(crate) fn new(groups: Arc<Groups>, session: Arc<Session>) -> Self {
         Self {
-            hub,
+            groups,
             session,
             planner: router::SessionPlanner::new(),
         }
@@ -276,7 +102,7 @@ impl PushPlanner {
 
     /// Counts what planning did in the node's metrics.
     fn count(&self, stats: router::PlanStats) {
-        let m = self.hub.metrics();
+        let m = self.groups.metrics();
         if stats.from_log > 0 {
             m.deliveries_catch_up
                 .fetch_add(stats.from_log, Ordering::Relaxed);
@@ -298,12 +124,12 @@ impl PushPlanner {
         };
         let mut stats = router::PlanStats::default();
         let log = SessionLog {
-            hub: &self.hub,
+            groups: &self.groups,
             session: &self.session,
         };
         let planned = self
             .planner
-            .plan(item, crate::hub::now_ms(), &log, out, &mut stats);
+            .plan(item, crate::clock::now_ms(), &log, out, &mut stats);
         self.count(stats);
         if planned? == router::Planned::NeedsCatchUp {
             self.session.request_catch_up();
@@ -320,7 +146,7 @@ impl PushPlanner {
     pub(crate) fn poll_nudges(&mut self, out: &mut Vec<Bytes>) {
         let mut stats = router::PlanStats::default();
         self.planner
-            .poll_nudges(crate::hub::now_ms(), out, &mut stats);
+            .poll_nudges(crate::clock::now_ms(), out, &mut stats);
         self.count(stats);
     }
 
@@ -334,7 +160,7 @@ impl PushPlanner {
         }
         let mut stats = router::PlanStats::default();
         let log = SessionLog {
-            hub: &self.hub,
+            groups: &self.groups,
             session: &self.session,
         };
         let more = self.planner.catch_up(&log, out, &mut stats);
@@ -388,7 +214,7 @@ struct Writer<'a> {
     conn: &'a quinn::Connection,
     kind: PushStream,
     planner: &'a Mutex<PushPlanner>,
-    hub: Arc<Hub>,
+    groups: Arc<Groups>,
     session: Arc<Session>,
     queued_bytes: Arc<AtomicUsize>,
     /// When each live delivery in the current write was published (latency metrics).
@@ -407,15 +233,15 @@ impl<'a> Writer<'a> {
         planner: &'a Mutex<PushPlanner>,
         queued_bytes: &Arc<AtomicUsize>,
     ) -> Self {
-        let (hub, session) = {
+        let (groups, session) = {
             let p = planner.lock();
-            (p.hub.clone(), p.session.clone())
+            (p.groups.clone(), p.session.clone())
         };
         Self {
             conn,
             kind,
             planner,
-            hub,
+            groups,
             session,
             queued_bytes: queued_bytes.clone(),
             published: Vec::new(),
@@ -453,7 +279,7 @@ impl<'a> Writer<'a> {
                 let nudge_timer = async {
                     match nudge_due {
                         Some(at) => {
-                            let wait = at.saturating_sub(crate::hub::now_ms());
+                            let wait = at.saturating_sub(crate::clock::now_ms());
                             tokio::time::sleep(std::time::Duration::from_millis(wait)).await
                         }
                         None => std::future::pending().await,
@@ -528,7 +354,7 @@ impl<'a> Writer<'a> {
         if !self.published.is_empty() {
             // One clock read per write, not per message.
             let now = Instant::now();
-            let m = self.hub.metrics();
+            let m = self.groups.metrics();
             let class = match self.session.presence() {
                 switchboard_core::PresenceState::Foreground => &m.latency_active,
                 switchboard_core::PresenceState::Background => &m.latency_background,
@@ -538,92 +364,5 @@ impl<'a> Writer<'a> {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn d(group: &str, seq: u64, lane: Lane) -> Push {
-        Push::Deliver {
-            group: GroupId::new(group).unwrap(),
-            seq,
-            lane,
-            frame: Bytes::from(vec![0u8; 10]),
-            published_at: Instant::now(),
-            gate: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn each_push_is_queued_on_the_stream_of_its_kind() {
-        let (tx, rx) = outbox(2, 1 << 20);
-        tx.try_push(d("a", 1, Lane::Low)).unwrap();
-        tx.try_push(d("b", 1, Lane::Normal)).unwrap();
-        tx.try_push(d("c", 1, Lane::High)).unwrap();
-        tx.try_push(Push::Nudge {
-            group: GroupId::new("d").unwrap(),
-            seq: 9,
-        })
-        .unwrap();
-        tx.try_push(Push::Notice {
-            stream: PushStream::High,
-            frame: Bytes::new(),
-        })
-        .unwrap();
-        assert_eq!(tx.depth(PushStream::High), 2);
-        assert!(
-            tx.try_push(d("c", 2, Lane::High)).is_err(),
-            "each queue is bounded on its own"
-        );
-        for s in [PushStream::Normal, PushStream::Low, PushStream::Notices] {
-            assert_eq!(tx.depth(s), 1, "{s:?}");
-        }
-        let [mut h, mut n, mut l, mut x] = rx.queues;
-        let mut out = Vec::new();
-        drain(&mut h, &mut out, 1000);
-        assert_eq!(out.len(), 2);
-        assert!(matches!(n.try_recv(), Ok(Push::Deliver { seq: 1, .. })));
-        assert!(matches!(l.try_recv(), Ok(Push::Deliver { seq: 1, .. })));
-        assert!(matches!(x.try_recv(), Ok(Push::Nudge { seq: 9, .. })));
-    }
-
-    #[test]
-    fn drain_stops_at_the_budget_but_takes_at_least_one() {
-        let (tx, rx) = outbox(8, 1 << 20);
-        for seq in 1..=4 {
-            tx.try_push(d("a", seq, Lane::Normal)).unwrap();
-        }
-        let [_, mut n, _, _] = rx.queues;
-        let mut out = Vec::new();
-        drain(&mut n, &mut out, 15); // room for two 10-byte frames
-        assert_eq!(out.len(), 2);
-        out.clear();
-        drain(&mut n, &mut out, 1);
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn queued_bytes_are_bounded_across_streams() {
-        let (tx, rx) = outbox(100, 25);
-        tx.try_push(d("a", 1, Lane::Normal)).unwrap();
-        tx.try_push(d("a", 2, Lane::Low)).unwrap();
-        assert!(
-            matches!(
-                tx.try_push(d("a", 3, Lane::High)),
-                Err(mpsc::error::TrySendError::Full(_))
-            ),
-            "30 bytes would exceed 25"
-        );
-        assert_eq!(tx.bytes(), 20, "a refused push leaves no trace");
-        rx.bytes.fetch_sub(10, Ordering::AcqRel); // what a writer does when it takes one
-        tx.try_push(d("a", 3, Lane::High)).unwrap();
-    }
-
-    #[test]
-    fn priorities_follow_urgency() {
-        let p: Vec<i32> = PushStream::ALL.iter().map(|s| s.priority()).collect();
-        assert!(p.windows(2).all(|w| w[0] > w[1]), "{p:?}");
     }
 }

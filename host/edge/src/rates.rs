@@ -23,7 +23,8 @@ use parking_lot::Mutex;
 use switchboard_core::rate::{Rate, RetryAfterMs, TokenBucket};
 use switchboard_core::{ErrorCode, Limits};
 
-use crate::hub::{Metrics, RequestError};
+use crate::metrics::Metrics;
+use crate::RequestError;
 
 /// What a refused request was, for the message and the `rate_limited_*` counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +159,7 @@ pub(crate) struct RateLimiter {
     user_refill_ms: u64,
     /// Users whose last session closed before their buckets were full: (when they will be
     /// full, the user). Expiries only grow along the queue (constant refill time).
-    parked: Mutex<VecDeque<(u64, crate::hub::Key<switchboard_core::UserId>)>>,
+    parked: Mutex<VecDeque<(u64, crate::Key<switchboard_core::UserId>)>>,
 }
 
 impl RateLimiter {
@@ -257,7 +258,7 @@ impl RateLimiter {
     }
 
     /// Notes that a user's buckets outlive its last session until `now + refill`.
-    pub(crate) fn park(&self, user: crate::hub::Key<switchboard_core::UserId>, now_ms: u64) {
+    pub(crate) fn park(&self, user: crate::Key<switchboard_core::UserId>, now_ms: u64) {
         self.parked
             .lock()
             .push_back((now_ms.saturating_add(self.user_refill_ms), user));
@@ -265,7 +266,7 @@ impl RateLimiter {
 
     /// Parked users whose buckets have refilled by `now`: the hub drops those that are
     /// still without a session.
-    pub(crate) fn expired(&self, now_ms: u64) -> Vec<crate::hub::Key<switchboard_core::UserId>> {
+    pub(crate) fn expired(&self, now_ms: u64) -> Vec<crate::Key<switchboard_core::UserId>> {
         let mut q = self.parked.lock();
         let mut out = Vec::new();
         while q.front().is_some_and(|(at, _)| *at <= now_ms) {

@@ -12,17 +12,22 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use switchboard_core::{GroupId, ReceiptKind, TenantId, UserId};
 use switchboard_policy as policy;
-use switchboard_store::{StoreError, StoredReceipt};
+use switchboard_store::{Store, StoreError, StoredReceipt};
 use switchboard_wire::{self as wire, ServerFrame};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::hub::{now_ms, GroupState, Hub};
-use crate::push::{Push, PushStream};
+use crate::clock::now_ms;
+use crate::groups::Groups;
+use crate::metrics::Metrics;
+use crate::outbox::{Push, PushStream};
+use crate::serving::Policies;
+use crate::sessions::Sessions;
+use crate::state::GroupState;
 
 /// Receipts waiting for the worker, node-wide. Beyond this they are shed.
 pub const RECEIPT_QUEUE: usize = 16_384;
@@ -37,8 +42,17 @@ pub(crate) struct ReceiptJob {
     pub(crate) kind: ReceiptKind,
 }
 
-/// Starts the worker thread for `hub`; it ends when the hub (and so the queue) is dropped.
-pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<ReceiptJob> {
+/// What the worker reads and writes: a narrow view of the node.
+pub(crate) struct ReceiptDeps {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) policies: Arc<Policies>,
+    pub(crate) groups: Arc<Groups>,
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// Starts the worker thread; it ends when the queue's sender (the hub's) is dropped.
+pub(crate) fn start(deps: ReceiptDeps) -> mpsc::Sender<ReceiptJob> {
     let (tx, mut rx) = mpsc::channel(RECEIPT_QUEUE);
     std::thread::Builder::new()
         .name("switchboard-receipts".into())
@@ -52,10 +66,9 @@ pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<ReceiptJob> {
                         Err(_) => break,
                     }
                 }
-                let Some(hub) = hub.upgrade() else { return };
-                if let Err(e) = run_batch(&hub, &mut batch) {
+                if let Err(e) = run_batch(&deps, &mut batch) {
                     warn!(error = %e, "receipts not stored");
-                    hub.metrics()
+                    deps.metrics
                         .receipts_failed
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
@@ -66,18 +79,25 @@ pub(crate) fn start(hub: Weak<Hub>) -> mpsc::Sender<ReceiptJob> {
     tx
 }
 
-fn run_batch(hub: &Hub, batch: &mut Vec<ReceiptJob>) -> Result<(), StoreError> {
-    let m = hub.metrics();
+fn run_batch(deps: &ReceiptDeps, batch: &mut Vec<ReceiptJob>) -> Result<(), StoreError> {
+    let m = &deps.metrics;
     // Messages whose aggregate changed in this batch: one summary each, after the batch.
     let mut summaries: BTreeSet<(TenantId, GroupId, u64)> = BTreeSet::new();
     for job in batch.drain(..) {
         let g = &job.group;
-        let action = hub.receipt_policy(g, job.seq, &job.reader, job.kind);
+        let action = deps.policies.receipt_action(
+            &g.tenant,
+            &g.id,
+            g.members.load(Ordering::Relaxed),
+            job.seq,
+            &job.reader,
+            job.kind,
+        );
         if action == policy::ReceiptAction::Drop {
             m.receipts_dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        hub.store().put_receipt(
+        deps.store.put_receipt(
             &g.tenant,
             &g.id,
             job.seq,
@@ -99,16 +119,17 @@ fn run_batch(hub: &Hub, batch: &mut Vec<ReceiptJob>) -> Result<(), StoreError> {
             user: job.reader.to_string(),
             kind: job.kind,
         });
-        tell_sender(hub, &g.tenant, &g.id, job.seq, frame)?;
+        tell_sender(deps, &g.tenant, &g.id, job.seq, frame)?;
     }
     for (tenant, group, seq) in summaries {
-        let receipts = hub.store().receipts(&tenant, &group, seq)?;
+        let receipts = deps.store.receipts(&tenant, &group, seq)?;
         let read = receipts
             .iter()
             .filter(|r| r.kind == ReceiptKind::Read)
             .count() as u32;
-        let members = hub
-            .group_members(&tenant, &group)
+        let members = deps
+            .groups
+            .loaded_members(&tenant, &group)
             .unwrap_or(receipts.len() as u32);
         let frame = wire::encode_server(&ServerFrame::ReceiptSummary {
             group: group.to_string(),
@@ -118,7 +139,7 @@ fn run_batch(hub: &Hub, batch: &mut Vec<ReceiptJob>) -> Result<(), StoreError> {
             read,
             members,
         });
-        if tell_sender(hub, &tenant, &group, seq, frame)? {
+        if tell_sender(deps, &tenant, &group, seq, frame)? {
             m.receipt_summaries.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -127,23 +148,23 @@ fn run_batch(hub: &Hub, batch: &mut Vec<ReceiptJob>) -> Result<(), StoreError> {
 
 /// Pushes `frame` to the connected sessions of message `seq`'s sender; false if none.
 fn tell_sender(
-    hub: &Hub,
+    deps: &ReceiptDeps,
     tenant: &TenantId,
     group: &GroupId,
     seq: u64,
     frame: bytes::Bytes,
 ) -> Result<bool, StoreError> {
-    let Some(msg) = hub.store().message(tenant, group, seq)? else {
+    let Some(msg) = deps.store.message(tenant, group, seq)? else {
         return Ok(false);
     };
-    let targets = hub.sessions_of(tenant, &msg.sender);
+    let targets = deps.sessions.sessions_of(tenant, &msg.sender);
     for s in &targets {
         s.push(
             Push::Notice {
                 stream: PushStream::Notices,
                 frame: frame.clone(),
             },
-            hub.metrics(),
+            &deps.metrics,
         );
     }
     Ok(!targets.is_empty())

@@ -2,7 +2,7 @@
 //! (a stable share of users, or named groups), each with its own circuit breaker and
 //! handled/failed counters for the automatic-rollback monitor.
 //!
-//! A tenant's [`Serving`] is an immutable value swapped whole ([`crate::Hub::set_policies`]).
+//! A tenant's [`Serving`] is an immutable value swapped whole ([`Policies::bind`]).
 //! An event picks its version once, holding an `Arc`, so it is handled entirely by one version
 //! even if a swap lands mid-call (the swap invariant in ARCHITECTURE.md).
 
@@ -10,11 +10,238 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use switchboard_core::{rollout, GroupId, TenantId, UserId};
+use dashmap::DashMap;
+use switchboard_core::{rollout, ErrorCode, GroupId, Lane, ReceiptKind, TenantId, UserId};
 use switchboard_policy::{self as policy, PolicyStatsSnapshot, TenantPolicy};
 use switchboard_store::FlagRule;
 
 use crate::breaker::Breaker;
+use crate::clock::now_ms;
+use crate::metrics::Metrics;
+use crate::RequestError;
+
+/// Every tenant's bound policy versions and feature-flag rules: the policy gate the hub and
+/// the receipt worker ask. A tenant without a bound version gets [`policy::Builtin`].
+pub(crate) struct Policies {
+    /// Swapping a value here is a hot swap: an event holds the `Arc` of the version it
+    /// picked until it is handled.
+    serving: DashMap<TenantId, Arc<Serving>>,
+    /// Bounds the heavy plugin calls running at once (see [`ServingVersion::call`]).
+    heavy_calls: HeavyCalls,
+    /// Tenants' feature-flag rules from the config store, applied over the plugin's flags.
+    flag_rules: DashMap<TenantId, Arc<BTreeMap<String, FlagRule>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a message needs from its tenant's policy, besides its body.
+pub(crate) struct MessageFacts<'a> {
+    pub(crate) tenant: &'a TenantId,
+    pub(crate) sender: &'a UserId,
+    pub(crate) group: &'a GroupId,
+    pub(crate) group_size: u32,
+    pub(crate) connected_members: u32,
+}
+
+impl Policies {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            serving: DashMap::new(),
+            heavy_calls: HeavyCalls::for_this_machine(),
+            flag_rules: DashMap::new(),
+            metrics,
+        }
+    }
+
+    /// The tenant's active policy plugin, if one is bound.
+    pub(crate) fn active(&self, tenant: &TenantId) -> Option<Arc<TenantPolicy>> {
+        self.serving
+            .get(tenant)
+            .and_then(|s| s.active.as_ref().map(|v| v.policy.clone()))
+    }
+
+    /// Binds a tenant's versions (both `None`: the built-in policy). Takes effect for the
+    /// next event; events in flight finish on the version they picked.
+    pub(crate) fn bind(&self, tenant: &TenantId, set: PolicySet) {
+        if set.active.is_none() && set.canary.is_none() {
+            self.serving.remove(tenant);
+        } else {
+            let current = self.serving.get(tenant).map(|s| s.clone());
+            let next = Serving::next(tenant, current.as_deref(), set);
+            self.serving.insert(tenant.clone(), Arc::new(next));
+        }
+    }
+
+    /// What the tenant serves now, with live figures per version.
+    pub(crate) fn state(&self, tenant: &TenantId) -> ServingState {
+        match self.serving.get(tenant) {
+            Some(s) => ServingState {
+                active: s.active.as_ref().map(|v| v.snapshot()),
+                canary: s.canary.as_ref().map(|c| c.version.snapshot()),
+            },
+            None => ServingState::default(),
+        }
+    }
+
+    /// Tenants with a bound version.
+    pub(crate) fn tenants(&self) -> Vec<TenantId> {
+        self.serving.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Replaces the tenant's feature-flag rules.
+    pub(crate) fn set_flag_rules(&self, tenant: &TenantId, rules: BTreeMap<String, FlagRule>) {
+        if rules.is_empty() {
+            self.flag_rules.remove(tenant);
+        } else {
+            self.flag_rules.insert(tenant.clone(), Arc::new(rules));
+        }
+    }
+
+    /// What the tenant's active version sheds at `level` (`None` without a bound version).
+    pub(crate) fn on_load(&self, tenant: &TenantId, level: u8) -> Option<policy::Shedding> {
+        let p = self.active(tenant)?;
+        let load = policy::LoadInfo {
+            level,
+            tenant_message_rate: 0,
+            tenant_connections: 0,
+        };
+        Some(self.count_fallback(p.on_load(&load)))
+    }
+
+    /// The version that handles a per-message or per-receipt event of `user`, unless none is
+    /// bound or that version's circuit breaker is open (then the caller uses the built-in
+    /// default; the skip counts as a failure of the version).
+    fn hot_policy(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        group: &GroupId,
+    ) -> Option<Arc<ServingVersion>> {
+        let serving = self.serving.get(tenant)?.clone();
+        let v = serving.pick(user, Some(group))?.clone();
+        v.handled.fetch_add(1, Ordering::Relaxed);
+        if v.breaker.is_open(now_ms()) {
+            v.failed.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .policy_breaker_skips
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(v)
+    }
+
+    /// Like [`Policies::count_fallback`], also feeding the version's circuit breaker and
+    /// counters.
+    fn guarded<T>(&self, tenant: &TenantId, v: &ServingVersion, d: policy::Decision<T>) -> T {
+        let failed = matches!(d.source, policy::Source::Fallback(_));
+        if failed {
+            v.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if v.breaker.record(failed, now_ms()) {
+            tracing::warn!(
+                %tenant,
+                version = %v.version,
+                "policy plugin keeps failing: built-in defaults for {} ms",
+                Breaker::OPEN_MS
+            );
+        }
+        self.count_fallback(d)
+    }
+
+    fn count_fallback<T>(&self, d: policy::Decision<T>) -> T {
+        if let policy::Source::Fallback(reason) = &d.source {
+            self.metrics
+                .policy_fallbacks
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(?reason, "policy call fell back to the built-in default");
+        }
+        d.value
+    }
+
+    /// The tenant's verdict on a message: its lane and whether to notify offline members,
+    /// or a refusal with the policy's reason. One call per message, whatever the group's
+    /// size.
+    pub(crate) fn message_verdict(
+        &self,
+        m: MessageFacts<'_>,
+        body: &[u8],
+    ) -> Result<(Lane, bool), RequestError> {
+        let Some(v) = self.hot_policy(m.tenant, m.sender, m.group) else {
+            // The built-in default, without building its input.
+            return Ok((Lane::Normal, false));
+        };
+        let info = policy::MessageInfo {
+            group: m.group.to_string(),
+            sender: m.sender.to_string(),
+            body_size: body.len() as u32,
+            body_prefix: body[..body.len().min(policy::BODY_PREFIX_BYTES)].to_vec(),
+            group_size: m.group_size,
+            connected_members: m.connected_members,
+        };
+        match self.guarded(
+            m.tenant,
+            &v,
+            v.call(&self.heavy_calls, |p| p.on_message(&info)),
+        ) {
+            policy::Verdict::Accept(d) => {
+                if d.notify_offline {
+                    self.metrics
+                        .notify_offline_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok((d.lane, d.notify_offline))
+            }
+            policy::Verdict::Reject(reason) => {
+                self.metrics
+                    .policy_rejections
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(RequestError::new(ErrorCode::PolicyRejected, reason))
+            }
+        }
+    }
+
+    /// What the tenant's policy does with one receipt (the receipt worker asks).
+    pub(crate) fn receipt_action(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        group_size: u32,
+        seq: u64,
+        reader: &UserId,
+        kind: ReceiptKind,
+    ) -> policy::ReceiptAction {
+        match self.hot_policy(tenant, reader, group) {
+            Some(v) => {
+                let info = policy::ReceiptInfo {
+                    group: group.to_string(),
+                    seq,
+                    reader: reader.to_string(),
+                    kind,
+                    group_size,
+                };
+                self.guarded(tenant, &v, v.policy.on_receipt(&info))
+            }
+            None => policy::ReceiptAction::Forward,
+        }
+    }
+
+    /// The user's feature flags: the plugin's, with the tenant's flag rules applied over them.
+    pub(crate) fn flags(&self, tenant: &TenantId, user: &UserId) -> Vec<policy::Flag> {
+        let serving = self.serving.get(tenant).map(|s| s.clone());
+        let flags = match serving.as_deref().and_then(|s| s.pick(user, None)) {
+            Some(v) => self.count_fallback(v.call(&self.heavy_calls, |p| {
+                p.evaluate_flags(&policy::FlagContext {
+                    user: user.to_string(),
+                    group: None,
+                })
+            })),
+            None => Vec::new(),
+        };
+        match self.flag_rules.get(tenant).map(|r| r.clone()) {
+            Some(rules) => apply_flag_rules(user, flags, &rules),
+            None => flags,
+        }
+    }
+}
 
 /// A policy with the version label it was bound under (for status and metrics).
 #[derive(Debug, Clone)]

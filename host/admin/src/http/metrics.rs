@@ -91,7 +91,7 @@ pub(super) fn render(control: &Control) -> Result<String, ControlError> {
 }
 
 /// Delivery latency (publish → handed to QUIC) by the receiving session's presence.
-fn latency_series(out: &mut String, m: &switchboard_edge::hub::Metrics) {
+fn latency_series(out: &mut String, m: &switchboard_edge::Metrics) {
     let name = "switchboard_delivery_latency_seconds";
     family(
         out,

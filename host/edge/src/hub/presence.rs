@@ -13,6 +13,8 @@
 //! a cost that grows with the square of the group, so only explicit changes are told. Every telling runs under the user's membership lock, so one user's
 //! notices are queued in the order its states were decided.
 
+use std::collections::HashSet;
+
 use super::*;
 
 /// Most co-members in a new session's presence snapshot; at most half its notice queue
@@ -21,12 +23,6 @@ pub const PRESENCE_SNAPSHOT_USERS: usize = 256;
 /// Most co-member sessions a snapshot looks at, so that a user in many big groups costs the
 /// node a bounded scan per connection, not one over every co-member.
 const PRESENCE_SNAPSHOT_SCAN: usize = 4096;
-
-/// What a user's co-members were last told of its presence: `None` when nothing (its arrival
-/// was shed or refused) or that it left. Shared by the user's sessions; written only under
-/// its membership lock. Lock order: a group's fanout lock, then this.
-#[derive(Debug, Default)]
-pub(crate) struct Told(Mutex<Option<PresenceState>>);
 
 /// What made the user's presence worth telling again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,11 +147,7 @@ impl Hub {
         });
         let mut reached = HashSet::new();
         for gid in groups {
-            let Some(g) = self
-                .groups
-                .get(&(session.tenant.clone(), gid.clone()))
-                .map(|g| g.clone())
-            else {
+            let Some(g) = self.groups.loaded(&session.tenant, gid) else {
                 continue;
             };
             if cause != Cause::Change && self.large_for_presence(&g) {
@@ -198,11 +190,7 @@ impl Hub {
         let mut seen: HashSet<UserId> = HashSet::new();
         let mut scanned = 0usize;
         'groups: for gid in groups {
-            let Some(g) = self
-                .groups
-                .get(&(session.tenant.clone(), gid))
-                .map(|g| g.clone())
-            else {
+            let Some(g) = self.groups.loaded(&session.tenant, &gid) else {
                 continue;
             };
             if self.large_for_presence(&g) {
