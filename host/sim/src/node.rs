@@ -562,6 +562,10 @@ impl Sim {
         };
         if !open {
             self.report.gate_timeouts += 1;
+        }
+        // The oracle's own clock decides whether the gate's deadline excuses background
+        // copies written before the foreground's (not the driver's decision above).
+        if self.now_ms >= p.published_ms + FOREGROUND_GATE_MS {
             self.expired.insert(p.batch);
         }
         let shedding = self.load.shedding();

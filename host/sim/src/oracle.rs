@@ -79,9 +79,11 @@ impl Sim {
         }
     }
 
-    /// Lets everything in flight land: no new sends, faults or membership changes; every
-    /// client reconnects, comes to the foreground and reads; unacknowledged sends are resent
-    /// until acked (or refused: the user left the group).
+    /// Lets everything in flight land, in two rounds. First the traffic stops: every client
+    /// reconnects, comes to the foreground and reads, and with nothing resent every device
+    /// must have everything up to each group's head (a session whose queue overflowed is
+    /// caught up by the node alone, not by a later message or resend). Then unacknowledged
+    /// sends are resent until acked (or refused: the user left the group).
     pub(crate) fn settle(&mut self) {
         self.cfg.flush_failure_pct = 0;
         self.check_trailing_nudges();
@@ -99,14 +101,28 @@ impl Sim {
                     }
                 }
             }
+        }
+        // Sends still waiting for the committer stay there: a publish now would fill a
+        // session's gap on its own and hide a missed catch-up.
+        self.drain(false);
+        self.check_caught_up("once the traffic stopped");
+        for c in 0..self.clients.len() {
             for (g, id, body) in self.clients[c].unacked.clone() {
                 self.submit(c, g, id, body);
             }
         }
+        self.drain(true);
+    }
+
+    /// Publishes (flushing what waits for the committer when `commit`), writes and reads
+    /// until nothing moves.
+    fn drain(&mut self, commit: bool) {
         for _ in 0..10_000 {
             let before = (self.report.delivered, self.report.acked);
             self.now_ms += FOREGROUND_GATE_MS;
-            self.flush();
+            if commit {
+                self.flush();
+            }
             while !self.phase2.is_empty() {
                 self.run_phase2();
             }
@@ -129,7 +145,7 @@ impl Sim {
                 }
             }
             let moved = before != (self.report.delivered, self.report.acked);
-            if !moved && !pending && self.commits.is_empty() {
+            if !moved && !pending && (!commit || self.commits.is_empty()) {
                 return;
             }
         }
@@ -175,17 +191,11 @@ impl Sim {
         }
     }
 
-    /// Every device has every message of each of its user's groups; every acknowledgement
-    /// names the logged message; nothing is left unacknowledged.
-    pub(crate) fn check_end_state(&mut self) {
+    /// Every device has every message of each of its user's groups (from where its
+    /// subscription started), or says why not.
+    fn check_caught_up(&mut self, when: &str) {
         let mut problems = Vec::new();
         for (c, client) in self.clients.iter().enumerate() {
-            if !client.unacked.is_empty() {
-                problems.push((
-                    Invariant::AckAfterDurable,
-                    format!("client {c}: {} sends never acked", client.unacked.len()),
-                ));
-            }
             let session = client.session.and_then(|id| self.sessions.get(&id));
             for &g in &self.users[client.user].groups {
                 let head = self.groups[g].fanout.head();
@@ -197,12 +207,31 @@ impl Sim {
                     .map_or(0, |span| span.after);
                 let got = client.tracker.cursor(g).unwrap_or(0).max(start);
                 if client.tracker.unannounced(g) {
-                    let what = format!("client {c}: g{g} deliveries held, never announced");
+                    let what =
+                        format!("client {c}: g{g} deliveries held, never announced ({when})");
                     problems.push((Invariant::ResumeFirst, what));
                 } else if got != head {
-                    let what = format!("client {c}: group g{g} at {got}, head {head}");
+                    let what = format!("client {c}: group g{g} at {got}, head {head} ({when})");
                     problems.push((Invariant::InOrderNoGap, what));
                 }
+            }
+        }
+        for (inv, p) in problems {
+            self.violation(inv, p);
+        }
+    }
+
+    /// Every device has every message of each of its user's groups; every acknowledgement
+    /// names the logged message; nothing is left unacknowledged.
+    pub(crate) fn check_end_state(&mut self) {
+        self.check_caught_up("settled");
+        let mut problems = Vec::new();
+        for (c, client) in self.clients.iter().enumerate() {
+            if !client.unacked.is_empty() {
+                problems.push((
+                    Invariant::AckAfterDurable,
+                    format!("client {c}: {} sends never acked", client.unacked.len()),
+                ));
             }
         }
         for ((g, sender, id), seq) in &self.acks {
