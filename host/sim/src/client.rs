@@ -87,7 +87,8 @@ impl Tracker {
         }
         // Never back on one connection: a late `Resume` of a subscription that ended (a
         // leave and a rejoin, their frames on different streams) must not reopen what the
-        // newer one moved past. (The SDK's tracker lets it: see the crate's report notes.)
+        // newer one moved past. (The SDK's `DeliveryTracker::resume` lets it when the device
+        // had no cursor of the group: its deliveries are then held until a reconnect.)
         let next = (after.max(seen) + 1).max(t.next.unwrap_or(0));
         t.next = Some(next);
         t.held.retain(|&seq, _| seq >= next);
@@ -181,7 +182,8 @@ impl Sim {
             ServerFrame::Resume { after_seq, .. } => {
                 if after_seq != span.after {
                     let what = format!(
-                        "client {c}: Resume of g{g} after {after_seq}, its subscription starts at {}",
+                        "client {c}: Resume of g{g} after {after_seq}, its subscription \
+                         starts at {}",
                         span.after
                     );
                     return self.violation(start, what);

@@ -17,8 +17,9 @@
 //! `load` the load level, `config` and `rng` the run's shape and randomness.
 //!
 //! Membership is modelled as the hub does it (one admit core for `Join` and an admin's add,
-//! one drop core for `Leave` and an admin's removal: `Hub::join` / `add_member`, `Hub::leave`
-//! / `remove_member`, being refactored into `admit_member` / `drop_member`): the store first, then every connected session of the user is subscribed (at the group's
+//! one drop core for `Leave` and an admin's removal: `Hub::join` / `add_member`,
+//! `Hub::leave` / `remove_member`, being refactored into `admit_member` / `drop_member`):
+//! the store first, then every connected session of the user is subscribed (at the group's
 //! durable head) or unsubscribed at once in the group's fan-out, and the change is queued
 //! for the session's planner, which applies queued changes before planning anything. The
 //! oracle tags every frame a writer puts on the wire with the session's count of

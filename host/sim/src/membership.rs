@@ -1,8 +1,9 @@
 //! Membership as the hub changes it (`Hub::join` / `add_member` and `Hub::leave` /
-//! `remove_member`, with `subscribe` and `unsubscribe`): one admit core and one drop core shared by a user's own `Join`/`Leave`
-//! and an admin's add/remove, every connected session of the user following at once, and
-//! the change queued for the session's planner ([`SubChange`]), which the writer applies
-//! before it plans anything. The oracle records each subscription as a [`Span`].
+//! `remove_member`, with `subscribe` and `unsubscribe`): one admit core and one drop core
+//! shared by a user's own `Join`/`Leave` and an admin's add/remove, every connected session
+//! of the user following at once, and the change queued for the session's planner
+//! ([`SubChange`]), which the writer applies before it plans anything. The oracle records
+//! each subscription as a [`Span`].
 
 use std::collections::BTreeSet;
 
