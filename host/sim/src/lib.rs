@@ -84,6 +84,9 @@ pub struct Report {
     /// Joins while a send to the group waited for its flush (the same batch), and joins
     /// where the committer published between reading the head and subscribing.
     pub joins_racing_publish: u64,
+    /// Leaves while a send to the group waited for its flush, and leaves where the committer
+    /// published between the store's removal and the unsubscriptions.
+    pub leaves_racing_publish: u64,
     /// Leaves or removals while one of the user's sessions had a full push queue.
     pub leaves_with_full_queue: u64,
     /// A session subscribed again to a group it had left on the same connection.

@@ -163,6 +163,16 @@ impl Sim {
         if sessions.len() > 1 {
             self.report.multi_session_changes += 1;
         }
+        if self.commits.iter().any(|c| c.group == g) {
+            self.report.leaves_racing_publish += 1;
+        }
+        if !self.commits.is_empty() && self.rng.pct(25) {
+            // The committer runs between the store's removal and the unsubscriptions: its
+            // copies still reach the user's sessions, and count as committed before the
+            // leave (which takes effect, for delivery, when the sessions are unsubscribed).
+            self.report.leaves_racing_publish += 1;
+            self.flush();
+        }
         let cap = self.cfg.queue_frames;
         let full = sessions
             .iter()

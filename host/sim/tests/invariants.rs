@@ -168,9 +168,10 @@ fn joins_racing_a_publish_start_at_the_head_and_miss_nothing_after_it() {
     assert!(total(&reports, |r| r.failed_flushes) > 100);
 }
 
-/// Leaves while the session's queue is full (one-frame queues, dead and slow readers): what
-/// was queued before may still arrive, in order and once, and catch-up brings nothing of the
-/// group it left.
+/// Leaves while the session's queue is full (one-frame queues, dead and slow readers), and
+/// leaves racing a publish (a send to the group in the same batch, or the committer running
+/// between the store's removal and the unsubscriptions): what was written before may still
+/// arrive, in order and once; nothing is written after, not even by catch-up.
 #[test]
 fn a_leave_while_the_queue_is_full_stops_delivery_at_once() {
     let cfg = Config {
@@ -181,6 +182,7 @@ fn a_leave_while_the_queue_is_full_stops_delivery_at_once() {
     };
     let reports = check_seeds(900..940, cfg);
     assert!(total(&reports, |r| r.leaves_with_full_queue) > 100);
+    assert!(total(&reports, |r| r.leaves_racing_publish) > 100);
     assert!(total(&reports, |r| r.overflows) > 1_000);
     assert!(total(&reports, |r| r.stale_frames) > 0);
 }
