@@ -1,8 +1,10 @@
 //! The `routing_sim` target: the routing core (`host/router`) under the seeded simulation
-//! (`host/sim`), with the input choosing the node's shape, the seed and every operation.
-//! Any invariant the simulation's oracle checks (exactly once and in order per connection
-//! and across reconnects, acknowledged means logged, active first, nudges rate-limited,
-//! nothing missing once settled) is a crash here.
+//! (`host/sim`), with the input choosing the node's shape, the seed and every operation
+//! (traffic, faults, membership changes, load levels; `Sim::run_bytes`). Any invariant the
+//! simulation's oracle checks (exactly once and in order per device and across reconnects,
+//! acknowledged means durable and logged, active first, nudges rate-limited and never
+//! moving the position, a new member from the head, nothing after a leave, fan-outs holding
+//! exactly the members' sessions, nothing missing once settled) is a crash here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

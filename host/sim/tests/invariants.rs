@@ -118,3 +118,102 @@ fn messages_whose_first_flush_failed_reach_every_member_once_revealed() {
     let reports = check_seeds(600..640, cfg);
     assert!(total(&reports, |r| r.delivered) > 1_000);
 }
+
+/// Membership changing under traffic: users join and leave, admins add and remove users
+/// with sessions on several devices. A new member starts at the group's durable head and
+/// gets everything after it once, in order; after a leave nothing more is written for the
+/// subscription it ended; every session of the user follows each change; the fan-out holds
+/// exactly the members' sessions.
+#[test]
+fn membership_changes_under_traffic_keep_every_invariant() {
+    let cfg = Config {
+        extra_membership_per_mille: 60,
+        multi_device_pct: 60,
+        ..Config::default()
+    };
+    let reports = check_seeds(700..760, cfg);
+    for (what, n) in [
+        ("joins", total(&reports, |r| r.joins)),
+        ("leaves", total(&reports, |r| r.leaves)),
+        ("admin adds", total(&reports, |r| r.admin_adds)),
+        ("admin removes", total(&reports, |r| r.admin_removes)),
+        (
+            "changes of users with 2+ sessions",
+            total(&reports, |r| r.multi_session_changes),
+        ),
+        ("rejoins on one connection", total(&reports, |r| r.rejoins)),
+        (
+            "frames of ended subscriptions",
+            total(&reports, |r| r.stale_frames),
+        ),
+    ] {
+        assert!(n > 100, "only {n} {what}");
+    }
+    assert!(total(&reports, |r| r.delivered) > 10_000);
+}
+
+/// Joins racing a publish: a send to the group waits for its flush when the user joins (the
+/// same batch), or the committer publishes between the hub's read of the head and the
+/// subscription. The member starts at the head it was admitted at and gets the racing
+/// message (live or from the log), once.
+#[test]
+fn joins_racing_a_publish_start_at_the_head_and_miss_nothing_after_it() {
+    let cfg = Config {
+        extra_membership_per_mille: 120,
+        flush_failure_pct: 20,
+        ..Config::default()
+    };
+    let reports = check_seeds(800..840, cfg);
+    assert!(total(&reports, |r| r.joins_racing_publish) > 200);
+    assert!(total(&reports, |r| r.failed_flushes) > 100);
+}
+
+/// Leaves while the session's queue is full (one-frame queues, dead and slow readers), and
+/// leaves racing a publish (a send to the group in the same batch, or the committer running
+/// between the store's removal and the unsubscriptions): what was written before may still
+/// arrive, in order and once; nothing is written after, not even by catch-up.
+#[test]
+fn a_leave_while_the_queue_is_full_stops_delivery_at_once() {
+    let cfg = Config {
+        queue_frames: 1,
+        read_batch: 2,
+        extra_membership_per_mille: 80,
+        ..Config::default()
+    };
+    let reports = check_seeds(900..940, cfg);
+    assert!(total(&reports, |r| r.leaves_with_full_queue) > 100);
+    assert!(total(&reports, |r| r.leaves_racing_publish) > 100);
+    assert!(total(&reports, |r| r.overflows) > 1_000);
+    assert!(total(&reports, |r| r.stale_frames) > 0);
+}
+
+/// Every user on two or three devices: an admin's add or removal moves all of its sessions.
+#[test]
+fn admin_changes_move_every_session_of_the_user() {
+    let cfg = Config {
+        multi_device_pct: 100,
+        users: 8,
+        extra_membership_per_mille: 60,
+        ..Config::default()
+    };
+    let reports = check_seeds(1_000..1_030, cfg);
+    assert!(total(&reports, |r| r.admin_adds + r.admin_removes) > 300);
+    assert!(total(&reports, |r| r.multi_session_changes) > 300);
+}
+
+/// The load level moves up and down mid-stream (up at once, down one step after calm
+/// samples, an admin's forced level winning) and from level 1 the tenant sheds background
+/// delivery: background members get nudges instead, and nothing is lost when it stops.
+#[test]
+fn load_levels_moving_up_and_down_shed_background_delivery_without_gaps() {
+    let cfg = Config {
+        defer_background_at: 1,
+        nudge_from_members: 0,
+        ..Config::default()
+    };
+    let reports = check_seeds(1_100..1_140, cfg);
+    assert!(total(&reports, |r| r.level_changes) > 200);
+    assert!(reports.iter().any(|r| r.max_level == 3));
+    assert!(total(&reports, |r| r.shed_deferrals) > 100);
+    assert!(total(&reports, |r| r.nudges) > 100);
+}
