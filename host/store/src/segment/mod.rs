@@ -201,16 +201,12 @@ impl Retention {
         group_limits.or(tenant_limits.or(self.default))
     }
 
-    fn is_unlimited(&self) -> bool {
-        self.default == RetentionLimits::default()
-            && self
-                .tenants
-                .values()
-                .all(|l| *l == RetentionLimits::default())
-            && self
-                .groups
-                .values()
-                .all(|l| *l == RetentionLimits::default())
+    /// Whether any limit is set (else retention never deletes anything).
+    pub fn is_limited(&self) -> bool {
+        let none = RetentionLimits::default();
+        self.default != none
+            || self.tenants.values().any(|l| *l != none)
+            || self.groups.values().any(|l| *l != none)
     }
 }
 
@@ -239,6 +235,9 @@ impl std::fmt::Debug for SegmentLog {
 
 struct Inner {
     config: SegmentLogConfig,
+    /// `<dir>/LOCK`, locked exclusively while the log is open: a second process (or a second
+    /// open in this one) would append behind this one's back.
+    _lock: File,
     shards: Vec<Mutex<Shard>>,
     /// One flush at a time: a flush writes out every shard's buffer, then syncs.
     flushing: Mutex<()>,
@@ -354,6 +353,15 @@ impl SegmentLog {
     pub fn open(config: SegmentLogConfig) -> Result<Self, StoreError> {
         config.validate()?;
         create_dir_private(&config.dir)?;
+        let lock = private_file(OpenOptions::new().read(true).write(true).create(true))
+            .open(config.dir.join("LOCK"))
+            .map_err(|e| io("open LOCK", e))?;
+        fs2::FileExt::try_lock_exclusive(&lock).map_err(|e| {
+            StoreError::Io(format!(
+                "segment log {} is in use by another process or store (is the node running?): {e}",
+                config.dir.display()
+            ))
+        })?;
         let format = format!("{FORMAT_LINE}\nshards {}\n", config.shards);
         let format_path = config.dir.join(FORMAT_FILE);
         match std::fs::read_to_string(&format_path) {
@@ -379,6 +387,7 @@ impl SegmentLog {
             Err(e) => return Err(io("read FORMAT", e)),
         }
         let inner = Inner {
+            _lock: lock,
             hasher: RandomState::new(),
             flushing: Mutex::new(()),
             shards: Vec::new(),
@@ -681,7 +690,7 @@ impl SegmentLog {
     pub fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
         let retention = &self.inner.config.retention;
         let mut report = RetentionReport::default();
-        if retention.is_unlimited() {
+        if !retention.is_limited() {
             return Ok(report);
         }
         for shard in &self.inner.shards {
