@@ -388,3 +388,139 @@ impl Store for NodeStore {
         Ok(sled || log)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{g, msg, open_sled, t, u};
+
+    fn segment(dir: &std::path::Path) -> MessageLog {
+        MessageLog::Segment(SegmentLogConfig::new(dir.join("messages")))
+    }
+
+    /// A sled store with messages in two groups, flushed, closed.
+    fn sled_with_messages(dir: &std::path::Path) {
+        let sled = open_sled(dir);
+        for i in 0..30 {
+            let group = if i % 3 == 0 { "a" } else { "b" };
+            sled.append(
+                &t("acme"),
+                &g(group),
+                msg(&u("ann"), &format!("m{i}"), b"body"),
+            )
+            .unwrap();
+        }
+        sled.advance_cursor(&t("acme"), &g("a"), &u("ann"), 4)
+            .unwrap();
+        Store::flush(&sled).unwrap();
+    }
+
+    #[test]
+    fn a_sled_message_log_is_migrated_on_open_with_seqs_and_dedupe() {
+        let dir = tempfile::tempdir().unwrap();
+        sled_with_messages(dir.path());
+        let store = NodeStore::open(open_sled(dir.path()), segment(dir.path()), None).unwrap();
+        assert!(
+            !store.sled().has_messages().unwrap(),
+            "sled's log was emptied"
+        );
+        assert_eq!(store.head(&t("acme"), &g("a")).unwrap(), 10);
+        assert_eq!(store.head(&t("acme"), &g("b")).unwrap(), 20);
+        let b = store.read_after(&t("acme"), &g("b"), 0, 100).unwrap();
+        assert_eq!(b.len(), 20);
+        assert_eq!(b[0].client_msg_id, "m1");
+        assert_eq!(
+            store
+                .append(&t("acme"), &g("a"), msg(&u("ann"), "m27", b""))
+                .unwrap(),
+            Appended::Duplicate { seq: 10 }
+        );
+        assert_eq!(store.cursor(&t("acme"), &g("a"), &u("ann")).unwrap(), 4);
+        drop(store);
+        // Opening again finds nothing to migrate and the same log.
+        let store = NodeStore::open(open_sled(dir.path()), segment(dir.path()), None).unwrap();
+        assert_eq!(store.head(&t("acme"), &g("b")).unwrap(), 20);
+    }
+
+    #[test]
+    fn a_migration_cut_short_is_redone_or_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        sled_with_messages(dir.path());
+        // Cut short before the rename: a half-made log aside, nothing in place.
+        let aside = dir.path().join("messages.migrating");
+        std::fs::create_dir_all(aside.join("shard-000")).unwrap();
+        std::fs::write(aside.join("shard-000").join("junk.seg"), b"junk").unwrap();
+        let store = NodeStore::open(open_sled(dir.path()), segment(dir.path()), None).unwrap();
+        assert!(!aside.exists());
+        assert_eq!(store.head(&t("acme"), &g("b")).unwrap(), 20);
+        drop(store);
+
+        // Cut short after the rename: both hold the messages; the next open finishes.
+        let dir = tempfile::tempdir().unwrap();
+        sled_with_messages(dir.path());
+        let log = SegmentLog::open(SegmentLogConfig::new(dir.path().join("messages"))).unwrap();
+        open_sled(dir.path())
+            .export_messages(|tenant, group, m| {
+                log.append(tenant, group, msg(&m.sender, &m.client_msg_id, &m.body))
+                    .map(|_| ())
+            })
+            .unwrap();
+        log.flush().unwrap();
+        drop(log);
+        let store = NodeStore::open(open_sled(dir.path()), segment(dir.path()), None).unwrap();
+        assert!(!store.sled().has_messages().unwrap());
+        assert_eq!(store.head(&t("acme"), &g("a")).unwrap(), 10);
+    }
+
+    #[test]
+    fn going_back_to_sled_or_disagreeing_logs_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(open_sled(dir.path()), segment(dir.path()), None).unwrap();
+        store
+            .append(&t("acme"), &g("a"), msg(&u("ann"), "1", b""))
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let err = NodeStore::open(
+            open_sled(dir.path()),
+            MessageLog::Sled,
+            Some(dir.path().join("messages")),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("messages = \"sled\""), "{err}");
+
+        // Messages in both, and sled has one the log lacks: refused, nothing touched.
+        let sled = open_sled(dir.path());
+        sled.append(&t("acme"), &g("a"), msg(&u("ann"), "x", b""))
+            .unwrap();
+        sled.append(&t("acme"), &g("a"), msg(&u("ann"), "y", b""))
+            .unwrap();
+        Store::flush(&sled).unwrap();
+        let err = NodeStore::open(sled, segment(dir.path()), None).unwrap_err();
+        assert!(
+            err.to_string().contains("both sled and the segment log"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sled_is_flushed_only_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(open_sled(dir.path()), segment(dir.path()), None).unwrap();
+        store.flush().unwrap();
+        assert!(!store.sled_dirty.load(Ordering::SeqCst));
+        store
+            .append(&t("acme"), &g("a"), msg(&u("ann"), "1", b""))
+            .unwrap();
+        assert!(
+            !store.sled_dirty.load(Ordering::SeqCst),
+            "appends are not sled's"
+        );
+        store
+            .advance_cursor(&t("acme"), &g("a"), &u("ann"), 1)
+            .unwrap();
+        assert!(store.sled_dirty.load(Ordering::SeqCst));
+        store.flush().unwrap();
+        assert!(!store.sled_dirty.load(Ordering::SeqCst));
+    }
+}

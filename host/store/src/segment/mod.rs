@@ -652,6 +652,16 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Writes every shard's buffer out without syncing: the state a flush is in between
+    /// its write and its fdatasync (for the kill tests).
+    #[cfg(test)]
+    pub(crate) fn write_unsynced(&self) -> Result<(), StoreError> {
+        for shard in &self.inner.shards {
+            shard.lock().write_out()?;
+        }
+        Ok(())
+    }
+
     /// Whether the log works.
     pub fn health(&self) -> StoreHealth {
         for shard in &self.inner.shards {

@@ -388,3 +388,100 @@ fn files_are_private() {
     assert_eq!(mode(&only_segment(dir.path())), 0o600);
     assert_eq!(mode(&dir.path().join("log/FORMAT")), 0o600);
 }
+
+const CHILD_ENV: &str = "SWITCHBOARD_SEGMENT_KILL_CHILD";
+
+/// A child process, killed when dropped (so a failing test leaves none behind).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+const KILL_TEST: &str = "segment::tests::a_kill_between_write_and_fsync_loses_nothing_acked";
+
+/// The child's part: appends and flushes a batch ("acked"), appends another and writes it
+/// without syncing ("written"), then waits to be killed.
+fn kill_child(dir: &Path) -> ! {
+    use std::io::Write;
+    let log = SegmentLog::open(config(dir).segment_bytes(4096).max_record_bytes(1024)).unwrap();
+    let head = log.head(&t("acme"), &g("a"));
+    for i in head + 1..=head + 50 {
+        append(&log, "a", &i.to_string(), i, format!("body {i}").as_bytes());
+    }
+    log.flush().unwrap();
+    let mut out = std::io::stdout();
+    writeln!(out, "\n@@acked={}@@", head + 50).unwrap();
+    for i in head + 51..=head + 80 {
+        append(&log, "a", &i.to_string(), i, format!("body {i}").as_bytes());
+    }
+    log.write_unsynced().unwrap();
+    writeln!(out, "\n@@written@@").unwrap();
+    out.flush().unwrap();
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A child process appends, flushes (its messages are acked from here), appends more and
+/// writes them, and is killed with SIGKILL before the fdatasync; five times over one log.
+/// Every acked message is there after each kill, the log has no gap, and a reopen sees the
+/// written-but-unsynced records only whole (the page cache outlives the process).
+#[test]
+fn a_kill_between_write_and_fsync_loses_nothing_acked() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        kill_child(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = 0;
+    for round in 0..5 {
+        let mut child = Child(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", KILL_TEST, "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, dir.path())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = child.0.stdout.take().unwrap();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("@@acked=") {
+                acked = n.trim_end_matches('@').parse().unwrap();
+            } else if line == "@@written@@" {
+                break;
+            }
+        }
+        child.0.kill().unwrap();
+        let status = child.0.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "round {round}: killed");
+        let log = SegmentLog::open(
+            config(dir.path())
+                .segment_bytes(4096)
+                .max_record_bytes(1024),
+        )
+        .unwrap();
+        let head = log.head(&t("acme"), &g("a"));
+        assert!(
+            head >= acked,
+            "round {round}: head {head} below acked {acked}"
+        );
+        let all = log.read_after(&t("acme"), &g("a"), 0, 100_000).unwrap();
+        assert_eq!(all.len() as u64, head, "round {round}: no gap");
+        for (i, m) in all.iter().enumerate() {
+            let seq = i as u64 + 1;
+            assert_eq!(m.seq, seq);
+            assert_eq!(m.client_msg_id, seq.to_string());
+            assert_eq!(m.body, format!("body {seq}").into_bytes());
+        }
+    }
+    assert_eq!(
+        acked,
+        50 + 4 * 80,
+        "every round started from the last one's head"
+    );
+}
