@@ -1,5 +1,6 @@
-//! Switchboard's storage: the [`Store`] trait the node is written against, and
-//! [`SledStore`], the embedded implementation (the default, one directory on disk).
+//! Switchboard's storage: the [`Store`] trait the node is written against; [`NodeStore`], the
+//! node's store (group messages in the append-only [`segment`] log, the rest in sled);
+//! [`SledStore`], which keeps everything in sled (messages too, before the segment log).
 //!
 //! What is stored: the tenant directory (tenants and their secrets, groups and members),
 //! per-group message logs with per-sender dedupe of client message ids, per-member delivery
