@@ -609,6 +609,42 @@ impl SledStore {
         Ok(restored)
     }
 
+    /// Whether the `log` tree holds any message (a store written before the segment log).
+    pub fn has_messages(&self) -> Result<bool, StoreError> {
+        Ok(!self.h()?.log.is_empty())
+    }
+
+    /// Calls `f` with every message of the `log` tree, group by group, each group's in
+    /// sequence order (for the migration to the segment log). Returns how many.
+    pub fn export_messages(
+        &self,
+        mut f: impl FnMut(&TenantId, &GroupId, StoredMessage) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self.h()?.log.iter() {
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            let short = || corrupt(LOG, "short log key");
+            let (tenant, group) = keys::parse_log(&k).ok_or_else(short)?;
+            let tenant = codec::parse_id(LOG, tenant, TenantId::new)?;
+            let group = codec::parse_id(LOG, group, GroupId::new)?;
+            let seq = keys::log_seq(&k).ok_or_else(short)?;
+            f(&tenant, &group, codec::decode_message(seq, v)?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Empties the `log` and `dedupe` trees and makes that durable (after a migration).
+    pub fn clear_messages(&self) -> Result<(), StoreError> {
+        let h = self.h()?;
+        h.log.clear().map_err(|e| self.io(e))?;
+        h.dedupe.clear().map_err(|e| self.io(e))?;
+        self.inner.heads.clear();
+        h.db.flush().map_err(|e| self.io(e))?;
+        h.data_file.sync_data().map_err(|e| self.os(e))?;
+        Ok(())
+    }
+
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.h()?.db.size_on_disk().map_err(|e| self.io(e))

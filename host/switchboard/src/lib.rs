@@ -15,7 +15,10 @@ use switchboard_admin::{AutoRollback, Control, ControlConfig};
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_policy::{PolicyEngine, PolicyLimits};
-use switchboard_store::{GroupMeta, SledStore, SledStoreConfig, Store, StoreError, TenantRecord};
+use switchboard_store::{
+    GroupMeta, MessageLog, NodeStore, Retention, RetentionLimits, SegmentLogConfig, SledStore,
+    SledStoreConfig, Store, StoreError, TenantRecord,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -75,7 +78,158 @@ pub struct Config {
     /// Where push-notification events go (members offline when a flagged message arrives).
     #[serde(default)]
     pub notify: NotifySettings,
+    /// Where group messages are kept, the segment log's bounds, and retention.
+    #[serde(default)]
+    pub store: StoreSettings,
 }
+
+/// Where group messages are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessagesIn {
+    /// Append-only segment files in `<data_dir>/messages` (`switchboard_store::segment`).
+    #[default]
+    Segment,
+    /// sled's `log` and `dedupe` trees, as before the segment log.
+    Sled,
+}
+
+/// The `[store]` section. See `examples/switchboard.toml` for the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `"segment"` (default) or `"sled"`. A data directory whose messages are in sled is
+    /// migrated to the segment log when the node starts with `"segment"`; going back is
+    /// refused.
+    pub messages: MessagesIn,
+    /// Shards of the segment log (directories of segments; groups spread over them by
+    /// hash; each one written costs its own fdatasync per commit). Fixed when created.
+    pub shards: u16,
+    /// Size a segment is sealed at.
+    pub segment_bytes: u64,
+    /// A group's sparse index gets an entry every this many of its messages.
+    pub index_interval: u32,
+    /// Newest messages per group whose client message ids dedupe resends.
+    pub dedupe_window: u32,
+    /// How often retention looks for segments to delete, in seconds (0 = never).
+    pub retention_check_s: u64,
+    pub retention: RetentionSettings,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        let log = SegmentLogConfig::new("");
+        StoreSettings {
+            messages: MessagesIn::Segment,
+            shards: log.shards,
+            segment_bytes: log.segment_bytes,
+            index_interval: log.index_interval,
+            dedupe_window: log.dedupe_window,
+            retention_check_s: 60,
+            retention: RetentionSettings::default(),
+        }
+    }
+}
+
+/// The `[store.retention]` section: limits for every group (unset: none), then per tenant
+/// and per group; unset limits fall through (group → tenant → these).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Messages older than this many seconds (by the time they were sent) may go.
+    pub max_age_s: Option<u64>,
+    /// Messages older than the group's newest this many may go.
+    pub max_messages: Option<u64>,
+    /// Messages older than the group's newest this many bytes may go.
+    pub max_bytes: Option<u64>,
+    pub tenants: Vec<TenantRetention>,
+    pub groups: Vec<GroupRetention>,
+}
+
+/// A tenant's retention limits (`[[store.retention.tenants]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRetention {
+    pub tenant: String,
+    #[serde(default)]
+    pub max_age_s: Option<u64>,
+    #[serde(default)]
+    pub max_messages: Option<u64>,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// A group's retention limits (`[[store.retention.groups]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRetention {
+    pub tenant: String,
+    pub group: String,
+    #[serde(default)]
+    pub max_age_s: Option<u64>,
+    #[serde(default)]
+    pub max_messages: Option<u64>,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+fn limits(
+    max_age_s: Option<u64>,
+    max_messages: Option<u64>,
+    max_bytes: Option<u64>,
+) -> RetentionLimits {
+    RetentionLimits {
+        max_age_ms: max_age_s.map(|s| s.saturating_mul(1000)),
+        max_messages,
+        max_bytes,
+    }
+}
+
+impl RetentionSettings {
+    /// The store's retention, ids checked.
+    pub fn retention(&self) -> Result<Retention, NodeError> {
+        let mut r = Retention {
+            default: limits(self.max_age_s, self.max_messages, self.max_bytes),
+            ..Retention::default()
+        };
+        for t in &self.tenants {
+            let id = TenantId::new(&t.tenant).map_err(|e| invalid("retention tenant", e))?;
+            r.tenants
+                .insert(id, limits(t.max_age_s, t.max_messages, t.max_bytes));
+        }
+        for g in &self.groups {
+            let tenant = TenantId::new(&g.tenant).map_err(|e| invalid("retention tenant", e))?;
+            let group = GroupId::new(&g.group).map_err(|e| invalid("retention group", e))?;
+            r.groups.insert(
+                (tenant, group),
+                limits(g.max_age_s, g.max_messages, g.max_bytes),
+            );
+        }
+        Ok(r)
+    }
+}
+
+impl StoreSettings {
+    /// How messages are kept in `data_dir`, with records up to what `limits` allow.
+    pub fn message_log(&self, data_dir: &Path, limits: &Limits) -> Result<MessageLog, NodeError> {
+        Ok(match self.messages {
+            MessagesIn::Sled => MessageLog::Sled,
+            MessagesIn::Segment => MessageLog::Segment(
+                SegmentLogConfig::new(data_dir.join(MESSAGES_DIR))
+                    .shards(self.shards)
+                    .segment_bytes(self.segment_bytes)
+                    .index_interval(self.index_interval)
+                    .dedupe_window(self.dedupe_window)
+                    // A message is a frame at most, plus the record's header.
+                    .max_record_bytes(limits.max_frame_bytes.saturating_add(1024))
+                    .retention(self.retention.retention()?),
+            ),
+        })
+    }
+}
+
+/// The segment log's directory in the data directory.
+pub const MESSAGES_DIR: &str = "messages";
 
 /// The `[notify]` section.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -221,6 +375,15 @@ impl Config {
             *ca = base.join(&*ca);
         }
         webhook_sink(&cfg.notify).map_err(|e| err(e.to_string()))?;
+        cfg.store
+            .message_log(&cfg.data_dir, &cfg.limits)
+            .map_err(|e| err(e.to_string()))?;
+        if cfg.store.segment_bytes < u64::from(cfg.limits.max_frame_bytes) + 1024 {
+            return Err(err(
+                "store.segment_bytes must hold the largest message (limits.max_frame_bytes + 1024)"
+                    .into(),
+            ));
+        }
         Ok(cfg)
     }
 }
@@ -312,24 +475,52 @@ pub fn ensure_group(
 }
 
 /// Opens the store in `data_dir` (created 0700) with the default key file,
-/// `<data_dir>/store.key`.
-pub fn open_store(data_dir: &Path) -> Result<Arc<SledStore>, NodeError> {
-    open_store_with_key(data_dir, None)
+/// `<data_dir>/store.key`, and the default `[store]` settings.
+pub fn open_store(data_dir: &Path) -> Result<Arc<NodeStore>, NodeError> {
+    open_node_store(
+        data_dir,
+        None,
+        &StoreSettings::default(),
+        &Limits::default(),
+    )
 }
 
-/// Opens the store in `data_dir` (created 0700), its secrets sealed with `key_file`
-/// (default `<data_dir>/store.key`).
-pub fn open_store_with_key(
+/// Opens the node's store in `data_dir` (created 0700): sled (its secrets sealed with
+/// `key_file`, default `<data_dir>/store.key`) and the messages as `settings` say,
+/// migrating a sled message log to the segment log if needed.
+pub fn open_node_store(
     data_dir: &Path,
     key_file: Option<&Path>,
-) -> Result<Arc<SledStore>, NodeError> {
+    settings: &StoreSettings,
+    limits: &Limits,
+) -> Result<Arc<NodeStore>, NodeError> {
+    let sled = open_sled_store(data_dir, key_file)?;
+    let messages = settings.message_log(data_dir, limits)?;
+    let store = NodeStore::open(sled, messages, Some(data_dir.join(MESSAGES_DIR)))?;
+    Ok(Arc::new(store))
+}
+
+/// Opens only the sled part of the store in `data_dir` (created 0700), its secrets sealed
+/// with `key_file` (default `<data_dir>/store.key`): tenants, groups, config; for commands
+/// that need no messages (`token`, `keys rotate`).
+pub fn open_sled_store(data_dir: &Path, key_file: Option<&Path>) -> Result<SledStore, NodeError> {
     private_dir(data_dir)
         .map_err(|e| NodeError::Invalid(format!("data directory {}: {e}", data_dir.display())))?;
     let mut config = SledStoreConfig::new(data_dir.join("store"));
     if let Some(key) = key_file {
         config = config.key_file(key);
     }
-    Ok(Arc::new(SledStore::open_with(config)?))
+    Ok(SledStore::open_with(config)?)
+}
+
+/// Opens the store of the node `cfg` describes (see [`open_node_store`]).
+pub fn open_store_for(cfg: &Config) -> Result<Arc<NodeStore>, NodeError> {
+    open_node_store(
+        &cfg.data_dir,
+        cfg.store_key_file.as_deref(),
+        &cfg.store,
+        &cfg.limits,
+    )
 }
 
 /// Creates `dir` 0700 (with any missing parents), or makes an existing one 0700: the data
@@ -363,7 +554,7 @@ pub fn rotate_store_key(
     data_dir: &Path,
     key_file: Option<&Path>,
 ) -> Result<(u32, usize), NodeError> {
-    let store = open_store_with_key(data_dir, key_file).map_err(|e| match e {
+    let store = open_sled_store(data_dir, key_file).map_err(|e| match e {
         NodeError::Store(StoreError::Io(detail)) if detail.contains("could not acquire lock") => {
             NodeError::Invalid(format!(
                 "the store in {} is in use (is the node running?); stop the node to rotate                  its key",
@@ -418,6 +609,8 @@ pub struct RunningNode {
     /// Where the HTTP API listens, if it is enabled.
     pub admin_addr: Option<SocketAddr>,
     admin: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
+    /// The retention pass, if retention is configured.
+    retention: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -436,6 +629,9 @@ impl RunningNode {
 
     /// Stops the HTTP API, then drains the edge (see [`Node::shutdown`]).
     pub async fn shutdown(self) {
+        if let Some(task) = self.retention {
+            task.abort();
+        }
         if let Some((stop, task)) = self.admin {
             let _ = stop.send(());
             let _ = task.await;
@@ -447,7 +643,7 @@ impl RunningNode {
 /// Starts a node for `cfg` over `store`: the edge, the control plane (which applies every
 /// binding, flag and override in the config store), the config file's plugins, and the HTTP
 /// API.
-pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, NodeError> {
+pub async fn start(cfg: &Config, store: Arc<NodeStore>) -> Result<RunningNode, NodeError> {
     let engine = PolicyEngine::new(PolicyLimits::default())?;
     // Check the file's plugins before anything starts or is stored.
     let file_plugins = load_policies(cfg, &engine)?;
@@ -490,11 +686,12 @@ pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, N
             max_group_members: cfg.limits.max_group_members,
         },
         store.clone(),
-        store,
+        Arc::new(store.sled().clone()),
         node.hub().clone(),
         engine,
     )
     .await?;
+    let retention = retention_task(&cfg.store, store);
     for (tenant, bytes, config) in file_plugins {
         bind_file_plugin(&control, &tenant, bytes, config).await?;
     }
@@ -548,7 +745,39 @@ pub async fn start(cfg: &Config, store: Arc<SledStore>) -> Result<RunningNode, N
         control,
         admin_addr,
         admin,
+        retention,
     })
+}
+
+/// Runs retention every `retention_check_s` (off the async workers: it syncs and deletes
+/// files), if any limit is configured.
+fn retention_task(settings: &StoreSettings, store: Arc<NodeStore>) -> Option<JoinHandle<()>> {
+    let limited = store
+        .segment_log()
+        .is_some_and(|log| log.config().retention.is_limited());
+    if !limited || settings.retention_check_s == 0 {
+        return None;
+    }
+    let every = Duration::from_secs(settings.retention_check_s);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let store = store.clone();
+            let pass = tokio::task::spawn_blocking(move || {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                store.enforce_retention(now_ms)
+            })
+            .await;
+            match pass {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
+                Err(e) => tracing::warn!(error = %e, "retention pass panicked"),
+            }
+        }
+    }))
 }
 
 /// Uploads a config-file plugin (a no-op if stored) and activates it with the file's

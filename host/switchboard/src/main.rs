@@ -114,8 +114,8 @@ fn main() -> Result<()> {
             ttl,
             key_file,
         } => {
-            let store = switchboard::open_store_with_key(&data_dir, key_file.as_deref())?;
-            println!("{}", mint(&*store, &tenant, &user, ttl)?);
+            let store = switchboard::open_sled_store(&data_dir, key_file.as_deref())?;
+            println!("{}", mint(&store, &tenant, &user, ttl)?);
             Ok(())
         }
         Command::Keys {
@@ -133,7 +133,7 @@ async fn serve(cfg: Config) -> Result<()> {
     // Before anything serves: a SIGTERM that arrives while the node starts must stop it
     // gracefully, not kill it (the default action).
     let stop = Stop::install()?;
-    let store = switchboard::open_store_with_key(&cfg.data_dir, cfg.store_key_file.as_deref())?;
+    let store = switchboard::open_store_for(&cfg)?;
     switchboard::seed(&*store, &cfg)?;
     let node = switchboard::start(&cfg, store).await?;
     stop.wait().await;
@@ -154,6 +154,7 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
         limits: Limits::default(),
         tenants: Vec::new(),
         notify: switchboard::NotifySettings::default(),
+        store: switchboard::StoreSettings::default(),
         admin: switchboard::AdminSettings {
             listen: admin_listen,
             // A fresh operator token per run unless one is in the environment.
@@ -170,7 +171,7 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
             ..Default::default()
         },
     };
-    let store = switchboard::open_store(&data_dir)?;
+    let store = switchboard::open_store_for(&cfg)?;
     let tenant = TenantId::new(DEMO_TENANT)?;
     if store.tenant(&tenant)?.is_none() {
         // A random secret, kept in the store so tokens survive restarts of the dev node.

@@ -35,6 +35,53 @@ fn the_annotated_example_parses_and_states_the_defaults() {
         "the example documents the admin server's defaults"
     );
     assert!(cfg.admin.tls.is_none());
+    let store = switchboard::StoreSettings::default();
+    assert_eq!(
+        (
+            cfg.store.messages,
+            cfg.store.shards,
+            cfg.store.segment_bytes,
+            cfg.store.index_interval,
+            cfg.store.dedupe_window,
+            cfg.store.retention_check_s,
+        ),
+        (
+            store.messages,
+            store.shards,
+            store.segment_bytes,
+            store.index_interval,
+            store.dedupe_window,
+            store.retention_check_s,
+        ),
+        "the example documents the store's defaults"
+    );
+    assert_eq!(store.messages, switchboard::MessagesIn::Segment);
+    let retention = cfg.store.retention.retention().unwrap();
+    assert!(!retention.is_limited(), "the default keeps every message");
+}
+
+#[test]
+fn retention_limits_fall_back_from_group_to_tenant_to_default() {
+    let cfg = load_str(
+        "data_dir = \"d\"\n[store.retention]\nmax_age_s = 100\n\
+         [[store.retention.tenants]]\ntenant = \"acme\"\nmax_messages = 5\n\
+         [[store.retention.groups]]\ntenant = \"acme\"\ngroup = \"g\"\nmax_age_s = 7\n",
+    )
+    .unwrap();
+    let r = cfg.store.retention.retention().unwrap();
+    let limits = r.limits(&TenantId::new("acme").unwrap(), &GroupId::new("g").unwrap());
+    assert_eq!(
+        (limits.max_age_ms, limits.max_messages, limits.max_bytes),
+        (Some(7_000), Some(5), None)
+    );
+    let other = r.limits(
+        &TenantId::new("globex").unwrap(),
+        &GroupId::new("g").unwrap(),
+    );
+    assert_eq!(
+        (other.max_age_ms, other.max_messages),
+        (Some(100_000), None)
+    );
 }
 
 fn load_str(text: &str) -> Result<Config, NodeError> {
@@ -56,6 +103,18 @@ fn bad_files_are_refused_with_a_reason() {
         (
             "data_dir = \"d\"\n[limits]\nmax_payload_bytes = 200000",
             "max_frame_bytes must exceed max_payload_bytes",
+        ),
+        (
+            "data_dir = \"d\"\n[store]\nmessages = \"rocks\"",
+            "unknown variant `rocks`",
+        ),
+        (
+            "data_dir = \"d\"\n[store]\nsegment_bytes = 1000",
+            "segment_bytes must hold the largest message",
+        ),
+        (
+            "data_dir = \"d\"\n[[store.retention.groups]]\ntenant = \"a b\"\ngroup = \"g\"",
+            "retention tenant",
         ),
         (
             "data_dir = \"d\"\n[notify]\nwebhook = \"ftp://push.example/x\"",

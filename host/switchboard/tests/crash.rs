@@ -5,6 +5,10 @@
 //! must still be there after the next; and resending an unacknowledged message must be
 //! acknowledged exactly once (as a duplicate if it had landed), so dedupe survives the crash.
 //!
+//! The node runs on its default store, so messages are in the segment log (checked at the
+//! end): a kill between a batch's write and its fdatasync, or in the middle of the write, is
+//! among the moments the kills hit.
+//!
 //! Figures go to stderr (`--nocapture`) and into `docs/reliability.md`.
 #![cfg(unix)]
 
@@ -523,5 +527,13 @@ async fn acknowledged_messages_survive_repeated_sigkill() {
     assert!(
         unknown_total > 0,
         "no kill ever caught a send in flight: the test would prove little"
+    );
+    // The node's default store keeps messages in the segment log: that is what was killed.
+    assert!(
+        switchboard_store::SegmentLog::has_records(
+            &dir.join("data").join(switchboard::MESSAGES_DIR)
+        )
+        .unwrap(),
+        "the messages were in the segment log"
     );
 }

@@ -390,3 +390,158 @@ async fn after_a_real_enospc_the_node_recovers_by_itself_once_space_returns() {
         assert_eq!(m.client_msg_id, format!("m{seq}"));
     }
 }
+
+/// Opens the node's store (sled and the segment log) in `dir`.
+fn open_segment_store(dir: &Path) -> Arc<switchboard_store::NodeStore> {
+    let settings = switchboard::StoreSettings::default();
+    switchboard::open_node_store(dir, None, &settings, &Limits::default()).unwrap()
+}
+
+/// The segment log meets a real ENOSPC: its write at a flush fails with a typed
+/// `StoreError::Io`, the store reports itself failed, sends are refused, and once space
+/// is freed the node reopens the log by itself (truncating the torn tail the failed write
+/// left) and takes the same send once; every acknowledged message and every message of a
+/// flush that succeeded is still there, in order and without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_segment_log_fails_typed_on_enospc_and_recovers_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&tmp.path().join("disk"), "32m");
+    let data = disk.0.join("data");
+    let store = open_segment_store(&data);
+    assert!(
+        store.segment_log().is_some(),
+        "messages go to the segment log"
+    );
+    seed(&*store);
+    let identity = TlsIdentity::self_signed().unwrap();
+    let cert = identity.cert_chain[0].to_vec();
+    let node = Node::start(
+        EdgeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            limits: Limits {
+                load_sample_ms: 0,
+                min_free_disk_bytes: switchboard_core::limits::MIN_FREE_DISK_FLOOR,
+                ..Limits::default()
+            },
+            identity,
+        },
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let hub = node.hub().clone();
+    let mut alice = RawClient::connect(node.local_addr(), &cert, switchboard_wire::ALPN)
+        .await
+        .unwrap();
+    let token = mint("acme", "alice", ACME_SECRET, now_secs() + 600, 0);
+    assert!(matches!(
+        alice.hello(&token).await,
+        ServerFrame::Welcome { .. }
+    ));
+    for i in 1..=5 {
+        alice.send(&send(i)).await;
+        assert!(matches!(alice.read().await, Some(ServerFrame::Ack { seq, .. }) if seq == i));
+    }
+
+    // Something else fills the disk; then appends to another group, flushed one by one,
+    // meet ENOSPC for real.
+    let (acme, team, general) = (
+        TenantId::new("acme").unwrap(),
+        GroupId::new("team").unwrap(),
+        GroupId::new("general").unwrap(),
+    );
+    let filler = disk.0.join("filler");
+    let filled = fill(&filler);
+    let writer = store.clone();
+    let (general_acked, error) = tokio::task::spawn_blocking(move || {
+        let bob = switchboard_core::UserId::new("bob").unwrap();
+        let body = vec![7u8; 8192];
+        let mut acked = 0;
+        for i in 0..10_000u32 {
+            let id = format!("g{i}");
+            let appended = writer.append(
+                &TenantId::new("acme").unwrap(),
+                &GroupId::new("general").unwrap(),
+                switchboard_store::NewMessage {
+                    sender: &bob,
+                    lane: switchboard_core::Lane::Normal,
+                    client_msg_id: &id,
+                    sent_at_ms: 0,
+                    body: &body,
+                },
+            );
+            if let Err(e) = appended.and_then(|_| writer.flush()) {
+                return (acked, e);
+            }
+            acked += 1;
+        }
+        panic!("10,000 flushes of 8 KiB on a full 32 MiB disk did not fail");
+    })
+    .await
+    .unwrap();
+    eprintln!("filled {filled} bytes; {general_acked} flushes succeeded, then: {error}");
+    assert!(
+        matches!(error, switchboard_store::StoreError::Io(_)),
+        "{error:?}"
+    );
+    assert!(matches!(
+        store.health(),
+        switchboard_store::StoreHealth::Failed { .. }
+    ));
+    alice.send(&send(6)).await;
+    match alice.read().await.unwrap() {
+        ServerFrame::Error(e) => {
+            assert_eq!(e.code, ErrorCode::StoreUnavailable.as_u16(), "{e:?}");
+            assert!(e.retry_after_ms > 0);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // Space comes back: the node reopens the log by itself and the same send is stored once.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = std::time::Instant::now();
+    let reopened = until("the store is reopened", || {
+        store.health() == switchboard_store::StoreHealth::Ok
+    })
+    .await;
+    let acked = loop {
+        alice.send(&send(6)).await;
+        match alice.read().await.unwrap() {
+            ServerFrame::Ack { seq, duplicate, .. } => break (seq, duplicate),
+            ServerFrame::Error(e) if e.code == ErrorCode::StoreUnavailable.as_u16() => {
+                assert!(freed.elapsed() < WAIT, "sends still refused after {WAIT:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(
+        acked,
+        (6, false),
+        "stored once, after the last acknowledged"
+    );
+    eprintln!("space freed -> segment log reopened in {reopened:?}");
+    let general_head = store.head(&acme, &general).unwrap();
+    assert!(general_head >= general_acked, "a flushed append was lost");
+
+    // Everything acknowledged is durable: reopen a copy elsewhere.
+    alice.conn.close(0u32.into(), b"done");
+    node.shutdown().await;
+    drop(hub);
+    drop(store);
+    let copy = tmp.path().join("copy");
+    copy_dir(&data, &copy);
+    drop(disk);
+    let copy = open_segment_store(&copy);
+    for seq in 1..=6 {
+        let m = copy.message(&acme, &team, seq).unwrap().unwrap();
+        assert_eq!(m.client_msg_id, format!("m{seq}"));
+    }
+    let general: Vec<u64> = copy
+        .read_after(&acme, &general, 0, 100_000)
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(general, (1..=general_head).collect::<Vec<_>>());
+}

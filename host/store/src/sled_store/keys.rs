@@ -155,6 +155,15 @@ pub(super) fn log(prefix: &Key, seq: u64) -> Key {
     prefix.seq(seq)
 }
 
+/// Tenant and group of a log key (`len tenant len group seq`).
+pub(super) fn parse_log(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&len, rest) = key.split_first()?;
+    let (tenant, rest) = rest.split_at_checked(usize::from(len))?;
+    let (&len, rest) = rest.split_first()?;
+    let (group, seq) = rest.split_at_checked(usize::from(len))?;
+    (seq.len() == 8).then_some((tenant, group))
+}
+
 /// The sequence number of a log key.
 pub(super) fn log_seq(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;

@@ -1,0 +1,1189 @@
+//! [`SegmentLog`]: group messages in append-only segment files, the model being NATS
+//! JetStream's filestore and Kafka's log segments.
+//!
+//! # On disk
+//!
+//! `<dir>/FORMAT` names the format and the shard count; each shard is a directory
+//! `shard-NNN` of segment files `<id>.seg` (ids count up from 1, zero-padded to 20 digits) and
+//! an optional `trimmed` file. A group lives in one shard (FNV-1a of tenant and group);
+//! segments of a shard hold the records of all its groups, interleaved in append order
+//! ([`record`] has the layout). Only the newest segment of a shard (the active one) is
+//! written; a segment is sealed when the next record would take it past `segment_bytes`.
+//!
+//! # Writes and durability
+//!
+//! An append encodes its record into the shard's buffer in memory (under the shard's lock)
+//! and updates the in-memory state: the group's head, its sparse index, its dedupe window
+//! and the segment's summary. [`SegmentLog::flush`] is the commit point: per shard one
+//! `write` of the buffer at the end of the active segment, then one `fdatasync` per file
+//! written since the last flush (the active one; a sealed one too if the batch crossed a
+//! segment boundary), and an `fsync` of the shard directory if a segment was created. The
+//! fsyncs run outside the lock, so appends continue meanwhile. A buffer that grows past
+//! `write_buffer_bytes` between flushes is written out early (not synced).
+//!
+//! # Recovery
+//!
+//! Opening reads every segment of every shard from the start: records are checked (length,
+//! CRC32C, header) and the first one that is torn or damaged ends the segment: the file is
+//! truncated there (a torn write of a batch nobody acknowledged), with a warning. What was
+//! read rebuilds each group's head, sparse index and dedupe window (its newest
+//! `dedupe_window` messages), so nothing but the segments themselves has to be kept in step
+//! with them. A failed write (a full disk) marks the log failed; [`SegmentLog::recover`]
+//! opens it again from disk the same way.
+//!
+//! # Reads
+//!
+//! A group's sparse index holds the position of its first record in each segment and of
+//! every `index_interval`-th record after that. A read finds the nearest entry at or below
+//! the first seq it wants and scans forward from there, skipping other groups' records,
+//! segment by segment (each segment's summary says which seq of the group it ends with).
+//! The plan is made under the shard's lock; the files are read after it is released.
+//!
+//! # Retention
+//!
+//! [`SegmentLog::enforce_retention`] deletes whole segments, oldest first: a sealed segment
+//! goes when every group with records in it has those records past one of its limits
+//! (max age, max messages, max bytes, from [`Retention`]). A group's newest trimmed seq is
+//! written to the shard's `trimmed` file (and synced) before any file is deleted, so its
+//! head and numbering survive even when all its messages are gone. A read of a trimmed
+//! range starts at the group's first retained seq ([`SegmentLog::first_seq`]).
+
+mod read;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use switchboard_core::{GroupId, TenantId, UserId};
+
+use crate::{Appended, NewMessage, StoreError, StoreHealth, StoredMessage};
+use read::{Part, Plan, SegmentReader};
+use record::{corrupt, Parsed};
+
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_LINE: &str = "switchboard segment log 1";
+const TRIMMED_FILE: &str = "trimmed";
+
+/// How to open a [`SegmentLog`]. Every field is a bound; see `docs/reliability.md`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SegmentLogConfig {
+    /// Directory of the log (created 0700 if missing; files are 0600).
+    pub dir: PathBuf,
+    /// Shards (directories of segments). Fixed when the log is created.
+    pub shards: u16,
+    /// A segment is sealed before a record would take it past this size.
+    pub segment_bytes: u64,
+    /// Every this many records of a group, its sparse index gets an entry (besides the
+    /// group's first record in each segment); a read scans at most this many of the group's
+    /// records (and the other groups' records between them) to reach its first.
+    pub index_interval: u32,
+    /// Newest messages per group whose client message ids are remembered for dedupe
+    /// (about 40 bytes each in memory). A resend of an older message is stored again.
+    pub dedupe_window: u32,
+    /// Largest record (header and body): the message limit plus room for the ids.
+    pub max_record_bytes: u32,
+    /// Appended bytes buffered per shard before they are written out ahead of a flush.
+    pub write_buffer_bytes: usize,
+    /// What retention deletes.
+    pub retention: Retention,
+}
+
+impl SegmentLogConfig {
+    /// Defaults: one shard, 64 MiB segments, an index entry every 64 messages, dedupe of the
+    /// newest 100,000 messages per group, records up to 16 MiB, 4 MiB write buffer, and
+    /// no retention (every message is kept).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            shards: 1,
+            segment_bytes: 64 << 20,
+            index_interval: 64,
+            dedupe_window: 100_000,
+            max_record_bytes: 16 << 20,
+            write_buffer_bytes: 4 << 20,
+            retention: Retention::default(),
+        }
+    }
+
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = shards;
+        self
+    }
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+    pub fn index_interval(mut self, every: u32) -> Self {
+        self.index_interval = every;
+        self
+    }
+    pub fn dedupe_window(mut self, messages: u32) -> Self {
+        self.dedupe_window = messages;
+        self
+    }
+    pub fn max_record_bytes(mut self, bytes: u32) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+    pub fn write_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.write_buffer_bytes = bytes;
+        self
+    }
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    fn validate(&self) -> Result<(), StoreError> {
+        let bad = |what: &str| Err(StoreError::Io(format!("segment log config: {what}")));
+        if self.shards == 0 || self.shards > 1024 {
+            return bad("shards must be 1 to 1024");
+        }
+        if self.index_interval == 0 {
+            return bad("index_interval must be at least 1");
+        }
+        if u64::from(self.max_record_bytes) > self.segment_bytes {
+            return bad("a segment must hold the largest record");
+        }
+        Ok(())
+    }
+}
+
+/// Limits of one group's log; a message goes (with its whole segment) once it is past any
+/// of them. `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionLimits {
+    /// Messages sent longer ago than this (by `sent_at_ms`).
+    pub max_age_ms: Option<u64>,
+    /// Messages older than the group's newest this many.
+    pub max_messages: Option<u64>,
+    /// Messages older than the group's newest this many bytes (record sizes).
+    pub max_bytes: Option<u64>,
+}
+
+impl RetentionLimits {
+    /// `self`'s limits, with `fallback`'s where `self` has none.
+    fn or(self, fallback: RetentionLimits) -> RetentionLimits {
+        RetentionLimits {
+            max_age_ms: self.max_age_ms.or(fallback.max_age_ms),
+            max_messages: self.max_messages.or(fallback.max_messages),
+            max_bytes: self.max_bytes.or(fallback.max_bytes),
+        }
+    }
+}
+
+/// Retention limits: a group's own, else its tenant's, else the default, field by field.
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub default: RetentionLimits,
+    pub tenants: HashMap<TenantId, RetentionLimits>,
+    pub groups: HashMap<(TenantId, GroupId), RetentionLimits>,
+}
+
+impl Retention {
+    /// The limits that apply to a group.
+    pub fn limits(&self, tenant: &TenantId, group: &GroupId) -> RetentionLimits {
+        let tenant_limits = self.tenants.get(tenant).copied().unwrap_or_default();
+        let group_limits = self
+            .groups
+            .get(&(tenant.clone(), group.clone()))
+            .copied()
+            .unwrap_or_default();
+        group_limits.or(tenant_limits.or(self.default))
+    }
+
+    /// Whether any limit is set (else retention never deletes anything).
+    pub fn is_limited(&self) -> bool {
+        let none = RetentionLimits::default();
+        self.default != none
+            || self.tenants.values().any(|l| *l != none)
+            || self.groups.values().any(|l| *l != none)
+    }
+}
+
+/// What a retention pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+type GroupKey = (TenantId, GroupId);
+
+/// Group messages in segment files. Cheap to clone (clones share the log).
+#[derive(Clone)]
+pub struct SegmentLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SegmentLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentLog")
+            .field("dir", &self.inner.config.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: SegmentLogConfig,
+    /// `<dir>/LOCK`, locked exclusively while the log is open: a second process (or a second
+    /// open in this one) would append behind this one's back.
+    _lock: File,
+    shards: Vec<Mutex<Shard>>,
+    /// One flush at a time: a flush writes out every shard's buffer, then syncs.
+    flushing: Mutex<()>,
+    /// Keys the dedupe hashes: random per process, so client ids cannot be chosen to collide.
+    hasher: RandomState,
+}
+
+/// A position in a shard: segment id and byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexEntry {
+    seq: u64,
+    segment: u64,
+    offset: u64,
+}
+
+/// What the log knows about one group of a shard, in memory.
+#[derive(Debug)]
+struct GroupLog {
+    /// Lowest retained seq (`head + 1` when none is).
+    first: u64,
+    head: u64,
+    /// Sparse index, ascending (by seq and by segment).
+    index: Vec<IndexEntry>,
+    since_index: u32,
+    /// Segment and end offset of the newest record.
+    last_segment: u64,
+    last_end: u64,
+    /// `hash(sender, client_msg_id)` → seq for the newest `dedupe_window` messages; a hit is
+    /// confirmed against the record (a hash is not proof).
+    dedupe: HashMap<u64, u64>,
+    dedupe_order: VecDeque<(u64, u64)>,
+}
+
+impl GroupLog {
+    fn new(trimmed_through: u64) -> Self {
+        Self {
+            first: trimmed_through + 1,
+            head: trimmed_through,
+            index: Vec::new(),
+            since_index: 0,
+            last_segment: 0,
+            last_end: 0,
+            dedupe: HashMap::new(),
+            dedupe_order: VecDeque::new(),
+        }
+    }
+}
+
+/// A group's records in one segment.
+#[derive(Debug, Clone, Copy)]
+struct SegGroup {
+    first: u64,
+    last: u64,
+    bytes: u64,
+    newest_ms: u64,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Bytes in the file (for the active segment, written out so far).
+    len: u64,
+    groups: HashMap<GroupKey, SegGroup>,
+}
+
+struct Shard {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    /// Id of the newest segment, the only one written to.
+    active: u64,
+    /// Appended records not written out yet; they follow the active segment's `len`.
+    pending: Vec<u8>,
+    /// Files written since the last flush, besides the active one (sealed since).
+    unsynced: Vec<Arc<File>>,
+    /// A segment file was created since the last flush: its directory entry needs a sync.
+    dir_dirty: bool,
+    groups: HashMap<GroupKey, GroupLog>,
+    /// Newest trimmed seq per group, as in the `trimmed` file.
+    trimmed: HashMap<GroupKey, u64>,
+    /// Why the shard stopped accepting writes, after a failed write or sync.
+    failed: Option<String>,
+}
+
+fn io(what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("segment log: {what}: {e}"))
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+fn private_file(options: &mut OpenOptions) -> &mut OpenOptions {
+    options.mode(0o600)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync directory", e))
+}
+
+fn create_dir_private(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io("create directory", e))
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the log in `config.dir`, recovering every shard (see the module
+    /// docs). Blocking: it reads every segment.
+    pub fn open(config: SegmentLogConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        create_dir_private(&config.dir)?;
+        let lock = private_file(OpenOptions::new().read(true).write(true).create(true))
+            .open(config.dir.join("LOCK"))
+            .map_err(|e| io("open LOCK", e))?;
+        fs2::FileExt::try_lock_exclusive(&lock).map_err(|e| {
+            StoreError::Io(format!(
+                "segment log {} is in use by another process or store (is the node running?): {e}",
+                config.dir.display()
+            ))
+        })?;
+        let format = format!("{FORMAT_LINE}\nshards {}\n", config.shards);
+        let format_path = config.dir.join(FORMAT_FILE);
+        match std::fs::read_to_string(&format_path) {
+            Ok(found) if found == format => {}
+            Ok(found) => {
+                return Err(corrupt(format!(
+                    "{} says {found:?}, this node is configured for {format:?} (the shard count \
+                     of a log cannot change)",
+                    format_path.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let tmp = config.dir.join("FORMAT.tmp");
+                let file = private_file(OpenOptions::new().write(true).create(true).truncate(true))
+                    .open(&tmp)
+                    .map_err(|e| io("create FORMAT", e))?;
+                file.write_all_at(format.as_bytes(), 0)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| io("write FORMAT", e))?;
+                std::fs::rename(&tmp, &format_path).map_err(|e| io("rename FORMAT", e))?;
+                sync_dir(&config.dir)?;
+            }
+            Err(e) => return Err(io("read FORMAT", e)),
+        }
+        let inner = Inner {
+            _lock: lock,
+            hasher: RandomState::new(),
+            flushing: Mutex::new(()),
+            shards: Vec::new(),
+            config,
+        };
+        let mut shards = Vec::with_capacity(usize::from(inner.config.shards));
+        for n in 0..inner.config.shards {
+            shards.push(Mutex::new(inner.open_shard(n)?));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner { shards, ..inner }),
+        })
+    }
+
+    /// Whether the directory holds a segment log with at least one record.
+    pub fn has_records(dir: &Path) -> Result<bool, StoreError> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(false);
+        };
+        for shard in entries {
+            let shard = shard.map_err(|e| io("list", e))?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for seg in std::fs::read_dir(&shard).map_err(|e| io("list", e))? {
+                let meta = seg
+                    .map_err(|e| io("list", e))?
+                    .metadata()
+                    .map_err(|e| io("stat", e))?;
+                if meta.is_file() && meta.len() > 0 {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn config(&self) -> &SegmentLogConfig {
+        &self.inner.config
+    }
+
+    fn shard(&self, tenant: &TenantId, group: &GroupId) -> &Mutex<Shard> {
+        let n = self.inner.shards.len();
+        if n == 1 {
+            return &self.inner.shards[0];
+        }
+        // FNV-1a: stable across processes and versions (it places groups on disk).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in tenant
+            .as_str()
+            .bytes()
+            .chain([0])
+            .chain(group.as_str().bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.inner.shards[(h % n as u64) as usize]
+    }
+
+    fn dedupe_hash(&self, sender: &UserId, client_msg_id: &str) -> u64 {
+        let mut h = self.inner.hasher.build_hasher();
+        sender.as_str().hash(&mut h);
+        client_msg_id.hash(&mut h);
+        h.finish()
+    }
+
+    /// Appends a message with the group's next seq, or finds the earlier append of the same
+    /// `(sender, client_msg_id)` within the dedupe window. Durable after the next
+    /// [`SegmentLog::flush`].
+    pub fn append(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        msg: NewMessage<'_>,
+    ) -> Result<Appended, StoreError> {
+        let len = record::encoded_len(tenant, group, &msg);
+        if len > self.inner.config.max_record_bytes as usize {
+            return Err(StoreError::Io(format!(
+                "message of {len} bytes exceeds the segment log's record limit of {}",
+                self.inner.config.max_record_bytes
+            )));
+        }
+        let hash = self.dedupe_hash(msg.sender, msg.client_msg_id);
+        let mut shard = self.shard(tenant, group).lock();
+        if let Some(reason) = &shard.failed {
+            return Err(StoreError::Io(format!("segment log failed: {reason}")));
+        }
+        let key = (tenant.clone(), group.clone());
+        if let Some(seq) =
+            self.confirmed_duplicate(&shard, &key, hash, msg.sender, msg.client_msg_id)?
+        {
+            return Ok(Appended::Duplicate { seq });
+        }
+        let active_len = shard.active_len();
+        if active_len > 0 && active_len + len as u64 > self.inner.config.segment_bytes {
+            if let Err(e) = shard.roll() {
+                return Err(shard.fail(e));
+            }
+        }
+        let offset = shard.active_len();
+        let seq = shard.groups.get(&key).map_or(0, |g| g.head) + 1;
+        record::encode(&mut shard.pending, tenant, group, seq, &msg);
+        let segment = shard.active;
+        shard.note(
+            &self.inner.config,
+            key,
+            Noted {
+                seq,
+                segment,
+                offset,
+                len: len as u64,
+                sent_at_ms: msg.sent_at_ms,
+                hash,
+            },
+        );
+        if shard.pending.len() >= self.inner.config.write_buffer_bytes {
+            if let Err(e) = shard.write_out() {
+                // The record may or may not be in the file now.
+                return Err(StoreError::OutcomeUnknown(shard.fail(e).to_string()));
+            }
+        }
+        Ok(Appended::New { seq })
+    }
+
+    /// The seq of `hash` in the group's dedupe window, if the record there really is
+    /// `(sender, client_msg_id)`. A trimmed record is trusted on its hash (64 bits).
+    fn confirmed_duplicate(
+        &self,
+        shard: &Shard,
+        key: &GroupKey,
+        hash: u64,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(g) = shard.groups.get(key) else {
+            return Ok(None);
+        };
+        let Some(&seq) = g.dedupe.get(&hash) else {
+            return Ok(None);
+        };
+        if seq < g.first {
+            return Ok(Some(seq));
+        }
+        let plan = shard.plan(&self.inner.config, key, seq, seq, 1);
+        let found = plan.run(&key.0, &key.1)?;
+        Ok(found
+            .first()
+            .filter(|m| m.sender == *sender && m.client_msg_id == client_msg_id)
+            .map(|m| m.seq))
+    }
+
+    /// The seq an earlier append of `(sender, client_msg_id)` got, within the dedupe window.
+    pub fn find_sent(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let hash = self.dedupe_hash(sender, client_msg_id);
+        let shard = self.shard(tenant, group).lock();
+        let key = (tenant.clone(), group.clone());
+        self.confirmed_duplicate(&shard, &key, hash, sender, client_msg_id)
+    }
+
+    /// Newest seq of a group, 0 when it never had a message.
+    pub fn head(&self, tenant: &TenantId, group: &GroupId) -> u64 {
+        let shard = self.shard(tenant, group).lock();
+        shard
+            .groups
+            .get(&(tenant.clone(), group.clone()))
+            .map_or(0, |g| g.head)
+    }
+
+    /// Oldest retained seq of a group: 1 until retention trimmed it, `head + 1` when every
+    /// message is gone.
+    pub fn first_seq(&self, tenant: &TenantId, group: &GroupId) -> u64 {
+        let shard = self.shard(tenant, group).lock();
+        shard
+            .groups
+            .get(&(tenant.clone(), group.clone()))
+            .map_or(1, |g| g.first)
+    }
+
+    /// Up to `limit` messages with `seq > after`, in order. Below the first retained seq
+    /// there is nothing: such a read starts at the first retained message.
+    pub fn read_after(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if limit == 0 || after == u64::MAX {
+            return Ok(Vec::new());
+        }
+        let key = (tenant.clone(), group.clone());
+        let plan = {
+            let shard = self.shard(tenant, group).lock();
+            let Some(g) = shard.groups.get(&key) else {
+                return Ok(Vec::new());
+            };
+            let from = (after + 1).max(g.first);
+            if from > g.head {
+                return Ok(Vec::new());
+            }
+            let upto = from.saturating_add(limit as u64 - 1).min(g.head);
+            shard.plan(&self.inner.config, &key, from, upto, limit)
+        };
+        plan.run(tenant, group)
+    }
+
+    /// One message, if it is retained.
+    pub fn message(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let key = (tenant.clone(), group.clone());
+        let plan = {
+            let shard = self.shard(tenant, group).lock();
+            match shard.groups.get(&key) {
+                Some(g) if seq >= g.first && seq <= g.head => {
+                    shard.plan(&self.inner.config, &key, seq, seq, 1)
+                }
+                _ => return Ok(None),
+            }
+        };
+        Ok(plan.run(tenant, group)?.into_iter().next())
+    }
+
+    /// Makes every append that returned before this call durable: per shard one write of
+    /// the buffered records and one `fdatasync` per file written (see the module docs).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let _one = self.inner.flushing.lock();
+        for shard in &self.inner.shards {
+            let (files, dir) = {
+                let mut s = shard.lock();
+                if let Some(reason) = &s.failed {
+                    return Err(StoreError::Io(format!("segment log failed: {reason}")));
+                }
+                if let Err(e) = s.write_out() {
+                    return Err(s.fail(e));
+                }
+                let mut files = std::mem::take(&mut s.unsynced);
+                if let Some(active) = s.segments.get(&s.active) {
+                    files.push(active.file.clone());
+                }
+                let dir = std::mem::take(&mut s.dir_dirty).then(|| s.dir.clone());
+                (files, dir)
+            };
+            let synced = files
+                .iter()
+                .try_for_each(|f| f.sync_data().map_err(|e| io("fdatasync", e)))
+                .and_then(|()| dir.as_deref().map_or(Ok(()), sync_dir));
+            if let Err(e) = synced {
+                // What the failed sync covered may or may not be on disk: reopen to know.
+                return Err(shard.lock().fail(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every shard's buffer out without syncing: the state a flush is in between
+    /// its write and its fdatasync (for the kill tests).
+    #[cfg(test)]
+    pub(crate) fn write_unsynced(&self) -> Result<(), StoreError> {
+        for shard in &self.inner.shards {
+            shard.lock().write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the log works.
+    pub fn health(&self) -> StoreHealth {
+        for shard in &self.inner.shards {
+            if let Some(reason) = &shard.lock().failed {
+                return StoreHealth::Failed {
+                    reason: reason.clone(),
+                };
+            }
+        }
+        StoreHealth::Ok
+    }
+
+    /// Opens every failed shard again from disk (what was synced is read back, a torn tail
+    /// truncated, appends that were never written forgotten). `Ok(false)` when none had
+    /// failed. On an error the shard stays failed and the call may be repeated.
+    pub fn recover(&self) -> Result<bool, StoreError> {
+        let _one = self.inner.flushing.lock();
+        let mut reopened = false;
+        for (n, shard) in self.inner.shards.iter().enumerate() {
+            let mut s = shard.lock();
+            if s.failed.is_none() {
+                continue;
+            }
+            *s = self.inner.open_shard(n as u16)?;
+            reopened = true;
+        }
+        if reopened {
+            tracing::info!("segment log reopened after a storage failure");
+        }
+        Ok(reopened)
+    }
+
+    /// Deletes the sealed segments, oldest first, whose every group's records are past that
+    /// group's retention limits at `now_ms` (see the module docs). Blocking (it syncs the
+    /// `trimmed` file and deletes files).
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
+        let retention = &self.inner.config.retention;
+        let mut report = RetentionReport::default();
+        if !retention.is_limited() {
+            return Ok(report);
+        }
+        for shard in &self.inner.shards {
+            let mut s = shard.lock();
+            if s.failed.is_some() {
+                continue;
+            }
+            let doomed = s.expired_segments(retention, now_ms);
+            if doomed.is_empty() {
+                continue;
+            }
+            if let Err(e) = s.trim(&doomed, &mut report) {
+                return Err(s.fail(e));
+            }
+        }
+        if report.segments_deleted > 0 {
+            tracing::info!(
+                segments = report.segments_deleted,
+                bytes = report.bytes_deleted,
+                "retention deleted segments"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Bytes of segment files on disk, and how many there are.
+    pub fn disk_usage(&self) -> (u64, usize) {
+        let mut bytes = 0;
+        let mut files = 0;
+        for shard in &self.inner.shards {
+            let s = shard.lock();
+            files += s.segments.len();
+            bytes += s.segments.values().map(|seg| seg.len).sum::<u64>() + s.pending.len() as u64;
+        }
+        (bytes, files)
+    }
+}
+
+/// A record just appended or read at open, for [`Shard::note`].
+struct Noted {
+    seq: u64,
+    segment: u64,
+    offset: u64,
+    len: u64,
+    sent_at_ms: u64,
+    hash: u64,
+}
+
+impl Inner {
+    /// Opens shard `n`: reads every segment (truncating a torn or damaged tail), rebuilds
+    /// the groups, and makes sure there is an active segment.
+    fn open_shard(&self, n: u16) -> Result<Shard, StoreError> {
+        let dir = self.config.dir.join(format!("shard-{n:03}"));
+        create_dir_private(&dir)?;
+        let trimmed = read_trimmed(&dir)?;
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io("list shard", e))? {
+            let name = entry.map_err(|e| io("list shard", e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name
+                .strip_suffix(".seg")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                ids.push(id);
+            } else if name.ends_with(".tmp") {
+                // A `trimmed` file whose rename a crash prevented: the old one holds.
+                let _ = std::fs::remove_file(dir.join(&*name));
+            }
+        }
+        ids.sort_unstable();
+        let mut shard = Shard {
+            dir: dir.clone(),
+            segments: BTreeMap::new(),
+            active: 0,
+            pending: Vec::new(),
+            unsynced: Vec::new(),
+            dir_dirty: false,
+            groups: HashMap::new(),
+            trimmed,
+            failed: None,
+        };
+        for &id in &ids {
+            let path = segment_path(&dir, id);
+            let file = private_file(OpenOptions::new().read(true).write(true))
+                .open(&path)
+                .map_err(|e| io("open segment", e))?;
+            let size = file.metadata().map_err(|e| io("stat segment", e))?.len();
+            shard.segments.insert(
+                id,
+                Segment {
+                    file: Arc::new(file),
+                    len: 0,
+                    groups: HashMap::new(),
+                },
+            );
+            shard.active = id;
+            let good = self.scan(&mut shard, id, size)?;
+            if good < size {
+                let seg = shard
+                    .segments
+                    .get(&id)
+                    .ok_or_else(|| corrupt("segment vanished"))?;
+                tracing::warn!(
+                    segment = %path.display(),
+                    kept = good,
+                    dropped = size - good,
+                    "segment log: truncated a torn or damaged tail"
+                );
+                seg.file
+                    .set_len(good)
+                    .and_then(|()| seg.file.sync_all())
+                    .map_err(|e| io("truncate segment", e))?;
+            }
+            if let Some(seg) = shard.segments.get_mut(&id) {
+                seg.len = good;
+            }
+        }
+        // Groups whose every message was trimmed keep their numbering.
+        for (key, &t) in &shard.trimmed {
+            if !shard.groups.contains_key(key) {
+                shard.groups.insert(key.clone(), GroupLog::new(t));
+            }
+        }
+        if shard.segments.is_empty() {
+            shard.create_segment(1)?;
+            sync_dir(&dir)?;
+            shard.dir_dirty = false;
+        }
+        Ok(shard)
+    }
+
+    /// Reads segment `id` (`size` bytes in its file) into the shard's state; returns how
+    /// many bytes from its start are intact records.
+    fn scan(&self, shard: &mut Shard, id: u64, size: u64) -> Result<u64, StoreError> {
+        let max = self.config.max_record_bytes as usize;
+        let file = shard
+            .segments
+            .get(&id)
+            .map(|s| s.file.clone())
+            .ok_or_else(|| corrupt("segment vanished"))?;
+        let mut reader = SegmentReader::new(&file, size, &[], max);
+        let mut pos = 0;
+        while let Some(bytes) = reader.bytes_at(pos)? {
+            let (view, len) = match record::parse(bytes, max) {
+                Parsed::Record(view, len) => (view, len),
+                Parsed::Short { .. } | Parsed::Bad(_) => break,
+            };
+            let (Ok(tenant), Ok(group), Ok(sender)) = (
+                TenantId::new(view.tenant),
+                GroupId::new(view.group),
+                UserId::new(view.sender),
+            ) else {
+                break;
+            };
+            let key = (tenant, group);
+            let head = shard
+                .groups
+                .get(&key)
+                .map(|g| g.head)
+                .or_else(|| shard.trimmed.get(&key).copied())
+                .unwrap_or(0);
+            // At or below the head: trimmed already (its segment's deletion was cut short).
+            if view.seq > head {
+                let mut h = self.hasher.build_hasher();
+                sender.as_str().hash(&mut h);
+                view.client_msg_id.hash(&mut h);
+                shard.note(
+                    &self.config,
+                    key,
+                    Noted {
+                        seq: view.seq,
+                        segment: id,
+                        offset: pos,
+                        len: len as u64,
+                        sent_at_ms: view.sent_at_ms,
+                        hash: h.finish(),
+                    },
+                );
+            }
+            pos += len as u64;
+        }
+        Ok(pos)
+    }
+}
+
+impl Shard {
+    /// Bytes of the active segment, buffered ones included.
+    fn active_len(&self) -> u64 {
+        self.segments.get(&self.active).map_or(0, |s| s.len) + self.pending.len() as u64
+    }
+
+    /// Marks the shard failed (the first reason stays) and passes the error on.
+    fn fail(&mut self, e: StoreError) -> StoreError {
+        if self.failed.is_none() {
+            tracing::error!(error = %e, "segment log failed; writes are refused until it is reopened");
+            self.failed = Some(e.to_string());
+        }
+        e
+    }
+
+    fn create_segment(&mut self, id: u64) -> Result<(), StoreError> {
+        let file = private_file(OpenOptions::new().read(true).write(true).create_new(true))
+            .open(segment_path(&self.dir, id))
+            .map_err(|e| io("create segment", e))?;
+        self.segments.insert(
+            id,
+            Segment {
+                file: Arc::new(file),
+                len: 0,
+                groups: HashMap::new(),
+            },
+        );
+        self.active = id;
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Seals the active segment (its buffer written out, its sync left to the next flush)
+    /// and starts the next one.
+    fn roll(&mut self) -> Result<(), StoreError> {
+        self.write_out()?;
+        if let Some(seg) = self.segments.get(&self.active) {
+            self.unsynced.push(seg.file.clone());
+        }
+        self.create_segment(self.active + 1)
+    }
+
+    /// Writes the buffered records at the end of the active segment (one `write`).
+    fn write_out(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let seg = self
+            .segments
+            .get_mut(&self.active)
+            .ok_or_else(|| corrupt("no active segment"))?;
+        seg.file
+            .write_all_at(&self.pending, seg.len)
+            .map_err(|e| io("write", e))?;
+        seg.len += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Records a record's place in the group's state and the segment's summary.
+    fn note(&mut self, config: &SegmentLogConfig, key: GroupKey, r: Noted) {
+        if let Some(seg) = self.segments.get_mut(&r.segment) {
+            match seg.groups.get_mut(&key) {
+                Some(sg) => {
+                    sg.last = r.seq;
+                    sg.bytes += r.len;
+                    sg.newest_ms = sg.newest_ms.max(r.sent_at_ms);
+                }
+                None => {
+                    seg.groups.insert(
+                        key.clone(),
+                        SegGroup {
+                            first: r.seq,
+                            last: r.seq,
+                            bytes: r.len,
+                            newest_ms: r.sent_at_ms,
+                        },
+                    );
+                }
+            }
+        }
+        let trimmed = self.trimmed.get(&key).copied().unwrap_or(0);
+        let g = self
+            .groups
+            .entry(key)
+            .or_insert_with(|| GroupLog::new(trimmed));
+        if g.index.is_empty() {
+            g.first = r.seq;
+        }
+        if g.index.last().is_none_or(|e| e.segment != r.segment)
+            || g.since_index >= config.index_interval
+        {
+            g.index.push(IndexEntry {
+                seq: r.seq,
+                segment: r.segment,
+                offset: r.offset,
+            });
+            g.since_index = 0;
+        }
+        g.since_index += 1;
+        g.head = r.seq;
+        g.last_segment = r.segment;
+        g.last_end = r.offset + r.len;
+        if config.dedupe_window > 0 {
+            g.dedupe.insert(r.hash, r.seq);
+            g.dedupe_order.push_back((r.hash, r.seq));
+            while g.dedupe_order.len() > config.dedupe_window as usize {
+                if let Some((hash, seq)) = g.dedupe_order.pop_front() {
+                    if g.dedupe.get(&hash) == Some(&seq) {
+                        g.dedupe.remove(&hash);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The read of `from..=upto` (retained seqs of a group that has them).
+    fn plan(
+        &self,
+        config: &SegmentLogConfig,
+        key: &GroupKey,
+        from: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Plan {
+        let mut parts = Vec::new();
+        if let Some(g) = self.groups.get(key) {
+            let i = g.index.partition_point(|e| e.seq <= from).saturating_sub(1);
+            if let Some(start) = g.index.get(i) {
+                for (&id, seg) in self.segments.range(start.segment..) {
+                    let Some(sg) = seg.groups.get(key) else {
+                        continue;
+                    };
+                    let offset = if id == start.segment {
+                        start.offset
+                    } else {
+                        // The group's first record in a segment always has an index entry.
+                        let j = g.index.partition_point(|e| e.seq < sg.first);
+                        match g.index.get(j) {
+                            Some(e) if e.segment == id => e.offset,
+                            _ => 0,
+                        }
+                    };
+                    let pending =
+                        if id == self.active && g.last_segment == id && g.last_end > seg.len {
+                            self.pending[..(g.last_end - seg.len) as usize].to_vec()
+                        } else {
+                            Vec::new()
+                        };
+                    parts.push(Part {
+                        file: seg.file.clone(),
+                        written: seg.len,
+                        pending,
+                        start: offset,
+                        last_seq: sg.last,
+                    });
+                    if sg.last >= upto {
+                        break;
+                    }
+                }
+            }
+        }
+        Plan {
+            parts,
+            from,
+            upto,
+            limit,
+            max_record: config.max_record_bytes as usize,
+        }
+    }
+
+    /// The sealed segments, oldest first, that retention deletes now.
+    fn expired_segments(&self, retention: &Retention, now_ms: u64) -> Vec<u64> {
+        // Per group, bytes of its records in segments newer than each one (for max_bytes).
+        let mut newer_bytes: HashMap<&GroupKey, u64> = HashMap::new();
+        let mut bytes_after: HashMap<(u64, &GroupKey), u64> = HashMap::new();
+        for (&id, seg) in self.segments.iter().rev() {
+            for (key, sg) in &seg.groups {
+                let newer = newer_bytes.entry(key).or_insert(0);
+                bytes_after.insert((id, key), *newer);
+                *newer += sg.bytes;
+            }
+        }
+        let mut doomed = Vec::new();
+        for (&id, seg) in &self.segments {
+            if id == self.active {
+                break;
+            }
+            let expired = seg.groups.iter().all(|(key, sg)| {
+                let limits = retention.limits(&key.0, &key.1);
+                let head = self.groups.get(key).map_or(0, |g| g.head);
+                let by_age = limits
+                    .max_age_ms
+                    .is_some_and(|age| sg.newest_ms.saturating_add(age) < now_ms);
+                let by_count = limits
+                    .max_messages
+                    .is_some_and(|n| sg.last.saturating_add(n) <= head);
+                let by_bytes = limits
+                    .max_bytes
+                    .is_some_and(|b| bytes_after.get(&(id, key)).copied().unwrap_or(0) >= b);
+                by_age || by_count || by_bytes
+            });
+            if !expired {
+                break;
+            }
+            doomed.push(id);
+        }
+        doomed
+    }
+
+    /// Deletes `doomed` (the oldest segments): the groups' trimmed seqs are made durable
+    /// first, then the files go.
+    fn trim(&mut self, doomed: &[u64], report: &mut RetentionReport) -> Result<(), StoreError> {
+        for id in doomed {
+            if let Some(seg) = self.segments.get(id) {
+                for (key, sg) in &seg.groups {
+                    let t = self.trimmed.entry(key.clone()).or_insert(0);
+                    *t = (*t).max(sg.last);
+                }
+            }
+        }
+        write_trimmed(&self.dir, &self.trimmed)?;
+        for id in doomed {
+            let Some(seg) = self.segments.remove(id) else {
+                continue;
+            };
+            std::fs::remove_file(segment_path(&self.dir, *id))
+                .map_err(|e| io("delete segment", e))?;
+            report.segments_deleted += 1;
+            report.bytes_deleted += seg.len;
+            for (key, sg) in seg.groups {
+                if let Some(g) = self.groups.get_mut(&key) {
+                    g.first = g.first.max(sg.last + 1);
+                    g.index.retain(|e| e.segment != *id);
+                }
+            }
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+/// Reads a shard's `trimmed` file: per group, its newest deleted seq. Layout: count u32,
+/// then per group tenant and group (u8 length each) and seq u64, then a CRC32C of all that;
+/// little-endian.
+fn read_trimmed(dir: &Path) -> Result<HashMap<GroupKey, u64>, StoreError> {
+    let bytes = match std::fs::read(dir.join(TRIMMED_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(io("read trimmed", e)),
+    };
+    let bad = || corrupt(format!("{}: damaged", dir.join(TRIMMED_FILE).display()));
+    let (body, crc) = bytes
+        .split_at_checked(bytes.len().saturating_sub(4))
+        .ok_or_else(bad)?;
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err(bad());
+    }
+    let mut out = HashMap::new();
+    let (count, mut rest) = body.split_at_checked(4).ok_or_else(bad)?;
+    let count = u32::from_le_bytes(count.try_into().map_err(|_| bad())?);
+    for _ in 0..count {
+        let mut id = || -> Option<String> {
+            let (&n, tail) = rest.split_first()?;
+            let (s, tail) = tail.split_at_checked(usize::from(n))?;
+            rest = tail;
+            String::from_utf8(s.to_vec()).ok()
+        };
+        let (tenant, group) = (id().ok_or_else(bad)?, id().ok_or_else(bad)?);
+        let (seq, tail) = rest.split_at_checked(8).ok_or_else(bad)?;
+        rest = tail;
+        let seq = u64::from_le_bytes(seq.try_into().map_err(|_| bad())?);
+        let tenant = TenantId::new(&tenant).map_err(|_| bad())?;
+        let group = GroupId::new(&group).map_err(|_| bad())?;
+        out.insert((tenant, group), seq);
+    }
+    Ok(out)
+}
+
+/// Replaces the `trimmed` file durably (written aside, synced, renamed, directory synced).
+fn write_trimmed(dir: &Path, trimmed: &HashMap<GroupKey, u64>) -> Result<(), StoreError> {
+    let mut b = Vec::with_capacity(8 + trimmed.len() * 48);
+    b.extend_from_slice(&(trimmed.len() as u32).to_le_bytes());
+    for ((tenant, group), seq) in trimmed {
+        for id in [tenant.as_str(), group.as_str()] {
+            b.push(id.len() as u8);
+            b.extend_from_slice(id.as_bytes());
+        }
+        b.extend_from_slice(&seq.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{TRIMMED_FILE}.tmp"));
+    let file = private_file(OpenOptions::new().write(true).create(true).truncate(true))
+        .open(&tmp)
+        .map_err(|e| io("create trimmed", e))?;
+    file.write_all_at(&b, 0)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write trimmed", e))?;
+    std::fs::rename(&tmp, dir.join(TRIMMED_FILE)).map_err(|e| io("rename trimmed", e))?;
+    sync_dir(dir)
+}
