@@ -11,7 +11,7 @@ use bytes::Bytes;
 use switchboard_store::Store;
 use switchboard_wire::{self as wire, DecodeLimits, Message, ServerFrame};
 
-use crate::oracle::Invariant;
+use crate::invariant::Invariant;
 use crate::Sim;
 
 #[derive(Clone, Copy, PartialEq, Eq)]

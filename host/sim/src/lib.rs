@@ -40,6 +40,7 @@
 
 mod client;
 mod config;
+mod invariant;
 mod load;
 mod membership;
 mod node;
@@ -52,7 +53,7 @@ use switchboard_core::TenantId;
 use switchboard_store::MemStore;
 
 pub use config::Config;
-pub use oracle::Invariant;
+pub use invariant::Invariant;
 pub use rng::Rng;
 
 use client::Client;

@@ -5,13 +5,15 @@
 //! ([`SubChange`]), which the writer applies before it plans anything. The oracle records
 //! each subscription as a [`Span`].
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
-use switchboard_core::UserId;
+use switchboard_core::{PresenceState, UserId};
+use switchboard_router::Subscriber;
 use switchboard_store::Store;
 
-use crate::node::Sub;
-use crate::oracle::Invariant;
+use crate::invariant::Invariant;
 use crate::Sim;
 
 pub(crate) struct User {
@@ -274,5 +276,20 @@ impl Sim {
         for p in problems {
             self.violation(Invariant::MembersAgree, p);
         }
+    }
+}
+
+/// A session as the router's fan-out sees it.
+pub(crate) struct Sub {
+    pub(crate) session: u64,
+    pub(crate) presence: Rc<Cell<PresenceState>>,
+}
+
+impl Subscriber for Sub {
+    fn session_id(&self) -> u64 {
+        self.session
+    }
+    fn presence(&self) -> PresenceState {
+        self.presence.get()
     }
 }

@@ -11,31 +11,17 @@ use bytes::Bytes;
 use switchboard_core::{GroupId, Lane, PresenceState, TenantId, UserId};
 use switchboard_router::{
     defers_background, Copy, GroupFanout, GroupLog, LogError, PlanItem, PlanStats, Planned,
-    SessionPlanner, Subscriber, NUDGE_INTERVAL_MS,
+    SessionPlanner, NUDGE_INTERVAL_MS,
 };
 use switchboard_store::{Appended, GroupMeta, MemStore, NewMessage, Store};
 use switchboard_wire::{self as wire, DecodeLimits, Message, ServerFrame};
 
 use crate::client::{Client, Reader, Tracker};
 use crate::config::{Config, FOREGROUND_GATE_MS, WINDOW_FRAMES};
+use crate::invariant::Invariant;
 use crate::load::Load;
-use crate::membership::{Span, SubChange, User};
-use crate::oracle::Invariant;
+use crate::membership::{Span, Sub, SubChange, User};
 use crate::{Report, Rng, Sim};
-
-pub(crate) struct Sub {
-    pub(crate) session: u64,
-    pub(crate) presence: Rc<Cell<PresenceState>>,
-}
-
-impl Subscriber for Sub {
-    fn session_id(&self) -> u64 {
-        self.session
-    }
-    fn presence(&self) -> PresenceState {
-        self.presence.get()
-    }
-}
 
 pub(crate) struct Group {
     pub(crate) id: GroupId,

@@ -6,7 +6,6 @@ use std::path::Path;
 use switchboard_core::Lane;
 
 use super::*;
-use crate::contract::{g, t, u};
 
 fn config(dir: &Path) -> SegmentLogConfig {
     SegmentLogConfig::new(dir.join("log"))
@@ -484,4 +483,16 @@ fn a_kill_between_write_and_fsync_loses_nothing_acked() {
         50 + 4 * 80,
         "every round started from the last one's head"
     );
+}
+
+fn t(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+fn g(s: &str) -> GroupId {
+    GroupId::new(s).unwrap()
+}
+
+fn u(s: &str) -> UserId {
+    UserId::new(s).unwrap()
 }
