@@ -456,7 +456,7 @@ async fn the_segment_log_fails_typed_on_enospc_and_recovers_by_itself() {
     let (general_acked, error) = tokio::task::spawn_blocking(move || {
         let bob = switchboard_core::UserId::new("bob").unwrap();
         let body = vec![7u8; 8192];
-        let mut acked = 0;
+        // Each flush that returned made its append durable: `i` of them before a failure.
         for i in 0..10_000u32 {
             let id = format!("g{i}");
             let appended = writer.append(
@@ -471,9 +471,8 @@ async fn the_segment_log_fails_typed_on_enospc_and_recovers_by_itself() {
                 },
             );
             if let Err(e) = appended.and_then(|_| writer.flush()) {
-                return (acked, e);
+                return (u64::from(i), e);
             }
-            acked += 1;
         }
         panic!("10,000 flushes of 8 KiB on a full 32 MiB disk did not fail");
     })
