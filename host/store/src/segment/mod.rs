@@ -347,6 +347,24 @@ fn create_dir_private(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io("create directory", e))
 }
 
+/// How long `open` waits for the LOCK before calling the log in use.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Locks `lock` exclusively, waiting up to [`LOCK_WAIT`]. A lock can outlive its owner for a
+/// moment: a child forked by this process (between `fork` and `exec`) shares the open file
+/// until it execs, so a log closed and reopened while another thread spawns a process
+/// (tests; a node reopening its store) would otherwise be refused as "in use".
+fn lock_exclusive(lock: &File) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match fs2::FileExt::try_lock_exclusive(lock) {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
 impl SegmentLog {
     /// Opens (or creates) the log in `config.dir`, recovering every shard (see the module
     /// docs). Blocking: it reads every segment.
@@ -356,7 +374,7 @@ impl SegmentLog {
         let lock = private_file(OpenOptions::new().read(true).write(true).create(true))
             .open(config.dir.join("LOCK"))
             .map_err(|e| io("open LOCK", e))?;
-        fs2::FileExt::try_lock_exclusive(&lock).map_err(|e| {
+        lock_exclusive(&lock).map_err(|e| {
             StoreError::Io(format!(
                 "segment log {} is in use by another process or store (is the node running?): {e}",
                 config.dir.display()
