@@ -22,10 +22,26 @@ async fn member(n: &TestNode, tenant: &str, user: &str) -> RawClient {
 
 #[tokio::test]
 async fn the_priority_plugin_picks_lanes_and_rejects() {
+    priority_over_quic(plugins_artifacts::PRIORITY).await;
+}
+
+/// The reference priority policy written in JavaScript does over QUIC what the Rust one does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_priority_plugin_in_javascript_picks_lanes_and_rejects() {
+    priority_over_quic(plugins_artifacts::PRIORITY_JS).await;
+}
+
+/// The same in Python.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_priority_plugin_in_python_picks_lanes_and_rejects() {
+    priority_over_quic(plugins_artifacts::PRIORITY_PY).await;
+}
+
+async fn priority_over_quic(wasm: &str) {
     let n = TestNode::start().await;
     n.bind(
         "acme",
-        plugins_artifacts::PRIORITY,
+        wasm,
         &[("vip_users", "alice"), ("large_bytes", "100")],
     );
     let mut alice = member(&n, "acme", "alice").await;
