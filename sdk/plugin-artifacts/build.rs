@@ -29,12 +29,19 @@ fn generate() -> Result<()> {
         .context("sdk/plugin-artifacts lives two levels below the repository")?
         .to_owned();
 
-    let artifacts = plugins::build_into(&repo, &nested_target_dir(&out_dir), true)?;
+    let nested = nested_target_dir(&out_dir);
+    let artifacts = plugins::build_into(&repo, &nested, true)?;
+    // The tools the Python and JavaScript plugins were built with (installed by now when
+    // there are such plugins), for tests that build a scaffold.
+    let toolchains = nested.join("toolchains");
+    let componentize_py = plugins::install_componentize_py(&toolchains)?;
+    let componentize_qjs = plugins::install_componentize_qjs(&toolchains)?;
 
     rerun_if_changed(&repo, &artifacts)?;
 
     let mut code = String::new();
     let mut all = String::new();
+    let mut interpreted = String::new();
     for artifact in &artifacts {
         let constant = artifact.name.to_uppercase().replace('-', "_");
         let source = artifact
@@ -50,12 +57,41 @@ fn generate() -> Result<()> {
         )?;
         writeln!(code, "pub const {constant}: &str = {:?};", artifact.wasm)?;
         writeln!(all, "    ({:?}, {constant}),", artifact.name)?;
+        if artifact.lang != plugins::Lang::Rust {
+            writeln!(
+                interpreted,
+                "    ({:?}, {:?}),",
+                artifact.name,
+                artifact.lang.name()
+            )?;
+        }
     }
+    writeln!(
+        code,
+        "/// The plugins written in a language whose runtime they embed (Python, JavaScript), \
+         as (name, language): megabytes of interpreter, far larger than the Rust plugins."
+    )?;
+    writeln!(
+        code,
+        "pub const INTERPRETED: &[(&str, &str)] = &[\n{interpreted}];"
+    )?;
     writeln!(
         code,
         "/// Every plugin, as (name, path), sorted by name. The name is the plugin's directory."
     )?;
     writeln!(code, "pub const ALL: &[(&str, &str)] = &[\n{all}];")?;
+    writeln!(
+        code,
+        "/// componentize-py {}, as the Python plugins are built.\npub const COMPONENTIZE_PY: &str = {:?};",
+        plugins::COMPONENTIZE_PY,
+        componentize_py
+    )?;
+    writeln!(
+        code,
+        "/// componentize-qjs {}, as the JavaScript plugins are built.\npub const COMPONENTIZE_QJS: &str = {:?};",
+        plugins::COMPONENTIZE_QJS,
+        componentize_qjs
+    )?;
     std::fs::write(out_dir.join("artifacts.rs"), code)?;
     Ok(())
 }
@@ -89,7 +125,10 @@ fn rerun_if_changed(repo: &Path, artifacts: &[plugins::Artifact]) -> Result<()> 
     ];
     for artifact in artifacts {
         paths.push(artifact.manifest.clone());
-        paths.extend(dep_info(&artifact.dep_info)?);
+        if let Some(info) = &artifact.dep_info {
+            paths.extend(dep_info(info)?);
+        }
+        paths.extend(artifact.sources.iter().cloned());
     }
     paths.sort();
     paths.dedup();
@@ -128,9 +167,23 @@ fn dep_info(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The package's `description`, for the constant's doc comment.
+/// The package's `description`, for the constant's doc comment; for a plugin in another
+/// language, the first line of its entry file's leading comment.
 fn description(manifest: &Path) -> Result<String> {
     let text = std::fs::read_to_string(manifest)?;
+    if manifest.file_name().is_some_and(|n| n != "Cargo.toml") {
+        let line = text
+            .lines()
+            .map(|l| {
+                l.trim()
+                    .trim_start_matches("\"\"\"")
+                    .trim_start_matches("//")
+                    .trim()
+            })
+            .find(|l| !l.is_empty())
+            .unwrap_or("");
+        return Ok(line.to_owned());
+    }
     let description = text
         .lines()
         .find_map(|line| line.trim().strip_prefix("description = \""))

@@ -55,10 +55,11 @@ async fn refused_uploads_say_why_and_store_nothing() {
     };
     sync(|| admin.set_quotas("acme", &roomy)).unwrap();
 
-    // Over the node's limit (4 MiB by default), though within the tenant's quota.
-    let five_mib = vec![0u8; 5 << 20];
-    let detail = refused(&api, &key, &five_mib, 413, "plugin-too-large");
-    assert!(detail.contains(&(4 << 20).to_string()), "{detail}");
+    // Over the node's limit (20 MiB by default), though within the tenant's quota.
+    let node_max = switchboard_policy::PolicyLimits::default().max_plugin_bytes;
+    let over = vec![0u8; node_max + 1];
+    let detail = refused(&api, &key, &over, 413, "plugin-too-large");
+    assert!(detail.contains(&node_max.to_string()), "{detail}");
 
     // Over the API's body limit: refused before the body is sent.
     let huge = vec![0u8; switchboard_admin::http::UPLOAD_BODY_LIMIT + 1];

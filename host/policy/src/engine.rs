@@ -85,11 +85,22 @@ impl std::fmt::Debug for PolicyEngine {
 /// Guard pages after each linear memory. Bounds are checked explicitly (the reservation is
 /// only as large as the memory cap), so this only needs to absorb small constant offsets.
 const MEMORY_GUARD_BYTES: u64 = 64 << 10;
-/// Core instances a component may contain: a Rust wasm32-wasip2 component has its main
-/// module plus a few small shims.
+/// Core instances the pool holds per instance it can hold (the pool's total is this times
+/// `max_instances`): a Rust wasm32-wasip2 component has its main module plus a few small
+/// shims.
 const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// Core instances one component may contain: a Python component (componentize-py: CPython,
+/// its libraries and shims, dynamically linked) has 38; one in JavaScript (QuickJS) 11.
+/// Larger than the average above, so a node full of Python instances holds fewer of them
+/// (the pool's totals, and so its memory, do not grow).
+const MAX_CORE_INSTANCES_IN_ONE_COMPONENT: u32 = 40;
 const TABLES_PER_COMPONENT: u32 = 8;
+/// Memories the pool holds per instance it can hold (its total is this times
+/// `max_instances`).
 const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Memories one component may define: a JavaScript component (componentize-qjs) defines 3
+/// (two of them empty); Rust and Python components 1.
+const MAX_MEMORIES_IN_ONE_COMPONENT: u32 = 3;
 
 impl PolicyEngine {
     pub fn new(limits: PolicyLimits) -> Result<Self, EngineError> {
@@ -283,8 +294,15 @@ fn engine_config(limits: &PolicyLimits) -> Config {
         // Proposals a policy plugin does not need. GC, exceptions, threads and
         // component-model async are already compiled out (cargo features).
         .wasm_memory64(false)
-        .wasm_multi_memory(false)
-        .wasm_tail_call(false)
+        // On: a component composed of components (JavaScript's, docs/plugins.md §14) gets
+        // adapters that copy between their memories, and wasmtime generates those with
+        // multi-memory (with it off, it panics compiling one). Memory stays bounded per
+        // instance, not per memory: the limiter caps the sum of an instance's memories.
+        .wasm_multi_memory(true)
+        // On: QuickJS, the JavaScript engine of JS plugins, is compiled with tail calls. A
+        // tail call replaces its caller's frame: it cannot grow the stack past
+        // `max_wasm_stack`, and every call still costs fuel.
+        .wasm_tail_call(true)
         .wasm_relaxed_simd(false)
         .wasm_wide_arithmetic(false)
         .wasm_custom_page_sizes(false)
@@ -304,8 +322,8 @@ fn engine_config(limits: &PolicyLimits) -> Config {
         .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
         .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
         .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
-        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
-        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_IN_ONE_COMPONENT)
+        .max_memories_per_component(MAX_MEMORIES_IN_ONE_COMPONENT)
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .max_memory_size(limits.max_memory_bytes)
         .table_elements(limits.max_table_elements);

@@ -56,13 +56,56 @@ pub(crate) struct TenantShared {
     pub counters: TenantCounters,
     pub stats: PolicyStats,
     pub limits: Arc<PolicyLimits>,
+    /// Set for a trial run (`trial.rs`): the plugin's log lines are kept here instead of
+    /// going to the node's log, and `now-ms` reads `clock_ms` instead of the system clock.
+    pub trial: Option<TrialHost>,
 }
 
-/// Caps linear memory and tables per instance, and remembers how far memory grew.
+/// What a trial run's host keeps for the caller instead of the node's log and clock.
+#[derive(Debug, Default)]
+pub(crate) struct TrialHost {
+    pub logs: Mutex<Vec<LogLine>>,
+    /// What `now-ms` answers; set per call by the trial.
+    pub clock_ms: std::sync::atomic::AtomicU64,
+}
+
+/// One line a plugin wrote with `host.log`, as kept by a trial run (already cut to
+/// [`PolicyLimits::max_log_line_bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// The level of a [`LogLine`] (`switchboard:policy/types.log-level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Caps linear memory and tables per instance, and remembers how far memory grew. The memory
+/// cap is on the sum of all the instance's memories (a composed component has several).
 #[derive(Debug)]
 pub(crate) struct InstanceLimiter {
     pub memory_cap: usize,
     pub table_cap: usize,
+    /// The sum of the instance's memories' sizes now.
+    pub memory_total: usize,
+    /// The largest `memory_total` reached.
     pub memory_peak: usize,
 }
 
@@ -76,20 +119,25 @@ pub(crate) struct MemoryCapExceeded {
 impl wasmtime::ResourceLimiter for InstanceLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_cap {
+        let total = self
+            .memory_total
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.memory_cap {
             // Trap with a message the tenant can act on, rather than letting the guest's
             // allocator see a failed grow and abort with a bare `unreachable`.
             return Err(MemoryCapExceeded {
-                desired,
+                desired: total,
                 cap: self.memory_cap,
             }
             .into());
         }
-        self.memory_peak = self.memory_peak.max(desired);
+        self.memory_total = total;
+        self.memory_peak = self.memory_peak.max(total);
         Ok(true)
     }
 
@@ -130,6 +178,7 @@ impl InstanceState {
             limiter: InstanceLimiter {
                 memory_cap: limits.max_memory_bytes,
                 table_cap: limits.max_table_elements,
+                memory_total: 0,
                 memory_peak: 0,
             },
             log_budget: limits.max_log_lines_per_call,
@@ -160,6 +209,19 @@ impl host::Host for InstanceState {
         }
         self.log_budget -= 1;
         let line = truncate_to_boundary(&message, self.shared.limits.max_log_line_bytes);
+        if let Some(trial) = &self.shared.trial {
+            let level = match level {
+                wit::LogLevel::Debug => LogLevel::Debug,
+                wit::LogLevel::Info => LogLevel::Info,
+                wit::LogLevel::Warn => LogLevel::Warn,
+                wit::LogLevel::Error => LogLevel::Error,
+            };
+            trial.logs.lock().push(LogLine {
+                level,
+                message: line.to_string(),
+            });
+            return;
+        }
         let tenant = &*self.shared.tenant;
         match level {
             wit::LogLevel::Debug => {
@@ -178,6 +240,9 @@ impl host::Host for InstanceState {
     }
 
     fn now_ms(&mut self) -> u64 {
+        if let Some(trial) = &self.shared.trial {
+            return trial.clock_ms.load(std::sync::atomic::Ordering::Relaxed);
+        }
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -18,6 +18,10 @@
 //!   the plugin's version and the engine's configuration) checks out; anything else is
 //!   deleted and recompiled ([`CacheOutcome::Rejected`]), never an error. The crate's only
 //!   `unsafe` is that deserialization (`cache.rs`).
+//! - [`check_upload_size`] and [`PolicyEngine::check_upload_and_self_test`]: every check an upload goes
+//!   through, shared by the node's upload and the workbench ([`UploadRefusal`]).
+//! - [`Trial`]: a plugin run by hand (the workbench's `plugin run`): each call's answer,
+//!   fuel, time and log lines.
 //! - [`TenantPolicy`]: a plugin plus one tenant's id and configuration, with one method per
 //!   hook. Every call returns a [`Decision`]: the plugin's answer, or [`Builtin`]'s when the
 //!   call trapped, ran out of fuel or time, or returned something invalid (the instance is
@@ -40,20 +44,24 @@ mod self_test;
 mod shape;
 mod stats;
 mod tenant;
+mod trial;
 mod types;
+mod upload;
 mod wasi;
 
 pub use cache::{ArtifactCache, CacheError, CacheOutcome, CacheRejection};
 pub use engine::{EngineError, PolicyEngine};
-pub use host::TenantCounters;
+pub use host::{LogLevel, LogLine, TenantCounters};
 pub use limits::PolicyLimits;
 pub use load::LoadError;
 pub use self_test::{HookReport, SelfTestError, SelfTestReport};
 pub use shape::{Shape, ShapeLimits};
 pub use stats::{FallbackCounts, HookStats, PolicyStatsSnapshot};
 pub use tenant::{Plugin, TenantPolicy};
+pub use trial::{Trial, TrialCall};
 pub use types::{
     Builtin, Decision, Delivery, FallbackReason, Flag, FlagContext, Hook, Lane, LoadInfo,
     MessageInfo, ReceiptAction, ReceiptInfo, ReceiptKind, Shedding, Source, Verdict,
     BODY_PREFIX_BYTES,
 };
+pub use upload::{check_upload_size, UploadRefusal};

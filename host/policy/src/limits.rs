@@ -11,7 +11,11 @@ use crate::shape::ShapeLimits;
 /// plugin uses well under 1% of the fuel and deadline (see the crate's tests and bench).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyLimits {
-    /// Largest plugin (component binary) accepted by `load`. Default 4 MiB.
+    /// Largest plugin (component binary) accepted by `load`. Default 20 MiB: a Python plugin
+    /// carries CPython (the reference one is 17.6 MiB; docs/plugins.md §15). What one tenant
+    /// may upload is bounded first by its quota (`max_plugin_bytes`, 4 MiB unless the
+    /// operator raises it), so only the tenants an operator chose can upload plugins this
+    /// large.
     pub max_plugin_bytes: usize,
     /// Fuel (roughly: wasm operators executed) per hook call, refilled before every call, and
     /// the budget for instantiating a fresh instance. Default 10,000,000: on the order of a
@@ -68,7 +72,7 @@ pub struct PolicyLimits {
 impl Default for PolicyLimits {
     fn default() -> Self {
         PolicyLimits {
-            max_plugin_bytes: 4 << 20,
+            max_plugin_bytes: 20 << 20,
             fuel_per_call: 10_000_000,
             deadline: Duration::from_millis(10),
             epoch_tick: Duration::from_millis(1),

@@ -99,6 +99,7 @@ impl Plugin {
             counters: TenantCounters::new(),
             stats: PolicyStats::default(),
             limits: self.inner.engine.inner().limits.clone(),
+            trial: None,
         });
         instantiate(self, &shared).map(drop)
     }
@@ -273,7 +274,26 @@ impl TenantPolicy {
         config: BTreeMap<String, String>,
         counters: TenantCounters,
     ) -> Self {
-        let tenant: String = tenant.into();
+        Self::build(plugin, tenant.into(), config, counters, None)
+    }
+
+    /// A policy whose host is a trial's (`trial.rs`): logs kept, clock set by the caller.
+    pub(crate) fn for_trial(
+        plugin: &Plugin,
+        tenant: String,
+        config: BTreeMap<String, String>,
+    ) -> Self {
+        let trial = crate::host::TrialHost::default();
+        Self::build(plugin, tenant, config, TenantCounters::new(), Some(trial))
+    }
+
+    fn build(
+        plugin: &Plugin,
+        tenant: String,
+        config: BTreeMap<String, String>,
+        counters: TenantCounters,
+        trial: Option<crate::host::TrialHost>,
+    ) -> Self {
         TenantPolicy {
             shared: Arc::new(TenantShared {
                 tenant: Arc::from(tenant),
@@ -281,6 +301,7 @@ impl TenantPolicy {
                 counters,
                 stats: PolicyStats::default(),
                 limits: plugin.inner.engine.inner().limits.clone(),
+                trial,
             }),
             plugin: plugin.clone(),
             idle: Mutex::new(Vec::new()),
@@ -442,6 +463,11 @@ impl TenantPolicy {
                 Err(classify(error))
             }
         }
+    }
+
+    /// The trial host of a policy made by [`TenantPolicy::for_trial`].
+    pub(crate) fn trial_host(&self) -> Option<&crate::host::TrialHost> {
+        self.shared.trial.as_ref()
     }
 
     fn release(&self, slot: Slot) {

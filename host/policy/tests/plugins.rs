@@ -18,6 +18,8 @@ use switchboard_policy::{
 /// insists on an entry here; [`every_plugin_has_a_test`] insists every plugin has one.
 const COVERAGE: &[(&str, &str)] = &[
     ("priority", "priority_lanes_and_spam"),
+    ("priority-js", "priority_in_javascript_answers_like_rust"),
+    ("priority-py", "priority_in_python_answers_like_rust"),
     ("receipts", "receipts_aggregate_over_the_threshold"),
     ("flags", "flags_rollout_is_stable_and_roughly_right"),
     ("degradation", "degradation_ladder"),
@@ -92,10 +94,19 @@ fn generous(name: &str) -> TenantPolicy {
     TenantPolicy::new(&plugin, "mallory", BTreeMap::new())
 }
 
+/// `name` loaded into [`engine`], once per test binary: a Python plugin takes seconds to
+/// compile (docs/plugins.md §15), and a `Plugin` is immutable, so tests can share it.
 fn plugin(name: &str) -> Plugin {
-    engine()
+    static LOADED: OnceLock<parking_lot::Mutex<BTreeMap<String, Plugin>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Default::default);
+    if let Some(plugin) = loaded.lock().get(name) {
+        return plugin.clone();
+    }
+    let plugin = engine()
         .load(&wasm(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    loaded.lock().insert(name.to_owned(), plugin.clone());
+    plugin
 }
 
 fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -164,7 +175,64 @@ fn every_plugin_has_a_test() {
 
 #[test]
 fn priority_lanes_and_spam() {
-    let policy = tenant("priority", "acme", &[("vip_users", "ceo, cto")]);
+    let fuel = check_priority("priority");
+    // The budget is sized so the reference plugin uses a small fraction of it.
+    assert!(
+        fuel > 0 && fuel * 20 < PolicyLimits::default().fuel_per_call,
+        "{fuel}"
+    );
+}
+
+/// The reference priority policy in JavaScript (`plugins/priority-js`, QuickJS) answers every
+/// hook as the Rust one does, imports nothing but `switchboard:policy`, passes the self-test,
+/// and stays well inside the default budgets.
+#[test]
+fn priority_in_javascript_answers_like_rust() {
+    check_interpreted("priority-js");
+}
+
+/// The same for Python (`plugins/priority-py`, CPython).
+#[test]
+fn priority_in_python_answers_like_rust() {
+    check_interpreted("priority-py");
+}
+
+fn check_interpreted(name: &str) {
+    let fuel = check_priority(name);
+    assert!(
+        fuel > 0 && fuel * 10 < PolicyLimits::default().fuel_per_call,
+        "{name}: {fuel}"
+    );
+    let plugin = plugin(name);
+    for import in plugin.imports() {
+        assert!(
+            import.starts_with("switchboard:policy/"),
+            "{name} imports {import}: built without --stub-wasi?"
+        );
+    }
+    for config in [BTreeMap::new(), config(&[("vip_users", "ceo")])] {
+        let report = plugin
+            .self_test(&config)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for hook in &report.hooks {
+            println!(
+                "{name}: {} x{} at most {} fuel, {:?}",
+                hook.hook, hook.calls, hook.fuel_used, hook.elapsed
+            );
+        }
+    }
+    // An invalid setting is logged once, and the default used, as in Rust.
+    let bad = tenant(name, "acme", &[("large_bytes", "lots")]);
+    assert_eq!(
+        from_plugin(bad.on_message(&message("bob", b"x", 16_385))),
+        accept(Lane::Low, false)
+    );
+    assert_eq!(bad.stats().fallbacks.total(), 0);
+}
+
+/// The priority rules, checked on the plugin `name`; returns the most fuel a call used.
+fn check_priority(name: &str) -> u64 {
+    let policy = tenant(name, "acme", &[("vip_users", "ceo, cto")]);
     let on = |sender: &str, body: &[u8], size: u32| {
         from_plugin(policy.on_message(&message(sender, body, size)))
     };
@@ -203,26 +271,29 @@ fn priority_lanes_and_spam() {
     }
 
     // The tenant's configuration is what the plugin sees.
-    let small = tenant("priority", "acme", &[("large_bytes", "100")]);
+    let small = tenant(name, "acme", &[("large_bytes", "100")]);
     assert_eq!(
         from_plugin(small.on_message(&message("bob", b"x", 101))),
         accept(Lane::Low, false)
     );
+    assert_eq!(
+        from_plugin(small.on_message(&message("bob", b"x", 100))),
+        accept(Lane::Normal, false)
+    );
 
     let stats = policy.stats();
-    assert_eq!(stats.fallbacks.total(), 0);
+    assert_eq!(stats.fallbacks.total(), 0, "{name}");
     assert_eq!(stats.on_message.calls, 6);
     assert_eq!(
         stats.instantiations, 1,
-        "one instance, reused for every call"
+        "{name}: one instance, reused for every call"
     );
-    // The budget is sized so the reference plugin uses a small fraction of it.
     let fuel = stats.fuel_used_max;
-    println!("priority: at most {fuel} fuel per call");
-    assert!(
-        fuel > 0 && fuel * 20 < PolicyLimits::default().fuel_per_call,
-        "{fuel}"
+    println!(
+        "{name}: at most {fuel} fuel per call, {} bytes of memory",
+        stats.memory_peak_bytes
     );
+    fuel
 }
 
 #[test]

@@ -28,7 +28,16 @@ fn component(fields: &str) -> Vec<u8> {
 fn every_real_plugin_is_well_within_the_shape_limits() {
     let limits = ShapeLimits::default();
     let mut largest = Shape::default();
+    let interpreted = |name: &str| {
+        plugins_artifacts::INTERPRETED
+            .iter()
+            .any(|(n, _)| *n == name)
+    };
     for (name, path) in plugins_artifacts::ALL {
+        if interpreted(name) {
+            // An embedded interpreter: `interpreted_plugins_fit_the_limits_they_were_raised_to`.
+            continue;
+        }
         let wasm = std::fs::read(path).unwrap();
         let shape = Shape::measure(&wasm, &limits).unwrap_or_else(|e| panic!("{name}: {e}"));
         eprintln!("{name:>22}: {} bytes, {shape:?}", wasm.len());
@@ -65,6 +74,28 @@ fn every_real_plugin_is_well_within_the_shape_limits() {
     );
     within("locals", largest.max_locals, limits.max_locals);
     within("segments", largest.segments, limits.max_segments);
+}
+
+/// The Python and JavaScript plugins carry their interpreter (CPython, QuickJS): thousands of
+/// functions. They fit the default shape limits, which were raised for them only as far as
+/// measured (docs/plugins.md §6), and print their shape for the docs.
+#[test]
+fn interpreted_plugins_fit_the_limits_they_were_raised_to() {
+    let limits = ShapeLimits::default();
+    for (name, _) in plugins_artifacts::INTERPRETED {
+        let (_, path) = plugins_artifacts::ALL
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap();
+        let wasm = std::fs::read(path).unwrap();
+        let shape = Shape::measure(&wasm, &limits).unwrap_or_else(|e| panic!("{name}: {e}"));
+        eprintln!("{name:>22}: {} bytes, {shape:?}", wasm.len());
+        assert!(
+            wasm.len() <= PolicyLimits::default().max_plugin_bytes,
+            "{name}: {} bytes",
+            wasm.len()
+        );
+    }
 }
 
 /// Loads `wasm`, expecting a `TooComplex` refusal about `what`, quickly.
@@ -110,11 +141,11 @@ fn modules_shaped_to_be_slow_to_compile_are_refused_before_compiling() {
             "end ".repeat(depth)
         ))
     };
-    // 100k nested blocks are 300 KB of one function: refused for that first.
+    // 200k nested blocks are 600 KB of one function: refused for that first.
     refused(
         &engine,
-        "100k nested blocks",
-        &nested(100_000),
+        "200k nested blocks",
+        &nested(200_000),
         "bytes in one function",
     );
     refused(
@@ -150,10 +181,10 @@ fn modules_shaped_to_be_slow_to_compile_are_refused_before_compiling() {
         "locals in one function",
     );
 
-    let body = format!("(func {})", "i32.const 1 drop ".repeat(100_000));
+    let body = format!("(func {})", "i32.const 1 drop ".repeat(200_000));
     refused(
         &engine,
-        "a 300 KB function",
+        "a 600 KB function",
         &component(&body),
         "bytes in one function",
     );

@@ -159,10 +159,16 @@ enum GroupCmd {
 #[derive(Debug, Subcommand)]
 enum PluginCmd {
     /// Upload a `tenant-policy` component (.wasm); prints its version.
-    Upload { tenant: String, file: PathBuf },
+    Upload {
+        tenant: String,
+        file: PathBuf,
+        /// Print only the version (for scripts: `v=$(switchboard ctl plugin upload -q …)`).
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// List stored versions.
     List { tenant: String },
-    /// Show a version and where it serves.
+    /// Show a version (or an unambiguous prefix of one) and where it serves.
     Show { tenant: String, version: String },
 }
 
@@ -170,7 +176,7 @@ enum PluginCmd {
 enum PolicyCmd {
     /// Versions serving and their health.
     Status { tenant: String },
-    /// Serve a version to every user.
+    /// Serve a version (or an unambiguous prefix of one) to every user.
     Activate {
         tenant: String,
         version: String,
@@ -178,7 +184,7 @@ enum PolicyCmd {
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
         config: Vec<(String, String)>,
     },
-    /// Serve a version to a share of users and to some groups.
+    /// Serve a version (or an unambiguous prefix) to a share of users and to some groups.
     Canary {
         tenant: String,
         version: String,
@@ -564,11 +570,18 @@ fn show_group(g: &GroupInfo) -> String {
 
 fn plugin(c: &AdminClient, cmd: PluginCmd) -> Result<Answer, Failure> {
     Ok(match cmd {
-        PluginCmd::Upload { tenant, file } => {
+        PluginCmd::Upload {
+            tenant,
+            file,
+            quiet,
+        } => {
             let wasm = std::fs::read(&file)
                 .map_err(|e| Failure::Local(format!("{}: {e}", file.display())))?;
             answer(&c.upload_plugin(&tenant, &wasm)?, |u| {
                 let p = &u.plugin;
+                if quiet {
+                    return p.version.clone();
+                }
                 if !u.created {
                     return format!("version {} was stored already", p.version);
                 }
@@ -598,9 +611,11 @@ fn plugin(c: &AdminClient, cmd: PluginCmd) -> Result<Answer, Failure> {
                 }),
             )
         }),
-        PluginCmd::Show { tenant, version } => answer(&c.plugin(&tenant, &version)?, |d| {
-            let p = &d.plugin;
-            format!(
+        PluginCmd::Show { tenant, version } => {
+            let version = full_version(c, &tenant, &version)?;
+            answer(&c.plugin(&tenant, &version)?, |d| {
+                let p = &d.plugin;
+                format!(
                 "version {}\n  role:     {}\n  size:     {} bytes\n  uploader: {}\n  uploaded: {}\n  imports:  {}",
                 p.version,
                 d.role,
@@ -609,8 +624,42 @@ fn plugin(c: &AdminClient, cmd: PluginCmd) -> Result<Answer, Failure> {
                 utc(p.uploaded_at_ms),
                 p.imports.join(", ")
             )
-        }),
+            })
+        }
     })
+}
+
+/// The stored version `given` names: itself when it is a whole version (64 hex digits),
+/// else the one stored version it is a prefix of. No match, or several, is a local error
+/// listing what matched.
+fn full_version(c: &AdminClient, tenant: &str, given: &str) -> Result<String, Failure> {
+    let whole = given.len() == 64 && given.bytes().all(|b| b.is_ascii_hexdigit());
+    if whole {
+        return Ok(given.to_ascii_lowercase());
+    }
+    if given.is_empty() {
+        return Err(Failure::Local(
+            "a version (or a prefix of one) is needed".into(),
+        ));
+    }
+    let prefix = given.to_ascii_lowercase();
+    let matching: Vec<String> = c
+        .plugins(tenant)?
+        .into_iter()
+        .map(|p| p.version)
+        .filter(|v| v.starts_with(&prefix))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(Failure::Local(format!(
+            "no stored version of {tenant} starts with {given:?} (`ctl plugin list {tenant}`)"
+        ))),
+        many => Err(Failure::Local(format!(
+            "{given:?} is ambiguous: {} versions of {tenant} start with it ({}); give more digits",
+            many.len(),
+            many.iter().map(|v| short(v)).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 fn policy(c: &AdminClient, cmd: PolicyCmd) -> Result<Answer, Failure> {
@@ -623,7 +672,7 @@ fn policy(c: &AdminClient, cmd: PolicyCmd) -> Result<Answer, Failure> {
         } => c.activate(
             &tenant,
             &Activate {
-                version,
+                version: full_version(c, &tenant, &version)?,
                 config: config.into_iter().collect(),
             },
         )?,
@@ -636,7 +685,7 @@ fn policy(c: &AdminClient, cmd: PolicyCmd) -> Result<Answer, Failure> {
         } => c.start_canary(
             &tenant,
             &StartCanary {
-                version,
+                version: full_version(c, &tenant, &version)?,
                 config: config.into_iter().collect(),
                 percent,
                 groups,

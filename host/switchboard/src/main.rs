@@ -1,6 +1,6 @@
 //! `switchboard`: the node binary. `serve` runs from a config file; `dev` runs on embedded
 //! defaults with a demo tenant; `token` mints client tokens from the store; `ctl` drives a
-//! node's admin API.
+//! node's admin API; `plugin` is the plugin workbench (no node needed).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_store::{GroupMeta, Store, TenantRecord};
 
 mod ctl;
+mod workbench;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,9 @@ enum Command {
     },
     /// Drive a node's admin API: tenants, keys, tokens, groups, plugins, policy, flags.
     Ctl(ctl::CtlArgs),
+    /// The plugin workbench, no node needed: start a plugin, check it as an upload would,
+    /// run its hooks on sample events.
+    Plugin(workbench::PluginArgs),
     /// The store key that seals tenant secrets at rest.
     Keys {
         #[command(subcommand)]
@@ -91,6 +95,7 @@ fn main() -> Result<()> {
     // answer (`--json` output must not mix with log lines).
     let command = match cli.command {
         Command::Ctl(args) => std::process::exit(ctl::run(args)),
+        Command::Plugin(args) => std::process::exit(workbench::run(args)),
         other => other,
     };
     tracing_subscriber::fmt()
@@ -125,7 +130,9 @@ fn main() -> Result<()> {
             println!("store key rotated: key {id} now seals {resealed} tenant secrets");
             Ok(())
         }
-        Command::Ctl(_) => unreachable!("handled before the runtime starts"),
+        Command::Ctl(_) | Command::Plugin(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

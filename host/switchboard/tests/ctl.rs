@@ -231,17 +231,51 @@ async fn every_ctl_command_end_to_end() {
         "{out}"
     );
     let v2 = out.split_whitespace().nth(2).unwrap().to_owned();
+    // --quiet: the version alone, for scripts (stored already or not).
+    let quiet = tenant(&[
+        "plugin",
+        "upload",
+        "acme",
+        plugins_artifacts::FLAGS,
+        "--quiet",
+    ])
+    .ok();
+    assert_eq!(quiet, format!("{v2}\n"));
     let list = tenant(&["plugin", "list", "acme"]).ok();
     assert!(list.contains(&v1) && list.contains(&v2), "{list}");
     assert!(tenant(&["plugin", "show", "acme", &v1])
         .ok()
         .contains("role:     stored"));
+    // An unambiguous prefix names a version; a wrong or ambiguous one is refused locally.
+    let out = tenant(&["plugin", "show", "acme", &v1[..8]]).ok();
+    assert!(out.starts_with(&format!("version {v1}")), "{out}");
+    let common = v1
+        .chars()
+        .zip(v2.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let ambiguous = tenant(&["plugin", "show", "acme", &v1[..common]]);
+    if common > 0 {
+        assert_eq!(ambiguous.code, 1, "{}", ambiguous.stderr);
+        assert!(
+            ambiguous.stderr.contains("ambiguous"),
+            "{}",
+            ambiguous.stderr
+        );
+    }
+    let unknown = tenant(&["plugin", "show", "acme", "zz"]);
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no stored version"),
+        "{}",
+        unknown.stderr
+    );
 
     let out = admin(&[
         "policy",
         "activate",
         "acme",
-        &v1,
+        &v1[..10],
         "--config",
         "vip_users=alice",
     ])

@@ -115,7 +115,11 @@ fn every_plugin_directory_is_in_all() {
     let mut directories = BTreeSet::new();
     for entry in std::fs::read_dir(&plugins).unwrap() {
         let path = entry.unwrap().path();
-        if path.join("Cargo.toml").is_file() {
+        // A crate, or a plugin in Python (`app.py`) or JavaScript (`plugin.js`).
+        let plugin = ["Cargo.toml", "app.py", "plugin.js"]
+            .iter()
+            .any(|entry| path.join(entry).is_file());
+        if plugin {
             directories.insert(path.file_name().unwrap().to_str().unwrap().to_owned());
         }
     }
@@ -126,7 +130,8 @@ fn every_plugin_directory_is_in_all() {
     let missing: Vec<_> = directories.difference(&all).collect();
     assert!(
         missing.is_empty(),
-        "plugins/ has {missing:?} but ALL does not: add them to plugins/Cargo.toml"
+        "plugins/ has {missing:?} but ALL does not: add them to plugins/Cargo.toml (a crate) \
+         or touch xtask/src/plugins.rs (another language)"
     );
     let extra: Vec<_> = all.difference(&directories).collect();
     assert_eq!(
@@ -166,6 +171,36 @@ fn well_behaved_plugins_import_only_the_host_and_inert_wasi() {
         let refused: Vec<_> = shape.imports.difference(&allowed).collect();
         assert!(refused.is_empty(), "{name} imports {refused:?}");
         assert_eq!(shape.exports, names(&[POLICY]), "{name}");
+    }
+}
+
+/// The Python and JavaScript plugins are built with WASI stubbed out: they import only the
+/// world's own interfaces (no inert WASI even), and export the policy (JavaScript's runtime
+/// also exports its `init`, which the node never calls).
+#[test]
+fn interpreted_plugins_import_only_the_host() {
+    let langs: BTreeSet<&str> = plugins_artifacts::INTERPRETED
+        .iter()
+        .map(|(_, l)| *l)
+        .collect();
+    assert_eq!(langs, BTreeSet::from(["js", "python"]));
+    for (name, _) in plugins_artifacts::INTERPRETED {
+        let (_, path) = plugins_artifacts::ALL
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap();
+        let shape = shape(path);
+        eprintln!(
+            "{name}: imports {:?}, exports {:?}",
+            shape.versioned_imports, shape.exports
+        );
+        assert!(shape.component, "{name}");
+        assert_eq!(shape.imports, names(&[HOST, TYPES]), "{name}");
+        assert!(
+            shape.exports.contains(POLICY),
+            "{name}: {:?}",
+            shape.exports
+        );
     }
 }
 

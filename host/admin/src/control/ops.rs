@@ -109,6 +109,15 @@ fn load_error(e: switchboard_policy::LoadError) -> ControlError {
     }
 }
 
+fn upload_refusal(e: switchboard_policy::UploadRefusal) -> ControlError {
+    use switchboard_policy::UploadRefusal;
+    match e {
+        e if e.is_too_large() => ControlError::PluginTooLarge(e.to_string()),
+        UploadRefusal::SelfTest(e) => ControlError::SelfTestFailed(e.to_string()),
+        other => ControlError::PluginRejected(other.to_string()),
+    }
+}
+
 fn quotas_out(q: TenantQuotas) -> Quotas {
     Quotas {
         max_groups: q.max_groups,
@@ -421,13 +430,12 @@ impl Control {
     ) -> Result<Uploaded, ControlError> {
         let rec = self.require_tenant(tenant)?;
         let quotas = self.config.quotas(&rec.id)?;
-        let max = (quotas.max_plugin_bytes as usize).min(self.engine.limits().max_plugin_bytes);
-        if wasm.len() > max {
-            return Err(ControlError::PluginTooLarge(format!(
-                "plugin is {} bytes; at most {max}",
-                wasm.len()
-            )));
-        }
+        switchboard_policy::check_upload_size(
+            wasm.len(),
+            quotas.max_plugin_bytes as usize,
+            &self.engine,
+        )
+        .map_err(upload_refusal)?;
         let version = hex(&sha256(&wasm));
         if let Some(existing) = self.config.plugin(&rec.id, &version)? {
             return Ok(Uploaded {
@@ -444,16 +452,8 @@ impl Control {
         }
         // Compiled for this check only: nothing is cached, kept in memory or written until
         // the upload has passed every check and is stored, so a refusal leaves nothing.
-        let plugin = self.load_new(wasm.clone()).await?;
-        let test_plugin = plugin.clone();
-        let slot = self.compile_slot().await?;
-        let report = tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            test_plugin.self_test(&BTreeMap::new())
-        })
-        .await
-        .map_err(|e| ControlError::Internal(format!("self-test task: {e}")))?
-        .map_err(|e| ControlError::SelfTestFailed(e.to_string()))?;
+        // The checks are `switchboard_policy`'s, shared with `switchboard plugin check`.
+        let (plugin, report) = self.check_new(wasm.clone()).await?;
         let meta = PluginVersion {
             tenant: rec.id.clone(),
             version: version.clone(),
@@ -486,18 +486,27 @@ impl Control {
         })
     }
 
-    /// Compiles an upload's bytes for its checks, off the runtime, without the artifact cache
+    /// Compiles and self-tests an upload's bytes, off the runtime, without the artifact cache
     /// or the in-memory map: what it makes is dropped with the refusal.
-    async fn load_new(&self, wasm: Bytes) -> Result<switchboard_policy::Plugin, ControlError> {
+    async fn check_new(
+        &self,
+        wasm: Bytes,
+    ) -> Result<
+        (
+            switchboard_policy::Plugin,
+            switchboard_policy::SelfTestReport,
+        ),
+        ControlError,
+    > {
         let engine = self.engine.clone();
         let slot = self.compile_slot().await?;
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            engine.load(&wasm)
+            engine.check_upload_and_self_test(&wasm)
         })
         .await
-        .map_err(|e| ControlError::Internal(format!("compile task: {e}")))?
-        .map_err(load_error)
+        .map_err(|e| ControlError::Internal(format!("check task: {e}")))?
+        .map_err(upload_refusal)
     }
 
     /// Loads a stored version's bytes (from the artifact cache, or compiled and cached), off

@@ -85,10 +85,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Largest JSON request body.
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
-/// Largest plugin upload body the API reads. Above the node's default plugin limit (4 MiB):
-/// a declared length over the node's own limit is refused before the body is read, with the
-/// same message `Control::upload_plugin` gives.
-pub const UPLOAD_BODY_LIMIT: usize = 16 << 20;
+/// Largest plugin upload body the API reads. Above the node's default plugin limit (20 MiB,
+/// what a Python plugin needs): a declared length over the node's own limit is refused before
+/// the body is read, with the same message `Control::upload_plugin` gives.
+pub const UPLOAD_BODY_LIMIT: usize = 24 << 20;
 /// Plugin uploads being checked at once on the node (compile + self-test: CPU-heavy, seconds
 /// for a large component). Taken only once the body is fully read, so a slow client holds
 /// none.
@@ -96,7 +96,7 @@ pub const UPLOAD_CONCURRENCY: usize = 2;
 /// Uploads one tenant may have being checked at once: a tenant never holds every check slot.
 pub const UPLOAD_CHECKS_PER_TENANT: usize = 1;
 /// Upload bodies being received at once on the node (each at most the node's plugin limit,
-/// so at most 64 MiB buffered with the defaults).
+/// so at most 320 MiB buffered with the defaults: 20 MiB for Python plugins).
 pub const UPLOAD_BODIES: usize = 16;
 /// Upload bodies one tenant may be sending at once.
 pub const UPLOAD_BODIES_PER_TENANT: usize = 2;
