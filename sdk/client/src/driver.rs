@@ -155,19 +155,33 @@ async fn resolve(server: &str) -> Result<Vec<SocketAddr>, ClientError> {
         .await
         .map_err(|e| ClientError::Connect(format!("resolving {server}: {e}")))?
         .collect();
-    let Some(first) = found.first() else {
+    if found.is_empty() {
         return Err(ClientError::Connect(format!("{server} has no address")));
+    }
+    Ok(interleave(&found))
+}
+
+/// `found` with the families alternating, the resolver's first choice first, each address
+/// once.
+fn interleave(found: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = found.first() else {
+        return Vec::new();
     };
     let first_v6 = first.is_ipv6();
     let (mut preferred, mut other): (VecDeque<SocketAddr>, VecDeque<SocketAddr>) =
         found.iter().partition(|a| a.is_ipv6() == first_v6);
-    let mut ordered = Vec::with_capacity(found.len());
+    let mut ordered: Vec<SocketAddr> = Vec::with_capacity(found.len());
     while !preferred.is_empty() || !other.is_empty() {
-        ordered.extend(preferred.pop_front());
-        ordered.extend(other.pop_front());
+        for addr in [preferred.pop_front(), other.pop_front()]
+            .into_iter()
+            .flatten()
+        {
+            if !ordered.contains(&addr) {
+                ordered.push(addr);
+            }
+        }
     }
-    ordered.dedup();
-    Ok(ordered)
+    ordered
 }
 
 /// Connects to the first of `addrs` that answers: attempt `i` starts `i × ATTEMPT_DELAY` in,
@@ -858,5 +872,41 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn address_families_alternate_from_the_resolvers_first_choice() {
+        let check = |found: &[&str], expect: &[&str]| {
+            assert_eq!(interleave(&addrs(found)), addrs(expect), "{found:?}");
+        };
+        check(
+            &["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1"],
+            &["[::1]:1", "10.0.0.1:1", "[::2]:1", "[::3]:1"],
+        );
+        check(
+            &["10.0.0.1:1", "10.0.0.2:1", "[::1]:1", "[::2]:1"],
+            &["10.0.0.1:1", "[::1]:1", "10.0.0.2:1", "[::2]:1"],
+        );
+        check(&["10.0.0.1:1", "10.0.0.1:1"], &["10.0.0.1:1"]);
+        check(&[], &[]);
+    }
+
+    #[tokio::test]
+    async fn names_resolve_and_nothing_is_a_clear_error() {
+        let found = resolve("127.0.0.1:7700").await.unwrap();
+        assert_eq!(found, addrs(&["127.0.0.1:7700"]));
+        let found = resolve("[::1]:7700").await.unwrap();
+        assert_eq!(found, addrs(&["[::1]:7700"]));
+        let e = resolve("no-port").await.unwrap_err();
+        assert!(matches!(e, ClientError::Connect(_)), "{e}");
     }
 }
