@@ -62,6 +62,16 @@ const OWNED: &[Owned] = &[
             ),
         ],
     },
+    Owned {
+        dep: "uniffi",
+        owners: &[
+            (
+                "switchboard-mobile",
+                "the Kotlin, Swift and Python bindings",
+            ),
+            ("switchboard-mobile-bindgen", "their generator"),
+        ],
+    },
 ];
 
 const ABSENT: &[Absent] = &[

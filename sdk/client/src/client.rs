@@ -10,7 +10,8 @@ use switchboard_wire::{ClientFrame, Message};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{self, Command, COMMAND_QUEUE};
-use crate::events::{EventSink, Events};
+use crate::events::{Event, EventSink, Events};
+use crate::outbox::{Outbox, PendingSend};
 use crate::requests::{RequestKind, Response};
 use crate::shared::Shared;
 use crate::{tls, ClientConfig, ClientError};
@@ -68,7 +69,19 @@ impl Client {
     /// [`ClientConfig::reconnect`]. Must be called within a tokio runtime.
     pub async fn connect(cfg: ClientConfig) -> Result<(Client, Events), ClientError> {
         let quic = tls::quic_client_config(&cfg)?;
-        let shared = Arc::new(Shared::new(&cfg));
+        let outbox = match cfg.outbox_dir.clone() {
+            Some(dir) => {
+                let limits = cfg.outbox_limits;
+                let open = tokio::task::spawn_blocking(move || Outbox::open(&dir, limits));
+                Some(
+                    open.await
+                        .map_err(|e| ClientError::Io(std::io::Error::other(e)))??,
+                )
+            }
+            None => None,
+        };
+        let has_outbox = outbox.is_some();
+        let shared = Arc::new(Shared::with_outbox(&cfg, outbox));
         let session = driver::establish_within(&cfg, quic.clone(), shared.hello()).await?;
         shared
             .max_payload_bytes
@@ -82,6 +95,9 @@ impl Client {
         };
         let events = Events::new(events_rx, shared.clone());
         let sink = EventSink::new(events_tx, shared.clone());
+        if has_outbox {
+            tokio::spawn(outbox_worker(client.downgrade(), sink.clone()));
+        }
         tokio::spawn(driver::Driver::new(cfg, quic, shared, sink, commands_rx).run(session));
         Ok((client, events))
     }
@@ -118,9 +134,74 @@ impl Client {
     /// it durable. A send interrupted by a disconnect is re-sent with the same id after
     /// reconnecting, so it is stored once. Your own messages also come back as
     /// [`Event::Message`](crate::Event::Message).
+    ///
+    /// With an outbox ([`ClientConfig::outbox_dir`]) the send is stored there first and stays
+    /// there until the node acknowledged or refused it: if this call times out or the app
+    /// stops, the outbox sends it again later (reported as [`Event::OutboxSent`](crate::Event::OutboxSent)).
     pub async fn send(&self, group: &str, body: impl Into<Bytes>) -> Result<SendAck, ClientError> {
         let id = self.shared.new_msg_id();
-        self.send_with_id(group, &id, body).await
+        let body = body.into();
+        if self.shared.outbox.is_none() {
+            return self.send_with_id(group, &id, body).await;
+        }
+        self.check_size(&body)?;
+        let pending = PendingSend {
+            group: group.to_owned(),
+            client_msg_id: id.clone(),
+            body: body.clone(),
+        };
+        let key = store_pending(self.shared.clone(), pending, true).await?;
+        let result = self.send_with_id(group, &id, body).await;
+        settle(&self.shared, key, &result, true).await;
+        result
+    }
+
+    /// Stores a send in the outbox and returns its `client_msg_id` at once, without waiting
+    /// for the node: the outbox sends it when connected (in the order queued), across
+    /// reconnects and app restarts, and reports [`Event::OutboxSent`](crate::Event::OutboxSent)
+    /// or [`Event::OutboxFailed`](crate::Event::OutboxFailed). Needs
+    /// [`ClientConfig::outbox_dir`]; fails with [`ClientError::OutboxFull`] past its bounds.
+    pub async fn queue_send(
+        &self,
+        group: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<String, ClientError> {
+        if self.shared.outbox.is_none() {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "queue_send needs ClientConfig::outbox_dir",
+            )));
+        }
+        let body = body.into();
+        self.check_size(&body)?;
+        let id = self.shared.new_msg_id();
+        let pending = PendingSend {
+            group: group.to_owned(),
+            client_msg_id: id.clone(),
+            body,
+        };
+        store_pending(self.shared.clone(), pending, false).await?;
+        self.shared.outbox_kick.notify_one();
+        Ok(id)
+    }
+
+    /// How many sends wait in the outbox (0 without one).
+    pub fn outbox_len(&self) -> usize {
+        self.shared
+            .outbox
+            .as_ref()
+            .map_or(0, |o| o.lock().keys().len())
+    }
+
+    fn check_size(&self, body: &Bytes) -> Result<(), ClientError> {
+        let max = self.shared.max_payload_bytes();
+        if body.len() > max as usize {
+            return Err(ClientError::PayloadTooLarge {
+                len: body.len(),
+                max,
+            });
+        }
+        Ok(())
     }
 
     /// Sends with your own `client_msg_id` (1..=64 bytes, unique per group for this user).
@@ -133,13 +214,7 @@ impl Client {
         body: impl Into<Bytes>,
     ) -> Result<SendAck, ClientError> {
         let body = body.into();
-        let max = self.shared.max_payload_bytes();
-        if body.len() > max as usize {
-            return Err(ClientError::PayloadTooLarge {
-                len: body.len(),
-                max,
-            });
-        }
+        self.check_size(&body)?;
         let kind = RequestKind::Send {
             group: group.to_owned(),
             client_msg_id: client_msg_id.to_owned(),
@@ -227,10 +302,56 @@ impl Client {
     }
 
     /// Drops the current connection and connects again right away (skipping any backoff
-    /// wait), keeping pending requests. Call it when the device's network changed: the old
-    /// path may be dead long before the idle timeout notices.
+    /// wait), keeping pending requests and cursors. Prefer [`Client::network_changed`] after
+    /// a network change: it keeps the connection when it can.
     pub fn reconnect(&self) {
         self.shared.request_reconnect();
+    }
+
+    /// Tells the client the device's network changed (Wi-Fi to cellular, a new address): the
+    /// old path may be dead long before the idle timeout notices. Connected, the client moves
+    /// the connection to a fresh socket (QUIC connection migration, no new handshake) and
+    /// checks it with a ping; without an answer within 3 s it reconnects. Disconnected, it
+    /// reconnects now instead of waiting out the backoff.
+    pub fn network_changed(&self) {
+        if self.shared.online.load(Ordering::Acquire) {
+            self.shared.network_changed.notify_one();
+        } else {
+            self.shared.request_reconnect();
+        }
+    }
+
+    /// The app moved to the foreground: the node delivers to this client first again and
+    /// sends what it held back. Same as `set_presence(Foreground)`.
+    pub async fn foreground(&self) -> Result<(), ClientError> {
+        self.set_presence(PresenceState::Foreground).await
+    }
+
+    /// The app moved to the background: the node may send nudges instead of every message of
+    /// large groups. Same as `set_presence(Background)`.
+    pub async fn background(&self) -> Result<(), ClientError> {
+        self.set_presence(PresenceState::Background).await
+    }
+
+    /// Closes the connection (cleanly: the node stores the cursors of what the app took) and
+    /// stays disconnected until [`Client::resume`] — e.g. when the OS is about to suspend the
+    /// app. Cursors, pending requests and the outbox are kept; requests made meanwhile wait
+    /// (within `request_timeout`). Co-members see the user leave.
+    pub fn pause(&self) {
+        self.shared.set_paused(true);
+    }
+
+    /// Reconnects after [`Client::pause`], at once, resuming every group after its cursor:
+    /// what was sent meanwhile arrives as catch-up, each message once.
+    pub fn resume(&self) {
+        if self.shared.set_paused(false) {
+            self.shared.request_reconnect();
+        }
+    }
+
+    /// Whether the client is paused ([`Client::pause`]).
+    pub fn is_paused(&self) -> bool {
+        self.shared.is_paused()
     }
 
     /// Replaces the token used by later reconnects (e.g. before the current one expires).
@@ -253,6 +374,15 @@ impl Client {
         let _ = stopped.wait_for(|s| *s).await;
     }
 
+    /// A handle that does not keep the connection open.
+    fn downgrade(&self) -> WeakClient {
+        WeakClient {
+            commands: self.commands.downgrade(),
+            shared: self.shared.clone(),
+            request_timeout: self.request_timeout,
+        }
+    }
+
     async fn command(&self, cmd: Command) -> Result<(), ClientError> {
         self.commands
             .send(cmd)
@@ -271,6 +401,158 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout)?
     }
+}
+
+/// What the outbox worker holds: it must not keep the client alive once the app dropped it.
+#[derive(Debug)]
+struct WeakClient {
+    commands: mpsc::WeakSender<Command>,
+    shared: Arc<Shared>,
+    request_timeout: Duration,
+}
+
+impl WeakClient {
+    fn upgrade(&self) -> Option<Client> {
+        Some(Client {
+            commands: self.commands.upgrade()?,
+            shared: self.shared.clone(),
+            request_timeout: self.request_timeout,
+        })
+    }
+}
+
+/// How long the outbox waits after a send failed in a way a retry may fix (the node's own
+/// `retry_after` when it gave one), unless a new session starts first.
+const OUTBOX_RETRY: Duration = Duration::from_secs(5);
+
+/// Sends what the outbox holds, oldest first, one at a time (a send waits for its ack, so a
+/// group's queued sends reach the node in order). Woken when a session starts, when a send is
+/// queued and when a `send` left its entry behind; ends when the client stops.
+async fn outbox_worker(client: WeakClient, events: EventSink) {
+    let shared = client.shared.clone();
+    let mut retry: Option<Duration> = None;
+    loop {
+        match retry.take() {
+            None => shared.outbox_kick.notified().await,
+            Some(delay) => {
+                tokio::select! {
+                    _ = shared.outbox_kick.notified() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        if shared.is_stopped() {
+            return;
+        }
+        let Some(client) = client.upgrade() else {
+            return;
+        };
+        let Some(outbox) = shared.outbox.as_ref() else {
+            return;
+        };
+        let keys = outbox.lock().keys();
+        for key in keys {
+            if !shared.outbox_in_flight.lock().insert(key) {
+                continue; // a `send` call is on it
+            }
+            let loaded = {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || match shared.outbox.as_ref() {
+                    Some(o) => o.lock().get(key),
+                    None => Err(ClientError::Closed),
+                })
+                .await
+            };
+            let pending = match loaded {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(key, error = %e, "outbox entry unreadable; dropped");
+                    let unreadable = Err::<SendAck, _>(ClientError::Protocol(e.to_string()));
+                    settle(&shared, key, &unreadable, false).await;
+                    continue;
+                }
+                Err(_) => {
+                    shared.outbox_in_flight.lock().remove(&key);
+                    return;
+                }
+            };
+            let result = client
+                .send_with_id(&pending.group, &pending.client_msg_id, pending.body.clone())
+                .await;
+            let kept = settle(&shared, key, &result, false).await;
+            match result {
+                Ok(ack) => events.lifecycle(Event::OutboxSent {
+                    group: pending.group,
+                    client_msg_id: pending.client_msg_id,
+                    seq: ack.seq,
+                    duplicate: ack.duplicate,
+                }),
+                Err(ClientError::Closed) => return,
+                Err(e) if kept => {
+                    tracing::debug!(error = %e, "outbox send to be retried");
+                    retry = Some(e.retry_after().unwrap_or(OUTBOX_RETRY));
+                    break;
+                }
+                Err(error) => events.lifecycle(Event::OutboxFailed {
+                    group: pending.group,
+                    client_msg_id: pending.client_msg_id,
+                    error,
+                }),
+            }
+        }
+    }
+}
+
+/// Stores `pending` in the outbox (marked in flight when a caller will wait on it).
+async fn store_pending(
+    shared: Arc<Shared>,
+    pending: PendingSend,
+    in_flight: bool,
+) -> Result<u64, ClientError> {
+    tokio::task::spawn_blocking(move || {
+        let Some(outbox) = shared.outbox.as_ref() else {
+            return Err(ClientError::Closed);
+        };
+        let key = outbox.lock().add(&pending)?;
+        if in_flight {
+            shared.outbox_in_flight.lock().insert(key);
+        }
+        Ok(key)
+    })
+    .await
+    .map_err(|e| ClientError::Io(std::io::Error::other(e)))?
+}
+
+/// After a send of outbox entry `key` ended: forget the entry if the node took it or refused
+/// it for good; keep it (and wake the worker) when a retry may succeed. Returns whether it
+/// was kept.
+async fn settle<T>(
+    shared: &Arc<Shared>,
+    key: u64,
+    result: &Result<T, ClientError>,
+    wake: bool,
+) -> bool {
+    let keep = match result {
+        Ok(_) => false,
+        Err(e) => e.is_retryable() || matches!(e, ClientError::Closed),
+    };
+    if !keep {
+        let shared2 = shared.clone();
+        let removed = tokio::task::spawn_blocking(move || match shared2.outbox.as_ref() {
+            Some(o) => o.lock().remove(key),
+            None => Ok(()),
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = removed.map_err(|e| ClientError::Io(std::io::Error::other(e)))
+        {
+            tracing::warn!(key, error = %e, "could not remove an outbox entry; it may be sent again (the node dedupes it)");
+        }
+    }
+    shared.outbox_in_flight.lock().remove(&key);
+    if wake && keep && !matches!(result, Err(ClientError::Closed)) {
+        shared.outbox_kick.notify_one();
+    }
+    keep
 }
 
 fn unexpected(r: Response) -> ClientError {

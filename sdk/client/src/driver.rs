@@ -96,11 +96,25 @@ enum SessionEnd {
     Shutdown,
     /// Reconnect.
     Lost(String),
-    /// Reconnect: the app asked (`Client::reconnect`).
+    /// Reconnect: the app asked (`Client::reconnect`), or the path failed after a network change.
     Requested,
+    /// The app paused the client: reconnect once it resumes.
+    Paused,
     /// The node refused us for good.
     Fatal(ClientError),
 }
+
+/// How a wait between reconnect attempts ended.
+enum Wait {
+    Elapsed,
+    /// `Client::reconnect`, `Client::resume` or a network change.
+    Now,
+    Paused,
+}
+
+/// How long a connection has to answer a ping after moving to a new socket (a network
+/// change) before the client gives up on migrating it and reconnects.
+const MIGRATION_PROBE: Duration = Duration::from_secs(3);
 
 /// Decoding bounds for what the node sends. Generous: the node is authenticated (pinned
 /// certificate) and its own limits are the real ones; these only keep a confused node from
@@ -116,18 +130,94 @@ fn decode_limits() -> DecodeLimits {
     }
 }
 
-/// [`establish`] bounded by `connect_timeout`.
+/// How long Happy Eyeballs waits for one address before also trying the next (RFC 8305's
+/// recommended "connection attempt delay").
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Resolves `cfg.server` and connects to one of its addresses, bounded by `connect_timeout`.
 pub(crate) async fn establish_within(
     cfg: &ClientConfig,
     quic: quinn::ClientConfig,
     hello: Hello,
 ) -> Result<Session, ClientError> {
-    tokio::time::timeout(
-        cfg.connect_timeout,
-        establish(cfg.addr, cfg.server_name.clone(), quic, hello),
-    )
+    tokio::time::timeout(cfg.connect_timeout, async {
+        let addrs = resolve(&cfg.server).await?;
+        race(addrs, cfg.server_name.clone(), quic, hello).await
+    })
     .await
     .map_err(|_| ClientError::Timeout)?
+}
+
+/// The addresses of `server` (`host:port`), IPv6 and IPv4 interleaved starting with the
+/// resolver's first choice (RFC 8305 §4).
+async fn resolve(server: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| ClientError::Connect(format!("resolving {server}: {e}")))?
+        .collect();
+    if found.is_empty() {
+        return Err(ClientError::Connect(format!("{server} has no address")));
+    }
+    Ok(interleave(&found))
+}
+
+/// `found` with the families alternating, the resolver's first choice first, each address
+/// once.
+fn interleave(found: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = found.first() else {
+        return Vec::new();
+    };
+    let first_v6 = first.is_ipv6();
+    let (mut preferred, mut other): (VecDeque<SocketAddr>, VecDeque<SocketAddr>) =
+        found.iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut ordered: Vec<SocketAddr> = Vec::with_capacity(found.len());
+    while !preferred.is_empty() || !other.is_empty() {
+        for addr in [preferred.pop_front(), other.pop_front()]
+            .into_iter()
+            .flatten()
+        {
+            if !ordered.contains(&addr) {
+                ordered.push(addr);
+            }
+        }
+    }
+    ordered
+}
+
+/// Connects to the first of `addrs` that answers: attempt `i` starts `i × ATTEMPT_DELAY` in,
+/// or as soon as every earlier one failed. A refusal by the node itself (a bad token…) is the
+/// answer: the other addresses are the same node. Otherwise the last failure is returned.
+async fn race(
+    addrs: Vec<SocketAddr>,
+    server_name: String,
+    quic: quinn::ClientConfig,
+    hello: Hello,
+) -> Result<Session, ClientError> {
+    let mut pending = addrs.into_iter();
+    let mut attempts = JoinSet::new();
+    let mut last_error = ClientError::Connect("no address to try".into());
+    loop {
+        if let Some(addr) = pending.next() {
+            let (name, quic, hello) = (server_name.clone(), quic.clone(), hello.clone());
+            attempts.spawn(async move { (addr, establish(addr, name, quic, hello).await) });
+        }
+        let next_start = tokio::time::sleep(ATTEMPT_DELAY);
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                None => return Err(last_error),
+                Some(Ok((_, Ok(session)))) => return Ok(session),
+                Some(Ok((addr, Err(e)))) => {
+                    debug!(%addr, error = %e, "connection attempt failed");
+                    if matches!(e, ClientError::Server { .. }) {
+                        return Err(e);
+                    }
+                    last_error = e;
+                }
+                Some(Err(join)) => last_error = ClientError::Connect(join.to_string()),
+            },
+            _ = next_start, if pending.len() > 0 => {}
+        }
+    }
 }
 
 /// One connection attempt: QUIC handshake, control stream, `Hello`, `Welcome`.
@@ -328,6 +418,10 @@ impl Driver {
                     self.backoff.reset();
                     "reconnect requested".to_owned()
                 }
+                SessionEnd::Paused => {
+                    self.backoff.reset();
+                    "paused by the app".to_owned()
+                }
             };
             self.events.lifecycle(Event::Disconnected {
                 reason: reason.clone(),
@@ -347,6 +441,14 @@ impl Driver {
         // The node's own advice (e.g. `RateLimited` at `Hello`): never retry sooner.
         let mut not_before = Duration::ZERO;
         loop {
+            if self.shared.is_paused() {
+                debug!("paused: not reconnecting until resumed");
+                let shared = self.shared.clone();
+                self.offline_until(async move { shared.until_paused(false).await })
+                    .await
+                    .ok_or(None)?;
+                self.backoff.reset();
+            }
             let Some((attempt, delay)) = self.backoff.next_delay() else {
                 return Err(Some(ClientError::Connect(format!(
                     "gave up reconnecting; last error: {last_error}"
@@ -358,13 +460,18 @@ impl Driver {
             let shared = self.shared.clone();
             let wait = async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    _ = shared.reconnect_requested() => true,
+                    _ = tokio::time::sleep(delay) => Wait::Elapsed,
+                    _ = shared.reconnect_requested() => Wait::Now,
+                    _ = shared.until_paused(true) => Wait::Paused,
                 }
             };
-            if self.offline_until(wait).await.ok_or(None)? {
-                debug!("reconnecting now, as asked");
-                self.backoff.reset();
+            match self.offline_until(wait).await.ok_or(None)? {
+                Wait::Elapsed => {}
+                Wait::Now => {
+                    debug!("reconnecting now, as asked");
+                    self.backoff.reset();
+                }
+                Wait::Paused => continue,
             }
             let (cfg, quic, hello) = (self.cfg.clone(), self.quic.clone(), self.shared.hello());
             let attempt_fut = async move { establish_within(&cfg, quic, hello).await };
@@ -421,6 +528,7 @@ impl Driver {
         self.resends.clear();
         // This connection is the one a reconnect request asked for.
         self.shared.clear_reconnect_request();
+        self.shared.online.store(true, Ordering::Release);
         self.shared
             .max_payload_bytes
             .store(welcome.max_payload_bytes, Ordering::Relaxed);
@@ -461,7 +569,11 @@ impl Driver {
                 }
             }
 
+            // Queued sends of the outbox go out now that a session is up.
+            self.shared.outbox_kick.notify_one();
             let mut ack_at: Option<Instant> = None;
+            // The ping that checks a migrated path, and when it is overdue.
+            let mut probe: Option<(Instant, oneshot::Receiver<Outcome>)> = None;
             loop {
                 self.prune_if_full();
                 let ack_due = sleep_until_some(ack_at);
@@ -471,6 +583,29 @@ impl Driver {
                     biased;
                     _ = self.shared.shutdown.notified() => break 'session SessionEnd::Shutdown,
                     _ = self.shared.reconnect_requested() => break 'session SessionEnd::Requested,
+                    _ = self.shared.until_paused(true) => break 'session SessionEnd::Paused,
+                    _ = self.shared.network_changed.notified() => {
+                        // QUIC migration: the same connection from a fresh socket (the old
+                        // one may be bound to an interface that is gone), checked by a ping.
+                        if let Err(e) = rebind(&endpoint) {
+                            info!(error = %e, "cannot move the connection to a new socket; reconnecting");
+                            break 'session SessionEnd::Requested;
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        let frame = self.requests.insert(RequestKind::Ping, tx);
+                        probe = Some((Instant::now() + MIGRATION_PROBE, rx));
+                        if let Err(reason) = write(&mut send, &frame).await {
+                            break 'session self.ended(&conn, reason).await;
+                        }
+                    }
+                    migrated = probe_answer(&mut probe) => {
+                        if migrated {
+                            info!("the connection moved to the new network path");
+                        } else {
+                            info!("no answer on the new network path; reconnecting");
+                            break 'session SessionEnd::Requested;
+                        }
+                    }
                     msg = inbound.recv() => match msg {
                         Some(Inbound::Frame(routed)) => self.on_routed(routed),
                         Some(Inbound::Failed { reason, code }) => {
@@ -537,7 +672,8 @@ impl Driver {
             }
         };
 
-        if let SessionEnd::Shutdown = end {
+        self.shared.online.store(false, Ordering::Release);
+        if let SessionEnd::Shutdown | SessionEnd::Paused = end {
             let goodbye = self.say_goodbye(&mut send, &mut inbound);
             if tokio::time::timeout(CLOSE_LINGER, goodbye).await.is_err() {
                 debug!("the node did not end the control stream in time");
@@ -550,6 +686,7 @@ impl Driver {
                 conn.close(0u32.into(), b"client closed");
                 let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
             }
+            SessionEnd::Paused => conn.close(0u32.into(), b"paused"),
             SessionEnd::Lost(_) | SessionEnd::Requested | SessionEnd::Fatal(_) => {
                 conn.close(0u32.into(), b"reconnecting")
             }
@@ -704,8 +841,30 @@ impl Driver {
             }
         }
         self.shared.stopped.send_replace(true);
+        // The outbox worker sees `stopped` and ends.
+        self.shared.outbox_kick.notify_one();
         self.events.lifecycle(Event::Closed { error });
     }
+}
+
+/// Moves `endpoint` to a fresh socket of the same address family (QUIC connection migration).
+fn rebind(endpoint: &quinn::Endpoint) -> std::io::Result<()> {
+    let bind: SocketAddr = if endpoint.local_addr()?.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    endpoint.rebind(std::net::UdpSocket::bind(bind)?)
+}
+
+/// Whether the migration probe was answered in time; forever pending without a probe.
+async fn probe_answer(probe: &mut Option<(Instant, oneshot::Receiver<Outcome>)>) -> bool {
+    let Some((deadline, rx)) = probe else {
+        return std::future::pending().await;
+    };
+    let answered = matches!(tokio::time::timeout_at(*deadline, rx).await, Ok(Ok(Ok(_))));
+    *probe = None;
+    answered
 }
 
 /// Sleeps until `at`, or forever when there is no `at` (a `select!` branch that is off).
@@ -713,5 +872,41 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn address_families_alternate_from_the_resolvers_first_choice() {
+        let check = |found: &[&str], expect: &[&str]| {
+            assert_eq!(interleave(&addrs(found)), addrs(expect), "{found:?}");
+        };
+        check(
+            &["[::1]:1", "[::2]:1", "[::3]:1", "10.0.0.1:1"],
+            &["[::1]:1", "10.0.0.1:1", "[::2]:1", "[::3]:1"],
+        );
+        check(
+            &["10.0.0.1:1", "10.0.0.2:1", "[::1]:1", "[::2]:1"],
+            &["10.0.0.1:1", "[::1]:1", "10.0.0.2:1", "[::2]:1"],
+        );
+        check(&["10.0.0.1:1", "10.0.0.1:1"], &["10.0.0.1:1"]);
+        check(&[], &[]);
+    }
+
+    #[tokio::test]
+    async fn names_resolve_and_nothing_is_a_clear_error() {
+        let found = resolve("127.0.0.1:7700").await.unwrap();
+        assert_eq!(found, addrs(&["127.0.0.1:7700"]));
+        let found = resolve("[::1]:7700").await.unwrap();
+        assert_eq!(found, addrs(&["[::1]:7700"]));
+        let e = resolve("no-port").await.unwrap_err();
+        assert!(matches!(e, ClientError::Connect(_)), "{e}");
     }
 }

@@ -40,7 +40,11 @@ pub enum ClientError {
     /// The node said something this SDK does not understand.
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// A local IO failure (socket, certificate file).
+    /// The offline outbox holds as much as its bounds allow
+    /// ([`OutboxLimits`](crate::OutboxLimits)); nothing was stored or sent.
+    #[error("the outbox is full ({entries} sends, {bytes} bytes pending)")]
+    OutboxFull { entries: usize, bytes: u64 },
+    /// A local IO failure (socket, certificate file, outbox directory).
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -66,7 +70,7 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Server { known, .. } => known.is_some_and(ErrorCode::is_retryable),
-            Self::Timeout | Self::Connect(_) | Self::Io(_) => true,
+            Self::Timeout | Self::Connect(_) | Self::Io(_) | Self::OutboxFull { .. } => true,
             _ => false,
         }
     }
@@ -153,6 +157,10 @@ impl ClientError {
             Self::Timeout => Self::Timeout,
             Self::Closed => Self::Closed,
             Self::Protocol(s) => Self::Protocol(s.clone()),
+            Self::OutboxFull { entries, bytes } => Self::OutboxFull {
+                entries: *entries,
+                bytes: *bytes,
+            },
             Self::Io(e) => Self::Io(std::io::Error::new(e.kind(), e.to_string())),
         }
     }

@@ -56,6 +56,23 @@ pub enum Event {
     Disconnected { reason: String },
     /// Reconnect attempt `attempt` (1-based) starts after `delay`.
     Reconnecting { attempt: u32, delay: Duration },
+    /// A send from the outbox was acknowledged by the node (a send made with
+    /// [`Client::queue_send`](crate::Client::queue_send), or one left over by an earlier run or
+    /// a timed-out [`Client::send`](crate::Client::send)).
+    OutboxSent {
+        group: String,
+        client_msg_id: String,
+        seq: u64,
+        /// The node had it already (sent before the app stopped, ack lost).
+        duplicate: bool,
+    },
+    /// The node refused a send from the outbox for good (not a member, policy, …); it was
+    /// removed from the outbox.
+    OutboxFailed {
+        group: String,
+        client_msg_id: String,
+        error: ClientError,
+    },
     /// The client stopped for good: `None` after [`Client::close`](crate::Client::close) (or
     /// when every `Client` handle was dropped), otherwise why (a refused token, reconnect
     /// attempts used up). The stream ends after this event.
@@ -136,6 +153,48 @@ impl Events {
             self.shared.tracker.lock().want_ack(&m.group, m.seq);
             self.shared.ack_ready.notify_one();
         }
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(event)) = &polled {
+            self.taken(event);
+        }
+        polled
+    }
+}
+
+/// Receives the client's events as callbacks: see [`Events::listen`]. Implemented for every
+/// `FnMut(Event) + Send` closure.
+pub trait EventListener: Send + 'static {
+    /// Called for each event in order, on a tokio task: return quickly (hand heavy work to
+    /// another thread); while it runs, further events wait (and count against the bound).
+    fn on_event(&mut self, event: Event);
+}
+
+impl<F: FnMut(Event) + Send + 'static> EventListener for F {
+    fn on_event(&mut self, event: Event) {
+        self(event)
+    }
+}
+
+impl Events {
+    /// Hands every event to `listener` from a task of its own, until the stream ends (after
+    /// [`Event::Closed`]). The callback style of the same stream; ordering and bounds are
+    /// [`Events`]'. Must be called within a tokio runtime.
+    pub fn listen(mut self, mut listener: impl EventListener) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            while let Some(event) = self.next().await {
+                listener.on_event(event);
+            }
+        })
     }
 }
 

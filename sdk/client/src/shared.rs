@@ -7,7 +7,10 @@ use switchboard_core::PresenceState;
 use switchboard_wire::{GroupCursor, Hello};
 use tokio::sync::{watch, Notify, Semaphore};
 
+use std::collections::HashSet;
+
 use crate::backoff::Rng;
+use crate::outbox::Outbox;
 use crate::tracker::DeliveryTracker;
 use crate::ClientConfig;
 
@@ -48,12 +51,29 @@ pub(crate) struct Shared {
     reconnect_wake: Notify,
     /// Set by the connection task when it has stopped.
     pub(crate) stopped: watch::Sender<bool>,
+    /// The app paused the client (`Client::pause`): no connection until it resumes.
+    paused: watch::Sender<bool>,
+    /// The device's network changed (`Client::network_changed`) while connected.
+    pub(crate) network_changed: Notify,
+    /// Whether a session is up (set by the connection task).
+    pub(crate) online: AtomicBool,
+    /// Wakes the outbox worker: a session started, or a send was queued or left pending.
+    pub(crate) outbox_kick: Notify,
     /// Source of generated `client_msg_id`s.
     pub(crate) rng: Mutex<Rng>,
+    /// The offline outbox, when the app gave it a directory.
+    pub(crate) outbox: Option<Mutex<Outbox>>,
+    /// Outbox keys a `send` call is waiting on (the outbox worker leaves them alone).
+    pub(crate) outbox_in_flight: Mutex<HashSet<u64>>,
 }
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new(cfg: &ClientConfig) -> Self {
+        Self::with_outbox(cfg, None)
+    }
+
+    pub(crate) fn with_outbox(cfg: &ClientConfig, outbox: Option<Outbox>) -> Self {
         Self {
             tracker: Mutex::new(DeliveryTracker::with_resume(cfg.resume.iter().cloned())),
             ack_ready: Notify::new(),
@@ -68,7 +88,13 @@ impl Shared {
             reconnect_flag: AtomicBool::new(false),
             reconnect_wake: Notify::new(),
             stopped: watch::Sender::new(false),
+            paused: watch::Sender::new(false),
+            network_changed: Notify::new(),
+            online: AtomicBool::new(false),
+            outbox_kick: Notify::new(),
             rng: Mutex::new(Rng::from_entropy()),
+            outbox: outbox.map(Mutex::new),
+            outbox_in_flight: Mutex::new(HashSet::new()),
         }
     }
 
@@ -106,6 +132,23 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    /// Pauses or resumes; returns whether that changed anything.
+    pub(crate) fn set_paused(&self, paused: bool) -> bool {
+        self.paused
+            .send_if_modified(|p| std::mem::replace(p, paused) != paused)
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// Resolves once the client is (or already was) paused, or resumed when `paused` is false.
+    pub(crate) async fn until_paused(&self, paused: bool) {
+        let mut rx = self.paused.subscribe();
+        // Err only if the sender is gone, which it is not while `self` lives.
+        let _ = rx.wait_for(|p| *p == paused).await;
     }
 
     pub(crate) fn max_payload_bytes(&self) -> u32 {
