@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use switchboard_core::{GroupId, Lane, TenantId, UserId};
+use switchboard_core::{Lane, UserId};
 
 use crate::segment::SegmentLogConfig;
 use crate::{
@@ -14,15 +14,7 @@ use crate::{
     StoreError,
 };
 
-pub(crate) fn t(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-pub(crate) fn g(s: &str) -> GroupId {
-    GroupId::new(s).unwrap()
-}
-pub(crate) fn u(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
+pub(crate) use crate::test_ids::{g, t, u};
 
 pub(crate) fn msg<'a>(sender: &'a UserId, id: &'a str, body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {

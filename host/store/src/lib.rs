@@ -64,6 +64,8 @@ mod node_store;
 pub mod secrets;
 pub mod segment;
 mod sled_store;
+#[cfg(test)]
+mod test_ids;
 
 pub use config::{
     ApiKeyRecord, BindingRefused, Canary, ConfigChange, ConfigStore, ConfigWatch, FlagRule,

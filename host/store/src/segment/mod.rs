@@ -48,16 +48,18 @@
 //! head and numbering survive even when all its messages are gone. A read of a trimmed
 //! range starts at the group's first retained seq ([`SegmentLog::first_seq`]).
 
+mod files;
 mod read;
 mod record;
 #[cfg(test)]
 mod tests;
 
+use files::{create_dir_private, io, lock_exclusive, private_file, segment_path, sync_dir};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -318,51 +320,6 @@ struct Shard {
     trimmed: HashMap<GroupKey, u64>,
     /// Why the shard stopped accepting writes, after a failed write or sync.
     failed: Option<String>,
-}
-
-fn io(what: &str, e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("segment log: {what}: {e}"))
-}
-
-fn segment_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:020}.seg"))
-}
-
-fn private_file(options: &mut OpenOptions) -> &mut OpenOptions {
-    options.mode(0o600)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("sync directory", e))
-}
-
-fn create_dir_private(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io("create directory", e))
-}
-
-/// How long `open` waits for the LOCK before calling the log in use.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Locks `lock` exclusively, waiting up to [`LOCK_WAIT`]. A lock can outlive its owner for a
-/// moment: a child forked by this process (between `fork` and `exec`) shares the open file
-/// until it execs, so a log closed and reopened while another thread spawns a process
-/// (tests; a node reopening its store) would otherwise be refused as "in use".
-fn lock_exclusive(lock: &File) -> std::io::Result<()> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match fs2::FileExt::try_lock_exclusive(lock) {
-            Ok(()) => return Ok(()),
-            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-        }
-    }
 }
 
 impl SegmentLog {

@@ -6,6 +6,7 @@ use std::path::Path;
 use switchboard_core::Lane;
 
 use super::*;
+use crate::test_ids::{g, t, u};
 
 fn config(dir: &Path) -> SegmentLogConfig {
     SegmentLogConfig::new(dir.join("log"))
@@ -483,16 +484,4 @@ fn a_kill_between_write_and_fsync_loses_nothing_acked() {
         50 + 4 * 80,
         "every round started from the last one's head"
     );
-}
-
-fn t(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-
-fn g(s: &str) -> GroupId {
-    GroupId::new(s).unwrap()
-}
-
-fn u(s: &str) -> UserId {
-    UserId::new(s).unwrap()
 }

@@ -10,15 +10,7 @@ use tempfile::TempDir;
 use super::*;
 use switchboard_core::{Lane, ReceiptKind};
 
-pub(super) fn t(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-pub(super) fn g(s: &str) -> GroupId {
-    GroupId::new(s).unwrap()
-}
-pub(super) fn u(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
+pub(super) use crate::test_ids::{g, t, u};
 
 /// Opens the store in `dir`. A store dropped just before may still hold sled's file lock for
 /// a moment (its IO threads let go of the database asynchronously, and there is nothing to
