@@ -485,3 +485,25 @@ fn a_kill_between_write_and_fsync_loses_nothing_acked() {
         "every round started from the last one's head"
     );
 }
+
+/// A second open of a log that is open is refused as in use, once the LOCK wait is over
+/// (no earlier: a lock briefly shared with a forked child is waited out); after the first
+/// closes, the log opens.
+#[test]
+fn a_log_that_is_open_is_refused_as_in_use_until_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SegmentLog::open(config(dir.path())).unwrap();
+    let asked = std::time::Instant::now();
+    let second = SegmentLog::open(config(dir.path()));
+    assert!(
+        asked.elapsed() >= files::LOCK_WAIT,
+        "refused before the wait"
+    );
+    match second {
+        Err(StoreError::Io(e)) => assert!(e.contains("in use"), "{e}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("two opens of one log"),
+    }
+    drop(first);
+    SegmentLog::open(config(dir.path())).unwrap();
+}
