@@ -3,6 +3,8 @@
 //! - `test`: install what the tests need (flatc, wasm targets), then run the whole test suite
 //!   (the workspace, then the plugin projects' native unit tests). This is the
 //!   README's test command and what CI runs.
+//! - `test` also installs Debian's chromium and the npm package playwright-core for the
+//!   browser tests (`xtask/src/browser.rs`).
 //! - `test-mobile`: the mobile SDK's bindings (Kotlin, Swift, Python) generated, and its
 //!   Python end-to-end tests against real nodes (part of `test`; see `xtask/src/mobile.rs`).
 //! - `lint`: crate boundaries, formatting, clippy with `-D warnings`, generated-code freshness.
@@ -24,6 +26,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod boundaries;
+mod browser;
 mod fuzz;
 mod gen_wire;
 mod layers;
@@ -146,6 +149,8 @@ fn ensure_wasm_target() -> Result<()> {
 
 fn test(extra: &[&str]) -> Result<()> {
     ensure_tools()?;
+    // Browser tests (dashboard, WebTransport) run headless Chromium through playwright-core.
+    browser::ensure()?;
     run(cargo()
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .args(extra))?;

@@ -21,7 +21,7 @@ const KOTLIN_NPM: &str = "kotlin-compiler@2.4.20";
 const JNA_JAR: &str = "/usr/share/java/jna.jar";
 
 /// The cargo target directory, as cargo itself resolves it for this workspace.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root().join(dir),
         None => root().join("target"),
