@@ -94,7 +94,12 @@ impl DeliveryTracker {
         if skipped > 0 {
             g.seen = Some(after);
         }
-        let next = after.max(seen) + 1;
+        // Never backwards on one connection: a join, leave and rejoin can leave the old
+        // subscription's `Resume` in flight on another stream, arriving after the new one's.
+        // Moving `next` back to it would hold every later delivery, waiting for seqs the
+        // node will not send again, until the next reconnect.
+        let floor = after.max(seen) + 1;
+        let next = g.next.map_or(floor, |n| n.max(floor));
         g.next = Some(next);
         let before = g.held.len();
         g.held.retain(|&seq, _| seq >= next);
@@ -261,6 +266,33 @@ mod tests {
         );
         assert_eq!(got, ["a/1", "a/2", "a/3"]);
         assert_eq!(cursors(&t), [("a".to_string(), 3)]);
+    }
+
+    #[test]
+    fn a_late_resume_of_an_earlier_subscription_never_moves_the_group_backwards() {
+        // No cursor for `a`: the rejoin's Resume (after 10) comes first, the old
+        // subscription's (after 5) later, from another stream.
+        let got = feed(
+            &mut DeliveryTracker::default(),
+            &[
+                ("R", "a", 10),
+                ("R", "a", 5),
+                ("D", "a", 11),
+                ("D", "a", 12),
+            ],
+        );
+        assert_eq!(got, ["a/11", "a/12"], "nothing held waiting for seq 6");
+        // The same after a delivery moved `seen`.
+        let got = feed(
+            &mut DeliveryTracker::default(),
+            &[
+                ("R", "a", 10),
+                ("D", "a", 11),
+                ("R", "a", 3),
+                ("D", "a", 12),
+            ],
+        );
+        assert_eq!(got, ["a/11", "a/12"]);
     }
 
     #[test]
