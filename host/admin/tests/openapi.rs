@@ -140,3 +140,66 @@ fn every_operation_is_complete() {
         }
     }
 }
+
+/// Every id the document constrains (tenant, group and user ids, in paths and bodies) admits
+/// exactly the ids the node accepts: `.` and `..` are refused (they are path segments), as
+/// are empty, over-long and non-ASCII ids.
+#[test]
+fn every_id_pattern_admits_exactly_the_ids_the_node_accepts() {
+    let doc = Doc::load();
+    let mut schemas = Vec::new();
+    collect_id_schemas(&doc.0, &mut schemas);
+    assert!(
+        schemas.len() >= 7,
+        "found only {} id schemas",
+        schemas.len()
+    );
+    let long = "x".repeat(65);
+    let samples = [
+        "a",
+        "alice",
+        ".",
+        "..",
+        "...",
+        "....",
+        ".a",
+        "..a",
+        "a..",
+        "a.b",
+        "a:b@c-d_e",
+        "",
+        "a/b",
+        "a b",
+        "h\u{e9}llo",
+        &long[..64],
+        &long,
+    ];
+    for schema in schemas {
+        let pattern = schema["pattern"].as_str().unwrap();
+        let re = regex::Regex::new(pattern).expect("the pattern compiles");
+        let min = schema["minLength"].as_u64().expect("minLength");
+        let max = schema["maxLength"].as_u64().expect("maxLength");
+        for s in samples {
+            let chars = s.chars().count() as u64;
+            let documented = re.is_match(s) && (min..=max).contains(&chars);
+            let accepted = switchboard_core::TenantId::new(s).is_ok();
+            assert_eq!(documented, accepted, "{s:?} against {pattern}");
+        }
+    }
+}
+
+/// Every schema with an id `pattern`.
+fn collect_id_schemas<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(map) => {
+            if map.contains_key("pattern") && map.get("maxLength").is_some_and(|m| m == 64) {
+                out.push(v);
+            }
+            for child in map.values() {
+                collect_id_schemas(child, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|c| collect_id_schemas(c, out)),
+        _ => {}
+    }
+}
