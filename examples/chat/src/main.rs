@@ -23,9 +23,14 @@ struct Args {
     /// Pin the node's certificate: its SHA-256 in hex (on top of the CA check).
     #[arg(long)]
     pin: Option<String>,
-    /// A client token minted for you by the tenant (`switchboard token --user NAME`).
-    #[arg(long)]
-    token: String,
+    /// A file holding your client token (its first line), minted for you by the tenant
+    /// (`switchboard token --user NAME`). Without it the token is `$SWITCHBOARD_TOKEN`. No
+    /// flag takes the token itself: a command line is visible to every local user (`ps`).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Removed (it showed the token in `ps`); refused with a pointer to the alternatives.
+    #[arg(long, hide = true)]
+    token: Option<String>,
     /// The group to join.
     #[arg(long, default_value = "general")]
     group: String,
@@ -50,7 +55,15 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    if args.token.is_some() {
+        eprintln!(
+            "chat: --token is no longer accepted: a token on the command line is visible to \
+             every local user (ps). Export {TOKEN_ENV}, or pass --token-file PATH"
+        );
+        return ExitCode::from(2);
+    }
+    match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat: {e:#}");
@@ -59,8 +72,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Where the token comes from when no `--token-file` is given.
+const TOKEN_ENV: &str = "SWITCHBOARD_TOKEN";
+
+/// The client token: the first line of `--token-file`, else `$SWITCHBOARD_TOKEN`.
+fn token(args: &Args) -> Result<String> {
+    let token = match &args.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        None => std::env::var(TOKEN_ENV).unwrap_or_default(),
+    };
+    if token.is_empty() {
+        anyhow::bail!("no token: export {TOKEN_ENV}=sb1.… or pass --token-file PATH");
+    }
+    Ok(token)
+}
+
 async fn run(args: Args) -> Result<()> {
-    let mut cfg = ClientConfig::for_server(args.server.clone(), args.token);
+    let mut cfg = ClientConfig::for_server(args.server.clone(), token(&args)?);
     if let Some(cert) = &args.cert {
         cfg.trust = Trust::Roots(vec![load_cert(cert)?]);
     }

@@ -2,9 +2,9 @@
 //! answers, and refusals as [`ClientError::Problem`] with the server's problem details.
 //! `switchboard ctl` and the API's tests use it.
 //!
-//! Plain HTTP only (no TLS in this build's ureq): the server can serve HTTPS (`[admin.tls]`),
-//! but this client (and so `switchboard ctl`) reaches only a plain-HTTP listener, e.g. a
-//! node's on loopback.
+//! HTTP or HTTPS (rustls): an `https://` URL is checked against the web PKI's roots, or only
+//! against the CA certificates given to [`AdminClient::with_ca`] (a node's own self-signed
+//! certificate, or a private CA), so `switchboard ctl` reaches a node serving `[admin.tls]`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,7 +97,48 @@ impl AdminClient {
     /// Like [`AdminClient::new`], with a bound on each whole call (activations wait for the
     /// node to apply them; uploads compile).
     pub fn with_timeout(base_url: &str, token: Option<String>, timeout: Duration) -> AdminClient {
+        Self::build(base_url, token, timeout, ureq::tls::RootCerts::WebPki)
+    }
+
+    /// Like [`AdminClient::new`], for an HTTPS node whose certificate is issued by (or is) one
+    /// of the certificates in `ca`: PEM (one or more) or a single DER certificate. Only these
+    /// are trusted, not the web PKI.
+    pub fn with_ca(
+        base_url: &str,
+        token: Option<String>,
+        ca: &[u8],
+    ) -> Result<AdminClient, String> {
+        let certs: Vec<ureq::tls::Certificate<'static>> = if ca.starts_with(b"-----BEGIN") {
+            ureq::tls::parse_pem(ca)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("not PEM: {e}"))?
+        } else {
+            vec![ureq::tls::Certificate::from_der(ca).to_owned()]
+        };
+        if certs.is_empty() {
+            return Err("holds no certificate".into());
+        }
+        Ok(Self::build(
+            base_url,
+            token,
+            Duration::from_secs(120),
+            ureq::tls::RootCerts::new_with_certs(&certs),
+        ))
+    }
+
+    fn build(
+        base_url: &str,
+        token: Option<String>,
+        timeout: Duration,
+        roots: ureq::tls::RootCerts,
+    ) -> AdminClient {
         let config = ureq::Agent::config_builder()
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             // Error statuses are answers to parse, not transport failures.
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))

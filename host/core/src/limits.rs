@@ -44,6 +44,12 @@ pub struct Limits {
     /// once it reads again; `true` closes it with `SlowConsumer` (it reconnects and resumes
     /// from its cursors), for deployments that would rather free the connection.
     pub disconnect_slow_consumers: bool,
+    /// Longest a commit batch's background copies wait for its foreground copies to be
+    /// written (active first on the wire), in milliseconds. A foreground member that stops
+    /// reading delays background delivery by this much at most; a busy machine whose
+    /// foreground phase takes longer lets the background go at the deadline (counted as
+    /// `foreground_gate_timeouts`). At least 1.
+    pub foreground_gate_ms: u64,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
     /// Most connection attempts in their QUIC/TLS handshake at once; further attempts are
@@ -123,6 +129,7 @@ impl Default for Limits {
             outbox_bytes: 4 * 1024 * 1024,
             nudge_background_from_members: 1_000,
             disconnect_slow_consumers: false,
+            foreground_gate_ms: 50,
             max_connections: 100_000,
             max_handshakes: 1_024,
             validate_address_from_handshakes: 64,
@@ -164,6 +171,12 @@ impl Limits {
             return Err(LimitsError(
                 "min_free_disk_bytes must be at least 8388608 (8 MiB, MIN_FREE_DISK_FLOOR): \
                  without a reserve the store's writes run into a full disk",
+            ));
+        }
+        if self.foreground_gate_ms == 0 {
+            return Err(LimitsError(
+                "foreground_gate_ms must be > 0: background copies would never wait for the \
+                 foreground ones",
             ));
         }
         if self.max_payload_bytes == 0 {

@@ -16,7 +16,8 @@
 //! argument (a task woken later runs later, one woken from a running task runs right after
 //! it) holds per worker thread; with several workers it is best effort, as is the wire.
 //!
-//! Bounds: a gate waits at most [`FOREGROUND_GATE`] from the batch's publish, so a
+//! Bounds: a gate waits at most `Limits::foreground_gate_ms` (50 ms by default) from the
+//! batch's publish, so a
 //! foreground session that stopped reading delays background delivery by that much at most;
 //! deadlines run from publish time, so a queue of held batches never adds up their waits.
 //! At most [`PHASE2_QUEUE`] batches wait; beyond that the committer waits (back-pressure on
@@ -24,12 +25,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// Longest a batch's background phase waits for its foreground copies.
-pub const FOREGROUND_GATE: Duration = Duration::from_millis(50);
 /// Batches waiting for phase 2.
 pub const PHASE2_QUEUE: usize = 1024;
 
@@ -110,6 +108,7 @@ impl Drop for GateTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn the_gate_opens_when_the_publisher_and_every_ticket_are_done() {
@@ -144,7 +143,8 @@ mod tests {
         let _stuck = gate.ticket();
         drop(publisher);
         let t0 = tokio::time::Instant::now();
-        assert!(!gate.wait(t0 + FOREGROUND_GATE).await);
-        assert_eq!(t0.elapsed(), FOREGROUND_GATE);
+        let bound = Duration::from_millis(50);
+        assert!(!gate.wait(t0 + bound).await);
+        assert_eq!(t0.elapsed(), bound);
     }
 }

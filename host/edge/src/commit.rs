@@ -60,6 +60,9 @@ pub struct Committer {
     /// Batches whose background subscribers wait for phase 2 (`active_first`).
     phase2: mpsc::Sender<Phase2>,
     phase2_rx: Option<mpsc::Receiver<Phase2>>,
+    /// How long a batch's background phase waits for its foreground copies at most
+    /// (`Limits::foreground_gate_ms`).
+    gate_bound: std::time::Duration,
 }
 
 impl std::fmt::Debug for Committer {
@@ -74,6 +77,7 @@ impl Committer {
         rx: mpsc::Receiver<Commit>,
         groups: Arc<Groups>,
         notifier: Notifier,
+        gate_bound: std::time::Duration,
     ) -> Self {
         let (phase2, phase2_rx) = phase2_channel();
         Self {
@@ -83,6 +87,7 @@ impl Committer {
             notifier,
             phase2,
             phase2_rx: Some(phase2_rx),
+            gate_bound,
         }
     }
 
@@ -158,8 +163,7 @@ impl Committer {
                     // sessions get the batch once its foreground copies are written (or the
                     // gate's deadline passed), on their own task, so the next batch's
                     // phase 1 does not wait for it.
-                    let deadline =
-                        tokio::time::Instant::now() + crate::active_first::FOREGROUND_GATE;
+                    let deadline = tokio::time::Instant::now() + self.gate_bound;
                     let _ = self
                         .phase2
                         .send(Phase2 {

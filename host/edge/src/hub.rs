@@ -124,7 +124,13 @@ impl Hub {
             metrics: metrics.clone(),
         });
         let (commit_tx, commit_rx) = crate::commit::channel();
-        let committer = Committer::new(store.clone(), commit_rx, groups.clone(), notifier);
+        let committer = Committer::new(
+            store.clone(),
+            commit_rx,
+            groups.clone(),
+            notifier,
+            std::time::Duration::from_millis(limits.foreground_gate_ms.max(1)),
+        );
         let hub = Arc::new(Hub {
             store,
             rates: RateLimiter::new(&limits),
@@ -591,6 +597,13 @@ impl Hub {
         self.sessions.is_connected(tenant, user)
     }
 
+    /// For tests only (feature `test-hooks`): the rate limits' clock stands still from now
+    /// on, so no bucket refills; tests count refusals exactly on a machine of any speed.
+    #[cfg(feature = "test-hooks")]
+    pub fn freeze_rate_clock(&self) {
+        self.rates.freeze();
+    }
+
     /// For benchmarks only (feature `bench`): fan out in subscription order (the naive way)
     /// instead of foreground sessions first. Deferral to background sessions is unaffected.
     #[cfg(feature = "bench")]
@@ -741,8 +754,22 @@ impl Hub {
             &session.tenant,
         )?;
         let g = self.group(&session.tenant, &gid)?;
-        self.require_member(session, &gid)?;
-        if self.disk_low.load(Ordering::Relaxed) {
+        // A resend of a message the group stored while the sender was a member is acked again
+        // (as a duplicate) after the sender left or was removed: its outbox must learn that
+        // the message is stored, or it would hold it forever. Nothing new is stored or judged.
+        let resend_of_stored = match self.require_member(session, &gid) {
+            Ok(()) => false,
+            Err(refused) => {
+                let stored =
+                    self.store
+                        .find_sent(&session.tenant, &gid, &session.user, client_msg_id)?;
+                if stored.is_none() {
+                    return Err(refused);
+                }
+                true
+            }
+        };
+        if !resend_of_stored && self.disk_low.load(Ordering::Relaxed) {
             self.metrics
                 .disk_full_refusals
                 .fetch_add(1, Ordering::Relaxed);
@@ -760,7 +787,13 @@ impl Hub {
             group_size: g.members.load(Ordering::Relaxed),
             connected_members: g.subscriber_count() as u32,
         };
-        let (lane, notify) = match self.policies.message_verdict(facts, &body) {
+        let verdict = if resend_of_stored {
+            // Unused: the append below finds the duplicate.
+            Ok((Lane::Normal, false))
+        } else {
+            self.policies.message_verdict(facts, &body)
+        };
+        let (lane, notify) = match verdict {
             Ok(verdict) => verdict,
             // A resend of a message the group already has is acked again whatever the policy
             // says now (it may have been swapped, or the first verdict was a fallback).

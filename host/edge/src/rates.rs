@@ -160,6 +160,10 @@ pub(crate) struct RateLimiter {
     /// Users whose last session closed before their buckets were full: (when they will be
     /// full, the user). Expiries only grow along the queue (constant refill time).
     parked: Mutex<VecDeque<(u64, crate::Key<switchboard_core::UserId>)>>,
+    /// Test hook (feature `test-hooks`): when not `u64::MAX`, the buckets' clock stands still
+    /// at this value, so a test can count refusals exactly however slow the machine is.
+    #[cfg(feature = "test-hooks")]
+    frozen_ms: AtomicU64,
 }
 
 impl RateLimiter {
@@ -169,11 +173,27 @@ impl RateLimiter {
             started: Instant::now(),
             user_refill_ms: UserRates::refill_ms(limits),
             parked: Mutex::new(VecDeque::new()),
+            #[cfg(feature = "test-hooks")]
+            frozen_ms: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Stops the buckets' clock where it is now (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn freeze(&self) {
+        let now = self.now_ms();
+        self.frozen_ms.store(now, Ordering::Relaxed);
     }
 
     /// Milliseconds on the node's monotonic clock (wall-clock steps do not move buckets).
     pub(crate) fn now_ms(&self) -> u64 {
+        #[cfg(feature = "test-hooks")]
+        {
+            let frozen = self.frozen_ms.load(Ordering::Relaxed);
+            if frozen != u64::MAX {
+                return frozen;
+            }
+        }
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig, WasmFeatures,
+    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
 use crate::bindings;
@@ -82,9 +82,6 @@ impl std::fmt::Debug for PolicyEngine {
     }
 }
 
-/// Guard pages after each linear memory. Bounds are checked explicitly (the reservation is
-/// only as large as the memory cap), so this only needs to absorb small constant offsets.
-const MEMORY_GUARD_BYTES: u64 = 64 << 10;
 /// Core instances the pool holds per instance it can hold (the pool's total is this times
 /// `max_instances`): a Rust wasm32-wasip2 component has its main module plus a few small
 /// shims.
@@ -222,7 +219,14 @@ impl PolicyEngine {
 
     /// Validates and compiles (the slow part of a load).
     fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
-        Component::new(&self.inner.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))
+        let limits = &self.inner.limits;
+        match &limits.compile {
+            Some(child) => {
+                crate::compile::compile_in_child(&self.inner.engine, child, limits, bytes)
+            }
+            None => Component::new(&self.inner.engine, bytes)
+                .map_err(|e| LoadError::Invalid(format!("{e:#}"))),
+        }
     }
 
     /// Everything after compilation, for a fresh compile and a cached artifact alike: the
@@ -284,38 +288,9 @@ impl PolicyEngine {
     }
 }
 
+/// The engine's configuration: [`compile_config`], plus the pooling allocator.
 fn engine_config(limits: &PolicyLimits) -> Config {
-    let mut config = Config::new();
-    config
-        .consume_fuel(true)
-        .epoch_interruption(true)
-        .max_wasm_stack(limits.max_wasm_stack)
-        .wasm_component_model(true)
-        // Proposals a policy plugin does not need. GC, exceptions, threads and
-        // component-model async are already compiled out (cargo features).
-        .wasm_memory64(false)
-        // On: a component composed of components (JavaScript's, docs/plugins.md §14) gets
-        // adapters that copy between their memories, and wasmtime generates those with
-        // multi-memory (with it off, it panics compiling one). Memory stays bounded per
-        // instance, not per memory: the limiter caps the sum of an instance's memories.
-        .wasm_multi_memory(true)
-        // On: QuickJS, the JavaScript engine of JS plugins, is compiled with tail calls. A
-        // tail call replaces its caller's frame: it cannot grow the stack past
-        // `max_wasm_stack`, and every call still costs fuel.
-        .wasm_tail_call(true)
-        .wasm_relaxed_simd(false)
-        .wasm_wide_arithmetic(false)
-        .wasm_custom_page_sizes(false)
-        .wasm_stack_switching(false)
-        .wasm_shared_everything_threads(false)
-        .wasm_features(WasmFeatures::FUNCTION_REFERENCES, false)
-        // Reserve only what the cap allows: thousands of instances then cost little
-        // address space, at the price of explicit bounds checks.
-        .memory_reservation(round_up_to_page(limits.max_memory_bytes))
-        .memory_guard_size(MEMORY_GUARD_BYTES)
-        .memory_reservation_for_growth(0)
-        .memory_may_move(false);
-
+    let mut config = crate::compile::compile_config(limits);
     let mut pool = PoolingAllocationConfig::default();
     let instances = limits.max_instances;
     pool.total_component_instances(instances)
@@ -329,11 +304,6 @@ fn engine_config(limits: &PolicyLimits) -> Config {
         .table_elements(limits.max_table_elements);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
-}
-
-fn round_up_to_page(bytes: usize) -> u64 {
-    const PAGE: u64 = 64 << 10;
-    (bytes as u64).div_ceil(PAGE) * PAGE
 }
 
 /// Advances the engine's epoch every `tick` while guest code runs (see [`Ticker`]), until

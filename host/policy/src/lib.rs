@@ -17,7 +17,8 @@
 //!   deserialized only after its HMAC-SHA256 (under a key only this node holds, bound to
 //!   the plugin's version and the engine's configuration) checks out; anything else is
 //!   deleted and recompiled ([`CacheOutcome::Rejected`]), never an error. The crate's only
-//!   `unsafe` is that deserialization (`cache.rs`).
+//!   `unsafe` is that deserialization (`cache.rs`), and the same for the artifact of a compile
+//!   in a child process (`compile.rs`).
 //! - [`check_upload_size`] and [`PolicyEngine::check_upload_and_self_test`]: every check an upload goes
 //!   through, shared by the node's upload and the workbench ([`UploadRefusal`]).
 //! - [`Trial`]: a plugin run by hand (the workbench's `plugin run`): each call's answer,
@@ -35,6 +36,7 @@
 
 mod bindings;
 mod cache;
+pub mod compile;
 mod convert;
 mod engine;
 mod host;
@@ -50,9 +52,10 @@ mod upload;
 mod wasi;
 
 pub use cache::{ArtifactCache, CacheError, CacheOutcome, CacheRejection};
+
 pub use engine::{EngineError, PolicyEngine};
 pub use host::{LogLevel, LogLine, TenantCounters};
-pub use limits::PolicyLimits;
+pub use limits::{ChildCompile, PolicyLimits};
 pub use load::LoadError;
 pub use self_test::{HookReport, SelfTestError, SelfTestReport};
 pub use shape::{Shape, ShapeLimits};

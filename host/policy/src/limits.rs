@@ -1,5 +1,6 @@
 //! Every budget a plugin runs under, with its default.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::shape::ShapeLimits;
@@ -67,6 +68,10 @@ pub struct PolicyLimits {
     /// Bounds on what an upload may contain (functions, exports, nesting…), checked before
     /// compiling. Defaults in [`ShapeLimits`].
     pub shape: ShapeLimits,
+    /// Where uploads are compiled: `None` (the default) in this process; `Some` in a child
+    /// process under bounds on CPU time, memory and wall time ([`crate::compile`]), which is
+    /// what the node does.
+    pub compile: Option<ChildCompile>,
 }
 
 impl Default for PolicyLimits {
@@ -90,6 +95,7 @@ impl Default for PolicyLimits {
             max_log_line_bytes: 1 << 10,
             max_counters_per_tenant: 64,
             shape: ShapeLimits::default(),
+            compile: None,
         }
     }
 }
@@ -137,5 +143,52 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         PolicyLimits::default().validate().unwrap();
+    }
+}
+
+/// Where and under which bounds uploads are compiled: a child process running
+/// `compile::serve_child`. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildCompile {
+    /// The program that runs `compile::serve_child` (the node: its own binary).
+    pub program: PathBuf,
+    /// Arguments before the ones this crate adds (the node: `__compile-plugin`).
+    pub args: Vec<String>,
+    /// CPU seconds one compile may use (`RLIMIT_CPU`, all its threads). Default 120: the
+    /// reference Python plugin (CPython, 17.6 MiB), the costliest real plugin, takes 21–23 s
+    /// (docs/plugins.md §6).
+    pub cpu_secs: u64,
+    /// Bytes of heap and other private memory one compile may use (`RLIMIT_DATA`).
+    /// Default 2 GiB (the Python plugin: 378 MiB at most, and it compiles within 1 GiB).
+    pub memory_bytes: u64,
+    /// Wall-clock time one compile may take, waiting for a CPU included; the child is killed
+    /// after it. Default 300 s (the Python plugin: 43–46 s on 2 cores at load 7).
+    pub wall: Duration,
+    /// Largest compiled artifact accepted. Default 256 MiB.
+    pub max_artifact_bytes: u64,
+}
+
+impl ChildCompile {
+    /// `program args…` with the default bounds.
+    pub fn new(program: impl Into<PathBuf>, args: Vec<String>) -> Self {
+        ChildCompile {
+            program: program.into(),
+            args,
+            cpu_secs: 120,
+            memory_bytes: 2 << 30,
+            wall: Duration::from_secs(300),
+            max_artifact_bytes: 256 << 20,
+        }
+    }
+
+    /// The arguments after `args`: what `compile::ChildParams::from_args` reads back.
+    pub(crate) fn child_args(&self, limits: &PolicyLimits) -> Vec<String> {
+        vec![
+            format!("--cpu-secs={}", self.cpu_secs),
+            format!("--memory-bytes={}", self.memory_bytes),
+            format!("--max-plugin-bytes={}", limits.max_plugin_bytes),
+            format!("--max-wasm-stack={}", limits.max_wasm_stack),
+            format!("--max-memory-bytes={}", limits.max_memory_bytes),
+        ]
     }
 }

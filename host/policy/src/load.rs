@@ -26,6 +26,17 @@ pub enum LoadError {
         count: u64,
         max: u64,
     },
+    /// Compiling the plugin in its child process (`compile.rs`) went past a bound: CPU time,
+    /// memory, wall-clock time or the compiled size.
+    #[error(
+        "compiling the plugin exceeded the node's bound on {what}: a plugin this costly to \
+         compile is refused"
+    )]
+    CompileBound { what: String },
+    /// The compiler process failed for a reason that is not the plugin's (it could not be
+    /// started, or its artifact did not load). Retrying later may help.
+    #[error("the node could not compile the plugin: {0}")]
+    CompilerFailed(String),
     /// The version given with the upload is not its SHA-256 (`load_cached`).
     #[error(
         "version `{given}` is not this plugin's version `{computed}` (a plugin's version is \

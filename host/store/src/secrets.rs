@@ -75,6 +75,17 @@ pub enum SecretsError {
     /// A sealed record is too short or has an unknown version.
     #[error("tenant {tenant}: sealed secret record is malformed: {detail}")]
     Malformed { tenant: String, detail: String },
+    /// The store key given as text (not a file) does not parse.
+    #[error("store key given in the environment: {0}")]
+    KeyText(String),
+    /// A rotation was asked for while the store key came as text: the new key could not be
+    /// kept anywhere.
+    #[error(
+        "the store key was given in the environment, so a rotation could not keep the new key: \
+         rotate with the key in a file (`switchboard keys rotate --key-file FILE`), then give \
+         the file's new text"
+    )]
+    KeyNotInFile,
     /// The system's random source failed.
     #[error("no randomness for a nonce or key")]
     Random,

@@ -76,6 +76,10 @@ pub struct SledStoreConfig {
     /// The store key file that seals tenant secrets ([`crate::secrets`]); `None` for the
     /// default, `<path>.key` (next to the store directory, never inside it).
     pub key_file: Option<PathBuf>,
+    /// The store key as the key file's text, given by the operator instead of the file
+    /// (the node reads it from `SWITCHBOARD_STORE_KEY`): nothing is read from or written to
+    /// `key_file` then, and a rotation is refused ([`SecretsError::KeyNotInFile`]).
+    pub key_text: Option<String>,
 }
 
 impl SledStoreConfig {
@@ -86,7 +90,14 @@ impl SledStoreConfig {
             cache_capacity_bytes: 256 << 20,
             flush_every_ms: Some(500),
             key_file: None,
+            key_text: None,
         }
+    }
+
+    /// The store key as the key file's text, instead of the file (see `key_text`).
+    pub fn key_text(mut self, text: impl Into<String>) -> Self {
+        self.key_text = Some(text.into());
+        self
     }
 
     /// Where the store key file is: the one set, else `<path>.key`.
@@ -149,8 +160,10 @@ struct Inner {
     /// whole by a rotation.
     keys: RwLock<Arc<KeyRing>>,
     key_file: PathBuf,
-    /// One rotation at a time.
-    rotation: parking_lot::Mutex<()>,
+    /// Sealing (shared) against a rotation (exclusive): a secret sealed under the old key
+    /// and written after the rotation resealed every record would be unreadable once the
+    /// old key leaves the file. Also one rotation at a time.
+    rotation: parking_lot::RwLock<()>,
     /// Newest sequence number of each group with messages, keyed by the group's prefix
     /// ([`keys::group_prefix`]), loaded lazily from the log's last key. Only ever raised
     /// (`raise_head`), so a reader that loaded an older head from disk cannot lower it.
@@ -363,7 +376,11 @@ impl SledStore {
         private_dir(&config.path).map_err(os)?;
         let key_file = config.key_file_path();
         let handles = Handles::open(&config)?;
-        let keys = match KeyRing::load(&key_file)? {
+        let given = match &config.key_text {
+            Some(text) => Some(KeyRing::parse(text).map_err(SecretsError::KeyText)?),
+            None => KeyRing::load(&key_file)?,
+        };
+        let keys = match given {
             Some(keys) => keys,
             None => {
                 // A new key only for a store without sealed secrets: one sealed under a
@@ -384,7 +401,7 @@ impl SledStore {
         let inner = Inner {
             keys: RwLock::new(Arc::new(keys)),
             key_file,
-            rotation: parking_lot::Mutex::new(()),
+            rotation: parking_lot::RwLock::new(()),
             handles: RwLock::new(Some(Arc::new(handles))),
             failure: parking_lot::Mutex::new(None),
             recovering: parking_lot::Mutex::new(()),
@@ -546,7 +563,10 @@ impl SledStore {
     /// re-sealing. Tokens stay valid: the secrets are the same, only their sealing changes.
     /// Returns the new key's id and how many secrets were sealed again.
     pub fn rotate_secrets_key(&self) -> Result<(u32, usize), StoreError> {
-        let _rotation = self.inner.rotation.lock();
+        if self.inner.config.key_text.is_some() {
+            return Err(SecretsError::KeyNotInFile.into());
+        }
+        let _rotation = self.inner.rotation.write();
         let both = Arc::new(self.keys().with_new_key()?);
         both.store(&self.inner.key_file)?;
         *self.inner.keys.write() = both.clone();
@@ -728,6 +748,7 @@ impl SledStore {
 impl Store for SledStore {
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
         let key = keys::tenant(&tenant.id);
+        let _sealing = self.inner.rotation.read();
         let sealed = codec::encode_tenant(&self.keys(), &tenant.id, &tenant.secret)?;
         self.h()?
             .directory

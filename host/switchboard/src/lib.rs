@@ -81,6 +81,61 @@ pub struct Config {
     /// Where group messages are kept, the segment log's bounds, and retention.
     #[serde(default)]
     pub store: StoreSettings,
+    /// The bounds on compiling one plugin upload, in a child process.
+    #[serde(default)]
+    pub plugin_compile: PluginCompileSettings,
+}
+
+/// The argument that makes the `switchboard` binary a plugin compiler for its node
+/// (`switchboard_policy::compile::serve_child`), not a command for people.
+pub const COMPILE_CHILD_ARG: &str = "__compile-plugin";
+
+/// The `[plugin_compile]` section: uploads are compiled in a child process (the node's own
+/// binary) under these bounds; past one the upload is refused, naming it. See
+/// `switchboard_policy::compile` and docs/plugins.md §6.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginCompileSettings {
+    /// CPU seconds one compile may use. Default 120.
+    pub cpu_secs: u64,
+    /// Bytes of memory one compile may use (heap and other private memory). Default 2 GiB.
+    pub memory_bytes: u64,
+    /// Wall-clock seconds one compile may take, waiting for a CPU included. Default 300.
+    pub wall_secs: u64,
+    /// The program to run as the compiler: the node's own binary, which `serve` and `dev`
+    /// set. `None` (a node started from the library, as tests do) compiles in-process.
+    #[serde(skip)]
+    pub program: Option<PathBuf>,
+}
+
+impl Default for PluginCompileSettings {
+    fn default() -> Self {
+        let d = switchboard_policy::ChildCompile::new("", Vec::new());
+        PluginCompileSettings {
+            cpu_secs: d.cpu_secs,
+            memory_bytes: d.memory_bytes,
+            wall_secs: d.wall.as_secs(),
+            program: None,
+        }
+    }
+}
+
+impl PluginCompileSettings {
+    /// The policy engine's limits: the defaults, compiling in a child when a program is set.
+    pub fn policy_limits(&self) -> PolicyLimits {
+        let compile = self.program.as_ref().map(|program| {
+            let mut child =
+                switchboard_policy::ChildCompile::new(program, vec![COMPILE_CHILD_ARG.into()]);
+            child.cpu_secs = self.cpu_secs.max(1);
+            child.memory_bytes = self.memory_bytes;
+            child.wall = std::time::Duration::from_secs(self.wall_secs.max(1));
+            child
+        });
+        PolicyLimits {
+            compile,
+            ..PolicyLimits::default()
+        }
+    }
 }
 
 /// Where group messages are kept.
@@ -500,15 +555,27 @@ pub fn open_node_store(
     Ok(Arc::new(store))
 }
 
+/// The environment variable that may hold the store key (the key file's text), for
+/// deployments that keep secrets in the environment rather than in a file. When set, it is
+/// used instead of any key file.
+pub const STORE_KEY_ENV: &str = "SWITCHBOARD_STORE_KEY";
+
 /// Opens only the sled part of the store in `data_dir` (created 0700), its secrets sealed
-/// with `key_file` (default `<data_dir>/store.key`): tenants, groups, config; for commands
-/// that need no messages (`token`, `keys rotate`).
+/// with the key in `$SWITCHBOARD_STORE_KEY` if set, else with `key_file` (default
+/// `<data_dir>/store.key`): tenants, groups, config; for commands that need no messages
+/// (`token`, `keys rotate`).
 pub fn open_sled_store(data_dir: &Path, key_file: Option<&Path>) -> Result<SledStore, NodeError> {
     private_dir(data_dir)
         .map_err(|e| NodeError::Invalid(format!("data directory {}: {e}", data_dir.display())))?;
     let mut config = SledStoreConfig::new(data_dir.join("store"));
     if let Some(key) = key_file {
         config = config.key_file(key);
+    }
+    if let Some(text) = std::env::var(STORE_KEY_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        config = config.key_text(text);
     }
     Ok(SledStore::open_with(config)?)
 }
@@ -644,7 +711,7 @@ impl RunningNode {
 /// binding, flag and override in the config store), the config file's plugins, and the HTTP
 /// API.
 pub async fn start(cfg: &Config, store: Arc<NodeStore>) -> Result<RunningNode, NodeError> {
-    let engine = PolicyEngine::new(PolicyLimits::default())?;
+    let engine = PolicyEngine::new(cfg.plugin_compile.policy_limits())?;
     // Check the file's plugins before anything starts or is stored.
     let file_plugins = load_policies(cfg, &engine)?;
     let webhook = webhook_sink(&cfg.notify)?;

@@ -90,6 +90,12 @@ fn main() -> Result<()> {
     // snapshots) is readable by its user only, whatever the shell's umask.
     #[cfg(unix)]
     rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+    // The node's plugin compiler (a child of a node, not a command for people): before
+    // anything else starts, so that its bounds hold for all it does.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(switchboard::COMPILE_CHILD_ARG) {
+        std::process::exit(compile_child(&args[1..]));
+    }
     let cli = Cli::parse();
     // Before the log subscriber and the runtime: ctl needs neither, and its stdout is the
     // answer (`--json` output must not mix with log lines).
@@ -106,7 +112,12 @@ fn main() -> Result<()> {
         .init();
     let rt = tokio::runtime::Runtime::new()?;
     match command {
-        Command::Serve { config } => rt.block_on(serve(Config::load(&config)?)),
+        Command::Serve { config } => {
+            let mut cfg = Config::load(&config)?;
+            cfg.plugin_compile.program =
+                Some(std::env::current_exe().context("finding this binary")?);
+            rt.block_on(serve(cfg))
+        }
         Command::Dev {
             data_dir,
             listen,
@@ -136,6 +147,45 @@ fn main() -> Result<()> {
     }
 }
 
+/// `switchboard __compile-plugin --cpu-secs=… …`: applies its bounds to itself (the kernel
+/// enforces them: `SIGXCPU` past the CPU time, a failed allocation past the memory), then
+/// compiles the plugin on stdin and writes the artifact to stdout.
+fn compile_child(args: &[String]) -> i32 {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let params = match switchboard_policy::compile::ChildParams::from_args(args) {
+        Ok(params) => params,
+        Err(e) => {
+            eprintln!("switchboard {}: {e}", switchboard::COMPILE_CHILD_ARG);
+            return 2;
+        }
+    };
+    let limits = [
+        // The hard limit a little above the soft one: SIGXCPU first, SIGKILL if ignored.
+        (
+            Resource::Cpu,
+            params.cpu_secs,
+            params.cpu_secs.saturating_add(5),
+        ),
+        (Resource::Data, params.memory_bytes, params.memory_bytes),
+    ];
+    for (resource, current, maximum) in limits {
+        let limit = Rlimit {
+            current: Some(current),
+            maximum: Some(maximum),
+        };
+        if let Err(e) = setrlimit(resource, limit) {
+            eprintln!("setting {resource:?} to {current}: {e}");
+            return 1;
+        }
+    }
+    switchboard_policy::compile::serve_child(
+        &params,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        std::io::stderr().lock(),
+    )
+}
+
 async fn serve(cfg: Config) -> Result<()> {
     // Before anything serves: a SIGTERM that arrives while the node starts must stop it
     // gracefully, not kill it (the default action).
@@ -162,6 +212,10 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
         tenants: Vec::new(),
         notify: switchboard::NotifySettings::default(),
         store: switchboard::StoreSettings::default(),
+        plugin_compile: switchboard::PluginCompileSettings {
+            program: Some(std::env::current_exe().context("finding this binary")?),
+            ..Default::default()
+        },
         admin: switchboard::AdminSettings {
             listen: admin_listen,
             // A fresh operator token per run unless one is in the environment.
@@ -214,9 +268,9 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
         "\nSwitchboard dev node listening on {addr} (QUIC, ALPN switchboard/1)\n\
          tenant: {DEMO_TENANT}, open group: {DEMO_GROUP}, data: {data}, certificate: {cert}\n\n\
          Chat as alice (in a second terminal):\n  \
-         cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP} --token {alice}\n\n\
+         SWITCHBOARD_TOKEN={alice} cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP}\n\n\
          Chat as bob (in a third terminal):\n  \
-         cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP} --token {bob}\n\n\
+         SWITCHBOARD_TOKEN={bob} cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP}\n\n\
          More tokens: cargo run -p switchboard -- token --data-dir {data} --user NAME\n\n\
          Admin API: {admin} (OpenAPI at {admin}/openapi.json). For `switchboard ctl`:\n  \
          export SWITCHBOARD_ADMIN_URL={admin} SWITCHBOARD_ADMIN_TOKEN={admin_token}\n  \

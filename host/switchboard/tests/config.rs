@@ -228,5 +228,36 @@ async fn the_admin_api_serves_https_with_the_configured_certificate() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"status\":\"ok\""), "{text}");
+
+    // `switchboard ctl` over HTTPS: with the node's certificate as its CA it gets through;
+    // without it (web PKI roots) the self-signed certificate is refused (transport, exit 4).
+    let url = format!("https://localhost:{}", addr.port());
+    let cert = dir.path().join("cert.pem");
+    let ctl = move |extra: &[&std::ffi::OsStr]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.args(["ctl", "--url", url.as_str()])
+            .args(extra)
+            .arg("health");
+        cmd.env_remove("SWITCHBOARD_ADMIN_CA");
+        cmd.env_remove("SWITCHBOARD_ADMIN_TOKEN");
+        cmd.output().unwrap()
+    };
+    let trusted = tokio::task::spawn_blocking({
+        let ctl = ctl.clone();
+        let cert = cert.clone();
+        move || ctl(&["--ca".as_ref(), cert.as_os_str()])
+    })
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&trusted.stdout);
+    assert_eq!(
+        trusted.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(out.starts_with("ok"), "{out}");
+    let untrusted = tokio::task::spawn_blocking(move || ctl(&[])).await.unwrap();
+    assert_eq!(untrusted.status.code(), Some(4));
     node.shutdown().await;
 }

@@ -127,11 +127,39 @@ async fn every_ctl_command_end_to_end() {
         out.contains("created tenant acme") && out.contains("secret: "),
         "{out}"
     );
+    // A secret of one's own comes from a file, never the command line (`ps` shows that).
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "a-secret-of-our-own-0123456789\n").unwrap();
+    let secret_path = secret.path().to_str().unwrap();
+    let out = admin(&["tenant", "create", "initech", "--secret-file", secret_path]).ok();
+    assert!(
+        out.contains("secret: a-secret-of-our-own-0123456789"),
+        "{out}"
+    );
+    let refused = admin(&[
+        "tenant",
+        "create",
+        "umbrella",
+        "--secret",
+        "on-the-command-line",
+    ]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--secret-file"),
+        "{}",
+        refused.stderr
+    );
     let again = admin(&["tenant", "create", "acme"]);
     assert_eq!(again.code, 3);
     assert!(again.stderr.contains("conflict"), "{}", again.stderr);
     let list = admin(&["tenant", "list", "--json"]).json();
     assert_eq!(list[0]["id"], "acme");
+    assert_eq!(list[1]["id"], "initech");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "umbrella was not created: {list}"
+    );
     assert!(admin(&["tenant", "list"]).ok().starts_with("TENANT"));
     let out = admin(&["tenant", "quotas", "acme", "--max-groups", "50"]).ok();
     assert!(out.contains("50 groups, 64 plugin versions"), "{out}");

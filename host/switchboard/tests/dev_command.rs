@@ -51,12 +51,11 @@ async fn dev_prints_tokens_that_work_and_stops_cleanly_on_sigterm() {
         .unwrap();
     let chat_cmds = text.matches("cargo run -p chat --").count();
     assert_eq!(chat_cmds, 2, "{text}");
+    // Tokens go in the environment, not on the chat's command line (`ps` shows that).
+    assert!(!text.contains("--token "), "{text}");
     let token_args: Vec<&str> = text
         .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|w| w[0] == "--token")
-        .map(|w| w[1])
+        .filter_map(|w| w.strip_prefix("SWITCHBOARD_TOKEN="))
         .collect();
     assert_eq!(token_args.len(), 2, "{text}");
     assert!(token_args.iter().all(|t| t.starts_with("sb1.")), "{text}");

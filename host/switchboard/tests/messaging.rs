@@ -408,6 +408,48 @@ async fn joining_an_open_group_delivers_what_comes_after_and_fetch_gives_history
     assert_eq!(got[0].seq, 4, "seq 3 was sent while dave was not a member");
 }
 
+/// A resend of a message the group stored while the sender was a member is acked again, as
+/// the duplicate it is and with its seq, after the sender left: its outbox learns the message
+/// is stored instead of holding it forever. A new message is still refused with `NotMember`.
+#[tokio::test]
+async fn a_resend_after_leaving_is_acked_as_a_duplicate_and_a_new_send_is_refused() {
+    let n = TestNode::start().await;
+    let mut dave = member(&n, "dave").await;
+    dave.send(&ClientFrame::Join {
+        request_id: 1,
+        group: "general".into(),
+    })
+    .await;
+    assert!(matches!(
+        dave.read().await,
+        Some(ServerFrame::Joined { .. })
+    ));
+    dave.send(&send(2, "general", "d1", "stored")).await;
+    assert_eq!(acks(&mut dave, 1).await[&2], (1, false));
+    dave.send(&ClientFrame::Leave {
+        request_id: 3,
+        group: "general".into(),
+    })
+    .await;
+    assert!(matches!(dave.read().await, Some(ServerFrame::Left { .. })));
+
+    dave.send(&send(4, "general", "d1", "stored")).await;
+    assert_eq!(acks(&mut dave, 1).await[&4], (1, true));
+    dave.send(&send(5, "general", "d2", "new")).await;
+    assert_eq!(
+        error_code(&dave.read().await.unwrap()),
+        ErrorCode::NotMember
+    );
+    let head = n
+        .store
+        .head(&"acme".parse().unwrap(), &"general".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        head, 1,
+        "neither the resend nor the refused send was stored"
+    );
+}
+
 #[tokio::test]
 async fn receipts_reach_the_sender_and_presence_reaches_co_members() {
     let n = TestNode::start().await;

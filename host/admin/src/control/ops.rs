@@ -105,6 +105,8 @@ fn load_error(e: switchboard_policy::LoadError) -> ControlError {
         switchboard_policy::LoadError::TooLarge { .. } => {
             ControlError::PluginTooLarge(e.to_string())
         }
+        // Not the plugin's fault (the compiler process could not run): the node's problem.
+        switchboard_policy::LoadError::CompilerFailed(_) => ControlError::Internal(e.to_string()),
         other => ControlError::PluginRejected(other.to_string()),
     }
 }
@@ -114,6 +116,9 @@ fn upload_refusal(e: switchboard_policy::UploadRefusal) -> ControlError {
     match e {
         e if e.is_too_large() => ControlError::PluginTooLarge(e.to_string()),
         UploadRefusal::SelfTest(e) => ControlError::SelfTestFailed(e.to_string()),
+        UploadRefusal::Load(e @ switchboard_policy::LoadError::CompilerFailed(_)) => {
+            ControlError::Internal(e.to_string())
+        }
         other => ControlError::PluginRejected(other.to_string()),
     }
 }

@@ -260,3 +260,118 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The store key given as text (the node's `SWITCHBOARD_STORE_KEY`): it seals and opens the
+/// secrets, no key file is read or written, the store refuses to open without it or with
+/// another key, and a rotation is refused (it could not keep the new key).
+#[test]
+fn a_key_given_as_text_seals_without_a_key_file_and_refuses_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = KeyRing::generate(7).unwrap().to_file_text();
+    let config = || {
+        SledStoreConfig::new(dir.path().join("store"))
+            .flush_every_ms(None)
+            .key_text(text.clone())
+    };
+    {
+        let store = SledStore::open_with(config()).unwrap();
+        put(&store, "acme", SECRET);
+        assert_eq!(store.key_ids(), vec![7]);
+        assert!(matches!(
+            store.rotate_secrets_key(),
+            Err(StoreError::Secrets(SecretsError::KeyNotInFile))
+        ));
+        assert_eq!(store.key_ids(), vec![7], "nothing rotated");
+    }
+    assert!(!key_file(&dir).exists(), "no key file was written");
+    let store = open_retrying(config);
+    assert_eq!(store.tenant(&t("acme")).unwrap().unwrap().secret, SECRET);
+    drop(store);
+    // Without the key (no text, no file): refused, and no new key file is made.
+    assert!(matches!(
+        try_open(&dir),
+        Err(StoreError::Secrets(SecretsError::MissingKey {
+            key_id: 7,
+            ..
+        }))
+    ));
+    assert!(!key_file(&dir).exists());
+    // Another key under the same id does not open the secret.
+    let other = KeyRing::generate(7).unwrap().to_file_text();
+    let wrong = SledStore::open_with(
+        SledStoreConfig::new(dir.path().join("store"))
+            .flush_every_ms(None)
+            .key_text(other),
+    );
+    assert!(
+        matches!(
+            wrong,
+            Err(StoreError::Secrets(SecretsError::WrongKey { .. }))
+        ),
+        "{:?}",
+        wrong.err()
+    );
+    let garbage = SledStore::open_with(
+        SledStoreConfig::new(dir.path().join("store"))
+            .flush_every_ms(None)
+            .key_text("not a key"),
+    );
+    assert!(matches!(
+        garbage,
+        Err(StoreError::Secrets(SecretsError::KeyText(_)))
+    ));
+}
+
+/// Secrets written while a rotation runs are sealed under a key the file keeps: after many
+/// concurrent writes and a rotation, the store reopens with the new key alone and every
+/// secret opens.
+#[test]
+fn secrets_written_during_a_rotation_open_with_the_key_file_it_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open_in(&dir));
+    for i in 0..50 {
+        put(&store, &format!("t{i}"), SECRET);
+    }
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for round in 0..20 {
+                for i in 0..50 {
+                    let secret = format!("secret-{round}-{i}-0123456789");
+                    store
+                        .put_tenant(&TenantRecord {
+                            id: t(&format!("t{i}")),
+                            secret: secret.into_bytes(),
+                        })
+                        .unwrap();
+                }
+            }
+        })
+    };
+    for _ in 0..3 {
+        store.rotate_secrets_key().unwrap();
+    }
+    writer.join().unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = open_in(&dir);
+    assert_eq!(store.key_ids().len(), 1);
+    for i in 0..50 {
+        let secret = store.tenant(&t(&format!("t{i}"))).unwrap().unwrap().secret;
+        assert_eq!(secret, format!("secret-19-{i}-0123456789").into_bytes());
+    }
+}
+
+fn open_retrying(config: impl Fn() -> SledStoreConfig) -> SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open_with(config()) {
+            Err(StoreError::Io(e))
+                if e.contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}

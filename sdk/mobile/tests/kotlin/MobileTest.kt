@@ -29,7 +29,7 @@ class Node(dataDir: File) {
         while (true) {
             val line = out.readLine() ?: error("the node exited before it was ready")
             Regex("""listening on 127\.0\.0\.1:(\d+)""").find(line)?.let { found = it.groupValues[1].toInt() }
-            Regex("""--token (\S+)""").find(line)?.let { tokens.add(it.groupValues[1]) }
+            Regex("""SWITCHBOARD_TOKEN=(\S+)""").find(line)?.let { tokens.add(it.groupValues[1]) }
             if (line.startsWith("Ctrl-C stops the node")) break
         }
         port = found ?: error("no address in the node's banner")

@@ -57,7 +57,7 @@ class Node:
             m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
             if m:
                 self.port = int(m.group(1))
-            m = re.search(r"--token (\S+)", line)
+            m = re.search(r"SWITCHBOARD_TOKEN=(\S+)", line)
             if m:
                 self.tokens.append(m.group(1))
             if line.startswith("Ctrl-C stops the node"):
