@@ -93,9 +93,46 @@ impl TestNode {
         let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
         seed(&*store);
         let identity = TlsIdentity::self_signed().unwrap();
-        let mut n = Self::boot(store, dir, identity, limits, None).await;
+        let mut n = Self::boot(store, dir, identity, limits, None, None).await;
         n._tmp = Some(tmp);
         n
+    }
+
+    /// A node that also serves WebTransport on a loopback port of its own, with a fresh
+    /// browser-pinnable dev certificate and `origins` as its origin policy.
+    pub async fn start_webtransport(limits: Limits, origins: Vec<String>) -> TestNode {
+        let limits = Limits {
+            load_sample_ms: 0,
+            ..limits
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+        seed(&*store);
+        let identity = TlsIdentity::self_signed().unwrap();
+        let web = switchboard_edge::WebTransportConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity: TlsIdentity::webtransport_dev().unwrap(),
+            allowed_origins: origins,
+        };
+        let mut n = Self::boot(store, dir, identity, limits, None, Some(web)).await;
+        n._tmp = Some(tmp);
+        n
+    }
+
+    /// The WebTransport endpoint's address (after `start_webtransport`).
+    pub fn web_addr(&self) -> SocketAddr {
+        self.node.as_ref().unwrap().webtransport_addr().unwrap()
+    }
+
+    /// The SHA-256 of the WebTransport certificate (after `start_webtransport`).
+    pub fn web_cert_sha256(&self) -> String {
+        self.node
+            .as_ref()
+            .unwrap()
+            .webtransport_cert_sha256()
+            .unwrap()
+            .to_owned()
     }
 
     async fn boot(
@@ -104,6 +141,7 @@ impl TestNode {
         identity: TlsIdentity,
         limits: Limits,
         addr: Option<SocketAddr>,
+        web: Option<switchboard_edge::WebTransportConfig>,
     ) -> TestNode {
         let listen = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         // On restart the old endpoint's socket is released asynchronously: retry the bind.
@@ -114,6 +152,7 @@ impl TestNode {
                     listen,
                     limits: limits.clone(),
                     identity: identity.clone(),
+                    webtransport: web.clone(),
                 },
                 store.clone(),
             )
@@ -152,7 +191,7 @@ impl TestNode {
         } = self;
         drop(store);
         let store = reopen(&dir).await;
-        let mut n = Self::boot(store, dir, identity, Limits::default(), Some(addr)).await;
+        let mut n = Self::boot(store, dir, identity, Limits::default(), Some(addr), None).await;
         n._tmp = tmp;
         n
     }
