@@ -212,5 +212,12 @@ mod tests {
         let der = id.cert_chain[0].as_ref();
         let p256 = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
         assert!(der.windows(p256.len()).any(|w| w == p256));
+        // Valid now, and for at most 14 days in all (browsers refuse a longer one by hash).
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        let validity = cert.validity();
+        assert!(validity.is_valid());
+        let span = validity.not_after.timestamp() - validity.not_before.timestamp();
+        assert!(span <= 14 * 86_400, "valid for {span} s");
+        assert!(span >= 13 * 86_400, "valid for {span} s");
     }
 }
