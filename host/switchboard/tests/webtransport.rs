@@ -401,6 +401,87 @@ async fn sessions_for_other_paths_or_origins_are_refused() {
     ));
 }
 
+/// A raw QUIC client speaking HTTP/3 badly (ALPN `h3`, as a browser connects): its control
+/// stream must start with `SETTINGS`, and a `SETTINGS` frame must parse. wtransport closes
+/// such a connection with an HTTP/3 error code (RFC 9114 §8.1: 0x100–0x110), and the node
+/// serves everyone else.
+#[tokio::test]
+async fn malformed_http3_settings_close_that_connection_only() {
+    let n = start().await;
+    let cert = n.web_cert.clone().unwrap();
+    let cases: [(&str, &[u8]); 2] = [
+        // Control stream (type 0x00), then GOAWAY (0x07) before any SETTINGS.
+        ("GOAWAY before SETTINGS", &[0x00, 0x07, 0x01, 0x00]),
+        // Control stream, SETTINGS (0x04) of 1 byte: a 2-byte varint cut after its first byte.
+        ("truncated SETTINGS", &[0x00, 0x04, 0x01, 0x40]),
+    ];
+    for (what, bytes) in cases {
+        let c = RawClient::connect(n.web_addr(), &cert, b"h3")
+            .await
+            .unwrap();
+        let mut s = c.conn.open_uni().await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let _ = s.finish();
+        let code = c.closed_code().await;
+        assert!(
+            code.is_some_and(|c| (0x100..=0x110).contains(&c)),
+            "{what}: closed with {code:?}"
+        );
+    }
+    let mut ok = web(&n).await;
+    assert!(matches!(
+        ok.hello(&n.token("acme", "alice")).await,
+        ServerFrame::Welcome { .. }
+    ));
+}
+
+/// WebTransport sessions count against the node's `max_connections` with native ones: past
+/// it, attempts are refused, and a place freed is a place to connect again.
+#[tokio::test]
+async fn sessions_are_bounded_by_max_connections() {
+    let n = TestNode::start_webtransport(
+        Limits {
+            max_connections: 2,
+            ..Limits::default()
+        },
+        Vec::new(),
+    )
+    .await;
+    let mut a = web(&n).await;
+    a.hello(&n.token("acme", "alice")).await;
+    let mut b = n.raw().await;
+    assert!(matches!(
+        b.hello(&n.token("acme", "bob")).await,
+        ServerFrame::Welcome { .. }
+    ));
+    let options = ConnectOptions::builder(url(&n, "/switchboard/1")).build();
+    assert!(
+        try_connect(&n, options).await.is_err(),
+        "a third connection was accepted"
+    );
+    assert!(n.hub().metrics().snapshot().connections_refused >= 1);
+    b.conn.close(0u32.into(), b"bye");
+    drop(b);
+    // Once the node has counted the native connection out, a session fits again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while n
+        .hub()
+        .metrics()
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= 2
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no place freed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let options = ConnectOptions::builder(url(&n, "/switchboard/1")).build();
+    let mut c = try_connect(&n, options).await.unwrap();
+    assert!(matches!(
+        c.hello(&n.token("acme", "carol")).await,
+        ServerFrame::Welcome { .. }
+    ));
+}
+
 /// Not a test: the figures in docs/benchmarks.md ("WebTransport against native QUIC"). Run by
 /// hand, in release: `cargo test --release -p switchboard --test webtransport -- --ignored
 /// --nocapture measure`. Prints round trips (Ping → Pong) and the time for one receiver of each
@@ -493,5 +574,37 @@ async fn measure_webtransport_against_quic() {
          ({:.0}/s), QUIC receiver in {quic_t:?} ({:.0}/s)",
         rate(web_t),
         rate(quic_t)
+    );
+
+    // Memory: the process's resident set before and after opening idle sessions of each
+    // kind. Client and node share the process, so this is both ends of each session.
+    const IDLE: usize = 200;
+    let rss_kib = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let base = rss_kib();
+    let mut webs = Vec::new();
+    for i in 0..IDLE {
+        let mut c = web(&n).await;
+        c.hello(&n.token("acme", &format!("w{i}"))).await;
+        webs.push(c);
+    }
+    let with_web = rss_kib();
+    let mut quics = Vec::new();
+    for i in 0..IDLE {
+        let mut c = n.raw().await;
+        c.hello(&n.token("acme", &format!("q{i}"))).await;
+        quics.push(c);
+    }
+    let with_quic = rss_kib();
+    println!(
+        "idle sessions, client and node together: WebTransport {} KiB each, QUIC {} KiB each",
+        (with_web.saturating_sub(base)) / IDLE as u64,
+        (with_quic.saturating_sub(with_web)) / IDLE as u64
     );
 }

@@ -25,6 +25,8 @@ pub struct TestNode {
     pub dir: PathBuf,
     pub identity: TlsIdentity,
     pub addr: SocketAddr,
+    /// The WebTransport endpoint's certificate (DER), if it runs.
+    pub web_cert: Option<Vec<u8>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -174,6 +176,7 @@ impl TestNode {
             dir,
             identity,
             addr,
+            web_cert: web.map(|w| w.identity.cert_chain[0].to_vec()),
             _tmp: None,
         }
     }
