@@ -17,6 +17,7 @@ const $ = (id) => document.getElementById(id);
 
 const chat = {
   state: "connecting",
+  states: ["connecting"],
   joined: false,
   user: null,
   messages: [],
@@ -32,6 +33,7 @@ function showError(e) {
 }
 
 function setState(s) {
+  if (chat.state !== s) chat.states.push(s);
   chat.state = s;
   $("status").textContent = s;
   $("status").dataset.state = s;

@@ -1,7 +1,8 @@
 //! The web chat (examples/web-chat, over sdk/js) in a real browser: headless Chromium, driven
 //! by playwright-core from `tests/browser/web_chat.mjs`, connects to a real node over
 //! WebTransport with the dev certificate pinned by `serverCertificateHashes`; two tabs chat,
-//! one reloads and gets exactly what it missed. The page is served from loopback by a tiny
+//! one reloads and gets exactly what it missed, then its session drops and the SDK
+//! reconnects and resumes by itself. The page is served from loopback by a tiny
 //! static server here, and the node's origin policy allows only that origin.
 //!
 //! Needs Chromium, playwright-core and a built sdk/js: `cargo xtask test` provides all three
@@ -98,7 +99,7 @@ async fn serve_file(mut sock: tokio::net::TcpStream, root: PathBuf) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_tabs_chat_and_a_reloaded_tab_gets_exactly_what_it_missed() {
+async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_missed() {
     let chromium = required_env("SWITCHBOARD_CHROMIUM");
     let node_path = required_env("SWITCHBOARD_BROWSER_NODE_PATH");
     let root = repo_root();
@@ -209,11 +210,17 @@ async fn two_tabs_chat_and_a_reloaded_tab_gets_exactly_what_it_missed() {
             )
         })
         .collect();
-    assert_eq!(log.len(), 5, "{log:?}");
+    assert_eq!(log.len(), 7, "{log:?}");
     assert_eq!(before, log[..2].to_vec());
     assert_eq!(after, log[2..].to_vec());
     assert_eq!(
         after.iter().map(|m| m.2.as_str()).collect::<Vec<_>>(),
-        ["missed one", "missed two", "back again"]
+        [
+            "missed one",
+            "missed two",
+            "back again",
+            "during the drop",
+            "reconnected"
+        ]
     );
 }

@@ -1,6 +1,7 @@
 // Drives the web chat (examples/web-chat) in headless Chromium for web_chat.rs: two pages chat
 // through the node over WebTransport (the dev certificate pinned by serverCertificateHashes),
-// then one closes its session, misses two messages, reloads, and must show exactly those.
+// then one closes its session, misses two messages, reloads, and must show exactly those;
+// then its session drops and the SDK reconnects and resumes by itself.
 //
 // Input (environment): SWITCHBOARD_CHROMIUM, CHAT_PAGE (the page's URL without query),
 // WT_URL, WT_HASH, ALICE_TOKEN, BOB_TOKEN. Output: one line `RESULT <json>` on success;
@@ -134,9 +135,8 @@ try {
   // Alice's own next message marks the end: anything resent before it would show up first.
   const back = await say(alice, "back again");
   await sees(alice, "back again", "alice after reload");
-  const after = (await chatState(alice)).messages;
   assertEqual(
-    after.map((m) => [m.seq, m.sender, m.text]),
+    (await chatState(alice)).messages.map((m) => [m.seq, m.sender, m.text]),
     [
       [missed1, "bob", "missed one"],
       [missed2, "bob", "missed two"],
@@ -145,6 +145,36 @@ try {
     "alice's messages after the reload (exactly what she missed, then live)",
   );
   await sees(bob, "back again", "bob");
+
+  // The session drops under the page (as on a network change; the test reaches into the
+  // client for its transport): the SDK reconnects by itself, with backoff, and resumes from
+  // its cursors while Bob writes, so Alice sees each message once, in order.
+  await alice.evaluate(() => window.chat.client.session.transport.close());
+  const during = await say(bob, "during the drop");
+  try {
+    await alice.waitForFunction(
+      () => window.chat.states.includes("reconnecting") && window.chat.state === "connected",
+      null,
+      { timeout: WAIT_MS },
+    );
+  } catch (e) {
+    throw new Error(`alice did not reconnect: ${JSON.stringify(await chatState(alice))}`);
+  }
+  const again = await say(alice, "reconnected");
+  await sees(alice, "reconnected", "alice after the drop");
+  const after = (await chatState(alice)).messages;
+  assertEqual(
+    after.map((m) => [m.seq, m.sender, m.text]),
+    [
+      [missed1, "bob", "missed one"],
+      [missed2, "bob", "missed two"],
+      [back, "alice", "back again"],
+      [during, "bob", "during the drop"],
+      [again, "alice", "reconnected"],
+    ],
+    "alice's messages after the reload and the drop (each once, in order)",
+  );
+  await sees(bob, "reconnected", "bob");
   console.log(
     `RESULT ${JSON.stringify({ before, after, bob: (await chatState(bob)).messages })}`,
   );
