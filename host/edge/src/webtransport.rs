@@ -121,6 +121,10 @@ async fn serve(
 ) {
     let remote = incoming.remote_address();
     let _counted = Counted(&hub.metrics().connections);
+    hub.metrics()
+        .webtransport_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let _web = Counted(&hub.metrics().webtransport_connections);
     let deadline = Duration::from_millis(hub.limits().hello_timeout_ms);
     let request = {
         let _handshaking = Counted(&hub.metrics().handshakes);

@@ -206,6 +206,9 @@ async fn a_webtransport_client_chats_with_a_native_one() {
     .await;
     assert!(matches!(bob.read().await, Some(ServerFrame::Joined { .. })));
 
+    let m = n.hub().metrics().snapshot();
+    assert_eq!((m.connections, m.webtransport_connections), (2, 1));
+
     let seq = send_acked(&mut alice, 2, "general", "hi from the browser").await;
     let m = next_deliver(&mut bob).await;
     assert_eq!((m.seq, &m.body[..]), (seq, &b"hi from the browser"[..]));
