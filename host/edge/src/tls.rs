@@ -163,6 +163,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The quinn server configuration: TLS 1.3 with the `switchboard/1` ALPN and transport limits
 /// taken from [`Limits`].
 pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerConfig, EdgeError> {
+    let mut cfg = quic_server_config(id, switchboard_wire::ALPN)?;
+    cfg.transport_config(Arc::new(transport_config(limits)?));
+    bound_incoming(&mut cfg, limits);
+    Ok(cfg)
+}
+
+/// TLS 1.3 with the ring provider, `id`'s certificate and the one ALPN `alpn`, no 0-RTT: the
+/// crypto of both endpoints (`switchboard/1` here, `h3` for WebTransport).
+pub(crate) fn quic_server_config(
+    id: &TlsIdentity,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, EdgeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -170,18 +182,19 @@ pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerC
         .with_no_client_auth()
         .with_single_cert(id.cert_chain.clone(), id.key.clone_key())
         .map_err(|e| EdgeError::Tls(format!("certificate/key: {e}")))?;
-    tls.alpn_protocols = vec![switchboard_wire::ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     // 0-RTT would let a replayed Send reach the node before the handshake completes.
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config(limits)?));
-    // Attempts waiting for the accept loop (which answers each at once): bounded like the
-    // handshakes they become, with what they may buffer meanwhile (quinn: 65,536 and 100 MiB).
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// Attempts waiting for the accept loop (which answers each at once): bounded like the
+/// handshakes they become, with what they may buffer meanwhile (quinn: 65,536 and 100 MiB).
+pub(crate) fn bound_incoming(cfg: &mut quinn::ServerConfig, limits: &Limits) {
     cfg.max_incoming(limits.max_handshakes as usize)
         .incoming_buffer_size(64 * 1024)
         .incoming_buffer_size_total(8 * 1024 * 1024);
-    Ok(cfg)
 }
 
 /// The per-connection transport bounds from [`Limits`], shared by the native and the

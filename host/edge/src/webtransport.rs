@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::QuicServerConfig;
 use switchboard_core::Limits;
 use tokio::time::timeout;
 use tracing::{debug, info, Instrument};
@@ -58,17 +57,7 @@ pub(crate) fn server_config(
     id: &TlsIdentity,
     limits: &Limits,
 ) -> Result<quinn::ServerConfig, EdgeError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| EdgeError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(id.cert_chain.clone(), id.key.clone_key())
-        .map_err(|e| EdgeError::Tls(format!("certificate/key: {e}")))?;
-    tls.alpn_protocols = vec![ALPN_H3.to_vec()];
-    tls.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut cfg = crate::tls::quic_server_config(id, ALPN_H3)?;
     let mut transport = crate::tls::transport_config(limits)?;
     transport
         // The CONNECT stream that holds the session counts as one of them.
@@ -76,9 +65,7 @@ pub(crate) fn server_config(
         .max_concurrent_uni_streams(MAX_CLIENT_UNI_STREAMS.into())
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER_BYTES));
     cfg.transport_config(Arc::new(transport));
-    cfg.max_incoming(limits.max_handshakes as usize)
-        .incoming_buffer_size(64 * 1024)
-        .incoming_buffer_size_total(8 * 1024 * 1024);
+    crate::tls::bound_incoming(&mut cfg, limits);
     Ok(cfg)
 }
 
