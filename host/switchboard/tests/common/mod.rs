@@ -86,23 +86,22 @@ impl TestNode {
     /// not about degradation must not shed presence or receipts because a busy CI machine
     /// made the event loop late (degradation tests force levels, or use `Node` directly).
     pub async fn start_with(limits: Limits) -> TestNode {
-        let limits = Limits {
-            load_sample_ms: 0,
-            ..limits
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
-        let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
-        seed(&*store);
-        let identity = TlsIdentity::self_signed().unwrap();
-        let mut n = Self::boot(store, dir, identity, limits, None, None).await;
-        n._tmp = Some(tmp);
-        n
+        Self::fresh(limits, None).await
     }
 
     /// A node that also serves WebTransport on a loopback port of its own, with a fresh
     /// browser-pinnable dev certificate and `origins` as its origin policy.
     pub async fn start_webtransport(limits: Limits, origins: Vec<String>) -> TestNode {
+        let web = switchboard_edge::WebTransportConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity: TlsIdentity::webtransport_dev().unwrap(),
+            allowed_origins: origins,
+        };
+        Self::fresh(limits, Some(web)).await
+    }
+
+    /// A node on a new seeded store in a temp dir (see [`TestNode::start_with`]).
+    async fn fresh(limits: Limits, web: Option<switchboard_edge::WebTransportConfig>) -> TestNode {
         let limits = Limits {
             load_sample_ms: 0,
             ..limits
@@ -112,12 +111,7 @@ impl TestNode {
         let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
         seed(&*store);
         let identity = TlsIdentity::self_signed().unwrap();
-        let web = switchboard_edge::WebTransportConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            identity: TlsIdentity::webtransport_dev().unwrap(),
-            allowed_origins: origins,
-        };
-        let mut n = Self::boot(store, dir, identity, limits, None, Some(web)).await;
+        let mut n = Self::boot(store, dir, identity, limits, None, web).await;
         n._tmp = Some(tmp);
         n
     }
