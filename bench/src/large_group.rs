@@ -273,6 +273,7 @@ fn run_mode(
             listen: "127.0.0.1:0".parse()?,
             limits,
             identity,
+            webtransport: None,
         },
         store.clone(),
     ))?;

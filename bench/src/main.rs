@@ -300,6 +300,7 @@ fn start_node(
             listen: "127.0.0.1:0".parse()?,
             limits: Limits::default(),
             identity,
+            webtransport: None,
         },
         store.clone(),
     ))?;

@@ -63,6 +63,13 @@ const OWNED: &[Owned] = &[
         ],
     },
     Owned {
+        dep: "wtransport",
+        owners: &[(
+            "switchboard-edge",
+            "the node's WebTransport endpoint for browsers",
+        )],
+    },
+    Owned {
         dep: "uniffi",
         owners: &[
             (

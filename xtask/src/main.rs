@@ -4,7 +4,7 @@
 //!   (the workspace, then the plugin projects' native unit tests). This is the
 //!   README's test command and what CI runs.
 //! - `test` also installs Debian's chromium and the npm package playwright-core for the
-//!   browser tests (`xtask/src/browser.rs`).
+//!   browser tests (`xtask/src/browser.rs`), and builds the TypeScript SDK (`xtask/src/js.rs`).
 //! - `test-mobile`: the mobile SDK's bindings (Kotlin, Swift, Python) generated, and its
 //!   Python end-to-end tests against real nodes (part of `test`; see `xtask/src/mobile.rs`).
 //! - `lint`: crate boundaries, formatting, clippy with `-D warnings`, generated-code freshness.
@@ -29,6 +29,7 @@ mod boundaries;
 mod browser;
 mod fuzz;
 mod gen_wire;
+mod js;
 mod layers;
 mod mobile;
 mod plugins;
@@ -151,6 +152,8 @@ fn test(extra: &[&str]) -> Result<()> {
     ensure_tools()?;
     // Browser tests (dashboard, WebTransport) run headless Chromium through playwright-core.
     browser::ensure()?;
+    // The TypeScript SDK, compiled by tsc; the web chat's browser test loads the build.
+    js::build()?;
     run(cargo()
         .args(["test", "--workspace", "--all-targets", "--no-fail-fast"])
         .args(extra))?;

@@ -1,7 +1,8 @@
-//! One QUIC connection: hello and authentication, the control stream (requests and their
-//! responses), the push stream (deliveries and notices), and refusal of streams the protocol
-//! does not use. Every error a client can cause ends here as a typed `Error` frame, and the
-//! fatal ones as a connection close whose application code is the error code.
+//! One connection, native QUIC or WebTransport (`transport.rs`): hello and authentication, the
+//! control stream (requests and their responses), the push stream (deliveries and notices), and
+//! refusal of streams the protocol does not use. Every error a client can cause ends here as a
+//! typed `Error` frame, and the fatal ones as a connection close whose application code is the
+//! error code.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::hub::{Hub, RequestError, SendRequest, Session};
+use crate::transport::{Conn, RecvStream, SendStream};
 
 /// How long a closing connection waits for its last frames (e.g. a fatal error) to be read.
 const LINGER: Duration = Duration::from_millis(500);
@@ -40,13 +42,6 @@ fn wire_fatal(e: WireError) -> Fatal {
 /// Drives one incoming connection to completion.
 pub(crate) async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
-    // Counted from accept (see lib.rs) to here; uncounted however this task ends.
-    struct Counted<'a>(&'a AtomicUsize);
-    impl Drop for Counted<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
     let _counted = Counted(&hub.metrics().connections);
     // A handshake gets `hello_timeout_ms` too: one that never completes (a client that sent
     // its first packet and went away, or a flood) is dropped instead of held until the idle
@@ -74,10 +69,20 @@ pub(crate) async fn serve(hub: Arc<Hub>, incoming: quinn::Incoming) {
         }
     };
     let span = tracing::info_span!("conn", %remote, session = tracing::field::Empty);
-    run(hub.clone(), conn).instrument(span).await;
+    run(hub.clone(), Conn::Quic(conn)).instrument(span).await;
 }
 
-async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
+/// Uncounts a connection (or a handshake) however its task ends; counted at accept (lib.rs).
+pub(crate) struct Counted<'a>(pub(crate) &'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves an established connection of either transport: hello, then the session.
+pub(crate) async fn run(hub: Arc<Hub>, conn: Conn) {
     let limits = hub.limits().clone();
     let hello_deadline = Duration::from_millis(limits.hello_timeout_ms);
     let decode = DecodeLimits::from_limits(&limits);
@@ -133,7 +138,7 @@ async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
         Ok(()) => {
             debug!("session closed by peer");
             // Also when only the control stream ended: the connection holds no session now.
-            conn.close(0u32.into(), b"session closed");
+            conn.close(0, b"session closed");
         }
         Err(Fatal(e)) => {
             warn!(code = %e.code, error = %e.message, "closing session");
@@ -143,7 +148,7 @@ async fn run(hub: Arc<Hub>, conn: quinn::Connection) {
 }
 
 async fn read_hello(
-    recv: &mut quinn::RecvStream,
+    recv: &mut RecvStream,
     buf: &mut BytesMut,
     decode: &DecodeLimits,
     max_frame: u32,
@@ -175,7 +180,7 @@ async fn read_hello(
 
 /// Refuses a connection that has not become a session: error frame (with its retry-after,
 /// if any), then close with the error's code, as for every error answering `Hello`.
-async fn refuse(hub: &Hub, conn: &quinn::Connection, mut send: quinn::SendStream, e: RequestError) {
+async fn refuse(hub: &Hub, conn: &Conn, mut send: SendStream, e: RequestError) {
     // A rate-limited hello is counted as such (`rate_limited_connections`), not as an error.
     if e.code != ErrorCode::RateLimited {
         hub.metrics()
@@ -184,26 +189,27 @@ async fn refuse(hub: &Hub, conn: &quinn::Connection, mut send: quinn::SendStream
     }
     info!(code = %e.code, error = %e.message, "refusing connection");
     let frame = wire::encode_server(&ServerFrame::Error(e.frame(0)));
+    let send = send.quic();
     if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
         let _ = timeout(LINGER, send.stopped()).await;
     }
     close(conn, &e);
 }
 
-fn close(conn: &quinn::Connection, e: &RequestError) {
+fn close(conn: &Conn, e: &RequestError) {
     let reason = e.message.as_bytes();
     let reason = &reason[..reason.len().min(256)];
-    conn.close(u32::from(e.code.as_u16()).into(), reason);
+    conn.close(u32::from(e.code.as_u16()), reason);
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn session_loop(
     hub: &Arc<Hub>,
-    conn: &quinn::Connection,
+    conn: &Conn,
     session: &Arc<Session>,
     welcome: ServerFrame,
-    mut ctl_send: quinn::SendStream,
-    mut ctl_recv: quinn::RecvStream,
+    mut ctl_send: SendStream,
+    mut ctl_recv: RecvStream,
     mut buf: BytesMut,
     outbox_rx: crate::outbox::OutboxRx,
 ) -> Result<(), Fatal> {
@@ -212,6 +218,7 @@ async fn session_loop(
     let internal =
         |e: &dyn std::fmt::Display| Fatal(RequestError::new(ErrorCode::Internal, e.to_string()));
     ctl_send
+        .quic()
         .write_all(&wire::encode_server(&welcome))
         .await
         .map_err(|e| internal(&e))?;
@@ -219,6 +226,7 @@ async fn session_loop(
     // limit, they are not told and the client hears why, as for a `Presence` change.
     if let Err(e) = hub.session_arrived(session) {
         ctl_send
+            .quic()
             .write_all(&wire::encode_server(&ServerFrame::Error(e.frame(0))))
             .await
             .map_err(|e| internal(&e))?;
@@ -382,7 +390,8 @@ async fn handle(
 }
 
 /// Writes responses to the control stream, gathering whatever is queued into one write.
-async fn control_writer(mut rx: mpsc::Receiver<Bytes>, mut send: quinn::SendStream) {
+async fn control_writer(mut rx: mpsc::Receiver<Bytes>, mut send: SendStream) {
+    let send = send.quic();
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
         if send.write_all_chunks(&mut batch).await.is_err() {
@@ -395,9 +404,10 @@ async fn control_writer(mut rx: mpsc::Receiver<Bytes>, mut send: quinn::SendStre
     }
 }
 
-/// Answers every further client-opened bidirectional stream with `UnexpectedStream`; closes
+/// Answers every further client-opened bidirectional stream with `UnexpectedStream`, and stops
+/// every client-opened unidirectional one (only WebTransport clients can open those); closes
 /// the connection if a client keeps opening them.
-async fn refuse_extra_streams(conn: quinn::Connection) {
+async fn refuse_extra_streams(conn: Conn) {
     let frame = wire::encode_server(&ServerFrame::Error(
         RequestError::new(
             ErrorCode::UnexpectedStream,
@@ -405,8 +415,22 @@ async fn refuse_extra_streams(conn: quinn::Connection) {
         )
         .frame(0),
     ));
+    let code = u32::from(ErrorCode::UnexpectedStream.as_u16());
     let mut count = 0u32;
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+    loop {
+        let answer = tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => Some((send, recv)),
+                Err(_) => return,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(mut recv) => {
+                    let _ = recv.quic().stop(code.into());
+                    None
+                }
+                Err(_) => return,
+            },
+        };
         count += 1;
         if count > MAX_UNEXPECTED_STREAMS {
             close(
@@ -415,8 +439,11 @@ async fn refuse_extra_streams(conn: quinn::Connection) {
             );
             return;
         }
-        let _ = recv.stop(u32::from(ErrorCode::UnexpectedStream.as_u16()).into());
-        let _ = send.write_all(&frame).await;
-        let _ = send.finish();
+        if let Some((mut send, mut recv)) = answer {
+            let _ = recv.quic().stop(code.into());
+            let send = send.quic();
+            let _ = send.write_all(&frame).await;
+            let _ = send.finish();
+        }
     }
 }

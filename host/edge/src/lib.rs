@@ -1,6 +1,7 @@
-//! Switchboard's edge: the QUIC endpoint (quinn + rustls) and the routing hub behind it.
+//! Switchboard's edge: the QUIC endpoint (quinn + rustls), the WebTransport endpoint for
+//! browsers (wtransport, over the same quinn), and the routing hub behind them.
 //!
-//! This is the only crate that knows QUIC. [`Node`] binds an endpoint, accepts connections
+//! This is the only crate that knows QUIC. [`Node`] binds the endpoints, accepts connections
 //! and runs the hub's committer; [`hub`] holds routing, fan-out and catch-up, written against
 //! bounded queues rather than sockets.
 
@@ -38,13 +39,16 @@ mod serving;
 mod sessions;
 mod state;
 pub mod tls;
+mod transport;
 pub mod webhook;
+pub mod webtransport;
 
 pub use error::RequestError;
 pub use hub::Hub;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use serving::{CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy};
 pub use tls::TlsIdentity;
+pub use webtransport::WebTransportConfig;
 
 /// A key scoped to one tenant (tenants share no state).
 pub(crate) type Key<T> = (switchboard_core::TenantId, T);
@@ -69,16 +73,35 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     pub limits: Limits,
     pub identity: TlsIdentity,
+    /// The WebTransport endpoint for browsers, if any.
+    pub webtransport: Option<WebTransportConfig>,
 }
 
 /// A running node: endpoint, hub and committer.
 #[derive(Debug)]
 pub struct Node {
     endpoint: quinn::Endpoint,
+    web: Option<WebEndpoint>,
     hub: Arc<Hub>,
     accept_task: JoinHandle<()>,
     committer_task: JoinHandle<()>,
     stop_committer: Arc<Notify>,
+}
+
+/// The running WebTransport endpoint.
+struct WebEndpoint {
+    endpoint: Arc<webtransport::Endpoint>,
+    addr: SocketAddr,
+    cert_sha256: String,
+    accept_task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WebEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebEndpoint")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long shutdown waits for connections to close before giving up on them.
@@ -118,6 +141,29 @@ impl Node {
         let stop_committer = Arc::new(Notify::new());
         let committer_task = tokio::spawn(committer.run(stop_committer.clone()));
         let accept_task = tokio::spawn(accept_loop(endpoint.clone(), hub.clone()));
+        let web = match &cfg.webtransport {
+            Some(w) => {
+                let endpoint = Arc::new(webtransport::bind(w, &cfg.limits)?);
+                let addr = endpoint.local_addr().map_err(|source| EdgeError::Bind {
+                    addr: w.listen,
+                    source,
+                })?;
+                let origins: Arc<[String]> = w.allowed_origins.clone().into();
+                let accept_task = tokio::spawn(webtransport::accept_loop(
+                    endpoint.clone(),
+                    hub.clone(),
+                    origins,
+                ));
+                info!(%addr, path = webtransport::PATH, "WebTransport listening");
+                Some(WebEndpoint {
+                    endpoint,
+                    addr,
+                    cert_sha256: w.identity.sha256_hex(),
+                    accept_task,
+                })
+            }
+            None => None,
+        };
         tokio::spawn(store_watch(Arc::downgrade(&hub)));
         if cfg.limits.load_sample_ms > 0 {
             // Ends by itself once the hub is gone.
@@ -130,6 +176,7 @@ impl Node {
         info!(addr = %endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: cfg.listen, source })?, "listening");
         Ok(Node {
             endpoint,
+            web,
             hub,
             accept_task,
             committer_task,
@@ -144,6 +191,17 @@ impl Node {
             .expect("bound endpoint has an address")
     }
 
+    /// The WebTransport endpoint's address, if it runs.
+    pub fn webtransport_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(|w| w.addr)
+    }
+
+    /// The SHA-256 (hex) of the WebTransport endpoint's certificate, if it runs: what a page
+    /// passes as `serverCertificateHashes` for a dev certificate.
+    pub fn webtransport_cert_sha256(&self) -> Option<&str> {
+        self.web.as_ref().map(|w| w.cert_sha256.as_str())
+    }
+
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
@@ -152,14 +210,19 @@ impl Node {
     /// (flush, ack) everything already accepted, then flush the store.
     pub async fn shutdown(self) {
         self.accept_task.abort();
-        self.endpoint.close(
-            u32::from(ErrorCode::ShuttingDown.as_u16()).into(),
-            b"node shutting down",
-        );
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.endpoint.wait_idle())
-            .await
-            .is_err()
-        {
+        let code = u32::from(ErrorCode::ShuttingDown.as_u16());
+        self.endpoint.close(code.into(), b"node shutting down");
+        if let Some(w) = &self.web {
+            w.accept_task.abort();
+            w.endpoint.close(code.into(), b"node shutting down");
+        }
+        let web_idle = async {
+            if let Some(w) = &self.web {
+                w.endpoint.wait_idle().await;
+            }
+        };
+        let idle = async { tokio::join!(self.endpoint.wait_idle(), web_idle) };
+        if tokio::time::timeout(DRAIN_TIMEOUT, idle).await.is_err() {
             warn!("connections did not drain in time");
         }
         self.stop_committer.notify_one();
@@ -177,7 +240,7 @@ impl Node {
 /// 1 s handshake retransmits at p99. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
 pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer than asked for only costs drops under bursts.
@@ -218,41 +281,56 @@ async fn store_watch(hub: std::sync::Weak<Hub>) {
     }
 }
 
-/// Admits connection attempts: within `max_connections` and `max_handshakes`, and, once
-/// `validate_address_from_handshakes` handshakes are in flight, only from addresses that
-/// answered a `Retry`. Refusing and retrying are stateless for the node (quinn answers from
-/// the one packet), so a flood costs at most the bounded handshakes plus a packet each.
+/// What to do with a connection attempt.
+pub(crate) enum Admit {
+    Accept,
+    /// Answer with a QUIC `Retry` (prove the address first).
+    Retry,
+    Refuse,
+}
+
+/// Admits connection attempts, native and WebTransport alike: within `max_connections` and
+/// `max_handshakes`, and, once `validate_address_from_handshakes` handshakes are in flight,
+/// only from addresses that answered a `Retry`. Refusing and retrying are stateless for the
+/// node (quinn answers from the one packet), so a flood costs at most the bounded handshakes
+/// plus a packet each. An accepted attempt is counted here, before its handshake, so a burst
+/// cannot exceed either bound; its task uncounts it (`conn::Counted`).
+pub(crate) fn admit(hub: &Hub, validated: bool, may_retry: bool) -> Admit {
+    let m = hub.metrics();
+    let limits = hub.limits();
+    let open = m.connections.load(Ordering::Relaxed);
+    if open >= limits.max_connections as usize {
+        m.connections_refused.fetch_add(1, Ordering::Relaxed);
+        return Admit::Refuse;
+    }
+    let handshakes = m.handshakes.load(Ordering::Relaxed);
+    if handshakes >= limits.validate_address_from_handshakes as usize && !validated && may_retry {
+        m.handshake_retries.fetch_add(1, Ordering::Relaxed);
+        return Admit::Retry;
+    }
+    if handshakes >= limits.max_handshakes as usize {
+        m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+        m.connections_refused.fetch_add(1, Ordering::Relaxed);
+        return Admit::Refuse;
+    }
+    m.connections.fetch_add(1, Ordering::Relaxed);
+    m.handshakes.fetch_add(1, Ordering::Relaxed);
+    Admit::Accept
+}
+
 async fn accept_loop(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
     while let Some(incoming) = endpoint.accept().await {
-        let m = hub.metrics();
-        let limits = hub.limits();
-        let open = m.connections.load(Ordering::Relaxed);
-        if open >= limits.max_connections as usize {
-            m.connections_refused.fetch_add(1, Ordering::Relaxed);
-            incoming.refuse();
-            continue;
-        }
-        let handshakes = m.handshakes.load(Ordering::Relaxed);
-        if handshakes >= limits.validate_address_from_handshakes as usize
-            && !incoming.remote_address_validated()
-            && incoming.may_retry()
-        {
-            m.handshake_retries.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = incoming.retry() {
-                e.into_incoming().refuse();
+        let validated = incoming.remote_address_validated();
+        match admit(&hub, validated, incoming.may_retry()) {
+            Admit::Refuse => incoming.refuse(),
+            Admit::Retry => {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
             }
-            continue;
+            Admit::Accept => {
+                tokio::spawn(conn::serve(hub.clone(), incoming));
+            }
         }
-        if handshakes >= limits.max_handshakes as usize {
-            m.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-            m.connections_refused.fetch_add(1, Ordering::Relaxed);
-            incoming.refuse();
-            continue;
-        }
-        // Counted here, before the handshake, so a burst of attempts cannot exceed either
-        // bound; `conn::serve` uncounts them.
-        m.connections.fetch_add(1, Ordering::Relaxed);
-        m.handshakes.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(conn::serve(hub.clone(), incoming));
     }
 }

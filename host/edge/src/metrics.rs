@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub struct Metrics {
     /// Gauge: open sessions.
     pub sessions: AtomicUsize,
-    /// Gauge: QUIC connections (including ones still saying hello).
+    /// Gauge: QUIC connections (including ones still saying hello), WebTransport ones too.
     pub connections: AtomicUsize,
+    /// Gauge: the WebTransport connections among `connections` (browsers; including ones
+    /// still in their HTTP/3 setup or hello).
+    pub webtransport_connections: AtomicUsize,
     pub connections_refused: AtomicU64,
     pub messages_accepted: AtomicU64,
     pub duplicates: AtomicU64,
@@ -90,6 +93,7 @@ pub struct Metrics {
 pub struct MetricsSnapshot {
     pub sessions: usize,
     pub connections: usize,
+    pub webtransport_connections: usize,
     pub connections_refused: u64,
     pub messages_accepted: u64,
     pub duplicates: u64,
@@ -138,6 +142,7 @@ impl Metrics {
         MetricsSnapshot {
             sessions: self.sessions.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            webtransport_connections: self.webtransport_connections.load(Ordering::Relaxed),
             connections_refused: l(&self.connections_refused),
             messages_accepted: l(&self.messages_accepted),
             duplicates: l(&self.duplicates),

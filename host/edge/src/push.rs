@@ -1,7 +1,7 @@
 //! The push path of one session: what goes on the wire next ([`PushPlanner`]), and the
 //! writers that put what the hub queued (`outbox.rs`) on the connection's push streams.
 //!
-//! Each [`PushStream`] is its own QUIC unidirectional stream with its own transport priority,
+//! Each [`PushStream`] is its own QUIC (or WebTransport) unidirectional stream with its own transport priority,
 //! opened on first use. quinn sends buffered data of a higher-priority stream before any of a
 //! lower one, and a stream blocked by flow control (a client that stopped reading bulk
 //! traffic) blocks only its own writer — so a big low-lane backlog never delays a high-lane
@@ -30,6 +30,7 @@ use crate::active_first::GateTicket;
 use crate::groups::Groups;
 use crate::outbox::{drain, OutboxRx, Push, PushStream};
 use crate::state::{GroupState, Session, SubChange};
+use crate::transport::{self, Conn};
 
 /// Bytes of pushes a writer takes from its queue per write (more if a single frame is
 /// larger): enough to pack many small messages into few packets, small enough that planning
@@ -185,11 +186,7 @@ pub(crate) enum PushEnd {
 /// Runs the session's push writers until its outbox is dropped (session closed) or one of
 /// them fails. Whatever the high queue holds at start (the session's `Flags`) is written
 /// before catch-up begins.
-pub(crate) async fn run(
-    conn: quinn::Connection,
-    planner: PushPlanner,
-    rx: OutboxRx,
-) -> Result<(), PushEnd> {
+pub(crate) async fn run(conn: Conn, planner: PushPlanner, rx: OutboxRx) -> Result<(), PushEnd> {
     let session = planner.session.clone();
     let planner = Mutex::new(planner);
     let bytes = rx.bytes;
@@ -211,7 +208,7 @@ pub(crate) async fn run(
 
 /// One push stream's writer.
 struct Writer<'a> {
-    conn: &'a quinn::Connection,
+    conn: &'a Conn,
     kind: PushStream,
     planner: &'a Mutex<PushPlanner>,
     groups: Arc<Groups>,
@@ -222,13 +219,13 @@ struct Writer<'a> {
     /// Gate tickets of the foreground copies in the current write, released after it.
     tickets: Vec<GateTicket>,
     /// Opened on first write.
-    stream: Option<quinn::SendStream>,
+    stream: Option<transport::SendStream>,
     out: Vec<Bytes>,
 }
 
 impl<'a> Writer<'a> {
     fn new(
-        conn: &'a quinn::Connection,
+        conn: &'a Conn,
         kind: PushStream,
         planner: &'a Mutex<PushPlanner>,
         queued_bytes: &Arc<AtomicUsize>,
@@ -329,11 +326,11 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         if self.stream.is_none() {
-            let s = self.conn.open_uni().await.map_err(|_| PushEnd::Closed)?;
-            let _ = s.set_priority(self.kind.priority());
+            let mut s = self.conn.open_uni().await.map_err(|_| PushEnd::Closed)?;
+            let _ = s.quic().set_priority(self.kind.priority());
             self.stream = Some(s);
         }
-        let stream = self.stream.as_mut().expect("opened above");
+        let stream = self.stream.as_mut().expect("opened above").quic();
         if stream.write_all_chunks(&mut self.out).await.is_err() {
             debug!(stream = self.kind.name(), "push stream closed");
             return Err(PushEnd::Closed);

@@ -88,6 +88,40 @@ impl TlsIdentity {
     }
 }
 
+/// How long the dev WebTransport certificate is valid. Browsers accept a certificate by its
+/// hash (`serverCertificateHashes`) only if it is valid for at most 14 days; a day is kept in
+/// hand for clock skew between the node and the browser.
+pub const WEBTRANSPORT_DEV_CERT_DAYS: i64 = 13;
+
+impl TlsIdentity {
+    /// A fresh self-signed ECDSA P-256 certificate for `localhost`, `127.0.0.1` and `::1`,
+    /// valid from an hour ago for [`WEBTRANSPORT_DEV_CERT_DAYS`] days: what browsers' WebTransport
+    /// accepts by its hash (`serverCertificateHashes`). Made anew at each start (it is not
+    /// stored: it would expire), so pages learn its hash from the node ([`Self::sha256_hex`]).
+    pub fn webtransport_dev() -> Result<Self, EdgeError> {
+        let gen = |e: rcgen::Error| EdgeError::Tls(format!("generating certificate: {e}"));
+        let names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let mut params = rcgen::CertificateParams::new(names).map_err(gen)?;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(WEBTRANSPORT_DEV_CERT_DAYS);
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen)?;
+        let cert = params.self_signed(&key).map_err(gen)?;
+        Ok(Self {
+            cert_chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+
+    /// The SHA-256 of the leaf certificate (DER), in lower-case hex: the value a page passes
+    /// to `new WebTransport(url, { serverCertificateHashes: [{ algorithm: "sha-256", value }] })`.
+    pub fn sha256_hex(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.cert_chain.first().map_or(&[][..], |c| c.as_ref()));
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// A fresh self-signed certificate and its encodings, all from rcgen.
 struct DevCert {
     identity: TlsIdentity,
@@ -129,6 +163,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The quinn server configuration: TLS 1.3 with the `switchboard/1` ALPN and transport limits
 /// taken from [`Limits`].
 pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerConfig, EdgeError> {
+    let mut cfg = quic_server_config(id, switchboard_wire::ALPN)?;
+    cfg.transport_config(Arc::new(transport_config(limits)?));
+    bound_incoming(&mut cfg, limits);
+    Ok(cfg)
+}
+
+/// TLS 1.3 with the ring provider, `id`'s certificate and the one ALPN `alpn`, no 0-RTT: the
+/// crypto of both endpoints (`switchboard/1` here, `h3` for WebTransport).
+pub(crate) fn quic_server_config(
+    id: &TlsIdentity,
+    alpn: &[u8],
+) -> Result<quinn::ServerConfig, EdgeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -136,12 +182,24 @@ pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerC
         .with_no_client_auth()
         .with_single_cert(id.cert_chain.clone(), id.key.clone_key())
         .map_err(|e| EdgeError::Tls(format!("certificate/key: {e}")))?;
-    tls.alpn_protocols = vec![switchboard_wire::ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     // 0-RTT would let a replayed Send reach the node before the handshake completes.
     tls.max_early_data_size = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(|e| EdgeError::Tls(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
 
+/// Attempts waiting for the accept loop (which answers each at once): bounded like the
+/// handshakes they become, with what they may buffer meanwhile (quinn: 65,536 and 100 MiB).
+pub(crate) fn bound_incoming(cfg: &mut quinn::ServerConfig, limits: &Limits) {
+    cfg.max_incoming(limits.max_handshakes as usize)
+        .incoming_buffer_size(64 * 1024)
+        .incoming_buffer_size_total(8 * 1024 * 1024);
+}
+
+/// The per-connection transport bounds from [`Limits`], shared by the native and the
+/// WebTransport endpoint (which adjusts the stream counts and datagrams HTTP/3 needs).
+pub(crate) fn transport_config(limits: &Limits) -> Result<quinn::TransportConfig, EdgeError> {
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
@@ -160,13 +218,7 @@ pub fn server_config(id: &TlsIdentity, limits: &Limits) -> Result<quinn::ServerC
         // default): 2 MiB at the defaults, far above a phone link's bandwidth-delay product.
         .send_window(u64::from(limits.max_frame_bytes) * 16)
         .datagram_receive_buffer_size(None);
-    cfg.transport_config(Arc::new(transport));
-    // Attempts waiting for the accept loop (which answers each at once): bounded like the
-    // handshakes they become, with what they may buffer meanwhile (quinn: 65,536 and 100 MiB).
-    cfg.max_incoming(limits.max_handshakes as usize)
-        .incoming_buffer_size(64 * 1024)
-        .incoming_buffer_size_total(8 * 1024 * 1024);
-    Ok(cfg)
+    Ok(transport)
 }
 
 #[cfg(test)]

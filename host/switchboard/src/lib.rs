@@ -13,7 +13,7 @@ use switchboard_admin::control::types::{Activate, Caller};
 use switchboard_admin::http::{ServeOptions, ServerLimits};
 use switchboard_admin::{AutoRollback, Control, ControlConfig};
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
-use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
+use switchboard_edge::{EdgeConfig, Node, TlsIdentity, WebTransportConfig};
 use switchboard_policy::{PolicyEngine, PolicyLimits};
 use switchboard_store::{
     GroupMeta, MessageLog, NodeStore, Retention, RetentionLimits, SegmentLogConfig, SledStore,
@@ -84,6 +84,9 @@ pub struct Config {
     /// The bounds on compiling one plugin upload, in a child process.
     #[serde(default)]
     pub plugin_compile: PluginCompileSettings,
+    /// Browsers over WebTransport, on a UDP port of their own.
+    #[serde(default)]
+    pub webtransport: WebTransportSettings,
 }
 
 /// The argument that makes the `switchboard` binary a plugin compiler for its node
@@ -134,6 +137,30 @@ impl PluginCompileSettings {
         PolicyLimits {
             compile,
             ..PolicyLimits::default()
+        }
+    }
+}
+
+/// The `[webtransport]` section: the endpoint browsers connect to (HTTP/3, path
+/// `/switchboard/1`). Off unless enabled. Its certificate is `[tls]`'s if given; else a fresh
+/// 13-day self-signed ECDSA P-256 certificate made at each start, which pages pin by its
+/// SHA-256 (`serverCertificateHashes`; the node logs it and `switchboard dev` prints it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebTransportSettings {
+    pub enabled: bool,
+    /// UDP address of the WebTransport endpoint (not the QUIC one's).
+    pub listen: SocketAddr,
+    /// Origins allowed to open sessions (`https://chat.example`); empty allows any page.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebTransportSettings {
+    fn default() -> Self {
+        WebTransportSettings {
+            enabled: false,
+            listen: "0.0.0.0:7701".parse().expect("valid address"),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -716,15 +743,32 @@ pub async fn start(cfg: &Config, store: Arc<NodeStore>) -> Result<RunningNode, N
     let file_plugins = load_policies(cfg, &engine)?;
     let webhook = webhook_sink(&cfg.notify)?;
     let (identity, _) = identity(cfg)?;
+    let webtransport = if cfg.webtransport.enabled {
+        let identity = match &cfg.tls {
+            Some(_) => identity.clone(),
+            None => TlsIdentity::webtransport_dev()?,
+        };
+        Some(WebTransportConfig {
+            listen: cfg.webtransport.listen,
+            identity,
+            allowed_origins: cfg.webtransport.allowed_origins.clone(),
+        })
+    } else {
+        None
+    };
     let node = Node::start(
         EdgeConfig {
             listen: cfg.listen,
             limits: cfg.limits.clone(),
             identity,
+            webtransport,
         },
         store.clone(),
     )
     .await?;
+    if let (Some(addr), Some(hash)) = (node.webtransport_addr(), node.webtransport_cert_sha256()) {
+        tracing::info!(%addr, certificate_sha256 = hash, "browsers connect over WebTransport");
+    }
     if let Some(sink) = webhook {
         tracing::info!(
             url = cfg.notify.webhook.as_deref().unwrap_or(""),

@@ -44,6 +44,9 @@ enum Command {
         /// Where the admin HTTP API listens.
         #[arg(long, default_value = "127.0.0.1:7780")]
         admin_listen: SocketAddr,
+        /// Where browsers connect over WebTransport (UDP; path /switchboard/1).
+        #[arg(long, default_value = "127.0.0.1:7701")]
+        webtransport_listen: SocketAddr,
     },
     /// Mint a client token for a user of a tenant stored in a data dir (node stopped or not).
     Token {
@@ -122,7 +125,8 @@ fn main() -> Result<()> {
             data_dir,
             listen,
             admin_listen,
-        } => rt.block_on(dev(data_dir, listen, admin_listen)),
+            webtransport_listen,
+        } => rt.block_on(dev(data_dir, listen, admin_listen, webtransport_listen)),
         Command::Token {
             data_dir,
             tenant,
@@ -201,7 +205,12 @@ async fn serve(cfg: Config) -> Result<()> {
 const DEMO_TENANT: &str = "demo";
 const DEMO_GROUP: &str = "general";
 
-async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) -> Result<()> {
+async fn dev(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    webtransport_listen: SocketAddr,
+) -> Result<()> {
     let stop = Stop::install()?;
     let cfg = Config {
         listen,
@@ -215,6 +224,11 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
         plugin_compile: switchboard::PluginCompileSettings {
             program: Some(std::env::current_exe().context("finding this binary")?),
             ..Default::default()
+        },
+        webtransport: switchboard::WebTransportSettings {
+            enabled: true,
+            listen: webtransport_listen,
+            allowed_origins: Vec::new(),
         },
         admin: switchboard::AdminSettings {
             listen: admin_listen,
@@ -264,6 +278,12 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
     let admin_token = cfg.admin.token.clone().unwrap_or_default();
     let alice = mint(&*store, DEMO_TENANT, "alice", 86_400)?;
     let bob = mint(&*store, DEMO_TENANT, "bob", 86_400)?;
+    let web_addr = node
+        .node
+        .webtransport_addr()
+        .context("WebTransport endpoint")?;
+    let web_hash = node.node.webtransport_cert_sha256().unwrap_or_default();
+    let web_url = format!("https://{web_addr}{}", switchboard_edge::webtransport::PATH);
     println!(
         "\nSwitchboard dev node listening on {addr} (QUIC, ALPN switchboard/1)\n\
          tenant: {DEMO_TENANT}, open group: {DEMO_GROUP}, data: {data}, certificate: {cert}\n\n\
@@ -275,6 +295,11 @@ async fn dev(data_dir: PathBuf, listen: SocketAddr, admin_listen: SocketAddr) ->
          Admin API: {admin} (OpenAPI at {admin}/openapi.json). For `switchboard ctl`:\n  \
          export SWITCHBOARD_ADMIN_URL={admin} SWITCHBOARD_ADMIN_TOKEN={admin_token}\n  \
          cargo run -p switchboard -- ctl policy status {DEMO_TENANT}\n\n\
+         WebTransport for browsers: {web_url}\n  \
+         certificate SHA-256 (serverCertificateHashes, valid 13 days, new at each start):\n  \
+         {web_hash}\n\
+         Web chat (build sdk/js first, then serve the repository: see examples/web-chat/README.md):\n  \
+         http://localhost:8080/examples/web-chat/?url={web_url}&hash={web_hash}&group={DEMO_GROUP}&token={alice}\n\n\
          Ctrl-C stops the node.\n",
         data = data_dir.display(),
         cert = cert.display(),

@@ -31,6 +31,7 @@ async fn start_api() -> Api {
             listen: "127.0.0.1:0".parse().unwrap(),
             limits: limits.clone(),
             identity: TlsIdentity::self_signed().unwrap(),
+            webtransport: None,
         },
         store.clone(),
     )

@@ -19,6 +19,8 @@ async fn dev_prints_tokens_that_work_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--webtransport-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir.path())
@@ -49,6 +51,24 @@ async fn dev_prints_tokens_that_work_and_stops_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("no address in:\n{text}"))
         .parse()
         .unwrap();
+    // Browsers: the WebTransport URL (its real port), the certificate's SHA-256 and the web
+    // chat's link carrying both.
+    let web_url = text
+        .split("WebTransport for browsers: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no WebTransport URL in:\n{text}"));
+    assert!(web_url.starts_with("https://127.0.0.1:"), "{text}");
+    assert!(!web_url.starts_with("https://127.0.0.1:0/"), "{text}");
+    let hash = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no certificate hash in:\n{text}"));
+    assert!(
+        text.contains(&format!("?url={web_url}&hash={hash}&")),
+        "{text}"
+    );
     let chat_cmds = text.matches("cargo run -p chat --").count();
     assert_eq!(chat_cmds, 2, "{text}");
     // Tokens go in the environment, not on the chat's command line (`ps` shows that).

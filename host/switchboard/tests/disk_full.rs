@@ -94,6 +94,7 @@ async fn a_nearly_full_disk_refuses_sends_and_loses_nothing_acknowledged() {
                 ..Limits::default()
             },
             identity,
+            webtransport: None,
         },
         store.clone(),
     )
@@ -222,6 +223,7 @@ async fn after_a_real_enospc_the_node_recovers_by_itself_once_space_returns() {
                 ..Limits::default()
             },
             identity,
+            webtransport: None,
         },
         store.clone(),
     )
@@ -424,6 +426,7 @@ async fn the_segment_log_fails_typed_on_enospc_and_recovers_by_itself() {
                 ..Limits::default()
             },
             identity,
+            webtransport: None,
         },
         store.clone(),
     )

@@ -125,6 +125,7 @@ async fn harness_with(limits: Limits) -> Harness {
             listen: "127.0.0.1:0".parse().unwrap(),
             limits,
             identity,
+            webtransport: None,
         },
         store.clone(),
     )

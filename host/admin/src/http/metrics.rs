@@ -172,6 +172,7 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
         handshake_timeouts,
         slow_consumers_disconnected,
         foreground_gate_timeouts,
+        webtransport_connections,
     } = m;
     let series: &[(&str, Kind, u64, &str)] = &[
         ("sessions", Gauge, sessions as u64, "Open sessions."),
@@ -179,7 +180,13 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             "connections",
             Gauge,
             connections as u64,
-            "QUIC connections, including ones still saying hello.",
+            "QUIC connections, including ones still saying hello (WebTransport ones too).",
+        ),
+        (
+            "webtransport_connections",
+            Gauge,
+            webtransport_connections as u64,
+            "WebTransport connections (browsers), including ones still in HTTP/3 setup or hello.",
         ),
         (
             "connections_refused",

@@ -67,6 +67,7 @@ impl TestApi {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 limits: limits.clone(),
                 identity,
+                webtransport: None,
             },
             store.clone(),
         )

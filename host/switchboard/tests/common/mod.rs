@@ -25,6 +25,8 @@ pub struct TestNode {
     pub dir: PathBuf,
     pub identity: TlsIdentity,
     pub addr: SocketAddr,
+    /// The WebTransport endpoint's certificate (DER), if it runs.
+    pub web_cert: Option<Vec<u8>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -84,6 +86,22 @@ impl TestNode {
     /// not about degradation must not shed presence or receipts because a busy CI machine
     /// made the event loop late (degradation tests force levels, or use `Node` directly).
     pub async fn start_with(limits: Limits) -> TestNode {
+        Self::fresh(limits, None).await
+    }
+
+    /// A node that also serves WebTransport on a loopback port of its own, with a fresh
+    /// browser-pinnable dev certificate and `origins` as its origin policy.
+    pub async fn start_webtransport(limits: Limits, origins: Vec<String>) -> TestNode {
+        let web = switchboard_edge::WebTransportConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity: TlsIdentity::webtransport_dev().unwrap(),
+            allowed_origins: origins,
+        };
+        Self::fresh(limits, Some(web)).await
+    }
+
+    /// A node on a new seeded store in a temp dir (see [`TestNode::start_with`]).
+    async fn fresh(limits: Limits, web: Option<switchboard_edge::WebTransportConfig>) -> TestNode {
         let limits = Limits {
             load_sample_ms: 0,
             ..limits
@@ -93,9 +111,24 @@ impl TestNode {
         let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
         seed(&*store);
         let identity = TlsIdentity::self_signed().unwrap();
-        let mut n = Self::boot(store, dir, identity, limits, None).await;
+        let mut n = Self::boot(store, dir, identity, limits, None, web).await;
         n._tmp = Some(tmp);
         n
+    }
+
+    /// The WebTransport endpoint's address (after `start_webtransport`).
+    pub fn web_addr(&self) -> SocketAddr {
+        self.node.as_ref().unwrap().webtransport_addr().unwrap()
+    }
+
+    /// The SHA-256 of the WebTransport certificate (after `start_webtransport`).
+    pub fn web_cert_sha256(&self) -> String {
+        self.node
+            .as_ref()
+            .unwrap()
+            .webtransport_cert_sha256()
+            .unwrap()
+            .to_owned()
     }
 
     async fn boot(
@@ -104,6 +137,7 @@ impl TestNode {
         identity: TlsIdentity,
         limits: Limits,
         addr: Option<SocketAddr>,
+        web: Option<switchboard_edge::WebTransportConfig>,
     ) -> TestNode {
         let listen = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         // On restart the old endpoint's socket is released asynchronously: retry the bind.
@@ -114,6 +148,7 @@ impl TestNode {
                     listen,
                     limits: limits.clone(),
                     identity: identity.clone(),
+                    webtransport: web.clone(),
                 },
                 store.clone(),
             )
@@ -135,6 +170,7 @@ impl TestNode {
             dir,
             identity,
             addr,
+            web_cert: web.map(|w| w.identity.cert_chain[0].to_vec()),
             _tmp: None,
         }
     }
@@ -152,7 +188,7 @@ impl TestNode {
         } = self;
         drop(store);
         let store = reopen(&dir).await;
-        let mut n = Self::boot(store, dir, identity, Limits::default(), Some(addr)).await;
+        let mut n = Self::boot(store, dir, identity, Limits::default(), Some(addr), None).await;
         n._tmp = tmp;
         n
     }
