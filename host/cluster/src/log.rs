@@ -585,6 +585,9 @@ impl Inner {
             })
             .await
             .map_err(|e| read_err(format!("create a reader: {e}")))?;
+        // (An ordered reader that saw a gap recreates itself under a new name, which then
+        // expires by itself.)
+        let name = consumer.cached_info().name.clone();
         let mut messages = consumer
             .messages()
             .await
@@ -606,14 +609,19 @@ impl Inner {
             }
             Ok(())
         };
-        tokio::time::timeout(self.config.call_timeout, read)
-            .await
-            .map_err(|_| {
-                read_err(format!(
-                    "{count} messages not read within {:?}",
-                    self.config.call_timeout
-                ))
-            })?
+        let result = tokio::time::timeout(self.config.call_timeout, read).await;
+        // The reader would linger on the server for its inactivity threshold (30 s): delete
+        // it now, so reads never pile readers up (best effort; the threshold is the backstop).
+        drop(messages);
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(%subject, error = %e, "could not delete a finished reader");
+        }
+        result.map_err(|_| {
+            read_err(format!(
+                "{count} messages not read within {:?}",
+                self.config.call_timeout
+            ))
+        })?
     }
 
     #[allow(clippy::too_many_arguments)]
