@@ -143,8 +143,9 @@ fn segment(messages: usize, batch: usize, body: &[u8], dir: &Path) -> (f64, f64)
     )
 }
 
-/// (appends/s, CPU µs per append, client and server) for JetStream from `threads` threads.
-fn jetstream(server: &Server, messages: usize, threads: usize, body: &[u8]) -> (f64, f64) {
+/// (appends/s, CPU µs per append of this process, of the server) for JetStream from
+/// `threads` threads.
+fn jetstream(server: &Server, messages: usize, threads: usize, body: &[u8]) -> (f64, f64, f64) {
     let prefix = format!("bench{threads}");
     let log = JetStreamLog::connect(JetStreamLogConfig::new(&server.url, prefix).replicas(1))
         .expect("connect");
@@ -170,8 +171,12 @@ fn jetstream(server: &Server, messages: usize, threads: usize, body: &[u8]) -> (
         }
     });
     let wall = wall.elapsed().as_secs_f64();
-    let cpu = (cpu_s("self") - cpu) + (server.cpu_s() - server_cpu);
-    (messages as f64 / wall, cpu * 1e6 / messages as f64)
+    let per = |s: f64| s * 1e6 / messages as f64;
+    (
+        messages as f64 / wall,
+        per(cpu_s("self") - cpu),
+        per(server.cpu_s() - server_cpu),
+    )
 }
 
 fn main() {
@@ -180,7 +185,7 @@ fn main() {
     let body_bytes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
     let body = vec![b'x'; body_bytes];
     println!("{messages} appends of {body_bytes} B over {GROUPS} groups; durable as each store defines it");
-    println!("| store | appends/s | CPU µs/append (incl. server) |");
+    println!("| store | appends/s | CPU µs/append: all (client + server) |");
     println!("|---|---|---|");
     let dir = tempfile::tempdir().expect("temp dir");
     let (rate, cpu) = segment(messages / 10, 1, &body, &dir.path().join("a"));
@@ -196,9 +201,10 @@ fn main() {
         };
         for threads in [1, 16] {
             let n = if sync_always { messages / 4 } else { messages };
-            let (rate, cpu) = jetstream(&server, n, threads, &body);
+            let (rate, client, server) = jetstream(&server, n, threads, &body);
             println!(
-                "| JetStream R1, sync_interval {sync}, {threads} thread(s) | {rate:.0} | {cpu:.1} |"
+                "| JetStream R1, sync_interval {sync}, {threads} thread(s) | {rate:.0} | {:.1} ({client:.1} + {server:.1}) |",
+                client + server
             );
         }
     }
