@@ -18,6 +18,7 @@
 
 mod bridge;
 mod error;
+mod fence;
 pub mod lease;
 mod log;
 pub mod names;

@@ -61,6 +61,7 @@ use switchboard_store::{Appended, LogBackend, NewMessage, StoreError, StoredMess
 use tokio::sync::OwnedMutexGuard;
 
 use crate::bridge::Bridge;
+use crate::fence::Tail;
 use crate::names::{decode_token, encode_token, shard_of, LogNames, SHARDS};
 use crate::ClusterError;
 
@@ -154,12 +155,10 @@ type SharedGroup = Arc<tokio::sync::Mutex<GroupState>>;
 #[derive(Debug, Default)]
 struct GroupState {
     loaded: bool,
-    /// Newest group seq, 0 for none.
-    head: u64,
+    /// The newest group seq and its stream seq (the next append's predecessor).
+    tail: Tail,
     /// Oldest retained group seq (head + 1 when empty).
     first: u64,
-    /// Stream seq of the newest message on the subject: the next append's predecessor.
-    last_stream_seq: u64,
     /// Known (group seq → stream seq) points: one per `INDEX_EVERY` seqs, and the head.
     index: BTreeMap<u64, u64>,
     dedupe: Dedupe,
@@ -472,8 +471,10 @@ impl Inner {
             .await
             .map_err(|e| read_err(&e))?;
         state.first = parse_meta(subject, first.sequence, Some(&first.headers))?.seq;
-        state.head = head;
-        state.last_stream_seq = last.sequence;
+        state.tail = Tail {
+            head,
+            last_stream_seq: last.sequence,
+        };
         state.index.insert(head, last.sequence);
         state.index.insert(state.first, first.sequence);
         // The dedupe window: the newest `dedupe_window` messages' headers.
@@ -529,7 +530,7 @@ impl Inner {
             .index
             .range(seq..)
             .next()
-            .map_or(state.last_stream_seq, |(_, &s)| s.saturating_sub(1));
+            .map_or(state.tail.last_stream_seq, |(_, &s)| s.saturating_sub(1));
         while lo <= hi {
             let mid = lo + (hi - lo) / 2;
             let m = stream
@@ -650,8 +651,8 @@ impl Inner {
         if let Some(&seq) = state.dedupe.seqs.get(&key) {
             return Ok(Appended::Duplicate { seq });
         }
-        let seq = state.head + 1;
-        let predecessor = state.last_stream_seq;
+        let planned = state.tail.plan();
+        let (seq, predecessor) = (planned.seq, planned.predecessor);
         let mut headers = HeaderMap::new();
         headers.insert(H_SEQ, seq.to_string());
         headers.insert(H_SENDER, encode_token(sender.as_str()));
@@ -714,8 +715,7 @@ impl Inner {
                 .insert(key, meta.seq, self.config.dedupe_window);
             return Ok(Appended::Duplicate { seq: meta.seq });
         }
-        state.head = seq;
-        state.last_stream_seq = ack.sequence;
+        state.tail.stored(planned, ack.sequence);
         if seq % INDEX_EVERY == 0 {
             state.index.insert(seq, ack.sequence);
         }
@@ -747,10 +747,10 @@ impl Inner {
         let (me, stream, subject, state) = (self, &stream, subject.as_str(), &mut *state);
         {
             let from = after.saturating_add(1).max(state.first);
-            if limit == 0 || from > state.head {
+            if limit == 0 || from > state.tail.head {
                 return Ok(Vec::new());
             }
-            let count = limit.min((state.head - from + 1) as usize);
+            let count = limit.min((state.tail.head - from + 1) as usize);
             let start = me.locate(state, stream, subject, from).await?;
             let mut out = Vec::with_capacity(count);
             me.scan(
@@ -780,7 +780,7 @@ impl Inner {
         let (stream, subject, mut state) = self.open_group(tenant, group).await?;
         let (me, stream, subject, state) = (self, &stream, subject.as_str(), &mut *state);
         {
-            if seq < state.first || seq > state.head {
+            if seq < state.first || seq > state.tail.head {
                 return Ok(None);
             }
             let at = me.locate(state, stream, subject, seq).await?;
@@ -826,7 +826,7 @@ impl LogBackend for JetStreamLog {
     fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError> {
         Ok(
             self.with_group("head", tenant, group, |inner, t, g| async move {
-                Ok(inner.open_group(&t, &g).await?.2.head)
+                Ok(inner.open_group(&t, &g).await?.2.tail.head)
             })?,
         )
     }
