@@ -47,6 +47,13 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
         Some("test-mobile") => mobile::test(),
+        // The cluster's tests alone (they need the pinned nats-server, installed here).
+        Some("test-cluster") => {
+            ensure_nats_server()?;
+            run(cargo()
+                .args(["test", "-p", "switchboard-cluster"])
+                .args(&rest))
+        }
         Some("ci") => {
             lint()?;
             test(&[])
@@ -65,7 +72,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|test-mobile|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|test-mobile|test-cluster [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
