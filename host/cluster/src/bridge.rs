@@ -77,3 +77,38 @@ impl Drop for Bridge {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_returns_its_result_from_any_thread_even_inside_another_runtime() {
+        let bridge = Bridge::new(1, Duration::from_secs(30)).unwrap();
+        assert_eq!(bridge.run("plain", async { Ok(7) }).unwrap(), 7);
+        // From a current-thread runtime's own thread (where blocking on that runtime would
+        // deadlock): the future runs on the bridge's runtime instead.
+        let outer = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = outer.block_on(async { bridge.run("nested", async { Ok("x") }) });
+        assert_eq!(got.unwrap(), "x");
+        // Dropping the bridge inside a runtime does not panic.
+        outer.block_on(async move { drop(bridge) });
+    }
+
+    #[test]
+    fn a_call_that_outlives_the_wait_fails_as_timed_out() {
+        let bridge = Bridge::new(1, Duration::from_millis(50)).unwrap();
+        // The future never finishes; the caller is released at the bound.
+        let err = bridge
+            .run("stuck", std::future::pending::<Result<(), ClusterError>>())
+            .unwrap_err();
+        assert!(
+            matches!(err, ClusterError::TimedOut { op: "stuck", .. }),
+            "{err:?}"
+        );
+        assert!(err.outcome_unknown());
+    }
+}

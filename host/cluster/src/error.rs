@@ -26,7 +26,8 @@ pub enum ClusterError {
     Fenced {
         shard: u16,
         subject: String,
-        /// The stream sequence this writer named as the predecessor.
+        /// The stream sequence this writer named as the predecessor; 0 when the append was
+        /// refused here, without asking the server, because the shard was already fenced.
         expected: u64,
     },
     /// An append was refused before or by the server, and was not written (stream missing,
