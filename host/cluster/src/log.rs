@@ -342,7 +342,8 @@ impl JetStreamLog {
 
     /// Takes `shard` (again): forgets what this writer knew of its groups, so each is
     /// reloaded from the stream before its next append, and lets appends through. Call it
-    /// only while holding the shard's lease.
+    /// only while holding the shard's lease, before appending to the shard (an append in
+    /// flight meanwhile keeps its old view, and the predecessor check may fence it).
     pub fn take_shard(&self, shard: u16) {
         self.inner
             .groups
@@ -397,7 +398,8 @@ impl JetStreamLog {
 }
 
 impl Inner {
-    /// The shard's stream, created (or updated to this config) on first use.
+    /// The shard's stream, created on first use (an existing one is used as it is: changing
+    /// replicas or limits is an operator's stream update).
     async fn stream(&self, shard: u16) -> Result<stream::Stream, ClusterError> {
         if let Some(s) = self.streams.lock().get(&shard) {
             return Ok(s.clone());
