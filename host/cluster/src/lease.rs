@@ -12,7 +12,7 @@
 //! Async: the node's cluster task will hold and renew leases on its own runtime; it does not
 //! cross the store seam.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -20,11 +20,31 @@ use bytes::Bytes;
 use crate::names::LogNames;
 use crate::ClusterError;
 
-/// A held lease: the shard and the revision the holder wrote last.
+/// A held lease: the shard, the revision the holder wrote last, and until when the holder
+/// may act on it by its own monotonic clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub shard: u16,
     pub revision: u64,
+    /// The holder's deadline: when the write that took or renewed the lease was *sent*,
+    /// plus nine tenths of the TTL. The server starts the TTL when it stores the write,
+    /// which is later, so the holder's deadline passes first; the tenth covers clocks
+    /// running at slightly different rates. The monotonic clock keeps running while a
+    /// process is stopped, so a paused holder finds its deadline passed when it resumes.
+    pub valid_until: Instant,
+}
+
+impl Lease {
+    /// Whether the holder may still append to the shard at `now` (sans-IO: the caller
+    /// passes its clock).
+    pub fn is_valid_at(&self, now: Instant) -> bool {
+        now < self.valid_until
+    }
+}
+
+/// The holder's deadline for a write sent at `sent` (see [`Lease::valid_until`]).
+fn deadline(sent: Instant, ttl: Duration) -> Instant {
+    sent + ttl - ttl / 10
 }
 
 /// This node's handle on the lease bucket.
@@ -105,8 +125,15 @@ impl ShardLeases {
     pub async fn acquire(&self, shard: u16) -> Result<Lease, ClusterError> {
         let key = Self::key(shard);
         let value = Bytes::from(self.node.clone().into_bytes());
+        let sent = Instant::now();
         match self.kv.create(&key, value.clone()).await {
-            Ok(revision) => return Ok(Lease { shard, revision }),
+            Ok(revision) => {
+                return Ok(Lease {
+                    shard,
+                    revision,
+                    valid_until: deadline(sent, self.ttl),
+                })
+            }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(lease_error(shard, e)),
         }
@@ -117,12 +144,17 @@ impl ShardLeases {
             .map_err(|e| lease_error(shard, e))?;
         match entry {
             Some(entry) if entry.value == value => {
+                let sent = Instant::now();
                 let revision = self
                     .kv
                     .update(&key, value, entry.revision)
                     .await
                     .map_err(|e| lease_error(shard, e))?;
-                Ok(Lease { shard, revision })
+                Ok(Lease {
+                    shard,
+                    revision,
+                    valid_until: deadline(sent, self.ttl),
+                })
             }
             Some(entry) => Err(ClusterError::LeaseHeld {
                 shard,
@@ -140,6 +172,7 @@ impl ShardLeases {
     /// that expired, or that another node took, is [`ClusterError::LeaseLost`].
     pub async fn renew(&self, lease: &mut Lease) -> Result<(), ClusterError> {
         let value = Bytes::from(self.node.clone().into_bytes());
+        let sent = Instant::now();
         match self
             .kv
             .update(Self::key(lease.shard), value, lease.revision)
@@ -147,6 +180,7 @@ impl ShardLeases {
         {
             Ok(revision) => {
                 lease.revision = revision;
+                lease.valid_until = deadline(sent, self.ttl);
                 Ok(())
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -181,5 +215,27 @@ fn lease_error(shard: u16, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Lease {
         shard,
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_gives_up_before_the_server_lets_the_lease_go() {
+        let sent = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let lease = Lease {
+            shard: 1,
+            revision: 1,
+            valid_until: deadline(sent, ttl),
+        };
+        assert!(lease.is_valid_at(sent));
+        assert!(lease.is_valid_at(sent + Duration::from_secs(8)));
+        // The server's TTL runs from its write, at or after `sent`: the holder's deadline
+        // comes a tenth of the TTL earlier.
+        assert!(!lease.is_valid_at(sent + Duration::from_secs(9)));
+        assert!(!lease.is_valid_at(sent + ttl));
     }
 }

@@ -70,8 +70,8 @@ fn one_holder_at_a_time_and_renewal_needs_the_last_revision() {
     assert!(lease.revision > before);
     // A renewal naming an old revision is refused as lost.
     let mut stale = switchboard_cluster::Lease {
-        shard: 7,
         revision: before,
+        ..lease.clone()
     };
     assert!(matches!(
         rt.block_on(a.renew(&mut stale)),
@@ -101,6 +101,7 @@ fn a_paused_owner_whose_lease_expired_loses_the_shard_and_cannot_append() {
 
     // Node A owns the shard and appends.
     let mut lease_a = rt.block_on(leases_a.acquire(shard)).unwrap();
+    assert!(lease_a.is_valid_at(Instant::now()));
     assert_eq!(
         append(&log_a, &group, "a1").unwrap(),
         Appended::New { seq: 1 }
@@ -128,8 +129,11 @@ fn a_paused_owner_whose_lease_expired_loses_the_shard_and_cannot_append() {
         Appended::New { seq: 3 }
     );
 
-    // A wakes up: its renewal is refused, and so is the append it was about to make, even
-    // though it never learnt of the renewal's failure.
+    // A wakes up. By its own clock its lease is over (the server let it go only after A's
+    // deadline), so a node that checks before appending stops here, with no IO.
+    assert!(!lease_a.is_valid_at(Instant::now()));
+    // Its renewal is refused, and so is the append it was about to make, even though it
+    // never learnt of the renewal's failure.
     assert!(matches!(
         rt.block_on(leases_a.renew(&mut lease_a)),
         Err(ClusterError::LeaseLost { .. })
