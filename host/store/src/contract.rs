@@ -1,7 +1,7 @@
 //! The group-log contract of [`Store`], run against every implementation: `MemStore`,
-//! `SledStore`, and `NodeStore` with messages in sled or in the segment log (default
-//! settings, and tiny segments with a dense index and four shards, so reads cross segment
-//! and shard boundaries).
+//! `SledStore`, and `NodeStore` with messages in sled, in the segment log (default settings,
+//! and tiny segments with a dense index and four shards, so reads cross segment and shard
+//! boundaries), or in the segment log through the `LogBackend` seam.
 //!
 //! Other crates run it against their own implementations with the feature `contract`: a
 //! [`Harness`] that opens their store, and [`store_contract!`](crate::store_contract) to make
@@ -100,6 +100,17 @@ impl Harness for TinySegments {
             .index_interval(3)
             .write_buffer_bytes(1 << 10);
         let store = NodeStore::open(open_sled(dir), MessageLog::Segment(config), None).unwrap();
+        Some(Arc::new(store))
+    }
+}
+
+/// The segment log through the `LogBackend` seam (as the cluster's log plugs in).
+pub struct SegmentBackend;
+impl Harness for SegmentBackend {
+    fn open(dir: &Path) -> Option<Arc<dyn Store>> {
+        let log = crate::SegmentLog::open(SegmentLogConfig::new(dir.join("messages"))).unwrap();
+        let backend = MessageLog::Backend(Arc::new(log));
+        let store = NodeStore::open(open_sled(dir), backend, None).unwrap();
         Some(Arc::new(store))
     }
 }
@@ -365,4 +376,5 @@ store_contract! {
     node_on_sled: NodeOnSled,
     segment: Segment,
     tiny_segments: TinySegments,
+    segment_backend: SegmentBackend,
 }

@@ -1,6 +1,8 @@
 //! Switchboard's storage: the [`Store`] trait the node is written against; [`NodeStore`], the
 //! node's store (group messages in the append-only [`segment`] log, the rest in sled);
-//! [`SledStore`], which keeps everything in sled (messages too, before the segment log).
+//! [`SledStore`], which keeps everything in sled (messages too, before the segment log);
+//! [`LogBackend`], the seam through which a group log of another crate (the cluster's
+//! JetStream log) serves `NodeStore`'s group messages.
 //!
 //! What is stored: the tenant directory (tenants and their secrets, groups and members),
 //! per-group message logs with per-sender dedupe of client message ids, per-member delivery
