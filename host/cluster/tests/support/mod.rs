@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 pub struct NatsServer {
     child: Child,
     port: u16,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
 }
 
 /// The nats-server binary, or a panic that says how to get it.
@@ -43,41 +43,42 @@ pub fn nats_server_binary() -> PathBuf {
 }
 
 impl NatsServer {
-    /// Starts a JetStream server on 127.0.0.1 and waits until it accepts connections.
+    /// Starts a JetStream server on 127.0.0.1 and waits until it accepts connections. The
+    /// server picks its own free port (`-p -1`) and reports it in a ports file, so two
+    /// tests starting servers at once can never meet on one port.
     pub fn start() -> Self {
         let binary = nats_server_binary();
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
-        // A port picked by the OS; another process could take it before the server binds,
-        // so a server that exits at once is started again on a new port.
-        for _attempt in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(&binary)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(store.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-            let deadline = Instant::now() + READY_WITHIN;
-            loop {
+        let mut child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(store.path().join("js"))
+            .arg("--ports_file_dir")
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let ports_file = format!("_{}.ports", child.id());
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(port) = read_port(store.path(), &ports_file) {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return Self {
                         child,
                         port,
-                        _store: store,
+                        store,
                     };
                 }
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // exited: port taken, try another
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server did not listen on {port} within {READY_WITHIN:?}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
             }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not report a listening port within {READY_WITHIN:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("nats-server exited at start five times");
     }
 
     pub fn url(&self) -> String {
@@ -95,7 +96,7 @@ impl NatsServer {
     }
 
     pub fn store_dir(&self) -> &Path {
-        self._store.path()
+        self.store.path()
     }
 }
 
@@ -106,9 +107,15 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a loopback port")
+/// The client port from nats-server's ports file (`{"nats":["nats://127.0.0.1:PORT"]}`),
+/// once the server has written it.
+fn read_port(dir: &Path, suffix: &str) -> Option<u16> {
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(suffix))?;
+    let text = std::fs::read_to_string(file.path()).ok()?;
+    let after = text.split("nats://127.0.0.1:").nth(1)?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
