@@ -63,11 +63,7 @@ impl NatsServer {
         loop {
             if let Some(port) = read_port(store.path(), &ports_file) {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        child,
-                        port,
-                        store,
-                    };
+                    return Self { child, port, store };
                 }
             }
             if let Ok(Some(status)) = child.try_wait() {
