@@ -150,7 +150,13 @@ fn jetstream(server: &Server, messages: usize, threads: usize, body: &[u8]) -> (
     let log = JetStreamLog::connect(JetStreamLogConfig::new(&server.url, prefix).replicas(1))
         .expect("connect");
     let (tenant, groups, sender) = ids();
-    // Streams are created on first use; not measured.
+    // The only writer takes the groups' shards (creating their streams); not measured.
+    let shards: std::collections::BTreeSet<u16> = groups
+        .iter()
+        .map(|g| switchboard_cluster::names::shard_of(&tenant, g))
+        .collect();
+    log.take_shards(shards, "bench", 1)
+        .expect("take the shards");
     for g in &groups {
         LogBackend::head(&log, &tenant, g).expect("head");
         log.append_message(&tenant, g, msg(&sender, "warm", body))

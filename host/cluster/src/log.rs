@@ -17,17 +17,22 @@
 //! | `Sb-Sent-At` | milliseconds since the epoch when it was accepted |
 //! | `Nats-Msg-Id` | hash of tenant, group, sender and client id: the server's dedupe |
 //! | `Nats-Expected-Last-Subject-Sequence` | the stream seq of the group's previous message |
+//! | `Nats-Expected-Last-Sequence` | the stream seq of this writer's previous write to the shard |
 //! | `Nats-Expected-Stream` | the shard's stream |
 //!
 //! # Fencing
 //!
-//! Every append names its predecessor: the stream sequence of the last message this writer
-//! knows on the group's subject (0 for none). If any other writer appended to the subject in
-//! between, the server refuses with "wrong last sequence" and nothing is written; the log
-//! returns [`ClusterError::Fenced`] and refuses every later append to that shard until
-//! [`JetStreamLog::take_shard`] (the lease holder's step, once it owns the shard again). A
-//! group's sequence numbers therefore come from exactly one writer at a time, and a writer
-//! that lost the shard (a paused node) cannot append even once.
+//! Shard-wide. [`JetStreamLog::take_shard`] (the lease holder's step) writes a fence marker
+//! on the shard's marker subject ([`LogNames::fence_subject`]; headers `Sb-Owner`,
+//! `Sb-Epoch`). From then on every append to the shard names two predecessors: the stream
+//! seq of this writer's previous write to the shard's stream (its marker first), and the
+//! stream seq of the last message this writer knows on the group's subject. Any other
+//! writer's write to the stream breaks the first, a stale view of the group the second; the
+//! server then refuses with "wrong last sequence" and stores nothing, the log returns
+//! [`ClusterError::Fenced`] and refuses every later append to the shard until the shard is
+//! taken again. So once a writer took a shard, no other writer appends to any of its groups
+//! until it takes it back, and a group's seqs come from one writer at a time, gapless. The
+//! price: one append in flight per shard (see ARCHITECTURE.md, "Cluster").
 //!
 //! # Dedupe horizon
 //!
@@ -43,7 +48,7 @@
 //!
 //! [`Store::find_sent`]: switchboard_store::Store::find_sent
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +66,7 @@ use switchboard_store::{Appended, LogBackend, NewMessage, StoreError, StoredMess
 use tokio::sync::OwnedMutexGuard;
 
 use crate::bridge::Bridge;
-use crate::fence::Tail;
+use crate::fence::{Hold, Next, Tail};
 use crate::names::{decode_token, encode_token, shard_of, LogNames, SHARDS};
 use crate::ClusterError;
 
@@ -142,10 +147,23 @@ struct Inner {
     config: JetStreamLogConfig,
     /// Streams looked up or created so far.
     streams: Mutex<HashMap<u16, stream::Stream>>,
-    /// Shards this writer was fenced out of; appends to them are refused.
-    fenced: Mutex<HashSet<u16>>,
+    /// This writer's hold on each shard it ever took; one async lock per shard keeps one
+    /// append in flight per shard (the chain of stream seqs needs it).
+    shards: Mutex<HashMap<u16, SharedShard>>,
     /// Cached state per group; one async lock per group serialises its appends and loads.
     groups: Mutex<HashMap<(TenantId, GroupId), SharedGroup>>,
+}
+
+/// A shard's hold behind the async lock that serialises the shard's writes. Taken after a
+/// group's lock, never before.
+type SharedShard = Arc<tokio::sync::Mutex<ShardState>>;
+
+/// This writer's hold on a shard, and who took it (for a conditional retake).
+#[derive(Debug, Default)]
+struct ShardState {
+    hold: Hold,
+    owner: String,
+    epoch: u64,
 }
 
 /// A group's state behind the async lock that serialises its appends and loads.
@@ -217,6 +235,8 @@ const H_SENDER: &str = "Sb-Sender";
 const H_CLIENT_ID: &str = "Sb-Client-Id";
 const H_LANE: &str = "Sb-Lane";
 const H_SENT_AT: &str = "Sb-Sent-At";
+const H_OWNER: &str = "Sb-Owner";
+const H_EPOCH: &str = "Sb-Epoch";
 
 fn lane_name(lane: Lane) -> &'static str {
     match lane {
@@ -290,7 +310,7 @@ fn stored(meta: Meta, body: Bytes) -> StoredMessage {
 
 impl JetStreamLog {
     /// Connects to NATS (waiting at most `request_timeout`); streams are made on first use.
-    /// The writer owns every shard until it is fenced out of one.
+    /// The writer holds no shard until it takes one ([`JetStreamLog::take_shard`]).
     pub fn connect(config: JetStreamLogConfig) -> Result<Self, ClusterError> {
         let names =
             LogNames::new(&config.prefix).map_err(|e| ClusterError::Config(e.to_string()))?;
@@ -323,7 +343,7 @@ impl JetStreamLog {
                 names,
                 config,
                 streams: Mutex::new(HashMap::new()),
-                fenced: Mutex::new(HashSet::new()),
+                shards: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
             }),
             bridge,
@@ -335,21 +355,55 @@ impl JetStreamLog {
         &self.inner.names
     }
 
-    /// Whether this writer was fenced out of `shard`.
+    /// Whether appends to `shard` are refused: it was never taken, or this writer was
+    /// fenced out of it.
     pub fn is_fenced(&self, shard: u16) -> bool {
-        self.inner.fenced.lock().contains(&shard)
+        let state = self.inner.shard(shard);
+        self.bridge
+            .run(
+                "is_fenced",
+                async move { Ok(!state.lock().await.hold.holds()) },
+            )
+            .unwrap_or(true)
     }
 
-    /// Takes `shard` (again): forgets what this writer knew of its groups, so each is
-    /// reloaded from the stream before its next append, and lets appends through. Call it
-    /// only while holding the shard's lease, before appending to the shard (an append in
-    /// flight meanwhile keeps its old view, and the predecessor check may fence it).
-    pub fn take_shard(&self, shard: u16) {
-        self.inner
-            .groups
-            .lock()
-            .retain(|(tenant, group), _| shard_of(tenant, group) != shard);
-        self.inner.fenced.lock().remove(&shard);
+    /// Takes `shard`: writes a fence marker naming `owner` and `epoch` (the lease's
+    /// revision) to the shard's stream, so every other writer's next append to any group of
+    /// the shard is refused, and forgets what this writer knew of the shard's groups (each
+    /// is reloaded before its next append). Returns the marker's stream seq. Call it only
+    /// while holding the shard's lease: the newest marker wins. An append of this writer in
+    /// flight meanwhile may be fenced by its own marker.
+    pub fn take_shard(&self, shard: u16, owner: &str, epoch: u64) -> Result<u64, ClusterError> {
+        let inner = self.inner.clone();
+        let owner = owner.to_owned();
+        self.bridge.run("take_shard", async move {
+            inner.take(shard, owner, epoch).await
+        })
+    }
+
+    /// Takes several shards at once (at most 32 markers in flight), as a node does at
+    /// start; stops at the first failure.
+    pub fn take_shards(
+        &self,
+        shards: impl IntoIterator<Item = u16>,
+        owner: &str,
+        epoch: u64,
+    ) -> Result<(), ClusterError> {
+        let inner = self.inner.clone();
+        let owner = owner.to_owned();
+        let shards: Vec<u16> = shards.into_iter().collect();
+        self.bridge.run("take_shards", async move {
+            let mut takes = futures_util::stream::iter(shards)
+                .map(|shard| {
+                    let (inner, owner) = (inner.clone(), owner.clone());
+                    async move { inner.take(shard, owner, epoch).await }
+                })
+                .buffer_unordered(32);
+            while let Some(taken) = takes.next().await {
+                taken?;
+            }
+            Ok(())
+        })
     }
 
     /// Appends, typed: [`ClusterError::Fenced`] when another writer owns the shard.
@@ -426,6 +480,69 @@ impl Inner {
                 })?;
         self.streams.lock().insert(shard, stream.clone());
         Ok(stream)
+    }
+
+    fn shard(&self, shard: u16) -> SharedShard {
+        self.shards.lock().entry(shard).or_default().clone()
+    }
+
+    /// Takes `shard` for `owner` (see [`JetStreamLog::take_shard`]).
+    async fn take(&self, shard: u16, owner: String, epoch: u64) -> Result<u64, ClusterError> {
+        let state = self.shard(shard);
+        let mut state = state.lock_owned().await;
+        state.hold.fenced();
+        self.groups
+            .lock()
+            .retain(|(tenant, group), _| shard_of(tenant, group) != shard);
+        let marker = self.write_marker(shard, &owner, epoch, None).await?;
+        state.hold.taken(marker);
+        state.owner = owner;
+        state.epoch = epoch;
+        tracing::debug!(shard, marker, epoch, "took the shard");
+        Ok(marker)
+    }
+
+    /// Writes a fence marker for `shard`; with `after`, only if the newest marker is still
+    /// the one at that stream seq (a retake by the writer that holds the shard).
+    async fn write_marker(
+        &self,
+        shard: u16,
+        owner: &str,
+        epoch: u64,
+        after: Option<u64>,
+    ) -> Result<u64, ClusterError> {
+        self.stream(shard).await?;
+        let subject = self.names.fence_subject(shard);
+        let mut headers = HeaderMap::new();
+        headers.insert(H_OWNER, encode_token(owner));
+        headers.insert(H_EPOCH, epoch.to_string());
+        let mut publish = PublishMessage::build()
+            .headers(headers)
+            .expected_stream(self.names.stream(shard));
+        if let Some(marker) = after {
+            publish = publish.expected_last_subject_sequence(marker);
+        }
+        let sent = match self.js.send_publish(subject.clone(), publish).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        sent.map(|ack| ack.sequence).map_err(|e| match e.kind() {
+            PublishErrorKind::WrongLastSequence => ClusterError::Fenced {
+                shard,
+                subject,
+                expected: after.unwrap_or(0),
+            },
+            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                ClusterError::Unacknowledged {
+                    subject,
+                    detail: e.to_string(),
+                }
+            }
+            _ => ClusterError::Refused {
+                subject,
+                detail: e.to_string(),
+            },
+        })
     }
 
     fn group_lock(&self, tenant: &TenantId, group: &GroupId) -> SharedGroup {
@@ -645,7 +762,8 @@ impl Inner {
             subject: subject.clone(),
             expected: 0,
         };
-        if self.fenced.lock().contains(&shard) {
+        let shard_state = self.shard(shard);
+        if !shard_state.lock().await.hold.holds() {
             return Err(fenced());
         }
         let (stream, _, mut state) = self.open_group(tenant, group).await?;
@@ -653,6 +771,40 @@ impl Inner {
         if let Some(&seq) = state.dedupe.seqs.get(&key) {
             return Ok(Appended::Duplicate { seq });
         }
+        // The shard's lock, after the group's: one write in flight per shard.
+        let mut hold = shard_state.lock_owned().await;
+        let last = match hold.hold.next() {
+            Next::Refuse => return Err(fenced()),
+            Next::Append { last } => last,
+            Next::Retake { marker } => {
+                // An earlier append's outcome is unknown: retake the shard if nobody else
+                // took it since, then reload the group (after the marker) and go on.
+                let (owner, epoch) = (hold.owner.clone(), hold.epoch);
+                match self.write_marker(shard, &owner, epoch, Some(marker)).await {
+                    Ok(m) => hold.hold.taken(m),
+                    Err(e @ ClusterError::Fenced { .. }) => {
+                        hold.hold.fenced();
+                        tracing::warn!(%subject, "fenced out of shard {shard} on a retake");
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        return Err(ClusterError::Refused {
+                            subject: subject.clone(),
+                            detail: format!("retake the shard after an unknown outcome: {e}"),
+                        })
+                    }
+                }
+                state.loaded = false;
+                self.load(&mut state, &stream, &subject).await?;
+                if let Some(&seq) = state.dedupe.seqs.get(&key) {
+                    return Ok(Appended::Duplicate { seq });
+                }
+                match hold.hold.next() {
+                    Next::Append { last } => last,
+                    _ => return Err(fenced()),
+                }
+            }
+        };
         let planned = state.tail.plan();
         let (seq, predecessor) = (planned.seq, planned.predecessor);
         let mut headers = HeaderMap::new();
@@ -666,6 +818,7 @@ impl Inner {
             .headers(headers)
             .message_id(msg_id(tenant, group, &key))
             .expected_last_subject_sequence(predecessor)
+            .expected_last_sequence(last)
             .expected_stream(self.names.stream(shard));
         let sent = match self.js.send_publish(subject.clone(), publish).await {
             Ok(ack) => ack.await,
@@ -676,8 +829,9 @@ impl Inner {
             Err(e) => {
                 return Err(match e.kind() {
                     PublishErrorKind::WrongLastSequence => {
-                        // Another writer appended: step down from the whole shard.
-                        self.fenced.lock().insert(shard);
+                        // Another writer wrote to the shard, or this writer's view of the
+                        // group was stale: step down from the whole shard.
+                        hold.hold.fenced();
                         state.loaded = false;
                         tracing::warn!(%subject, predecessor, "fenced out of shard {shard}");
                         ClusterError::Fenced {
@@ -687,7 +841,9 @@ impl Inner {
                         }
                     }
                     PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                        // Maybe stored: reload before the next append of this group.
+                        // Maybe stored: the chain's end is unknown (the next append
+                        // retakes) and so is the group's tail (reload it).
+                        hold.hold.unknown();
                         state.loaded = false;
                         ClusterError::Unacknowledged {
                             subject,
@@ -717,6 +873,7 @@ impl Inner {
                 .insert(key, meta.seq, self.config.dedupe_window);
             return Ok(Appended::Duplicate { seq: meta.seq });
         }
+        hold.hold.stored(ack.sequence);
         state.tail.stored(planned, ack.sequence);
         if seq % INDEX_EVERY == 0 {
             state.index.insert(seq, ack.sequence);

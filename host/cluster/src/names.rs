@@ -125,6 +125,12 @@ impl LogNames {
         format!("{}.log.{shard:03}.>", self.prefix)
     }
 
+    /// The subject of a shard's fence markers: `<prefix>.log.NNN.fence`. Four tokens, so
+    /// no group's subject (always five) can be it.
+    pub fn fence_subject(&self, shard: u16) -> String {
+        format!("{}.log.{shard:03}.fence", self.prefix)
+    }
+
     /// The subject of a group's log: `<prefix>.log.NNN.<tenant>.<group>`, ids encoded.
     pub fn subject(&self, tenant: &TenantId, group: &GroupId) -> String {
         format!(
@@ -204,6 +210,9 @@ mod tests {
         assert!(a.starts_with(&format!("sb.log.{shard:03}.")));
         assert_eq!(names.stream(7), "sb-log-007");
         assert_eq!(names.stream_subjects(7), "sb.log.007.>");
+        // The fence marker is in the shard's stream and is no group's subject.
+        assert_eq!(names.fence_subject(7), "sb.log.007.fence");
+        assert_eq!(names.fence_subject(7).split('.').count(), 4);
     }
 
     #[test]

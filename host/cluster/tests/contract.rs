@@ -36,6 +36,8 @@ impl Harness for JetStream {
             switchboard_cluster::JetStreamLogConfig::new(url, "contract").replicas(1),
         )
         .expect("connect");
+        // The only node: it takes every shard (fencing the writer of a reopened store).
+        let log = support::take_all(log, "contract");
         let store = NodeStore::open(open_sled(dir), MessageLog::Backend(Arc::new(log)), None)
             .expect("open the node store");
         Some(Arc::new(store))

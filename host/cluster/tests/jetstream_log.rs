@@ -10,7 +10,7 @@ use switchboard_cluster::{ClusterError, JetStreamLog};
 use switchboard_core::{GroupId, Lane, TenantId, UserId};
 use switchboard_store::{Appended, LogBackend, NewMessage, StoreError};
 
-use support::NatsServer;
+use support::{take_all, NatsServer};
 
 fn t(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
@@ -52,14 +52,14 @@ fn bodies(log: &JetStreamLog, tenant: &str, group: &str) -> Vec<(u64, String)> {
 #[test]
 fn a_second_writer_that_believes_it_owns_the_shard_is_fenced_and_appends_nothing() {
     let server = NatsServer::start();
-    let old = server.log("fence");
+    let old = server.owner("fence", "old");
     assert_eq!(
         append(&old, "acme", "g", "a1").unwrap(),
         Appended::New { seq: 1 }
     );
     // A new owner takes the group over (it loads the group's head from the stream) and
     // appends; the old one still believes it owns the shard.
-    let new = server.log("fence");
+    let new = server.owner("fence", "new");
     assert_eq!(
         append(&new, "acme", "g", "b1").unwrap(),
         Appended::New { seq: 2 }
@@ -68,7 +68,8 @@ fn a_second_writer_that_believes_it_owns_the_shard_is_fenced_and_appends_nothing
     let err = append(&old, "acme", "g", "a2").unwrap_err();
     let shard = shard_of(&t("acme"), &g("g"));
     assert!(
-        matches!(&err, ClusterError::Fenced { shard: s, expected: 1, .. } if *s == shard),
+        // It named a1 (stream seq 2, after its marker at 1) as g's predecessor.
+        matches!(&err, ClusterError::Fenced { shard: s, expected: 2, .. } if *s == shard),
         "{err:?}"
     );
     assert!(!err.outcome_unknown());
@@ -98,7 +99,7 @@ fn a_second_writer_that_believes_it_owns_the_shard_is_fenced_and_appends_nothing
         append(&new, "acme", "g", "b2").unwrap(),
         Appended::New { seq: 3 }
     );
-    old.take_shard(shard);
+    old.take_shard(shard, "old", 2).unwrap();
     assert!(!old.is_fenced(shard));
     assert_eq!(
         append(&old, "acme", "g", "a5").unwrap(),
@@ -113,7 +114,8 @@ fn a_second_writer_that_believes_it_owns_the_shard_is_fenced_and_appends_nothing
 #[test]
 fn two_writers_racing_on_one_group_never_both_append() {
     let server = NatsServer::start();
-    let (a, b) = (server.log("race"), server.log("race"));
+    // Both took the shard (the second marker wins), both believe they own it.
+    let (a, b) = (server.owner("race", "a"), server.owner("race", "b"));
     // Both load the group at the same head, then race 50 appends each.
     assert_eq!(LogBackend::head(&a, &t("acme"), &g("g")).unwrap(), 0);
     assert_eq!(LogBackend::head(&b, &t("acme"), &g("g")).unwrap(), 0);
@@ -165,7 +167,7 @@ fn two_writers_racing_on_one_group_never_both_append() {
 #[test]
 fn ids_with_subject_syntax_stay_in_their_own_logs() {
     let server = NatsServer::start();
-    let log = server.log("ids");
+    let log = server.owner("ids", "solo");
     // Valid ids may contain '.', ':' and '@'; none may leak into another group's subject.
     let pairs = [
         ("t.u", "v"),
@@ -207,12 +209,12 @@ fn a_resend_after_the_writer_changed_is_a_duplicate_with_its_original_seq() {
     let server = NatsServer::start();
     // A small local window, so the server's Nats-Msg-Id window is what finds older ones.
     let config = server.log_config("dedupe").dedupe_window(3);
-    let first = JetStreamLog::connect(config.clone()).unwrap();
+    let first = take_all(JetStreamLog::connect(config.clone()).unwrap(), "first");
     for i in 0..10 {
         append(&first, "acme", "g", &format!("m{i}")).unwrap();
     }
     drop(first); // the owner dies
-    let next = JetStreamLog::connect(config).unwrap();
+    let next = take_all(JetStreamLog::connect(config).unwrap(), "next");
     // Within the rebuilt local window (newest 3): find_sent knows it, append answers it.
     assert_eq!(
         LogBackend::find_sent(&next, &t("acme"), &g("g"), &u("ann"), "m9").unwrap(),
@@ -247,7 +249,10 @@ fn a_resend_after_the_writer_changed_is_a_duplicate_with_its_original_seq() {
 #[test]
 fn failures_that_are_not_fencing_are_typed_apart() {
     let server = NatsServer::start();
-    let log = JetStreamLog::connect(server.log_config("limits").max_message_bytes(4096)).unwrap();
+    let log = take_all(
+        JetStreamLog::connect(server.log_config("limits").max_message_bytes(4096)).unwrap(),
+        "solo",
+    );
     append(&log, "acme", "g", "ok").unwrap();
     let big = vec![7u8; 8192];
     let err = log
@@ -270,7 +275,7 @@ fn failures_that_are_not_fencing_are_typed_apart() {
         call_timeout: Duration::from_secs(10),
         ..quick
     };
-    let log = JetStreamLog::connect(quick).unwrap();
+    let log = take_all(JetStreamLog::connect(quick).unwrap(), "quick");
     append(&log, "acme", "h", "x").unwrap();
     drop(server);
     let err = append(&log, "acme", "h", "y").unwrap_err();

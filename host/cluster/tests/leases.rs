@@ -102,6 +102,7 @@ fn a_paused_owner_whose_lease_expired_loses_the_shard_and_cannot_append() {
     // Node A owns the shard and appends.
     let mut lease_a = rt.block_on(leases_a.acquire(shard)).unwrap();
     assert!(lease_a.is_valid_at(Instant::now()));
+    take(&log_a, &lease_a, "node-a");
     assert_eq!(
         append(&log_a, &group, "a1").unwrap(),
         Appended::New { seq: 1 }
@@ -113,17 +114,8 @@ fn a_paused_owner_whose_lease_expired_loses_the_shard_and_cannot_append() {
     );
 
     // A pauses (renews nothing). B takes the shard as soon as the lease has expired.
-    let deadline = Instant::now() + PATIENCE;
-    let _lease_b = loop {
-        match rt.block_on(leases_b.acquire(shard)) {
-            Ok(lease) => break lease,
-            Err(ClusterError::LeaseHeld { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            other => panic!("node-b could not take the shard: {other:?}"),
-        }
-    };
-    log_b.take_shard(shard);
+    let lease_b = acquire_when_free(&rt, &leases_b, shard);
+    take(&log_b, &lease_b, "node-b");
     assert_eq!(
         append(&log_b, &group, "b1").unwrap(),
         Appended::New { seq: 3 }
@@ -152,4 +144,88 @@ fn a_paused_owner_whose_lease_expired_loses_the_shard_and_cannot_append() {
         log,
         vec![(1, "a1".into()), (2, "a2".into()), (3, "b1".into())]
     );
+}
+
+/// The shard-wide fence: after a takeover, a paused ex-owner cannot append to *any* group
+/// of the shard — not even one the new owner has not written since it took the shard.
+#[test]
+fn a_paused_owner_cannot_append_to_a_group_the_new_owner_never_touched() {
+    let server = NatsServer::start();
+    let rt = runtime();
+    let tenant = TenantId::new("acme").unwrap();
+    let busy = GroupId::new("busy").unwrap();
+    let shard = shard_of(&tenant, &busy);
+    let quiet = (0..10_000)
+        .map(|i| GroupId::new(&format!("quiet{i}")).unwrap())
+        .find(|g| shard_of(&tenant, g) == shard)
+        .unwrap();
+    let (leases_a, leases_b) = (
+        leases(&rt, &server, "node-a"),
+        leases(&rt, &server, "node-b"),
+    );
+    let (log_a, log_b) = (server.log("untouched"), server.log("untouched"));
+
+    // A owns the shard and has written both groups.
+    let lease_a = rt.block_on(leases_a.acquire(shard)).unwrap();
+    take(&log_a, &lease_a, "node-a");
+    assert_eq!(
+        append(&log_a, &busy, "a1").unwrap(),
+        Appended::New { seq: 1 }
+    );
+    assert_eq!(
+        append(&log_a, &quiet, "q1").unwrap(),
+        Appended::New { seq: 1 }
+    );
+
+    // A pauses; its lease expires and B takes the shard, writing only to `busy`.
+    let lease_b = acquire_when_free(&rt, &leases_b, shard);
+    take(&log_b, &lease_b, "node-b");
+    assert_eq!(
+        append(&log_b, &busy, "b1").unwrap(),
+        Appended::New { seq: 2 }
+    );
+
+    // A resumes and appends to `quiet`, which nobody wrote since the takeover: fenced.
+    let err = append(&log_a, &quiet, "q2").unwrap_err();
+    assert!(matches!(err, ClusterError::Fenced { .. }), "{err:?}");
+    let quiet_log: Vec<_> = LogBackend::read_after(&log_b, &tenant, &quiet, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.seq, m.client_msg_id))
+        .collect();
+    assert_eq!(quiet_log, vec![(1, "q1".into())]);
+    // The new owner goes on with both groups, unfenced.
+    assert_eq!(
+        append(&log_b, &quiet, "b2").unwrap(),
+        Appended::New { seq: 2 }
+    );
+    assert_eq!(
+        append(&log_b, &busy, "b3").unwrap(),
+        Appended::New { seq: 3 }
+    );
+}
+
+/// Waits (bounded by `PATIENCE`) until `leases` can take `shard`.
+fn acquire_when_free(
+    rt: &tokio::runtime::Runtime,
+    leases: &ShardLeases,
+    shard: u16,
+) -> switchboard_cluster::Lease {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match rt.block_on(leases.acquire(shard)) {
+            Ok(lease) => return lease,
+            Err(ClusterError::LeaseHeld { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => panic!("{} could not take the shard: {other:?}", leases.node()),
+        }
+    }
+}
+
+/// The lease holder's step before appending: take the shard in the log, naming the lease's
+/// revision as the epoch.
+fn take(log: &JetStreamLog, lease: &switchboard_cluster::Lease, node: &str) {
+    log.take_shard(lease.shard, node, lease.revision)
+        .expect("take the shard");
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchboard_cluster::{JetStreamLog, JetStreamLogConfig};
+use switchboard_cluster::{all_shards, JetStreamLog, JetStreamLogConfig};
 
 pub const NATS_SERVER_ENV: &str = "SWITCHBOARD_NATS_SERVER";
 
@@ -86,9 +86,15 @@ impl NatsServer {
         JetStreamLogConfig::new(self.url(), prefix).replicas(1)
     }
 
-    /// Connects a writer.
+    /// Connects a writer that holds no shard yet.
     pub fn log(&self, prefix: &str) -> JetStreamLog {
         JetStreamLog::connect(self.log_config(prefix)).expect("connect to nats-server")
+    }
+
+    /// Connects a writer and takes every shard for `node` (as the only node of a cluster
+    /// would): every other writer of `prefix` is fenced from then on.
+    pub fn owner(&self, prefix: &str, node: &str) -> JetStreamLog {
+        take_all(self.log(prefix), node)
     }
 
     pub fn store_dir(&self) -> &Path {
@@ -114,4 +120,11 @@ fn read_port(dir: &Path, suffix: &str) -> Option<u16> {
     let after = text.split("nats://127.0.0.1:").nth(1)?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// Takes every shard for `node` in `log` (epoch 1: these tests hold no leases).
+pub fn take_all(log: JetStreamLog, node: &str) -> JetStreamLog {
+    log.take_shards(all_shards(), node, 1)
+        .expect("take every shard");
+    log
 }
