@@ -19,11 +19,13 @@
 mod bridge;
 mod error;
 mod fence;
+pub mod keeper;
 pub mod lease;
 mod log;
 pub mod names;
 pub mod ownership;
 
 pub use error::ClusterError;
+pub use keeper::{Action, Event, Keeper, KeeperConfig};
 pub use lease::{Lease, ShardLeases};
 pub use log::{all_shards, JetStreamLog, JetStreamLogConfig};
