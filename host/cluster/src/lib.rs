@@ -20,6 +20,7 @@ mod bridge;
 mod error;
 mod fence;
 pub mod keeper;
+mod keeper_task;
 pub mod lease;
 mod log;
 pub mod names;
@@ -27,5 +28,6 @@ pub mod ownership;
 
 pub use error::ClusterError;
 pub use keeper::{Action, Event, Keeper, KeeperConfig};
+pub use keeper_task::KeeperTask;
 pub use lease::{Lease, ShardLeases};
 pub use log::{all_shards, JetStreamLog, JetStreamLogConfig};
