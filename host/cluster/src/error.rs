@@ -18,16 +18,19 @@ pub enum ClusterError {
     /// Creating or looking up a shard's stream failed.
     #[error("stream {stream}: {detail}")]
     Stream { stream: String, detail: String },
-    /// The expected-predecessor check refused an append: another writer appended to the
-    /// subject since this writer last did, so this writer no longer owns the shard. Nothing
-    /// was written. Every later append to the shard is refused the same way until the
-    /// shard is taken again ([`crate::JetStreamLog::take_shard`]).
+    /// The append was refused and nothing was written: the shard is not this writer's. The
+    /// server's expected-sequence checks refused it (another writer took the shard or
+    /// wrote to it since this writer's last write, or this writer's view of the group was
+    /// stale), or this writer had never taken the shard or was fenced from it before. Every
+    /// later append to the shard is refused the same way until the shard is taken again
+    /// ([`crate::JetStreamLog::take_shard`]).
     #[error("fenced: {subject} in shard {shard} moved past stream seq {expected} (another writer owns the shard)")]
     Fenced {
         shard: u16,
         subject: String,
-        /// The stream sequence this writer named as the predecessor; 0 when the append was
-        /// refused here, without asking the server, because the shard was already fenced.
+        /// The stream sequence this writer named as the group's predecessor (or, for a
+        /// retake, as its own last marker); 0 when the append was refused here, without
+        /// asking the server, because the shard was not held.
         expected: u64,
     },
     /// An append was refused before or by the server, and was not written (stream missing,

@@ -9,8 +9,8 @@
 //! enough (a paused holder notices nothing until it runs again); the log's expected-sequence
 //! check is what refuses the paused holder's stale appends ([`crate::JetStreamLog`]).
 //!
-//! Async: the node's cluster task will hold and renew leases on its own runtime; it does not
-//! cross the store seam.
+//! Async: [`crate::KeeperTask`] holds and renews leases as [`crate::Keeper`] decides; it
+//! does not cross the store seam.
 
 use std::time::{Duration, Instant};
 
