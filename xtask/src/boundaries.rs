@@ -70,6 +70,13 @@ const OWNED: &[Owned] = &[
         )],
     },
     Owned {
+        dep: "async-nats",
+        owners: &[(
+            "switchboard-cluster",
+            "the cluster: JetStream group log, shard leases",
+        )],
+    },
+    Owned {
         dep: "uniffi",
         owners: &[
             (

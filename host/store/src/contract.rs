@@ -1,7 +1,11 @@
 //! The group-log contract of [`Store`], run against every implementation: `MemStore`,
-//! `SledStore`, and `NodeStore` with messages in sled or in the segment log (default
-//! settings, and tiny segments with a dense index and four shards, so reads cross segment
-//! and shard boundaries).
+//! `SledStore`, and `NodeStore` with messages in sled, in the segment log (default settings,
+//! and tiny segments with a dense index and four shards, so reads cross segment and shard
+//! boundaries), or in the segment log through the `LogBackend` seam.
+//!
+//! Other crates run it against their own implementations with the feature `contract`: a
+//! [`Harness`] that opens their store, and [`store_contract!`](crate::store_contract) to make
+//! the tests (one module per harness).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,9 +18,9 @@ use crate::{
     StoreError,
 };
 
-pub(crate) use crate::test_ids::{g, t, u};
+pub use crate::test_ids::{g, t, u};
 
-pub(crate) fn msg<'a>(sender: &'a UserId, id: &'a str, body: &'a [u8]) -> NewMessage<'a> {
+pub fn msg<'a>(sender: &'a UserId, id: &'a str, body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {
         sender,
         lane: Lane::Normal,
@@ -28,7 +32,7 @@ pub(crate) fn msg<'a>(sender: &'a UserId, id: &'a str, body: &'a [u8]) -> NewMes
 
 /// Opens a sled store in `dir`, retrying while a store dropped just before still holds
 /// sled's file lock (its threads let go asynchronously).
-pub(crate) fn open_sled(dir: &Path) -> SledStore {
+pub fn open_sled(dir: &Path) -> SledStore {
     let config = SledStoreConfig::new(dir.join("store"))
         .cache_capacity_bytes(8 << 20)
         .flush_every_ms(None);
@@ -47,11 +51,11 @@ pub(crate) fn open_sled(dir: &Path) -> SledStore {
 }
 
 /// How to open one implementation; `None` from `open` for a store that cannot be reopened.
-pub(crate) trait Harness {
+pub trait Harness {
     fn open(dir: &Path) -> Option<Arc<dyn Store>>;
 }
 
-pub(crate) struct Mem;
+pub struct Mem;
 impl Harness for Mem {
     fn open(_: &Path) -> Option<Arc<dyn Store>> {
         thread_local!(static ONCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
@@ -61,14 +65,14 @@ impl Harness for Mem {
     }
 }
 
-pub(crate) struct Sled;
+pub struct Sled;
 impl Harness for Sled {
     fn open(dir: &Path) -> Option<Arc<dyn Store>> {
         Some(Arc::new(open_sled(dir)))
     }
 }
 
-pub(crate) struct NodeOnSled;
+pub struct NodeOnSled;
 impl Harness for NodeOnSled {
     fn open(dir: &Path) -> Option<Arc<dyn Store>> {
         let store =
@@ -77,7 +81,7 @@ impl Harness for NodeOnSled {
     }
 }
 
-pub(crate) struct Segment;
+pub struct Segment;
 impl Harness for Segment {
     fn open(dir: &Path) -> Option<Arc<dyn Store>> {
         let config = SegmentLogConfig::new(dir.join("messages"));
@@ -86,7 +90,7 @@ impl Harness for Segment {
     }
 }
 
-pub(crate) struct TinySegments;
+pub struct TinySegments;
 impl Harness for TinySegments {
     fn open(dir: &Path) -> Option<Arc<dyn Store>> {
         let config = SegmentLogConfig::new(dir.join("messages"))
@@ -96,6 +100,17 @@ impl Harness for TinySegments {
             .index_interval(3)
             .write_buffer_bytes(1 << 10);
         let store = NodeStore::open(open_sled(dir), MessageLog::Segment(config), None).unwrap();
+        Some(Arc::new(store))
+    }
+}
+
+/// The segment log through the `LogBackend` seam (as the cluster's log plugs in).
+pub struct SegmentBackend;
+impl Harness for SegmentBackend {
+    fn open(dir: &Path) -> Option<Arc<dyn Store>> {
+        let log = crate::SegmentLog::open(SegmentLogConfig::new(dir.join("messages"))).unwrap();
+        let backend = MessageLog::Backend(Arc::new(log));
+        let store = NodeStore::open(open_sled(dir), backend, None).unwrap();
         Some(Arc::new(store))
     }
 }
@@ -150,7 +165,7 @@ fn seqs(store: &dyn Store, group: &str, after: u64, limit: usize) -> Vec<u64> {
         .collect()
 }
 
-pub(crate) fn appends_number_from_one_without_gaps<H: Harness>() {
+pub fn appends_number_from_one_without_gaps<H: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let store = H::open(dir.path()).unwrap();
     assert_eq!(store.head(&t("acme"), &g("a")).unwrap(), 0);
@@ -159,7 +174,7 @@ pub(crate) fn appends_number_from_one_without_gaps<H: Harness>() {
     assert_eq!(store.first_seq(&t("acme"), &g("a")).unwrap(), 1);
 }
 
-pub(crate) fn duplicates_return_the_earlier_seq_per_sender_and_group<H: Harness>() {
+pub fn duplicates_return_the_earlier_seq_per_sender_and_group<H: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let store = H::open(dir.path()).unwrap();
     let (acme, ann, bob) = (t("acme"), u("ann"), u("bob"));
@@ -193,7 +208,7 @@ pub(crate) fn duplicates_return_the_earlier_seq_per_sender_and_group<H: Harness>
     );
 }
 
-pub(crate) fn messages_read_back_as_written<H: Harness>() {
+pub fn messages_read_back_as_written<H: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let store = H::open(dir.path()).unwrap();
     ensure(&*store, "acme", "a");
@@ -225,7 +240,7 @@ pub(crate) fn messages_read_back_as_written<H: Harness>() {
     assert_eq!(store.message(&t("acme"), &g("zz"), 1).unwrap(), None);
 }
 
-pub(crate) fn read_after_is_bounded_and_ordered<H: Harness>() {
+pub fn read_after_is_bounded_and_ordered<H: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let store = H::open(dir.path()).unwrap();
     append_n(&*store, "a", "ann", "m", 30);
@@ -243,7 +258,7 @@ pub(crate) fn read_after_is_bounded_and_ordered<H: Harness>() {
     }
 }
 
-pub(crate) fn interleaved_groups_stay_apart_and_gapless<H: Harness>() {
+pub fn interleaved_groups_stay_apart_and_gapless<H: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let store = H::open(dir.path()).unwrap();
     let groups = ["g0", "g1", "g2", "g3", "g4"];
@@ -270,7 +285,7 @@ pub(crate) fn interleaved_groups_stay_apart_and_gapless<H: Harness>() {
     }
 }
 
-pub(crate) fn concurrent_appends_to_different_groups_are_gapless<H: Harness>() {
+pub fn concurrent_appends_to_different_groups_are_gapless<H: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let store = H::open(dir.path()).unwrap();
     std::thread::scope(|s| {
@@ -288,7 +303,7 @@ pub(crate) fn concurrent_appends_to_different_groups_are_gapless<H: Harness>() {
     }
 }
 
-pub(crate) fn flushed_messages_and_dedupe_survive_reopen<H: Harness>() {
+pub fn flushed_messages_and_dedupe_survive_reopen<H: Harness>() {
     let dir = tempfile::tempdir().unwrap();
     let store = H::open(dir.path()).unwrap();
     append_n(&*store, "a", "ann", "m", 50);
@@ -316,46 +331,50 @@ pub(crate) fn flushed_messages_and_dedupe_survive_reopen<H: Harness>() {
     );
 }
 
-macro_rules! contract {
+/// One `#[test]` per contract function, in a module per `name: Harness` pair.
+#[macro_export]
+macro_rules! store_contract {
     ($($name:ident: $harness:ty),* $(,)?) => {$(
         mod $name {
+            #[allow(unused_imports)]
             use super::*;
             #[test]
             fn appends_number_from_one_without_gaps() {
-                super::appends_number_from_one_without_gaps::<$harness>();
+                $crate::contract::appends_number_from_one_without_gaps::<$harness>();
             }
             #[test]
             fn duplicates_return_the_earlier_seq_per_sender_and_group() {
-                super::duplicates_return_the_earlier_seq_per_sender_and_group::<$harness>();
+                $crate::contract::duplicates_return_the_earlier_seq_per_sender_and_group::<$harness>();
             }
             #[test]
             fn messages_read_back_as_written() {
-                super::messages_read_back_as_written::<$harness>();
+                $crate::contract::messages_read_back_as_written::<$harness>();
             }
             #[test]
             fn read_after_is_bounded_and_ordered() {
-                super::read_after_is_bounded_and_ordered::<$harness>();
+                $crate::contract::read_after_is_bounded_and_ordered::<$harness>();
             }
             #[test]
             fn interleaved_groups_stay_apart_and_gapless() {
-                super::interleaved_groups_stay_apart_and_gapless::<$harness>();
+                $crate::contract::interleaved_groups_stay_apart_and_gapless::<$harness>();
             }
             #[test]
             fn concurrent_appends_to_different_groups_are_gapless() {
-                super::concurrent_appends_to_different_groups_are_gapless::<$harness>();
+                $crate::contract::concurrent_appends_to_different_groups_are_gapless::<$harness>();
             }
             #[test]
             fn flushed_messages_and_dedupe_survive_reopen() {
-                super::flushed_messages_and_dedupe_survive_reopen::<$harness>();
+                $crate::contract::flushed_messages_and_dedupe_survive_reopen::<$harness>();
             }
         }
     )*};
 }
 
-contract! {
+store_contract! {
     mem: Mem,
     sled: Sled,
     node_on_sled: NodeOnSled,
     segment: Segment,
     tiny_segments: TinySegments,
+    segment_backend: SegmentBackend,
 }

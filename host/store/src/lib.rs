@@ -1,6 +1,8 @@
 //! Switchboard's storage: the [`Store`] trait the node is written against; [`NodeStore`], the
 //! node's store (group messages in the append-only [`segment`] log, the rest in sled);
-//! [`SledStore`], which keeps everything in sled (messages too, before the segment log).
+//! [`SledStore`], which keeps everything in sled (messages too, before the segment log);
+//! [`LogBackend`], the seam through which a group log of another crate (the cluster's
+//! JetStream log) serves `NodeStore`'s group messages.
 //!
 //! What is stored: the tenant directory (tenants and their secrets, groups and members),
 //! per-group message logs with per-sender dedupe of client message ids, per-member delivery
@@ -57,14 +59,14 @@ use bytes::Bytes;
 use switchboard_core::{GroupId, Lane, ReceiptKind, TenantId, UserId};
 
 pub mod config;
-#[cfg(test)]
-mod contract;
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 mod mem;
 mod node_store;
 pub mod secrets;
 pub mod segment;
 mod sled_store;
-#[cfg(test)]
+#[cfg(any(test, feature = "contract"))]
 mod test_ids;
 
 pub use config::{
@@ -72,7 +74,7 @@ pub use config::{
     PluginVersion, PolicyBinding, RollbackRecord, TenantQuotas, VersionConfig,
 };
 pub use mem::MemStore;
-pub use node_store::{MessageLog, NodeStore};
+pub use node_store::{LogBackend, MessageLog, NodeStore};
 pub use secrets::{KeyRing, SecretsError};
 pub use segment::{Retention, RetentionLimits, RetentionReport, SegmentLog, SegmentLogConfig};
 pub use sled_store::{SledStore, SledStoreConfig, StoreHealth};
@@ -104,6 +106,11 @@ pub enum StoreError {
     /// append whose second write failed). The caller cannot tell the client "not stored".
     #[error("storage failure after the write (outcome unknown): {0}")]
     OutcomeUnknown(String),
+    /// A replicated log refused the append because another writer appended to the group
+    /// since this one last did (the expected-predecessor check): this node no longer owns the
+    /// group's shard. Nothing was written; the node must stop appending to the shard.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 /// A tenant: an app's backend with its own token-signing secret. Its `Debug` shows the

@@ -44,6 +44,116 @@ pub enum MessageLog {
     Sled,
     /// In a [`SegmentLog`].
     Segment(SegmentLogConfig),
+    /// In a log another crate implements (the cluster's JetStream log). Nothing is migrated
+    /// into it.
+    Backend(Arc<dyn LogBackend>),
+}
+
+/// The seam for a group-message log that lives outside this crate (the cluster's JetStream
+/// log, `switchboard-cluster`): the group-log half of [`Store`], with the same contract
+/// (`contract.rs` runs against it). [`NodeStore::flush`] flushes sled before it, so whatever
+/// a message depends on in the directory is durable first.
+pub trait LogBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// [`Store::append`]. A log that fences writers returns [`StoreError::Fenced`] when
+    /// another writer appended to the group.
+    fn append(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        msg: NewMessage<'_>,
+    ) -> Result<Appended, StoreError>;
+    /// [`Store::find_sent`].
+    fn find_sent(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<u64>, StoreError>;
+    /// [`Store::head`].
+    fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError>;
+    /// [`Store::first_seq`].
+    fn first_seq(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError>;
+    /// [`Store::read_after`].
+    fn read_after(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// [`Store::message`].
+    fn message(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError>;
+    /// [`Store::flush`]: every append that returned before it is durable after it.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// [`Store::health`].
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
+}
+
+/// The segment log behind the seam too, so the seam is tested without another crate
+/// (`contract.rs`, `segment_backend`).
+impl LogBackend for SegmentLog {
+    fn append(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        msg: NewMessage<'_>,
+    ) -> Result<Appended, StoreError> {
+        SegmentLog::append(self, tenant, group, msg)
+    }
+    fn find_sent(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        SegmentLog::find_sent(self, tenant, group, sender, client_msg_id)
+    }
+    fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError> {
+        Ok(SegmentLog::head(self, tenant, group))
+    }
+    fn first_seq(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError> {
+        Ok(SegmentLog::first_seq(self, tenant, group))
+    }
+    fn read_after(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        SegmentLog::read_after(self, tenant, group, after, limit)
+    }
+    fn message(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        SegmentLog::message(self, tenant, group, seq)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        SegmentLog::flush(self)
+    }
+    fn health(&self) -> StoreHealth {
+        SegmentLog::health(self)
+    }
+}
+
+/// Which log [`NodeStore`] sends group messages to.
+#[derive(Clone, Debug)]
+enum Messages {
+    Sled,
+    Segment(SegmentLog),
+    Backend(Arc<dyn LogBackend>),
 }
 
 /// sled for everything but group messages, which go to the [`SegmentLog`] if there is one.
@@ -51,7 +161,7 @@ pub enum MessageLog {
 #[derive(Clone, Debug)]
 pub struct NodeStore {
     sled: SledStore,
-    log: Option<SegmentLog>,
+    log: Messages,
     /// sled was written since its last flush (so the next flush must flush it).
     sled_dirty: Arc<AtomicBool>,
 }
@@ -65,6 +175,7 @@ impl NodeStore {
         segment_dir: Option<PathBuf>,
     ) -> Result<Self, StoreError> {
         let log = match messages {
+            MessageLog::Backend(backend) => Messages::Backend(backend),
             MessageLog::Sled => {
                 if let Some(dir) = segment_dir {
                     if SegmentLog::has_records(&dir)? {
@@ -76,9 +187,9 @@ impl NodeStore {
                         )));
                     }
                 }
-                None
+                Messages::Sled
             }
-            MessageLog::Segment(config) => Some(open_with_migration(&sled, config)?),
+            MessageLog::Segment(config) => Messages::Segment(open_with_migration(&sled, config)?),
         };
         Ok(Self {
             sled,
@@ -94,14 +205,18 @@ impl NodeStore {
 
     /// The segment log, if messages are kept there.
     pub fn segment_log(&self) -> Option<&SegmentLog> {
-        self.log.as_ref()
+        match &self.log {
+            Messages::Segment(log) => Some(log),
+            _ => None,
+        }
     }
 
     /// Runs retention on the segment log (nothing to do for messages in sled).
     pub fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
         match &self.log {
-            Some(log) => log.enforce_retention(now_ms),
-            None => Ok(RetentionReport::default()),
+            Messages::Segment(log) => log.enforce_retention(now_ms),
+            // A backend keeps its own retention (JetStream's stream limits).
+            Messages::Sled | Messages::Backend(_) => Ok(RetentionReport::default()),
         }
     }
 
@@ -267,8 +382,9 @@ impl Store for NodeStore {
         msg: NewMessage<'_>,
     ) -> Result<Appended, StoreError> {
         match &self.log {
-            Some(log) => log.append(tenant, group, msg),
-            None => self.wrote(self.sled.append(tenant, group, msg)),
+            Messages::Segment(log) => log.append(tenant, group, msg),
+            Messages::Backend(log) => log.append(tenant, group, msg),
+            Messages::Sled => self.wrote(self.sled.append(tenant, group, msg)),
         }
     }
     fn find_sent(
@@ -279,20 +395,23 @@ impl Store for NodeStore {
         client_msg_id: &str,
     ) -> Result<Option<u64>, StoreError> {
         match &self.log {
-            Some(log) => log.find_sent(tenant, group, sender, client_msg_id),
-            None => self.sled.find_sent(tenant, group, sender, client_msg_id),
+            Messages::Segment(log) => log.find_sent(tenant, group, sender, client_msg_id),
+            Messages::Backend(log) => log.find_sent(tenant, group, sender, client_msg_id),
+            Messages::Sled => self.sled.find_sent(tenant, group, sender, client_msg_id),
         }
     }
     fn head(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError> {
         match &self.log {
-            Some(log) => Ok(log.head(tenant, group)),
-            None => self.sled.head(tenant, group),
+            Messages::Segment(log) => Ok(log.head(tenant, group)),
+            Messages::Backend(log) => log.head(tenant, group),
+            Messages::Sled => self.sled.head(tenant, group),
         }
     }
     fn first_seq(&self, tenant: &TenantId, group: &GroupId) -> Result<u64, StoreError> {
         match &self.log {
-            Some(log) => Ok(log.first_seq(tenant, group)),
-            None => self.sled.first_seq(tenant, group),
+            Messages::Segment(log) => Ok(log.first_seq(tenant, group)),
+            Messages::Backend(log) => log.first_seq(tenant, group),
+            Messages::Sled => self.sled.first_seq(tenant, group),
         }
     }
     fn read_after(
@@ -303,8 +422,9 @@ impl Store for NodeStore {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         match &self.log {
-            Some(log) => log.read_after(tenant, group, after, limit),
-            None => self.sled.read_after(tenant, group, after, limit),
+            Messages::Segment(log) => log.read_after(tenant, group, after, limit),
+            Messages::Backend(log) => log.read_after(tenant, group, after, limit),
+            Messages::Sled => self.sled.read_after(tenant, group, after, limit),
         }
     }
     fn message(
@@ -314,8 +434,9 @@ impl Store for NodeStore {
         seq: u64,
     ) -> Result<Option<StoredMessage>, StoreError> {
         match &self.log {
-            Some(log) => log.message(tenant, group, seq),
-            None => self.sled.message(tenant, group, seq),
+            Messages::Segment(log) => log.message(tenant, group, seq),
+            Messages::Backend(log) => log.message(tenant, group, seq),
+            Messages::Sled => self.sled.message(tenant, group, seq),
         }
     }
 
@@ -359,8 +480,9 @@ impl Store for NodeStore {
             }
         }
         match &self.log {
-            Some(log) => log.flush(),
-            None => Ok(()),
+            Messages::Segment(log) => log.flush(),
+            Messages::Backend(log) => log.flush(),
+            Messages::Sled => Ok(()),
         }
     }
 
@@ -370,7 +492,11 @@ impl Store for NodeStore {
 
     fn health(&self) -> StoreHealth {
         match SledStore::health(&self.sled) {
-            StoreHealth::Ok => self.log.as_ref().map_or(StoreHealth::Ok, |l| l.health()),
+            StoreHealth::Ok => match &self.log {
+                Messages::Segment(log) => log.health(),
+                Messages::Backend(log) => log.health(),
+                Messages::Sled => StoreHealth::Ok,
+            },
             failed => failed,
         }
     }
@@ -382,8 +508,9 @@ impl Store for NodeStore {
             self.sled_dirty.store(true, Ordering::SeqCst);
         }
         let log = match &self.log {
-            Some(log) => log.recover()?,
-            None => false,
+            Messages::Segment(log) => log.recover()?,
+            // A backend reconnects by itself (the NATS client does).
+            Messages::Sled | Messages::Backend(_) => false,
         };
         Ok(sled || log)
     }

@@ -1,0 +1,193 @@
+//! The thin tokio driver of the [`Keeper`]: it feeds the keeper ticks, the live nodes and
+//! the answers of [`ShardLeases`], and carries out the keeper's actions — each lease
+//! request and each take of the log on a task of its own, its answer coming back as an
+//! event. Every decision is the keeper's; this file only does IO.
+//!
+//! Bounds: at most one request per shard is in flight (the keeper's states allow no more),
+//! so the answer channel's 512 slots never fill; each request waits at most the lease
+//! bucket's `request_timeout`; a lost answer is asked again after `answer_within`.
+//!
+//! What it publishes ([`KeeperTask::served`]) is the set of shards the keeper serves, read
+//! after every event and tick (ticks come at a tenth of the TTL, so a passed deadline
+//! shows within one). Appending is guarded twice over: the node checks this set, and the
+//! log refuses a shard it has not taken ([`JetStreamLog::take_shard`], done by this task
+//! on every grant).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::keeper::{Action, Event, Keeper, KeeperConfig};
+use crate::names::SHARDS;
+use crate::{ClusterError, JetStreamLog, Lease, ShardLeases};
+
+/// A running keeper: the shards it serves, and its task (aborted on drop).
+#[derive(Debug)]
+pub struct KeeperTask {
+    served: watch::Receiver<BTreeSet<u16>>,
+    task: JoinHandle<()>,
+}
+
+impl KeeperTask {
+    /// Starts the keeper of `leases.node()` on the current tokio runtime. `nodes` gives
+    /// the live nodes (the keeper goes after the shards rendezvous gives this node among
+    /// them); `log`, if given, is taken for every shard granted. Ticks come every tenth
+    /// of the lease TTL.
+    pub fn spawn(
+        leases: Arc<ShardLeases>,
+        nodes: watch::Receiver<Vec<String>>,
+        log: Option<Arc<JetStreamLog>>,
+    ) -> Self {
+        let config = KeeperConfig::for_ttl(leases.node(), leases.ttl());
+        let tick = leases.ttl() / 10;
+        let (served_tx, served) = watch::channel(BTreeSet::new());
+        let task = tokio::spawn(run(
+            Keeper::new(config),
+            leases,
+            nodes,
+            log,
+            tick,
+            served_tx,
+        ));
+        Self { served, task }
+    }
+
+    /// The shards this node serves, updated as they change.
+    pub fn served(&self) -> watch::Receiver<BTreeSet<u16>> {
+        self.served.clone()
+    }
+
+    /// Stops at once, as a crash would: nothing is released (other nodes take the shards
+    /// when the leases expire).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for KeeperTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Room for every answer that can be in flight: one lease request and one take per shard.
+const ANSWERS: usize = 2 * SHARDS as usize;
+
+async fn run(
+    mut keeper: Keeper,
+    leases: Arc<ShardLeases>,
+    mut nodes: watch::Receiver<Vec<String>>,
+    log: Option<Arc<JetStreamLog>>,
+    tick: Duration,
+    served: watch::Sender<BTreeSet<u16>>,
+) {
+    let (answers_tx, mut answers) = mpsc::channel::<Event>(ANSWERS);
+    let mut ticks = tokio::time::interval(tick.max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let first = nodes.borrow_and_update().clone();
+    let mut actions = keeper.handle(Event::Nodes(first), Instant::now());
+    loop {
+        for action in actions.drain(..) {
+            execute(action, &leases, log.as_ref(), &answers_tx);
+        }
+        let now_served: BTreeSet<u16> = keeper.served(Instant::now()).collect();
+        served.send_if_modified(|s| {
+            let changed = *s != now_served;
+            *s = now_served;
+            changed
+        });
+        let event = tokio::select! {
+            _ = ticks.tick() => Event::Tick,
+            changed = nodes.changed() => match changed {
+                Ok(()) => Event::Nodes(nodes.borrow_and_update().clone()),
+                // Nobody tells this node who is live any more: stop.
+                Err(_) => return,
+            },
+            Some(answer) = answers.recv() => answer,
+        };
+        actions = keeper.handle(event, Instant::now());
+    }
+}
+
+/// Carries out one action on a task of its own; its answer comes back on `answers`.
+fn execute(
+    action: Action,
+    leases: &Arc<ShardLeases>,
+    log: Option<&Arc<JetStreamLog>>,
+    answers: &mpsc::Sender<Event>,
+) {
+    let (leases, answers) = (leases.clone(), answers.clone());
+    match action {
+        Action::Acquire { shard } => {
+            tokio::spawn(async move {
+                let event = match leases.acquire(shard).await {
+                    Ok(lease) => Event::Granted {
+                        shard,
+                        revision: lease.revision,
+                        valid_until: lease.valid_until,
+                    },
+                    Err(e) => {
+                        if !matches!(e, ClusterError::LeaseHeld { .. }) {
+                            tracing::debug!(shard, error = %e, "acquire failed");
+                        }
+                        Event::Refused { shard }
+                    }
+                };
+                let _ = answers.send(event).await;
+            });
+        }
+        Action::Renew { shard, revision } => {
+            tokio::spawn(async move {
+                let mut lease = held(shard, revision);
+                let event = match leases.renew(&mut lease).await {
+                    Ok(()) => Event::Renewed {
+                        shard,
+                        revision: lease.revision,
+                        valid_until: lease.valid_until,
+                    },
+                    Err(ClusterError::LeaseLost { .. }) => Event::RenewFailed { shard, lost: true },
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "renewal failed; retrying");
+                        Event::RenewFailed { shard, lost: false }
+                    }
+                };
+                let _ = answers.send(event).await;
+            });
+        }
+        Action::Release { shard, revision } => {
+            tokio::spawn(async move {
+                if let Err(e) = leases.release(held(shard, revision)).await {
+                    // It expires by its TTL instead.
+                    tracing::debug!(shard, error = %e, "release failed");
+                }
+            });
+        }
+        Action::Take { shard, epoch } => {
+            let Some(log) = log.cloned() else { return };
+            let node = leases.node().to_owned();
+            tokio::spawn(async move {
+                // The log's calls block (they wait on its own runtime): off the workers.
+                let taken =
+                    tokio::task::spawn_blocking(move || log.take_shard(shard, &node, epoch)).await;
+                if !matches!(taken, Ok(Ok(_))) {
+                    tracing::warn!(shard, "could not take the shard in the log; stepping down");
+                    let _ = answers.send(Event::Fenced { shard }).await;
+                }
+            });
+        }
+        // The node reads `served`; nothing to do here.
+        Action::StepDown { shard } => tracing::debug!(shard, "stepped down"),
+    }
+}
+
+/// A lease as the keeper knows it (its deadline is the keeper's business, not the bucket's).
+fn held(shard: u16, revision: u64) -> Lease {
+    Lease {
+        shard,
+        revision,
+        valid_until: Instant::now(),
+    }
+}
