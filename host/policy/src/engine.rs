@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{
-    Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings;
 use crate::cache::{self, ArtifactCache, CacheOutcome, CacheRejection, Lookup, Version};
