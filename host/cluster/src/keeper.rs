@@ -40,6 +40,9 @@ pub enum Event {
     /// A renewal failed: `lost` when the lease expired or was taken (definitive),
     /// otherwise the bucket could not be reached (the deadline still decides).
     RenewFailed { shard: u16, lost: bool },
+    /// The log took the shard for the grant of revision `epoch` ([`Action::Take`] done):
+    /// from now on (until its deadline) the node serves it.
+    Taken { shard: u16, epoch: u64 },
     /// The live nodes are now these (this node included if it is live).
     Nodes(Vec<String>),
     /// The log refused an append or a take: another writer wrote to the shard.
@@ -55,8 +58,8 @@ pub enum Action {
     Renew { shard: u16, revision: u64 },
     /// Give it up (no answer needed; on failure it expires by its TTL).
     Release { shard: u16, revision: u64 },
-    /// Take the shard in the log with the lease's revision as the epoch (answer: nothing,
-    /// or `Fenced` on failure), then serve it.
+    /// Take the shard in the log with the lease's revision as the epoch (answer: `Taken`,
+    /// or `Fenced` on failure); the shard is served once it is taken.
     Take { shard: u16, epoch: u64 },
     /// Stop appending to the shard, at once.
     StepDown { shard: u16 },
@@ -96,7 +99,10 @@ enum Slot {
     /// An acquire is in flight since `asked_at`.
     Acquiring { asked_at: Instant },
     /// Held until `valid_until`; renew at `renew_at`, unless a renewal is in flight.
+    /// Served once the log took it for the grant of revision `epoch`.
     Held {
+        epoch: u64,
+        taken: bool,
         revision: u64,
         valid_until: Instant,
         renew_at: Instant,
@@ -130,10 +136,13 @@ impl Keeper {
         &self.config.node
     }
 
-    /// Whether this node may append to `shard` at `now`: it holds the lease and its own
-    /// deadline has not passed.
+    /// Whether this node may append to `shard` at `now`: it holds the lease, the log took
+    /// the shard for it, and its own deadline has not passed.
     pub fn serves(&self, shard: u16, now: Instant) -> bool {
-        matches!(self.slots[usize::from(shard)], Slot::Held { valid_until, .. } if now < valid_until)
+        matches!(
+            self.slots[usize::from(shard)],
+            Slot::Held { taken: true, valid_until, .. } if now < valid_until
+        )
     }
 
     /// The shards this node serves at `now`.
@@ -162,6 +171,8 @@ impl Keeper {
                 let slot = &mut self.slots[usize::from(shard)];
                 if matches!(slot, Slot::Acquiring { .. }) && now < valid_until {
                     *slot = Slot::Held {
+                        epoch: revision,
+                        taken: false,
                         revision,
                         valid_until,
                         renew_at: now + self.config.renew_every,
@@ -185,13 +196,32 @@ impl Keeper {
                     };
                 }
             }
+            Event::Taken { shard, epoch } => {
+                if let Slot::Held {
+                    epoch: held, taken, ..
+                } = &mut self.slots[usize::from(shard)]
+                {
+                    // A take for an earlier grant (stepped down since) does not count.
+                    if *held == epoch {
+                        *taken = true;
+                    }
+                }
+            }
             Event::Renewed {
                 shard,
                 revision,
                 valid_until,
             } => {
-                if let Slot::Held { renewing: true, .. } = self.slots[usize::from(shard)] {
+                if let Slot::Held {
+                    renewing: true,
+                    epoch,
+                    taken,
+                    ..
+                } = self.slots[usize::from(shard)]
+                {
                     self.slots[usize::from(shard)] = Slot::Held {
+                        epoch,
+                        taken,
                         revision,
                         valid_until,
                         renew_at: now + self.config.renew_every,
@@ -204,6 +234,8 @@ impl Keeper {
             Event::RenewFailed { shard, lost } => {
                 if let Slot::Held {
                     renewing: true,
+                    epoch,
+                    taken,
                     revision,
                     valid_until,
                     ..
@@ -213,6 +245,8 @@ impl Keeper {
                         self.step_down(shard, None, now, &mut out);
                     } else {
                         self.slots[usize::from(shard)] = Slot::Held {
+                            epoch,
+                            taken,
                             revision,
                             valid_until,
                             renew_at: now + self.config.retry,
@@ -264,6 +298,7 @@ impl Keeper {
                     valid_until,
                     renew_at,
                     renewing,
+                    ..
                 } => {
                     if now >= valid_until {
                         // No renewal in time: the server may already have let it go.

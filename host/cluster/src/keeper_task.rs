@@ -7,11 +7,11 @@
 //! so the answer channel's 512 slots never fill; each request waits at most the lease
 //! bucket's `request_timeout`; a lost answer is asked again after `answer_within`.
 //!
-//! What it publishes ([`KeeperTask::served`]) is the set of shards the keeper serves, read
-//! after every event and tick (ticks come at a tenth of the TTL, so a passed deadline
-//! shows within one). Appending is guarded twice over: the node checks this set, and the
-//! log refuses a shard it has not taken ([`JetStreamLog::take_shard`], done by this task
-//! on every grant).
+//! What it publishes ([`KeeperTask::served`]) is the set of shards the keeper serves —
+//! granted, taken in the log ([`JetStreamLog::take_shard`], done by this task on every
+//! grant) and inside the holder's deadline — read after every event and tick (ticks come
+//! at a tenth of the TTL, so a passed deadline shows within one). Appending is guarded
+//! twice over: the node checks this set, and the log refuses a shard it has not taken.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -166,16 +166,28 @@ fn execute(
             });
         }
         Action::Take { shard, epoch } => {
-            let Some(log) = log.cloned() else { return };
+            let log = log.cloned();
             let node = leases.node().to_owned();
             tokio::spawn(async move {
-                // The log's calls block (they wait on its own runtime): off the workers.
-                let taken =
-                    tokio::task::spawn_blocking(move || log.take_shard(shard, &node, epoch)).await;
-                if !matches!(taken, Ok(Ok(_))) {
-                    tracing::warn!(shard, "could not take the shard in the log; stepping down");
-                    let _ = answers.send(Event::Fenced { shard }).await;
-                }
+                let event = match log {
+                    // No log to take (leases only): served from the grant.
+                    None => Event::Taken { shard, epoch },
+                    Some(log) => {
+                        // The log's calls block (they wait on its own runtime): off the
+                        // workers.
+                        let taken = tokio::task::spawn_blocking(move || {
+                            log.take_shard(shard, &node, epoch)
+                        })
+                        .await;
+                        if matches!(taken, Ok(Ok(_))) {
+                            Event::Taken { shard, epoch }
+                        } else {
+                            tracing::warn!(shard, "could not take the shard in the log");
+                            Event::Fenced { shard }
+                        }
+                    }
+                };
+                let _ = answers.send(event).await;
             });
         }
         // The node reads `served`; nothing to do here.
