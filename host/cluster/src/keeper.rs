@@ -47,6 +47,8 @@ pub enum Event {
     Nodes(Vec<String>),
     /// The log refused an append or a take: another writer wrote to the shard.
     Fenced { shard: u16 },
+    /// The node drains: step down from every shard, release every lease, take no more.
+    Drain,
 }
 
 /// What the driver must do. Actions of one call come in the order given.
@@ -118,6 +120,8 @@ pub struct Keeper {
     /// when they change, not on every event).
     preferred: Vec<bool>,
     slots: Vec<Slot>,
+    /// Draining: nothing is acquired any more.
+    draining: bool,
 }
 
 impl Keeper {
@@ -127,6 +131,7 @@ impl Keeper {
             config,
             preferred: Vec::new(),
             slots: vec![Slot::Idle { retry_at: None }; usize::from(SHARDS)],
+            draining: false,
         };
         keeper.set_nodes(&[keeper.config.node.clone()]);
         keeper
@@ -143,6 +148,12 @@ impl Keeper {
             self.slots[usize::from(shard)],
             Slot::Held { taken: true, valid_until, .. } if now < valid_until
         )
+    }
+
+    /// Whether this node drains and holds no lease and awaits no grant any more (every
+    /// release was asked for; one that fails expires by its TTL).
+    pub fn drained(&self) -> bool {
+        self.draining && self.slots.iter().all(|s| matches!(s, Slot::Idle { .. }))
     }
 
     /// The shards this node serves at `now`.
@@ -162,14 +173,20 @@ impl Keeper {
         let mut out = Vec::new();
         match event {
             Event::Tick => {}
-            Event::Nodes(nodes) => self.set_nodes(&nodes),
+            Event::Nodes(nodes) if !self.draining => self.set_nodes(&nodes),
+            Event::Nodes(_) => {}
+            Event::Drain => {
+                self.draining = true;
+                self.preferred = vec![false; usize::from(SHARDS)];
+            }
             Event::Granted {
                 shard,
                 revision,
                 valid_until,
             } => {
+                let wanted = self.preferred[usize::from(shard)];
                 let slot = &mut self.slots[usize::from(shard)];
-                if matches!(slot, Slot::Acquiring { .. }) && now < valid_until {
+                if matches!(slot, Slot::Acquiring { .. }) && now < valid_until && wanted {
                     *slot = Slot::Held {
                         epoch: revision,
                         taken: false,
@@ -183,7 +200,8 @@ impl Keeper {
                         epoch: revision,
                     });
                 } else {
-                    // Not asked for, or already past its deadline: not ours to serve.
+                    // Not asked for, past its deadline, or no longer wanted (the nodes
+                    // changed, or draining): not ours to serve.
                     *slot = Slot::Idle { retry_at: None };
                     out.push(Action::Release { shard, revision });
                 }
@@ -288,9 +306,15 @@ impl Keeper {
                     }
                 }
                 Slot::Acquiring { asked_at } => {
-                    if preferred && now >= asked_at + self.config.answer_within {
-                        self.slots[usize::from(shard)] = Slot::Acquiring { asked_at: now };
-                        out.push(Action::Acquire { shard });
+                    if now >= asked_at + self.config.answer_within {
+                        // No answer: ask again, or forget it if the shard is not wanted
+                        // any more (a grant arriving later is released).
+                        self.slots[usize::from(shard)] = if preferred {
+                            out.push(Action::Acquire { shard });
+                            Slot::Acquiring { asked_at: now }
+                        } else {
+                            Slot::Idle { retry_at: None }
+                        };
                     }
                 }
                 Slot::Held {

@@ -208,6 +208,46 @@ fn a_take_for_an_earlier_grant_does_not_make_a_shard_served() {
 }
 
 #[test]
+fn a_drain_steps_down_and_releases_everything_and_takes_nothing_more() {
+    let t0 = Instant::now();
+    let mut k = holding(3, t0);
+    let actions = k.handle(Event::Drain, t0);
+    assert_eq!(
+        actions,
+        vec![
+            Action::StepDown { shard: 3 },
+            Action::Release {
+                shard: 3,
+                revision: 1
+            }
+        ]
+    );
+    // The acquires still in flight: a late grant is released, a lost one forgotten.
+    assert!(!k.drained());
+    let late = k.handle(
+        Event::Granted {
+            shard: 4,
+            revision: 2,
+            valid_until: deadline(t0),
+        },
+        t0,
+    );
+    assert_eq!(
+        late,
+        vec![Action::Release {
+            shard: 4,
+            revision: 2
+        }]
+    );
+    assert!(k.handle(Event::Tick, t0 + TTL).is_empty());
+    assert!(k.drained());
+    // Nothing is acquired again, whatever time or the live nodes say.
+    assert!(k.handle(Event::Nodes(vec!["a".into()]), t0).is_empty());
+    assert!(k.handle(Event::Tick, t0 + secs(60.0)).is_empty());
+    assert_eq!(k.served(t0).count(), 0);
+}
+
+#[test]
 fn the_log_fencing_a_shard_steps_down() {
     let t0 = Instant::now();
     let mut k = holding(3, t0);
@@ -464,7 +504,7 @@ fn shard_of_event(event: &Event) -> u16 {
         | Event::RenewFailed { shard, .. }
         | Event::Taken { shard, .. }
         | Event::Fenced { shard } => shard,
-        Event::Tick | Event::Nodes(_) => 0,
+        Event::Tick | Event::Nodes(_) | Event::Drain => 0,
     }
 }
 
