@@ -28,6 +28,8 @@ use crate::{ClusterError, JetStreamLog, Lease, ShardLeases};
 #[derive(Debug)]
 pub struct KeeperTask {
     served: watch::Receiver<BTreeSet<u16>>,
+    /// The keeper's event channel, for `drain`.
+    events: mpsc::Sender<Event>,
     task: JoinHandle<()>,
 }
 
@@ -44,6 +46,7 @@ impl KeeperTask {
         let config = KeeperConfig::for_ttl(leases.node(), leases.ttl());
         let tick = leases.ttl() / 10;
         let (served_tx, served) = watch::channel(BTreeSet::new());
+        let (events, events_rx) = mpsc::channel::<Event>(ANSWERS);
         let task = tokio::spawn(run(
             Keeper::new(config),
             leases,
@@ -51,8 +54,20 @@ impl KeeperTask {
             log,
             tick,
             served_tx,
+            (events.clone(), events_rx),
         ));
-        Self { served, task }
+        Self {
+            served,
+            events,
+            task,
+        }
+    }
+
+    /// Drains: the node stops serving every shard at once and releases every lease, so
+    /// the other nodes take the shards without waiting for the TTL; it takes none again.
+    pub async fn drain(&self) {
+        // Fails only if the task is gone, when there is nothing left to drain.
+        let _ = self.events.send(Event::Drain).await;
     }
 
     /// The shards this node serves, updated as they change.
@@ -73,8 +88,9 @@ impl Drop for KeeperTask {
     }
 }
 
-/// Room for every answer that can be in flight: one lease request and one take per shard.
-const ANSWERS: usize = 2 * SHARDS as usize;
+/// Room for every answer that can be in flight (one lease request and one take per
+/// shard) and a drain.
+const ANSWERS: usize = 2 * SHARDS as usize + 1;
 
 async fn run(
     mut keeper: Keeper,
@@ -83,8 +99,8 @@ async fn run(
     log: Option<Arc<JetStreamLog>>,
     tick: Duration,
     served: watch::Sender<BTreeSet<u16>>,
+    (answers_tx, mut answers): (mpsc::Sender<Event>, mpsc::Receiver<Event>),
 ) {
-    let (answers_tx, mut answers) = mpsc::channel::<Event>(ANSWERS);
     let mut ticks = tokio::time::interval(tick.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let first = nodes.borrow_and_update().clone();

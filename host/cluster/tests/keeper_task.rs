@@ -123,6 +123,46 @@ async fn when_a_node_dies_the_other_takes_its_shards_and_fences_its_log() {
     drop(b);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_shards_over_without_the_ttl() {
+    let server = NatsServer::start();
+    // A TTL far beyond the patience: if the drain did not release, b could not take a's
+    // shards before the wait below gives up. (b asks again every tenth of the TTL, 12 s,
+    // well inside it.)
+    let ttl = 2 * PATIENCE;
+    let connect = |node: &'static str| {
+        let url = server.url();
+        async move {
+            Arc::new(
+                ShardLeases::connect(&url, "drain", node, ttl, 1, Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let both = ["node-a", "node-b"];
+    let names: Vec<String> = both.iter().map(|s| s.to_string()).collect();
+    let (_nodes_a, nodes_a_rx) = watch::channel(names.clone());
+    let (nodes_b, nodes_b_rx) = watch::channel(names);
+    let a = KeeperTask::spawn(connect("node-a").await, nodes_a_rx, None);
+    let b = KeeperTask::spawn(connect("node-b").await, nodes_b_rx, None);
+    let (mut served_a, mut served_b) = (a.served(), b.served());
+    let want_a = preferred("node-a", &both);
+    until(&mut served_a, "node-a serves its shards", |s| *s == want_a).await;
+    until(&mut served_b, "node-b serves its shards", |s| {
+        *s == preferred("node-b", &both)
+    })
+    .await;
+
+    a.drain().await;
+    until(&mut served_a, "node-a serves nothing", BTreeSet::is_empty).await;
+    nodes_b.send(vec!["node-b".to_owned()]).unwrap();
+    until(&mut served_b, "node-b serves every shard", |s| {
+        s.len() == usize::from(SHARDS)
+    })
+    .await;
+}
+
 /// Appends on the blocking pool (the log's calls block), expecting success: the keeper
 /// serves a shard only once its log took it.
 async fn wait_for_append(log: Arc<JetStreamLog>, group: GroupId, id: &'static str) -> Appended {
