@@ -8,8 +8,11 @@
 //! and per batch of 64 (the node's group commit); JetStream after its acknowledgement
 //! (replicas 1, one local server), with the server's default `sync_interval` (2 min) and with
 //! `sync_interval: always` (an fsync per write), from one thread and from 16 threads (one
-//! group each, as the node's per-group locks allow). CPU is this process's plus the
-//! nats-server's (from `/proc`, in clock ticks of 10 ms), per append.
+//! group each, as the node's per-group locks allow). JetStream's 16 groups are in 16
+//! different shards, and once more all in one shard: a writer has one append in flight per
+//! shard (the shard-wide fence's chain), so that row shows what the fence costs a hot
+//! shard. CPU is this process's plus the nats-server's (from `/proc`, in clock ticks of
+//! 10 ms), per append.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -109,6 +112,25 @@ fn ids() -> (TenantId, Vec<GroupId>, UserId) {
     )
 }
 
+/// `GROUPS` groups, each in a shard of its own, or all in the shard of `g0`.
+fn js_groups(tenant: &TenantId, one_shard: bool) -> Vec<GroupId> {
+    use switchboard_cluster::names::shard_of;
+    let first = shard_of(tenant, &GroupId::new("g0").expect("id"));
+    let mut shards = std::collections::HashSet::new();
+    (0..)
+        .map(|i| GroupId::new(&format!("g{i}")).expect("id"))
+        .filter(|g| {
+            let shard = shard_of(tenant, g);
+            if one_shard {
+                shard == first
+            } else {
+                shards.insert(shard)
+            }
+        })
+        .take(GROUPS)
+        .collect()
+}
+
 fn msg<'a>(sender: &'a UserId, id: &'a str, body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {
         sender,
@@ -145,11 +167,18 @@ fn segment(messages: usize, batch: usize, body: &[u8], dir: &Path) -> (f64, f64)
 
 /// (appends/s, CPU µs per append of this process, of the server) for JetStream from
 /// `threads` threads.
-fn jetstream(server: &Server, messages: usize, threads: usize, body: &[u8]) -> (f64, f64, f64) {
-    let prefix = format!("bench{threads}");
+fn jetstream(
+    server: &Server,
+    messages: usize,
+    threads: usize,
+    one_shard: bool,
+    body: &[u8],
+) -> (f64, f64, f64) {
+    let prefix = format!("bench{threads}{}", if one_shard { "one" } else { "" });
     let log = JetStreamLog::connect(JetStreamLogConfig::new(&server.url, prefix).replicas(1))
         .expect("connect");
-    let (tenant, groups, sender) = ids();
+    let (tenant, _, sender) = ids();
+    let groups = js_groups(&tenant, one_shard);
     // The only writer takes the groups' shards (creating their streams); not measured.
     let shards: std::collections::BTreeSet<u16> = groups
         .iter()
@@ -205,11 +234,19 @@ fn main() {
         } else {
             "default 2 min"
         };
-        for threads in [1, 16] {
+        for (threads, one_shard) in [(1, false), (16, false), (16, true)] {
+            if sync_always && one_shard {
+                continue;
+            }
             let n = if sync_always { messages / 4 } else { messages };
-            let (rate, client, server) = jetstream(&server, n, threads, &body);
+            let (rate, client, server) = jetstream(&server, n, threads, one_shard, &body);
+            let groups = if one_shard {
+                "groups in one shard"
+            } else {
+                "groups in 16 shards"
+            };
             println!(
-                "| JetStream R1, sync_interval {sync}, {threads} thread(s) | {rate:.0} | {:.1} ({client:.1} + {server:.1}) |",
+                "| JetStream R1, sync_interval {sync}, {threads} thread(s), {groups} | {rate:.0} | {:.1} ({client:.1} + {server:.1}) |",
                 client + server
             );
         }

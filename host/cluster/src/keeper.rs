@@ -40,10 +40,15 @@ pub enum Event {
     /// A renewal failed: `lost` when the lease expired or was taken (definitive),
     /// otherwise the bucket could not be reached (the deadline still decides).
     RenewFailed { shard: u16, lost: bool },
+    /// The log took the shard for the grant of revision `epoch` ([`Action::Take`] done):
+    /// from now on (until its deadline) the node serves it.
+    Taken { shard: u16, epoch: u64 },
     /// The live nodes are now these (this node included if it is live).
     Nodes(Vec<String>),
     /// The log refused an append or a take: another writer wrote to the shard.
     Fenced { shard: u16 },
+    /// The node drains: step down from every shard, release every lease, take no more.
+    Drain,
 }
 
 /// What the driver must do. Actions of one call come in the order given.
@@ -55,8 +60,8 @@ pub enum Action {
     Renew { shard: u16, revision: u64 },
     /// Give it up (no answer needed; on failure it expires by its TTL).
     Release { shard: u16, revision: u64 },
-    /// Take the shard in the log with the lease's revision as the epoch (answer: nothing,
-    /// or `Fenced` on failure), then serve it.
+    /// Take the shard in the log with the lease's revision as the epoch (answer: `Taken`,
+    /// or `Fenced` on failure); the shard is served once it is taken.
     Take { shard: u16, epoch: u64 },
     /// Stop appending to the shard, at once.
     StepDown { shard: u16 },
@@ -96,7 +101,10 @@ enum Slot {
     /// An acquire is in flight since `asked_at`.
     Acquiring { asked_at: Instant },
     /// Held until `valid_until`; renew at `renew_at`, unless a renewal is in flight.
+    /// Served once the log took it for the grant of revision `epoch`.
     Held {
+        epoch: u64,
+        taken: bool,
         revision: u64,
         valid_until: Instant,
         renew_at: Instant,
@@ -112,6 +120,8 @@ pub struct Keeper {
     /// when they change, not on every event).
     preferred: Vec<bool>,
     slots: Vec<Slot>,
+    /// Draining: nothing is acquired any more.
+    draining: bool,
 }
 
 impl Keeper {
@@ -121,6 +131,7 @@ impl Keeper {
             config,
             preferred: Vec::new(),
             slots: vec![Slot::Idle { retry_at: None }; usize::from(SHARDS)],
+            draining: false,
         };
         keeper.set_nodes(&[keeper.config.node.clone()]);
         keeper
@@ -130,10 +141,19 @@ impl Keeper {
         &self.config.node
     }
 
-    /// Whether this node may append to `shard` at `now`: it holds the lease and its own
-    /// deadline has not passed.
+    /// Whether this node may append to `shard` at `now`: it holds the lease, the log took
+    /// the shard for it, and its own deadline has not passed.
     pub fn serves(&self, shard: u16, now: Instant) -> bool {
-        matches!(self.slots[usize::from(shard)], Slot::Held { valid_until, .. } if now < valid_until)
+        matches!(
+            self.slots[usize::from(shard)],
+            Slot::Held { taken: true, valid_until, .. } if now < valid_until
+        )
+    }
+
+    /// Whether this node drains and holds no lease and awaits no grant any more (every
+    /// release was asked for; one that fails expires by its TTL).
+    pub fn drained(&self) -> bool {
+        self.draining && self.slots.iter().all(|s| matches!(s, Slot::Idle { .. }))
     }
 
     /// The shards this node serves at `now`.
@@ -153,15 +173,23 @@ impl Keeper {
         let mut out = Vec::new();
         match event {
             Event::Tick => {}
-            Event::Nodes(nodes) => self.set_nodes(&nodes),
+            Event::Nodes(nodes) if !self.draining => self.set_nodes(&nodes),
+            Event::Nodes(_) => {}
+            Event::Drain => {
+                self.draining = true;
+                self.preferred = vec![false; usize::from(SHARDS)];
+            }
             Event::Granted {
                 shard,
                 revision,
                 valid_until,
             } => {
+                let wanted = self.preferred[usize::from(shard)];
                 let slot = &mut self.slots[usize::from(shard)];
-                if matches!(slot, Slot::Acquiring { .. }) && now < valid_until {
+                if matches!(slot, Slot::Acquiring { .. }) && now < valid_until && wanted {
                     *slot = Slot::Held {
+                        epoch: revision,
+                        taken: false,
                         revision,
                         valid_until,
                         renew_at: now + self.config.renew_every,
@@ -172,7 +200,8 @@ impl Keeper {
                         epoch: revision,
                     });
                 } else {
-                    // Not asked for, or already past its deadline: not ours to serve.
+                    // Not asked for, past its deadline, or no longer wanted (the nodes
+                    // changed, or draining): not ours to serve.
                     *slot = Slot::Idle { retry_at: None };
                     out.push(Action::Release { shard, revision });
                 }
@@ -185,13 +214,32 @@ impl Keeper {
                     };
                 }
             }
+            Event::Taken { shard, epoch } => {
+                if let Slot::Held {
+                    epoch: held, taken, ..
+                } = &mut self.slots[usize::from(shard)]
+                {
+                    // A take for an earlier grant (stepped down since) does not count.
+                    if *held == epoch {
+                        *taken = true;
+                    }
+                }
+            }
             Event::Renewed {
                 shard,
                 revision,
                 valid_until,
             } => {
-                if let Slot::Held { renewing: true, .. } = self.slots[usize::from(shard)] {
+                if let Slot::Held {
+                    renewing: true,
+                    epoch,
+                    taken,
+                    ..
+                } = self.slots[usize::from(shard)]
+                {
                     self.slots[usize::from(shard)] = Slot::Held {
+                        epoch,
+                        taken,
                         revision,
                         valid_until,
                         renew_at: now + self.config.renew_every,
@@ -204,6 +252,8 @@ impl Keeper {
             Event::RenewFailed { shard, lost } => {
                 if let Slot::Held {
                     renewing: true,
+                    epoch,
+                    taken,
                     revision,
                     valid_until,
                     ..
@@ -213,6 +263,8 @@ impl Keeper {
                         self.step_down(shard, None, now, &mut out);
                     } else {
                         self.slots[usize::from(shard)] = Slot::Held {
+                            epoch,
+                            taken,
                             revision,
                             valid_until,
                             renew_at: now + self.config.retry,
@@ -254,9 +306,15 @@ impl Keeper {
                     }
                 }
                 Slot::Acquiring { asked_at } => {
-                    if preferred && now >= asked_at + self.config.answer_within {
-                        self.slots[usize::from(shard)] = Slot::Acquiring { asked_at: now };
-                        out.push(Action::Acquire { shard });
+                    if now >= asked_at + self.config.answer_within {
+                        // No answer: ask again, or forget it if the shard is not wanted
+                        // any more (a grant arriving later is released).
+                        self.slots[usize::from(shard)] = if preferred {
+                            out.push(Action::Acquire { shard });
+                            Slot::Acquiring { asked_at: now }
+                        } else {
+                            Slot::Idle { retry_at: None }
+                        };
                     }
                 }
                 Slot::Held {
@@ -264,6 +322,7 @@ impl Keeper {
                     valid_until,
                     renew_at,
                     renewing,
+                    ..
                 } => {
                     if now >= valid_until {
                         // No renewal in time: the server may already have let it go.

@@ -7,11 +7,11 @@
 //! so the answer channel's 512 slots never fill; each request waits at most the lease
 //! bucket's `request_timeout`; a lost answer is asked again after `answer_within`.
 //!
-//! What it publishes ([`KeeperTask::served`]) is the set of shards the keeper serves, read
-//! after every event and tick (ticks come at a tenth of the TTL, so a passed deadline
-//! shows within one). Appending is guarded twice over: the node checks this set, and the
-//! log refuses a shard it has not taken ([`JetStreamLog::take_shard`], done by this task
-//! on every grant).
+//! What it publishes ([`KeeperTask::served`]) is the set of shards the keeper serves —
+//! granted, taken in the log ([`JetStreamLog::take_shard`], done by this task on every
+//! grant) and inside the holder's deadline — read after every event and tick (ticks come
+//! at a tenth of the TTL, so a passed deadline shows within one). Appending is guarded
+//! twice over: the node checks this set, and the log refuses a shard it has not taken.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ use crate::{ClusterError, JetStreamLog, Lease, ShardLeases};
 #[derive(Debug)]
 pub struct KeeperTask {
     served: watch::Receiver<BTreeSet<u16>>,
+    /// The keeper's event channel, for `drain`.
+    events: mpsc::Sender<Event>,
     task: JoinHandle<()>,
 }
 
@@ -44,6 +46,7 @@ impl KeeperTask {
         let config = KeeperConfig::for_ttl(leases.node(), leases.ttl());
         let tick = leases.ttl() / 10;
         let (served_tx, served) = watch::channel(BTreeSet::new());
+        let (events, events_rx) = mpsc::channel::<Event>(ANSWERS);
         let task = tokio::spawn(run(
             Keeper::new(config),
             leases,
@@ -51,8 +54,20 @@ impl KeeperTask {
             log,
             tick,
             served_tx,
+            (events.clone(), events_rx),
         ));
-        Self { served, task }
+        Self {
+            served,
+            events,
+            task,
+        }
+    }
+
+    /// Drains: the node stops serving every shard at once and releases every lease, so
+    /// the other nodes take the shards without waiting for the TTL; it takes none again.
+    pub async fn drain(&self) {
+        // Fails only if the task is gone, when there is nothing left to drain.
+        let _ = self.events.send(Event::Drain).await;
     }
 
     /// The shards this node serves, updated as they change.
@@ -73,8 +88,9 @@ impl Drop for KeeperTask {
     }
 }
 
-/// Room for every answer that can be in flight: one lease request and one take per shard.
-const ANSWERS: usize = 2 * SHARDS as usize;
+/// Room for every answer that can be in flight (one lease request and one take per
+/// shard) and a drain.
+const ANSWERS: usize = 2 * SHARDS as usize + 1;
 
 async fn run(
     mut keeper: Keeper,
@@ -83,8 +99,8 @@ async fn run(
     log: Option<Arc<JetStreamLog>>,
     tick: Duration,
     served: watch::Sender<BTreeSet<u16>>,
+    (answers_tx, mut answers): (mpsc::Sender<Event>, mpsc::Receiver<Event>),
 ) {
-    let (answers_tx, mut answers) = mpsc::channel::<Event>(ANSWERS);
     let mut ticks = tokio::time::interval(tick.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let first = nodes.borrow_and_update().clone();
@@ -166,16 +182,28 @@ fn execute(
             });
         }
         Action::Take { shard, epoch } => {
-            let Some(log) = log.cloned() else { return };
+            let log = log.cloned();
             let node = leases.node().to_owned();
             tokio::spawn(async move {
-                // The log's calls block (they wait on its own runtime): off the workers.
-                let taken =
-                    tokio::task::spawn_blocking(move || log.take_shard(shard, &node, epoch)).await;
-                if !matches!(taken, Ok(Ok(_))) {
-                    tracing::warn!(shard, "could not take the shard in the log; stepping down");
-                    let _ = answers.send(Event::Fenced { shard }).await;
-                }
+                let event = match log {
+                    // No log to take (leases only): served from the grant.
+                    None => Event::Taken { shard, epoch },
+                    Some(log) => {
+                        // The log's calls block (they wait on its own runtime): off the
+                        // workers.
+                        let taken = tokio::task::spawn_blocking(move || {
+                            log.take_shard(shard, &node, epoch)
+                        })
+                        .await;
+                        if matches!(taken, Ok(Ok(_))) {
+                            Event::Taken { shard, epoch }
+                        } else {
+                            tracing::warn!(shard, "could not take the shard in the log");
+                            Event::Fenced { shard }
+                        }
+                    }
+                };
+                let _ = answers.send(event).await;
             });
         }
         // The node reads `served`; nothing to do here.

@@ -112,13 +112,13 @@ fn a_second_writer_that_believes_it_owns_the_shard_is_fenced_and_appends_nothing
 }
 
 #[test]
-fn two_writers_racing_on_one_group_never_both_append() {
+fn a_takeover_racing_the_old_writers_appends_leaves_one_gapless_log() {
     let server = NatsServer::start();
-    // Both took the shard (the second marker wins), both believe they own it.
-    let (a, b) = (server.owner("race", "a"), server.owner("race", "b"));
-    // Both load the group at the same head, then race 50 appends each.
-    assert_eq!(LogBackend::head(&a, &t("acme"), &g("g")).unwrap(), 0);
-    assert_eq!(LogBackend::head(&b, &t("acme"), &g("g")).unwrap(), 0);
+    let shard = shard_of(&t("acme"), &g("g"));
+    // a holds the shard and appends 50; meanwhile b takes the shard (at whatever point of
+    // a's run the threads meet) and appends 50 of its own.
+    let a = server.owner("race", "a");
+    let b = server.log("race");
     let results: Vec<Vec<Result<Appended, ClusterError>>> = std::thread::scope(|s| {
         let run = |log: &JetStreamLog, who: &'static str| {
             (0..50)
@@ -127,7 +127,10 @@ fn two_writers_racing_on_one_group_never_both_append() {
         };
         let (a, b) = (&a, &b);
         let ha = s.spawn(move || run(a, "a"));
-        let hb = s.spawn(move || run(b, "b"));
+        let hb = s.spawn(move || {
+            b.take_shard(shard, "b", 2).unwrap();
+            run(b, "b")
+        });
         vec![ha.join().unwrap(), hb.join().unwrap()]
     });
     let log = bodies(&server.log("race"), "acme", "g");
@@ -154,14 +157,17 @@ fn two_writers_racing_on_one_group_never_both_append() {
             }
         }
     }
-    let fenced = results
-        .iter()
-        .filter(|r| {
-            r.iter()
-                .any(|r| matches!(r, Err(ClusterError::Fenced { .. })))
-        })
-        .count();
-    assert!(fenced >= 1, "at least one writer must have been fenced");
+    // The new owner was never refused; the old one's appends stopped at the takeover:
+    // a prefix of them is stored, the rest fenced, and none of them after any of b's.
+    assert!(results[1].iter().all(Result::is_ok), "{:?}", results[1]);
+    let stored_a = results[0].iter().take_while(|r| r.is_ok()).count();
+    assert!(results[0][stored_a..].iter().all(Result::is_err));
+    let first_b = log.iter().position(|(_, body)| body.starts_with('b'));
+    let last_a = log.iter().rposition(|(_, body)| body.starts_with('a'));
+    if let (Some(first_b), Some(last_a)) = (first_b, last_a) {
+        assert!(last_a < first_b, "{log:?}");
+    }
+    assert_eq!(log.len(), stored_a + 50);
 }
 
 #[test]

@@ -88,7 +88,7 @@ async fn when_a_node_dies_the_other_takes_its_shards_and_fences_its_log() {
     until(&mut served_a, "node-a serves its shards", |s| *s == want_a).await;
     until(&mut served_b, "node-b serves its shards", |s| *s == want_b).await;
 
-    // A group in one of a's shards; a appends once its log has taken the shard.
+    // A group in one of a's shards: served means taken in the log, so a appends at once.
     let tenant = TenantId::new("acme").unwrap();
     let group = (0..10_000)
         .map(|i| GroupId::new(&format!("g{i}")).unwrap())
@@ -113,7 +113,7 @@ async fn when_a_node_dies_the_other_takes_its_shards_and_fences_its_log() {
     // Logged, not asserted: the figure (TTL 2 s) for docs, never a pass/fail condition.
     eprintln!("node-b served every shard {took:?} after node-a died");
 
-    // b appends to a's old group (once its log has taken the shard), continuing its seqs;
+    // b appends to a's old group at once, continuing its seqs;
     // a's log is fenced from the shard although it never heard of the takeover.
     let second = wait_for_append(log_b.clone(), group.clone(), "b1").await;
     assert_eq!(second, Appended::New { seq: 2 });
@@ -123,22 +123,51 @@ async fn when_a_node_dies_the_other_takes_its_shards_and_fences_its_log() {
     drop(b);
 }
 
-/// Appends once the log has taken the group's shard (the keeper task takes it right
-/// after the grant, on its own task): retried while refused as not taken, at most
-/// `PATIENCE`.
-async fn wait_for_append(log: Arc<JetStreamLog>, group: GroupId, id: &'static str) -> Appended {
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match append(&log, &group, id) {
-                Ok(appended) => return appended,
-                Err(ClusterError::Fenced { expected: 0, .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("{id}: {e:?}"),
-            }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_shards_over_without_the_ttl() {
+    let server = NatsServer::start();
+    // A TTL far beyond the patience: if the drain did not release, b could not take a's
+    // shards before the wait below gives up. (b asks again every tenth of the TTL, 12 s,
+    // well inside it.)
+    let ttl = 2 * PATIENCE;
+    let connect = |node: &'static str| {
+        let url = server.url();
+        async move {
+            Arc::new(
+                ShardLeases::connect(&url, "drain", node, ttl, 1, Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+            )
         }
+    };
+    let both = ["node-a", "node-b"];
+    let names: Vec<String> = both.iter().map(|s| s.to_string()).collect();
+    let (_nodes_a, nodes_a_rx) = watch::channel(names.clone());
+    let (nodes_b, nodes_b_rx) = watch::channel(names);
+    let a = KeeperTask::spawn(connect("node-a").await, nodes_a_rx, None);
+    let b = KeeperTask::spawn(connect("node-b").await, nodes_b_rx, None);
+    let (mut served_a, mut served_b) = (a.served(), b.served());
+    let want_a = preferred("node-a", &both);
+    until(&mut served_a, "node-a serves its shards", |s| *s == want_a).await;
+    until(&mut served_b, "node-b serves its shards", |s| {
+        *s == preferred("node-b", &both)
     })
-    .await
-    .unwrap()
+    .await;
+
+    a.drain().await;
+    until(&mut served_a, "node-a serves nothing", BTreeSet::is_empty).await;
+    nodes_b.send(vec!["node-b".to_owned()]).unwrap();
+    until(&mut served_b, "node-b serves every shard", |s| {
+        s.len() == usize::from(SHARDS)
+    })
+    .await;
+}
+
+/// Appends on the blocking pool (the log's calls block), expecting success: the keeper
+/// serves a shard only once its log took it.
+async fn wait_for_append(log: Arc<JetStreamLog>, group: GroupId, id: &'static str) -> Appended {
+    tokio::task::spawn_blocking(move || append(&log, &group, id))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{id}: a served shard refused an append: {e:?}"))
 }

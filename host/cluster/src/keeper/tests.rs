@@ -48,6 +48,9 @@ fn holding(shard: u16, t0: Instant) -> Keeper {
         t0,
     );
     assert_eq!(actions, vec![Action::Take { shard, epoch: 1 }]);
+    // Not served until the log took it.
+    assert!(!k.serves(shard, t0));
+    k.handle(Event::Taken { shard, epoch: 1 }, t0);
     assert!(k.serves(shard, t0));
     k
 }
@@ -183,6 +186,68 @@ fn an_acquire_never_answered_is_asked_again() {
 }
 
 #[test]
+fn a_take_for_an_earlier_grant_does_not_make_a_shard_served() {
+    let t0 = Instant::now();
+    let mut k = holding(3, t0);
+    k.handle(Event::Fenced { shard: 3 }, t0);
+    let t1 = t0 + secs(1.0);
+    assert_eq!(acquires(&k.handle(Event::Tick, t1)), vec![3]);
+    k.handle(
+        Event::Granted {
+            shard: 3,
+            revision: 7,
+            valid_until: deadline(t1),
+        },
+        t1,
+    );
+    // The first grant's take answers late: not this grant's.
+    k.handle(Event::Taken { shard: 3, epoch: 1 }, t1);
+    assert!(!k.serves(3, t1));
+    k.handle(Event::Taken { shard: 3, epoch: 7 }, t1);
+    assert!(k.serves(3, t1));
+}
+
+#[test]
+fn a_drain_steps_down_and_releases_everything_and_takes_nothing_more() {
+    let t0 = Instant::now();
+    let mut k = holding(3, t0);
+    let actions = k.handle(Event::Drain, t0);
+    assert_eq!(
+        actions,
+        vec![
+            Action::StepDown { shard: 3 },
+            Action::Release {
+                shard: 3,
+                revision: 1
+            }
+        ]
+    );
+    // The acquires still in flight: a late grant is released, a lost one forgotten.
+    assert!(!k.drained());
+    let late = k.handle(
+        Event::Granted {
+            shard: 4,
+            revision: 2,
+            valid_until: deadline(t0),
+        },
+        t0,
+    );
+    assert_eq!(
+        late,
+        vec![Action::Release {
+            shard: 4,
+            revision: 2
+        }]
+    );
+    assert!(k.handle(Event::Tick, t0 + TTL).is_empty());
+    assert!(k.drained());
+    // Nothing is acquired again, whatever time or the live nodes say.
+    assert!(k.handle(Event::Nodes(vec!["a".into()]), t0).is_empty());
+    assert!(k.handle(Event::Tick, t0 + secs(60.0)).is_empty());
+    assert_eq!(k.served(t0).count(), 0);
+}
+
+#[test]
 fn the_log_fencing_a_shard_steps_down() {
     let t0 = Instant::now();
     let mut k = holding(3, t0);
@@ -207,6 +272,7 @@ fn nodes_joining_and_leaving_move_only_the_shards_rendezvous_moves() {
             },
             t0,
         );
+        a.handle(Event::Taken { shard, epoch: 1 }, t0);
     }
     assert_eq!(a.served(t0).count(), usize::from(SHARDS));
     // b joins: a hands over exactly b's shards (step down first, then release).
@@ -338,8 +404,13 @@ impl Sim {
     fn send(&mut self, n: usize, actions: Vec<Action>) {
         for action in actions {
             match action {
-                // The log's own steps need no bucket.
-                Action::Take { .. } | Action::StepDown { .. } => {}
+                // The log's take answers after a delay; a step-down needs nothing.
+                Action::Take { shard, epoch } => {
+                    let when = self.now + self.rng.millis(200);
+                    let event = Event::Taken { shard, epoch };
+                    self.at(when, Msg::Answer { n, event });
+                }
+                Action::StepDown { .. } => {}
                 action => {
                     let when = self.now + self.rng.millis(400);
                     let sent = self.now;
@@ -431,8 +502,9 @@ fn shard_of_event(event: &Event) -> u16 {
         | Event::Refused { shard }
         | Event::Renewed { shard, .. }
         | Event::RenewFailed { shard, .. }
+        | Event::Taken { shard, .. }
         | Event::Fenced { shard } => shard,
-        Event::Tick | Event::Nodes(_) => 0,
+        Event::Tick | Event::Nodes(_) | Event::Drain => 0,
     }
 }
 
