@@ -51,7 +51,9 @@ use crate::serving::{MessageFacts, Policies, PolicySet, ServingState, VersionedP
 use crate::sessions::Sessions;
 use crate::state::SubChange;
 pub use crate::state::{GroupState, Session};
+pub use observe::{PresenceCounts, SessionInfo};
 
+mod observe;
 mod presence;
 
 /// A `Send` request's fields.
@@ -203,6 +205,7 @@ impl Hub {
         claims: Claims,
         hello: &wire::Hello,
         outbox: Outbox,
+        remote: Option<std::net::SocketAddr>,
     ) -> Result<(Arc<Session>, ServerFrame), RequestError> {
         if hello.cursors.len() > self.limits.max_groups_per_user as usize {
             return Err(RequestError::new(
@@ -235,6 +238,7 @@ impl Hub {
             hello.presence,
             &self.limits,
             tenant_rates,
+            (now_ms(), remote),
         );
         self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
         let (groups, resumed) = match self.subscribe_all(&session, &resume) {
@@ -833,6 +837,7 @@ impl Hub {
             self.metrics
                 .messages_accepted
                 .fetch_add(1, Ordering::Relaxed);
+            g.traffic.messages_accepted.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -64,6 +64,7 @@ impl Sessions {
         presence: PresenceState,
         limits: &Limits,
         tenant_rates: Arc<TenantRates>,
+        (connected_at_ms, remote): (u64, Option<std::net::SocketAddr>),
     ) -> Arc<Session> {
         let mut entry = self
             .users
@@ -77,6 +78,8 @@ impl Sessions {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             tenant,
             user,
+            connected_at_ms,
+            remote,
             outbox,
             catch_up: AtomicBool::new(false),
             wake: Notify::new(),
@@ -151,6 +154,19 @@ impl Sessions {
             .filter(|e| &e.key().0 == tenant)
             .flat_map(|e| e.value().sessions.clone())
             .collect()
+    }
+
+    /// Calls `f` for every open session (of `tenant` only, if given). Holds one shard of the
+    /// index at a time; `f` must not touch the index.
+    pub(crate) fn for_each(&self, tenant: Option<&TenantId>, mut f: impl FnMut(&Arc<Session>)) {
+        for e in self.users.iter() {
+            if tenant.is_some_and(|t| &e.key().0 != t) {
+                continue;
+            }
+            for s in &e.value().sessions {
+                f(s);
+            }
+        }
     }
 
     /// Users with an entry: those with a session, and those whose rate limits are still
