@@ -218,7 +218,7 @@ async fn the_dashboard_with_a_thousand_tenants_and_ten_thousand_sessions() {
     // Straight into the store: through the API each tenant would be a flushed write.
     const TENANTS: usize = 1_000;
     const SESSIONS: usize = 10_000;
-    let tenant = |i: usize| TenantId::new(format!("tenant-{i:04}")).unwrap();
+    let tenant = |i: usize| TenantId::new(&format!("tenant-{i:04}")).unwrap();
     for i in 0..TENANTS {
         api.store
             .put_tenant(&TenantRecord {
@@ -233,7 +233,7 @@ async fn the_dashboard_with_a_thousand_tenants_and_ten_thousand_sessions() {
         .map(|i| {
             let claims = Claims {
                 tenant: tenant(i % TENANTS),
-                user: UserId::new(format!("user-{i}")).unwrap(),
+                user: UserId::new(&format!("user-{i}")).unwrap(),
                 exp: u64::MAX,
                 nbf: 0,
             };
