@@ -105,7 +105,6 @@
     $("login").hidden = true;
     $("app").hidden = false;
     $("signout").hidden = false;
-    if (admin) makeCharts();
     poll();
   }
 
@@ -255,6 +254,8 @@
     const s = state.series;
     const size = (el) => ({ width: Math.max(300, el.clientWidth - 8), height: 200 });
     const rEl = $("chart-rates"), lEl = $("chart-latency");
+    rEl.textContent = "";
+    lEl.textContent = "";
     state.charts.rates = new uPlot({
       ...size(rEl),
       series: [{}, { label: "messages/s", stroke: "#2e5bff", width: 2 },
@@ -279,6 +280,8 @@
     add(s.t, t); add(s.msgs, msgs); add(s.dels, dels);
     add(s.p50a, active?.p50_ms ?? null); add(s.p99a, active?.p99_ms ?? null);
     add(s.p50b, background?.p50_ms ?? null); add(s.p99b, background?.p99_ms ?? null);
+    // Drawn from the second point on: an empty time axis is meaningless.
+    if (!state.charts.rates && s.t.length >= 2) makeCharts();
     if (state.charts.rates) {
       state.charts.rates.setData([s.t, s.msgs, s.dels]);
       state.charts.latency.setData([s.t, s.p50a, s.p99a, s.p50b, s.p99b]);

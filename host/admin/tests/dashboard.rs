@@ -189,7 +189,11 @@ async fn the_dashboard_in_a_real_browser_matches_the_api_and_its_buttons_change_
     )
     .await;
     println!("dashboard measurements: {measured}");
-    println!("dashboard screenshot: {}", shot.display());
+    println!(
+        "dashboard screenshots: {} (after the clicks), {} (before)",
+        shot.display(),
+        shot.with_file_name("dashboard-canary.png").display()
+    );
     println!("tenant's view screenshot: {}", tenant_shot.display());
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 

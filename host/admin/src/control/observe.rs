@@ -153,10 +153,13 @@ impl Control {
                 .collect(),
             bytes: hub.queued_bytes() as u64,
         };
+        // Behind: marked slow, catching up from the log, or with half a push stream's queue
+        // waiting (a frame or two in flight is every session's normal).
+        let backlog = (hub.limits().outbox_frames as usize / 2).max(1);
         let mut behind: Vec<SessionInfo> = hub
             .session_infos(None)
             .into_iter()
-            .filter(|s| s.queued > 0 || s.catching_up || s.slow)
+            .filter(|s| s.slow || s.catching_up || s.queued >= backlog)
             .collect();
         behind.sort_by_key(|s| (Reverse((s.slow, s.catching_up, s.queued_bytes)), s.id));
         behind.truncate(SLOW_CONSUMERS_SHOWN);

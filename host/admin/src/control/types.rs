@@ -389,9 +389,10 @@ pub struct NodeInfo {
     pub counters: BTreeMap<String, u64>,
     /// Versions the node rolled back by itself since start.
     pub auto_rollbacks: u64,
-    /// The sessions furthest behind: catching up from the log, marked slow, or with the most
-    /// queued (at most [`SLOW_CONSUMERS_SHOWN`](crate::control::SLOW_CONSUMERS_SHOWN), only
-    /// ones with something queued or catching up).
+    /// The sessions furthest behind (at most
+    /// [`SLOW_CONSUMERS_SHOWN`](crate::control::SLOW_CONSUMERS_SHOWN)): marked slow, catching
+    /// up from the log, or with at least half of `outbox_frames` queued; slow first, then
+    /// catching up, then by bytes queued.
     pub slow_consumers: Vec<ConnectionInfo>,
     pub config: ConfigSummary,
 }

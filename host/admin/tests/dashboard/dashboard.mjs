@@ -142,7 +142,8 @@ async function walk() {
   assert.equal(await text(page, "#load-level"), String(node.load.level));
   assert.deepEqual(await page.locator("#latency tr").evaluateAll((rs) => rs.map((r) => r.dataset.class)),
     node.latency.map((l) => l.class));
-  // Charts drawn by uPlot (canvas), fed by the polls.
+  // Charts drawn by uPlot (canvas), fed by the polls (from the second one on).
+  await page.screenshot({ path: env("DASHBOARD_SCREENSHOT").replace(/\.png$/, "-canary.png"), fullPage: true });
   assert.equal(await page.locator("#chart-rates canvas").count(), 1);
   assert.equal(await page.locator("#chart-latency canvas").count(), 1);
 
