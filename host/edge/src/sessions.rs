@@ -27,6 +27,16 @@ struct UserEntry {
     told: Arc<Told>,
 }
 
+/// Who a new session is, as its hello and connection say.
+pub(crate) struct NewSession {
+    pub(crate) tenant: TenantId,
+    pub(crate) user: UserId,
+    pub(crate) presence: PresenceState,
+    /// When it opened (ms since the Unix epoch).
+    pub(crate) connected_at_ms: u64,
+    pub(crate) remote: Option<std::net::SocketAddr>,
+}
+
 /// Every user with a session on this node (or with rate limits still refilling).
 pub(crate) struct Sessions {
     users: DashMap<Key<UserId>, UserEntry>,
@@ -58,14 +68,18 @@ impl Sessions {
     /// membership lock.
     pub(crate) fn register(
         &self,
-        tenant: TenantId,
-        user: UserId,
+        new: NewSession,
         outbox: Outbox,
-        presence: PresenceState,
         limits: &Limits,
         tenant_rates: Arc<TenantRates>,
-        (connected_at_ms, remote): (u64, Option<std::net::SocketAddr>),
     ) -> Arc<Session> {
+        let NewSession {
+            tenant,
+            user,
+            presence,
+            connected_at_ms,
+            remote,
+        } = new;
         let mut entry = self
             .users
             .entry((tenant.clone(), user.clone()))

@@ -125,10 +125,14 @@ impl Control {
         let now = now_ms();
         let m = hub.metrics();
         let snapshot = m.snapshot();
+        // One walk of the session index for the presence counts and the slow consumers.
+        let infos = hub.session_infos(None);
         let mut sessions = SessionCounts::default();
-        for c in hub.sessions_by_tenant().values() {
-            sessions.foreground += c.foreground;
-            sessions.background += c.background;
+        for s in &infos {
+            match s.presence {
+                PresenceState::Foreground => sessions.foreground += 1,
+                PresenceState::Background => sessions.background += 1,
+            }
         }
         let mut load = LoadInfo {
             level: hub.load_level(),
@@ -156,8 +160,7 @@ impl Control {
         // Behind: marked slow, catching up from the log, or with half a push stream's queue
         // waiting (a frame or two in flight is every session's normal).
         let backlog = (hub.limits().outbox_frames as usize / 2).max(1);
-        let mut behind: Vec<SessionInfo> = hub
-            .session_infos(None)
+        let mut behind: Vec<SessionInfo> = infos
             .into_iter()
             .filter(|s| s.slow || s.catching_up || s.queued >= backlog)
             .collect();
