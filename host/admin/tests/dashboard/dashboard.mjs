@@ -134,10 +134,10 @@ async function walk() {
   const build = await text(page, "#node-build");
   assert.ok(build.includes(node.build.version) && build.includes(node.build.commit), build);
   assert.equal(await text(page, "#node-health"), "healthy");
-  assert.equal(await text(page, "#sessions-fg"), String(node.sessions.foreground));
-  assert.equal(await text(page, "#sessions-bg"), String(node.sessions.background));
-  assert.equal(await text(page, "#messages-total"), node.counters.messages_accepted.toLocaleString("en-US"));
-  assert.equal(await text(page, "#auto-rollbacks"), String(node.auto_rollbacks));
+  assert.equal(await text(page, "#sessions-fg"), String(node.sessions.foreground), "foreground sessions");
+  assert.equal(await text(page, "#sessions-bg"), String(node.sessions.background), "background sessions");
+  assert.equal(await text(page, "#messages-total"), node.counters.messages_accepted.toLocaleString("en-US"), "messages");
+  assert.equal(await text(page, "#auto-rollbacks"), String(node.auto_rollbacks), "automatic rollbacks");
   assert.ok(node.auto_rollbacks >= 1);
   assert.equal(await text(page, "#load-level"), String(node.load.level));
   assert.deepEqual(await page.locator("#latency tr").evaluateAll((rs) => rs.map((r) => r.dataset.class)),
@@ -156,9 +156,9 @@ async function walk() {
     assert.equal(await attr(page, `${row(t.tenant)} [data-field=canary]`, "data-version"), p.canary?.version ?? "");
     if (p.active) {
       assert.equal(await text(page, `${row(t.tenant)} [data-field=active] [data-count=handled]`),
-        p.active.handled.toLocaleString("en-US"));
+        p.active.handled.toLocaleString("en-US"), `${t.tenant}: handled`);
       assert.equal(await text(page, `${row(t.tenant)} [data-field=active] [data-count=fallback]`),
-        p.active.failed.toLocaleString("en-US"));
+        p.active.failed.toLocaleString("en-US"), `${t.tenant}: fallback`);
     }
     if (p.last_rollback) {
       assert.equal(await text(page, `${row(t.tenant)} [data-field=rollback-reason]`), p.last_rollback.reason);
