@@ -82,6 +82,19 @@ fn seg(s: &str) -> String {
     out
 }
 
+/// `path?k=v&…`, each value percent-encoded.
+fn with_query(path: &str, query: &[(&str, String)]) -> String {
+    let pairs: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", seg(v)))
+        .collect();
+    if pairs.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", pairs.join("&"))
+    }
+}
+
 enum Body<'a> {
     None,
     Json(serde_json::Value),
@@ -277,6 +290,55 @@ impl AdminClient {
             "/v1/degradation",
             Self::body(&SetDegradation { level }),
         )
+    }
+
+    /// Who this client's credential is.
+    pub fn whoami(&self) -> Result<Whoami, ClientError> {
+        self.json("GET", "/v1/whoami", Body::None)
+    }
+
+    /// Build, uptime, health, load, queues, latency, counters, slow consumers (admin).
+    pub fn node_info(&self) -> Result<NodeInfo, ClientError> {
+        self.json("GET", "/v1/node", Body::None)
+    }
+
+    /// A page of open sessions: the node's (admin), or `tenant`'s.
+    pub fn connections(
+        &self,
+        tenant: Option<&str>,
+        q: &ConnectionQuery,
+    ) -> Result<ConnectionPage, ClientError> {
+        let mut query = vec![("offset", q.offset.to_string())];
+        let opt = [
+            ("limit", q.limit.map(|l| l.to_string())),
+            ("tenant", q.tenant.clone()),
+            ("user", q.user.clone()),
+            ("presence", q.presence.clone()),
+            ("sort", q.sort.clone()),
+        ];
+        query.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let path = match tenant {
+            Some(t) => Self::tenant_path(t, "/connections"),
+            None => "/v1/connections".to_owned(),
+        };
+        self.json("GET", &with_query(&path, &query), Body::None)
+    }
+
+    /// A page of tenants with their traffic and policy health (admin).
+    pub fn traffic(&self, q: &TrafficQuery) -> Result<TrafficPage, ClientError> {
+        let mut query = vec![("offset", q.offset.to_string())];
+        let opt = [
+            ("limit", q.limit.map(|l| l.to_string())),
+            ("q", q.q.clone()),
+            ("sort", q.sort.clone()),
+        ];
+        query.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        self.json("GET", &with_query("/v1/traffic", &query), Body::None)
+    }
+
+    /// One tenant's traffic and policy health.
+    pub fn tenant_traffic(&self, tenant: &str) -> Result<TenantTraffic, ClientError> {
+        self.json("GET", &Self::tenant_path(tenant, "/traffic"), Body::None)
     }
 
     // --- tenants ---

@@ -25,14 +25,20 @@ const ADMIN_ONLY: &[(&str, &str)] = &[
     ("POST", "/v1/tenants/{tenant}/policy/rollback"),
     ("GET", "/v1/degradation"),
     ("PUT", "/v1/degradation"),
+    ("GET", "/v1/node"),
+    ("GET", "/v1/connections"),
+    ("GET", "/v1/traffic"),
 ];
 const PUBLIC: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/openapi.json")];
+/// Routes any valid credential may call (they say who the caller is).
+const ANY: &[(&str, &str)] = &[("GET", "/v1/whoami")];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Access {
     Public,
     Admin,
     Tenant,
+    Any,
 }
 
 fn access(method: &str, path: &str) -> Access {
@@ -40,6 +46,8 @@ fn access(method: &str, path: &str) -> Access {
         Access::Public
     } else if ADMIN_ONLY.contains(&(method, path)) {
         Access::Admin
+    } else if ANY.contains(&(method, path)) {
+        Access::Any
     } else {
         Access::Tenant
     }
@@ -84,7 +92,7 @@ async fn every_route_checks_credentials_then_reach_then_the_request() {
     let doc = Doc::load();
 
     // The test's own list agrees with what the document promises.
-    for &(m, p) in ADMIN_ONLY.iter().chain(PUBLIC) {
+    for &(m, p) in ADMIN_ONLY.iter().chain(PUBLIC).chain(ANY) {
         assert!(ROUTES.contains(&(m, p)), "{m} {p} is not a route");
     }
     for &(method, path) in ROUTES {
@@ -92,6 +100,7 @@ async fn every_route_checks_credentials_then_reach_then_the_request() {
             Access::Public => "public",
             Access::Admin => "admin",
             Access::Tenant => "tenant",
+            Access::Any => "any",
         };
         assert_eq!(
             doc.operation(method, path)["x-access"],
@@ -140,6 +149,11 @@ async fn every_route_checks_credentials_then_reach_then_the_request() {
                 // Reach is judged before existence: no hint whether a tenant exists.
                 api.raw(method, &concrete(path, "nosuch"), Some(&acme_key), bad_body)
                     .assert_problem(403, "forbidden");
+            }
+            Access::Any => {
+                // Any valid credential, a tenant key included.
+                let r = api.raw(method, &acme_path, Some(&acme_key), None);
+                assert_eq!(r.status, 200, "{name} with a tenant key");
             }
             Access::Public => unreachable!(),
         }

@@ -122,10 +122,11 @@ pub(crate) async fn run(hub: Arc<Hub>, conn: Conn) {
     };
     let (outbox_tx, outbox_rx) =
         crate::outbox::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
-    let (session, welcome) = match hub.open_session(claims, &hello, outbox_tx) {
-        Ok(s) => s,
-        Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
-    };
+    let (session, welcome) =
+        match hub.open_session(claims, &hello, outbox_tx, Some(conn.remote_address())) {
+            Ok(s) => s,
+            Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
+        };
     tracing::Span::current().record("session", session.id);
     info!(tenant = %session.tenant, user = %session.user, "session open");
 

@@ -85,6 +85,7 @@ impl Groups {
                     append: tokio::sync::Mutex::new(()),
                     fanout: Mutex::new(GroupFanout::new(head)),
                     members: AtomicU32::new(members),
+                    traffic: self.metrics.tenant(tenant),
                 })
             })
             .clone();
@@ -161,6 +162,9 @@ impl Groups {
         self.metrics
             .deliveries_live
             .fetch_add(n.live, Ordering::Relaxed);
+        g.traffic
+            .deliveries_live
+            .fetch_add(n.live, Ordering::Relaxed);
         later
     }
 
@@ -199,8 +203,14 @@ impl Groups {
         self.metrics
             .deliveries_live
             .fetch_add(n.live, Ordering::Relaxed);
+        g.traffic
+            .deliveries_live
+            .fetch_add(n.live, Ordering::Relaxed);
         if n.deferred > 0 {
             self.metrics
+                .deliveries_deferred
+                .fetch_add(n.deferred, Ordering::Relaxed);
+            g.traffic
                 .deliveries_deferred
                 .fetch_add(n.deferred, Ordering::Relaxed);
         }

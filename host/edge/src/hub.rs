@@ -48,10 +48,12 @@ use crate::outbox::{Outbox, Push, PushStream};
 use crate::rates::{Limited, RateLimiter, TenantRates, Whose};
 use crate::receipts::{ReceiptDeps, ReceiptJob};
 use crate::serving::{MessageFacts, Policies, PolicySet, ServingState, VersionedPolicy};
-use crate::sessions::Sessions;
+use crate::sessions::{NewSession, Sessions};
 use crate::state::SubChange;
 pub use crate::state::{GroupState, Session};
+pub use observe::{PresenceCounts, SessionInfo};
 
+mod observe;
 mod presence;
 
 /// A `Send` request's fields.
@@ -209,6 +211,7 @@ impl Hub {
         claims: Claims,
         hello: &wire::Hello,
         outbox: Outbox,
+        remote: Option<std::net::SocketAddr>,
     ) -> Result<(Arc<Session>, ServerFrame), RequestError> {
         if hello.cursors.len() > self.limits.max_groups_per_user as usize {
             return Err(RequestError::new(
@@ -234,14 +237,16 @@ impl Hub {
         // sessions either completes before we read the user's groups, or runs after we are
         // registered and so updates this session too.
         let membership = self.membership_lock(&claims.tenant, &claims.user);
-        let session = self.sessions.register(
-            claims.tenant,
-            claims.user,
-            outbox,
-            hello.presence,
-            &self.limits,
-            tenant_rates,
-        );
+        let new = NewSession {
+            tenant: claims.tenant,
+            user: claims.user,
+            presence: hello.presence,
+            connected_at_ms: now_ms(),
+            remote,
+        };
+        let session = self
+            .sessions
+            .register(new, outbox, &self.limits, tenant_rates);
         self.metrics.sessions.fetch_add(1, Ordering::Relaxed);
         let (groups, resumed) = match self.subscribe_all(&session, &resume) {
             Ok(v) => v,
@@ -866,6 +871,7 @@ impl Hub {
             self.metrics
                 .messages_accepted
                 .fetch_add(1, Ordering::Relaxed);
+            g.traffic.messages_accepted.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }

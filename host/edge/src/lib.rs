@@ -45,7 +45,8 @@ pub mod webtransport;
 
 pub use error::RequestError;
 pub use hub::Hub;
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use hub::{PresenceCounts, SessionInfo};
+pub use metrics::{Metrics, MetricsSnapshot, TenantTrafficSnapshot};
 pub use serving::{CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy};
 pub use tls::TlsIdentity;
 pub use webtransport::WebTransportConfig;

@@ -42,7 +42,7 @@ impl LocalSession {
         let limits = hub.limits().clone();
         let (tx, outbox) =
             outbox::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
-        let (session, welcome) = hub.open_session(claims, hello, tx)?;
+        let (session, welcome) = hub.open_session(claims, hello, tx, None)?;
         let (responses_tx, responses) = mpsc::channel(limits.max_inflight_sends as usize + 8);
         Ok((
             Self {

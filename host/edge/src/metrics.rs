@@ -1,6 +1,10 @@
 //! The node's counters and gauges, shared by the hub and its workers.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use switchboard_core::TenantId;
 
 /// Counters the node exposes. Monotonic unless named as a gauge.
 #[derive(Debug, Default)]
@@ -86,6 +90,42 @@ pub struct Metrics {
     /// Batches whose background phase started at its deadline, before every foreground copy
     /// was handed to QUIC (a foreground session not reading; `active_first.rs`).
     pub foreground_gate_timeouts: AtomicU64,
+    /// Per tenant: its share of the message and delivery counters above (see
+    /// [`TenantTraffic`]). One entry per tenant that loaded a group on this node since it
+    /// started, so bounded by the tenants in the store.
+    tenants: DashMap<TenantId, Arc<TenantTraffic>>,
+}
+
+/// One tenant's traffic on this node since it started: the tenant's part of the node-wide
+/// counters of the same names. Held by each of the tenant's loaded groups, so counting is one
+/// relaxed add per message (never per recipient) with no lookup.
+#[derive(Debug, Default)]
+pub struct TenantTraffic {
+    pub messages_accepted: AtomicU64,
+    pub deliveries_live: AtomicU64,
+    pub deliveries_catch_up: AtomicU64,
+    pub deliveries_deferred: AtomicU64,
+}
+
+/// A snapshot of one tenant's [`TenantTraffic`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantTrafficSnapshot {
+    pub messages_accepted: u64,
+    pub deliveries_live: u64,
+    pub deliveries_catch_up: u64,
+    pub deliveries_deferred: u64,
+}
+
+impl TenantTraffic {
+    pub fn snapshot(&self) -> TenantTrafficSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TenantTrafficSnapshot {
+            messages_accepted: l(&self.messages_accepted),
+            deliveries_live: l(&self.deliveries_live),
+            deliveries_catch_up: l(&self.deliveries_catch_up),
+            deliveries_deferred: l(&self.deliveries_deferred),
+        }
+    }
 }
 
 /// A snapshot of [`Metrics`].
@@ -137,6 +177,22 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
+    /// `tenant`'s traffic counters, created on first use.
+    pub(crate) fn tenant(&self, tenant: &TenantId) -> Arc<TenantTraffic> {
+        if let Some(t) = self.tenants.get(tenant) {
+            return t.clone();
+        }
+        self.tenants.entry(tenant.clone()).or_default().clone()
+    }
+
+    /// `tenant`'s traffic so far (zeros if it had none on this node).
+    pub fn tenant_traffic(&self, tenant: &TenantId) -> TenantTrafficSnapshot {
+        self.tenants
+            .get(tenant)
+            .map(|t| t.snapshot())
+            .unwrap_or_default()
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MetricsSnapshot {

@@ -107,6 +107,9 @@ impl PushPlanner {
         if stats.from_log > 0 {
             m.deliveries_catch_up
                 .fetch_add(stats.from_log, Ordering::Relaxed);
+            m.tenant(&self.session.tenant)
+                .deliveries_catch_up
+                .fetch_add(stats.from_log, Ordering::Relaxed);
         }
         if stats.nudges > 0 {
             m.nudges.fetch_add(stats.nudges, Ordering::Relaxed);

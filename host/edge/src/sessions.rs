@@ -27,6 +27,16 @@ struct UserEntry {
     told: Arc<Told>,
 }
 
+/// Who a new session is, as its hello and connection say.
+pub(crate) struct NewSession {
+    pub(crate) tenant: TenantId,
+    pub(crate) user: UserId,
+    pub(crate) presence: PresenceState,
+    /// When it opened (ms since the Unix epoch).
+    pub(crate) connected_at_ms: u64,
+    pub(crate) remote: Option<std::net::SocketAddr>,
+}
+
 /// Every user with a session on this node (or with rate limits still refilling).
 pub(crate) struct Sessions {
     users: DashMap<Key<UserId>, UserEntry>,
@@ -58,13 +68,18 @@ impl Sessions {
     /// membership lock.
     pub(crate) fn register(
         &self,
-        tenant: TenantId,
-        user: UserId,
+        new: NewSession,
         outbox: Outbox,
-        presence: PresenceState,
         limits: &Limits,
         tenant_rates: Arc<TenantRates>,
     ) -> Arc<Session> {
+        let NewSession {
+            tenant,
+            user,
+            presence,
+            connected_at_ms,
+            remote,
+        } = new;
         let mut entry = self
             .users
             .entry((tenant.clone(), user.clone()))
@@ -77,6 +92,8 @@ impl Sessions {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
             tenant,
             user,
+            connected_at_ms,
+            remote,
             outbox,
             catch_up: AtomicBool::new(false),
             wake: Notify::new(),
@@ -151,6 +168,19 @@ impl Sessions {
             .filter(|e| &e.key().0 == tenant)
             .flat_map(|e| e.value().sessions.clone())
             .collect()
+    }
+
+    /// Calls `f` for every open session (of `tenant` only, if given). Holds one shard of the
+    /// index at a time; `f` must not touch the index.
+    pub(crate) fn for_each(&self, tenant: Option<&TenantId>, mut f: impl FnMut(&Arc<Session>)) {
+        for e in self.users.iter() {
+            if tenant.is_some_and(|t| &e.key().0 != t) {
+                continue;
+            }
+            for s in &e.value().sessions {
+                f(s);
+            }
+        }
     }
 
     /// Users with an entry: those with a session, and those whose rate limits are still

@@ -34,6 +34,10 @@ pub struct Session {
     pub id: u64,
     pub tenant: TenantId,
     pub user: UserId,
+    /// When the session opened (ms since the Unix epoch).
+    pub connected_at_ms: u64,
+    /// The client's address, when the session has a socket.
+    pub remote: Option<std::net::SocketAddr>,
     pub(crate) outbox: Outbox,
     /// Set when the writer must bring every group up to its durable head from the log.
     pub(crate) catch_up: AtomicBool,
@@ -118,6 +122,8 @@ pub struct GroupState {
     pub(crate) fanout: Mutex<GroupFanout<Arc<Session>>>,
     /// Member count, kept here so the per-message policy call reads no store.
     pub(crate) members: AtomicU32,
+    /// The tenant's traffic counters (messages and deliveries are counted per group).
+    pub(crate) traffic: Arc<crate::metrics::TenantTraffic>,
 }
 
 impl GroupState {

@@ -292,6 +292,7 @@ async fn dev(
          Chat as bob (in a third terminal):\n  \
          SWITCHBOARD_TOKEN={bob} cargo run -p chat -- --addr {addr} --cert {cert} --group {DEMO_GROUP}\n\n\
          More tokens: cargo run -p switchboard -- token --data-dir {data} --user NAME\n\n\
+         Dashboard: {admin}/ in a browser; sign in with the admin token below.\n\
          Admin API: {admin} (OpenAPI at {admin}/openapi.json). For `switchboard ctl`:\n  \
          export SWITCHBOARD_ADMIN_URL={admin} SWITCHBOARD_ADMIN_TOKEN={admin_token}\n  \
          cargo run -p switchboard -- ctl policy status {DEMO_TENANT}\n\n\

@@ -8,6 +8,7 @@
 
 mod compiled;
 mod error;
+pub(crate) mod observe;
 mod ops;
 mod reconcile;
 mod rollback;
@@ -27,6 +28,10 @@ use tokio::sync::watch;
 
 pub use compiled::COMPILED_PLUGINS;
 pub use error::ControlError;
+pub use observe::{
+    DEFAULT_CONNECTIONS_PAGE, DEFAULT_TRAFFIC_PAGE, MAX_CONNECTIONS_PAGE, MAX_FILTER_BYTES,
+    MAX_TRAFFIC_PAGE, SLOW_CONSUMERS_SHOWN,
+};
 pub use rollback::AutoRollback;
 use types::Caller;
 
@@ -68,6 +73,9 @@ pub struct Control {
     pub(crate) auto_rollbacks: AtomicU64,
     /// Bounds compiles and self-tests at once ([`ops::COMPILE_SLOTS`]).
     pub(crate) compile_slots: Arc<tokio::sync::Semaphore>,
+    /// When the control plane started (uptime in `GET /v1/node`).
+    pub(crate) started: std::time::Instant,
+    pub(crate) started_at_ms: u64,
 }
 
 impl std::fmt::Debug for Control {
@@ -104,6 +112,8 @@ impl Control {
             bound: DashMap::new(),
             auto_rollbacks: AtomicU64::new(0),
             compile_slots: Arc::new(tokio::sync::Semaphore::new(ops::COMPILE_SLOTS)),
+            started: std::time::Instant::now(),
+            started_at_ms: ops::now_ms(),
         });
         reconcile::start(&control).await?;
         rollback::start(&control);

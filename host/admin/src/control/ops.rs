@@ -170,7 +170,7 @@ fn check_config(config: &BTreeMap<String, String>) -> Result<(), ControlError> {
 impl Control {
     // --- tenants ---
 
-    fn require_tenant(&self, tenant: &str) -> Result<TenantRecord, ControlError> {
+    pub(crate) fn require_tenant(&self, tenant: &str) -> Result<TenantRecord, ControlError> {
         let id = tenant_id(tenant)?;
         self.store
             .tenant(&id)?

@@ -272,3 +272,221 @@ pub struct Health {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_reason: Option<String>,
 }
+
+// --- what operators read: the node, its connections, its tenants' traffic ---
+
+/// Who the credential is (`GET /v1/whoami`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whoami {
+    /// `admin` or `tenant`.
+    pub role: String,
+    /// The tenant a tenant key reaches; `null` for the admin.
+    pub tenant: Option<String>,
+}
+
+/// What was built and how (`NodeInfo::build`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildInfo {
+    /// The crate version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The git commit it was built from, `unknown` outside a checkout.
+    pub commit: String,
+    /// `debug` or `release`.
+    pub profile: String,
+}
+
+/// Delivery latency of one presence class, from the node's histogram (publish → QUIC).
+/// Percentiles are the upper bound of the bucket they fall in (the histogram's resolution;
+/// `null` above its last bound or without samples).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyClass {
+    /// `active` (foreground sessions) or `background`.
+    pub class: String,
+    pub count: u64,
+    pub mean_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// What tenants shed at the load level in force.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SheddingInfo {
+    pub receipts: bool,
+    pub presence: bool,
+    /// Background members get nudges instead of messages.
+    pub background_delivery: bool,
+}
+
+/// The load level and what it costs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadInfo {
+    /// 0 normal … 3 critical: the level in force.
+    pub level: u8,
+    /// The level an admin forced (the degradation override), if any.
+    pub forced: Option<u8>,
+    /// Tenants with a policy shedding receipts, presence, background delivery.
+    pub tenants_shedding_receipts: u32,
+    pub tenants_shedding_presence: u32,
+    pub tenants_shedding_background: u32,
+    /// Commit queue and push queues fill, 0–100 (what the load monitor samples).
+    pub commit_queue_percent: u64,
+    pub push_queue_percent: u64,
+}
+
+/// Pushes queued for sessions now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// By push stream: `high`, `normal`, `low`, `notices`.
+    pub depth: BTreeMap<String, u64>,
+    pub bytes: u64,
+}
+
+/// Open sessions by presence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCounts {
+    pub foreground: u32,
+    pub background: u32,
+}
+
+/// The node's settings that shape what an operator sees (the full list is the config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigSummary {
+    pub max_connections: u64,
+    pub max_payload_bytes: u64,
+    pub max_group_members: u64,
+    pub max_groups_per_user: u64,
+    pub outbox_frames: u64,
+    pub outbox_bytes: u64,
+    pub disconnect_slow_consumers: bool,
+    pub apply_timeout_ms: u64,
+    pub auto_rollback: AutoRollbackSummary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoRollbackSummary {
+    pub enabled: bool,
+    pub window_ms: u64,
+    pub min_events: u64,
+    pub max_failure_ratio: f64,
+}
+
+/// `GET /v1/node`: one poll's worth of everything node-wide.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub build: BuildInfo,
+    /// When the control plane started (ms since the Unix epoch), and seconds since.
+    pub started_at_ms: u64,
+    pub uptime_s: u64,
+    /// The node's clock when this was read: rates are counter deltas over it.
+    pub now_ms: u64,
+    pub health: Health,
+    pub sessions: SessionCounts,
+    pub load: LoadInfo,
+    pub queues: QueueInfo,
+    pub latency: Vec<LatencyClass>,
+    /// Every node counter of `/metrics` (without the `switchboard_` prefix), since start.
+    pub counters: BTreeMap<String, u64>,
+    /// Versions the node rolled back by itself since start.
+    pub auto_rollbacks: u64,
+    /// The sessions furthest behind (at most
+    /// [`SLOW_CONSUMERS_SHOWN`](crate::control::SLOW_CONSUMERS_SHOWN)): marked slow, catching
+    /// up from the log, or with at least half of `outbox_frames` queued; slow first, then
+    /// catching up, then by bytes queued.
+    pub slow_consumers: Vec<ConnectionInfo>,
+    pub config: ConfigSummary,
+}
+
+/// One session (`GET /v1/connections`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub session: u64,
+    pub tenant: String,
+    pub user: String,
+    /// `foreground` or `background`.
+    pub presence: String,
+    pub connected_at_ms: u64,
+    /// `ip:port` of the client, when known.
+    pub remote: Option<String>,
+    pub groups: u64,
+    /// Pushes queued for it, and their bytes.
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub catching_up: bool,
+    pub slow: bool,
+}
+
+/// A page of sessions, like NATS's `/connz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionPage {
+    /// Sessions matching the filters, before paging.
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+    pub connections: Vec<ConnectionInfo>,
+}
+
+/// One tenant with its traffic and its policy's health (`GET /v1/traffic`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantTraffic {
+    pub tenant: String,
+    pub sessions: SessionCounts,
+    /// Counters since the node started; rates are deltas between two reads.
+    pub messages_accepted: u64,
+    pub deliveries_live: u64,
+    pub deliveries_catch_up: u64,
+    pub deliveries_deferred: u64,
+    /// What the tenant's policy sheds at the load level in force.
+    pub shedding: SheddingInfo,
+    /// The serving versions with their counts, the canary, the last rollback.
+    pub policy: PolicyStatus,
+}
+
+/// A page of tenants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrafficPage {
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u64,
+    pub tenants: Vec<TenantTraffic>,
+}
+
+/// Paging and filters of `GET /v1/connections` and `/v1/tenants/{tenant}/connections`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionQuery {
+    #[serde(default)]
+    pub offset: u64,
+    /// Default 100, at most [`MAX_CONNECTIONS_PAGE`](crate::control::MAX_CONNECTIONS_PAGE).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Only this tenant's sessions (the admin's list; a tenant's list is its own).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Only sessions whose user id contains this (case-insensitive).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `foreground` or `background`.
+    #[serde(default)]
+    pub presence: Option<String>,
+    /// `session` (oldest first, the default), `queued` (most first), `user`.
+    #[serde(default)]
+    pub sort: Option<String>,
+}
+
+/// Paging and filters of `GET /v1/traffic`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficQuery {
+    #[serde(default)]
+    pub offset: u64,
+    /// Default 50, at most [`MAX_TRAFFIC_PAGE`](crate::control::MAX_TRAFFIC_PAGE).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Only tenants whose id contains this (case-insensitive).
+    #[serde(default)]
+    pub q: Option<String>,
+    /// `tenant` (by id, the default), `messages` or `sessions` (most first).
+    #[serde(default)]
+    pub sort: Option<String>,
+}

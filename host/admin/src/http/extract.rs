@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::Json;
@@ -48,6 +48,37 @@ impl FromRequestParts<ApiState> for Admin {
         let caller = caller(parts, state)?;
         state.control.require_admin(&caller)?;
         Ok(Admin)
+    }
+}
+
+/// Any valid credential: the admin token or a tenant key.
+#[derive(Debug)]
+pub(crate) struct Authenticated(pub Caller);
+
+impl FromRequestParts<ApiState> for Authenticated {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
+        Ok(Authenticated(caller(parts, state)?))
+    }
+}
+
+/// Query parameters, refused as a problem (unknown ones too, when `T` says so).
+#[derive(Debug)]
+pub(crate) struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|e| Problem::invalid(400, e.body_text()))
     }
 }
 

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use switchboard_edge::MetricsSnapshot;
 
+use crate::control::observe::{node_series, SeriesKind};
+
 use crate::control::types::VersionHealth;
 use crate::{Control, ControlError};
 
@@ -87,7 +89,57 @@ pub(super) fn render(control: &Control) -> Result<String, ControlError> {
         control.auto_rollbacks()
     );
     policy_series(&mut out, control)?;
+    tenant_series(&mut out, control)?;
     Ok(out)
+}
+
+/// Per tenant with traffic on this node (bounded by the tenants in the store): its share of
+/// the message and delivery counters.
+fn tenant_series(out: &mut String, control: &Control) -> Result<(), ControlError> {
+    let mut rows = Vec::new();
+    for t in control.store.tenants()? {
+        let traffic = control.hub().tenant_traffic(&t.id);
+        if traffic != Default::default() {
+            rows.push((t.id, traffic));
+        }
+    }
+    let name = "switchboard_tenant_messages_accepted_total";
+    family(
+        out,
+        name,
+        Kind::Counter,
+        "Messages made durable and acknowledged, per tenant.",
+    );
+    for (tenant, t) in &rows {
+        let _ = writeln!(
+            out,
+            "{name}{{tenant=\"{}\"}} {}",
+            label(tenant.as_str()),
+            t.messages_accepted
+        );
+    }
+    let name = "switchboard_tenant_deliveries_total";
+    family(
+        out,
+        name,
+        Kind::Counter,
+        "Deliveries per tenant, by kind: live (queued to a session), catch_up (from the log), \
+         deferred (a nudge instead, to a background session).",
+    );
+    for (tenant, t) in &rows {
+        for (kind, n) in [
+            ("live", t.deliveries_live),
+            ("catch_up", t.deliveries_catch_up),
+            ("deferred", t.deliveries_deferred),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{}\",kind=\"{kind}\"}} {n}",
+                label(tenant.as_str())
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Delivery latency (publish → handed to QUIC) by the receiving session's presence.
@@ -126,310 +178,11 @@ fn latency_series(out: &mut String, m: &switchboard_edge::Metrics) {
 }
 
 fn hub_series(out: &mut String, m: MetricsSnapshot) {
-    use Kind::{Counter, Gauge};
-    // Destructured without `..`: a field added to the snapshot does not compile until it is
-    // exported here.
-    let MetricsSnapshot {
-        sessions,
-        connections,
-        connections_refused,
-        messages_accepted,
-        duplicates,
-        deliveries_live,
-        deliveries_catch_up,
-        outbox_overflows,
-        deliveries_deferred,
-        nudges,
-        notices_dropped,
-        load_level_changes,
-        disk_full_refusals,
-        flushes,
-        flush_failures,
-        auth_failures,
-        protocol_errors,
-        policy_rejections,
-        policy_fallbacks,
-        policy_breaker_skips,
-        notify_offline_requests,
-        notifications,
-        notifications_dropped,
-        notifications_failed,
-        receipts_forwarded,
-        receipts_aggregated,
-        receipts_dropped,
-        receipts_shed,
-        presence_shed,
-        receipt_summaries,
-        receipts_failed,
-        rate_limited_messages,
-        rate_limited_receipts,
-        rate_limited_joins,
-        rate_limited_connections,
-        rate_limited_presence,
-        handshakes,
-        handshake_retries,
-        handshakes_refused,
-        handshake_timeouts,
-        slow_consumers_disconnected,
-        foreground_gate_timeouts,
-        webtransport_connections,
-    } = m;
-    let series: &[(&str, Kind, u64, &str)] = &[
-        ("sessions", Gauge, sessions as u64, "Open sessions."),
-        (
-            "connections",
-            Gauge,
-            connections as u64,
-            "QUIC connections, including ones still saying hello (WebTransport ones too).",
-        ),
-        (
-            "webtransport_connections",
-            Gauge,
-            webtransport_connections as u64,
-            "WebTransport connections (browsers), including ones still in HTTP/3 setup or hello.",
-        ),
-        (
-            "connections_refused",
-            Counter,
-            connections_refused,
-            "Connections refused (limits, shutdown).",
-        ),
-        (
-            "messages_accepted",
-            Counter,
-            messages_accepted,
-            "Messages made durable and acknowledged.",
-        ),
-        (
-            "duplicates",
-            Counter,
-            duplicates,
-            "Resends recognised by their client message id.",
-        ),
-        (
-            "deliveries_live",
-            Counter,
-            deliveries_live,
-            "Deliver frames queued live to sessions.",
-        ),
-        (
-            "deliveries_catch_up",
-            Counter,
-            deliveries_catch_up,
-            "Deliver frames sent from the log (catch-up, gap fill).",
-        ),
-        (
-            "outbox_overflows",
-            Counter,
-            outbox_overflows,
-            "Times a session's outbox was full and it switched to catching up from the log.",
-        ),
-        (
-            "deliveries_deferred",
-            Counter,
-            deliveries_deferred,
-            "Deliveries not sent live to a background session (large group or shed under load).",
-        ),
-        (
-            "nudges",
-            Counter,
-            nudges,
-            "Nudge frames sent for deferred groups (at most one per group and connection a second).",
-        ),
-        (
-            "notices_dropped",
-            Counter,
-            notices_dropped,
-            "Receipt and presence notices dropped because a session's queue was full.",
-        ),
-        (
-            "load_level_changes",
-            Counter,
-            load_level_changes,
-            "Times the measured load level changed (up at once, down after 2 s calm).",
-        ),
-        (
-            "disk_full_refusals",
-            Counter,
-            disk_full_refusals,
-            "Sends refused because the data disk was under min_free_disk_bytes free.",
-        ),
-        (
-            "flushes",
-            Counter,
-            flushes,
-            "Store flushes by the committer.",
-        ),
-        (
-            "flush_failures",
-            Counter,
-            flush_failures,
-            "Store flushes that failed.",
-        ),
-        (
-            "auth_failures",
-            Counter,
-            auth_failures,
-            "Hellos refused for their token.",
-        ),
-        (
-            "protocol_errors",
-            Counter,
-            protocol_errors,
-            "Connections closed for a protocol violation.",
-        ),
-        (
-            "policy_rejections",
-            Counter,
-            policy_rejections,
-            "Messages a tenant policy refused.",
-        ),
-        (
-            "policy_fallbacks",
-            Counter,
-            policy_fallbacks,
-            "Policy calls answered by the built-in default because the plugin failed.",
-        ),
-        (
-            "policy_breaker_skips",
-            Counter,
-            policy_breaker_skips,
-            "Policy calls skipped because the tenant's circuit breaker was open.",
-        ),
-        (
-            "notify_offline_requests",
-            Counter,
-            notify_offline_requests,
-            "Messages whose policy asked for offline members to be notified.",
-        ),
-        (
-            "notifications",
-            Counter,
-            notifications,
-            "Push-notification events for offline members handed to the notification sink.",
-        ),
-        (
-            "notifications_dropped",
-            Counter,
-            notifications_dropped,
-            "Messages whose offline notifications were dropped (notification queue full).",
-        ),
-        (
-            "receipts_forwarded",
-            Counter,
-            receipts_forwarded,
-            "Receipts forwarded to senders.",
-        ),
-        (
-            "receipts_aggregated",
-            Counter,
-            receipts_aggregated,
-            "Receipts folded into aggregates.",
-        ),
-        (
-            "receipts_dropped",
-            Counter,
-            receipts_dropped,
-            "Receipts a policy dropped.",
-        ),
-        (
-            "receipts_shed",
-            Counter,
-            receipts_shed,
-            "Receipts shed under load (degradation level or a full receipt queue).",
-        ),
-        (
-            "receipt_summaries",
-            Counter,
-            receipt_summaries,
-            "ReceiptSummary frames sent for aggregated receipts.",
-        ),
-        (
-            "receipts_failed",
-            Counter,
-            receipts_failed,
-            "Receipts the receipt worker could not store.",
-        ),
-        (
-            "presence_shed",
-            Counter,
-            presence_shed,
-            "Presence changes shed under load.",
-        ),
-        (
-            "rate_limited_messages",
-            Counter,
-            rate_limited_messages,
-            "Sends refused with RateLimited (user or tenant message limit); not stored.",
-        ),
-        (
-            "rate_limited_receipts",
-            Counter,
-            rate_limited_receipts,
-            "Receipts refused with RateLimited (user receipt limit).",
-        ),
-        (
-            "rate_limited_joins",
-            Counter,
-            rate_limited_joins,
-            "Joins and leaves refused with RateLimited (user join limit).",
-        ),
-        (
-            "rate_limited_connections",
-            Counter,
-            rate_limited_connections,
-            "Hellos refused with RateLimited (tenant connection cap or rate).",
-        ),
-        (
-            "notifications_failed",
-            Counter,
-            notifications_failed,
-            "Push notifications the sink could not deliver (webhook errors); not retried.",
-        ),
-        (
-            "rate_limited_presence",
-            Counter,
-            rate_limited_presence,
-            "Presence changes over the user's limit (kept, but co-members not told).",
-        ),
-        (
-            "handshakes",
-            Gauge,
-            handshakes as u64,
-            "Connection attempts in their QUIC/TLS handshake.",
-        ),
-        (
-            "handshake_retries",
-            Counter,
-            handshake_retries,
-            "Connection attempts asked to prove their address with a QUIC Retry.",
-        ),
-        (
-            "handshakes_refused",
-            Counter,
-            handshakes_refused,
-            "Connection attempts refused because max_handshakes were in flight.",
-        ),
-        (
-            "handshake_timeouts",
-            Counter,
-            handshake_timeouts,
-            "Handshakes abandoned after hello_timeout_ms.",
-        ),
-        (
-            "slow_consumers_disconnected",
-            Counter,
-            slow_consumers_disconnected,
-            "Connections closed with SlowConsumer (disconnect_slow_consumers).",
-        ),
-        (
-            "foreground_gate_timeouts",
-            Counter,
-            foreground_gate_timeouts,
-            "Batches whose background phase started at its deadline, before every foreground copy was written.",
-        ),
-    ];
-    for &(name, kind, value, help) in series {
+    for (name, kind, value, help) in node_series(m) {
+        let kind = match kind {
+            SeriesKind::Gauge => Kind::Gauge,
+            SeriesKind::Counter => Kind::Counter,
+        };
         let name = format!("switchboard_{name}");
         family(out, &name, kind, help);
         let _ = writeln!(out, "{name} {value}");

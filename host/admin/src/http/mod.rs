@@ -15,10 +15,12 @@
 //! request with `Transfer-Encoding` is refused (400): bodies must say their length, and a
 //! `Content-Length` beside a `Transfer-Encoding` is how requests are smuggled past proxies.
 
+mod dashboard;
 mod extract;
 mod groups;
 mod metrics;
 mod node;
+mod observe;
 mod permits;
 mod plugins;
 mod problem;
@@ -39,6 +41,7 @@ use axum::Router;
 use tracing::Instrument as _;
 
 use crate::{Control, ControlError};
+pub use dashboard::{ASSETS as DASHBOARD_ASSETS, PAGE_ROUTES};
 pub use groups::MemberAdded;
 use permits::FairPermits;
 pub use problem::{Problem, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE};
@@ -81,6 +84,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/tenants/{tenant}/flags"),
     ("GET", "/v1/degradation"),
     ("PUT", "/v1/degradation"),
+    ("GET", "/v1/whoami"),
+    ("GET", "/v1/node"),
+    ("GET", "/v1/connections"),
+    ("GET", "/v1/tenants/{tenant}/connections"),
+    ("GET", "/v1/traffic"),
+    ("GET", "/v1/tenants/{tenant}/traffic"),
 ];
 
 /// Largest JSON request body.
@@ -158,7 +167,7 @@ pub fn router_with(control: Arc<Control>, limits: &ServerLimits) -> Router {
         };
         paths.insert(path, merged);
     }
-    let mut router = Router::new();
+    let mut router = dashboard::routes();
     for (path, methods) in paths {
         router = router.route(path, methods);
     }
@@ -210,6 +219,12 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<ApiState> {
         ("PUT", "/v1/tenants/{tenant}/flags") => put(tenants::put_flags),
         ("GET", "/v1/degradation") => get(node::degradation),
         ("PUT", "/v1/degradation") => put(node::set_degradation),
+        ("GET", "/v1/whoami") => get(observe::whoami),
+        ("GET", "/v1/node") => get(observe::node),
+        ("GET", "/v1/connections") => get(observe::connections),
+        ("GET", "/v1/tenants/{tenant}/connections") => get(observe::tenant_connections),
+        ("GET", "/v1/traffic") => get(observe::traffic),
+        ("GET", "/v1/tenants/{tenant}/traffic") => get(observe::tenant_traffic),
         _ => panic!("ROUTES lists {method} {path}, which has no handler"),
     }
 }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod openapi;
+pub mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -42,6 +43,8 @@ pub struct TestApi {
     /// `http://127.0.0.1:<port>`
     pub url: String,
     pub control: Arc<Control>,
+    /// The node's store (sled), for tests that seed more than the API does quickly.
+    pub store: Arc<SledStore>,
     pub node: Node,
     pub quic_addr: SocketAddr,
     pub cert_der: Vec<u8>,
@@ -57,6 +60,22 @@ impl TestApi {
 
     /// A node whose API serves with these bounds (and TLS, if given).
     pub async fn start_with(options: switchboard_admin::http::ServeOptions) -> TestApi {
+        TestApi::start_configured(
+            options,
+            AutoRollback {
+                // Tests drive rollbacks themselves.
+                enabled: false,
+                ..AutoRollback::default()
+            },
+        )
+        .await
+    }
+
+    /// A node with these API bounds and this automatic rollback.
+    pub async fn start_configured(
+        options: switchboard_admin::http::ServeOptions,
+        auto_rollback: AutoRollback,
+    ) -> TestApi {
         let tmp = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(&tmp.path().join("store")).unwrap());
         let identity = TlsIdentity::self_signed().unwrap();
@@ -77,16 +96,12 @@ impl TestApi {
             ControlConfig {
                 admin_token_sha256: Some(Sha256::digest(ADMIN_TOKEN.as_bytes()).into()),
                 artifact_dir: tmp.path().join("artifacts"),
-                auto_rollback: AutoRollback {
-                    // Tests drive rollbacks themselves.
-                    enabled: false,
-                    ..AutoRollback::default()
-                },
+                auto_rollback,
                 apply_timeout: WAIT,
                 max_group_members: limits.max_group_members,
             },
             store.clone(),
-            store,
+            store.clone(),
             node.hub().clone(),
             engine(),
         )
@@ -111,6 +126,7 @@ impl TestApi {
         TestApi {
             url,
             control,
+            store,
             quic_addr: node.local_addr(),
             node,
             cert_der,
