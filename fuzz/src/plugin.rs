@@ -149,6 +149,10 @@ fn check_load_error(e: &LoadError, wasm: &[u8]) {
         }
         LoadError::WrongVersion { .. } => panic!("load never checks a version: {text}"),
         LoadError::TooComplex { count, max, .. } => assert!(count > max, "{text}"),
+        // The fuzz engine compiles in-process: no child, so no compile bound or compiler.
+        LoadError::CompileBound { .. } | LoadError::CompilerFailed(_) => {
+            panic!("an in-process compile has no child to fail: {text}")
+        }
         LoadError::Invalid(_) | LoadError::ForbiddenImport { .. } | LoadError::WrongWorld(_) => {}
     }
 }
