@@ -32,6 +32,14 @@ impl std::fmt::Display for Closed {
 }
 
 impl Conn {
+    /// The client's address (the operator's connection list shows it).
+    pub(crate) fn remote_address(&self) -> std::net::SocketAddr {
+        match self {
+            Conn::Quic(c) => c.remote_address(),
+            Conn::Web(c) => c.remote_address(),
+        }
+    }
+
     /// The next client-opened bidirectional stream.
     pub(crate) async fn accept_bi(&self) -> Result<(SendStream, RecvStream), Closed> {
         match self {
