@@ -93,10 +93,13 @@ pub(crate) fn root() -> PathBuf {
         .to_owned()
 }
 
+/// Runs `cmd` in the workspace root, unless it names a folder of its own.
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {cmd:?}");
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     let status = cmd
-        .current_dir(root())
         .status()
         .with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
