@@ -99,9 +99,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     if cmd.get_current_dir().is_none() {
         cmd.current_dir(root());
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
