@@ -75,10 +75,37 @@ impl KeeperTask {
         self.served.clone()
     }
 
+    /// A handle that reports fences and drains, usable from any thread and task.
+    pub fn handle(&self) -> KeeperHandle {
+        KeeperHandle(self.events.clone())
+    }
+
     /// Stops at once, as a crash would: nothing is released (other nodes take the shards
     /// when the leases expire).
     pub fn abort(&self) {
         self.task.abort();
+    }
+}
+
+/// The keeper's event channel, for what happens outside the task: a fence the node's
+/// appends saw, a drain.
+#[derive(Debug, Clone)]
+pub struct KeeperHandle(mpsc::Sender<Event>);
+
+impl KeeperHandle {
+    /// See [`KeeperTask::drain`].
+    pub async fn drain(&self) {
+        let _ = self.0.send(Event::Drain).await;
+    }
+
+    /// Tells the keeper that the log fenced this node out of `shard`, so it steps down at
+    /// once rather than at its next renewal. Never blocks: if the keeper's channel is full
+    /// the report is dropped; the log itself refuses every later append to the shard until
+    /// it is taken again, so a lost report costs refused sends, never a second writer.
+    pub fn report_fenced(&self, shard: u16) {
+        if self.0.try_send(Event::Fenced { shard }).is_err() {
+            tracing::warn!(shard, "fence report dropped (keeper busy or gone)");
+        }
     }
 }
 
@@ -89,7 +116,7 @@ impl Drop for KeeperTask {
 }
 
 /// Room for every answer that can be in flight (one lease request and one take per
-/// shard) and a drain.
+/// shard) and a drain; fence reports use what is left, and are dropped past it.
 const ANSWERS: usize = 2 * SHARDS as usize + 1;
 
 async fn run(

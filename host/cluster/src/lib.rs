@@ -20,16 +20,24 @@
 
 mod bridge;
 mod error;
+mod fanout;
 mod fence;
+mod forward;
 pub mod keeper;
 mod keeper_task;
 pub mod lease;
 mod log;
+pub mod members;
 pub mod names;
+mod node;
 pub mod ownership;
 
 pub use error::ClusterError;
+pub use fanout::{Committed, COMMITTED_QUEUE};
+pub use forward::MAX_FORWARDED_IN_FLIGHT;
 pub use keeper::{Action, Event, Keeper, KeeperConfig};
-pub use keeper_task::KeeperTask;
+pub use keeper_task::{KeeperHandle, KeeperTask};
 pub use lease::{Lease, ShardLeases};
 pub use log::{all_shards, JetStreamLog, JetStreamLogConfig};
+pub use members::Members;
+pub use node::{ClusterConfig, ClusterNode};

@@ -257,6 +257,26 @@ impl JetStreamLog {
         &self.inner.names
     }
 
+    /// The log's own runtime, where the node's other cluster tasks (keeper, heartbeats) run
+    /// too: one NATS-facing runtime per node.
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        self.bridge.handle()
+    }
+
+    /// The log's JetStream context (its connection), shared by the node's other buckets.
+    pub(crate) fn jetstream(&self) -> jetstream::Context {
+        self.inner.js.clone()
+    }
+
+    /// Runs `fut` on the log's runtime and waits for it, at most `call_timeout`.
+    pub(crate) fn run<T, F>(&self, op: &'static str, fut: F) -> Result<T, ClusterError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, ClusterError>> + Send + 'static,
+    {
+        self.bridge.run(op, fut)
+    }
+
     /// Whether appends to `shard` are refused: it was never taken, or this writer was
     /// fenced out of it.
     pub fn is_fenced(&self, shard: u16) -> bool {
@@ -315,13 +335,37 @@ impl JetStreamLog {
         group: &GroupId,
         msg: NewMessage<'_>,
     ) -> Result<Appended, ClusterError> {
-        let inner = self.inner.clone();
-        let (tenant, group) = (tenant.clone(), group.clone());
-        let sender = msg.sender.clone();
-        let client_msg_id = msg.client_msg_id.to_owned();
-        let body = Bytes::copy_from_slice(msg.body);
-        let (lane, sent_at_ms) = (msg.lane, msg.sent_at_ms);
+        let append = self.append_owned(
+            tenant.clone(),
+            group.clone(),
+            msg.sender.clone(),
+            msg.client_msg_id.to_owned(),
+            msg.lane,
+            msg.sent_at_ms,
+            Bytes::copy_from_slice(msg.body),
+        );
         self.bridge.run("append", async move {
+            append.await.map(|(appended, _)| appended)
+        })
+    }
+
+    /// [`JetStreamLog::append_message`] as a future that owns its arguments, for callers
+    /// already on the log's runtime (forwarded appends), which must not block on it. Also
+    /// returns a new message's stream seq (0 for a duplicate), for the commit notice.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append_owned(
+        &self,
+        tenant: TenantId,
+        group: GroupId,
+        sender: UserId,
+        client_msg_id: String,
+        lane: Lane,
+        sent_at_ms: u64,
+        body: Bytes,
+    ) -> impl std::future::Future<Output = Result<(Appended, u64), ClusterError>> + Send + 'static
+    {
+        let inner = self.inner.clone();
+        async move {
             inner
                 .append(
                     &tenant,
@@ -333,7 +377,39 @@ impl JetStreamLog {
                     body,
                 )
                 .await
-        })
+        }
+    }
+
+    /// Learns of a message another writer appended (a commit notice, [`crate::fanout`]):
+    /// if this log has the group cached and the message is past its head, the head, the
+    /// message's stream seq and its dedupe key are recorded, so reads here reach it without
+    /// reloading the group. Groups not cached are left alone (they load fresh when used).
+    pub(crate) fn observe(
+        &self,
+        tenant: TenantId,
+        group: GroupId,
+        seq: u64,
+        stream_seq: u64,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        let key = dedupe_key(sender.as_str(), client_msg_id);
+        async move {
+            let cached = inner.groups.lock().get(&(tenant, group)).cloned();
+            let Some(state) = cached else { return };
+            let mut state = state.lock().await;
+            if !state.loaded || seq <= state.tail.head || stream_seq <= state.tail.last_stream_seq {
+                return;
+            }
+            state.tail = Tail {
+                head: seq,
+                last_stream_seq: stream_seq,
+            };
+            state.index.insert(seq, stream_seq);
+            let window = inner.config.dedupe_window;
+            state.dedupe.insert(key, seq, window);
+        }
     }
 
     fn with_group<T, F, Fut>(
@@ -656,7 +732,7 @@ impl Inner {
         lane: Lane,
         sent_at_ms: u64,
         body: Bytes,
-    ) -> Result<Appended, ClusterError> {
+    ) -> Result<(Appended, u64), ClusterError> {
         let shard = shard_of(tenant, group);
         let subject = self.names.subject(tenant, group);
         let fenced = || ClusterError::Fenced {
@@ -671,7 +747,7 @@ impl Inner {
         let (stream, _, mut state) = self.open_group(tenant, group).await?;
         let key = dedupe_key(sender.as_str(), client_msg_id);
         if let Some(&seq) = state.dedupe.seqs.get(&key) {
-            return Ok(Appended::Duplicate { seq });
+            return Ok((Appended::Duplicate { seq }, 0));
         }
         // The shard's lock, after the group's: one write in flight per shard.
         let mut hold = shard_state.lock_owned().await;
@@ -699,7 +775,7 @@ impl Inner {
                 state.loaded = false;
                 self.load(&mut state, &stream, &subject).await?;
                 if let Some(&seq) = state.dedupe.seqs.get(&key) {
-                    return Ok(Appended::Duplicate { seq });
+                    return Ok((Appended::Duplicate { seq }, 0));
                 }
                 match hold.hold.next() {
                     Next::Append { last } => last,
@@ -773,7 +849,7 @@ impl Inner {
             state
                 .dedupe
                 .insert(key, meta.seq, self.config.dedupe_window);
-            return Ok(Appended::Duplicate { seq: meta.seq });
+            return Ok((Appended::Duplicate { seq: meta.seq }, 0));
         }
         hold.hold.stored(ack.sequence);
         state.tail.stored(planned, ack.sequence);
@@ -781,7 +857,7 @@ impl Inner {
             state.index.insert(seq, ack.sequence);
         }
         state.dedupe.insert(key, seq, self.config.dedupe_window);
-        Ok(Appended::New { seq })
+        Ok((Appended::New { seq }, ack.sequence))
     }
 
     /// The group's stream and subject, and its state locked and loaded.

@@ -40,9 +40,12 @@ pub(crate) struct Commit {
     /// The encoded Ack frame.
     pub(crate) ack: Bytes,
     /// A slot in the connection's response queue, reserved when the send was accepted, so
-    /// the ack (or the flush error) can always be queued without waiting.
-    pub(crate) reply: mpsc::OwnedPermit<Bytes>,
-    pub(crate) _permit: OwnedSemaphorePermit,
+    /// the ack (or the flush error) can always be queued without waiting. `None` for
+    /// another node's commit (cluster mode), which nobody here waits for.
+    pub(crate) reply: Option<mpsc::OwnedPermit<Bytes>>,
+    /// One of the sending connection's in-flight slots (none for another node's commit:
+    /// those are bounded by this queue's capacity instead).
+    pub(crate) _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// The commit queue: the hub's end and the committer's. Bounded by design: each commit
@@ -152,7 +155,9 @@ impl Committer {
                         // so make it visible (subscribers fetch it from the log).
                         None => groups.reveal(&c.group, c.seq),
                     }
-                    c.reply.send(c.ack);
+                    if let Some(reply) = c.reply {
+                        reply.send(c.ack);
+                    }
                 }
                 if !later.is_empty() {
                     gate.await_later();
@@ -187,8 +192,11 @@ impl Committer {
                 )
                 .with_retry_after(1_000);
                 for c in batch.drain(..) {
-                    let frame = wire::encode_server(&ServerFrame::Error(err.frame(c.request_id)));
-                    c.reply.send(frame);
+                    if let Some(reply) = c.reply {
+                        let frame =
+                            wire::encode_server(&ServerFrame::Error(err.frame(c.request_id)));
+                        reply.send(frame);
+                    }
                 }
             }
         }

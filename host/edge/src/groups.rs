@@ -2,7 +2,7 @@
 //! the two active-first phases that `switchboard_router::GroupFanout` decides. Shared by the
 //! hub (requests), the committer (publishing) and the sessions' writers (catch-up reads).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,6 +84,7 @@ impl Groups {
                     id: group.clone(),
                     append: tokio::sync::Mutex::new(()),
                     fanout: Mutex::new(GroupFanout::new(head)),
+                    queued: AtomicU64::new(head),
                     members: AtomicU32::new(members),
                     traffic: self.metrics.tenant(tenant),
                 })

@@ -33,7 +33,9 @@ use switchboard_core::{
     ErrorCode, GroupId, Lane, Limits, PresenceState, ReceiptKind, TenantId, UserId,
 };
 use switchboard_policy::{self as policy, TenantPolicy};
-use switchboard_store::{Appended, FlagRule, GroupMeta, NewMessage, Store, StoreError};
+use switchboard_store::{
+    Appended, FlagRule, GroupMeta, NewMessage, Store, StoreError, StoredMessage,
+};
 use switchboard_wire::{self as wire, GroupCursor, Message, ServerFrame};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
@@ -828,7 +830,14 @@ impl Hub {
             },
         )?;
         let (seq, deliver, duplicate) = match appended {
+            // Past the next seq (cluster mode: another node appended in between and its
+            // notice has not come): revealed, so sessions read the gap from the log first.
+            Appended::New { seq } if seq > g.queued.load(Ordering::Relaxed) + 1 => {
+                g.queued.fetch_max(seq, Ordering::Relaxed);
+                (seq, None, false)
+            }
             Appended::New { seq } => {
+                g.queued.fetch_max(seq, Ordering::Relaxed);
                 let frame = wire::encode_server(&ServerFrame::Deliver(Message {
                     group: gid.to_string(),
                     seq,
@@ -857,8 +866,8 @@ impl Hub {
             request_id,
             deliver,
             ack,
-            reply,
-            _permit: permit,
+            reply: Some(reply),
+            _permit: Some(permit),
         };
         // Still under the append lock: commits of one group enter the queue in seq order.
         self.commit_tx
@@ -874,6 +883,41 @@ impl Hub {
             g.traffic.messages_accepted.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// A message another node committed to a group (cluster mode: its commit notice).
+    /// Delivered to this node's sessions of the group as a local commit is — through the
+    /// commit queue, so in seq order with this node's own commits — unless this node has
+    /// queued it already. A message past the next seq is revealed instead (sessions read it
+    /// and the gap before it from the log). A group not loaded here has no session here:
+    /// nothing to do (it loads its head from the store when first used). Waits while the
+    /// commit queue is full.
+    pub async fn deliver_remote(&self, tenant: &TenantId, group: &GroupId, m: StoredMessage) {
+        let Some(g) = self.groups.loaded(tenant, group) else {
+            return;
+        };
+        let _order = g.append.lock().await;
+        let queued = g.queued.load(Ordering::Relaxed);
+        if m.seq <= queued {
+            return;
+        }
+        g.queued.store(m.seq, Ordering::Relaxed);
+        let (seq, lane) = (m.seq, m.lane);
+        let deliver = (seq == queued + 1)
+            .then(|| wire::encode_server(&ServerFrame::Deliver(to_message(group, m))));
+        let commit = Commit {
+            group: g.clone(),
+            seq,
+            lane,
+            notify: None,
+            request_id: 0,
+            deliver,
+            ack: Bytes::new(),
+            reply: None,
+            _permit: None,
+        };
+        // Closed only when the node shuts down.
+        let _ = self.commit_tx.send(commit).await;
     }
 
     /// `Fetch`: durable messages after `after`, at most `limit` (capped by the node).

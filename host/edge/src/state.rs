@@ -3,7 +3,7 @@
 //! lives in `sessions.rs`, `groups.rs` and `hub.rs`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -120,6 +120,12 @@ pub struct GroupState {
     /// Serialises appends so sequence numbers and commit order agree.
     pub(crate) append: tokio::sync::Mutex<()>,
     pub(crate) fanout: Mutex<GroupFanout<Arc<Session>>>,
+    /// The newest seq this node queued for publishing — its own appends and, in cluster
+    /// mode, other nodes' commits ([`crate::Hub::deliver_remote`]) — written under `append`;
+    /// never below the head. A message whose seq is past `queued + 1` comes after messages
+    /// this node has not seen: it is revealed (sessions read the gap and it from the log,
+    /// in order) instead of published live.
+    pub(crate) queued: AtomicU64,
     /// Member count, kept here so the per-message policy call reads no store.
     pub(crate) members: AtomicU32,
     /// The tenant's traffic counters (messages and deliveries are counted per group).

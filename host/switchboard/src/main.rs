@@ -194,9 +194,9 @@ async fn serve(cfg: Config) -> Result<()> {
     // Before anything serves: a SIGTERM that arrives while the node starts must stop it
     // gracefully, not kill it (the default action).
     let stop = Stop::install()?;
-    let store = switchboard::open_store_for(&cfg)?;
-    switchboard::seed(&*store, &cfg)?;
-    let node = switchboard::start(&cfg, store).await?;
+    let opened = switchboard::open_for(&cfg)?;
+    switchboard::seed(&*opened.store, &cfg)?;
+    let node = switchboard::start_opened(&cfg, opened).await?;
     stop.wait().await;
     node.shutdown().await;
     Ok(())
@@ -221,6 +221,7 @@ async fn dev(
         tenants: Vec::new(),
         notify: switchboard::NotifySettings::default(),
         store: switchboard::StoreSettings::default(),
+        cluster: None,
         plugin_compile: switchboard::PluginCompileSettings {
             program: Some(std::env::current_exe().context("finding this binary")?),
             ..Default::default()

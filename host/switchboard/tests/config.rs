@@ -136,6 +136,23 @@ fn bad_files_are_refused_with_a_reason() {
             "data_dir = \"d\"\n[admin]\nmax_connections = 0",
             "max_connections must be at least 1",
         ),
+        (
+            "data_dir = \"d\"\n[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a.b\"",
+            "cluster.node \"a.b\"",
+        ),
+        (
+            "data_dir = \"d\"\n[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a\"\nlease_ttl_ms = 10",
+            "lease_ttl_ms must be at least 1000",
+        ),
+        (
+            "data_dir = \"d\"\n[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a\"\nreplicas = 0",
+            "cluster.replicas and cluster.request_timeout_ms must be above 0",
+        ),
+        (
+            "data_dir = \"d\"\n[cluster]\nnats = \"nats://127.0.0.1:4222\"\nnode = \"a\"\nprefix = \"a.b\"",
+            "cluster.prefix",
+        ),
+        ("data_dir = \"d\"\n[cluster]\nnode = \"a\"", "missing field `nats`"),
     ];
     for (text, want) in cases {
         let e = load_str(text).unwrap_err().to_string();

@@ -1,0 +1,236 @@
+//! Membership: which nodes are live, from heartbeats in a JetStream KV bucket.
+//!
+//! Each node puts its id as a key of `<prefix>-nodes` every third of the TTL (the bucket's
+//! `max_age` is the TTL, so a dead node's key also leaves the bucket by itself), and
+//! watches the bucket. A node counts as live while its last heartbeat was *seen* (by this
+//! node's monotonic clock) within the TTL: a node stopped by SIGSTOP or cut off drops out
+//! one TTL after its last heartbeat arrived here, whatever the server's clock says, and a
+//! drained node deletes its key and drops out at once. The live set (sorted, this node
+//! among them while its own heartbeats get through) feeds the keeper's node channel; the
+//! keeper turns it into shard ownership by rendezvous.
+//!
+//! Bounds: the watch holds one entry per live node; a key that is not a valid node id is
+//! ignored. A broken watch is opened again every third of the TTL until it works; while it
+//! is broken the nodes seen age out, which only makes this node take fewer shards.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use crate::names::LogNames;
+use crate::ClusterError;
+
+/// The heartbeat bucket of one node.
+#[derive(Debug, Clone)]
+pub struct Members {
+    kv: kv::Store,
+    node: String,
+    ttl: Duration,
+}
+
+impl Members {
+    /// Opens (or creates) the heartbeat bucket of `prefix` on `js`.
+    pub async fn open(
+        js: &jetstream::Context,
+        prefix: &str,
+        node: &str,
+        ttl: Duration,
+        replicas: usize,
+    ) -> Result<Self, ClusterError> {
+        let names = LogNames::new(prefix).map_err(|e| ClusterError::Config(e.to_string()))?;
+        if !valid_node_id(node) {
+            return Err(ClusterError::Config(format!(
+                "node id {node:?}: use 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        if ttl.is_zero() {
+            return Err(ClusterError::Config("the node TTL must be above 0".into()));
+        }
+        let bucket = format!("{}-nodes", names.prefix());
+        let kv = js
+            .create_or_update_key_value(kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Stream {
+                stream: bucket,
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            kv,
+            node: node.to_owned(),
+            ttl,
+        })
+    }
+
+    /// One heartbeat.
+    pub async fn beat(&self) -> Result<(), ClusterError> {
+        self.kv
+            .put(&self.node, Bytes::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::Config(format!("heartbeat of {}: {e}", self.node)))
+    }
+
+    /// The nodes whose keys are in the bucket now (a node dead for less than the TTL
+    /// included), sorted: the first view, before the watch runs.
+    pub async fn live_now(&self) -> Result<Vec<String>, ClusterError> {
+        let err = |e: &dyn std::fmt::Display| ClusterError::Config(format!("list nodes: {e}"));
+        let mut keys = self.kv.keys().await.map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| err(&e))?;
+            if valid_node_id(&key) {
+                out.push(key);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Leaves at once (a drain): the key is deleted, so other nodes drop this one without
+    /// waiting for the TTL.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        self.kv
+            .delete(&self.node)
+            .await
+            .map_err(|e| ClusterError::Config(format!("leave of {}: {e}", self.node)))
+    }
+
+    /// Beats and watches until `stop` turns true, publishing the live nodes on `live`
+    /// whenever they change. After `stop`, no more heartbeats are sent.
+    pub async fn run(self, live: watch::Sender<Vec<String>>, mut stop: watch::Receiver<bool>) {
+        let every = self.ttl / 3;
+        let mut ticks = tokio::time::interval(every.max(Duration::from_millis(10)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen = Seen::new(self.ttl);
+        let mut watch = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if watch.is_none() {
+                match self.kv.watch_with_history(">").await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => tracing::warn!(error = %e, "membership watch failed; retrying"),
+                }
+            }
+            tokio::select! {
+                _ = ticks.tick() => {
+                    if let Err(e) = self.beat().await {
+                        tracing::warn!(error = %e, "heartbeat failed; retrying");
+                    }
+                }
+                entry = next(&mut watch) => match entry {
+                    Some(Ok(entry)) => seen.apply(&entry.key, entry.operation, Instant::now()),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "membership watch broke; reopening");
+                        watch = None;
+                    }
+                    None => watch = None,
+                },
+                _ = stop.changed() => {}
+            }
+            let now_live = seen.live(Instant::now());
+            live.send_if_modified(|l| {
+                let changed = *l != now_live;
+                *l = now_live;
+                changed
+            });
+        }
+    }
+}
+
+/// The next entry of the watch, or never when there is none (so `select!` waits on the
+/// other branches).
+async fn next(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Node ids: what may be a KV key and a lease's value, and reads well in logs.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// When each node's last heartbeat was seen here (no IO: the membership's rule).
+#[derive(Debug)]
+pub(crate) struct Seen {
+    ttl: Duration,
+    at: BTreeMap<String, Instant>,
+}
+
+impl Seen {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            at: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn apply(&mut self, key: &str, op: kv::Operation, now: Instant) {
+        if !valid_node_id(key) {
+            return;
+        }
+        match op {
+            kv::Operation::Put => {
+                self.at.insert(key.to_owned(), now);
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                self.at.remove(key);
+            }
+        }
+    }
+
+    /// The nodes seen within the TTL, sorted; older ones are forgotten.
+    pub(crate) fn live(&mut self, now: Instant) -> Vec<String> {
+        let ttl = self.ttl;
+        self.at
+            .retain(|_, seen| now.saturating_duration_since(*seen) < ttl);
+        self.at.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_live_for_one_ttl_after_its_last_heartbeat_seen_and_leaves_on_delete() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(3);
+        let mut seen = Seen::new(ttl);
+        seen.apply("node-a", kv::Operation::Put, t0);
+        seen.apply("node-b", kv::Operation::Put, t0);
+        seen.apply("bad.key", kv::Operation::Put, t0);
+        assert_eq!(seen.live(t0), ["node-a", "node-b"]);
+        seen.apply("node-a", kv::Operation::Put, t0 + Duration::from_secs(2));
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(seen.live(later), ["node-a"], "node-b's beat is a TTL old");
+        seen.apply("node-a", kv::Operation::Delete, later);
+        assert!(seen.live(later).is_empty());
+    }
+
+    #[test]
+    fn node_ids_are_short_plain_tokens() {
+        assert!(valid_node_id("node-1_a"));
+        for bad in ["", "a.b", "a b", "a*", ">", &"x".repeat(65)] {
+            assert!(!valid_node_id(bad), "{bad:?}");
+        }
+    }
+}

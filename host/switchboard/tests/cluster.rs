@@ -1,0 +1,231 @@
+//! Cluster mode, end to end: two nodes started from `[cluster]` config files over one real
+//! nats-server, clients over real QUIC. Each node serves its rendezvous share of the
+//! shards and appends only to those; a send for a group of the other node's shard is
+//! forwarded to it; when a node drains or dies the other serves its groups, and their seqs
+//! continue from the log without a gap; a resend is a duplicate whichever node it reaches.
+//!
+//! Every wait is on a condition (the served-shard and live-node watches), bounded by
+//! `PATIENCE`; the lease TTL is 2 s so a death is noticed within seconds.
+
+mod common;
+#[path = "../../cluster/tests/support/mod.rs"]
+mod nats;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use switchboard::{Config, RunningNode};
+use switchboard_cluster::names::{shard_of, SHARDS};
+use switchboard_cluster::ownership::preferred_owner;
+use switchboard_core::{ErrorCode, GroupId, TenantId};
+use switchboard_wire::ServerFrame;
+use tokio::sync::watch;
+
+use common::{error_code, mint, next_deliver, now_secs, send, RawClient};
+use nats::NatsServer;
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+const SECRET_ENV: &str = "SB_CLUSTER_TEST_SECRET";
+const TTL_MS: u64 = 2_000;
+/// The most any condition is waited for (2 cores shared by several builds).
+const PATIENCE: Duration = Duration::from_secs(60);
+const NODES: [&str; 2] = ["node-a", "node-b"];
+
+/// Groups `g0`..`g23`; each shard has one of the two nodes as its preferred owner.
+fn groups() -> Vec<String> {
+    (0..24).map(|i| format!("g{i}")).collect()
+}
+
+fn shard(group: &str) -> u16 {
+    shard_of(
+        &TenantId::new("demo").unwrap(),
+        &GroupId::new(group).unwrap(),
+    )
+}
+
+/// The first group whose shard rendezvous gives to `node` among both.
+fn group_of(node: &str) -> String {
+    groups()
+        .into_iter()
+        .find(|g| preferred_owner(shard(g), &NODES) == Some(node))
+        .expect("24 groups cover both nodes")
+}
+
+fn config(dir: &std::path::Path, node: &str, nats: &NatsServer) -> Config {
+    let groups: String = groups()
+        .iter()
+        .map(|g| format!("[[tenants.groups]]\nid = \"{g}\"\nmembers = [\"ann\", \"bob\"]\n"))
+        .collect();
+    let text = format!(
+        "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nenabled = false\n\
+         [cluster]\nnats = \"{url}\"\nnode = \"{node}\"\nprefix = \"ct\"\nreplicas = 1\n\
+         lease_ttl_ms = {TTL_MS}\n\
+         [[tenants]]\nid = \"demo\"\nsecret_env = \"{SECRET_ENV}\"\n{groups}",
+        url = nats.url()
+    );
+    let path = dir.join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+struct Started {
+    node: RunningNode,
+    cfg: Config,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(node: &str, nats: &NatsServer) -> Started {
+    // Every test sets the same value: tests in this file may run at once.
+    std::env::set_var(SECRET_ENV, SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), node, nats);
+    let opened = tokio::task::block_in_place(|| switchboard::open_for(&cfg)).unwrap();
+    switchboard::seed(&*opened.store, &cfg).unwrap();
+    let node = switchboard::start_opened(&cfg, opened).await.unwrap();
+    Started {
+        node,
+        cfg,
+        _dir: dir,
+    }
+}
+
+impl Started {
+    fn served(&self) -> watch::Receiver<BTreeSet<u16>> {
+        self.node.cluster.as_ref().unwrap().served()
+    }
+
+    async fn client(&self, user: &str) -> RawClient {
+        let (identity, _) = switchboard::identity(&self.cfg).unwrap();
+        let mut c = RawClient::connect(
+            self.node.local_addr(),
+            identity.cert_chain[0].as_ref(),
+            switchboard_wire::ALPN,
+        )
+        .await
+        .unwrap();
+        let now = now_secs();
+        let token = mint("demo", user, SECRET.as_bytes(), now + 600, now - 5);
+        assert!(
+            matches!(c.hello(&token).await, ServerFrame::Welcome { .. }),
+            "hello refused"
+        );
+        c
+    }
+}
+
+/// Waits until `served` satisfies `ok`, at most `PATIENCE`.
+async fn until(
+    served: &mut watch::Receiver<BTreeSet<u16>>,
+    what: &str,
+    ok: impl FnMut(&BTreeSet<u16>) -> bool,
+) {
+    tokio::time::timeout(PATIENCE, served.wait_for(ok))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {PATIENCE:?}"))
+        .expect("the keeper stopped");
+}
+
+fn preferred(node: &str) -> BTreeSet<u16> {
+    (0..SHARDS)
+        .filter(|&s| preferred_owner(s, &NODES) == Some(node))
+        .collect()
+}
+
+/// Waits until `c` is delivered `seq` of `group` (earlier deliveries, such as its catch-up
+/// at connect, are skipped); a push stream quiet for the harness's `WAIT` fails the test.
+async fn delivered(c: &mut RawClient, group: &str, seq: u64) {
+    loop {
+        let m = next_deliver(c).await;
+        if m.group == group && m.seq == seq {
+            return;
+        }
+    }
+}
+
+/// Sends `id` to `group` and returns the ack's seq, or the error's code.
+async fn try_send(c: &mut RawClient, request_id: u64, group: &str) -> Result<u64, ErrorCode> {
+    c.send(&send(
+        request_id,
+        group,
+        format!("m{request_id}").as_bytes(),
+    ))
+    .await;
+    match c.read().await.expect("an answer to the send") {
+        ServerFrame::Ack { seq, .. } => Ok(seq),
+        other => Err(error_code(&other)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_node_appends_to_its_own_shards_and_takes_over_a_drained_nodes_groups() {
+    let nats = NatsServer::start();
+    let a = start("node-a", &nats).await;
+    let b = start("node-b", &nats).await;
+    let (mut served_a, mut served_b) = (a.served(), b.served());
+    let (want_a, want_b) = (preferred("node-a"), preferred("node-b"));
+    until(&mut served_a, "node-a serves its share", |s| *s == want_a).await;
+    until(&mut served_b, "node-b serves its share", |s| *s == want_b).await;
+
+    let (ga, gb) = (group_of("node-a"), group_of("node-b"));
+    let mut ann_a = a.client("ann").await;
+    let mut ann_b = b.client("ann").await;
+    assert_eq!(try_send(&mut ann_a, 1, &ga).await, Ok(1));
+    assert_eq!(try_send(&mut ann_a, 2, &ga).await, Ok(2));
+    assert_eq!(try_send(&mut ann_b, 3, &gb).await, Ok(1));
+    // Not this node's shard: forwarded to its owner, which assigns the seq.
+    assert_eq!(try_send(&mut ann_a, 4, &gb).await, Ok(2));
+    assert_eq!(try_send(&mut ann_b, 5, &ga).await, Ok(3));
+    // A resend through the other node is the owner's duplicate, with the original seq.
+    assert_eq!(try_send(&mut ann_b, 1, &ga).await, Ok(1));
+    assert_eq!(try_send(&mut ann_a, 3, &gb).await, Ok(1));
+
+    // Cross-node delivery: bob, on node-b, gets what ann sends through node-a, to node-a's
+    // group (appended there) and to node-b's (forwarded there by node-a).
+    let mut bob_b = b.client("bob").await;
+    assert_eq!(try_send(&mut ann_a, 8, &ga).await, Ok(4));
+    delivered(&mut bob_b, &ga, 4).await;
+    assert_eq!(try_send(&mut ann_a, 9, &gb).await, Ok(3));
+    delivered(&mut bob_b, &gb, 3).await;
+
+    // A graceful stop hands node-a's shards over without waiting for the TTL.
+    drop(ann_a);
+    a.node.shutdown().await;
+    until(&mut served_b, "node-b serves every shard", |s| {
+        s.len() == usize::from(SHARDS)
+    })
+    .await;
+    // node-b appends to node-a's group, after the four messages stored there.
+    assert_eq!(try_send(&mut ann_b, 6, &ga).await, Ok(5));
+    assert_eq!(try_send(&mut ann_b, 7, &gb).await, Ok(4));
+    // Resends across the change of owner are duplicates with their seqs.
+    assert_eq!(try_send(&mut ann_b, 6, &ga).await, Ok(5));
+    assert_eq!(try_send(&mut ann_b, 2, &ga).await, Ok(2));
+    b.node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_a_node_dies_the_other_serves_its_groups_after_the_lease_ttl() {
+    let nats = NatsServer::start();
+    let a = start("node-a", &nats).await;
+    let b = start("node-b", &nats).await;
+    let (mut served_a, mut served_b) = (a.served(), b.served());
+    let (want_a, want_b) = (preferred("node-a"), preferred("node-b"));
+    until(&mut served_a, "node-a serves its share", |s| *s == want_a).await;
+    until(&mut served_b, "node-b serves its share", |s| *s == want_b).await;
+    let ga = group_of("node-a");
+    let mut ann_a = a.client("ann").await;
+    assert_eq!(try_send(&mut ann_a, 1, &ga).await, Ok(1));
+
+    // As a crash: nothing handed over, no heartbeat any more (the node's tasks and
+    // connections go with it).
+    drop(ann_a);
+    drop(a);
+    until(&mut served_b, "node-b serves every shard", |s| {
+        s.len() == usize::from(SHARDS)
+    })
+    .await;
+    let mut ann_b = b.client("ann").await;
+    assert_eq!(try_send(&mut ann_b, 2, &ga).await, Ok(2));
+    b.node.shutdown().await;
+}
