@@ -188,7 +188,7 @@ mod tests {
     fn a_notice_reads_back_as_the_message_with_hostile_ids_intact() {
         let (tenant, group) = (
             TenantId::new("a.b").unwrap(),
-            GroupId::new("*>x y").unwrap(),
+            GroupId::new("g.x:y@z").unwrap(),
         );
         let sender = UserId::new("ann.").unwrap();
         let notice = Notice {

@@ -309,7 +309,10 @@ mod tests {
 
     #[test]
     fn a_forwarded_append_reads_back_intact_and_a_bad_one_is_refused() {
-        let (tenant, group) = (TenantId::new("t.1").unwrap(), GroupId::new("g>*").unwrap());
+        let (tenant, group) = (
+            TenantId::new("t.1").unwrap(),
+            GroupId::new("g.1@x").unwrap(),
+        );
         let sender = UserId::new("bob").unwrap();
         let f = Forwarded::new(
             &tenant,
