@@ -302,6 +302,11 @@ impl AdminClient {
         self.json("GET", "/v1/node", Body::None)
     }
 
+    /// Rotates the node's store key while it runs (admin).
+    pub fn rotate_store_key(&self) -> Result<StoreKeyRotation, ClientError> {
+        self.json("POST", "/v1/node/store-key/rotation", Body::None)
+    }
+
     /// A page of open sessions: the node's (admin), or `tenant`'s.
     pub fn connections(
         &self,

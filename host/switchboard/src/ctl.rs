@@ -68,6 +68,9 @@ enum CtlCommand {
     /// The node's load level override (admin).
     #[command(subcommand)]
     Degradation(DegradationCmd),
+    /// The node itself (admin).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Is the node up?
     Health,
     /// Prometheus metrics (admin).
@@ -242,6 +245,14 @@ enum DegradationCmd {
         #[arg(value_parser = level)]
         level: Level,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Rotate the store key while the node runs: a new key seals every tenant secret, the
+    /// old one leaves the key file. Refused (409) when the node took its key from
+    /// `SWITCHBOARD_STORE_KEY`; then rotate offline with `switchboard keys rotate`.
+    RotateStoreKey,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -419,6 +430,12 @@ fn execute(c: &AdminClient, command: CtlCommand) -> Result<Answer, Failure> {
                 None => format!("load level {} (not forced)", d.level),
             })
         }
+        CtlCommand::Node(NodeCmd::RotateStoreKey) => answer(&c.rotate_store_key()?, |r| {
+            format!(
+                "store key rotated: key {} now seals {} tenant secrets",
+                r.key_id, r.resealed
+            )
+        }),
         CtlCommand::Health => answer(&c.health()?, |h| {
             format!(
                 "{}: {} sessions, {} connections, load level {}",

@@ -162,6 +162,13 @@ async fn every_ctl_command_end_to_end() {
         "umbrella was not created: {list}"
     );
     assert!(admin(&["tenant", "list"]).ok().starts_with("TENANT"));
+
+    // The node's store key, rotated while it runs: both tenants' secrets sealed again.
+    let out = admin(&["node", "rotate-store-key"]).ok();
+    assert_eq!(
+        out.trim(),
+        "store key rotated: key 2 now seals 2 tenant secrets"
+    );
     let out = admin(&["tenant", "quotas", "acme", "--max-groups", "50"]).ok();
     assert!(out.contains("50 groups, 64 plugin versions"), "{out}");
 
