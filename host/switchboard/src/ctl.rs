@@ -32,7 +32,8 @@ pub struct CtlArgs {
     #[arg(long, global = true, hide = true)]
     token: Option<String>,
     /// For an `https://` URL: trust only this CA certificate (PEM or DER), e.g. the node's own
-    /// self-signed `cert.pem`; without it the web PKI's roots are trusted.
+    /// self-signed `cert.pem` or `cert.der`; without it the web PKI's roots are trusted. A
+    /// file that holds no certificate is refused (exit 1) before any request.
     #[arg(long, env = "SWITCHBOARD_ADMIN_CA", global = true, value_name = "PATH")]
     ca: Option<PathBuf>,
     /// Print the API's JSON answer instead of a summary.
@@ -351,7 +352,7 @@ pub fn run(args: CtlArgs) -> i32 {
         None => AdminClient::new(&args.url, token),
         Some(path) => match std::fs::read(path)
             .map_err(|e| e.to_string())
-            .and_then(|ca| AdminClient::with_ca(&args.url, token, &ca))
+            .and_then(|ca| AdminClient::with_ca(&args.url, token, &ca).map_err(|e| e.to_string()))
         {
             Ok(client) => client,
             Err(e) => {

@@ -467,6 +467,29 @@ async fn ctl_exit_codes() {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("/no/such/file.wasm"), "{}", out.stderr);
 
+    // 1: a --ca file that holds no certificate, refused before any request; a missing one.
+    let not_a_cert = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_a_cert.path(), "just some text, no certificate\n").unwrap();
+    let path = not_a_cert.path().to_str().unwrap();
+    let out = ctl(url, None, &["--ca", path, "health"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: --ca {path}: neither PEM nor a DER X.509 certificate"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    let out = ctl(url, None, &["--ca", "/no/such/ca.pem", "health"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--ca /no/such/ca.pem"),
+        "{}",
+        out.stderr
+    );
+
     // 4: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
