@@ -4,7 +4,8 @@
 //!
 //! HTTP or HTTPS (rustls): an `https://` URL is checked against the web PKI's roots, or only
 //! against the CA certificates given to [`AdminClient::with_ca`] (a node's own self-signed
-//! certificate, or a private CA), so `switchboard ctl` reaches a node serving `[admin.tls]`.
+//! certificate, or a private CA; PEM or DER, checked when given: [`CaError`]), so
+//! `switchboard ctl` reaches a node serving `[admin.tls]`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,6 +59,51 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// Why the CA certificates given to [`AdminClient::with_ca`] were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaError {
+    /// PEM text (it starts with `-----BEGIN`) that does not parse.
+    #[error("not valid PEM: {0}")]
+    Pem(String),
+    /// PEM without a `CERTIFICATE` section (a key file, say).
+    #[error("holds no certificate (no CERTIFICATE section in the PEM)")]
+    NoCertificate,
+    /// A PEM `CERTIFICATE` section (`index` counts from 0) that is not an X.509 certificate.
+    #[error("certificate {index} of the PEM is not an X.509 certificate: {detail}")]
+    BadPemCertificate { index: usize, detail: String },
+    /// Not PEM, and not a DER X.509 certificate either.
+    #[error("neither PEM nor a DER X.509 certificate: {detail}")]
+    NotACertificate { detail: String },
+}
+
+/// The certificates in `ca` (PEM or one DER certificate), each checked to parse as a trust
+/// anchor the way rustls will use it.
+fn ca_certificates(ca: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, CaError> {
+    let check = |der: &[u8]| {
+        rustls::RootCertStore::empty()
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .map_err(|e| e.to_string())
+    };
+    if !ca.starts_with(b"-----BEGIN") {
+        check(ca).map_err(|detail| CaError::NotACertificate { detail })?;
+        return Ok(vec![ureq::tls::Certificate::from_der(ca).to_owned()]);
+    }
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(ca) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| CaError::Pem(e.to_string()))? {
+            check(c.der()).map_err(|detail| CaError::BadPemCertificate {
+                index: certs.len(),
+                detail,
+            })?;
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(CaError::NoCertificate);
+    }
+    Ok(certs)
 }
 
 /// A client for one node's API, with one credential (admin token or tenant API key).
@@ -114,28 +160,18 @@ impl AdminClient {
     }
 
     /// Like [`AdminClient::new`], for an HTTPS node whose certificate is issued by (or is) one
-    /// of the certificates in `ca`: PEM (one or more) or a single DER certificate. Only these
-    /// are trusted, not the web PKI.
+    /// of the certificates in `ca`: PEM text (one or more `CERTIFICATE` sections; other
+    /// sections such as keys are skipped) or the bytes of a single DER certificate, as a
+    /// node's `cert.pem` or `cert.der`. Only these are trusted, not the web PKI. Every
+    /// certificate is parsed here, so a file that is not one is refused with a [`CaError`]
+    /// before any request (a certificate that did not parse would otherwise be dropped
+    /// silently, and every call fail later as an untrusted peer).
     pub fn with_ca(
         base_url: &str,
         token: Option<String>,
         ca: &[u8],
-    ) -> Result<AdminClient, String> {
-        let certs: Vec<ureq::tls::Certificate<'static>> = if ca.starts_with(b"-----BEGIN") {
-            ureq::tls::parse_pem(ca)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("not PEM: {e}"))?
-        } else {
-            vec![ureq::tls::Certificate::from_der(ca).to_owned()]
-        };
-        if certs.is_empty() {
-            return Err("holds no certificate".into());
-        }
+    ) -> Result<AdminClient, CaError> {
+        let certs = ca_certificates(ca)?;
         Ok(Self::build(
             base_url,
             token,
@@ -300,6 +336,11 @@ impl AdminClient {
     /// Build, uptime, health, load, queues, latency, counters, slow consumers (admin).
     pub fn node_info(&self) -> Result<NodeInfo, ClientError> {
         self.json("GET", "/v1/node", Body::None)
+    }
+
+    /// Rotates the node's store key while it runs (admin).
+    pub fn rotate_store_key(&self) -> Result<StoreKeyRotation, ClientError> {
+        self.json("POST", "/v1/node/store-key/rotation", Body::None)
     }
 
     /// A page of open sessions: the node's (admin), or `tenant`'s.

@@ -47,6 +47,14 @@ async fn node_endpoints() {
         "invalid-argument",
     );
 
+    // The store key rotates on the running node; the store (a SledStore with its key
+    // file) then holds the new key only.
+    assert_eq!(api.store.key_ids(), vec![1]);
+    let rotated = sync(|| admin.rotate_store_key()).unwrap();
+    assert_eq!(rotated.key_id, 2);
+    doc.check("POST", "/v1/node/store-key/rotation", 200, &v(&rotated));
+    assert_eq!(api.store.key_ids(), vec![2]);
+
     let r = api.raw("GET", "/metrics", Some(ADMIN_TOKEN), None);
     assert_eq!(r.status, 200);
     assert!(

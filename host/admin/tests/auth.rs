@@ -26,6 +26,7 @@ const ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/v1/degradation"),
     ("PUT", "/v1/degradation"),
     ("GET", "/v1/node"),
+    ("POST", "/v1/node/store-key/rotation"),
     ("GET", "/v1/connections"),
     ("GET", "/v1/traffic"),
 ];

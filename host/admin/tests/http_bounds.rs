@@ -1,7 +1,7 @@
 //! The HTTP server's own bounds, over real sockets: slowloris headers and idle keep-alive
 //! connections closed at the header timeout, a declared but unsent body answered 408 and
 //! closed at the body timeout, `Transfer-Encoding` beside `Content-Length` refused, the
-//! connection cap, and the TLS listener.
+//! connection cap, the TLS listener, and the CA certificates the admin client trusts.
 //!
 //! Every wait is a read until the server closes, under an outer timeout far above the
 //! deadline being checked: the server's close is the signal, never a sleep.
@@ -337,5 +337,98 @@ async fn the_tls_listener_serves_healthz_to_a_rustls_client() {
         read_until_closed(&mut s, WAIT)
     });
     assert!(!got.starts_with(b"HTTP/1.1 200"));
+    api.stop().await;
+}
+
+/// PEM text of DER certificates or keys (`label` e.g. `CERTIFICATE`).
+fn pem(label: &str, der: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out.into_bytes()
+}
+
+/// `AdminClient::with_ca` takes the node's certificate as DER (a node's `cert.der`) or PEM
+/// and then trusts it alone; anything that is not a certificate is refused when given, with
+/// a typed error, before any request.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_client_trusts_a_ca_given_as_der_or_pem_and_refuses_anything_else() {
+    use switchboard_admin::client::{AdminClient, CaError};
+
+    let identity = switchboard_edge::TlsIdentity::self_signed().unwrap();
+    let der = identity.cert_chain[0].to_vec();
+    let key_der = identity.key.secret_der().to_vec();
+    let tls = switchboard_admin::http::tls_config(identity.cert_chain, identity.key).unwrap();
+    let api = TestApi::start_with(ServeOptions {
+        limits: ServerLimits::default(),
+        tls: Some(tls),
+    })
+    .await;
+    let port = api.addr().rsplit(':').next().unwrap().to_owned();
+    // The dev certificate names `localhost`.
+    let url = format!("https://localhost:{port}");
+
+    for (form, ca) in [("DER", der.clone()), ("PEM", pem("CERTIFICATE", &der))] {
+        let client = AdminClient::with_ca(&url, None, &ca).unwrap();
+        let health = sync(|| client.health()).unwrap_or_else(|e| panic!("{form}: {e}"));
+        assert_eq!(health.status, "ok", "{form}");
+    }
+    // A PEM bundle: a key section is skipped, the certificate is used.
+    let mut bundle = pem("PRIVATE KEY", &key_der);
+    bundle.extend(pem("CERTIFICATE", &der));
+    let client = AdminClient::with_ca(&url, None, &bundle).unwrap();
+    sync(|| client.health()).unwrap();
+
+    // Trust is exactly what was given: another certificate does not reach this node.
+    let other = switchboard_edge::TlsIdentity::self_signed()
+        .unwrap()
+        .cert_chain[0]
+        .to_vec();
+    let client = AdminClient::with_ca(&url, None, &other).unwrap();
+    match sync(|| client.health()) {
+        Err(switchboard_admin::client::ClientError::Transport { .. }) => {}
+        other => panic!("an untrusted node answered: {other:?}"),
+    }
+
+    let refused = |ca: &[u8]| AdminClient::with_ca(&url, None, ca).unwrap_err();
+    assert!(matches!(
+        refused(b"this is not a certificate\n"),
+        CaError::NotACertificate { .. }
+    ));
+    assert!(matches!(refused(b""), CaError::NotACertificate { .. }));
+    // DER of a key, not of a certificate.
+    assert!(matches!(refused(&key_der), CaError::NotACertificate { .. }));
+    assert!(matches!(
+        refused(&der[..der.len() / 2]),
+        CaError::NotACertificate { .. }
+    ));
+    assert_eq!(
+        refused(&pem("PRIVATE KEY", &key_der)),
+        CaError::NoCertificate
+    );
+    assert!(matches!(
+        refused(&pem("CERTIFICATE", b"not a certificate at all")),
+        CaError::BadPemCertificate { index: 0, .. }
+    ));
+    let mut second_bad = pem("CERTIFICATE", &der);
+    second_bad.extend(pem("CERTIFICATE", &der[..40]));
+    assert!(matches!(
+        refused(&second_bad),
+        CaError::BadPemCertificate { index: 1, .. }
+    ));
+    assert!(matches!(
+        refused(b"-----BEGIN CERTIFICATE-----\n%%%% not base64\n"),
+        CaError::Pem(_)
+    ));
+    let message = refused(b"junk").to_string();
+    assert!(
+        message.contains("neither PEM nor a DER X.509 certificate"),
+        "{message}"
+    );
     api.stop().await;
 }

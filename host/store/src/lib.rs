@@ -340,4 +340,13 @@ pub trait Store: Send + Sync + 'static {
     fn recover(&self) -> Result<bool, StoreError> {
         Ok(false)
     }
+
+    /// Rotates the store key while the store is in use (see
+    /// [`SledStore::rotate_secrets_key`]): returns the new key's id and how many tenant
+    /// secrets were sealed again. A store that seals no secrets refuses with
+    /// [`SecretsError::NotSealed`]. Blocking (it rewrites and syncs the key file and the
+    /// records).
+    fn rotate_secrets_key(&self) -> Result<(u32, usize), StoreError> {
+        Err(SecretsError::NotSealed.into())
+    }
 }

@@ -514,6 +514,11 @@ impl Store for NodeStore {
         };
         Ok(sled || log)
     }
+
+    /// The secrets live in sled; the message log holds none.
+    fn rotate_secrets_key(&self) -> Result<(u32, usize), StoreError> {
+        self.sled.rotate_secrets_key()
+    }
 }
 
 #[cfg(test)]

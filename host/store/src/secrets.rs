@@ -86,6 +86,9 @@ pub enum SecretsError {
          the file's new text"
     )]
     KeyNotInFile,
+    /// A rotation was asked of a store that keeps its secrets in memory only (no key).
+    #[error("this store keeps no sealed secrets (an in-memory store): there is no key to rotate")]
+    NotSealed,
     /// The system's random source failed.
     #[error("no randomness for a nonce or key")]
     Random,

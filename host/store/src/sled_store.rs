@@ -1108,6 +1108,10 @@ impl Store for SledStore {
         SledStore::recover(self)
     }
 
+    fn rotate_secrets_key(&self) -> Result<(u32, usize), StoreError> {
+        SledStore::rotate_secrets_key(self)
+    }
+
     /// sled's flush writes its buffers and calls `sync_file_range`, which neither flushes
     /// the device's write cache nor records the file's new size: enough for a process
     /// crash, not for a power cut. The `fdatasync` after it makes what was flushed durable

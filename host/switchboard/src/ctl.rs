@@ -32,7 +32,8 @@ pub struct CtlArgs {
     #[arg(long, global = true, hide = true)]
     token: Option<String>,
     /// For an `https://` URL: trust only this CA certificate (PEM or DER), e.g. the node's own
-    /// self-signed `cert.pem`; without it the web PKI's roots are trusted.
+    /// self-signed `cert.pem` or `cert.der`; without it the web PKI's roots are trusted. A
+    /// file that holds no certificate is refused (exit 1) before any request.
     #[arg(long, env = "SWITCHBOARD_ADMIN_CA", global = true, value_name = "PATH")]
     ca: Option<PathBuf>,
     /// Print the API's JSON answer instead of a summary.
@@ -68,6 +69,9 @@ enum CtlCommand {
     /// The node's load level override (admin).
     #[command(subcommand)]
     Degradation(DegradationCmd),
+    /// The node itself (admin).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Is the node up?
     Health,
     /// Prometheus metrics (admin).
@@ -244,6 +248,14 @@ enum DegradationCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Rotate the store key while the node runs: a new key seals every tenant secret, the
+    /// old one leaves the key file. Refused (409) when the node took its key from
+    /// `SWITCHBOARD_STORE_KEY`; then rotate offline with `switchboard keys rotate`.
+    RotateStoreKey,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Level(Option<u8>);
 
@@ -340,7 +352,7 @@ pub fn run(args: CtlArgs) -> i32 {
         None => AdminClient::new(&args.url, token),
         Some(path) => match std::fs::read(path)
             .map_err(|e| e.to_string())
-            .and_then(|ca| AdminClient::with_ca(&args.url, token, &ca))
+            .and_then(|ca| AdminClient::with_ca(&args.url, token, &ca).map_err(|e| e.to_string()))
         {
             Ok(client) => client,
             Err(e) => {
@@ -419,6 +431,12 @@ fn execute(c: &AdminClient, command: CtlCommand) -> Result<Answer, Failure> {
                 None => format!("load level {} (not forced)", d.level),
             })
         }
+        CtlCommand::Node(NodeCmd::RotateStoreKey) => answer(&c.rotate_store_key()?, |r| {
+            format!(
+                "store key rotated: key {} now seals {} tenant secrets",
+                r.key_id, r.resealed
+            )
+        }),
         CtlCommand::Health => answer(&c.health()?, |h| {
             format!(
                 "{}: {} sessions, {} connections, load level {}",

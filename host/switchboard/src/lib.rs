@@ -772,7 +772,9 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Rotates the store key of the store in `data_dir` (the node must be stopped: the store is
-/// opened here). Returns the new key's id and how many tenant secrets were sealed again.
+/// opened here; a running node rotates through its admin API, `POST
+/// /v1/node/store-key/rotation`). Returns the new key's id and how many tenant secrets were
+/// sealed again.
 pub fn rotate_store_key(
     data_dir: &Path,
     key_file: Option<&Path>,
@@ -780,7 +782,9 @@ pub fn rotate_store_key(
     let store = open_sled_store(data_dir, key_file).map_err(|e| match e {
         NodeError::Store(StoreError::Io(detail)) if detail.contains("could not acquire lock") => {
             NodeError::Invalid(format!(
-                "the store in {} is in use (is the node running?); stop the node to rotate                  its key",
+                "the store in {} is in use (is the node running?); stop the node to rotate \
+                 its key here, or rotate it on the running node: `switchboard ctl node \
+                 rotate-store-key`",
                 data_dir.display()
             ))
         }

@@ -274,6 +274,20 @@ async fn the_admin_api_serves_https_with_the_configured_certificate() {
         String::from_utf8_lossy(&trusted.stderr)
     );
     assert!(out.starts_with("ok"), "{out}");
+    // The same certificate as DER (the node's cert.der) is taken as well.
+    let der = tokio::task::spawn_blocking({
+        let ctl = ctl.clone();
+        let cert = dir.path().join("cert.der");
+        move || ctl(&["--ca".as_ref(), cert.as_os_str()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        der.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&der.stderr)
+    );
     let untrusted = tokio::task::spawn_blocking(move || ctl(&[])).await.unwrap();
     assert_eq!(untrusted.status.code(), Some(4));
     node.shutdown().await;

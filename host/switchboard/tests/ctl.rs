@@ -162,6 +162,13 @@ async fn every_ctl_command_end_to_end() {
         "umbrella was not created: {list}"
     );
     assert!(admin(&["tenant", "list"]).ok().starts_with("TENANT"));
+
+    // The node's store key, rotated while it runs: both tenants' secrets sealed again.
+    let out = admin(&["node", "rotate-store-key"]).ok();
+    assert_eq!(
+        out.trim(),
+        "store key rotated: key 2 now seals 2 tenant secrets"
+    );
     let out = admin(&["tenant", "quotas", "acme", "--max-groups", "50"]).ok();
     assert!(out.contains("50 groups, 64 plugin versions"), "{out}");
 
@@ -459,6 +466,29 @@ async fn ctl_exit_codes() {
     );
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("/no/such/file.wasm"), "{}", out.stderr);
+
+    // 1: a --ca file that holds no certificate, refused before any request; a missing one.
+    let not_a_cert = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_a_cert.path(), "just some text, no certificate\n").unwrap();
+    let path = not_a_cert.path().to_str().unwrap();
+    let out = ctl(url, None, &["--ca", path, "health"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: --ca {path}: neither PEM nor a DER X.509 certificate"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    let out = ctl(url, None, &["--ca", "/no/such/ca.pem", "health"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--ca /no/such/ca.pem"),
+        "{}",
+        out.stderr
+    );
 
     // 4: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -75,3 +75,63 @@ fn a_compile_past_its_memory_is_refused() {
         other => panic!("{:?}", other.map(|_| "loaded")),
     }
 }
+
+/// When the compiler process cannot run at all — its program is missing, or it exits at once
+/// without writing an artifact — the upload is refused as the node's failure, not the
+/// plugin's (`LoadError::CompilerFailed`): HTTP 500 `internal`, over the real admin API of a
+/// real node, with nothing stored or cached, and the node still serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_compiler_cannot_run_is_answered_500() {
+    use switchboard_admin::client::AdminClient;
+    use switchboard_admin::control::types::CreateTenant;
+
+    const TOKEN: &str = "compile-test-admin-token-0123456789";
+    // `true` (found on PATH) reads nothing, writes nothing and exits 0.
+    for (program, says) in [
+        ("/nonexistent/switchboard-compiler", "starting /nonexistent"),
+        ("true", "loading the compiled plugin"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("node.toml"),
+            "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let mut cfg = switchboard::Config::load(&dir.path().join("node.toml")).unwrap();
+        cfg.admin.token = Some(TOKEN.into());
+        cfg.plugin_compile.program = Some(program.into());
+        let store = switchboard::open_store(&cfg.data_dir).unwrap();
+        let node = switchboard::start(&cfg, store).await.unwrap();
+        let url = format!("http://{}", node.admin_addr.unwrap());
+        let admin = AdminClient::new(&url, Some(TOKEN.into()));
+        let wasm = std::fs::read(plugins_artifacts::PRIORITY).unwrap();
+        let refused = tokio::task::block_in_place(|| {
+            admin
+                .create_tenant(&CreateTenant {
+                    id: "acme".into(),
+                    secret: None,
+                    quotas: None,
+                })
+                .unwrap();
+            admin.upload_plugin("acme", &wasm)
+        })
+        .unwrap_err();
+        let problem = refused.problem().expect("problem details");
+        assert_eq!(
+            (problem.status, problem.code.as_str()),
+            (500, "internal"),
+            "{program}: {problem:?}"
+        );
+        assert!(
+            problem.detail.contains(says),
+            "{program}: {}",
+            problem.detail
+        );
+        let plugins = tokio::task::block_in_place(|| admin.plugins("acme")).unwrap();
+        assert!(plugins.is_empty(), "{program}: {plugins:?}");
+        assert_eq!(node.control.artifact_count().unwrap(), 0, "{program}");
+        let health = tokio::task::block_in_place(|| admin.health()).unwrap();
+        assert_eq!(health.status, "ok", "{program}");
+        node.shutdown().await;
+    }
+}

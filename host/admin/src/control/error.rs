@@ -1,7 +1,7 @@
 //! The control plane's typed errors. Each has a stable `code` (the problem type the HTTP API
 //! returns) and an HTTP status.
 
-use switchboard_store::StoreError;
+use switchboard_store::{SecretsError, StoreError};
 
 /// Why a control-plane operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +36,12 @@ pub enum ControlError {
     /// The change was stored but this node did not apply it in time.
     #[error("{0}")]
     NotApplied(String),
+    /// The store key came from the environment (`SWITCHBOARD_STORE_KEY`), so the node has
+    /// no key file to keep a new key in: rotate it offline instead.
+    #[error("{0}")]
+    StoreKeyNotInFile(String),
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("{0}")]
     Internal(String),
 }
@@ -56,6 +60,7 @@ impl ControlError {
             ControlError::SelfTestFailed(_) => "plugin-self-test-failed",
             ControlError::QuotaExceeded(_) => "quota-exceeded",
             ControlError::NotApplied(_) => "not-applied",
+            ControlError::StoreKeyNotInFile(_) => "store-key-not-in-file",
             ControlError::Store(_) => "store-unavailable",
             ControlError::Internal(_) => "internal",
         }
@@ -67,7 +72,7 @@ impl ControlError {
             ControlError::Unauthenticated(_) => 401,
             ControlError::Forbidden(_) => 403,
             ControlError::NotFound(_) => 404,
-            ControlError::Conflict(_) => 409,
+            ControlError::Conflict(_) | ControlError::StoreKeyNotInFile(_) => 409,
             ControlError::Invalid(_) => 400,
             ControlError::PluginTooLarge(_) => 413,
             ControlError::PluginRejected(_) | ControlError::SelfTestFailed(_) => 422,
@@ -90,8 +95,23 @@ impl ControlError {
             ControlError::SelfTestFailed(_) => "Plugin failed its self-test",
             ControlError::QuotaExceeded(_) => "Quota exceeded",
             ControlError::NotApplied(_) => "Change stored but not yet applied",
+            ControlError::StoreKeyNotInFile(_) => "Store key not in a file",
             ControlError::Store(_) => "Store unavailable",
             ControlError::Internal(_) => "Internal error",
+        }
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> ControlError {
+        match e {
+            StoreError::Secrets(SecretsError::KeyNotInFile) => {
+                ControlError::StoreKeyNotInFile(SecretsError::KeyNotInFile.to_string())
+            }
+            StoreError::Secrets(e @ SecretsError::NotSealed) => {
+                ControlError::Conflict(e.to_string())
+            }
+            e => ControlError::Store(e),
         }
     }
 }

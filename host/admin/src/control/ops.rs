@@ -883,6 +883,21 @@ impl Control {
 
     // --- node ---
 
+    /// Rotates the store key on the running node (admin; see
+    /// [`switchboard_store::SledStore::rotate_secrets_key`]): a new key seals every tenant
+    /// secret, the old one leaves the key file. Tokens, sessions and concurrent writes carry
+    /// on (writers of secrets wait for the re-sealing).
+    /// Refused with [`ControlError::StoreKeyNotInFile`] when the key came from the
+    /// environment.
+    pub fn rotate_store_key(&self) -> Result<StoreKeyRotation, ControlError> {
+        let (key_id, resealed) = self.store.rotate_secrets_key()?;
+        tracing::info!(key_id, resealed, "store key rotated on the running node");
+        Ok(StoreKeyRotation {
+            key_id,
+            resealed: resealed as u64,
+        })
+    }
+
     pub fn health(&self) -> Health {
         let m = self.hub.metrics().snapshot();
         let (store, store_reason) = match self.hub.store().health() {

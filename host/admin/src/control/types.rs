@@ -257,6 +257,15 @@ pub struct DegradationStatus {
     pub forced: Option<u8>,
 }
 
+/// A rotated store key (`POST /v1/node/store-key/rotation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreKeyRotation {
+    /// The id of the new key, which now seals every tenant secret; the key file holds only it.
+    pub key_id: u32,
+    /// How many tenant secrets were sealed again under it.
+    pub resealed: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
     /// `ok`, or `degraded` while the store refuses writes (see `store`).

@@ -1,4 +1,5 @@
-//! Node-wide endpoints: health, the OpenAPI document, metrics and the degradation override.
+//! Node-wide endpoints: health, the OpenAPI document, metrics, the degradation override and
+//! the store key's rotation.
 
 use axum::extract::State;
 use axum::http::header;
@@ -41,4 +42,13 @@ pub(super) async fn set_degradation(
     JsonBody(req): JsonBody<SetDegradation>,
 ) -> Result<Json<DegradationStatus>, Problem> {
     Ok(Json(s.control.set_degradation(&req).await?))
+}
+
+pub(super) async fn rotate_store_key(
+    State(s): State<ApiState>,
+    _: Admin,
+) -> Result<Json<StoreKeyRotation>, Problem> {
+    blocking(&s.control, |c| c.rotate_store_key())
+        .await
+        .map(Json)
 }
