@@ -32,20 +32,30 @@ DEMO_SECRET=$(cat "$DIR/demo.secret")
 SWITCHBOARD_ADMIN_TOKEN=$(cat "$DIR/admin.token")
 export DEMO_SECRET SWITCHBOARD_ADMIN_TOKEN
 
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+# On exit (Ctrl-C) the nodes stop first (each drains: hands its shards over through NATS),
+# then NATS. Each runs in a session of its own (setsid), so Ctrl-C reaches only this script.
+nats_pids=()
+node_pids=()
+stop_all() {
+  kill "${node_pids[@]}" 2>/dev/null || true
+  wait "${node_pids[@]}" 2>/dev/null || true
+  kill "${nats_pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop_all EXIT
 routes=nats://127.0.0.1:6222,nats://127.0.0.1:6223,nats://127.0.0.1:6224
 for i in 1 2 3; do
-  "$NATS" -js -a 127.0.0.1 -p $((4221 + i)) -m $((8221 + i)) -n "nats-$i" \
+  setsid "$NATS" -js -a 127.0.0.1 -p $((4221 + i)) -m $((8221 + i)) -n "nats-$i" \
     --cluster_name sb-local --cluster "nats://127.0.0.1:$((6221 + i))" --routes "$routes" \
     -sd "$DIR/nats-$i" > "$DIR/nats-$i.log" 2>&1 &
-  pids+=($!)
+  nats_pids+=($!)
 done
-# JetStream accepts R3 streams once the three servers formed their cluster.
+# JetStream accepts R3 streams once the three servers formed their cluster and elected a
+# metadata leader: what /healthz checks.
 for i in 1 2 3; do
   python3 - "$((8221 + i))" <<'PY'
 import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/healthz?js-enabled-only=true"
+url = f"http://127.0.0.1:{sys.argv[1]}/healthz"
 for _ in range(300):
     try:
         if urllib.request.urlopen(url, timeout=1).status == 200:
@@ -57,6 +67,17 @@ sys.exit(f"nats-server at {url} did not become healthy")
 PY
 done
 
+# Waits up to 60 s for a command to succeed, else stops with the node logs' tails.
+wait_for() {
+  for _ in $(seq 300); do
+    if "$@" > /dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  tail -n 20 "$DIR"/node-*.log >&2
+  echo "gave up waiting for: $*" >&2
+  exit 1
+}
+# One node at a time: the first creates the shared buckets, and each is up before the next.
 for i in 1 2 3; do
   cat > "$DIR/node-$i.toml" <<EOF
 data_dir = "node-$i"
@@ -75,20 +96,8 @@ secret_env = "DEMO_SECRET"
   id = "general"
   open = true
 EOF
-  "$BIN" serve --config "$DIR/node-$i.toml" > "$DIR/node-$i.log" 2>&1 &
-  pids+=($!)
-done
-# Waits up to 60 s for a command to succeed, else stops with the node logs' tails.
-wait_for() {
-  for _ in $(seq 300); do
-    if "$@" > /dev/null 2>&1; then return 0; fi
-    sleep 0.2
-  done
-  tail -n 20 "$DIR"/node-*.log >&2
-  echo "gave up waiting for: $*" >&2
-  exit 1
-}
-for i in 1 2 3; do
+  setsid "$BIN" serve --config "$DIR/node-$i.toml" > "$DIR/node-$i.log" 2>&1 &
+  node_pids+=($!)
   wait_for "$BIN" ctl --url "http://127.0.0.1:$((7789 + i))" tenant show demo
 done
 alice=$("$BIN" ctl --url http://127.0.0.1:7790 token mint demo alice)
@@ -100,7 +109,8 @@ A 3-node Switchboard cluster is running (logs in $DIR/*.log). Chat through diffe
   SWITCHBOARD_TOKEN=$alice cargo run -p chat -- --addr 127.0.0.1:7710 --cert $DIR/node-1/cert.der
   SWITCHBOARD_TOKEN=$bob cargo run -p chat -- --addr 127.0.0.1:7711 --cert $DIR/node-2/cert.der
 
-Stop a node (kill its pid: see 'jobs -l' or ps) and its groups move to the others within
-lease_ttl_ms (5 s here). Ctrl-C stops the cluster.
+Node pids: ${node_pids[*]}. Stop one (kill PID drains it; kill -9 PID crashes it) and its
+groups move to the others: at once after a drain, within lease_ttl_ms (5 s) after a crash.
+Ctrl-C stops the cluster.
 EOF
 wait

@@ -75,7 +75,7 @@ impl ShardLeases {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(request_timeout)
             .request_timeout(Some(request_timeout))
-            .connect(url)
+            .connect(crate::names::server_list(url))
             .await
             .map_err(|e| ClusterError::Connect {
                 url: url.to_owned(),

@@ -229,7 +229,7 @@ impl JetStreamLog {
             let client = async_nats::ConnectOptions::new()
                 .connection_timeout(timeout)
                 .request_timeout(Some(timeout))
-                .connect(url.as_str())
+                .connect(crate::names::server_list(&url))
                 .await
                 .map_err(|e| ClusterError::Connect {
                     url: url.clone(),

@@ -12,6 +12,15 @@ use switchboard_core::{GroupId, TenantId};
 /// moves every group to another stream.
 pub const SHARDS: u16 = 256;
 
+/// The NATS servers of a comma-separated URL list (`nats://a:4222, nats://b:4222`), for
+/// the client's connect (which takes one URL per item, not a list in one string).
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// The virtual shard of a group: FNV-1a (64-bit) over the length-prefixed tenant and group,
 /// modulo [`SHARDS`]. Stable across processes, versions and platforms (it decides which
 /// stream holds the group's log, so it must never change).
@@ -146,6 +155,15 @@ impl LogNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_list_is_split_on_commas_and_trimmed() {
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4223,,nats://c:4224 "),
+            ["nats://a:4222", "nats://b:4223", "nats://c:4224"]
+        );
+        assert_eq!(server_list("nats://a:4222"), ["nats://a:4222"]);
+    }
 
     #[test]
     fn encoded_tokens_have_no_subject_syntax_and_round_trip() {

@@ -59,7 +59,7 @@ fn config(dir: &std::path::Path, node: &str, nats: &NatsServer) -> Config {
     let text = format!(
         "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
          [admin]\nenabled = false\n\
-         [cluster]\nnats = \"{url}\"\nnode = \"{node}\"\nprefix = \"ct\"\nreplicas = 1\n\
+         [cluster]\nnats = \"{url}, {url}\"\nnode = \"{node}\"\nprefix = \"ct\"\nreplicas = 1\n\
          lease_ttl_ms = {TTL_MS}\n\
          [[tenants]]\nid = \"demo\"\nsecret_env = \"{SECRET_ENV}\"\n{groups}",
         url = nats.url()
