@@ -900,6 +900,8 @@ impl Control {
             load_level: self.hub.load_level(),
             store: store.to_owned(),
             store_reason,
+            build: super::observe::build_info(),
+            uptime_s: self.uptime_s(),
         }
     }
 }

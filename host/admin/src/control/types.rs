@@ -271,6 +271,11 @@ pub struct Health {
     /// Why the store is not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_reason: Option<String>,
+    /// What this node runs (version, commit, profile): a probe or a rollout script sees
+    /// which build answered.
+    pub build: BuildInfo,
+    /// Seconds since the node's control plane started.
+    pub uptime_s: u64,
 }
 
 // --- what operators read: the node, its connections, its tenants' traffic ---
