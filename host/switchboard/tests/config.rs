@@ -321,7 +321,7 @@ fn check_config_reads_a_file_as_serve_does() {
     let out = switchboard(&["check-config", bad.to_str().unwrap()], &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let reason = match Config::load_with_env(&bad, []) {
+    let reason = match Config::load_with_env(&bad, Vec::<(String, String)>::new()) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("loaded"),
     };
