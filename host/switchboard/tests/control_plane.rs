@@ -70,10 +70,13 @@ const PYTHON: Lang = Lang {
 };
 
 /// A node whose tenant acme may store Python plugins (CPython makes an 18 MB component;
-/// docs/plugins.md says to raise the tenant's quota for it).
+/// docs/plugins.md says to raise the tenant's quota for it), its control plane on an engine
+/// whose deadline a busy machine cannot make a fresh interpreter miss (`swap_test_engine`).
 async fn node_for_plugins_in_any_language() -> (TestNode, std::sync::Arc<Control>) {
     let n = TestNode::start().await;
-    let c = n.control(AutoRollback::default()).await;
+    let c = n
+        .control_on(swap_test_engine(), AutoRollback::default())
+        .await;
     let mut quotas = c.tenant("acme").unwrap().quotas;
     quotas.max_plugin_bytes = 32 << 20;
     c.set_quotas("acme", &quotas).unwrap();

@@ -34,7 +34,8 @@ async fn a_hundred_swaps(wasm: &str) {
     const MESSAGES: u64 = 10_000;
     const SWAP_EVERY: u64 = 100;
     let n = TestNode::start().await;
-    let engine = policy_engine();
+    // A 2 s deadline: this checks the swap, not the budget (see `swap_test_engine`).
+    let engine = swap_test_engine();
     let plugin = engine
         .load(&std::fs::read(wasm).unwrap())
         .unwrap_or_else(|e| panic!("{wasm}: {e}"));
