@@ -325,7 +325,7 @@ fn check_config_reads_a_file_as_serve_does() {
         Err(e) => e.to_string(),
         Ok(_) => panic!("loaded"),
     };
-    assert_eq!(stderr.trim(), reason);
+    assert_eq!(stderr.trim(), reason.trim());
     assert!(
         stderr.contains("bad.toml") && stderr.contains("line 2"),
         "{stderr}"
@@ -354,14 +354,15 @@ async fn serve_flags_override_the_file_and_json_logs_parse() {
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        // The log goes to stdout.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let log = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
+        for line in BufReader::new(log).lines() {
             let _ = tx.send(line.unwrap());
         }
     });
