@@ -22,10 +22,10 @@ const ADMIN = env("DASHBOARD_ADMIN_TOKEN");
 const MODE = process.env.DASHBOARD_MODE || "walk";
 const TIMEOUT = 20_000;
 
-async function api(method, path, token = ADMIN, body = undefined) {
+async function api(method, path, token = ADMIN, json = undefined) {
   const headers = { Authorization: `Bearer ${token}` };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const r = await fetch(BASE + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (json !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(BASE + path, { method, headers, body: json === undefined ? undefined : JSON.stringify(json) });
   const body = await r.json();
   if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(body)}`);
   return body;
