@@ -176,8 +176,8 @@ async fn read_input(client: Client, group: String) {
         let result = match line.split_whitespace().collect::<Vec<_>>().as_slice() {
             [] => Ok(()),
             ["/quit"] => break,
-            ["/bg"] => client.set_presence(PresenceState::Background).await,
-            ["/fg"] => client.set_presence(PresenceState::Foreground).await,
+            ["/bg"] => set_presence(&client, PresenceState::Background).await,
+            ["/fg"] => set_presence(&client, PresenceState::Foreground).await,
             ["/pause"] => {
                 client.pause();
                 Ok(())
@@ -209,6 +209,26 @@ async fn read_input(client: Client, group: String) {
     }
     // End of input or /quit: the event loop ends after `Closed`.
     client.close().await;
+}
+
+/// Tells the node, then says what changed: a command that prints nothing looks ignored.
+async fn set_presence(
+    client: &Client,
+    state: PresenceState,
+) -> Result<(), switchboard_client::ClientError> {
+    client.set_presence(state).await?;
+    println!("* {}", presence_confirmation(state));
+    Ok(())
+}
+
+fn presence_confirmation(state: PresenceState) -> &'static str {
+    match state {
+        PresenceState::Background => {
+            "you are away (background): others see you as away, and your messages may come \
+             after those of members in the foreground; /fg to come back"
+        }
+        PresenceState::Foreground => "you are online (foreground) again",
+    }
 }
 
 /// Prints the last `n` messages of `group` from the node's log.
@@ -262,5 +282,20 @@ fn presence_word(state: PresenceState) -> &'static str {
     match state {
         PresenceState::Foreground => "online",
         PresenceState::Background => "away",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_commands_confirm_the_state_they_set() {
+        assert!(presence_confirmation(PresenceState::Background).starts_with("you are away"));
+        assert!(presence_confirmation(PresenceState::Foreground).starts_with("you are online"));
+        // The words match what co-members are told (`presence_word`).
+        for state in [PresenceState::Background, PresenceState::Foreground] {
+            assert!(presence_confirmation(state).contains(presence_word(state)));
+        }
     }
 }

@@ -491,7 +491,19 @@ impl AdminClient {
     /// Uploads a `tenant-policy` component; `created` is false if these bytes were stored
     /// already.
     pub fn upload_plugin(&self, tenant: &str, wasm: &[u8]) -> Result<Uploaded, ClientError> {
-        let path = Self::tenant_path(tenant, "/plugins");
+        self.upload_labelled_plugin(tenant, wasm, None)
+    }
+
+    /// An upload with a label for the version (`?label=`).
+    pub fn upload_labelled_plugin(
+        &self,
+        tenant: &str,
+        wasm: &[u8],
+        label: Option<&str>,
+    ) -> Result<Uploaded, ClientError> {
+        let query: Vec<(&str, String)> =
+            label.map(|l| ("label", l.to_owned())).into_iter().collect();
+        let path = with_query(&Self::tenant_path(tenant, "/plugins"), &query);
         self.json("POST", &path, Body::Bytes(wasm, "application/wasm"))
     }
 

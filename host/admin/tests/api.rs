@@ -24,6 +24,10 @@ async fn node_endpoints() {
 
     let health = sync(|| anon.health()).unwrap();
     assert_eq!((health.status.as_str(), health.load_level), ("ok", 0));
+    // Which build answered, and for how long it has run: the same as `GET /v1/node`.
+    assert_eq!(health.build.version, env!("CARGO_PKG_VERSION"));
+    assert!(!health.build.commit.is_empty());
+    assert!(health.uptime_s < 3600, "{}", health.uptime_s);
     doc.check("GET", "/healthz", 200, &v(&health));
 
     let served = sync(|| anon.openapi()).unwrap();
@@ -75,6 +79,14 @@ async fn node_endpoints() {
         "switchboard_policy_auto_rollbacks_total 0",
         "# TYPE switchboard_policy_handled_total counter",
         "# TYPE switchboard_policy_failed_total counter",
+        "# TYPE switchboard_build_info gauge",
+        format!(
+            "switchboard_build_info{{version=\"{}\",commit=\"{}\",profile=\"{}\"}} 1",
+            health.build.version, health.build.commit, health.build.profile
+        )
+        .as_str(),
+        "# TYPE switchboard_uptime_seconds gauge",
+        "switchboard_uptime_seconds ",
     ] {
         assert!(text.contains(line), "metrics lack {line:?}:\n{text}");
     }

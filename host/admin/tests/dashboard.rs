@@ -1,9 +1,9 @@
 //! The dashboard in a real browser: headless Chromium, driven by `tests/dashboard/dashboard.mjs`
 //! over playwright-core, loads the page from a running node with two tenants, plugins with a
 //! canary, a version the node rolled back by itself and connected clients; checks what the
-//! page shows against the JSON API; clicks abort canary, roll back and the degradation
-//! override and sees the node change through the API; signs in with a tenant key and sees only
-//! that tenant; and writes a screenshot (its path is printed).
+//! page shows against the JSON API; clicks abort canary, roll back, promote and the
+//! degradation override and sees the node change through the API; signs in with a tenant key and sees only
+//! that tenant; and writes screenshots under `ci-artifacts/dashboard/` (their paths are printed).
 //!
 //! Needs `SWITCHBOARD_CHROMIUM` and `SWITCHBOARD_BROWSER_NODE_PATH`, which `cargo xtask test`
 //! sets after installing them (`xtask/src/browser.rs`). Without them the test fails and says so.
@@ -79,9 +79,20 @@ async fn run_script(api: &TestApi, vars: Vec<(&'static str, String)>) -> String 
     stdout
 }
 
-/// Where screenshots go: `<target>/tmp/dashboard/` (kept as CI artifacts).
+/// Where screenshots go: `$SWITCHBOARD_ARTIFACTS_DIR/dashboard/`, by default
+/// `<repository>/ci-artifacts/dashboard/`: under the clone, where CI keeps its artifacts
+/// (`.ci/run`), not in the target directory, which CI shares between clones outside them.
 fn screenshot(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    let dir = std::env::var_os("SWITCHBOARD_ARTIFACTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // Read at run time: a test binary reused from a checkout at another path (a
+            // shared target dir) would otherwise write there.
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+                .join("../../ci-artifacts")
+        })
+        .join("dashboard");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }
@@ -202,13 +213,15 @@ async fn the_dashboard_in_a_real_browser_matches_the_api_and_its_buttons_change_
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
 
     // What the clicks did, as the API sees it: the canary aborted, then acme rolled back
-    // from flags to priority by hand; the override set and cleared.
+    // from flags to priority by hand, then the canary (started again) promoted; the override
+    // set and cleared.
     let status = sync(|| admin.policy("acme")).unwrap();
     assert!(status.canary.is_none(), "{status:?}");
     assert_eq!(
         status.active.as_ref().map(|a| a.version.as_str()),
-        Some(priority.as_str())
+        Some(receipts.as_str())
     );
+    assert_eq!(status.previous.last(), Some(&priority));
     let rollback = status.last_rollback.expect("a rollback");
     assert!(!rollback.automatic);
     assert_eq!(

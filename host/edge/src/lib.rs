@@ -106,7 +106,7 @@ impl std::fmt::Debug for WebEndpoint {
 }
 
 /// How long shutdown waits for connections to close before giving up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Node {
     /// Binds the endpoint and starts serving. Must run inside a tokio runtime.
@@ -272,7 +272,10 @@ async fn store_watch(hub: std::sync::Weak<Hub>) {
         if !low && store.health() != switchboard_store::StoreHealth::Ok {
             let started = std::time::Instant::now();
             match tokio::task::spawn_blocking(move || store.recover()).await {
-                Ok(Ok(true)) => info!(took = ?started.elapsed(), "store reopened after a failure"),
+                Ok(Ok(true)) => info!(
+                    took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "store reopened after a failure"
+                ),
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) => warn!(error = %e, "store still failing; will retry"),
                 Err(e) => warn!(error = %e, "store reopen task failed; will retry"),

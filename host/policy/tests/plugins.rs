@@ -40,6 +40,14 @@ const COVERAGE: &[(&str, &str)] = &[
         "hostile-latent-trap",
         "a_latent_trap_passes_the_self_test_and_falls_back_on_traffic",
     ),
+    (
+        "hostile-latent-trap-js",
+        "a_latent_trap_in_javascript_falls_back_like_rust",
+    ),
+    (
+        "hostile-latent-trap-py",
+        "a_latent_trap_in_python_falls_back_like_rust",
+    ),
     ("hostile-huge-output", "huge_output_is_not_taken"),
     ("hostile-wasi-fs", "file_system_access_is_refused_at_load"),
     ("hostile-wasi-sockets", "socket_access_is_refused_at_load"),
@@ -1096,7 +1104,32 @@ fn hostile_plugins_fail_the_self_test_at_their_hook() {
 /// the call that hits the bug falls back like any trap, and the calls after it work.
 #[test]
 fn a_latent_trap_passes_the_self_test_and_falls_back_on_traffic() {
-    let plugin = plugin("hostile-latent-trap");
+    let reason = latent_trap("hostile-latent-trap");
+    assert!(
+        matches!(&reason, FallbackReason::Trap(why) if why.contains("unreachable")),
+        "{reason:?}"
+    );
+}
+
+/// An uncaught JavaScript exception is a trap like a Rust panic: the call falls back, the
+/// instance is replaced, the next call works.
+#[test]
+fn a_latent_trap_in_javascript_falls_back_like_rust() {
+    let reason = latent_trap("hostile-latent-trap-js");
+    assert!(matches!(reason, FallbackReason::Trap(_)), "{reason:?}");
+}
+
+/// The same for an uncaught Python exception.
+#[test]
+fn a_latent_trap_in_python_falls_back_like_rust() {
+    let reason = latent_trap("hostile-latent-trap-py");
+    assert!(matches!(reason, FallbackReason::Trap(_)), "{reason:?}");
+}
+
+/// The latent-trap plugin `name` passes the self-test, answers ordinary messages (low lane),
+/// falls back on `!boom` and answers again after; returns why the `!boom` call fell back.
+fn latent_trap(name: &str) -> FallbackReason {
+    let plugin = plugin(name);
     plugin.self_test(&BTreeMap::new()).unwrap();
     let policy = TenantPolicy::new(&plugin, "mallory", BTreeMap::new());
     let hello = message("mallory", b"hello", 5);
@@ -1106,16 +1139,13 @@ fn a_latent_trap_passes_the_self_test_and_falls_back_on_traffic() {
     );
     let boom = message("mallory", b"!boom", 5);
     let reason = fell_back(policy.on_message(&boom), &boom);
-    assert!(
-        matches!(&reason, FallbackReason::Trap(why) if why.contains("unreachable")),
-        "{reason:?}"
-    );
     assert_eq!(
         from_plugin(policy.on_message(&hello)),
         accept(Lane::Low, false)
     );
     still_answers(&policy);
-    assert_eq!(policy.stats().fallbacks.traps, 1);
+    assert_eq!(policy.stats().fallbacks.traps, 1, "{name}");
+    reason
 }
 
 // ---- refused at load ---------------------------------------------------------------------

@@ -39,7 +39,13 @@ pub struct PluginVersion {
     pub uploaded_at_ms: u64,
     /// Interfaces the component imports (as reported by the policy engine at upload).
     pub imports: Vec<String>,
+    /// A name the uploader gave the version (`ctl plugin upload --label`), at most
+    /// [`MAX_PLUGIN_LABEL_CHARS`] printable characters; not unique, not the version.
+    pub label: Option<String>,
 }
+
+/// Most characters of a plugin version's label.
+pub const MAX_PLUGIN_LABEL_CHARS: usize = 64;
 
 /// A version with the configuration it runs with (what `host.config-get` returns).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

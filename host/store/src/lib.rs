@@ -72,6 +72,7 @@ mod test_ids;
 pub use config::{
     ApiKeyRecord, BindingRefused, Canary, ConfigChange, ConfigStore, ConfigWatch, FlagRule,
     PluginVersion, PolicyBinding, RollbackRecord, TenantQuotas, VersionConfig,
+    MAX_PLUGIN_LABEL_CHARS,
 };
 pub use mem::MemStore;
 pub use node_store::{LogBackend, MessageLog, NodeStore};

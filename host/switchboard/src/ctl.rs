@@ -177,6 +177,10 @@ enum PluginCmd {
         /// Print only the version (for scripts: `v=$(switchboard ctl plugin upload -q …)`).
         #[arg(long, short)]
         quiet: bool,
+        /// A name for the version (1–64 characters), shown by `plugin list`; commands that
+        /// take a version accept it too.
+        #[arg(long)]
+        label: Option<String>,
     },
     /// List stored versions.
     List { tenant: String },
@@ -637,36 +641,41 @@ fn plugin(c: &AdminClient, cmd: PluginCmd) -> Result<Answer, Failure> {
             tenant,
             file,
             quiet,
+            label,
         } => {
             let wasm = std::fs::read(&file)
                 .map_err(|e| Failure::Local(format!("{}: {e}", file.display())))?;
-            answer(&c.upload_plugin(&tenant, &wasm)?, |u| {
-                let p = &u.plugin;
-                if quiet {
-                    return p.version.clone();
-                }
-                if !u.created {
-                    return format!("version {} was stored already", p.version);
-                }
-                let tests: Vec<String> = u
-                    .self_test_us
-                    .iter()
-                    .map(|(hook, us)| format!("{hook} {us}µs"))
-                    .collect();
-                format!(
-                    "stored version {} ({} bytes)\nself-test: {}",
-                    p.version,
-                    p.size,
-                    tests.join(", ")
-                )
-            })
+            answer(
+                &c.upload_labelled_plugin(&tenant, &wasm, label.as_deref())?,
+                |u| {
+                    let p = &u.plugin;
+                    if quiet {
+                        return p.version.clone();
+                    }
+                    if !u.created {
+                        return format!("version {} was stored already", p.version);
+                    }
+                    let tests: Vec<String> = u
+                        .self_test_us
+                        .iter()
+                        .map(|(hook, us)| format!("{hook} {us}µs"))
+                        .collect();
+                    format!(
+                        "stored version {} ({} bytes)\nself-test: {}",
+                        p.version,
+                        p.size,
+                        tests.join(", ")
+                    )
+                },
+            )
         }
         PluginCmd::List { tenant } => answer(&c.plugins(&tenant)?, |ps| {
             table(
-                &["VERSION", "SIZE", "UPLOADER", "UPLOADED"],
+                &["VERSION", "LABEL", "SIZE", "UPLOADER", "UPLOADED"],
                 ps.iter().map(|p| {
                     vec![
                         p.version.clone(),
+                        p.label.clone().unwrap_or_else(|| "-".into()),
                         p.size.to_string(),
                         p.uploader.clone(),
                         utc(p.uploaded_at_ms),
@@ -679,8 +688,9 @@ fn plugin(c: &AdminClient, cmd: PluginCmd) -> Result<Answer, Failure> {
             answer(&c.plugin(&tenant, &version)?, |d| {
                 let p = &d.plugin;
                 format!(
-                "version {}\n  role:     {}\n  size:     {} bytes\n  uploader: {}\n  uploaded: {}\n  imports:  {}",
+                "version {}\n  label:    {}\n  role:     {}\n  size:     {} bytes\n  uploader: {}\n  uploaded: {}\n  imports:  {}",
                 p.version,
+                p.label.as_deref().unwrap_or("-"),
                 d.role,
                 p.size,
                 p.uploader,
@@ -693,8 +703,8 @@ fn plugin(c: &AdminClient, cmd: PluginCmd) -> Result<Answer, Failure> {
 }
 
 /// The stored version `given` names: itself when it is a whole version (64 hex digits),
-/// else the one stored version it is a prefix of. No match, or several, is a local error
-/// listing what matched.
+/// else the one stored version whose label it is, else the one it is a prefix of. No match,
+/// or several, is a local error listing what matched.
 fn full_version(c: &AdminClient, tenant: &str, given: &str) -> Result<String, Failure> {
     let whole = given.len() == 64 && given.bytes().all(|b| b.is_ascii_hexdigit());
     if whole {
@@ -705,9 +715,24 @@ fn full_version(c: &AdminClient, tenant: &str, given: &str) -> Result<String, Fa
             "a version (or a prefix of one) is needed".into(),
         ));
     }
+    let stored = c.plugins(tenant)?;
+    let labelled: Vec<String> = stored
+        .iter()
+        .filter(|p| p.label.as_deref() == Some(given))
+        .map(|p| p.version.clone())
+        .collect();
+    if !labelled.is_empty() {
+        return match labelled.as_slice() {
+            [one] => Ok(one.clone()),
+            many => Err(Failure::Local(format!(
+                "{given:?} is ambiguous: {} versions of {tenant} have that label ({}); give a version",
+                many.len(),
+                many.iter().map(|v| short(v)).collect::<Vec<_>>().join(", ")
+            ))),
+        };
+    }
     let prefix = given.to_ascii_lowercase();
-    let matching: Vec<String> = c
-        .plugins(tenant)?
+    let matching: Vec<String> = stored
         .into_iter()
         .map(|p| p.version)
         .filter(|v| v.starts_with(&prefix))

@@ -518,15 +518,104 @@ pub struct GroupConfig {
     pub members: Vec<String>,
 }
 
+/// The prefix of the environment variables that override config values ([`env_overrides`]).
+pub const CONFIG_ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// The config's keys that environment variables may set (with what is below them).
+/// `tenants`, a list, is not among them; neither are other `SWITCHBOARD_*` variables
+/// (`SWITCHBOARD_ADMIN_TOKEN`, `SWITCHBOARD_STORE_KEY`, …), whose names are no config key.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "store_key_file",
+    "tls",
+    "limits",
+    "admin",
+    "notify",
+    "store",
+    "plugin_compile",
+    "webtransport",
+];
+
+/// Sets the values that environment variables name into a parsed config file, as if they
+/// were written in it: `SWITCHBOARD_LISTEN` sets `listen`, `SWITCHBOARD_ADMIN__LISTEN` sets
+/// `listen` of `[admin]` (`__` between levels, names case-insensitive). A value is read as
+/// TOML (`1000`, `true`, `["a", "b"]`) unless the file has a string there or it is not
+/// TOML, then as a string (`127.0.0.1:7700`). Variables whose first part is no config key
+/// are left alone. Returns the names of the variables used, sorted.
+pub fn env_overrides(
+    doc: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, String> {
+    let mut used = Vec::new();
+    let mut vars: Vec<(String, String)> = vars.into_iter().collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix(CONFIG_ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if !ENV_KEYS.contains(&path[0].as_str()) {
+            continue;
+        }
+        if path.iter().any(String::is_empty) {
+            return Err(format!("{name}: an empty key between `__`"));
+        }
+        let (last, parents) = path.split_last().expect("split gives one part at least");
+        let mut table = &mut *doc;
+        for key in parents {
+            let entry = table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| format!("{name}: `{key}` is a value, not a section"))?;
+        }
+        let is_string = matches!(table.get(last), Some(toml::Value::String(_)));
+        let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+            Ok(mut t) if !is_string => t.remove("v").unwrap_or(toml::Value::String(raw)),
+            _ => toml::Value::String(raw),
+        };
+        table.insert(last.clone(), value);
+        used.push(name);
+    }
+    Ok(used)
+}
+
 impl Config {
-    /// Reads and validates a config file. Relative paths are taken from the file's folder.
+    /// Reads and validates a config file, with the values `SWITCHBOARD_*` environment
+    /// variables override ([`env_overrides`]). Relative paths are taken from the file's
+    /// folder (those from the environment too).
     pub fn load(path: &Path) -> Result<Config, NodeError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with the environment given.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, NodeError> {
         let err = |detail: String| NodeError::Config {
             path: path.to_owned(),
             detail,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let mut cfg: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let used = env_overrides(&mut doc, env).map_err(err)?;
+        // Without overrides, from the text: its errors name the line.
+        let mut cfg: Config = if used.is_empty() {
+            toml::from_str(&text).map_err(|e| err(e.to_string()))?
+        } else {
+            toml::Value::Table(doc).try_into().map_err(|e| {
+                err(format!(
+                    "{e} (with {} from the environment)",
+                    used.join(", ")
+                ))
+            })?
+        };
+        for name in &used {
+            tracing::info!(variable = %name, "config value from the environment");
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.data_dir = base.join(&cfg.data_dir);
         if let Some(key) = &mut cfg.store_key_file {
@@ -1092,4 +1181,80 @@ async fn bind_file_plugin(
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn overridden(file: &str, env: &[(&str, &str)]) -> Result<(toml::Table, Vec<String>), String> {
+        let mut doc: toml::Table = toml::from_str(file).unwrap();
+        let used = env_overrides(&mut doc, vars(env))?;
+        Ok((doc, used))
+    }
+
+    #[test]
+    fn env_values_land_where_their_names_point_typed_as_toml() {
+        let (doc, used) = overridden(
+            "data_dir = \"d\"\n[limits]\nmax_payload_bytes = 10\n",
+            &[
+                ("SWITCHBOARD_LISTEN", "127.0.0.1:9000"),
+                ("SWITCHBOARD_LIMITS__MAX_PAYLOAD_BYTES", "2048"),
+                ("SWITCHBOARD_ADMIN__LISTEN", "127.0.0.1:9001"),
+                ("SWITCHBOARD_WEBTRANSPORT__ENABLED", "true"),
+                (
+                    "SWITCHBOARD_WEBTRANSPORT__ALLOWED_ORIGINS",
+                    "[\"https://a\"]",
+                ),
+                // A string in the file stays a string, even when it reads as a number.
+                ("SWITCHBOARD_DATA_DIR", "2026"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(doc["listen"].as_str(), Some("127.0.0.1:9000"));
+        assert_eq!(doc["limits"]["max_payload_bytes"].as_integer(), Some(2048));
+        assert_eq!(doc["admin"]["listen"].as_str(), Some("127.0.0.1:9001"));
+        assert_eq!(doc["webtransport"]["enabled"].as_bool(), Some(true));
+        assert_eq!(
+            doc["webtransport"]["allowed_origins"][0].as_str(),
+            Some("https://a")
+        );
+        assert_eq!(doc["data_dir"].as_str(), Some("2026"));
+        assert_eq!(used.len(), 6);
+    }
+
+    #[test]
+    fn other_switchboard_variables_are_no_config_values() {
+        let (doc, used) = overridden(
+            "data_dir = \"d\"\n",
+            &[
+                ("SWITCHBOARD_ADMIN_TOKEN", "secret"),
+                ("SWITCHBOARD_STORE_KEY", "k"),
+                ("SWITCHBOARD_TOKEN", "sb1.x"),
+                ("SWITCHBOARD_TENANTS", "[]"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        assert!(used.is_empty());
+        assert_eq!(doc.len(), 1);
+    }
+
+    #[test]
+    fn a_value_where_a_section_is_refused_with_its_name() {
+        let e = overridden("data_dir = \"d\"\n", &[("SWITCHBOARD_DATA_DIR__X", "1")]).unwrap_err();
+        assert!(
+            e.contains("SWITCHBOARD_DATA_DIR__X") && e.contains("data_dir"),
+            "{e}"
+        );
+        let e = overridden("", &[("SWITCHBOARD_LIMITS____X", "1")]).unwrap_err();
+        assert!(e.contains("empty key"), "{e}");
+    }
 }

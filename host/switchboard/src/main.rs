@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -24,17 +24,44 @@ mod workbench;
     about = "Multi-tenant group-message router over QUIC"
 )]
 struct Cli {
+    /// How `serve` and `dev` write their log: lines for people, or one JSON object per line
+    /// for a log pipeline.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "SWITCHBOARD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node from a config file.
+    /// Run a node from a config file (values can be overridden by `SWITCHBOARD_*`
+    /// environment variables: `SWITCHBOARD_LISTEN`, `SWITCHBOARD_ADMIN__LISTEN`, …).
     Serve {
         #[arg(long, short)]
         config: PathBuf,
+        /// The QUIC address, instead of the config's `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// The data directory (from the current directory), instead of the config's
+        /// `data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
+    /// Check a config file (with its `SWITCHBOARD_*` environment overrides) as `serve` reads
+    /// it, without starting anything; prints what it would serve.
+    CheckConfig { file: PathBuf },
     /// Run a node on embedded defaults with a demo tenant and an open group "general".
     Dev {
         #[arg(long, default_value = "dev-data")]
@@ -105,18 +132,32 @@ fn main() -> Result<()> {
     let command = match cli.command {
         Command::Ctl(args) => std::process::exit(ctl::run(args)),
         Command::Plugin(args) => std::process::exit(workbench::run(args)),
+        Command::CheckConfig { file } => std::process::exit(check_config(&file)),
         other => other,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,quinn=warn".into());
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
     let rt = tokio::runtime::Runtime::new()?;
     match command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
             let mut cfg = Config::load(&config)?;
+            if let Some(listen) = listen {
+                cfg.listen = listen;
+            }
+            if let Some(data_dir) = data_dir {
+                cfg.data_dir = data_dir;
+            }
             cfg.plugin_compile.program =
                 Some(std::env::current_exe().context("finding this binary")?);
             rt.block_on(serve(cfg))
@@ -134,7 +175,16 @@ fn main() -> Result<()> {
             ttl,
             key_file,
         } => {
-            let store = switchboard::open_sled_store(&data_dir, key_file.as_deref())?;
+            // A running node holds the store's lock: say how to mint through it instead.
+            let store = switchboard::open_sled_store(&data_dir, key_file.as_deref()).with_context(
+                || {
+                    format!(
+                        "opening the store in {} (if a node is running on it, mint through \
+                         its admin API instead: `switchboard ctl token mint {tenant} {user}`)",
+                        data_dir.display()
+                    )
+                },
+            )?;
             println!("{}", mint(&store, &tenant, &user, ttl)?);
             Ok(())
         }
@@ -145,8 +195,47 @@ fn main() -> Result<()> {
             println!("store key rotated: key {id} now seals {resealed} tenant secrets");
             Ok(())
         }
-        Command::Ctl(_) | Command::Plugin(_) => {
+        Command::Ctl(_) | Command::Plugin(_) | Command::CheckConfig { .. } => {
             unreachable!("handled before the runtime starts")
+        }
+    }
+}
+
+/// `switchboard check-config FILE`: 0 and a summary when `serve` would accept the file, 1
+/// and the reason when not.
+fn check_config(file: &std::path::Path) -> i32 {
+    match Config::load(file) {
+        Ok(cfg) => {
+            let admin = if cfg.admin.enabled {
+                format!("admin API on {}", cfg.admin.listen)
+            } else {
+                "no admin API".to_owned()
+            };
+            for t in &cfg.tenants {
+                if let Some(plugin) = &t.plugin {
+                    if let Err(e) = std::fs::metadata(plugin) {
+                        eprintln!(
+                            "{}: tenant {}: plugin {}: {e}",
+                            file.display(),
+                            t.id,
+                            plugin.display()
+                        );
+                        return 1;
+                    }
+                }
+            }
+            println!(
+                "ok: {}: QUIC on {}, data in {}, {admin}, {} tenants",
+                file.display(),
+                cfg.listen,
+                cfg.data_dir.display(),
+                cfg.tenants.len()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
         }
     }
 }
@@ -212,7 +301,7 @@ async fn dev(
     webtransport_listen: SocketAddr,
 ) -> Result<()> {
     let stop = Stop::install()?;
-    let cfg = Config {
+    let mut cfg = Config {
         listen,
         data_dir: data_dir.clone(),
         store_key_file: None,
@@ -233,21 +322,14 @@ async fn dev(
         },
         admin: switchboard::AdminSettings {
             listen: admin_listen,
-            // A fresh operator token per run unless one is in the environment.
-            token: Some(
-                std::env::var("SWITCHBOARD_ADMIN_TOKEN")
-                    .ok()
-                    .filter(|t| !t.is_empty())
-                    .unwrap_or_else(|| {
-                        let mut t = [0u8; 24];
-                        rand::thread_rng().fill_bytes(&mut t);
-                        t.iter().map(|b| format!("{b:02x}")).collect()
-                    }),
-            ),
+            // Set below, once the data dir exists.
+            token: None,
             ..Default::default()
         },
     };
     let store = switchboard::open_store_for(&cfg)?;
+    let (admin_token, token_source) = dev_admin_token(&data_dir)?;
+    cfg.admin.token = Some(admin_token);
     let tenant = TenantId::new(DEMO_TENANT)?;
     if store.tenant(&tenant)?.is_none() {
         // A random secret, kept in the store so tokens survive restarts of the dev node.
@@ -296,6 +378,7 @@ async fn dev(
          Dashboard: {admin}/ in a browser; sign in with the admin token below.\n\
          Admin API: {admin} (OpenAPI at {admin}/openapi.json). For `switchboard ctl`:\n  \
          export SWITCHBOARD_ADMIN_URL={admin} SWITCHBOARD_ADMIN_TOKEN={admin_token}\n  \
+         (the admin token {token_source})\n  \
          cargo run -p switchboard -- ctl policy status {DEMO_TENANT}\n\n\
          WebTransport for browsers: {web_url}\n  \
          certificate SHA-256 (serverCertificateHashes, valid 13 days, new at each start):\n  \
@@ -309,6 +392,47 @@ async fn dev(
     stop.wait().await;
     node.shutdown().await;
     Ok(())
+}
+
+/// Where the dev node keeps its admin token, so that a restart keeps `ctl`'s exports and the
+/// dashboard's sign-in working.
+const DEV_ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The dev node's admin token: `$SWITCHBOARD_ADMIN_TOKEN` if set, else the one kept in the
+/// data dir (0600), else a new one written there. Returns it and where it came from.
+fn dev_admin_token(data_dir: &std::path::Path) -> Result<(String, String)> {
+    if let Some(t) = std::env::var("SWITCHBOARD_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        return Ok((t, "is $SWITCHBOARD_ADMIN_TOKEN".to_owned()));
+    }
+    let path = data_dir.join(DEV_ADMIN_TOKEN_FILE);
+    let kept = match std::fs::read_to_string(&path) {
+        Ok(text) => text.lines().next().unwrap_or("").trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let source = format!(
+        "is kept in {} across restarts; delete the file for a new one",
+        path.display()
+    );
+    if !kept.is_empty() {
+        return Ok((kept, source));
+    }
+    let mut t = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut t);
+    let token: String = t.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((token, source))
 }
 
 fn mint(store: &dyn Store, tenant: &str, user: &str, ttl: u64) -> Result<String> {
@@ -360,6 +484,9 @@ impl Stop {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down (up to {:?})", Duration::from_secs(5));
+        tracing::info!(
+            drain_s = switchboard_edge::DRAIN_TIMEOUT.as_secs(),
+            "shutting down"
+        );
     }
 }

@@ -292,3 +292,156 @@ async fn the_admin_api_serves_https_with_the_configured_certificate() {
     assert_eq!(untrusted.status.code(), Some(4));
     node.shutdown().await;
 }
+
+/// The binary with `args`, its environment cleared of `SWITCHBOARD_*` but `env`.
+fn switchboard(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with(switchboard::CONFIG_ENV_PREFIX) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+/// `switchboard check-config FILE` says what `serve` would make of a file, environment
+/// overrides included, and refuses what `serve` refuses with the same reason (exit 1).
+#[test]
+fn check_config_reads_a_file_as_serve_does() {
+    let example = example();
+    let example = example.to_str().unwrap();
+    let out = switchboard(&["check-config", example], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{:?}", out.stderr);
+    assert!(
+        stdout.starts_with("ok: ") && stdout.contains("QUIC on 127.0.0.1:7700"),
+        "{stdout}"
+    );
+
+    // SWITCHBOARD_<KEY> and SWITCHBOARD_<SECTION>__<KEY> override the file.
+    let out = switchboard(
+        &["check-config", example],
+        &[
+            ("SWITCHBOARD_LISTEN", "127.0.0.1:9999"),
+            ("SWITCHBOARD_ADMIN__LISTEN", "127.0.0.1:9998"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("QUIC on 127.0.0.1:9999") && stdout.contains("admin API on 127.0.0.1:9998"),
+        "{stdout}"
+    );
+    // A bad value from the environment is refused, naming the variable.
+    let out = switchboard(
+        &["check-config", example],
+        &[("SWITCHBOARD_LIMITS__MAX_PAYLOAD_BYTES", "lots")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("SWITCHBOARD_LIMITS__MAX_PAYLOAD_BYTES"),
+        "{stderr}"
+    );
+
+    // A bad file: the reason `serve` gives, with the file's name and line.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "data_dir = \"d\"\nlisten = 7\n").unwrap();
+    let out = switchboard(&["check-config", bad.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let reason = match Config::load_with_env(&bad, Vec::<(String, String)>::new()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("loaded"),
+    };
+    assert_eq!(stderr.trim(), reason.trim());
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+}
+
+/// How long the node may take to start (a debug build on a loaded machine).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `serve --listen --data-dir` win over the file, and `--log-format json` writes one JSON
+/// object per line, durations as integers.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_flags_override_the_file_and_json_logs_parse() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "data_dir = \"from-file\"\nlisten = \"127.0.0.1:1\"\n[admin]\nenabled = false\n",
+    )
+    .unwrap();
+    let data = dir.path().join("from-flag");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        // The log goes to stdout.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(log).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    // Up to the edge's "listening" event: the node runs. Then SIGTERM, which ends it
+    // gracefully, and the rest of its log.
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.contains("\"listening\"")) {
+        let line = tokio::task::block_in_place(|| rx.recv_timeout(WAIT))
+            .unwrap_or_else(|e| panic!("{e}: no listening event in {lines:?}"));
+        lines.push(line);
+    }
+    assert!(data.join("store").exists(), "the store is in --data-dir");
+    assert!(std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    reader.join().unwrap();
+    lines.extend(rx.try_iter());
+    assert!(status.success(), "{status}: {lines:?}");
+    assert!(!dir.path().join("from-file").exists());
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let listening = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "listening")
+        .unwrap_or_else(|| panic!("no listening event in {lines:?}"));
+    let addr: std::net::SocketAddr = listening["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        addr.ip().is_loopback() && addr.port() != 0 && addr.port() != 1,
+        "{addr}"
+    );
+    let shutting_down = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "shutting down")
+        .unwrap_or_else(|| panic!("no shutdown event in {lines:?}"));
+    assert!(
+        shutting_down["fields"]["drain_s"].is_u64(),
+        "{shutting_down}"
+    );
+}

@@ -307,6 +307,72 @@ async fn every_ctl_command_end_to_end() {
         unknown.stderr
     );
 
+    // Labels: given at upload, listed, accepted where a version goes; one two versions share
+    // is refused locally, naming both; a bad one is the node's typed refusal.
+    let up = tenant(&[
+        "plugin",
+        "upload",
+        "acme",
+        plugins_artifacts::RECEIPTS,
+        "--label",
+        "receipts v1",
+        "--json",
+    ])
+    .json();
+    assert_eq!(up["label"], "receipts v1");
+    let v3 = up["version"].as_str().unwrap().to_owned();
+    let v4 = tenant(&[
+        "plugin",
+        "upload",
+        "acme",
+        plugins_artifacts::DEGRADATION,
+        "--label",
+        "beta",
+        "--quiet",
+    ])
+    .ok();
+    let v4 = v4.trim();
+    tenant(&[
+        "plugin",
+        "upload",
+        "acme",
+        plugins_artifacts::MINIMAL_PLUGIN,
+        "--label",
+        "beta",
+    ])
+    .ok();
+    let list = tenant(&["plugin", "list", "acme"]).ok();
+    assert!(
+        list.contains("LABEL") && list.contains("receipts v1"),
+        "{list}"
+    );
+    let out = tenant(&["plugin", "show", "acme", "receipts v1"]).ok();
+    assert!(
+        out.starts_with(&format!("version {v3}\n  label:    receipts v1")),
+        "{out}"
+    );
+    let ambiguous = tenant(&["plugin", "show", "acme", "beta"]);
+    assert_eq!(ambiguous.code, 1, "{}", ambiguous.stderr);
+    assert!(
+        ambiguous.stderr.contains("ambiguous") && ambiguous.stderr.contains(&v4[..12]),
+        "{}",
+        ambiguous.stderr
+    );
+    let refused = tenant(&[
+        "plugin",
+        "upload",
+        "acme",
+        plugins_artifacts::HEAVY,
+        "--label",
+        &"x".repeat(65),
+    ]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("invalid-argument"),
+        "{}",
+        refused.stderr
+    );
+
     let out = admin(&[
         "policy",
         "activate",

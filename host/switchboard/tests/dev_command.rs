@@ -130,3 +130,104 @@ async fn dev_prints_tokens_that_work_and_stops_cleanly_on_sigterm() {
         Some(switchboard_core::ErrorCode::ShuttingDown.as_u16().into())
     );
 }
+
+/// Starts `switchboard dev` on `dir` (ports of its own) and returns it with what it printed.
+fn start_dev(dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--webtransport-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut text = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("Ctrl-C stops the node") {
+            break;
+        }
+    }
+    (child, text)
+}
+
+fn stop(mut child: std::process::Child) {
+    assert!(Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
+
+fn admin_token(printed: &str) -> String {
+    printed
+        .split("SWITCHBOARD_ADMIN_TOKEN=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin token in:\n{printed}"))
+        .to_owned()
+}
+
+/// A restarted dev node keeps its admin token (kept 0600 in the data dir, as it says), so the
+/// exported `SWITCHBOARD_ADMIN_TOKEN` and the dashboard's sign-in keep working; and while it
+/// runs, `switchboard token` (which needs the store the node holds) says to mint with
+/// `ctl token mint` instead.
+#[test]
+fn dev_keeps_its_admin_token_and_token_points_to_ctl_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, printed) = start_dev(dir.path());
+    let token = admin_token(&printed);
+    let file = dir.path().join("admin.token");
+    assert!(printed.contains("admin.token"), "{printed}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["token", "--user", "carol", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("switchboard ctl token mint demo carol"),
+        "{stderr}"
+    );
+    stop(child);
+
+    // Stopped, `token` mints from the store.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["token", "--user", "carol", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sb1."));
+
+    let (child, printed) = start_dev(dir.path());
+    assert_eq!(
+        admin_token(&printed),
+        token,
+        "the same token after a restart"
+    );
+    stop(child);
+}

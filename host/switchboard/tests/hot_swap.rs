@@ -14,13 +14,31 @@ use switchboard_wire::{ClientFrame, ServerFrame};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_swaps_across_ten_thousand_messages_lose_and_duplicate_nothing() {
+    a_hundred_swaps(plugins_artifacts::PRIORITY).await;
+}
+
+/// The same with the reference priority plugin in JavaScript: every swap instantiates QuickJS
+/// afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_swaps_of_a_javascript_plugin_lose_and_duplicate_nothing() {
+    a_hundred_swaps(plugins_artifacts::PRIORITY_JS).await;
+}
+
+/// The same in Python (CPython, about 1 ms per instantiation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_swaps_of_a_python_plugin_lose_and_duplicate_nothing() {
+    a_hundred_swaps(plugins_artifacts::PRIORITY_PY).await;
+}
+
+async fn a_hundred_swaps(wasm: &str) {
     const MESSAGES: u64 = 10_000;
     const SWAP_EVERY: u64 = 100;
     let n = TestNode::start().await;
-    let engine = policy_engine();
+    // A 2 s deadline: this checks the swap, not the budget (see `swap_test_engine`).
+    let engine = swap_test_engine();
     let plugin = engine
-        .load(&std::fs::read(plugins_artifacts::PRIORITY).unwrap())
-        .unwrap();
+        .load(&std::fs::read(wasm).unwrap())
+        .unwrap_or_else(|e| panic!("{wasm}: {e}"));
     // Two "versions": alice is a VIP (High lane) in odd versions and not (Normal) in even ones.
     let version = |i: usize| {
         let vip = if i % 2 == 1 { "alice" } else { "nobody" };

@@ -405,17 +405,282 @@ fn new_rust_project_builds_tests_checks_and_runs() {
     let out = plugin(&["new", "my-policy", "--dir", dir]).ok();
     assert!(out.contains("cargo test"), "{out}");
     let project = tmp.path().join("my-policy");
-    // A target dir of its own beside this test's (kept between runs, so only the first
-    // compiles the SDK; the outer build's own directory is locked while tests run).
+    let wasm = build_rust_scaffold(&project, "my-policy");
+    let wasm = wasm.to_str().unwrap();
+    assert!(plugin(&["check", wasm]).ok().starts_with("ok: "));
+    let events = project.join("events.json");
+    let report = plugin(&["run", wasm, "--event", events.to_str().unwrap(), "--json"]).json();
+    assert_eq!(report["mismatched"], 0, "{report}");
+    assert_eq!(report["counters"], json!({ "empty_rejected": 1 }));
+}
+
+/// A `switchboard dev` node (the real binary), its admin URL and token as it prints them,
+/// and the demo users' tokens. Killed on drop.
+struct DevNode {
+    child: std::process::Child,
+    admin_url: String,
+    admin_token: String,
+    addr: std::net::SocketAddr,
+    alice: String,
+    bob: String,
+    data: tempfile::TempDir,
+}
+
+impl Drop for DevNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev() -> DevNode {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--webtransport-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut text = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        if line.contains("Ctrl-C stops the node") {
+            break;
+        }
+    }
+    let after = |marker: &str| -> String {
+        text.split(marker)
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {marker} in:\n{text}"))
+            .to_owned()
+    };
+    let tokens: Vec<String> = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("SWITCHBOARD_TOKEN="))
+        .map(str::to_owned)
+        .collect();
+    DevNode {
+        admin_url: after("SWITCHBOARD_ADMIN_URL="),
+        admin_token: after("SWITCHBOARD_ADMIN_TOKEN="),
+        addr: after("listening on ").parse().unwrap(),
+        alice: tokens[0].clone(),
+        bob: tokens[1].clone(),
+        child,
+        data,
+    }
+}
+
+impl DevNode {
+    /// A session of the dev node's demo tenant, in its open group `general`.
+    async fn member(&self, token: &str) -> common::RawClient {
+        let cert = std::fs::read(self.data.path().join("cert.der")).unwrap();
+        let mut c = common::RawClient::connect(self.addr, &cert, switchboard_wire::ALPN)
+            .await
+            .unwrap();
+        assert!(matches!(
+            c.hello(token).await,
+            switchboard_wire::ServerFrame::Welcome { .. }
+        ));
+        c.send(&switchboard_wire::ClientFrame::Join {
+            request_id: 0,
+            group: "general".into(),
+        })
+        .await;
+        let joined = c.read().await;
+        assert!(
+            matches!(joined, Some(switchboard_wire::ServerFrame::Joined { .. })),
+            "{joined:?}"
+        );
+        c
+    }
+
+    /// `switchboard ctl ARGS` with the two variables the dev node says to export.
+    fn ctl(&self, args: &[&str]) -> Out {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("ctl")
+            .args(args)
+            .env("SWITCHBOARD_ADMIN_URL", &self.admin_url)
+            .env("SWITCHBOARD_ADMIN_TOKEN", &self.admin_token)
+            .output()
+            .unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The line of `plugin new`'s next steps that builds the component, run in the project as
+/// printed, with the pinned tool the plugins of `plugins/` are built with in place of its
+/// name (`npx --yes componentize-qjs@V` or `componentize-py`): no network in tests.
+fn build_as_printed(next_steps: &str, project: &Path, tool_name: &str, tool: &str) {
+    let line = next_steps
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(tool_name))
+        .unwrap_or_else(|| panic!("no `{tool_name}` line in:\n{next_steps}"));
+    let args: Vec<&str> = line[tool_name.len()..].split_whitespace().collect();
+    let status = Command::new(tool)
+        .args(&args)
+        .current_dir(project)
+        // No __pycache__ in the project.
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{line}");
+}
+
+/// The README's plugin loop for each language, with the real binary throughout:
+/// `plugin new` → build as its next steps say → `plugin check` → `plugin run` (the
+/// scaffold's `expect`s hold) → `ctl plugin upload --quiet` → `ctl policy activate` with a
+/// version prefix, against a `switchboard dev` node; then the plugin judges real traffic
+/// (shouting goes to the high lane). The Python upload compiles CPython in the node's compile
+/// child: most of this test's minute or two.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_check_run_upload_activate_in_each_language() {
+    let node = tokio::task::block_in_place(start_dev);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    // As `plugin new --lang python` says: a Python plugin needs a raised quota.
+    node.ctl(&["tenant", "quotas", "demo", "--max-plugin-bytes", "33554432"])
+        .ok();
+    let mut sent = 0u64;
+    for lang in ["rust", "js", "python"] {
+        let name = format!("loop-{lang}");
+        let steps = plugin(&["new", &name, "--lang", lang, "--dir", dir]).ok();
+        let project = tmp.path().join(&name);
+        let wasm = match lang {
+            "rust" => tokio::task::block_in_place(|| build_rust_scaffold(&project, &name)),
+            "js" => {
+                let tool_name = steps
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| l.starts_with("npx --yes componentize-qjs@"))
+                    .and_then(|l| l.split_whitespace().nth(2))
+                    .unwrap_or_else(|| panic!("no componentize-qjs line in:\n{steps}"))
+                    .to_owned();
+                // The version the scaffold names is the one the plugins here are built with.
+                assert!(
+                    plugins_artifacts::COMPONENTIZE_QJS.contains(&tool_name.replace('@', "-")),
+                    "{tool_name} vs {}",
+                    plugins_artifacts::COMPONENTIZE_QJS
+                );
+                build_as_printed(
+                    &steps,
+                    &project,
+                    &format!("npx --yes {tool_name}"),
+                    plugins_artifacts::COMPONENTIZE_QJS,
+                );
+                project.join(format!("{name}.wasm"))
+            }
+            _ => {
+                let pinned = steps
+                    .split("pip install componentize-py==")
+                    .nth(1)
+                    .and_then(|rest| rest.split(')').next())
+                    .unwrap_or_else(|| panic!("no pinned componentize-py in:\n{steps}"));
+                assert!(
+                    plugins_artifacts::COMPONENTIZE_PY
+                        .contains(&format!("componentize-py-{pinned}")),
+                    "{pinned} vs {}",
+                    plugins_artifacts::COMPONENTIZE_PY
+                );
+                build_as_printed(
+                    &steps,
+                    &project,
+                    "componentize-py",
+                    plugins_artifacts::COMPONENTIZE_PY,
+                );
+                project.join(format!("{name}.wasm"))
+            }
+        };
+        let wasm = wasm.to_str().unwrap();
+        let check = plugin(&["check", "--quota-bytes", "33554432", wasm]).ok();
+        assert!(check.starts_with("ok: "), "{lang}: {check}");
+        let events = project.join("events.json");
+        let report = plugin(&["run", wasm, "--event", events.to_str().unwrap(), "--json"]).json();
+        assert_eq!(report["mismatched"], 0, "{lang}: {report}");
+        assert_eq!(report["fell_back"], 0, "{lang}: {report}");
+
+        let version = tokio::task::block_in_place(|| {
+            node.ctl(&["plugin", "upload", "--quiet", "demo", wasm])
+                .ok()
+        });
+        let version = version.trim();
+        assert_eq!(version, sha256_hex(wasm), "{lang}");
+        let status = tokio::task::block_in_place(|| {
+            node.ctl(&["--json", "policy", "activate", "demo", &version[..8]])
+                .json()
+        });
+        assert_eq!(status["active"]["version"], version, "{lang}: {status}");
+
+        // It serves: shouting goes to the high lane, the rest to the normal one. (Sessions
+        // opened now: a build or a Python compile outlasts a quiet connection's idle timeout.)
+        let (mut alice, mut bob) = (node.member(&node.alice).await, node.member(&node.bob).await);
+        for (body, lane) in [
+            ("HELLO EVERYONE", switchboard_core::Lane::High),
+            ("hello", switchboard_core::Lane::Normal),
+        ] {
+            sent += 1;
+            alice
+                .send(&common::send(sent, "general", body.as_bytes()))
+                .await;
+            let seq = match alice.read().await {
+                Some(switchboard_wire::ServerFrame::Ack { seq, .. }) => seq,
+                other => panic!("{lang}: {other:?}"),
+            };
+            // A new session may first catch up on what it missed.
+            let m = loop {
+                let m = common::next_deliver(&mut bob).await;
+                if m.seq == seq {
+                    break m;
+                }
+            };
+            assert_eq!((m.body, m.lane), (common::body(body), lane), "{lang}");
+        }
+    }
+}
+
+/// `cargo test` and a release wasm32 build of the Rust scaffold at `project`, in a target dir
+/// of its own beside this test's (kept between runs, so only the first compiles the SDK; the
+/// outer build's own directory is locked while tests run); returns the component.
+fn build_rust_scaffold(project: &Path, name: &str) -> std::path::PathBuf {
     let target = Path::new(env!("CARGO_BIN_EXE_switchboard"))
         .ancestors()
         .nth(2)
         .unwrap()
         .join("workbench-scaffold");
-    let cargo = |args: &[&str]| {
+    for args in [
+        &["test", "--offline", "-q"][..],
+        &[
+            "build",
+            "--offline",
+            "-q",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+        ],
+    ] {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(args)
-            .current_dir(&project)
+            .current_dir(project)
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -423,21 +688,9 @@ fn new_rust_project_builds_tests_checks_and_runs() {
             .status()
             .unwrap();
         assert!(status.success(), "cargo {args:?}");
-    };
-    cargo(&["test", "--offline", "-q"]);
-    cargo(&[
-        "build",
-        "--offline",
-        "-q",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-    ]);
-    let wasm = target.join("wasm32-wasip2/release/my_policy.wasm");
-    let wasm = wasm.to_str().unwrap();
-    assert!(plugin(&["check", wasm]).ok().starts_with("ok: "));
-    let events = project.join("events.json");
-    let report = plugin(&["run", wasm, "--event", events.to_str().unwrap(), "--json"]).json();
-    assert_eq!(report["mismatched"], 0, "{report}");
-    assert_eq!(report["counters"], json!({ "empty_rejected": 1 }));
+    }
+    target.join(format!(
+        "wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ))
 }

@@ -137,6 +137,11 @@ impl Control {
             .map_err(|e| ControlError::Internal(e.to_string()))
     }
 
+    /// Seconds since the control plane started (the node's uptime).
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
     /// Versions this node rolled back by itself since it started.
     pub fn auto_rollbacks(&self) -> u64 {
         self.auto_rollbacks.load(Ordering::Relaxed)

@@ -29,6 +29,20 @@ pub const MAX_FILTER_BYTES: usize = 64;
 /// The commit this crate was built from (`build.rs`), or `unknown`.
 const COMMIT: &str = env!("SWITCHBOARD_COMMIT");
 
+/// What this binary is: in `GET /v1/node`, `/healthz` and `/metrics` (`switchboard_build_info`).
+pub(crate) fn build_info() -> BuildInfo {
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: COMMIT.to_owned(),
+        profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .to_owned(),
+    }
+}
+
 /// Whether a series is a gauge or a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SeriesKind {
@@ -169,18 +183,9 @@ impl Control {
         let limits = hub.limits();
         let ar = &self.settings.auto_rollback;
         Ok(NodeInfo {
-            build: BuildInfo {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                commit: COMMIT.to_owned(),
-                profile: if cfg!(debug_assertions) {
-                    "debug"
-                } else {
-                    "release"
-                }
-                .to_owned(),
-            },
+            build: build_info(),
             started_at_ms: self.started_at_ms,
-            uptime_s: self.started.elapsed().as_secs(),
+            uptime_s: self.uptime_s(),
             now_ms: now,
             health: self.health(),
             sessions,

@@ -147,7 +147,29 @@ fn plugin_info(p: &PluginVersion) -> PluginInfo {
         uploader: p.uploader.clone(),
         uploaded_at_ms: p.uploaded_at_ms,
         imports: p.imports.clone(),
+        label: p.label.clone(),
     }
+}
+
+/// A version's label: 1 to [`MAX_PLUGIN_LABEL_CHARS`] characters, none of them a control
+/// character (it is shown in tables and logs); surrounding whitespace is dropped.
+fn check_label(label: Option<&str>) -> Result<Option<String>, ControlError> {
+    let Some(label) = label.map(str::trim) else {
+        return Ok(None);
+    };
+    let chars = label.chars().count();
+    if chars == 0 || chars > switchboard_store::MAX_PLUGIN_LABEL_CHARS {
+        return Err(ControlError::Invalid(format!(
+            "a plugin label is 1 to {} characters; this one has {chars}",
+            switchboard_store::MAX_PLUGIN_LABEL_CHARS
+        )));
+    }
+    if label.chars().any(char::is_control) {
+        return Err(ControlError::Invalid(
+            "a plugin label has no control characters".into(),
+        ));
+    }
+    Ok(Some(label.to_owned()))
 }
 
 fn check_config(config: &BTreeMap<String, String>) -> Result<(), ControlError> {
@@ -433,6 +455,20 @@ impl Control {
         tenant: &str,
         wasm: Bytes,
     ) -> Result<Uploaded, ControlError> {
+        self.upload_labelled_plugin(caller, tenant, wasm, None)
+            .await
+    }
+
+    /// [`Control::upload_plugin`] with a label for the version ([`check_label`]). A version
+    /// stored before keeps its label: the same bytes are the same version.
+    pub async fn upload_labelled_plugin(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        wasm: Bytes,
+        label: Option<&str>,
+    ) -> Result<Uploaded, ControlError> {
+        let label = check_label(label)?;
         let rec = self.require_tenant(tenant)?;
         let quotas = self.config.quotas(&rec.id)?;
         switchboard_policy::check_upload_size(
@@ -466,6 +502,7 @@ impl Control {
             uploader: caller.name(),
             uploaded_at_ms: now_ms(),
             imports: plugin.imports().to_vec(),
+            label,
         };
         let created = self.config.put_plugin(&meta, &wasm)?;
         let cache = self.cache.clone();
@@ -915,6 +952,8 @@ impl Control {
             load_level: self.hub.load_level(),
             store: store.to_owned(),
             store_reason,
+            build: super::observe::build_info(),
+            uptime_s: self.uptime_s(),
         }
     }
 }

@@ -134,6 +134,17 @@ pub struct PluginInfo {
     pub uploader: String,
     pub uploaded_at_ms: u64,
     pub imports: Vec<String>,
+    /// The name given at upload (`?label=`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `POST /v1/tenants/{tenant}/plugins?label=…`: an optional name for the version.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 /// The answer to an upload.
@@ -280,6 +291,11 @@ pub struct Health {
     /// Why the store is not `ok`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_reason: Option<String>,
+    /// What this node runs (version, commit, profile): a probe or a rollout script sees
+    /// which build answered.
+    pub build: BuildInfo,
+    /// Seconds since the node's control plane started.
+    pub uptime_s: u64,
 }
 
 // --- what operators read: the node, its connections, its tenants' traffic ---

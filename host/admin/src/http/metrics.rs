@@ -44,6 +44,27 @@ fn label(value: &str) -> String {
 
 pub(super) fn render(control: &Control) -> Result<String, ControlError> {
     let mut out = String::new();
+    let build = crate::control::observe::build_info();
+    family(
+        &mut out,
+        "switchboard_build_info",
+        Kind::Gauge,
+        "Always 1; the labels say what the node runs.",
+    );
+    let _ = writeln!(
+        out,
+        "switchboard_build_info{{version=\"{}\",commit=\"{}\",profile=\"{}\"}} 1",
+        label(&build.version),
+        label(&build.commit),
+        label(&build.profile)
+    );
+    family(
+        &mut out,
+        "switchboard_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the node started.",
+    );
+    let _ = writeln!(out, "switchboard_uptime_seconds {}", control.uptime_s());
     hub_series(&mut out, control.hub().metrics().snapshot());
     family(
         &mut out,

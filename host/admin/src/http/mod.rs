@@ -277,14 +277,15 @@ async fn trace(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Whole microseconds: log fields are integers, not 0.123456789.
+    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let _entered = span.enter();
     if status >= 500 {
-        tracing::warn!(status, latency_ms, "request failed");
+        tracing::warn!(status, latency_us, "request failed");
     } else if method == Method::GET || method == Method::HEAD {
-        tracing::debug!(status, latency_ms, "request");
+        tracing::debug!(status, latency_us, "request");
     } else {
-        tracing::info!(status, latency_ms, "request");
+        tracing::info!(status, latency_us, "request");
     }
     resp
 }

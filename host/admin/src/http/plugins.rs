@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
 
-use super::extract::{read_body, Admin, JsonBody, Params, TenantScope};
+use super::extract::{read_body, Admin, JsonBody, Params, QueryParams, TenantScope};
 use super::{blocking, ApiState, Problem, UPLOAD_BODY_LIMIT};
 use crate::control::types::*;
 use crate::ControlError;
@@ -21,6 +21,7 @@ const WASM_CONTENT_TYPE: &str = "application/wasm";
 pub(super) async fn upload(
     State(s): State<ApiState>,
     scope: TenantScope,
+    QueryParams(query): QueryParams<UploadQuery>,
     req: Request,
 ) -> Result<(StatusCode, Json<Uploaded>), Problem> {
     let content_type = req
@@ -76,7 +77,7 @@ pub(super) async fn upload(
     let _checking = s.upload_checks.try_acquire(&scope.tenant).map_err(busy)?;
     let uploaded = s
         .control
-        .upload_plugin(&scope.caller, &scope.tenant, wasm)
+        .upload_labelled_plugin(&scope.caller, &scope.tenant, wasm, query.label.as_deref())
         .await?;
     let status = if uploaded.created {
         StatusCode::CREATED

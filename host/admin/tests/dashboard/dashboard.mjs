@@ -22,8 +22,10 @@ const ADMIN = env("DASHBOARD_ADMIN_TOKEN");
 const MODE = process.env.DASHBOARD_MODE || "walk";
 const TIMEOUT = 20_000;
 
-async function api(method, path, token = ADMIN) {
-  const r = await fetch(BASE + path, { method, headers: { Authorization: `Bearer ${token}` } });
+async function api(method, path, token = ADMIN, json = undefined) {
+  const headers = { Authorization: `Bearer ${token}` };
+  if (json !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(BASE + path, { method, headers, body: json === undefined ? undefined : JSON.stringify(json) });
   const body = await r.json();
   if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(body)}`);
   return body;
@@ -208,6 +210,21 @@ async function walk() {
   await page.waitForFunction(([s, v]) => document.querySelector(s).dataset.version === v,
     [`${row(TENANT)} [data-field=active]`, PREVIOUS], { timeout: TIMEOUT });
   assert.equal(await text(page, `${row(TENANT)} [data-field=rollback-reason]`), after.last_rollback.reason);
+
+  // Promote: the canary aborted above, started again through the API, shows on the page, and
+  // its Promote button makes it the active version.
+  const CANARY = before.canary.version;
+  await api("POST", `/v1/tenants/${TENANT}/policy/canary`, ADMIN, { version: CANARY, percent: 10 });
+  await page.waitForFunction(([s, v]) => document.querySelector(s).dataset.version === v,
+    [`${row(TENANT)} [data-field=canary]`, CANARY], { timeout: TIMEOUT });
+  answered = page.waitForResponse((r) => r.url().endsWith(`/v1/tenants/${TENANT}/policy/promote`));
+  await page.click(`${row(TENANT)} button[data-action=promote]`);
+  assert.equal((await answered).status(), 200);
+  const promoted = await api("GET", `/v1/tenants/${TENANT}/policy`);
+  assert.equal(promoted.active.version, CANARY);
+  assert.equal(promoted.canary, null);
+  await page.waitForFunction(([s, v]) => document.querySelector(s).dataset.version === v,
+    [`${row(TENANT)} [data-field=active]`, CANARY], { timeout: TIMEOUT });
 
   answered = page.waitForResponse((r) => r.url().endsWith("/v1/degradation") && r.request().method() === "PUT");
   await page.click('#degradation-buttons button[data-level="2"]');

@@ -110,6 +110,11 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless everything was read.
+    /// Whether every byte was read (a record may end before its optional last field).
+    fn at_end(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     fn finish(self) -> Result<(), StoreError> {
         if self.buf.is_empty() {
             Ok(())
@@ -419,6 +424,10 @@ pub(super) fn encode_plugin(p: &PluginVersion) -> Vec<u8> {
     w.u64(p.uploaded_at_ms);
     w.str(&p.uploader);
     w.list(&p.imports, |w, s| w.str(s));
+    // Last and only when set: records written before labels existed end after the imports.
+    if let Some(label) = &p.label {
+        w.str(label);
+    }
     w.finish()
 }
 
@@ -433,6 +442,7 @@ pub(super) fn decode_plugin(
     let uploaded_at_ms = r.u64()?;
     let uploader = r.string()?;
     let imports = r.list(Reader::string)?;
+    let label = if r.at_end() { None } else { Some(r.string()?) };
     r.finish()?;
     Ok(PluginVersion {
         tenant,
@@ -441,6 +451,7 @@ pub(super) fn decode_plugin(
         uploader,
         uploaded_at_ms,
         imports,
+        label,
     })
 }
 

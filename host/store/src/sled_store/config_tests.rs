@@ -32,6 +32,7 @@ fn plugin(tenant: &str, version: &str, uploaded_at_ms: u64) -> PluginVersion {
         uploader: "admin".into(),
         uploaded_at_ms,
         imports: vec!["switchboard:policy/host@0.1.0".into(), "wasi:io".into()],
+        label: None,
     }
 }
 
@@ -112,9 +113,14 @@ fn plugins_round_trip_in_upload_order() {
     assert_eq!(store.plugin(&acme, "aa").unwrap(), None);
     assert_eq!(store.plugin_bytes(&acme, "aa").unwrap(), None);
     // Key order is bb, cc, dd; upload order (then version) is cc, dd, bb.
+    // A label, or none (a record as written before labels existed).
+    let labelled = PluginVersion {
+        label: Some("v2 – ünïcode, spaces".into()),
+        ..plugin("acme", "dd", 10)
+    };
     let uploads = [
         (plugin("acme", "bb", 30), &b"bbb"[..]),
-        (plugin("acme", "dd", 10), b""),
+        (labelled, b""),
         (plugin("acme", "cc", 10), b"\0asm"),
     ];
     for (meta, wasm) in &uploads {

@@ -199,6 +199,15 @@ impl TestNode {
         &self,
         auto_rollback: switchboard_admin::AutoRollback,
     ) -> Arc<switchboard_admin::Control> {
+        self.control_on(policy_engine(), auto_rollback).await
+    }
+
+    /// [`TestNode::control`] on another engine (`swap_test_engine`).
+    pub async fn control_on(
+        &self,
+        engine: &switchboard_policy::PolicyEngine,
+        auto_rollback: switchboard_admin::AutoRollback,
+    ) -> Arc<switchboard_admin::Control> {
         switchboard_admin::Control::start(
             switchboard_admin::ControlConfig {
                 admin_token_sha256: None,
@@ -210,7 +219,7 @@ impl TestNode {
             self.store.clone(),
             self.store.clone(),
             self.hub().clone(),
-            policy_engine().clone(),
+            engine.clone(),
         )
         .await
         .unwrap()
@@ -275,6 +284,24 @@ pub fn policy_engine() -> &'static switchboard_policy::PolicyEngine {
         std::sync::OnceLock::new();
     ENGINE.get_or_init(|| {
         switchboard_policy::PolicyEngine::new(switchboard_policy::PolicyLimits::default()).unwrap()
+    })
+}
+
+/// An engine with the default budgets but a 2 s deadline per call, for tests of which
+/// version serves what (the control plane, hot swaps), not of budgets. The deadline is wall
+/// time: on a 2-core machine running every test at once, a call can wait past 10 ms for a
+/// core, and a Python plugin's first call starts CPython (about 1 ms alone), so a fallback
+/// would say nothing about the swap under test. The deadline has its own tests
+/// (`host/policy`).
+pub fn swap_test_engine() -> &'static switchboard_policy::PolicyEngine {
+    static ENGINE: std::sync::OnceLock<switchboard_policy::PolicyEngine> =
+        std::sync::OnceLock::new();
+    ENGINE.get_or_init(|| {
+        switchboard_policy::PolicyEngine::new(switchboard_policy::PolicyLimits {
+            deadline: Duration::from_secs(2),
+            ..switchboard_policy::PolicyLimits::default()
+        })
+        .unwrap()
     })
 }
 
