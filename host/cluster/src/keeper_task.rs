@@ -3,7 +3,8 @@
 //! request and each take of the log on a task of its own, its answer coming back as an
 //! event. Every decision is the keeper's; this file only does IO.
 //!
-//! Bounds: at most one request per shard is in flight (the keeper's states allow no more),
+//! Bounds: at most one request per shard is in flight (the keeper's states allow no more)
+//! and at most 8 takes of the log (`MAX_TAKES_IN_FLIGHT`: a take may create a stream),
 //! so the answer channel's 512 slots never fill; each request waits at most the lease
 //! bucket's `request_timeout`; a lost answer is asked again after `answer_within`.
 //!
@@ -17,7 +18,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::keeper::{Action, Event, Keeper, KeeperConfig};
@@ -115,6 +116,9 @@ impl Drop for KeeperTask {
     }
 }
 
+/// Takes of the log (each may create a shard's stream) in flight at once.
+const MAX_TAKES_IN_FLIGHT: usize = 8;
+
 /// Room for every answer that can be in flight (one lease request and one take per
 /// shard) and a drain; fence reports use what is left, and are dropped past it.
 const ANSWERS: usize = 2 * SHARDS as usize + 1;
@@ -128,13 +132,14 @@ async fn run(
     served: watch::Sender<BTreeSet<u16>>,
     (answers_tx, mut answers): (mpsc::Sender<Event>, mpsc::Receiver<Event>),
 ) {
+    let takes = Arc::new(Semaphore::new(MAX_TAKES_IN_FLIGHT));
     let mut ticks = tokio::time::interval(tick.max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let first = nodes.borrow_and_update().clone();
     let mut actions = keeper.handle(Event::Nodes(first), Instant::now());
     loop {
         for action in actions.drain(..) {
-            execute(action, &leases, log.as_ref(), &answers_tx);
+            execute(action, &leases, log.as_ref(), &answers_tx, &takes);
         }
         let now_served: BTreeSet<u16> = keeper.served(Instant::now()).collect();
         served.send_if_modified(|s| {
@@ -161,6 +166,7 @@ fn execute(
     leases: &Arc<ShardLeases>,
     log: Option<&Arc<JetStreamLog>>,
     answers: &mpsc::Sender<Event>,
+    takes: &Arc<Semaphore>,
 ) {
     let (leases, answers) = (leases.clone(), answers.clone());
     match action {
@@ -211,11 +217,25 @@ fn execute(
         Action::Take { shard, epoch } => {
             let log = log.cloned();
             let node = leases.node().to_owned();
+            let takes = takes.clone();
             tokio::spawn(async move {
                 let event = match log {
                     // No log to take (leases only): served from the grant.
                     None => Event::Taken { shard, epoch },
                     Some(log) => {
+                        // A take may create the shard's stream: a node taking all 256 at
+                        // start would otherwise swamp JetStream's metadata layer.
+                        let _slot = takes.acquire_owned().await;
+                        // A take that waited for its slot may come after the lease was
+                        // released (the live nodes changed) and another node took the shard;
+                        // its marker would fence that node. So take only while the bucket
+                        // still names this node (a read error leaves the check to the log).
+                        if let Ok(holder) = leases.holder(shard).await {
+                            if holder.as_deref() != Some(node.as_str()) {
+                                let _ = answers.send(Event::Fenced { shard }).await;
+                                return;
+                            }
+                        }
                         // The log's calls block (they wait on its own runtime): off the
                         // workers.
                         let taken = tokio::task::spawn_blocking(move || {
