@@ -252,6 +252,7 @@ async function main() {
     const text = $("text").value.trim();
     if (!text) return;
     $("text").value = "";
+    $("errors").textContent = "";
     try {
       if (text.startsWith("/")) {
         await command(client, text);
