@@ -89,6 +89,10 @@ export interface ClientOptions {
   /** Acknowledge each message to the node once `onMessage` returned (default true). Off:
    * call `ackDelivery` when the app has processed it. */
   autoAck?: boolean;
+  /** How long delivery acks wait to be coalesced, one per group (default 200 ms, as the
+   * Rust SDK): the node stores a cursor per ack, so acking each message would cost it a
+   * write per delivery. `close()` sends what is waiting. */
+  ackDelayMs?: number;
   /** Largest frame accepted from the node (default 1 MiB; the node's default is 128 KiB). */
   maxFrameBytes?: number;
   /** Requests (sends, joins, fetches, pings) waiting for an answer at once (default 1024). */
@@ -253,7 +257,7 @@ export class SwitchboardClient {
   private state: ClientState = "connecting";
   private attempts = 0;
   private acksDue = new Map<string, bigint>();
-  private ackScheduled = false;
+  private ackTimer?: ReturnType<typeof setTimeout>;
   private token: string;
   private presenceState: PresenceState;
   /** Receipts made while disconnected (at most {@link MAX_QUEUED_RECEIPTS}). */
@@ -270,6 +274,7 @@ export class SwitchboardClient {
       presence: PresenceState.Foreground,
       requestTimeoutMs: 30_000,
       autoAck: true,
+      ackDelayMs: 200,
       maxFrameBytes: 1 << 20,
       maxPendingRequests: 1024,
       clientName: "switchboard-js/0.1",
@@ -470,8 +475,8 @@ export class SwitchboardClient {
   }
 
   /**
-   * Asks the node to store `group`'s cursor at `seq` (monotonic; coalesced per group within
-   * one turn of the event loop). Only needed with `autoAck: false`.
+   * Asks the node to store `group`'s cursor at `seq` (monotonic; coalesced per group for
+   * `ackDelayMs`). Only needed with `autoAck: false`.
    */
   ackDelivery(group: string, seq: bigint): void {
     this.checkOpen();
@@ -497,6 +502,10 @@ export class SwitchboardClient {
   close(): void {
     if (this.state === "closed") return;
     this.setState("closed");
+    // The acks still waiting go out first (best effort: closing the session may cut them).
+    clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    this.flushAcks();
     const s = this.session;
     this.session = undefined;
     if (s) closeQuietly(s.transport, { closeCode: 0, reason: "client closed" });
@@ -835,17 +844,20 @@ export class SwitchboardClient {
     this.opts.cursors?.save(this.tracker.cursors());
   }
 
-  /** One `AckDelivery` per group for what was handed on in this turn of the event loop. */
+  /** One `AckDelivery` per group for what was handed on within `ackDelayMs`. */
   private scheduleAcks(): void {
-    if (this.ackScheduled) return;
-    this.ackScheduled = true;
-    queueMicrotask(() => {
-      this.ackScheduled = false;
-      const s = this.session;
-      // Offline, the next `Hello`'s cursors say the same.
-      if (!s?.welcome) return;
-      for (const [group, seq] of this.acksDue) this.write(s, { type: "ackDelivery", group, seq });
-      this.acksDue.clear();
-    });
+    if (this.ackTimer !== undefined) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      this.flushAcks();
+    }, this.opts.ackDelayMs);
+  }
+
+  private flushAcks(): void {
+    const s = this.session;
+    // Offline, the next `Hello`'s cursors say the same.
+    if (!s?.welcome) return;
+    for (const [group, seq] of this.acksDue) this.write(s, { type: "ackDelivery", group, seq });
+    this.acksDue.clear();
   }
 }
