@@ -64,10 +64,16 @@ const OWNED: &[Owned] = &[
     },
     Owned {
         dep: "wtransport",
-        owners: &[(
-            "switchboard-edge",
-            "the node's WebTransport endpoint for browsers",
-        )],
+        owners: &[
+            (
+                "switchboard-edge",
+                "the node's WebTransport endpoint for browsers",
+            ),
+            (
+                "switchboard-bench",
+                "raw WebTransport clients that measure the node's side of browser sessions",
+            ),
+        ],
     },
     Owned {
         dep: "async-nats",

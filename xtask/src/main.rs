@@ -16,6 +16,9 @@
 //! - `bench [--quick]`: the loopback fan-out benchmark; writes a table to stdout.
 //!   `bench --peers [...]`: Switchboard against NATS and Mosquitto (`bench/src/peers`); builds
 //!   the node binary it starts, installs the peers from Debian when missing.
+//!   `bench --webtransport [...]`: a WebTransport session against a native QUIC one, on the
+//!   node's process alone, and bursts to Chromium pages (`bench/src/webtransport`); builds
+//!   the node, and for the pages installs Chromium and builds sdk/js (`--no-browsers`: not).
 //! - `build-plugins [--debug]`: build every plugin of `plugins/` for wasm32; prints the folder.
 //! - `fuzz --smoke`: the fuzz targets' stable replay (part of `test`); `fuzz TARGET|all
 //!   [SECONDS]`: libFuzzer runs with cargo-fuzz (docs/reliability.md, "Fuzzing").
@@ -73,7 +76,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|test-mobile|test-cluster [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|test-mobile|test-cluster [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...] [--webtransport ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -270,6 +273,32 @@ fn bench(rest: &[&str]) -> Result<()> {
             "--",
         ]);
         cmd.args(rest.iter().filter(|a| **a != "--peers"));
+        return run(&mut cmd);
+    }
+    if rest.contains(&"--webtransport") {
+        // The node as a child process again (its memory and CPU alone); the browser part
+        // needs Chromium, playwright-core and the built TypeScript SDK, as the browser tests.
+        run(cargo().args(["build", "--release", "-p", "switchboard"]))?;
+        let args: Vec<&str> = rest
+            .iter()
+            .copied()
+            .filter(|a| *a != "--webtransport")
+            .collect();
+        if !args.contains(&"--no-browsers") {
+            browser::ensure()?;
+            js::build()?;
+        }
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--release",
+            "-p",
+            "switchboard-bench",
+            "--bin",
+            "switchboard-webtransport",
+            "--",
+        ]);
+        cmd.args(args);
         return run(&mut cmd);
     }
     let mut cmd = cargo();

@@ -279,6 +279,72 @@ pub fn idle_groups(groups: usize, size: usize) -> Groups {
 pub fn switchboard(node_bin: &Path, groups: &Groups, plugin: Option<&Path>) -> Result<Server> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
+    let config = node_config(port, groups, plugin)?;
+    let mut server = start_node(node_bin, dir, port, &config)?;
+    // The dev certificate is written before the endpoint binds; the client retries its
+    // connect until the node answers.
+    let cert = server.dir.path().join("data").join("cert.der");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cert.exists() {
+        server.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("node wrote no certificate\n{}", server.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    server.cert_der = std::fs::read(&cert)?;
+    Ok(server)
+}
+
+/// `switchboard serve` as [`switchboard`] (no plugin), with its WebTransport endpoint on a
+/// port of its own too; both endpoints use the certificate `cert_der` and key `key_der` (DER,
+/// PKCS #8) as `[tls]`. Returns the server (its `addr` is the QUIC endpoint) and the
+/// WebTransport endpoint's address. The node binds both before it serves, so a client that
+/// reached the QUIC endpoint finds the WebTransport one; clients retry until then.
+#[allow(dead_code)] // the WebTransport benchmark's (`bench/src/webtransport`), which includes this file
+pub fn switchboard_webtransport(
+    node_bin: &Path,
+    groups: &Groups,
+    cert_der: &[u8],
+    key_der: &[u8],
+) -> Result<(Server, SocketAddr)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let web_port = free_port()?;
+    std::fs::write(dir.path().join("cert.der"), cert_der)?;
+    std::fs::write(dir.path().join("key.der"), key_der)?;
+    let mut config = node_config(port, groups, None)?;
+    writeln!(config, "[tls]\ncert = \"cert.der\"\nkey = \"key.der\"")?;
+    writeln!(
+        config,
+        "[webtransport]\nenabled = true\nlisten = \"127.0.0.1:{web_port}\""
+    )?;
+    let mut server = start_node(node_bin, dir, port, &config)?;
+    server.cert_der = cert_der.to_vec();
+    Ok((server, format!("127.0.0.1:{web_port}").parse()?))
+}
+
+/// Writes `config` as `switchboard.toml` into `dir` and starts `switchboard serve` there.
+fn start_node(node_bin: &Path, dir: tempfile::TempDir, port: u16, config: &str) -> Result<Server> {
+    std::fs::write(dir.path().join("switchboard.toml"), config)?;
+    let child = spawn(
+        dir.path(),
+        node_bin.to_str().context("node path")?,
+        &["serve", "--config", "switchboard.toml"],
+        &[(SECRET_ENV, SECRET), ("RUST_LOG", "warn")],
+    )?;
+    Ok(Server {
+        child,
+        addr: format!("127.0.0.1:{port}").parse()?,
+        cert_der: Vec::new(),
+        dir,
+    })
+}
+
+/// The benchmarks' node config: QUIC on `port`, tenant `bench` with `groups` (closed), bound
+/// to the policy `plugin` if given; rate limits off, admin API off.
+fn node_config(port: u16, groups: &Groups, plugin: Option<&Path>) -> Result<String> {
     let mut config = String::new();
     writeln!(config, "listen = \"127.0.0.1:{port}\"")?;
     writeln!(config, "data_dir = \"data\"")?;
@@ -302,33 +368,7 @@ pub fn switchboard(node_bin: &Path, groups: &Groups, plugin: Option<&Path>) -> R
         writeln!(config, "[[tenants.groups]]\nid = \"{id}\"")?;
         writeln!(config, "members = [{}]", members.join(", "))?;
     }
-    std::fs::write(dir.path().join("switchboard.toml"), config)?;
-    let child = spawn(
-        dir.path(),
-        node_bin.to_str().context("node path")?,
-        &["serve", "--config", "switchboard.toml"],
-        &[(SECRET_ENV, SECRET), ("RUST_LOG", "warn")],
-    )?;
-    let mut server = Server {
-        child,
-        addr: format!("127.0.0.1:{port}").parse()?,
-        cert_der: Vec::new(),
-        dir,
-    };
-    // The dev certificate is written before the endpoint binds; the client retries its
-    // connect until the node answers.
-    let cert = server.dir.path().join("data").join("cert.der");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cert.exists() {
-        server.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("node wrote no certificate\n{}", server.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(50));
-    server.cert_der = std::fs::read(&cert)?;
-    Ok(server)
+    Ok(config)
 }
 
 /// `nats-server` with a config file: core NATS, optionally TLS, optionally JetStream with

@@ -1,9 +1,15 @@
 //! The web chat (examples/web-chat, over sdk/js) in a real browser: headless Chromium, driven
-//! by playwright-core from `tests/browser/web_chat.mjs`, connects to a real node over
-//! WebTransport with the dev certificate pinned by `serverCertificateHashes`; two tabs chat,
-//! one reloads and gets exactly what it missed, then its session drops and the SDK
-//! reconnects and resumes by itself. The page is served from loopback by a tiny
-//! static server here, and the node's origin policy allows only that origin.
+//! by playwright-core from scripts in `tests/browser/`, connects to a real node over
+//! WebTransport with the dev certificate pinned by `serverCertificateHashes`. Two tests:
+//! - `web_chat.mjs`: two tabs chat, one reloads and gets exactly what it missed, then its
+//!   session drops and the SDK reconnects and resumes by itself;
+//! - `web_chat_group.mjs`: presence (the snapshot at connect, /bg and /fg, a closed page),
+//!   a read receipt from one page to the other, and a page that leaves the group, stops
+//!   receiving, and on rejoining fetches exactly what it missed.
+//!
+//! What the pages showed is checked against the node's log read back over native QUIC.
+//! The page is served from loopback by a tiny static server here, and the node's origin
+//! policy allows only that origin.
 //!
 //! Needs Chromium, playwright-core and a built sdk/js: `cargo xtask test` provides all three
 //! (`xtask/src/browser.rs`, `xtask/src/js.rs`).
@@ -98,8 +104,10 @@ async fn serve_file(mut sock: tokio::net::TcpStream, root: PathBuf) {
     let _ = sock.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_missed() {
+/// A real node with WebTransport, the chat page served from loopback (the node's origin
+/// policy allows only that origin), and `script` (under `tests/browser/`) run by Node.js
+/// against both with alice's and bob's tokens. Returns the node and the script's `RESULT`.
+async fn run_browser_script(script: &str) -> (TestNode, serde_json::Value) {
     let chromium = required_env("SWITCHBOARD_CHROMIUM");
     let node_path = required_env("SWITCHBOARD_BROWSER_NODE_PATH");
     let root = repo_root();
@@ -124,9 +132,8 @@ async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_mi
     });
 
     let n = TestNode::start_webtransport(Limits::default(), vec![origin.clone()]).await;
-    let script = root.join("host/switchboard/tests/browser/web_chat.mjs");
     let mut cmd = Command::new("node");
-    cmd.arg(&script)
+    cmd.arg(root.join("host/switchboard/tests/browser").join(script))
         .env("NODE_PATH", &node_path)
         .env("SWITCHBOARD_CHROMIUM", &chromium)
         .env(
@@ -154,29 +161,31 @@ async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_mi
         "the browser run failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    let result: serde_json::Value = stdout
+    let result = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
         .map(|j| serde_json::from_str(j).unwrap())
         .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
+    (n, result)
+}
 
-    // What the reloaded tab showed is exactly the node's log after the message it last saw:
-    // read the log back over native QUIC and compare seqs, senders and bodies.
-    let shown = |v: &serde_json::Value| -> Vec<(u64, String, String)> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["seq"].as_str().unwrap().parse().unwrap(),
-                    m["sender"].as_str().unwrap().to_owned(),
-                    m["text"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
-    let before = shown(&result["before"]);
-    let after = shown(&result["after"]);
+/// `(seq, sender, text)` of the messages a page showed (`window.chat.messages` and the like).
+fn shown(v: &serde_json::Value) -> Vec<(u64, String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["seq"].as_str().unwrap().parse().unwrap(),
+                m["sender"].as_str().unwrap().to_owned(),
+                m["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `general`'s whole log, read back over native QUIC by carol (who joins it to read).
+async fn general_log(n: &TestNode) -> Vec<(u64, String, String)> {
     let mut reader = n.raw().await;
     assert!(matches!(
         reader.hello(&n.token("acme", "carol")).await,
@@ -200,7 +209,7 @@ async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_mi
     let Some(ServerFrame::FetchResult { messages, .. }) = reader.read().await else {
         panic!("no FetchResult");
     };
-    let log: Vec<(u64, String, String)> = messages
+    messages
         .iter()
         .map(|m| {
             (
@@ -209,7 +218,17 @@ async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_mi
                 String::from_utf8(m.body.to_vec()).unwrap(),
             )
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_missed() {
+    let (n, result) = run_browser_script("web_chat.mjs").await;
+    // What the reloaded tab showed is exactly the node's log after the message it last saw:
+    // read the log back over native QUIC and compare seqs, senders and bodies.
+    let before = shown(&result["before"]);
+    let after = shown(&result["after"]);
+    let log = general_log(&n).await;
     assert_eq!(log.len(), 7, "{log:?}");
     assert_eq!(before, log[..2].to_vec());
     assert_eq!(after, log[2..].to_vec());
@@ -222,5 +241,34 @@ async fn two_tabs_chat_and_a_reloaded_or_reconnected_tab_gets_exactly_what_it_mi
             "during the drop",
             "reconnected"
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_share_presence_and_receipts_and_a_page_that_left_fetches_what_it_missed() {
+    let (n, result) = run_browser_script("web_chat_group.mjs").await;
+    // The log: bob's "read me", the two sent while alice was out, "welcome back".
+    let log = general_log(&n).await;
+    let texts: Vec<&str> = log.iter().map(|m| m.2.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "read me",
+            "while you were out 1",
+            "while you were out 2",
+            "welcome back"
+        ]
+    );
+    // What alice's page fetched on rejoining is exactly the log's part she was out for, and
+    // live she got exactly the rest.
+    assert_eq!(shown(&result["history"]), log[1..3].to_vec());
+    assert_eq!(shown(&result["live"]), vec![log[0].clone(), log[3].clone()]);
+    // Bob's page got alice's read receipt for his first message.
+    let receipts = result["receipts"].as_array().unwrap();
+    assert!(
+        receipts.iter().any(|r| r["seq"] == log[0].0.to_string()
+            && r["user"] == "alice"
+            && r["kind"] == "read"),
+        "{receipts:?}"
     );
 }

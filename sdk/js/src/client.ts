@@ -1,6 +1,8 @@
 // The browser client: one switchboard/1 session over WebTransport at a time, reconnected with
 // backoff when it drops, resumed from the cursors so the app gets exactly what it missed, with
 // unacknowledged sends re-sent under their client message ids (the node dedupes them).
+// The same calls as the Rust SDK (`sdk/client/src/client.rs`): join, leave, send, fetch,
+// receipts, presence, ping.
 //
 // Streams as in docs/protocol.md §17: the control stream is a bidirectional WebTransport
 // stream the client opens; the node's push streams arrive as unidirectional ones.
@@ -8,14 +10,27 @@
 import {
   type ClientFrame,
   type Cursor,
+  type Flag,
   type Message,
   type ServerFrame,
   FrameReader,
   PresenceState,
+  ReceiptKind,
   decodeServer,
   encodeClient,
 } from "./frames.js";
-import { ClientClosed, ConnectionLost, SwitchboardError } from "./errors.js";
+import {
+  ClientClosed,
+  ClientError,
+  ConnectionLost,
+  ErrorCode,
+  InvalidArgument,
+  PayloadTooLarge,
+  ProtocolError,
+  SwitchboardError,
+  Timeout,
+  TooManyRequests,
+} from "./errors.js";
 import { DeliveryTracker } from "./tracker.js";
 
 /** Where the client keeps its cursors between page loads (see {@link webStorageCursors}). */
@@ -66,9 +81,21 @@ export interface ClientOptions {
   serverCertificateHashes?: string[];
   cursors?: CursorStore;
   reconnect?: Partial<ReconnectPolicy>;
+  /** Presence announced in the first `Hello` (default foreground); see `setPresence`. */
+  presence?: PresenceState;
+  /** Longest a request (join, leave, send, fetch, ping) may take, waiting for a reconnect
+   * included; then it rejects with `Timeout` and is forgotten (default 30 s). */
+  requestTimeoutMs?: number;
+  /** Acknowledge each message to the node once `onMessage` returned (default true). Off:
+   * call `ackDelivery` when the app has processed it. */
+  autoAck?: boolean;
+  /** How long delivery acks wait to be coalesced, one per group (default 200 ms, as the
+   * Rust SDK): the node stores a cursor per ack, so acking each message would cost it a
+   * write per delivery. `close()` sends what is waiting. */
+  ackDelayMs?: number;
   /** Largest frame accepted from the node (default 1 MiB; the node's default is 128 KiB). */
   maxFrameBytes?: number;
-  /** Requests (sends, joins, pings) waiting for an answer at once (default 1024). */
+  /** Requests (sends, joins, fetches, pings) waiting for an answer at once (default 1024). */
   maxPendingRequests?: number;
   /** Named in the node's logs. */
   clientName?: string;
@@ -82,6 +109,7 @@ export interface Welcome {
   tenant: string;
   user: string;
   maxPayloadBytes: number;
+  /** Every group the user belongs to, with its newest seq. */
   groups: Cursor[];
 }
 
@@ -89,13 +117,58 @@ export interface SendAck {
   group: string;
   seq: bigint;
   clientMsgId: string;
+  /** The node had this client message id already (a resend): not stored or delivered again. */
   duplicate: boolean;
+}
+
+/** A page of a group's log (`fetch`). */
+export interface FetchResult {
+  /** Messages with `seq > afterSeq`, in order: at most `limit`, and at most what fits one
+   * frame (docs/protocol.md §9), so a short page is not by itself the end. */
+  messages: Message[];
+  /** The group's newest seq when the page was read. */
+  headSeq: bigint;
+}
+
+/** Someone sent a receipt for one of your messages. */
+export interface Receipt {
+  group: string;
+  seq: bigint;
+  /** Who sent the receipt. */
+  user: string;
+  kind: ReceiptKind;
+}
+
+/** The aggregated receipts of one of your messages ("read by 37 of 120"), when the tenant's
+ * policy aggregates receipts instead of forwarding each. */
+export interface ReceiptSummary {
+  group: string;
+  seq: bigint;
+  delivered: number;
+  read: number;
+  members: number;
+}
+
+/** A co-member's presence: after each connect one per connected co-member (the node's
+ * snapshot), then on each change, its arrival and its leaving (told as `Background`: the
+ * protocol has no offline state). */
+export interface Presence {
+  user: string;
+  state: PresenceState;
+}
+
+/** `group` has messages up to `headSeq` that were not sent to this background client: they
+ * come when it is foreground again, or fetch them now. */
+export interface Nudge {
+  group: string;
+  headSeq: bigint;
 }
 
 interface Pending {
   frame: ClientFrame;
   resolve: (f: ServerFrame) => void;
-  reject: (e: Error) => void;
+  reject: (e: ClientError) => void;
+  timer: ReturnType<typeof setTimeout>;
 }
 
 /** One WebTransport session and its streams. */
@@ -106,6 +179,14 @@ interface Session {
 }
 
 const DEFAULT_RECONNECT: ReconnectPolicy = { initialBackoffMs: 250, maxBackoffMs: 30_000 };
+/** Receipts kept while disconnected, sent after the reconnect; older ones are dropped first
+ * (receipts are cheap to lose). The Rust SDK's bound. */
+export const MAX_QUEUED_RECEIPTS = 1024;
+/** Largest u64 (seqs) and u32 (fetch limits). */
+const U64_MAX = (1n << 64n) - 1n;
+const U32_MAX = 0xffff_ffff;
+/** A fetch page's default size: the node's `max_fetch_messages`. */
+const DEFAULT_PAGE = 256;
 
 function closeQuietly(t: WebTransport, info?: WebTransportCloseInfo): void {
   try {
@@ -122,12 +203,48 @@ function hexToBytes(hex: string): Uint8Array<ArrayBuffer> {
   return out;
 }
 
+function asClientError(e: unknown): ClientError {
+  return e instanceof ClientError ? e : new ConnectionLost(String(e));
+}
+
+function checkSeq(seq: bigint, what: string): void {
+  if (typeof seq !== "bigint" || seq < 0n || seq > U64_MAX) {
+    throw new InvalidArgument(`${what} must be a bigint in 0..2^64, got ${String(seq)}`);
+  }
+}
+
+/** Calls an app handler; what it throws is the app's bug, reported, never the SDK's state. */
+function callHandler<T>(handler: (v: T) => void, value: T): void {
+  try {
+    handler(value);
+  } catch (e) {
+    // Surfaced asynchronously so the SDK's bookkeeping goes on.
+    queueMicrotask(() => {
+      throw e;
+    });
+  }
+}
+
 export class SwitchboardClient {
   /** Called with each message, in `seq` order per group, exactly once per client. */
   onMessage: (m: Message) => void = () => {};
+  /** A session started (the first or a reconnect), before any of its pushes: catch-up
+   * messages and the presence snapshot follow. */
+  onConnected: (w: Welcome) => void = () => {};
   onStateChange: (s: ClientState) => void = () => {};
-  /** Errors not tied to a request: why a session ended, refusals of acks and presence. */
-  onError: (e: Error) => void = () => {};
+  /** Someone's receipt for one of your messages. */
+  onReceipt: (r: Receipt) => void = () => {};
+  /** Aggregated receipts of one of your messages. */
+  onReceiptSummary: (s: ReceiptSummary) => void = () => {};
+  /** A co-member's presence (see {@link Presence}). */
+  onPresence: (p: Presence) => void = () => {};
+  /** A group has messages this background client was not sent. */
+  onNudge: (n: Nudge) => void = () => {};
+  /** The user's complete feature-flag set, after each connect and on each change. */
+  onFlags: (flags: Flag[]) => void = () => {};
+  /** Errors not tied to a request: why a session ended, and the node's refusals of
+   * receipts, presence and delivery acks (`SwitchboardError`, request id 0). */
+  onError: (e: ClientError) => void = () => {};
 
   private readonly opts: Required<Omit<ClientOptions, "cursors" | "reconnect">> & {
     cursors?: CursorStore;
@@ -140,19 +257,32 @@ export class SwitchboardClient {
   private state: ClientState = "connecting";
   private attempts = 0;
   private acksDue = new Map<string, bigint>();
-  private ackScheduled = false;
+  private ackTimer?: ReturnType<typeof setTimeout>;
+  private token: string;
+  private presenceState: PresenceState;
+  /** Receipts made while disconnected (at most {@link MAX_QUEUED_RECEIPTS}). */
+  private receipts: ClientFrame[] = [];
+  /** Stating the presence again after the node's `RateLimited` for it. */
+  private presenceRetry?: ReturnType<typeof setTimeout>;
+  private maxPayloadBytes?: number;
 
   /** Set the handlers (`onMessage` above all) before {@link connect}: catch-up deliveries
    * may follow `Welcome` at once. */
   constructor(opts: ClientOptions) {
     this.opts = {
       serverCertificateHashes: [],
+      presence: PresenceState.Foreground,
+      requestTimeoutMs: 30_000,
+      autoAck: true,
+      ackDelayMs: 200,
       maxFrameBytes: 1 << 20,
       maxPendingRequests: 1024,
       clientName: "switchboard-js/0.1",
       ...opts,
       reconnect: { ...DEFAULT_RECONNECT, ...opts.reconnect },
     };
+    this.token = opts.token;
+    this.presenceState = this.opts.presence;
     this.tracker = new DeliveryTracker(opts.cursors?.load() ?? []);
   }
 
@@ -162,7 +292,7 @@ export class SwitchboardClient {
    * reconnect by themselves.
    */
   async connect(): Promise<Welcome> {
-    if (this.session) throw new Error("already connected");
+    if (this.session) throw new ProtocolError("already connected");
     return this.open();
   }
 
@@ -175,19 +305,48 @@ export class SwitchboardClient {
     return this.state;
   }
 
-  /** Joins a group; resolves with its head seq. */
+  /** The presence this client states (what the next `Hello` carries too). */
+  get presence(): PresenceState {
+    return this.presenceState;
+  }
+
+  /** Joins `group` (open groups) or confirms membership (closed groups); resolves with its
+   * head seq. Messages after that head are then delivered; earlier ones are `fetch`'s. */
   async join(group: string): Promise<bigint> {
     const f = await this.request((requestId) => ({ type: "join", requestId, group }));
-    if (f.type !== "joined") throw new ConnectionLost(`unexpected answer ${f.type}`);
+    if (f.type !== "joined") throw new ProtocolError(`unexpected answer ${f.type}`);
     return f.headSeq;
   }
 
   /**
+   * Leaves `group` and forgets its cursor: its deliveries stop on every session of the user.
+   * Leaving a group you are not in succeeds (so a leave re-sent after a reconnect, whose
+   * first answer was lost, does too).
+   */
+  async leave(group: string): Promise<void> {
+    try {
+      const f = await this.request((requestId) => ({ type: "leave", requestId, group }));
+      if (f.type !== "left") throw new ProtocolError(`unexpected answer ${f.type}`);
+    } catch (e) {
+      if (!(e instanceof SwitchboardError && e.code === ErrorCode.NotMember)) throw e;
+    }
+    this.tracker.forget(group);
+    this.acksDue.delete(group);
+    this.saveCursors();
+  }
+
+  /**
    * Sends a message; resolves once it is durable, with its seq. Survives reconnects: until
-   * acknowledged it is re-sent with the same client message id.
+   * acknowledged it is re-sent with the same client message id. Pass your own
+   * `clientMsgId` (1..=64 bytes, unique per group for this user) to retry a send that timed
+   * out, from an earlier page load too: the node answers a known id with the original seq
+   * and `duplicate: true`.
    */
   async send(group: string, body: string | Uint8Array, clientMsgId?: string): Promise<SendAck> {
     const bytes = typeof body === "string" ? new TextEncoder().encode(body) : body;
+    if (this.maxPayloadBytes !== undefined && bytes.length > this.maxPayloadBytes) {
+      throw new PayloadTooLarge(bytes.length, this.maxPayloadBytes);
+    }
     const id = clientMsgId ?? crypto.randomUUID();
     const f = await this.request((requestId) => ({
       type: "send",
@@ -196,8 +355,135 @@ export class SwitchboardClient {
       clientMsgId: id,
       body: bytes,
     }));
-    if (f.type !== "ack") throw new ConnectionLost(`unexpected answer ${f.type}`);
+    if (f.type !== "ack") throw new ProtocolError(`unexpected answer ${f.type}`);
     return { group: f.group, seq: f.seq, clientMsgId: f.clientMsgId, duplicate: f.duplicate };
+  }
+
+  /**
+   * One page of `group`'s log: up to `limit` messages with `seq > afterSeq`, in order, and
+   * the group's head. The node also cuts a page by bytes (docs/protocol.md §9): page on with
+   * the last seq until the head ({@link history} does). Members only; fetched messages do
+   * not move the delivery cursor. `limit` 0 reads just the head.
+   */
+  async fetch(group: string, afterSeq: bigint, limit: number): Promise<FetchResult> {
+    checkSeq(afterSeq, "afterSeq");
+    if (!Number.isInteger(limit) || limit < 0 || limit > U32_MAX) {
+      throw new InvalidArgument(`limit must be an integer in 0..2^32, got ${limit}`);
+    }
+    const f = await this.request((requestId) => ({
+      type: "fetch",
+      requestId,
+      group,
+      afterSeq,
+      limit,
+    }));
+    if (f.type !== "fetchResult") throw new ProtocolError(`unexpected answer ${f.type}`);
+    return { messages: f.messages, headSeq: f.headSeq };
+  }
+
+  /**
+   * Pages through `group`'s log after `afterSeq`, oldest first, up to `untilSeq` (default:
+   * the head when the first page was read), one `fetch` of `limit` (default 256) per page:
+   * `for await (const page of client.history("general", 40n)) render(page.messages)`.
+   * Only one page is in memory at a time.
+   */
+  async *history(
+    group: string,
+    afterSeq: bigint = 0n,
+    opts: { untilSeq?: bigint; limit?: number } = {},
+  ): AsyncGenerator<FetchResult, void, undefined> {
+    const limit = opts.limit ?? DEFAULT_PAGE;
+    if (limit === 0) throw new InvalidArgument("a history page needs a limit above 0");
+    let after = afterSeq;
+    let until = opts.untilSeq;
+    for (;;) {
+      if (until !== undefined && after >= until) return;
+      const page = await this.fetch(group, after, limit);
+      until ??= page.headSeq;
+      const last = page.messages[page.messages.length - 1];
+      if (!last) return; // nothing after `after`: the log ends there
+      const end = until;
+      const messages = page.messages.filter((m) => m.seq <= end);
+      if (messages.length > 0) yield { messages, headSeq: page.headSeq };
+      after = last.seq;
+    }
+  }
+
+  /**
+   * Sends a delivered or read receipt for message `seq` of `group` to its sender
+   * (fire-and-forget; the node's refusal — `NotMember`, `InvalidArgument` for no such
+   * message, `RateLimited` — comes to `onError`). Made while disconnected, it is sent after
+   * the reconnect (the latest {@link MAX_QUEUED_RECEIPTS} are kept).
+   */
+  receipt(group: string, seq: bigint, kind: ReceiptKind): void {
+    this.checkOpen();
+    checkSeq(seq, "seq");
+    if (kind !== ReceiptKind.Delivered && kind !== ReceiptKind.Read) {
+      throw new InvalidArgument(`no receipt kind ${String(kind)}`);
+    }
+    const frame: ClientFrame = { type: "receipt", group, seq, kind };
+    if (this.session?.welcome) {
+      this.write(this.session, frame);
+      return;
+    }
+    if (this.receipts.length >= MAX_QUEUED_RECEIPTS) this.receipts.shift();
+    this.receipts.push(frame);
+  }
+
+  /**
+   * Tells the node the app moved to the foreground or background (fire-and-forget): it
+   * delivers to foreground clients first and may only nudge background ones in large
+   * groups, and co-members see the change (`onPresence`). Kept for every later reconnect's
+   * `Hello`. If the node refuses to tell co-members (`RateLimited`, the user's presence
+   * limit), the client states it again after the wait the node gives.
+   */
+  setPresence(state: PresenceState): void {
+    this.checkOpen();
+    if (state !== PresenceState.Foreground && state !== PresenceState.Background) {
+      throw new InvalidArgument(`no presence state ${String(state)}`);
+    }
+    this.presenceState = state;
+    // Offline, the reconnect's `Hello` carries it.
+    if (this.session?.welcome) this.write(this.session, { type: "presence", state });
+  }
+
+  /** The app is in use again: `setPresence(Foreground)`. */
+  foreground(): void {
+    this.setPresence(PresenceState.Foreground);
+  }
+
+  /** The app was put away: `setPresence(Background)`. */
+  background(): void {
+    this.setPresence(PresenceState.Background);
+  }
+
+  /**
+   * Follows the page's visibility: `background()` when the page is hidden (another tab, a
+   * minimised window, a locked phone), `foreground()` when it is shown, starting with its
+   * state now. Returns a function that stops following.
+   */
+  followVisibility(doc: Document = document): () => void {
+    const apply = (): void => {
+      if (this.state === "closed") return;
+      this.setPresence(
+        doc.visibilityState === "hidden" ? PresenceState.Background : PresenceState.Foreground,
+      );
+    };
+    doc.addEventListener("visibilitychange", apply);
+    apply();
+    return () => doc.removeEventListener("visibilitychange", apply);
+  }
+
+  /**
+   * Asks the node to store `group`'s cursor at `seq` (monotonic; coalesced per group for
+   * `ackDelayMs`). Only needed with `autoAck: false`.
+   */
+  ackDelivery(group: string, seq: bigint): void {
+    this.checkOpen();
+    checkSeq(seq, "seq");
+    const due = this.acksDue.get(group);
+    if (due === undefined || seq > due) this.acksDue.set(group, seq);
+    this.scheduleAcks();
   }
 
   /** Round trip to the node, in milliseconds. */
@@ -207,34 +493,58 @@ export class SwitchboardClient {
     return performance.now() - start;
   }
 
+  /** Replaces the token used by later reconnects (e.g. before the current one expires). */
+  setToken(token: string): void {
+    this.token = token;
+  }
+
   /** Ends the session and stops reconnecting; pending requests reject with `ClientClosed`. */
   close(): void {
     if (this.state === "closed") return;
     this.setState("closed");
+    // The acks still waiting go out first (best effort: closing the session may cut them).
+    clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    this.flushAcks();
     const s = this.session;
     this.session = undefined;
     if (s) closeQuietly(s.transport, { closeCode: 0, reason: "client closed" });
-    for (const p of this.pending.values()) p.reject(new ClientClosed("client closed"));
+    clearTimeout(this.presenceRetry);
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new ClientClosed("client closed"));
+    }
     this.pending.clear();
+    this.receipts = [];
   }
 
   // ---- internals -------------------------------------------------------------------------
 
+  private checkOpen(): void {
+    if (this.state === "closed") throw new ClientClosed("client closed");
+  }
+
   private setState(s: ClientState): void {
     if (this.state === s) return;
     this.state = s;
-    this.onStateChange(s);
+    callHandler(this.onStateChange, s);
   }
 
   private request(make: (requestId: bigint) => ClientFrame): Promise<ServerFrame> {
     if (this.state === "closed") return Promise.reject(new ClientClosed("client closed"));
     if (this.pending.size >= this.opts.maxPendingRequests) {
-      return Promise.reject(new RangeError("too many requests waiting for an answer"));
+      return Promise.reject(new TooManyRequests(this.opts.maxPendingRequests));
     }
     const requestId = this.nextRequestId++;
     const frame = make(requestId);
     return new Promise((resolve, reject) => {
-      this.pending.set(requestId, { frame, resolve, reject });
+      const timer = setTimeout(() => {
+        // Forgotten, not re-sent: the caller decides (a send again with the same id).
+        if (this.pending.delete(requestId)) {
+          reject(new Timeout(`no answer within ${this.opts.requestTimeoutMs} ms`));
+        }
+      }, this.opts.requestTimeoutMs);
+      this.pending.set(requestId, { frame, resolve, reject, timer });
       // Written now if a session is up; otherwise by the next `Welcome`.
       if (this.session?.welcome) this.write(this.session, frame);
     });
@@ -261,30 +571,44 @@ export class SwitchboardClient {
       const bidi = await transport.createBidirectionalStream();
       const session: Session = { transport, writer: bidi.writable.getWriter() };
       this.tracker.reset();
+      const helloPresence = this.presenceState;
       this.write(session, {
         type: "hello",
-        token: this.opts.token,
-        presence: PresenceState.Foreground,
+        token: this.token,
+        presence: helloPresence,
         cursors: this.tracker.cursors(),
         client: this.opts.clientName,
       });
-      const welcome = new Promise<Welcome>((resolve, reject) => {
+      const w = await new Promise<Welcome>((resolve, reject) => {
         void this.readControl(session, bidi.readable, resolve, reject);
       });
-      void this.readPushes(session);
-      const w = await welcome;
       if (this.state === "closed") {
         closeQuietly(transport);
         throw new ClientClosed("client closed");
       }
       this.session = session;
       session.welcome = w;
+      this.maxPayloadBytes = w.maxPayloadBytes;
       this.attempts = 0;
+      // This session's `Hello` carried the latest presence.
+      clearTimeout(this.presenceRetry);
+      this.presenceRetry = undefined;
       this.setState("connected");
+      callHandler(this.onConnected, w);
+      // Pushes only now (the browser holds the streams meanwhile), so `onConnected` comes
+      // before the session's messages and presence snapshot (docs/protocol.md §3).
+      void this.readPushes(session);
       // Requests made while disconnected, and unanswered ones of the last session (sends
       // keep their client message ids, so a send that did land is acknowledged, not
-      // stored twice).
+      // stored twice), then the receipts made meanwhile.
       for (const p of this.pending.values()) this.write(session, p.frame);
+      // A change made after the `Hello` went out.
+      if (this.presenceState !== helloPresence) {
+        this.write(session, { type: "presence", state: this.presenceState });
+      }
+      for (const r of this.receipts) this.write(session, r);
+      this.receipts = [];
+      if (this.acksDue.size > 0) this.scheduleAcks();
       void transport.closed.then(
         () => this.lost(session, new ConnectionLost("the session closed")),
         (e: unknown) => this.lost(session, new ConnectionLost(`the session failed: ${String(e)}`)),
@@ -292,18 +616,19 @@ export class SwitchboardClient {
       return w;
     } catch (e) {
       closeQuietly(transport);
-      throw e instanceof Error ? e : new ConnectionLost(String(e));
+      throw asClientError(e);
     }
   }
 
-  private lost(s: Session, why: Error): void {
+  private lost(s: Session, why: ClientError): void {
     if (this.session !== s || this.state === "closed") return;
     this.session = undefined;
-    this.onError(why);
+    callHandler(this.onError, why);
     for (const [id, p] of this.pending) {
-      // Pings are not worth repeating; sends and joins are (both are idempotent).
+      // Pings are not worth repeating; every other request is idempotent on the node.
       if (p.frame.type === "ping") {
         this.pending.delete(id);
+        clearTimeout(p.timer);
         p.reject(why);
       }
     }
@@ -314,7 +639,7 @@ export class SwitchboardClient {
   private scheduleReconnect(): void {
     const r = this.opts.reconnect;
     if (r.maxAttempts !== undefined && this.attempts >= r.maxAttempts) {
-      this.onError(new ConnectionLost(`gave up after ${this.attempts} attempts`));
+      callHandler(this.onError, new ConnectionLost(`gave up after ${this.attempts} attempts`));
       this.close();
       return;
     }
@@ -324,8 +649,8 @@ export class SwitchboardClient {
     setTimeout(() => {
       if (this.state === "closed") return;
       this.open().catch((e: unknown) => {
-        const err = e instanceof Error ? e : new ConnectionLost(String(e));
-        this.onError(err);
+        const err = asClientError(e);
+        callHandler(this.onError, err);
         if (err instanceof SwitchboardError && err.isAuth) {
           this.close();
           return;
@@ -339,7 +664,7 @@ export class SwitchboardClient {
     s: Session,
     readable: ReadableStream<Uint8Array>,
     welcomed: (w: Welcome) => void,
-    refused: (e: Error) => void,
+    refused: (e: ClientError) => void,
   ): Promise<void> {
     const reader = readable.getReader();
     const frames = new FrameReader(this.opts.maxFrameBytes);
@@ -356,42 +681,80 @@ export class SwitchboardClient {
               hello = false;
               for (const c of f.resume) this.tracker.adopt(c);
               this.saveCursors();
-              welcomed(f);
+              welcomed({
+                sessionId: f.sessionId,
+                tenant: f.tenant,
+                user: f.user,
+                maxPayloadBytes: f.maxPayloadBytes,
+                groups: f.groups,
+              });
             } else if (f.type === "error") {
               refused(new SwitchboardError(f.code, f.message, 0n, f.retryAfterMs));
               return;
             }
             continue;
           }
-          this.answer(f);
+          this.answer(s, f);
         }
       }
     } catch (e) {
-      if (hello) refused(e instanceof Error ? e : new ConnectionLost(String(e)));
+      if (hello) refused(asClientError(e));
+      else if (this.session === s) callHandler(this.onError, asClientError(e));
     }
     if (hello) refused(new ConnectionLost("the control stream ended before Welcome"));
     // A session without its control stream is over; `transport.closed` reconnects.
     closeQuietly(s.transport);
   }
 
-  private answer(f: ServerFrame): void {
-    const requestId = "requestId" in f ? f.requestId : 0n;
+  private answer(s: Session, f: ServerFrame): void {
     if (f.type === "error") {
       const err = new SwitchboardError(f.code, f.message, f.requestId, f.retryAfterMs);
       const p = f.requestId !== 0n ? this.pending.get(f.requestId) : undefined;
-      if (p) {
-        this.pending.delete(f.requestId);
-        p.reject(err);
-      } else {
-        this.onError(err);
+      if (!p) {
+        this.connectionError(err);
+        return;
       }
+      // The node is draining: the request stays pending and goes out again on the next
+      // session, as the Rust SDK does.
+      if (f.code === ErrorCode.ShuttingDown) return;
+      // Written but maybe not durable: send it again, same request and client message id,
+      // never a new one (docs/protocol.md §12).
+      if (f.code === ErrorCode.OutcomeUnknown && p.frame.type === "send") {
+        setTimeout(
+          () => {
+            if (this.pending.get(f.requestId) === p && this.session === s) this.write(s, p.frame);
+          },
+          Math.max(f.retryAfterMs, 100),
+        );
+        return;
+      }
+      this.pending.delete(f.requestId);
+      clearTimeout(p.timer);
+      p.reject(err);
       return;
     }
+    const requestId = "requestId" in f ? f.requestId : 0n;
     const p = requestId !== 0n ? this.pending.get(requestId) : undefined;
     if (p) {
       this.pending.delete(requestId);
+      clearTimeout(p.timer);
       p.resolve(f);
     }
+  }
+
+  /** An `Error` that answers no request: a refused receipt, presence or ack, or why the
+   * node is about to close the session. */
+  private connectionError(err: SwitchboardError): void {
+    // Telling co-members of a presence change was refused: state it again when the node
+    // says it would be allowed (free if they already know it, docs/protocol.md §11).
+    if (err.code === ErrorCode.RateLimited && err.retryAfterMs > 0 && !this.presenceRetry) {
+      this.presenceRetry = setTimeout(() => {
+        this.presenceRetry = undefined;
+        const s = this.session;
+        if (s?.welcome) this.write(s, { type: "presence", state: this.presenceState });
+      }, err.retryAfterMs);
+    }
+    callHandler(this.onError, err);
   }
 
   private async readPushes(s: Session): Promise<void> {
@@ -416,13 +779,13 @@ export class SwitchboardClient {
         if (done) return;
         frames.push(value);
         for (let bytes = frames.next(); bytes; bytes = frames.next()) {
-          if (this.session !== s && this.session !== undefined) return; // a stale session
+          if (this.session !== s) return; // a stale session
           this.push(s, decodeServer(bytes));
         }
       }
     } catch (e) {
       if (this.session === s) {
-        this.onError(e instanceof Error ? e : new ConnectionLost(String(e)));
+        callHandler(this.onError, asClientError(e));
         closeQuietly(s.transport);
       }
     }
@@ -430,40 +793,71 @@ export class SwitchboardClient {
 
   private push(s: Session, f: ServerFrame): void {
     const ready: Message[] = [];
-    if (f.type === "resume") {
-      this.tracker.resume(f.group, f.afterSeq, ready);
-    } else if (f.type === "deliver") {
-      if (!this.tracker.arrive(f.message, ready)) {
-        this.onError(new ConnectionLost("too many deliveries held out of order; reconnecting"));
-        closeQuietly(s.transport);
+    switch (f.type) {
+      case "resume":
+        this.tracker.resume(f.group, f.afterSeq, ready);
+        break;
+      case "deliver":
+        if (!this.tracker.arrive(f.message, ready)) {
+          callHandler(
+            this.onError,
+            new ConnectionLost("too many deliveries held out of order; reconnecting"),
+          );
+          closeQuietly(s.transport);
+          return;
+        }
+        break;
+      case "receipt":
+        callHandler(this.onReceipt, { group: f.group, seq: f.seq, user: f.user, kind: f.kind });
         return;
-      }
-    } else {
-      return;
+      case "receiptSummary":
+        callHandler(this.onReceiptSummary, {
+          group: f.group,
+          seq: f.seq,
+          delivered: f.delivered,
+          read: f.read,
+          members: f.members,
+        });
+        return;
+      case "presence":
+        callHandler(this.onPresence, { user: f.user, state: f.state });
+        return;
+      case "nudge":
+        callHandler(this.onNudge, { group: f.group, headSeq: f.headSeq });
+        return;
+      case "flags":
+        callHandler(this.onFlags, f.flags);
+        return;
+      default:
+        return;
     }
     if (ready.length === 0) return;
     this.saveCursors();
     for (const m of ready) {
-      this.acksDue.set(m.group, m.seq);
-      this.onMessage(m);
+      callHandler(this.onMessage, m);
+      if (this.opts.autoAck) this.acksDue.set(m.group, m.seq);
     }
-    this.scheduleAcks();
+    if (this.opts.autoAck) this.scheduleAcks();
   }
 
   private saveCursors(): void {
     this.opts.cursors?.save(this.tracker.cursors());
   }
 
-  /** One `AckDelivery` per group for what was handed on in this turn of the event loop. */
+  /** One `AckDelivery` per group for what was handed on within `ackDelayMs`. */
   private scheduleAcks(): void {
-    if (this.ackScheduled) return;
-    this.ackScheduled = true;
-    queueMicrotask(() => {
-      this.ackScheduled = false;
-      const s = this.session;
-      if (!s?.welcome) return;
-      for (const [group, seq] of this.acksDue) this.write(s, { type: "ackDelivery", group, seq });
-      this.acksDue.clear();
-    });
+    if (this.ackTimer !== undefined) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = undefined;
+      this.flushAcks();
+    }, this.opts.ackDelayMs);
+  }
+
+  private flushAcks(): void {
+    const s = this.session;
+    // Offline, the next `Hello`'s cursors say the same.
+    if (!s?.welcome) return;
+    for (const [group, seq] of this.acksDue) this.write(s, { type: "ackDelivery", group, seq });
+    this.acksDue.clear();
   }
 }

@@ -4,25 +4,34 @@
 
 import * as flatbuffers from "flatbuffers";
 
+import { ProtocolError } from "./errors.js";
+
 import {
   Ack,
   AckDelivery,
   Body,
   Deliver,
   Error as ErrorFrame,
+  Fetch,
   FetchResult,
+  Flags,
   Frame,
   GroupCursor,
   Hello,
   Join,
   Joined,
+  Lane,
+  Leave,
   Left,
   Message as MessageTable,
   Nudge,
   Ping,
   Pong,
+  Presence,
   PresenceNotice,
   PresenceState,
+  Receipt,
+  ReceiptKind,
   ReceiptNotice,
   ReceiptSummary,
   Resume,
@@ -30,7 +39,7 @@ import {
   Welcome,
 } from "./generated/switchboard/wire.js";
 
-export { PresenceState };
+export { Lane, PresenceState, ReceiptKind };
 
 /** `(group, seq)`: everything of `group` up to and including `seq`. */
 export interface Cursor {
@@ -46,14 +55,26 @@ export interface Message {
   clientMsgId: string;
   sentAtMs: bigint;
   body: Uint8Array;
+  /** The lane the tenant's policy chose (informational; docs/protocol.md §7). */
+  lane: Lane;
+}
+
+/** One feature flag of the user, as the tenant's policy evaluates it. */
+export interface Flag {
+  name: string;
+  enabled: boolean;
 }
 
 /** What a client sends. */
 export type ClientFrame =
   | { type: "hello"; token: string; presence: PresenceState; cursors: Cursor[]; client: string }
   | { type: "join"; requestId: bigint; group: string }
+  | { type: "leave"; requestId: bigint; group: string }
   | { type: "send"; requestId: bigint; group: string; clientMsgId: string; body: Uint8Array }
   | { type: "ackDelivery"; group: string; seq: bigint }
+  | { type: "fetch"; requestId: bigint; group: string; afterSeq: bigint; limit: number }
+  | { type: "receipt"; group: string; seq: bigint; kind: ReceiptKind }
+  | { type: "presence"; state: PresenceState }
   | { type: "ping"; requestId: bigint };
 
 /** What a server sends, as far as this SDK uses it; other frames decode as `other`. */
@@ -79,13 +100,27 @@ export type ServerFrame =
     }
   | { type: "deliver"; message: Message }
   | { type: "resume"; group: string; afterSeq: bigint }
-  | { type: "fetchResult"; requestId: bigint; group: string; messages: Message[] }
+  | {
+      type: "fetchResult";
+      requestId: bigint;
+      group: string;
+      messages: Message[];
+      headSeq: bigint;
+    }
   | { type: "pong"; requestId: bigint }
   | { type: "error"; requestId: bigint; code: number; message: string; retryAfterMs: number }
   | { type: "presence"; user: string; state: PresenceState }
-  | { type: "receipt"; group: string; seq: bigint; user: string }
-  | { type: "receiptSummary"; group: string; seq: bigint }
+  | { type: "receipt"; group: string; seq: bigint; user: string; kind: ReceiptKind }
+  | {
+      type: "receiptSummary";
+      group: string;
+      seq: bigint;
+      delivered: number;
+      read: number;
+      members: number;
+    }
   | { type: "nudge"; group: string; headSeq: bigint }
+  | { type: "flags"; flags: Flag[] }
   | { type: "other"; body: Body };
 
 /** A frame's length prefix, in bytes. */
@@ -115,6 +150,12 @@ export function encodeClient(f: ClientFrame): Uint8Array {
       type = Body.Join;
       break;
     }
+    case "leave": {
+      const g = b.createString(f.group);
+      body = Leave.createLeave(b, f.requestId, g);
+      type = Body.Leave;
+      break;
+    }
     case "send": {
       const g = b.createString(f.group);
       const id = b.createString(f.clientMsgId);
@@ -129,6 +170,22 @@ export function encodeClient(f: ClientFrame): Uint8Array {
       type = Body.AckDelivery;
       break;
     }
+    case "fetch": {
+      const g = b.createString(f.group);
+      body = Fetch.createFetch(b, f.requestId, g, f.afterSeq, f.limit);
+      type = Body.Fetch;
+      break;
+    }
+    case "receipt": {
+      const g = b.createString(f.group);
+      body = Receipt.createReceipt(b, g, f.seq, f.kind);
+      type = Body.Receipt;
+      break;
+    }
+    case "presence":
+      body = Presence.createPresence(b, f.state);
+      type = Body.Presence;
+      break;
     case "ping":
       body = Ping.createPing(b, f.requestId);
       type = Body.Ping;
@@ -161,11 +218,12 @@ function message(m: MessageTable): Message {
     sentAtMs: m.sentAtMs(),
     // Copied: the frame's buffer is not kept.
     body: m.bodyArray()?.slice() ?? new Uint8Array(),
+    lane: m.lane(),
   };
 }
 
-/** Why a frame could not be decoded. */
-export class DecodeError extends globalThis.Error {
+/** Why a frame from the node could not be decoded (the session is then closed). */
+export class DecodeError extends ProtocolError {
   override name = "DecodeError";
 }
 
@@ -226,7 +284,13 @@ export function decodeServer(bytes: Uint8Array): ServerFrame {
         const m = r.messages(i);
         if (m) messages.push(message(m));
       }
-      return { type: "fetchResult", requestId: r.requestId(), group: r.group() ?? "", messages };
+      return {
+        type: "fetchResult",
+        requestId: r.requestId(),
+        group: r.group() ?? "",
+        messages,
+        headSeq: r.headSeq(),
+      };
     }
     case Body.Pong: {
       const p: Pong = frame.body(new Pong());
@@ -248,15 +312,37 @@ export function decodeServer(bytes: Uint8Array): ServerFrame {
     }
     case Body.ReceiptNotice: {
       const r: ReceiptNotice = frame.body(new ReceiptNotice());
-      return { type: "receipt", group: r.group() ?? "", seq: r.seq(), user: r.user() ?? "" };
+      return {
+        type: "receipt",
+        group: r.group() ?? "",
+        seq: r.seq(),
+        user: r.user() ?? "",
+        kind: r.kind(),
+      };
     }
     case Body.ReceiptSummary: {
       const r: ReceiptSummary = frame.body(new ReceiptSummary());
-      return { type: "receiptSummary", group: r.group() ?? "", seq: r.seq() };
+      return {
+        type: "receiptSummary",
+        group: r.group() ?? "",
+        seq: r.seq(),
+        delivered: r.delivered(),
+        read: r.read(),
+        members: r.members(),
+      };
     }
     case Body.Nudge: {
       const n: Nudge = frame.body(new Nudge());
       return { type: "nudge", group: n.group() ?? "", headSeq: n.headSeq() };
+    }
+    case Body.Flags: {
+      const f: Flags = frame.body(new Flags());
+      const flags: Flag[] = [];
+      for (let i = 0; i < f.flagsLength(); i++) {
+        const flag = f.flags(i);
+        if (flag) flags.push({ name: flag.name() ?? "", enabled: flag.enabled() });
+      }
+      return { type: "flags", flags };
     }
     default:
       return { type: "other", body: type };

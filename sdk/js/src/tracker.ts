@@ -82,10 +82,21 @@ export class DeliveryTracker {
     return true;
   }
 
+  /** The user left `group`: forget its cursor and what is held of it, so a later join
+   * resumes wherever the node says (its `Resume`). Deliveries of it that were already on
+   * their way are held until that `Resume` and dropped by it. */
+  forget(group: string): void {
+    const g = this.groups.get(group);
+    if (!g) return;
+    this.heldCount -= g.held.size;
+    this.groups.delete(group);
+  }
+
   private drain(g: GroupState, out: Message[]): void {
     if (g.next === undefined) return;
     for (const seq of [...g.held.keys()]) {
-      if (g.seen !== undefined && seq <= g.seen) {
+      // At or below the cursor, or before this connection's resume point: never handed on.
+      if ((g.seen !== undefined && seq <= g.seen) || seq < g.next) {
         g.held.delete(seq);
         this.heldCount--;
       }

@@ -3,107 +3,23 @@
 // then one closes its session, misses two messages, reloads, and must show exactly those;
 // then its session drops and the SDK reconnects and resumes by itself.
 //
-// Input (environment): SWITCHBOARD_CHROMIUM, CHAT_PAGE (the page's URL without query),
-// WT_URL, WT_HASH, ALICE_TOKEN, BOB_TOKEN. Output: one line `RESULT <json>` on success;
-// any failure throws (exit code 1) with what was expected and what the pages showed.
-// Every wait is on a condition in the page, never a sleep.
+// Input (environment): what pages.mjs reads, ALICE_TOKEN, BOB_TOKEN. Output: one line
+// `RESULT <json>` on success; any failure throws (exit code 1) with what was expected and
+// what the pages showed. Every wait is on a condition in the page, never a sleep.
 
-import { createRequire } from "node:module";
+import {
+  WAIT_MS,
+  assertEqual,
+  chatState,
+  env,
+  open,
+  ready,
+  say,
+  sees,
+  withBrowser,
+} from "./pages.mjs";
 
-// playwright-core comes from NODE_PATH (xtask installs it outside the repository), which
-// only require() honours, not import.
-const { chromium } = createRequire(import.meta.url)("playwright-core");
-
-const env = (name) => {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set`);
-  return v;
-};
-
-const chromiumPath = env("SWITCHBOARD_CHROMIUM");
-const pageUrl = (token) => {
-  const q = new URLSearchParams({ url: env("WT_URL"), hash: env("WT_HASH"), token, group: "general" });
-  return `${env("CHAT_PAGE")}?${q}`;
-};
-const WAIT_MS = 20_000;
-
-function assertEqual(actual, expected, what) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
-}
-
-async function open(context, token, name) {
-  const page = await context.newPage();
-  page.on("console", (m) => console.error(`[${name}] ${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => console.error(`[${name}] page error: ${e}`));
-  await page.goto(pageUrl(token));
-  await ready(page, name);
-  return page;
-}
-
-async function ready(page, name) {
-  try {
-    await page.waitForFunction(
-      () => window.chat && (window.chat.joined || window.chat.state === "failed"),
-      null,
-      { timeout: WAIT_MS },
-    );
-  } catch (e) {
-    throw new Error(`${name} did not connect: ${JSON.stringify(await chatState(page))}: ${e}`);
-  }
-  const state = await chatState(page);
-  if (!state.joined) throw new Error(`${name} failed to connect: ${JSON.stringify(state)}`);
-}
-
-async function chatState(page) {
-  return page.evaluate(() =>
-    window.chat
-      ? {
-          state: window.chat.state,
-          joined: window.chat.joined,
-          messages: window.chat.messages,
-          errors: window.chat.errors,
-        }
-      : null,
-  );
-}
-
-/** Types `text` and presses Send, like a person; resolves with the acknowledged seq. */
-async function say(page, text) {
-  const before = await page.evaluate(() => window.chat.sent.length);
-  await page.fill("#text", text);
-  await page.click("#send");
-  await page.waitForFunction((n) => window.chat.sent.length > n, before, { timeout: WAIT_MS });
-  return page.evaluate((n) => window.chat.sent[n].seq, before);
-}
-
-/** Waits until the page shows a message with `text`. */
-async function sees(page, text, name) {
-  try {
-    await page.waitForFunction((t) => window.chat.messages.some((m) => m.text === t), text, {
-      timeout: WAIT_MS,
-    });
-  } catch (e) {
-    throw new Error(`${name} never showed ${JSON.stringify(text)}: ${JSON.stringify(await chatState(page))}`);
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: chromiumPath,
-  headless: true,
-  args: [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
-try {
-  // One browser profile (a fresh one, made by playwright), two tabs.
-  const context = await browser.newContext();
+await withBrowser(async (context) => {
   const alice = await open(context, env("ALICE_TOKEN"), "alice");
   const bob = await open(context, env("BOB_TOKEN"), "bob");
 
@@ -178,6 +94,4 @@ try {
   console.log(
     `RESULT ${JSON.stringify({ before, after, bob: (await chatState(bob)).messages })}`,
   );
-} finally {
-  await browser.close();
-}
+});
