@@ -265,10 +265,11 @@ async fn pages_share_presence_and_receipts_and_a_page_that_left_fetches_what_it_
     assert_eq!(shown(&result["live"]), vec![log[0].clone(), log[3].clone()]);
     // Bob's page got alice's read receipt for his first message.
     let receipts = result["receipts"].as_array().unwrap();
+    let read_me = log[0].0.to_string();
     assert!(
-        receipts.iter().any(|r| r["seq"] == log[0].0.to_string()
-            && r["user"] == "alice"
-            && r["kind"] == "read"),
+        receipts
+            .iter()
+            .any(|r| r["seq"] == read_me.as_str() && r["user"] == "alice" && r["kind"] == "read"),
         "{receipts:?}"
     );
 }
