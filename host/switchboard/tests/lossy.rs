@@ -665,7 +665,10 @@ async fn a_client_that_keeps_moving_misses_nothing() {
     let (connected, mut sessions) = watch::channel(1u64);
     let reader = tokio::spawn(async move {
         let (mut next, mut retries) = (1, 0);
-        while next <= MESSAGES {
+        // Until every message came and every reconnect was seen: the last reconnect's
+        // `Connected` may come after the last message (delivered before the path died), and
+        // the mover waits for it on `connected`.
+        while next <= MESSAGES || *connected.borrow() < MOVES + 1 {
             match next_event(&mut bob_ev).await {
                 Event::Message(m) => {
                     assert_eq!(m.seq, next, "a message lost, repeated or out of order");
