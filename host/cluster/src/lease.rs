@@ -85,31 +85,7 @@ impl ShardLeases {
             .timeout(request_timeout)
             .build(client);
         let bucket = format!("{}-leases", names.prefix());
-        // Bind to the bucket when it exists (every node but the first): a config update per
-        // node start would be one more JetStream metadata operation at the busiest moment.
-        // A bucket made with another TTL is updated to this node's (the TTL is the lease's
-        // and heartbeat's lifetime, so every node must agree on it).
-        let existing = match js.get_key_value(bucket.as_str()).await {
-            Ok(kv) if kv.status().await.is_ok_and(|s| s.max_age() == ttl) => Some(kv),
-            _ => None,
-        };
-        let kv = match existing {
-            Some(kv) => kv,
-            None => js
-                .create_or_update_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ClusterError::Stream {
-                    stream: bucket,
-                    detail: e.to_string(),
-                })?,
-        };
+        let kv = crate::members::open_ttl_bucket(&js, bucket, ttl, replicas).await?;
         Ok(Self {
             kv,
             node: node.to_owned(),

@@ -51,31 +51,7 @@ impl Members {
             return Err(ClusterError::Config("the node TTL must be above 0".into()));
         }
         let bucket = format!("{}-nodes", names.prefix());
-        // Bind to the bucket when it exists (every node but the first): a config update per
-        // node start would be one more JetStream metadata operation at the busiest moment.
-        // A bucket made with another TTL is updated to this node's (the TTL is the lease's
-        // and heartbeat's lifetime, so every node must agree on it).
-        let existing = match js.get_key_value(bucket.as_str()).await {
-            Ok(kv) if kv.status().await.is_ok_and(|s| s.max_age() == ttl) => Some(kv),
-            _ => None,
-        };
-        let kv = match existing {
-            Some(kv) => kv,
-            None => js
-                .create_or_update_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ClusterError::Stream {
-                    stream: bucket,
-                    detail: e.to_string(),
-                })?,
-        };
+        let kv = open_ttl_bucket(js, bucket, ttl, replicas).await?;
         Ok(Self {
             kv,
             node: node.to_owned(),
@@ -159,6 +135,37 @@ impl Members {
             });
         }
     }
+}
+
+/// Opens the TTL bucket `bucket` (history 1, file storage, `replicas` copies, entries living
+/// `ttl`): the lease and heartbeat buckets. Binds to it when it exists with this TTL (every
+/// node but the first: a config update per node start would be one more JetStream metadata
+/// operation at the busiest moment); otherwise creates it, or updates it to this node's TTL
+/// (the TTL is the leases' and heartbeats' lifetime, so every node must agree on it).
+pub(crate) async fn open_ttl_bucket(
+    js: &jetstream::Context,
+    bucket: String,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(bucket.as_str()).await {
+        if kv.status().await.is_ok_and(|s| s.max_age() == ttl) {
+            return Ok(kv);
+        }
+    }
+    js.create_or_update_key_value(kv::Config {
+        bucket: bucket.clone(),
+        history: 1,
+        max_age: ttl,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::Stream {
+        stream: bucket,
+        detail: e.to_string(),
+    })
 }
 
 /// The next entry of the watch, or never when there is none (so `select!` waits on the
