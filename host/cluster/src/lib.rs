@@ -31,6 +31,7 @@ pub mod members;
 pub mod names;
 mod node;
 pub mod ownership;
+mod shared;
 
 pub use error::ClusterError;
 pub use fanout::{Committed, COMMITTED_QUEUE};
@@ -41,3 +42,7 @@ pub use lease::{Lease, ShardLeases};
 pub use log::{all_shards, JetStreamLog, JetStreamLogConfig};
 pub use members::Members;
 pub use node::{ClusterConfig, ClusterNode};
+pub use shared::{
+    Key as SharedKey, SharedStore, DEFAULT_APPLY_WAIT, MAX_CAS_ATTEMPTS, MAX_PLUGIN_BYTES,
+    MAX_RECORD_BYTES,
+};

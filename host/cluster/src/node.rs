@@ -21,7 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_core::{GroupId, TenantId, UserId};
-use switchboard_store::{Appended, LogBackend, NewMessage, StoreError, StoreHealth, StoredMessage};
+use switchboard_store::{
+    Appended, LogBackend, NewMessage, SledStore, StoreError, StoreHealth, StoredMessage,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -31,7 +33,7 @@ use crate::keeper_task::KeeperHandle;
 use crate::members::Members;
 use crate::names::shard_of;
 use crate::ownership::preferred_owner;
-use crate::{ClusterError, JetStreamLog, JetStreamLogConfig, KeeperTask, ShardLeases};
+use crate::{ClusterError, JetStreamLog, JetStreamLogConfig, KeeperTask, ShardLeases, SharedStore};
 
 /// One node's cluster settings.
 #[derive(Debug, Clone)]
@@ -65,6 +67,7 @@ pub struct ClusterNode {
     /// Other nodes' committed messages, until the node takes the receiver.
     committed: Mutex<Option<mpsc::Receiver<Committed>>>,
     prefix: String,
+    replicas: usize,
 }
 
 impl ClusterNode {
@@ -123,6 +126,7 @@ impl ClusterNode {
             fanout_task,
             committed: Mutex::new(Some(committed)),
             prefix: config.log.prefix,
+            replicas: config.log.replicas,
         })
     }
 
@@ -143,6 +147,12 @@ impl ClusterNode {
             live: self.live.clone(),
             keeper: self.keeper.handle(),
         })
+    }
+
+    /// The directory and config store shared by every node ([`SharedStore`]), mirrored
+    /// into `local` (this node's sled). Blocks until the mirror caught up.
+    pub fn share(&self, local: SledStore) -> Result<SharedStore, ClusterError> {
+        SharedStore::open(self.log.clone(), local, self.replicas)
     }
 
     /// The messages other nodes commit, for this node to deliver to its own sessions

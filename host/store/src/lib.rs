@@ -75,10 +75,10 @@ pub use config::{
     MAX_PLUGIN_LABEL_CHARS,
 };
 pub use mem::MemStore;
-pub use node_store::{LogBackend, MessageLog, NodeStore};
+pub use node_store::{DirectoryBackend, LogBackend, MessageLog, NodeStore};
 pub use secrets::{KeyRing, SecretsError};
 pub use segment::{Retention, RetentionLimits, RetentionReport, SegmentLog, SegmentLogConfig};
-pub use sled_store::{SledStore, SledStoreConfig, StoreHealth};
+pub use sled_store::{replica, SledStore, SledStoreConfig, StoreHealth};
 
 /// Why a storage operation failed. Never means "partially applied" (every write is atomic),
 /// except [`StoreError::OutcomeUnknown`], which says the write may have been applied.

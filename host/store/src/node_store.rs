@@ -156,12 +156,45 @@ enum Messages {
     Backend(Arc<dyn LogBackend>),
 }
 
+/// The seam for a directory shared by several nodes (the cluster's KV bucket,
+/// `switchboard-cluster`): the four directory writes of [`Store`]. The implementation
+/// writes the shared copy and returns once this node's sled mirrors the change, so a read
+/// from sled right after sees it; reads never go through it.
+pub trait DirectoryBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// [`Store::put_tenant`].
+    fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError>;
+    /// [`Store::create_group`].
+    fn create_group(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        meta: GroupMeta,
+    ) -> Result<(), StoreError>;
+    /// [`Store::add_member`].
+    fn add_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
+    /// [`Store::remove_member`].
+    fn remove_member(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
+}
+
 /// sled for everything but group messages, which go to the [`SegmentLog`] if there is one.
 /// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct NodeStore {
     sled: SledStore,
     log: Messages,
+    /// Where directory writes go when the directory is shared (cluster mode); sled mirrors
+    /// it and serves the reads.
+    directory: Option<Arc<dyn DirectoryBackend>>,
     /// sled was written since its last flush (so the next flush must flush it).
     sled_dirty: Arc<AtomicBool>,
 }
@@ -194,8 +227,16 @@ impl NodeStore {
         Ok(Self {
             sled,
             log,
+            directory: None,
             sled_dirty: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// Sends the directory's writes (tenants, groups, members) to `directory`, a shared
+    /// copy this node's sled mirrors; reads stay on sled.
+    pub fn with_directory(mut self, directory: Arc<dyn DirectoryBackend>) -> Self {
+        self.directory = Some(directory);
+        self
     }
 
     /// The sled store (directory, cursors, receipts, and the config store).
@@ -319,7 +360,10 @@ fn open_with_migration(
 
 impl Store for NodeStore {
     fn put_tenant(&self, tenant: &TenantRecord) -> Result<(), StoreError> {
-        self.wrote(self.sled.put_tenant(tenant))
+        match &self.directory {
+            Some(d) => d.put_tenant(tenant),
+            None => self.wrote(self.sled.put_tenant(tenant)),
+        }
     }
     fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
         self.sled.tenant(id)
@@ -333,7 +377,10 @@ impl Store for NodeStore {
         group: &GroupId,
         meta: GroupMeta,
     ) -> Result<(), StoreError> {
-        self.wrote(self.sled.create_group(tenant, group, meta))
+        match &self.directory {
+            Some(d) => d.create_group(tenant, group, meta),
+            None => self.wrote(self.sled.create_group(tenant, group, meta)),
+        }
     }
     fn group(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<GroupMeta>, StoreError> {
         self.sled.group(tenant, group)
@@ -344,7 +391,10 @@ impl Store for NodeStore {
         group: &GroupId,
         user: &UserId,
     ) -> Result<bool, StoreError> {
-        self.wrote(self.sled.add_member(tenant, group, user))
+        match &self.directory {
+            Some(d) => d.add_member(tenant, group, user),
+            None => self.wrote(self.sled.add_member(tenant, group, user)),
+        }
     }
     fn remove_member(
         &self,
@@ -352,7 +402,10 @@ impl Store for NodeStore {
         group: &GroupId,
         user: &UserId,
     ) -> Result<bool, StoreError> {
-        self.wrote(self.sled.remove_member(tenant, group, user))
+        match &self.directory {
+            Some(d) => d.remove_member(tenant, group, user),
+            None => self.wrote(self.sled.remove_member(tenant, group, user)),
+        }
     }
     fn is_member(
         &self,

@@ -30,6 +30,7 @@ mod config;
 #[cfg(test)]
 mod config_tests;
 mod keys;
+pub mod replica;
 #[cfg(test)]
 mod secrets_tests;
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use switchboard_cluster::ClusterNode;
+use switchboard_cluster::{ClusterNode, SharedStore};
 use switchboard_core::Limits;
 use switchboard_store::{MessageLog, NodeStore};
 
@@ -13,8 +13,9 @@ use crate::{invalid, open_sled_store, open_store_for, Config, NodeError};
 
 /// The `[cluster]` section (see docs/cluster.md). With it, group messages live in NATS
 /// JetStream (`[store] messages` is then unused) and this node appends only to the groups
-/// of the shards it holds the lease of; everything else in the store (tenants, groups,
-/// members, cursors, config) stays in this node's own data directory.
+/// of the shards it holds the lease of; tenants, groups, members and the config store are
+/// shared by every node through NATS (mirrored in each node's data directory); cursors and
+/// receipts stay in this node's own data directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
@@ -100,6 +101,9 @@ impl ClusterSettings {
 pub struct Opened {
     pub store: Arc<NodeStore>,
     pub cluster: Option<Arc<ClusterNode>>,
+    /// Cluster mode: the directory and config store every node shares, which the control
+    /// plane runs on (else it runs on the store's own sled).
+    pub shared: Option<SharedStore>,
 }
 
 /// Opens the store of the node `cfg` describes; with `[cluster]`, connects to NATS and
@@ -110,14 +114,20 @@ pub fn open_for(cfg: &Config) -> Result<Opened, NodeError> {
         return Ok(Opened {
             store: open_store_for(cfg)?,
             cluster: None,
+            shared: None,
         });
     };
     let sled = open_sled_store(&cfg.data_dir, cfg.store_key_file.as_deref())?;
     let cluster = ClusterNode::start(settings.cluster_config(&cfg.limits)?)
         .map_err(|e| NodeError::Cluster(e.to_string()))?;
-    let store = NodeStore::open(sled, MessageLog::Backend(cluster.backend()), None)?;
+    let shared = cluster
+        .share(sled.clone())
+        .map_err(|e| NodeError::Cluster(e.to_string()))?;
+    let store = NodeStore::open(sled, MessageLog::Backend(cluster.backend()), None)?
+        .with_directory(Arc::new(shared.clone()));
     Ok(Opened {
         store: Arc::new(store),
         cluster: Some(Arc::new(cluster)),
+        shared: Some(shared),
     })
 }

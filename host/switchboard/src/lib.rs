@@ -875,6 +875,7 @@ pub async fn start(cfg: &Config, store: Arc<NodeStore>) -> Result<RunningNode, N
         Opened {
             store,
             cluster: None,
+            shared: None,
         },
     )
     .await
@@ -882,7 +883,11 @@ pub async fn start(cfg: &Config, store: Arc<NodeStore>) -> Result<RunningNode, N
 
 /// [`start`] for what [`open_for`] opened (a cluster node included).
 pub async fn start_opened(cfg: &Config, opened: Opened) -> Result<RunningNode, NodeError> {
-    let Opened { store, cluster } = opened;
+    let Opened {
+        store,
+        cluster,
+        shared,
+    } = opened;
     let engine = PolicyEngine::new(cfg.plugin_compile.policy_limits())?;
     // Check the file's plugins before anything starts or is stored.
     let file_plugins = load_policies(cfg, &engine)?;
@@ -942,7 +947,10 @@ pub async fn start_opened(cfg: &Config, opened: Opened) -> Result<RunningNode, N
             max_group_members: cfg.limits.max_group_members,
         },
         store.clone(),
-        Arc::new(store.sled().clone()),
+        match shared {
+            Some(shared) => Arc::new(shared) as Arc<dyn switchboard_store::ConfigStore>,
+            None => Arc::new(store.sled().clone()),
+        },
         node.hub().clone(),
         engine,
     )

@@ -42,7 +42,7 @@ impl SledStore {
         }
     }
 
-    fn config_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn config_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.h()?
             .config
             .insert(key, value)
