@@ -77,11 +77,15 @@ wait_for() {
   echo "gave up waiting for: $*" >&2
   exit 1
 }
-# One node at a time: the first creates the shared buckets, and each is up before the next.
+# One node at a time: the first creates the shared buckets and the store key, and each is
+# up before the next.
 for i in 1 2 3; do
   cat > "$DIR/node-$i.toml" <<EOF
 data_dir = "node-$i"
 listen = "127.0.0.1:$((7709 + i))"
+# One store key for the cluster (node-1 creates it): the shared directory's tenant
+# secrets are sealed with it.
+store_key_file = "store.key"
 [admin]
 listen = "127.0.0.1:$((7789 + i))"
 [cluster]

@@ -399,8 +399,17 @@ impl SharedStore {
 
     /// Creates the key; `Ok(None)` if it exists already.
     fn create(&self, key: &Key, value: Vec<u8>) -> Result<Option<u64>, StoreError> {
+        let revision = self.create_unapplied(key, value)?;
+        if let Some(r) = revision {
+            self.wait_applied(r)?;
+        }
+        Ok(revision)
+    }
+
+    /// [`SharedStore::create`] without waiting for the mirror.
+    fn create_unapplied(&self, key: &Key, value: Vec<u8>) -> Result<Option<u64>, StoreError> {
         let (kv, k) = (self.inner.kv.clone(), key.render());
-        let revision = self.run("directory create", async move {
+        self.run("directory create", async move {
             match kv.create(k.as_str(), value.into()).await {
                 Ok(r) => Ok(Some(r)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
@@ -409,11 +418,7 @@ impl SharedStore {
                     detail: e.to_string(),
                 }),
             }
-        })?;
-        if let Some(r) = revision {
-            self.wait_applied(r)?;
-        }
-        Ok(revision)
+        })
     }
 
     fn delete(&self, key: &Key, revision: Option<u64>) -> Result<(), StoreError> {
@@ -531,7 +536,28 @@ impl ConfigStore for SharedStore {
                     detail: e.to_string(),
                 })
         })?;
-        Ok(self.create(&key, replica::encode_plugin(meta))?.is_some())
+        let Some(revision) = self.create_unapplied(&key, replica::encode_plugin(meta))? else {
+            return Ok(false);
+        };
+        if let Err(refused) = self.wait_applied(revision) {
+            // The mirror refused it (the bytes did not match the version): nothing of the
+            // refused upload may stay, or the same version could never be stored again.
+            if !matches!(refused, StoreError::OutcomeUnknown(_)) {
+                self.delete(&key, Some(revision))?;
+                let (objects, name) = (
+                    self.inner.objects.clone(),
+                    object_name(&meta.tenant, &meta.version),
+                );
+                self.run("plugin delete", async move {
+                    objects
+                        .delete(name.as_str())
+                        .await
+                        .map_err(|e| nats_err(&name, e))
+                })?;
+            }
+            return Err(refused);
+        }
+        Ok(true)
     }
 
     fn plugin(
