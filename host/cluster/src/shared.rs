@@ -45,8 +45,8 @@ use sha2::{Digest, Sha256};
 use switchboard_core::{GroupId, TenantId, UserId};
 use switchboard_store::{
     replica, ApiKeyRecord, BindingRefused, ConfigStore, ConfigWatch, DirectoryBackend, FlagRule,
-    GroupMeta, PluginVersion, PolicyBinding, SledStore, Store, StoreError, TenantQuotas,
-    TenantRecord,
+    GroupMeta, LogBackend, PluginVersion, PolicyBinding, SledStore, Store, StoreError,
+    TenantQuotas, TenantRecord,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -174,6 +174,16 @@ impl Key {
     }
 }
 
+/// The bucket's newest revision, asked of the server (`kv::Store::status` answers from
+/// what the store learnt when it was opened).
+async fn last_revision(js: &jetstream::Context, kv: &kv::Store) -> Result<u64, ClusterError> {
+    let stream = js
+        .get_stream(kv.stream_name.as_str())
+        .await
+        .map_err(|e| nats_err("bucket info", e))?;
+    Ok(stream.cached_info().state.last_sequence)
+}
+
 fn object_name(tenant: &TenantId, version: &str) -> String {
     format!("{}.{}", token(tenant.as_str()), token(version))
 }
@@ -222,13 +232,7 @@ impl SharedStore {
                     .await
                     .map_err(|e| nats_err(&objects_name, e))?,
             };
-            let head = kv
-                .status()
-                .await
-                .map_err(|e| nats_err("bucket status", e))?
-                .info
-                .state
-                .last_sequence;
+            let head = last_revision(&js, &kv).await?;
             Ok((kv, objects, head))
         })?;
         let (applied_tx, applied) = watch::channel(0u64);
@@ -346,16 +350,11 @@ impl SharedStore {
     /// Waits until this node applied whatever the bucket holds now (after a delete, whose
     /// revision NATS does not return).
     fn wait_head(&self) -> Result<(), StoreError> {
-        let kv = self.inner.kv.clone();
-        let head = self.run("directory head", async move {
-            Ok(kv
-                .status()
-                .await
-                .map_err(|e| nats_err("bucket status", e))?
-                .info
-                .state
-                .last_sequence)
-        })?;
+        let (js, kv) = (self.inner.log.jetstream(), self.inner.kv.clone());
+        let head = self.run(
+            "directory head",
+            async move { last_revision(&js, &kv).await },
+        )?;
         self.wait_applied(head)
     }
 
@@ -478,7 +477,11 @@ impl DirectoryBackend for SharedStore {
     ) -> Result<bool, StoreError> {
         let meta = self.require_group(tenant, group)?;
         let key = Key::Member(tenant.clone(), group.clone(), user.clone());
-        match self.create(&key, Vec::new())? {
+        // The group's head as the member joins: every mirror starts the member's stored
+        // cursor there, so a session on any node that brings no cursor of its own starts
+        // where a new member starts on one node (protocol.md, section 10).
+        let head = LogBackend::head(&*self.inner.log, tenant, group)?;
+        match self.create(&key, head.to_be_bytes().to_vec())? {
             None => {
                 self.sync_key(&key)?;
                 Ok(false)
@@ -852,8 +855,14 @@ fn apply_local(
             }
         }
         (Key::Member(t, g, u), true) => match local.add_member(&t, &g, &u) {
+            Ok(true) => {
+                let head = <[u8; 8]>::try_from(value)
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                local.advance_cursor(&t, &g, &u, head).map(|_| ())
+            }
             // Refused alike on every node; its writer deletes the key.
-            Ok(_) | Err(StoreError::GroupFull { .. }) => Ok(()),
+            Ok(false) | Err(StoreError::GroupFull { .. }) => Ok(()),
             Err(e) => Err(e),
         },
         (Key::Member(t, g, u), false) => local.remove_member(&t, &g, &u).map(|_| ()),

@@ -338,3 +338,49 @@ fn plugin_bytes_that_do_not_match_their_version_are_never_stored() {
         Some(b"the real plugin".to_vec())
     );
 }
+
+#[test]
+fn a_new_members_stored_cursor_is_the_head_at_join_on_every_node() {
+    let nats = NatsServer::start();
+    let key = nats.store_dir().join("store.key");
+    let dir = tempfile::tempdir().unwrap();
+    let sled = SledStore::open_with(SledStoreConfig::new(dir.path().join("store")).key_file(&key))
+        .unwrap();
+    let owner = Arc::new(nats.owner("sh6", "node-a"));
+    let a = Node {
+        shared: SharedStore::open(owner.clone(), sled, 1).unwrap(),
+        _dir: dir,
+    };
+    let b = node(&nats, "sh6", &key);
+    let (acme, room) = (t("acme"), g("room"));
+    a.shared
+        .create_group(
+            &acme,
+            &room,
+            GroupMeta {
+                open: true,
+                max_members: 10,
+            },
+        )
+        .unwrap();
+    for i in 0..3 {
+        owner
+            .append_message(
+                &acme,
+                &room,
+                switchboard_store::NewMessage {
+                    sender: &u("ann"),
+                    lane: switchboard_core::Lane::Normal,
+                    client_msg_id: &format!("m{i}"),
+                    sent_at_ms: 1,
+                    body: b"hi",
+                },
+            )
+            .unwrap();
+    }
+    assert!(a.shared.add_member(&acme, &room, &u("cy")).unwrap());
+    caught_up(&a, &b);
+    for n in [&a, &b] {
+        assert_eq!(n.shared.local().cursor(&acme, &room, &u("cy")).unwrap(), 3);
+    }
+}
