@@ -6,8 +6,10 @@
 //! the shard, so a writer that lost its shard is fenced from all of it), [`names`] (shards, streams, subjects, the id encoding), [`ownership`] (the
 //! preferred owner of a shard by rendezvous hashing), [`lease`] (shard leases in a KV
 //! bucket), [`keeper`] (which leases a node holds, renews and gives up, without IO) and
-//! [`KeeperTask`] (its tokio driver). Not yet wired into the node; see ARCHITECTURE.md,
-//! "Cluster".
+//! [`KeeperTask`] (its tokio driver), [`ClusterNode`] (a node's cluster part: heartbeats,
+//! the keeper, forwarding, commit notices) and [`SharedStore`] (the directory and config
+//! store every node shares, mirrored into each node's sled). Wired into the node by its
+//! `[cluster]` settings; see ARCHITECTURE.md, "Cluster".
 //!
 //! # What "durable" means here
 //!
