@@ -13,8 +13,8 @@
 //! Notices are core NATS messages: at most once, and a node that is slow or cut off misses
 //! some. A missed notice is never a lost delivery: the node delivers a later message of the
 //! group only after bringing its sessions up to it from the log (the hub's gap rule), and
-//! clients resume from their cursors. Quiet groups' heads are not announced yet, so a
-//! missed notice of a group's *last* message waits for the next message or a reconnect.
+//! clients resume from their cursors. A missed notice of a group's *last* message is
+//! caught by the owner's head announcements (`crate::heads`) within about a second.
 //!
 //! Bounds: the node's queue of committed messages holds [`COMMITTED_QUEUE`]; notices past
 //! it are dropped (counted in the log at warn level), which is a missed notice as above.
@@ -28,18 +28,27 @@ use switchboard_core::{GroupId, Lane, TenantId, UserId};
 use switchboard_store::StoredMessage;
 use tokio::sync::mpsc;
 
+use crate::heads::Heads;
 use crate::names::{decode_token, encode_token};
 use crate::JetStreamLog;
 
 /// Committed messages from other nodes waiting for the node to deliver them.
 pub const COMMITTED_QUEUE: usize = 4096;
 
-/// A message another node committed, for this node's sessions.
+/// What another node committed to a group, for this node's sessions.
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub tenant: TenantId,
     pub group: GroupId,
-    pub message: StoredMessage,
+    pub news: News,
+}
+
+/// A committed message (a commit notice), or only the group's head (a head announcement,
+/// `crate::heads`): the sessions read up to it from the log.
+#[derive(Debug, Clone)]
+pub enum News {
+    Message(StoredMessage),
+    Head(u64),
 }
 
 const H_SEQ: &str = "Sb-Seq";
@@ -72,8 +81,16 @@ fn lane_name(lane: Lane) -> &'static str {
 }
 
 impl Notice<'_> {
-    /// Publishes it (fire and forget: the client queues it; see the module docs).
-    pub(crate) async fn announce(&self, client: &async_nats::Client, prefix: &str, body: Bytes) {
+    /// Publishes it (fire and forget: the client queues it; see the module docs), and
+    /// remembers the group's head for its head announcements.
+    pub(crate) async fn announce(
+        &self,
+        client: &async_nats::Client,
+        prefix: &str,
+        body: Bytes,
+        heads: &Heads,
+    ) {
+        heads.record(self.tenant, self.group, self.seq, self.stream_seq);
         let (subject, headers) = (self.subject(prefix), self.headers());
         if let Err(e) = client.publish_with_headers(subject, headers, body).await {
             tracing::debug!(error = %e, "commit notice not sent");
@@ -103,7 +120,9 @@ impl Notice<'_> {
 
 /// A notice as received: the message, its stream seq, and who accepted it.
 struct Received {
-    committed: Committed,
+    tenant: TenantId,
+    group: GroupId,
+    message: StoredMessage,
     stream_seq: u64,
     accepted_by: String,
 }
@@ -122,17 +141,15 @@ fn parse(subject: &str, headers: Option<&HeaderMap>, body: Bytes) -> Option<Rece
         _ => return None,
     };
     Some(Received {
-        committed: Committed {
-            tenant,
-            group,
-            message: StoredMessage {
-                seq: number(H_SEQ)?,
-                lane,
-                sender: UserId::new(&decode_token(&get(H_SENDER)?)?).ok()?,
-                client_msg_id: decode_token(&get(H_CLIENT_ID)?)?,
-                sent_at_ms: number(H_SENT_AT)?,
-                body,
-            },
+        tenant,
+        group,
+        message: StoredMessage {
+            seq: number(H_SEQ)?,
+            lane,
+            sender: UserId::new(&decode_token(&get(H_SENDER)?)?).ok()?,
+            client_msg_id: decode_token(&get(H_CLIENT_ID)?)?,
+            sent_at_ms: number(H_SENT_AT)?,
+            body,
         },
         stream_seq: number(H_STREAM_SEQ)?,
         accepted_by: get(H_ACCEPTED_BY)?,
@@ -161,10 +178,10 @@ pub(crate) async fn listen(
             tracing::debug!(subject = %n.subject, "malformed commit notice ignored");
             continue;
         };
-        let m = &r.committed.message;
+        let m = &r.message;
         log.observe(
-            r.committed.tenant.clone(),
-            r.committed.group.clone(),
+            r.tenant.clone(),
+            r.group.clone(),
             m.seq,
             r.stream_seq,
             &m.sender,
@@ -174,7 +191,12 @@ pub(crate) async fn listen(
         if r.accepted_by == node {
             continue;
         }
-        if committed.try_send(r.committed).is_err() {
+        let news = Committed {
+            tenant: r.tenant,
+            group: r.group,
+            news: News::Message(r.message),
+        };
+        if committed.try_send(news).is_err() {
             tracing::warn!("committed-message queue full or closed; a notice was dropped");
         }
     }
@@ -205,8 +227,8 @@ mod tests {
         let subject = notice.subject("sb");
         assert_eq!(subject.split('.').count(), 4, "{subject}");
         let r = parse(&subject, Some(&notice.headers()), Bytes::from_static(b"hi")).unwrap();
-        let m = &r.committed.message;
-        assert_eq!((&r.committed.tenant, &r.committed.group), (&tenant, &group));
+        let m = &r.message;
+        assert_eq!((&r.tenant, &r.group), (&tenant, &group));
         assert_eq!((m.seq, m.lane, m.sent_at_ms), (7, Lane::High, 5));
         assert_eq!((&m.sender, m.client_msg_id.as_str()), (&sender, "id.*"));
         assert_eq!(&m.body[..], b"hi");

@@ -35,6 +35,7 @@ use switchboard_store::{Appended, NewMessage, StoreError};
 use tokio::sync::{watch, Semaphore};
 
 use crate::fanout::Notice;
+use crate::heads::Heads;
 use crate::keeper_task::KeeperHandle;
 use crate::names::{decode_token, encode_token, shard_of};
 use crate::{ClusterError, JetStreamLog};
@@ -201,6 +202,7 @@ pub(crate) struct Owner {
     pub(crate) log: Arc<JetStreamLog>,
     pub(crate) served: watch::Receiver<BTreeSet<u16>>,
     pub(crate) keeper: KeeperHandle,
+    pub(crate) heads: Arc<Heads>,
 }
 
 /// Serves forwarded appends for `node` until the subscription ends.
@@ -276,7 +278,7 @@ async fn append(f: Forwarded, owner: &Owner) -> HeaderMap {
                 sent_at_ms: f.sent_at_ms,
                 accepted_by: &f.accepted_by,
             }
-            .announce(&owner.client, &owner.prefix, f.body)
+            .announce(&owner.client, &owner.prefix, f.body, &owner.heads)
             .await;
             answer("new", Some(seq), "")
         }

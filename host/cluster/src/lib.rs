@@ -25,6 +25,7 @@ mod error;
 mod fanout;
 mod fence;
 mod forward;
+pub mod heads;
 pub mod keeper;
 mod keeper_task;
 pub mod lease;
@@ -36,7 +37,7 @@ pub mod ownership;
 mod shared;
 
 pub use error::ClusterError;
-pub use fanout::{Committed, COMMITTED_QUEUE};
+pub use fanout::{Committed, News, COMMITTED_QUEUE};
 pub use forward::MAX_FORWARDED_IN_FLIGHT;
 pub use keeper::{Action, Event, Keeper, KeeperConfig};
 pub use keeper_task::{KeeperHandle, KeeperTask};

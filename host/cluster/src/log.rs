@@ -412,6 +412,31 @@ impl JetStreamLog {
         }
     }
 
+    /// A head another node announced (`crate::heads`): a cached group's head and stream
+    /// seq move forward to it, so reads here reach it.
+    pub(crate) fn observe_head(
+        &self,
+        tenant: TenantId,
+        group: GroupId,
+        seq: u64,
+        stream_seq: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let cached = inner.groups.lock().get(&(tenant, group)).cloned();
+            let Some(state) = cached else { return };
+            let mut state = state.lock().await;
+            if !state.loaded || seq <= state.tail.head || stream_seq <= state.tail.last_stream_seq {
+                return;
+            }
+            state.tail = Tail {
+                head: seq,
+                last_stream_seq: stream_seq,
+            };
+            state.index.insert(seq, stream_seq);
+        }
+    }
+
     fn with_group<T, F, Fut>(
         &self,
         op: &'static str,

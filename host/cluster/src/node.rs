@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::fanout::{self, Committed, Notice, COMMITTED_QUEUE};
 use crate::forward::{self, Forwarded};
+use crate::heads::Heads;
 use crate::keeper_task::KeeperHandle;
 use crate::members::Members;
 use crate::names::shard_of;
@@ -64,6 +65,9 @@ pub struct ClusterNode {
     members_task: JoinHandle<()>,
     forward_task: JoinHandle<()>,
     fanout_task: JoinHandle<()>,
+    /// Announcing this node's quiet groups' heads, and listening to the others'.
+    heads_tasks: [JoinHandle<()>; 2],
+    heads: Arc<Heads>,
     /// Other nodes' committed messages, until the node takes the receiver.
     committed: Mutex<Option<mpsc::Receiver<Committed>>>,
     prefix: String,
@@ -95,6 +99,7 @@ impl ClusterNode {
         let members_task = tokio::spawn(members.clone().run(live_tx, stop_rx));
         let keeper = KeeperTask::spawn(Arc::new(leases), live.clone(), Some(log.clone()));
         let client = log.jetstream().client();
+        let heads = Arc::new(Heads::default());
         let forward_task = tokio::spawn(forward::serve(
             forward::Owner {
                 client: client.clone(),
@@ -102,17 +107,33 @@ impl ClusterNode {
                 log: log.clone(),
                 served: keeper.served(),
                 keeper: keeper.handle(),
+                heads: heads.clone(),
             },
             config.node.clone(),
         ));
         let (committed_tx, committed) = mpsc::channel(COMMITTED_QUEUE);
         let fanout_task = tokio::spawn(fanout::listen(
-            client,
+            client.clone(),
             config.log.prefix.clone(),
             config.node.clone(),
             log.clone(),
-            committed_tx,
+            committed_tx.clone(),
         ));
+        let heads_tasks = [
+            tokio::spawn(crate::heads::announce(
+                heads.clone(),
+                client.clone(),
+                config.log.prefix.clone(),
+                config.node.clone(),
+            )),
+            tokio::spawn(crate::heads::listen(
+                client,
+                config.log.prefix.clone(),
+                config.node.clone(),
+                log.clone(),
+                committed_tx,
+            )),
+        ];
         tracing::info!(node = %config.node, "cluster node started");
         Ok(Self {
             node: config.node,
@@ -124,6 +145,8 @@ impl ClusterNode {
             members_task,
             forward_task,
             fanout_task,
+            heads_tasks,
+            heads,
             committed: Mutex::new(Some(committed)),
             prefix: config.log.prefix,
             replicas: config.log.replicas,
@@ -146,6 +169,7 @@ impl ClusterNode {
             served: self.keeper.served(),
             live: self.live.clone(),
             keeper: self.keeper.handle(),
+            heads: self.heads.clone(),
         })
     }
 
@@ -196,6 +220,9 @@ impl Drop for ClusterNode {
         self.members_task.abort();
         self.forward_task.abort();
         self.fanout_task.abort();
+        for t in &self.heads_tasks {
+            t.abort();
+        }
     }
 }
 
@@ -210,6 +237,7 @@ struct ServedLog {
     served: watch::Receiver<BTreeSet<u16>>,
     live: watch::Receiver<Vec<String>>,
     keeper: KeeperHandle,
+    heads: Arc<Heads>,
 }
 
 impl ServedLog {
@@ -267,6 +295,7 @@ impl LogBackend for ServedLog {
             body.clone(),
         );
         let (client, prefix, node) = (self.client.clone(), self.prefix.clone(), self.node.clone());
+        let heads = self.heads.clone();
         let (t, g, sender, id) = (
             tenant.clone(),
             group.clone(),
@@ -288,7 +317,7 @@ impl LogBackend for ServedLog {
                     sent_at_ms,
                     accepted_by: &node,
                 }
-                .announce(&client, &prefix, body)
+                .announce(&client, &prefix, body, &heads)
                 .await;
             }
             Ok(appended)

@@ -45,7 +45,7 @@ use sha2::{Digest, Sha256};
 use switchboard_core::{GroupId, TenantId, UserId};
 use switchboard_store::{
     replica, ApiKeyRecord, BindingRefused, ConfigStore, ConfigWatch, DirectoryBackend, FlagRule,
-    GroupMeta, LogBackend, PluginVersion, PolicyBinding, SledStore, Store, StoreError,
+    GroupMeta, LogBackend, PluginVersion, PolicyBinding, Record, SledStore, Store, StoreError,
     TenantQuotas, TenantRecord,
 };
 use tokio::io::AsyncReadExt;
@@ -514,6 +514,15 @@ impl DirectoryBackend for SharedStore {
             }
             None => Ok(false),
         }
+    }
+
+    fn catch_up(&self, record: Record<'_>) -> Result<(), StoreError> {
+        let key = match record {
+            Record::Tenant(t) => Key::Tenant(t.clone()),
+            Record::Group(t, g) => Key::Group(t.clone(), g.clone()),
+            Record::Member(t, g, u) => Key::Member(t.clone(), g.clone(), u.clone()),
+        };
+        self.sync_key(&key).map(|_| ())
     }
 }
 

@@ -893,18 +893,42 @@ impl Hub {
     /// nothing to do (it loads its head from the store when first used). Waits while the
     /// commit queue is full.
     pub async fn deliver_remote(&self, tenant: &TenantId, group: &GroupId, m: StoredMessage) {
+        let (seq, lane) = (m.seq, m.lane);
+        self.commit_remote(tenant, group, seq, lane, |queued| {
+            (seq == queued + 1)
+                .then(|| wire::encode_server(&ServerFrame::Deliver(to_message(group, m))))
+        })
+        .await
+    }
+
+    /// A group's head another node announced (cluster mode: the owner of a quiet group
+    /// repeats its head, so a missed notice of its last message is noticed). If this node
+    /// has not queued up to `seq`, the gap is revealed: sessions read it from the log.
+    pub async fn reveal_remote(&self, tenant: &TenantId, group: &GroupId, seq: u64) {
+        self.commit_remote(tenant, group, seq, Lane::Normal, |_| None)
+            .await
+    }
+
+    /// Queues another node's commit of `seq` unless this node queued it already; `deliver`
+    /// makes the live frame from the seq queued before (`None`: reveal).
+    async fn commit_remote(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        seq: u64,
+        lane: Lane,
+        deliver: impl FnOnce(u64) -> Option<Bytes>,
+    ) {
         let Some(g) = self.groups.loaded(tenant, group) else {
             return;
         };
         let _order = g.append.lock().await;
         let queued = g.queued.load(Ordering::Relaxed);
-        if m.seq <= queued {
+        if seq <= queued {
             return;
         }
-        g.queued.store(m.seq, Ordering::Relaxed);
-        let (seq, lane) = (m.seq, m.lane);
-        let deliver = (seq == queued + 1)
-            .then(|| wire::encode_server(&ServerFrame::Deliver(to_message(group, m))));
+        g.queued.store(seq, Ordering::Relaxed);
+        let deliver = deliver(queued);
         let commit = Commit {
             group: g.clone(),
             seq,

@@ -75,7 +75,7 @@ pub use config::{
     MAX_PLUGIN_LABEL_CHARS,
 };
 pub use mem::MemStore;
-pub use node_store::{DirectoryBackend, LogBackend, MessageLog, NodeStore};
+pub use node_store::{DirectoryBackend, LogBackend, MessageLog, NodeStore, Record};
 pub use secrets::{KeyRing, SecretsError};
 pub use segment::{Retention, RetentionLimits, RetentionReport, SegmentLog, SegmentLogConfig};
 pub use sled_store::{replica, SledStore, SledStoreConfig, StoreHealth};

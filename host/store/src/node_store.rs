@@ -184,6 +184,19 @@ pub trait DirectoryBackend: Send + Sync + std::fmt::Debug + 'static {
         group: &GroupId,
         user: &UserId,
     ) -> Result<bool, StoreError>;
+    /// A read found no such record in sled: returns once sled mirrors the shared copy's
+    /// record, if it has one (made on another node a moment ago), so a change made on one
+    /// node is read on every other right after. Costs a round trip to the shared copy per
+    /// miss; the reads that miss are bounded by the caller's rate limits.
+    fn catch_up(&self, record: Record<'_>) -> Result<(), StoreError>;
+}
+
+/// A directory record a read looked for ([`DirectoryBackend::catch_up`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Record<'a> {
+    Tenant(&'a TenantId),
+    Group(&'a TenantId, &'a GroupId),
+    Member(&'a TenantId, &'a GroupId, &'a UserId),
 }
 
 /// sled for everything but group messages, which go to the [`SegmentLog`] if there is one.
@@ -366,7 +379,13 @@ impl Store for NodeStore {
         }
     }
     fn tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
-        self.sled.tenant(id)
+        match (self.sled.tenant(id)?, &self.directory) {
+            (None, Some(d)) => {
+                d.catch_up(Record::Tenant(id))?;
+                self.sled.tenant(id)
+            }
+            (found, _) => Ok(found),
+        }
     }
     fn tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
         self.sled.tenants()
@@ -383,7 +402,13 @@ impl Store for NodeStore {
         }
     }
     fn group(&self, tenant: &TenantId, group: &GroupId) -> Result<Option<GroupMeta>, StoreError> {
-        self.sled.group(tenant, group)
+        match (self.sled.group(tenant, group)?, &self.directory) {
+            (None, Some(d)) => {
+                d.catch_up(Record::Group(tenant, group))?;
+                self.sled.group(tenant, group)
+            }
+            (found, _) => Ok(found),
+        }
     }
     fn add_member(
         &self,
@@ -413,7 +438,13 @@ impl Store for NodeStore {
         group: &GroupId,
         user: &UserId,
     ) -> Result<bool, StoreError> {
-        self.sled.is_member(tenant, group, user)
+        match (self.sled.is_member(tenant, group, user)?, &self.directory) {
+            (false, Some(d)) => {
+                d.catch_up(Record::Member(tenant, group, user))?;
+                self.sled.is_member(tenant, group, user)
+            }
+            (found, _) => Ok(found),
+        }
     }
     fn members(&self, tenant: &TenantId, group: &GroupId) -> Result<Vec<UserId>, StoreError> {
         self.sled.members(tenant, group)

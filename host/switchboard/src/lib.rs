@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use switchboard_admin::control::types::{Activate, Caller};
 use switchboard_admin::http::{ServeOptions, ServerLimits};
 use switchboard_admin::{AutoRollback, Control, ControlConfig};
-use switchboard_cluster::ClusterNode;
+use switchboard_cluster::{ClusterNode, News};
 
 mod cluster;
 pub use cluster::{open_for, ClusterSettings, Opened, MIN_LEASE_TTL_MS};
@@ -964,7 +964,10 @@ pub async fn start_opened(cfg: &Config, opened: Opened) -> Result<RunningNode, N
             let hub = node.hub().clone();
             tokio::spawn(async move {
                 while let Some(c) = rx.recv().await {
-                    hub.deliver_remote(&c.tenant, &c.group, c.message).await;
+                    match c.news {
+                        News::Message(m) => hub.deliver_remote(&c.tenant, &c.group, m).await,
+                        News::Head(seq) => hub.reveal_remote(&c.tenant, &c.group, seq).await,
+                    }
                 }
             })
         });

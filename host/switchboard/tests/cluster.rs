@@ -172,6 +172,9 @@ async fn each_node_appends_to_its_own_shards_and_takes_over_a_drained_nodes_grou
     until(&mut served_b, "node-b serves its share", |s| *s == want_b).await;
 
     let (ga, gb) = (group_of("node-a"), group_of("node-b"));
+    // Every node's head announcements, as NATS carries them.
+    let nats_client = async_nats::connect(nats.url()).await.unwrap();
+    let mut heads = nats_client.subscribe("ct.heads.>").await.unwrap();
     let mut ann_a = a.client("ann").await;
     let mut ann_b = b.client("ann").await;
     assert_eq!(try_send(&mut ann_a, 1, &ga).await, Ok(1));
@@ -191,6 +194,24 @@ async fn each_node_appends_to_its_own_shards_and_takes_over_a_drained_nodes_grou
     delivered(&mut bob_b, &ga, 4).await;
     assert_eq!(try_send(&mut ann_a, 9, &gb).await, Ok(3));
     delivered(&mut bob_b, &gb, 3).await;
+
+    // Once quiet, each group's owner announces its head (4 in ga, by node-a; 3 in gb, by
+    // node-b, which appended what node-a forwarded).
+    let mut want = BTreeSet::from([
+        ("ct.heads.node-a".to_string(), ga.clone(), 4),
+        ("ct.heads.node-b".to_string(), gb.clone(), 3),
+    ]);
+    tokio::time::timeout(PATIENCE, async {
+        use futures_util::StreamExt;
+        while !want.is_empty() {
+            let m = heads.next().await.expect("the heads subscription");
+            for h in switchboard_cluster::heads::decode(&m.payload) {
+                want.remove(&(m.subject.to_string(), h.group.to_string(), h.seq));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("heads not announced: {want:?}"));
 
     // A graceful stop hands node-a's shards over without waiting for the TTL.
     drop(ann_a);
@@ -391,4 +412,55 @@ async fn tenants_groups_members_and_plugin_swaps_made_on_one_node_are_served_by_
     drop(ann);
     a.node.shutdown().await;
     b.node.shutdown().await;
+}
+
+/// The hub's side of cross-node delivery, on one node (no NATS needed): messages another
+/// node appended to the shared log reach this node's sessions when their notice arrives
+/// after a gap (the gap is read from the log first), and when only the group's head is
+/// announced (a quiet group whose last notice was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_or_a_later_notice_brings_a_session_the_messages_whose_notices_were_lost() {
+    let n = common::TestNode::start().await;
+    let mut bob = n.raw().await;
+    assert!(matches!(
+        bob.hello(&n.token("acme", "bob")).await,
+        ServerFrame::Welcome { .. }
+    ));
+    let (acme, team) = (
+        TenantId::new("acme").unwrap(),
+        GroupId::new("team").unwrap(),
+    );
+    // Appended "by another node": straight into the log, no notice reaches this hub.
+    let alice = switchboard_core::UserId::new("alice").unwrap();
+    let append = |i: u64| {
+        use switchboard_store::Store;
+        n.store
+            .append(
+                &acme,
+                &team,
+                switchboard_store::NewMessage {
+                    sender: &alice,
+                    lane: switchboard_core::Lane::Normal,
+                    client_msg_id: &format!("remote-{i}"),
+                    sent_at_ms: 1,
+                    body: b"from another node",
+                },
+            )
+            .unwrap()
+            .seq()
+    };
+    assert_eq!((append(1), append(2)), (1, 2));
+    // Only the head is announced: bob reads 1 and 2 from the log, in order.
+    n.hub().reveal_remote(&acme, &team, 2).await;
+    delivered(&mut bob, "team", 1).await;
+    delivered(&mut bob, "team", 2).await;
+    // A notice after a lost one: 3's notice was lost, 4's arrives; bob gets both, in order.
+    assert_eq!((append(3), append(4)), (3, 4));
+    let four = {
+        use switchboard_store::Store;
+        n.store.message(&acme, &team, 4).unwrap().unwrap()
+    };
+    n.hub().deliver_remote(&acme, &team, four).await;
+    delivered(&mut bob, "team", 3).await;
+    delivered(&mut bob, "team", 4).await;
 }
