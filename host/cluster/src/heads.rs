@@ -170,6 +170,64 @@ pub fn decode(payload: &[u8]) -> Vec<Head> {
         .collect()
 }
 
+/// Announces this node's quiet groups every [`HEAD_EVERY`] until the task is aborted.
+pub(crate) async fn announce(
+    heads: std::sync::Arc<Heads>,
+    client: async_nats::Client,
+    prefix: String,
+    node: String,
+) {
+    let subject = format!("{prefix}.heads.{node}");
+    let mut ticks = tokio::time::interval(HEAD_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for payload in encode(&heads.end_period()) {
+            if let Err(e) = client.publish(subject.clone(), payload).await {
+                tracing::debug!(error = %e, "head announcement not sent");
+            }
+        }
+    }
+}
+
+/// Listens to other nodes' head announcements until the subscription ends: moves `log`'s
+/// view of each group to its head, then hands the head to the node.
+pub(crate) async fn listen(
+    client: async_nats::Client,
+    prefix: String,
+    node: String,
+    log: std::sync::Arc<crate::JetStreamLog>,
+    committed: tokio::sync::mpsc::Sender<crate::Committed>,
+) {
+    use futures_util::StreamExt;
+    let subject = format!("{prefix}.heads.>");
+    let own = format!("{prefix}.heads.{node}");
+    let mut announcements = match client.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%subject, error = %e, "cannot listen to head announcements");
+            return;
+        }
+    };
+    while let Some(a) = announcements.next().await {
+        if a.subject.as_str() == own {
+            continue;
+        }
+        for h in decode(&a.payload) {
+            log.observe_head(h.tenant.clone(), h.group.clone(), h.seq, h.stream_seq)
+                .await;
+            let news = crate::Committed {
+                tenant: h.tenant,
+                group: h.group,
+                news: crate::fanout::News::Head(h.seq),
+            };
+            if committed.try_send(news).is_err() {
+                tracing::warn!("committed-message queue full or closed; a head was dropped");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,63 +295,5 @@ mod tests {
         let back: Vec<Head> = payloads.iter().flat_map(|p| decode(p)).collect();
         assert_eq!(back, many);
         assert!(decode(b"acme g 1\nacme g x 2\n\xff").is_empty());
-    }
-}
-
-/// Announces this node's quiet groups every [`HEAD_EVERY`] until the task is aborted.
-pub(crate) async fn announce(
-    heads: std::sync::Arc<Heads>,
-    client: async_nats::Client,
-    prefix: String,
-    node: String,
-) {
-    let subject = format!("{prefix}.heads.{node}");
-    let mut ticks = tokio::time::interval(HEAD_EVERY);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        for payload in encode(&heads.end_period()) {
-            if let Err(e) = client.publish(subject.clone(), payload).await {
-                tracing::debug!(error = %e, "head announcement not sent");
-            }
-        }
-    }
-}
-
-/// Listens to other nodes' head announcements until the subscription ends: moves `log`'s
-/// view of each group to its head, then hands the head to the node.
-pub(crate) async fn listen(
-    client: async_nats::Client,
-    prefix: String,
-    node: String,
-    log: std::sync::Arc<crate::JetStreamLog>,
-    committed: tokio::sync::mpsc::Sender<crate::Committed>,
-) {
-    use futures_util::StreamExt;
-    let subject = format!("{prefix}.heads.>");
-    let own = format!("{prefix}.heads.{node}");
-    let mut announcements = match client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(%subject, error = %e, "cannot listen to head announcements");
-            return;
-        }
-    };
-    while let Some(a) = announcements.next().await {
-        if a.subject.as_str() == own {
-            continue;
-        }
-        for h in decode(&a.payload) {
-            log.observe_head(h.tenant.clone(), h.group.clone(), h.seq, h.stream_seq)
-                .await;
-            let news = crate::Committed {
-                tenant: h.tenant,
-                group: h.group,
-                news: crate::fanout::News::Head(h.seq),
-            };
-            if committed.try_send(news).is_err() {
-                tracing::warn!("committed-message queue full or closed; a head was dropped");
-            }
-        }
     }
 }
