@@ -34,6 +34,7 @@ pub mod members;
 pub mod names;
 mod node;
 pub mod ownership;
+pub mod presence;
 mod shared;
 
 pub use error::ClusterError;

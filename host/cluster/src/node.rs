@@ -34,6 +34,7 @@ use crate::keeper_task::KeeperHandle;
 use crate::members::Members;
 use crate::names::shard_of;
 use crate::ownership::preferred_owner;
+use crate::presence::{ClusterPresence, PresenceChange, PRESENCE_QUEUE};
 use crate::{ClusterError, JetStreamLog, JetStreamLogConfig, KeeperTask, ShardLeases, SharedStore};
 
 /// One node's cluster settings.
@@ -68,6 +69,11 @@ pub struct ClusterNode {
     /// Announcing this node's quiet groups' heads, and listening to the others'.
     heads_tasks: [JoinHandle<()>; 2],
     heads: Arc<Heads>,
+    presence: ClusterPresence,
+    /// Writing this node's presence, and following the others'.
+    presence_tasks: [JoinHandle<()>; 2],
+    /// Other nodes' presence changes, until the node takes the receiver.
+    presence_changes: Mutex<Option<mpsc::Receiver<PresenceChange>>>,
     /// Other nodes' committed messages, until the node takes the receiver.
     committed: Mutex<Option<mpsc::Receiver<Committed>>>,
     prefix: String,
@@ -95,6 +101,18 @@ impl ClusterNode {
         })?;
         let _on_the_log_runtime = log.runtime().enter();
         let (live_tx, live) = watch::channel(now_live);
+        let (presence_tx, presence_changes) = mpsc::channel(PRESENCE_QUEUE);
+        let (presence, presence_tasks) = {
+            let (js, prefix, node) = (
+                log.jetstream(),
+                config.log.prefix.clone(),
+                config.node.clone(),
+            );
+            let (live, replicas) = (live.clone(), config.log.replicas);
+            log.run("start presence", async move {
+                ClusterPresence::start(&js, &prefix, &node, replicas, live, presence_tx).await
+            })?
+        };
         let (stop_members, stop_rx) = watch::channel(false);
         let members_task = tokio::spawn(members.clone().run(live_tx, stop_rx));
         let keeper = KeeperTask::spawn(Arc::new(leases), live.clone(), Some(log.clone()));
@@ -147,6 +165,9 @@ impl ClusterNode {
             fanout_task,
             heads_tasks,
             heads,
+            presence,
+            presence_tasks,
+            presence_changes: Mutex::new(Some(presence_changes)),
             committed: Mutex::new(Some(committed)),
             prefix: config.log.prefix,
             replicas: config.log.replicas,
@@ -185,6 +206,17 @@ impl ClusterNode {
         self.committed.lock().take()
     }
 
+    /// Presence across nodes: report this node's users to it, ask it about the others'.
+    pub fn presence(&self) -> ClusterPresence {
+        self.presence.clone()
+    }
+
+    /// Other nodes' presence changes, for this node to tell its sessions; `None` after the
+    /// first call.
+    pub fn take_presence_changes(&self) -> Option<mpsc::Receiver<PresenceChange>> {
+        self.presence_changes.lock().take()
+    }
+
     /// The shards this node serves, as they change.
     pub fn served(&self) -> watch::Receiver<BTreeSet<u16>> {
         self.keeper.served()
@@ -220,7 +252,7 @@ impl Drop for ClusterNode {
         self.members_task.abort();
         self.forward_task.abort();
         self.fanout_task.abort();
-        for t in &self.heads_tasks {
+        for t in self.heads_tasks.iter().chain(&self.presence_tasks) {
             t.abort();
         }
     }

@@ -83,6 +83,8 @@ pub struct Hub {
     /// Set while the data disk has less than `min_free_disk_bytes` free (`store_watch` in `lib.rs`).
     disk_low: AtomicBool,
     notify_sink: SharedSink,
+    /// Presence on other nodes, in cluster mode (`elsewhere.rs`).
+    elsewhere: crate::elsewhere::SharedElsewhere,
     /// The receipt worker's queue (`receipts.rs`).
     receipts_tx: mpsc::Sender<ReceiptJob>,
 }
@@ -114,9 +116,11 @@ impl Hub {
         ));
         let notify_sink: SharedSink =
             Arc::new(parking_lot::RwLock::new(Arc::new(crate::notify::LogSink)));
+        let elsewhere = crate::elsewhere::SharedElsewhere::default();
         let notifier = crate::notify::start(
             store.clone(),
             sessions.clone(),
+            elsewhere.clone(),
             notify_sink.clone(),
             metrics.clone(),
         );
@@ -148,6 +152,7 @@ impl Hub {
             commit_tx,
             disk_low: AtomicBool::new(false),
             notify_sink,
+            elsewhere,
             receipts_tx,
         });
         (hub, committer)
@@ -597,6 +602,80 @@ impl Hub {
     /// Where push-notification events for offline members go (default: the log).
     pub fn set_notify_sink(&self, sink: Arc<dyn NotifySink>) {
         *self.notify_sink.write() = sink;
+    }
+
+    /// Installs the node's view of presence on other nodes (cluster mode): push
+    /// notifications skip users connected elsewhere, and this node's presence changes are
+    /// told to it.
+    pub fn set_elsewhere(&self, elsewhere: Arc<dyn crate::elsewhere::Elsewhere>) {
+        *self.elsewhere.write() = Some(elsewhere);
+    }
+
+    /// Tells the node's cluster part what this node's sessions of `user` add up to now.
+    /// The caller holds the user's membership lock, so changes are told in order.
+    pub(crate) fn tell_elsewhere(&self, tenant: &TenantId, user: &UserId) {
+        if let Some(e) = self.elsewhere.read().as_ref() {
+            let sessions = self.sessions_of(tenant, user);
+            let state = if sessions.is_empty() {
+                None
+            } else if sessions
+                .iter()
+                .any(|s| s.presence() == PresenceState::Foreground)
+            {
+                Some(PresenceState::Foreground)
+            } else {
+                Some(PresenceState::Background)
+            };
+            e.local_presence(tenant, user, state);
+        }
+    }
+
+    /// A user's presence on the other nodes changed (cluster mode): `state` is what its
+    /// sessions there add up to (`None`: it has none left there). Co-members connected here
+    /// are told, as a local change would tell them, unless the user also has a session here
+    /// (then this node's own notices speak for it). Told as `Background` when it left.
+    /// Large groups (`nudge_background_from_members`) are skipped, as for arrivals.
+    pub fn remote_presence(&self, tenant: &TenantId, user: &UserId, state: Option<PresenceState>) {
+        if self.sessions.is_connected(tenant, user) {
+            return;
+        }
+        if self.shedding(tenant).presence {
+            self.metrics.presence_shed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let groups = match self.store.groups_of(tenant, user) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(%tenant, %user, error = %e, "presence from another node not told");
+                return;
+            }
+        };
+        let frame = wire::encode_server(&ServerFrame::PresenceNotice {
+            user: user.to_string(),
+            state: state.unwrap_or(PresenceState::Background),
+        });
+        let from = self.limits.nudge_background_from_members;
+        let mut reached = std::collections::HashSet::new();
+        for gid in groups {
+            let Some(g) = self.groups.loaded(tenant, &gid) else {
+                continue;
+            };
+            if from > 0 && g.members.load(Ordering::Relaxed) >= from {
+                continue;
+            }
+            let subs = g.fanout.lock().subscribers().to_vec();
+            for s in subs {
+                if &s.user != user && reached.insert(s.id) {
+                    s.push(
+                        Push::Notice {
+                            stream: PushStream::Notices,
+                            frame: frame.clone(),
+                        },
+                        &self.metrics,
+                    );
+                }
+            }
+        }
     }
 
     /// Whether `user` has a session on this node now.

@@ -21,6 +21,7 @@ mod breaker;
 mod clock;
 mod commit;
 mod conn;
+pub mod elsewhere;
 mod error;
 mod groups;
 pub mod histogram;

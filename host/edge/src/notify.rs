@@ -5,7 +5,7 @@
 //! The committer only queues the message (after it is durable and published), so the
 //! message path never waits for a sink: a worker thread resolves the group's members, skips
 //! those with a connected session and the sender, and hands one [`OfflineNotice`] per
-//! offline member to the node's [`NotifySink`] — by default [`LogSink`], which writes a
+//! offline member (in cluster mode, connected to no node: `elsewhere.rs`) to the node's [`NotifySink`] — by default [`LogSink`], which writes a
 //! structured log line (target `switchboard::notify`) for a log shipper to turn into APNs/FCM
 //! pushes, or [`WebhookSink`](crate::webhook::WebhookSink) (`[notify] webhook` in the
 //! config); an embedding app can install its own with `Hub::set_notify_sink`.
@@ -20,6 +20,7 @@ use switchboard_store::Store;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::elsewhere::{connected_elsewhere, SharedElsewhere};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::state::GroupState;
@@ -106,11 +107,12 @@ impl Notifier {
 }
 
 /// Starts the worker thread; it ends when the [`Notifier`] (the committer's) is dropped. It
-/// reads the group's members from `store`, skips members connected to this node, and hands
-/// the rest to the sink.
+/// reads the group's members from `store`, skips members connected to this node or (in
+/// cluster mode) to another, and hands the rest to the sink.
 pub(crate) fn start(
     store: Arc<dyn Store>,
     sessions: Arc<Sessions>,
+    elsewhere: SharedElsewhere,
     sink: SharedSink,
     metrics: Arc<Metrics>,
 ) -> Notifier {
@@ -130,7 +132,10 @@ pub(crate) fn start(
                 };
                 let sink = sink.read().clone();
                 for recipient in members {
-                    if recipient == job.sender || sessions.is_connected(&job.tenant, &recipient) {
+                    if recipient == job.sender
+                        || sessions.is_connected(&job.tenant, &recipient)
+                        || connected_elsewhere(&elsewhere, &job.tenant, &recipient)
+                    {
                         continue;
                     }
                     sink.notify(&OfflineNotice {

@@ -131,3 +131,25 @@ pub fn open_for(cfg: &Config) -> Result<Opened, NodeError> {
         shared: Some(shared),
     })
 }
+
+/// The cluster's presence as the hub asks for it (`switchboard_edge::elsewhere`).
+pub(crate) struct Elsewhere(pub switchboard_cluster::presence::ClusterPresence);
+
+impl switchboard_edge::elsewhere::Elsewhere for Elsewhere {
+    fn local_presence(
+        &self,
+        tenant: &switchboard_core::TenantId,
+        user: &switchboard_core::UserId,
+        state: Option<switchboard_core::PresenceState>,
+    ) {
+        self.0.local_presence(tenant, user, state)
+    }
+
+    fn connected_elsewhere(
+        &self,
+        tenant: &switchboard_core::TenantId,
+        user: &switchboard_core::UserId,
+    ) -> bool {
+        self.0.connected_elsewhere(tenant, user)
+    }
+}

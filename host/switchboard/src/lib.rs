@@ -956,21 +956,31 @@ pub async fn start_opened(cfg: &Config, opened: Opened) -> Result<RunningNode, N
     )
     .await?;
     let retention = retention_task(&cfg.store, store);
-    // Cluster mode: other nodes' commits go to this node's sessions, in notice order.
-    let remote = cluster
-        .as_ref()
-        .and_then(|c| c.take_committed())
-        .map(|mut rx| {
-            let hub = node.hub().clone();
-            tokio::spawn(async move {
+    // Cluster mode: other nodes' commits go to this node's sessions, in notice order, and
+    // presence is shared with the other nodes.
+    let remote = cluster.as_ref().map(|c| {
+        let hub = node.hub().clone();
+        hub.set_elsewhere(Arc::new(cluster::Elsewhere(c.presence())));
+        let (commits, presence) = (c.take_committed(), c.take_presence_changes());
+        tokio::spawn(async move {
+            let commits = async {
+                let Some(mut rx) = commits else { return };
                 while let Some(c) = rx.recv().await {
                     match c.news {
                         News::Message(m) => hub.deliver_remote(&c.tenant, &c.group, m).await,
                         News::Head(seq) => hub.reveal_remote(&c.tenant, &c.group, seq).await,
                     }
                 }
-            })
-        });
+            };
+            let presence = async {
+                let Some(mut rx) = presence else { return };
+                while let Some(p) = rx.recv().await {
+                    hub.remote_presence(&p.tenant, &p.user, p.state);
+                }
+            };
+            tokio::join!(commits, presence);
+        })
+    });
     for (tenant, bytes, config) in file_plugins {
         bind_file_plugin(&control, &tenant, bytes, config).await?;
     }

@@ -464,3 +464,49 @@ async fn a_head_or_a_later_notice_brings_a_session_the_messages_whose_notices_we
     delivered(&mut bob, "team", 3).await;
     delivered(&mut bob, "team", 4).await;
 }
+
+/// Waits for a `PresenceNotice` about `user` saying `state` on `c`'s push streams.
+async fn presence_notice(c: &mut RawClient, user: &str, state: switchboard_core::PresenceState) {
+    loop {
+        match c.read_push().await {
+            Some(ServerFrame::PresenceNotice { user: u, state: s }) if u == user && s == state => {
+                return
+            }
+            Some(_) => {}
+            None => panic!("push stream ended before {user} was {state:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_connected_to_one_node_is_present_on_every_node() {
+    use switchboard_core::{PresenceState, UserId};
+    let nats = NatsServer::start();
+    let a = start("node-a", &nats).await;
+    let b = start("node-b", &nats).await;
+    let (demo, ann) = (TenantId::new("demo").unwrap(), UserId::new("ann").unwrap());
+    let presence_b = b.node.cluster.as_ref().unwrap().presence();
+    // bob on node-b shares every group with ann.
+    let mut bob = b.client("bob").await;
+    assert!(!presence_b.connected_elsewhere(&demo, &ann));
+    // ann connects to node-a: node-b knows she is connected (no push notification for
+    // her), and bob hears she is in the foreground.
+    let ann_a = a.client("ann").await;
+    presence_notice(&mut bob, "ann", PresenceState::Foreground).await;
+    assert!(presence_b.connected_elsewhere(&demo, &ann));
+    // She leaves: told as Background (the protocol has no offline state), and node-b
+    // forgets her.
+    drop(ann_a);
+    presence_notice(&mut bob, "ann", PresenceState::Background).await;
+    assert!(!presence_b.connected_elsewhere(&demo, &ann));
+    // A node that goes away takes its users with it: ann on node-a again, then node-a
+    // dropped as a crash would (no drain; whichever comes first, its sessions' end or its
+    // heartbeats' TTL, node-b stops counting her).
+    let ann_a = a.client("ann").await;
+    presence_notice(&mut bob, "ann", PresenceState::Foreground).await;
+    drop(a);
+    presence_notice(&mut bob, "ann", PresenceState::Background).await;
+    assert!(!presence_b.connected_elsewhere(&demo, &ann));
+    drop(ann_a);
+    b.node.shutdown().await;
+}

@@ -105,6 +105,7 @@ impl Hub {
         cause: Cause,
     ) -> Result<(), RequestError> {
         let now = user_presence(&self.sessions_of(&session.tenant, &session.user));
+        self.tell_elsewhere(&session.tenant, &session.user);
         let mut told = session.told.0.lock();
         if *told == now {
             return Ok(());
