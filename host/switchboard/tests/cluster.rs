@@ -284,7 +284,7 @@ async fn until_true(what: &str, mut ok: impl FnMut() -> bool) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tenants_groups_members_and_plugin_swaps_made_on_one_node_are_served_by_every_node() {
+async fn tenants_groups_members_swaps_and_rollbacks_made_on_one_node_are_served_by_every_node() {
     use switchboard_admin::control::types::{Activate, Caller, CreateGroup, CreateTenant};
 
     let nats = NatsServer::start();
@@ -407,6 +407,61 @@ async fn tenants_groups_members_and_plugin_swaps_made_on_one_node_are_served_by_
         .expect("node-a applies the rollback")
         .unwrap();
     assert_eq!(ca.policy_status("acme").unwrap().revision, back.revision);
+
+    // An automatic rollback decided on one node is served by every node: a version with a
+    // latent bug is activated through node-a, its traps happen on node-b (ann sends through
+    // node-b, whose policy runs the plugin), node-b's monitor rolls it back, and node-a
+    // serves the version before it.
+    let good = ca.policy_status("acme").unwrap().active.map(|v| v.version);
+    let trap = ca
+        .upload_plugin(
+            &Caller::Admin,
+            "acme",
+            std::fs::read(plugins_artifacts::HOSTILE_LATENT_TRAP)
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .plugin
+        .version;
+    let bad = ca
+        .activate(
+            "acme",
+            &Activate {
+                version: trap.clone(),
+                config: Default::default(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut applied_b = cb.applied_revisions(&acme);
+    tokio::time::timeout(PATIENCE, applied_b.wait_for(|r| *r >= bad.revision))
+        .await
+        .expect("node-b applies the activation")
+        .unwrap();
+    for i in 0..40 {
+        // Each send traps the plugin; the node falls back to the built-in policy, so the
+        // message is still stored (or, once rolled back, handled by the good version).
+        ann.send(&send(1_000 + i, "room", b"!boom")).await;
+        assert!(matches!(ann.read().await, Some(ServerFrame::Ack { .. })));
+    }
+    let mut applied_a = ca.applied_revisions(&acme);
+    tokio::time::timeout(
+        PATIENCE,
+        applied_a.wait_for(|_| {
+            ca.policy_status("acme").is_ok_and(|s| {
+                s.last_rollback
+                    .is_some_and(|r| r.automatic && r.from == trap)
+            })
+        }),
+    )
+    .await
+    .expect("node-a serves node-b's automatic rollback")
+    .unwrap();
+    let served_a = ca.policy_status("acme").unwrap();
+    assert_eq!(served_a.active.map(|v| v.version), good);
+    assert_eq!(served_a.applied_revision, served_a.revision);
     report("tenant/member changes seen on the other node", tenant_times);
     report("plugin swaps served by the other node", swap_times);
     drop(ann);
