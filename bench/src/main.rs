@@ -16,17 +16,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use bytes::{BufMut, BytesMut};
+use anyhow::{bail, Result};
 use clap::{Parser, ValueEnum};
 // The SDK's QUIC client config (pinned certificate, TLS 1.3, `switchboard/1`), so the raw
 // clients here connect exactly as apps do.
+use flow::Conn;
 use switchboard_client::tls::client_config;
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity};
 use switchboard_store::{GroupMeta, SledStore, Store, TenantRecord};
-use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
+mod flow;
 mod large_group;
 mod push;
 mod session;
@@ -307,28 +307,13 @@ fn start_node(
     Ok((store, node, cert))
 }
 
-struct Conn {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    buf: BytesMut,
-}
-
 /// A token for `user` of `tenant`, signed with the bench tenants' secret, valid for an hour.
 fn bench_token(tenant: &str, user: &str) -> Result<String> {
     session::token(tenant, user, SECRET)
 }
 
 async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, user: &str) -> Result<Conn> {
-    let conn = endpoint.connect(addr, "localhost")?.await?;
-    let token = bench_token("bench", user)?;
-    let (send, recv, buf) = session::hello(&conn, token, "bench", 1 << 20).await?;
-    Ok(Conn {
-        conn,
-        send,
-        recv,
-        buf,
-    })
+    flow::connect(endpoint, addr, bench_token("bench", user)?).await
 }
 
 async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
@@ -346,46 +331,12 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
     let mut receivers = Vec::new();
     for i in 1..=fanout {
         let c = connect(&endpoint, addr, &format!("u{i}")).await?;
-        receivers.push(tokio::spawn(receive(c, messages, start)));
+        receivers.push(tokio::spawn(flow::receive(c, None, messages, start)));
     }
     let mut sender = connect(&endpoint, addr, "u0").await?;
 
     let t0 = Instant::now();
-    let permits = Arc::new(tokio::sync::Semaphore::new(window));
-    let acker = {
-        let permits = permits.clone();
-        let mut recv = sender.recv;
-        let mut buf = std::mem::take(&mut sender.buf);
-        tokio::spawn(async move {
-            let limits = DecodeLimits::default();
-            for _ in 0..messages {
-                let f = wire::read_frame(&mut recv, &mut buf, 1 << 20)
-                    .await?
-                    .context("control stream ended")?;
-                match wire::decode_server(&f, &limits)? {
-                    ServerFrame::Ack { .. } => permits.add_permits(1),
-                    other => bail!("unexpected {other:?}"),
-                }
-            }
-            anyhow::Ok(())
-        })
-    };
-    let filler = vec![b'x'; payload - 16];
-    for i in 0..messages {
-        permits.acquire().await?.forget();
-        let mut body = BytesMut::with_capacity(payload);
-        body.put_u64(start.elapsed().as_nanos() as u64);
-        body.put_u64(i);
-        body.put_slice(&filler);
-        let frame = wire::encode_client(&ClientFrame::Send {
-            request_id: i + 1,
-            group: "g".into(),
-            client_msg_id: format!("m{i}"),
-            body: body.freeze(),
-        });
-        sender.send.write_all(&frame).await?;
-    }
-    acker.await??;
+    flow::send_window(&mut sender, "g", window, messages, payload, start).await?;
     let mut latencies = Vec::with_capacity((messages as usize) * fanout);
     for r in receivers {
         latencies.extend(r.await??);
@@ -402,24 +353,4 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
         elapsed,
         latencies_us: latencies,
     })
-}
-
-/// Reads `messages` deliveries from the push stream; returns their latencies in µs.
-/// Keeps the control stream open: finishing it ends the session.
-async fn receive(c: Conn, messages: u64, start: Instant) -> Result<Vec<u64>> {
-    let mut pushes = push::Pushes::new(&c.conn);
-    let mut out = Vec::with_capacity(messages as usize);
-    let mut expect = 1;
-    while out.len() < messages as usize {
-        if let ServerFrame::Deliver(m) = pushes.next().await? {
-            if m.seq != expect {
-                bail!("out of order: got {} expected {expect}", m.seq);
-            }
-            expect += 1;
-            let sent = u64::from_be_bytes(m.body[..8].try_into()?);
-            let now = start.elapsed().as_nanos() as u64;
-            out.push(now.saturating_sub(sent) / 1_000);
-        }
-    }
-    Ok(out)
 }

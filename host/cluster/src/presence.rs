@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use switchboard_core::{PresenceState, TenantId, UserId};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::names::{decode_token, encode_token};
+use crate::names::{decode_kv_token, encode_kv_token};
 use crate::ClusterError;
 
 /// Most presence changes of other nodes waiting for this node's hub; past it a change is
@@ -66,23 +66,19 @@ struct Inner {
     live: watch::Receiver<Vec<String>>,
 }
 
-fn token(s: &str) -> String {
-    encode_token(s).replace('~', "=")
-}
-
-fn untoken(t: &str) -> Option<String> {
-    decode_token(&t.replace('=', "~"))
-}
-
 fn key(node: &str, tenant: &TenantId, user: &UserId) -> String {
-    format!("{node}.{}.{}", token(tenant.as_str()), token(user.as_str()))
+    format!(
+        "{node}.{}.{}",
+        encode_kv_token(tenant.as_str()),
+        encode_kv_token(user.as_str())
+    )
 }
 
 fn parse_key(k: &str) -> Option<(String, TenantId, UserId)> {
     let mut parts = k.split('.');
     let node = parts.next()?.to_owned();
-    let tenant = TenantId::new(&untoken(parts.next()?)?).ok()?;
-    let user = UserId::new(&untoken(parts.next()?)?).ok()?;
+    let tenant = TenantId::new(&decode_kv_token(parts.next()?)?).ok()?;
+    let user = UserId::new(&decode_kv_token(parts.next()?)?).ok()?;
     parts.next().is_none().then_some((node, tenant, user))
 }
 

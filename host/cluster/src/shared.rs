@@ -51,7 +51,7 @@ use switchboard_store::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use crate::names::{decode_token, encode_token, LogNames};
+use crate::names::{decode_kv_token, encode_kv_token, LogNames};
 use crate::{ClusterError, JetStreamLog};
 
 /// Largest record in the bucket (a binding with its previous versions and configs is the
@@ -122,30 +122,34 @@ pub enum Key {
     KeyCheck,
 }
 
-fn token(s: &str) -> String {
-    encode_token(s).replace('~', "=")
-}
-
-fn untoken(t: &str) -> Option<String> {
-    decode_token(&t.replace('=', "~"))
-}
-
 impl Key {
     pub fn render(&self) -> String {
         match self {
-            Key::Tenant(t) => format!("tenant.{}", token(t.as_str())),
-            Key::Group(t, g) => format!("group.{}.{}", token(t.as_str()), token(g.as_str())),
+            Key::Tenant(t) => format!("tenant.{}", encode_kv_token(t.as_str())),
+            Key::Group(t, g) => format!(
+                "group.{}.{}",
+                encode_kv_token(t.as_str()),
+                encode_kv_token(g.as_str())
+            ),
             Key::Member(t, g, u) => format!(
                 "member.{}.{}.{}",
-                token(t.as_str()),
-                token(g.as_str()),
-                token(u.as_str())
+                encode_kv_token(t.as_str()),
+                encode_kv_token(g.as_str()),
+                encode_kv_token(u.as_str())
             ),
-            Key::Binding(t) => format!("binding.{}", token(t.as_str())),
-            Key::Flags(t) => format!("flags.{}", token(t.as_str())),
-            Key::Quotas(t) => format!("quotas.{}", token(t.as_str())),
-            Key::ApiKey(t, id) => format!("apikey.{}.{}", token(t.as_str()), token(id)),
-            Key::Plugin(t, v) => format!("plugin.{}.{}", token(t.as_str()), token(v)),
+            Key::Binding(t) => format!("binding.{}", encode_kv_token(t.as_str())),
+            Key::Flags(t) => format!("flags.{}", encode_kv_token(t.as_str())),
+            Key::Quotas(t) => format!("quotas.{}", encode_kv_token(t.as_str())),
+            Key::ApiKey(t, id) => format!(
+                "apikey.{}.{}",
+                encode_kv_token(t.as_str()),
+                encode_kv_token(id)
+            ),
+            Key::Plugin(t, v) => format!(
+                "plugin.{}.{}",
+                encode_kv_token(t.as_str()),
+                encode_kv_token(v)
+            ),
             Key::Degradation => "degradation".to_owned(),
             Key::KeyCheck => "keycheck".to_owned(),
         }
@@ -154,9 +158,9 @@ impl Key {
     /// The key `s` renders, or `None` for anything [`Key::render`] cannot produce.
     pub fn parse(s: &str) -> Option<Key> {
         let parts: Vec<&str> = s.split('.').collect();
-        let tenant = |i: usize| TenantId::new(&untoken(parts.get(i)?)?).ok();
-        let group = |i: usize| GroupId::new(&untoken(parts.get(i)?)?).ok();
-        let text = |i: usize| untoken(parts.get(i)?);
+        let tenant = |i: usize| TenantId::new(&decode_kv_token(parts.get(i)?)?).ok();
+        let group = |i: usize| GroupId::new(&decode_kv_token(parts.get(i)?)?).ok();
+        let text = |i: usize| decode_kv_token(parts.get(i)?);
         let key = match (parts[0], parts.len()) {
             ("tenant", 2) => Key::Tenant(tenant(1)?),
             ("group", 3) => Key::Group(tenant(1)?, group(2)?),
@@ -185,7 +189,11 @@ async fn last_revision(js: &jetstream::Context, kv: &kv::Store) -> Result<u64, C
 }
 
 fn object_name(tenant: &TenantId, version: &str) -> String {
-    format!("{}.{}", token(tenant.as_str()), token(version))
+    format!(
+        "{}.{}",
+        encode_kv_token(tenant.as_str()),
+        encode_kv_token(version)
+    )
 }
 
 fn nats_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
@@ -614,13 +622,7 @@ impl ConfigStore for SharedStore {
             if let Err(refused) = change(&mut binding) {
                 return Ok(Err(refused));
             }
-            binding.revision = revision;
-            binding.updated_at_ms = now_ms;
-            let excess = binding
-                .previous
-                .len()
-                .saturating_sub(switchboard_store::config::MAX_PREVIOUS_VERSIONS);
-            binding.previous.drain(..excess);
+            binding.stamp(revision, now_ms);
             let value = replica::encode_binding(&binding);
             let written = match current {
                 None => self.create(&key, value)?,

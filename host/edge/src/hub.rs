@@ -615,17 +615,7 @@ impl Hub {
     /// The caller holds the user's membership lock, so changes are told in order.
     pub(crate) fn tell_elsewhere(&self, tenant: &TenantId, user: &UserId) {
         if let Some(e) = self.elsewhere.read().as_ref() {
-            let sessions = self.sessions_of(tenant, user);
-            let state = if sessions.is_empty() {
-                None
-            } else if sessions
-                .iter()
-                .any(|s| s.presence() == PresenceState::Foreground)
-            {
-                Some(PresenceState::Foreground)
-            } else {
-                Some(PresenceState::Background)
-            };
+            let state = presence::user_presence(&self.sessions_of(tenant, user));
             e.local_presence(tenant, user, state);
         }
     }

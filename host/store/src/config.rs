@@ -94,6 +94,18 @@ pub struct PolicyBinding {
     pub updated_at_ms: u64,
 }
 
+impl PolicyBinding {
+    /// What every store does to a changed binding before writing it: the store owns the
+    /// revision and the time, whatever the change did to them, and `previous` keeps only
+    /// the newest [`MAX_PREVIOUS_VERSIONS`].
+    pub fn stamp(&mut self, revision: u64, now_ms: u64) {
+        self.revision = revision;
+        self.updated_at_ms = now_ms;
+        let excess = self.previous.len().saturating_sub(MAX_PREVIOUS_VERSIONS);
+        self.previous.drain(..excess);
+    }
+}
+
 /// A feature flag rule set by the tenant or an admin. It overrides a flag of the same name
 /// the tenant's plugin evaluates.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,7 +36,7 @@ enum Cause {
 }
 
 /// The state co-members should know of a user with these sessions; `None` without any.
-fn user_presence(sessions: &[Arc<Session>]) -> Option<PresenceState> {
+pub(super) fn user_presence(sessions: &[Arc<Session>]) -> Option<PresenceState> {
     if sessions.is_empty() {
         None
     } else if sessions

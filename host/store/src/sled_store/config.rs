@@ -13,7 +13,6 @@ use switchboard_core::TenantId;
 
 use super::codec::{self, corrupt, CONFIG};
 use super::{cas_update, keys, txn_err, SledStore, Update};
-use crate::config::MAX_PREVIOUS_VERSIONS;
 use crate::{
     ApiKeyRecord, BindingRefused, ConfigChange, ConfigStore, ConfigWatch, FlagRule, PluginVersion,
     PolicyBinding, StoreError, TenantQuotas,
@@ -150,11 +149,7 @@ impl ConfigStore for SledStore {
             if let Err(refused) = change(&mut binding) {
                 return Ok(Update::Keep(Err(refused)));
             }
-            // The store owns these, whatever `change` did to them.
-            binding.revision = revision;
-            binding.updated_at_ms = now_ms;
-            let excess = binding.previous.len().saturating_sub(MAX_PREVIOUS_VERSIONS);
-            binding.previous.drain(..excess);
+            binding.stamp(revision, now_ms);
             Ok(Update::Write(codec::encode_binding(&binding), Ok(binding)))
         })?;
         if outcome.is_ok() {
