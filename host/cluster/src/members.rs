@@ -168,6 +168,24 @@ pub(crate) async fn open_ttl_bucket(
     })
 }
 
+/// Opens the bucket `config` names, or creates it as `config` says (history, replicas and
+/// file storage as given) when it does not exist yet.
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(config.bucket.as_str()).await {
+        return Ok(kv);
+    }
+    let bucket = config.bucket.clone();
+    js.create_key_value(config)
+        .await
+        .map_err(|e| ClusterError::Stream {
+            stream: bucket,
+            detail: e.to_string(),
+        })
+}
+
 /// The next entry of the watch, or never when there is none (so `select!` waits on the
 /// other branches).
 async fn next(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {

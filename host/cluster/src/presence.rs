@@ -31,6 +31,7 @@ use parking_lot::Mutex;
 use switchboard_core::{PresenceState, TenantId, UserId};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::members::open_bucket;
 use crate::names::{decode_kv_token, encode_kv_token};
 use crate::ClusterError;
 
@@ -131,19 +132,17 @@ impl ClusterPresence {
             stream: bucket.clone(),
             detail: e.to_string(),
         };
-        let kv = match js.get_key_value(bucket.as_str()).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| err(&e))?,
-        };
+        let kv = open_bucket(
+            js,
+            kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         // A previous run's users are gone: their sessions died with it.
         let mut stale = Vec::new();
         let mut keys = kv.keys().await.map_err(|e| err(&e))?;

@@ -51,6 +51,7 @@ use switchboard_store::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
+use crate::members::open_bucket;
 use crate::names::{decode_kv_token, encode_kv_token, LogNames};
 use crate::{ClusterError, JetStreamLog};
 
@@ -213,20 +214,18 @@ impl SharedStore {
         let js = log.jetstream();
         let (kv, objects, head) = log.run("open the shared directory", async move {
             let bucket = format!("{}-dir", names.prefix());
-            let kv = match js.get_key_value(bucket.as_str()).await {
-                Ok(kv) => kv,
-                Err(_) => js
-                    .create_key_value(kv::Config {
-                        bucket: bucket.clone(),
-                        history: 1,
-                        max_value_size: MAX_RECORD_BYTES,
-                        storage: jetstream::stream::StorageType::File,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| nats_err(&bucket, e))?,
-            };
+            let kv = open_bucket(
+                &js,
+                kv::Config {
+                    bucket,
+                    history: 1,
+                    max_value_size: MAX_RECORD_BYTES,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                },
+            )
+            .await?;
             let objects_name = format!("{}-plugins", names.prefix());
             let objects = match js.get_object_store(objects_name.as_str()).await {
                 Ok(o) => o,
