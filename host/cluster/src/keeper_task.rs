@@ -144,6 +144,10 @@ async fn run(
         let now_served: BTreeSet<u16> = keeper.served(Instant::now()).collect();
         served.send_if_modified(|s| {
             let changed = *s != now_served;
+            if changed {
+                let lost: Vec<&u16> = s.difference(&now_served).collect();
+                tracing::info!(served = now_served.len(), ?lost, "served shards changed");
+            }
             *s = now_served;
             changed
         });
@@ -242,11 +246,16 @@ fn execute(
                             log.take_shard(shard, &node, epoch)
                         })
                         .await;
-                        if matches!(taken, Ok(Ok(_))) {
-                            Event::Taken { shard, epoch }
-                        } else {
-                            tracing::warn!(shard, "could not take the shard in the log");
-                            Event::Fenced { shard }
+                        match taken {
+                            Ok(Ok(_)) => Event::Taken { shard, epoch },
+                            Ok(Err(e)) => {
+                                tracing::warn!(shard, error = %e, "could not take the shard in the log");
+                                Event::Fenced { shard }
+                            }
+                            Err(e) => {
+                                tracing::warn!(shard, error = %e, "could not take the shard in the log");
+                                Event::Fenced { shard }
+                            }
                         }
                     }
                 };

@@ -68,6 +68,24 @@ impl Members {
             .map_err(|e| ClusterError::Config(format!("heartbeat of {}: {e}", self.node)))
     }
 
+    /// The first heartbeat of a node that starts, retried every 100 ms for at most
+    /// `within`: in a NATS cluster, a server can answer a put to a bucket created a moment
+    /// ago with "no stream found" until the bucket's stream assignment reached it (found by
+    /// the cluster failure suite: a node starting against a fresh 3-server cluster exited).
+    pub async fn first_beat(&self, within: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.beat().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "first heartbeat refused; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
     /// The nodes whose keys are in the bucket now (a node dead for less than the TTL
     /// included), sorted: the first view, before the watch runs.
     pub async fn live_now(&self) -> Result<Vec<String>, ClusterError> {
@@ -130,6 +148,9 @@ impl Members {
             let now_live = seen.live(Instant::now());
             live.send_if_modified(|l| {
                 let changed = *l != now_live;
+                if changed {
+                    tracing::info!(node = %self.node, live = ?now_live, "live nodes changed");
+                }
                 *l = now_live;
                 changed
             });

@@ -80,7 +80,7 @@ impl ClusterNode {
         let (replicas, request_timeout) = (config.log.replicas, config.log.request_timeout);
         let (leases, members, now_live) = log.run("start the cluster node", async move {
             let members = Members::open(&js, &prefix, &node, ttl, replicas).await?;
-            members.beat().await?;
+            members.first_beat(request_timeout.max(ttl)).await?;
             let now_live = members.live_now().await?;
             let leases =
                 ShardLeases::connect(&url, &prefix, &node, ttl, replicas, request_timeout).await?;

@@ -24,9 +24,9 @@
 //! soak). The scenarios run one at a time (each starts 6 processes on what may be a
 //! 2-core machine).
 
-mod common;
 #[path = "common/cluster.rs"]
 mod cluster;
+mod common;
 #[path = "../../cluster/tests/support/mod.rs"]
 mod nats;
 #[path = "common/process.rs"]
@@ -100,7 +100,12 @@ async fn world_on(nats: NatsCluster, nats_of: impl Fn(&NatsCluster, usize) -> St
 impl World {
     /// Moves the members of node `from` to the other live nodes, in turn.
     async fn evacuate(&self, from: usize) {
-        let others: Vec<usize> = self.nodes.live().into_iter().filter(|&i| i != from).collect();
+        let others: Vec<usize> = self
+            .nodes
+            .live()
+            .into_iter()
+            .filter(|&i| i != from)
+            .collect();
         let mut k = 0;
         for m in self.members.iter().filter(|m| m.node() == from) {
             let to = others[k % others.len()];
@@ -144,7 +149,10 @@ impl World {
             figures.resumed_at_end,
             p50.as_millis(),
             p99.as_millis(),
-            failovers.iter().map(Duration::as_millis).collect::<Vec<_>>()
+            failovers
+                .iter()
+                .map(Duration::as_millis)
+                .collect::<Vec<_>>()
         );
         drop(self.nodes);
         drop(self.nats);
@@ -201,7 +209,10 @@ async fn kill_9_of_the_stream_leader_loses_nothing_acknowledged() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        eprintln!("round {r}: killing {} (leads {stream})", w.nats.name(leader));
+        eprintln!(
+            "round {r}: killing {} (leads {stream})",
+            w.nats.name(leader)
+        );
         w.nats.kill(leader);
         let killed = Instant::now();
         let via = r % 3;
@@ -212,7 +223,8 @@ async fn kill_9_of_the_stream_leader_loses_nothing_acknowledged() {
         tokio::task::block_in_place(|| w.nats.restart(leader));
         w.load.progress(BETWEEN, "after the NATS restart").await;
     }
-    w.check("kill -9 of the stream leader", rounds, &failovers).await;
+    w.check("kill -9 of the stream leader", rounds, &failovers)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -269,7 +281,8 @@ async fn a_rolling_drain_and_restart_of_every_node_loses_nothing() {
             w.load.progress(BETWEEN, "after the restart").await;
         }
     }
-    w.check("rolling drain and restart", 3 * rounds, &failovers).await;
+    w.check("rolling drain and restart", 3 * rounds, &failovers)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -287,7 +300,11 @@ async fn a_slow_flapping_link_to_nats_loses_nothing() {
     // A clean link while the cluster starts (a node that cannot reach NATS at start exits).
     let proxy = TcpProxy::start(nats.client_addr(2), LinkFaults::default(), seed).await;
     let proxy_url = proxy.url();
-    let w = world_on(nats, |n, i| if i == 2 { proxy_url.clone() } else { n.urls() }).await;
+    let w = world_on(
+        nats,
+        |n, i| if i == 2 { proxy_url.clone() } else { n.urls() },
+    )
+    .await;
     proxy.set_faults(faults);
     let rounds = rounds(4);
     for _ in 0..rounds {
@@ -307,5 +324,6 @@ async fn a_slow_flapping_link_to_nats_loses_nothing() {
         stats.0, stats.1, stats.2
     );
     assert!(stats.1 >= 1, "the link was never cut");
-    w.check("slow flapping link to NATS", stats.1 as usize, &[]).await;
+    w.check("slow flapping link to NATS", stats.1 as usize, &[])
+        .await;
 }

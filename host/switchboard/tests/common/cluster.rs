@@ -70,7 +70,7 @@ struct NatsProc {
 pub struct NatsCluster {
     servers: Vec<NatsProc>,
     routes: String,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// A free TCP port on loopback (bind port 0, read it, release it). Another process could
@@ -123,7 +123,7 @@ impl NatsCluster {
         let cluster = NatsCluster {
             servers,
             routes,
-            _dir: dir,
+            dir: Some(dir),
         };
         for i in 0..3 {
             cluster.wait_healthy(i);
@@ -186,8 +186,7 @@ impl NatsCluster {
     /// monitoring endpoint reports it (`/jsz?accounts=true&streams=true`).
     pub fn stream_leader(&self, stream: &str) -> Option<usize> {
         for s in self.servers.iter().filter(|s| s.child.is_some()) {
-            let Some((200, body)) = http_get(s.http_port, "/jsz?accounts=true&streams=true")
-            else {
+            let Some((200, body)) = http_get(s.http_port, "/jsz?accounts=true&streams=true") else {
                 continue;
             };
             let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
@@ -252,8 +251,18 @@ impl NatsProc {
     }
 }
 
+/// Keeps `dir` (the logs) when a test fails, and says where.
+fn keep_if_failing(dir: &mut Option<tempfile::TempDir>, what: &str) {
+    if std::thread::panicking() {
+        if let Some(d) = dir.take() {
+            eprintln!("cluster-faults: {what} kept in {}", d.keep().display());
+        }
+    }
+}
+
 impl Drop for NatsCluster {
     fn drop(&mut self) {
+        keep_if_failing(&mut self.dir, "the nats-servers' stores and logs");
         for s in &mut self.servers {
             if let Some(mut c) = s.child.take() {
                 let _ = c.kill();
@@ -324,7 +333,13 @@ struct NodeSlot {
 /// The three Switchboard nodes, as child processes (`switchboard serve`).
 pub struct Nodes {
     slots: Vec<NodeSlot>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        keep_if_failing(&mut self.dir, "the nodes' data dirs and logs");
+    }
 }
 
 pub fn token(user: &str) -> String {
@@ -370,7 +385,7 @@ impl Nodes {
                     endpoint: None,
                 })
                 .collect(),
-            _dir: dir,
+            dir: Some(dir),
         };
         for i in 0..3 {
             std::fs::create_dir_all(&nodes.slots[i].dir).unwrap();
@@ -409,7 +424,9 @@ impl Nodes {
 
     /// The nodes running now (indices).
     pub fn live(&self) -> Vec<usize> {
-        (0..3).filter(|&i| self.slots[i].process.is_some()).collect()
+        (0..3)
+            .filter(|&i| self.slots[i].process.is_some())
+            .collect()
     }
 
     pub fn pid(&self, i: usize) -> u32 {
@@ -493,11 +510,7 @@ fn client_config(user: &str, at: &Endpoint, resume: Vec<(String, u64)>) -> Clien
 
 /// Connects `user` to `at`, trying again (a node just started may not answer yet) within
 /// [`PATIENCE`].
-async fn connect(
-    user: &str,
-    at: &Endpoint,
-    resume: Vec<(String, u64)>,
-) -> (Client, Events) {
+async fn connect(user: &str, at: &Endpoint, resume: Vec<(String, u64)>) -> (Client, Events) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         match Client::connect(client_config(user, at, resume.clone())).await {
@@ -539,6 +552,8 @@ pub struct Load {
     pub retries: Arc<AtomicU64>,
     /// Sends not acknowledged within [`PATIENCE`] (a failure of the run).
     pub stuck: Arc<Mutex<Vec<String>>>,
+    /// Each sender's latest failed attempt (for the message of a failing test).
+    pub last_error: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Default for Load {
@@ -548,6 +563,7 @@ impl Default for Load {
             acks: Arc::default(),
             retries: Arc::default(),
             stuck: Arc::default(),
+            last_error: Arc::default(),
         }
     }
 }
@@ -568,8 +584,10 @@ impl Load {
         while self.acked() < target {
             assert!(
                 Instant::now() < deadline,
-                "{what}: the load made no progress ({} of {target} acks) within {PATIENCE:?}",
-                self.acked()
+                "{what}: the load made no progress ({} of {target} acks) within {PATIENCE:?}; \
+                 the senders' latest failures: {:#?}",
+                self.acked(),
+                self.last_error.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -604,6 +622,14 @@ async fn send_until_acked(
             return true;
         }
         load.retries.fetch_add(1, Relaxed);
+        let failure = match &sent {
+            Ok(Err(e)) => format!("{client_msg_id} to {group}: {e}"),
+            _ => format!("{client_msg_id} to {group}: no answer within 10 s"),
+        };
+        load.last_error
+            .lock()
+            .unwrap()
+            .insert(user.to_owned(), failure);
         if started.elapsed() > PATIENCE {
             load.stuck
                 .lock()
@@ -618,7 +644,13 @@ async fn send_until_acked(
 impl Member {
     /// Connects `user` to node `node` at `at`, and starts its sender (a message every
     /// `pace`, until the load stops) and its receiver.
-    pub async fn start(user: &str, node: usize, at: &Endpoint, load: &Load, pace: Duration) -> Member {
+    pub async fn start(
+        user: &str,
+        node: usize,
+        at: &Endpoint,
+        load: &Load,
+        pace: Duration,
+    ) -> Member {
         let groups = groups();
         let resume: Vec<(String, u64)> = groups.iter().map(|g| (g.clone(), 0)).collect();
         let (client, events) = connect(user, at, resume).await;
@@ -866,7 +898,13 @@ pub async fn finish_and_check(
     let mut stored_at: HashMap<(String, String), (String, u64)> = HashMap::new();
     for (group, msgs) in &log {
         for (i, m) in msgs.iter().enumerate() {
-            assert_eq!(m.seq, i as u64 + 1, "{group}: seq {} at position {}", m.seq, i + 1);
+            assert_eq!(
+                m.seq,
+                i as u64 + 1,
+                "{group}: seq {} at position {}",
+                m.seq,
+                i + 1
+            );
             let key = (m.sender.clone(), m.client_msg_id.clone());
             if let Some(first) = stored_at.insert(key.clone(), (group.clone(), m.seq)) {
                 panic!("{key:?} stored twice: {first:?} and ({group}, {})", m.seq);
@@ -888,7 +926,10 @@ pub async fn finish_and_check(
                 a.group,
                 a.seq
             ),
-            None => panic!("acked {key:?} ({}#{}) is not in the log: lost", a.group, a.seq),
+            None => panic!(
+                "acked {key:?} ({}#{}) is not in the log: lost",
+                a.group, a.seq
+            ),
         }
     }
     // Every sender finished each send, so every stored message was acked.
@@ -922,7 +963,13 @@ pub async fn finish_and_check(
                 want.len()
             );
             for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                assert_eq!(g, w, "{}: {group} delivery {} differs from the log", m.user, i + 1);
+                assert_eq!(
+                    g,
+                    w,
+                    "{}: {group} delivery {} differs from the log",
+                    m.user,
+                    i + 1
+                );
             }
             figures.delivered += got.len() as u64;
         }
@@ -937,7 +984,10 @@ pub async fn finish_and_check(
 async fn caught_up(m: &Member, log: &BTreeMap<String, Vec<Got>>, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
-        if log.iter().all(|(g, msgs)| m.last_seq(g) >= msgs.len() as u64) {
+        if log
+            .iter()
+            .all(|(g, msgs)| m.last_seq(g) >= msgs.len() as u64)
+        {
             return true;
         }
         if Instant::now() >= deadline {
