@@ -10,8 +10,11 @@
 //! keeper turns it into shard ownership by rendezvous.
 //!
 //! Bounds: the watch holds one entry per live node; a key that is not a valid node id is
-//! ignored. A broken watch is opened again every third of the TTL until it works; while it
-//! is broken the nodes seen age out, which only makes this node take fewer shards.
+//! ignored. A broken watch is opened again every third of the TTL until it works, and so is
+//! a watch that stays silent for a TTL while this node's own heartbeats are accepted (it
+//! should have shown them); while it is broken the nodes seen age out, which only makes
+//! this node take fewer shards. A reopened watch replays each key's newest entry as seen
+//! now, so a node dead for less than a TTL counts as live for at most one TTL more.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -119,24 +122,41 @@ impl Members {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = Seen::new(self.ttl);
         let mut watch = None;
+        // When the watch last delivered an entry (or was opened).
+        let mut watch_heard = Instant::now();
         loop {
             if *stop.borrow() {
                 return;
             }
             if watch.is_none() {
                 match self.kv.watch_with_history(">").await {
-                    Ok(w) => watch = Some(w),
+                    Ok(w) => {
+                        watch = Some(w);
+                        watch_heard = Instant::now();
+                    }
                     Err(e) => tracing::warn!(error = %e, "membership watch failed; retrying"),
                 }
             }
             tokio::select! {
-                _ = ticks.tick() => {
-                    if let Err(e) = self.beat().await {
-                        tracing::warn!(error = %e, "heartbeat failed; retrying");
+                _ = ticks.tick() => match self.beat().await {
+                    // A working watch shows this node its own heartbeat every third of the
+                    // TTL. One silent for a whole TTL while heartbeats are accepted is stuck
+                    // without saying so (async-nats' ordered consumer can keep re-creating
+                    // itself after the bucket's stream leader died: found by the failure
+                    // suite, where such a node saw nobody live, itself included, and refused
+                    // its shards for good while the others forwarded them to it). Reopen it.
+                    Ok(()) if watch.is_some() && watch_heard.elapsed() > self.ttl => {
+                        tracing::warn!(node = %self.node, "membership watch silent for a TTL; reopening");
+                        watch = None;
                     }
-                }
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+                },
                 entry = next(&mut watch) => match entry {
-                    Some(Ok(entry)) => seen.apply(&entry.key, entry.operation, Instant::now()),
+                    Some(Ok(entry)) => {
+                        watch_heard = Instant::now();
+                        seen.apply(&entry.key, entry.operation, Instant::now());
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "membership watch broke; reopening");
                         watch = None;
