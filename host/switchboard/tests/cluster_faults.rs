@@ -131,6 +131,15 @@ impl World {
     }
 
     async fn check(self, scenario: &str, faults: usize, failovers: &[Duration]) {
+        let count = |needle: &str| -> Vec<usize> {
+            (0..3)
+                .map(|i| self.nodes.count_in_logs(i, needle))
+                .collect()
+        };
+        // Evidence from the nodes' logs, per node: appends the log's fencing refused, and
+        // membership watches reopened because they fell silent.
+        let fenced = count("fenced out of shard");
+        let silent = count("membership watch silent");
         let urls = self.nats.urls();
         let figures = finish_and_check(&self.load, self.members, &self.nodes, &urls).await;
         let (p50, p99) = if failovers.is_empty() {
@@ -141,7 +150,8 @@ impl World {
         eprintln!(
             "cluster-faults {scenario}: faults {faults}, acked {}, stored {}, delivered {}, \
              lost 0, retried sends {}, receivers resumed at the end {}, failover p50 {} ms \
-             p99 {} ms (each: {:?} ms)",
+             p99 {} ms (each: {:?} ms); per node: fenced appends {fenced:?}, silent \
+             watches reopened {silent:?}",
             figures.acked,
             figures.stored,
             figures.delivered,

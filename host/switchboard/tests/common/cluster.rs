@@ -165,12 +165,36 @@ impl NatsCluster {
         self.wait_healthy(i);
     }
 
+    /// Waits until server `i` is healthy and the whole JetStream cluster formed: the meta
+    /// leader reports both other servers current (`/healthz` alone passes before every peer
+    /// is known, and an R3 stream made then is refused: "no suitable peers for placement").
+    /// Only the leader knows its followers' state, so each running server is asked.
     fn wait_healthy(&self, i: usize) {
         let s = &self.servers[i];
         let deadline = Instant::now() + PATIENCE;
+        let formed_here = |body: &str, name: &str| {
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
+                return false;
+            };
+            let meta = &json["meta_cluster"];
+            let peers = meta["replicas"].as_array().cloned().unwrap_or_default();
+            meta["leader"] == name
+                && peers.len() == 2
+                && peers
+                    .iter()
+                    .all(|p| p["current"] == true && p["offline"] != true)
+        };
+        let formed = || {
+            self.servers.iter().filter(|o| o.child.is_some()).any(|o| {
+                http_get(o.http_port, "/jsz")
+                    .is_some_and(|(c, b)| c == 200 && formed_here(&b, &o.name))
+            })
+        };
         loop {
             if let Some((200, _)) = http_get(s.http_port, "/healthz") {
-                return;
+                if formed() {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -399,6 +423,12 @@ impl Nodes {
     pub async fn start_node(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         assert!(slot.process.is_none(), "node-{} runs already", i + 1);
+        // The process harness starts a new log file: keep the last run's for the counts.
+        let log = slot.dir.join(format!("node-{}.log", i + 1));
+        if log.exists() {
+            let runs = std::fs::read_dir(&slot.dir).unwrap().count();
+            std::fs::rename(&log, slot.dir.join(format!("node-{}.run{runs}.log", i + 1))).unwrap();
+        }
         let config = node_config(&format!("node-{}", i + 1), &slot.nats);
         let (process, client, _) = NodeProcess::start(
             &slot.dir,
@@ -471,10 +501,20 @@ impl Nodes {
             .unwrap_or_default()
     }
 
-    /// The node's log file so far (also after it died).
-    pub fn log_file(&self, i: usize) -> String {
-        let path = self.slots[i].dir.join(format!("node-{}.log", i + 1));
-        String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+    /// How many lines of node `i`'s logs (every run of it so far) contain `needle`.
+    pub fn count_in_logs(&self, i: usize, needle: &str) -> usize {
+        std::fs::read_dir(&self.slots[i].dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| {
+                let text = std::fs::read(e.path()).unwrap_or_default();
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .count()
+            })
+            .sum()
     }
 }
 
