@@ -318,9 +318,15 @@ async fn a_slow_flapping_link_to_nats_loses_nothing() {
     )
     .await;
     proxy.set_faults(faults);
+    // Load in stretches until the link was cut at least `rounds` times, and for at least
+    // `rounds` stretches.
     let rounds = rounds(6);
-    for _ in 0..rounds {
+    let mut stretches = 0;
+    while stretches < rounds
+        || proxy.stats.cuts.load(std::sync::atomic::Ordering::Relaxed) < rounds as u64
+    {
         w.load.progress(BETWEEN, "over the flapping link").await;
+        stretches += 1;
     }
     let stats = {
         let s = &proxy.stats;
