@@ -122,8 +122,9 @@ impl Members {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = Seen::new(self.ttl);
         let mut watch = None;
-        // When the watch last delivered an entry (or was opened).
-        let mut watch_heard = Instant::now();
+        // When the oldest heartbeat accepted since the watch last delivered an entry was
+        // accepted (None: the watch has spoken since the last accepted heartbeat).
+        let mut unseen_beat: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 return;
@@ -132,29 +133,36 @@ impl Members {
                 match self.kv.watch_with_history(">").await {
                     Ok(w) => {
                         watch = Some(w);
-                        watch_heard = Instant::now();
+                        unseen_beat = None;
                     }
                     Err(e) => tracing::warn!(error = %e, "membership watch failed; retrying"),
                 }
             }
             tokio::select! {
-                _ = ticks.tick() => match self.beat().await {
-                    // A working watch shows this node its own heartbeat every third of the
-                    // TTL. One silent for a whole TTL while heartbeats are accepted is stuck
-                    // without saying so (async-nats' ordered consumer can keep re-creating
-                    // itself after the bucket's stream leader died: found by the failure
-                    // suite, where such a node saw nobody live, itself included, and refused
-                    // its shards for good while the others forwarded them to it). Reopen it.
-                    Ok(()) if watch.is_some() && watch_heard.elapsed() > self.ttl => {
+                _ = ticks.tick() => {
+                    // A working watch shows this node its own heartbeat moments after the
+                    // server accepted it. One that stays silent for a TTL after an accepted
+                    // heartbeat (measured from the acceptance, so a slow heartbeat call that
+                    // kept this loop from reading does not count) is stuck without saying
+                    // so: async-nats' ordered consumer can keep re-creating itself after the
+                    // bucket's stream leader died (found by the failure suite, where such a
+                    // node saw nobody live, itself included, and refused its shards for good
+                    // while the others forwarded them to it). Reopen it.
+                    if watch.is_some() && unseen_beat.is_some_and(|b| b.elapsed() > self.ttl) {
                         tracing::warn!(node = %self.node, "membership watch silent for a TTL; reopening");
                         watch = None;
+                        unseen_beat = None;
                     }
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
-                },
+                    match self.beat().await {
+                        Ok(()) => {
+                            unseen_beat.get_or_insert_with(Instant::now);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+                    }
+                }
                 entry = next(&mut watch) => match entry {
                     Some(Ok(entry)) => {
-                        watch_heard = Instant::now();
+                        unseen_beat = None;
                         seen.apply(&entry.key, entry.operation, Instant::now());
                     }
                     Some(Err(e)) => {
