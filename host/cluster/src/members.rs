@@ -11,8 +11,8 @@
 //!
 //! Bounds: the watch holds one entry per live node; a key that is not a valid node id is
 //! ignored. A broken watch is opened again every third of the TTL until it works, and so is
-//! a watch that stays silent for a TTL while this node's own heartbeats are accepted (it
-//! should have shown them); while it is broken the nodes seen age out, which only makes
+//! a watch that stays silent for a TTL after one of this node's heartbeats was accepted (it
+//! should have shown it); while it is broken the nodes seen age out, which only makes
 //! this node take fewer shards. A reopened watch replays each key's newest entry as seen
 //! now, so a node dead for less than a TTL counts as live for at most one TTL more.
 
@@ -122,9 +122,7 @@ impl Members {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = Seen::new(self.ttl);
         let mut watch = None;
-        // When the oldest heartbeat accepted since the watch last delivered an entry was
-        // accepted (None: the watch has spoken since the last accepted heartbeat).
-        let mut unseen_beat: Option<Instant> = None;
+        let mut silence = Silence::default();
         loop {
             if *stop.borrow() {
                 return;
@@ -133,7 +131,7 @@ impl Members {
                 match self.kv.watch_with_history(">").await {
                     Ok(w) => {
                         watch = Some(w);
-                        unseen_beat = None;
+                        silence.heard();
                     }
                     Err(e) => tracing::warn!(error = %e, "membership watch failed; retrying"),
                 }
@@ -148,21 +146,19 @@ impl Members {
                     // bucket's stream leader died (found by the failure suite, where such a
                     // node saw nobody live, itself included, and refused its shards for good
                     // while the others forwarded them to it). Reopen it.
-                    if watch.is_some() && unseen_beat.is_some_and(|b| b.elapsed() > self.ttl) {
+                    if watch.is_some() && silence.stuck(Instant::now(), self.ttl) {
                         tracing::warn!(node = %self.node, "membership watch silent for a TTL; reopening");
                         watch = None;
-                        unseen_beat = None;
+                        silence.heard();
                     }
                     match self.beat().await {
-                        Ok(()) => {
-                            unseen_beat.get_or_insert_with(Instant::now);
-                        }
+                        Ok(()) => silence.beat_accepted(Instant::now()),
                         Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
                     }
                 }
                 entry = next(&mut watch) => match entry {
                     Some(Ok(entry)) => {
-                        unseen_beat = None;
+                        silence.heard();
                         seen.apply(&entry.key, entry.operation, Instant::now());
                     }
                     Some(Err(e)) => {
@@ -273,6 +269,31 @@ impl Seen {
     }
 }
 
+/// Whether the membership watch fell silent (no IO, like [`Seen`]): it has shown nothing
+/// for longer than the TTL since the oldest heartbeat of this node that the server accepted
+/// after the watch's last entry. Measured from the acceptance, not from the last entry, so
+/// time the loop spent in a slow heartbeat call (not reading the watch) does not count.
+#[derive(Debug, Default)]
+pub(crate) struct Silence {
+    unseen_beat: Option<Instant>,
+}
+
+impl Silence {
+    pub(crate) fn beat_accepted(&mut self, now: Instant) {
+        self.unseen_beat.get_or_insert(now);
+    }
+
+    /// The watch delivered an entry (any node's), or was opened.
+    pub(crate) fn heard(&mut self) {
+        self.unseen_beat = None;
+    }
+
+    pub(crate) fn stuck(&self, now: Instant, ttl: Duration) -> bool {
+        self.unseen_beat
+            .is_some_and(|b| now.saturating_duration_since(b) > ttl)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +312,30 @@ mod tests {
         assert_eq!(seen.live(later), ["node-a"], "node-b's beat is a TTL old");
         seen.apply("node-a", kv::Operation::Delete, later);
         assert!(seen.live(later).is_empty());
+    }
+
+    #[test]
+    fn a_watch_is_stuck_a_ttl_after_an_accepted_heartbeat_it_did_not_show() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(3);
+        let ms = Duration::from_millis;
+        let mut silence = Silence::default();
+        assert!(
+            !silence.stuck(t0 + ttl * 10, ttl),
+            "no heartbeat accepted yet"
+        );
+        silence.beat_accepted(t0);
+        // Later heartbeats do not move the start: the first unseen one counts.
+        silence.beat_accepted(t0 + ms(1000));
+        silence.beat_accepted(t0 + ms(2000));
+        assert!(!silence.stuck(t0 + ttl, ttl));
+        assert!(silence.stuck(t0 + ttl + ms(1), ttl));
+        // Any entry resets it; the next accepted heartbeat starts the clock again.
+        silence.heard();
+        assert!(!silence.stuck(t0 + ttl * 10, ttl));
+        silence.beat_accepted(t0 + ms(5000));
+        assert!(!silence.stuck(t0 + ms(8000), ttl));
+        assert!(silence.stuck(t0 + ms(8001), ttl));
     }
 
     #[test]

@@ -106,10 +106,8 @@ impl World {
             .into_iter()
             .filter(|&i| i != from)
             .collect();
-        let mut k = 0;
-        for m in self.members.iter().filter(|m| m.node() == from) {
+        for (k, m) in self.members.iter().filter(|m| m.node() == from).enumerate() {
             let to = others[k % others.len()];
-            k += 1;
             m.move_to(to, &self.nodes.endpoint(to)).await;
         }
     }

@@ -584,7 +584,7 @@ pub struct Member {
 }
 
 /// What the senders share: the stop switch and the acks.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Load {
     stop: Arc<AtomicBool>,
     pub acks: Arc<Mutex<Vec<AckRec>>>,
@@ -594,18 +594,6 @@ pub struct Load {
     pub stuck: Arc<Mutex<Vec<String>>>,
     /// Each sender's latest failed attempt (for the message of a failing test).
     pub last_error: Arc<Mutex<BTreeMap<String, String>>>,
-}
-
-impl Default for Load {
-    fn default() -> Self {
-        Load {
-            stop: Arc::default(),
-            acks: Arc::default(),
-            retries: Arc::default(),
-            stuck: Arc::default(),
-            last_error: Arc::default(),
-        }
-    }
 }
 
 impl Load {
