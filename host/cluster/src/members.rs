@@ -198,20 +198,40 @@ pub(crate) async fn open_ttl_bucket(
             return Ok(kv);
         }
     }
-    js.create_or_update_key_value(kv::Config {
-        bucket: bucket.clone(),
-        history: 1,
-        max_age: ttl,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::Stream {
-        stream: bucket,
-        detail: e.to_string(),
-    })
+    // A NATS cluster that is still forming refuses an R3 bucket for a moment ("no suitable
+    // peers for placement, peer offline") even after its meta leader reports every server
+    // current (found by the failure suite: a node starting then exited), so a refusal is
+    // retried, every 250 ms for at most BUCKET_RETRY_FOR.
+    let deadline = tokio::time::Instant::now() + BUCKET_RETRY_FOR;
+    loop {
+        let made = js
+            .create_or_update_key_value(kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(kv) => return Ok(kv),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%bucket, error = %e, "bucket refused; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(ClusterError::Stream {
+                    stream: bucket,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
 }
+
+/// How long opening a lease or heartbeat bucket retries a refusal (see `open_ttl_bucket`).
+const BUCKET_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// The next entry of the watch, or never when there is none (so `select!` waits on the
 /// other branches).
