@@ -170,11 +170,14 @@ impl ClusterNode {
         let _ = self.stop_members.send(true);
         let members = self.members.clone();
         let mut served = self.keeper.served();
+        let mut releasing = self.keeper.releasing();
         let keeper = self.keeper.handle();
         self.log.run("drain the cluster node", async move {
             keeper.drain().await;
-            // The keeper steps down from every shard at the drain event.
+            // The keeper steps down from every shard at the drain event; its releases
+            // must be answered before the process exits (else the others wait a TTL).
             let _ = served.wait_for(|s| s.is_empty()).await;
+            let _ = releasing.wait_for(|n| *n == 0).await;
             members.leave().await
         })
     }
