@@ -29,6 +29,8 @@ use crate::{ClusterError, JetStreamLog, Lease, ShardLeases};
 #[derive(Debug)]
 pub struct KeeperTask {
     served: watch::Receiver<BTreeSet<u16>>,
+    /// Lease releases sent and not yet answered.
+    releasing: watch::Receiver<usize>,
     /// The keeper's event channel, for `drain`.
     events: mpsc::Sender<Event>,
     task: JoinHandle<()>,
@@ -48,9 +50,10 @@ impl KeeperTask {
         let tick = leases.ttl() / 10;
         let (served_tx, served) = watch::channel(BTreeSet::new());
         let (events, events_rx) = mpsc::channel::<Event>(ANSWERS);
+        let (releasing_tx, releasing) = watch::channel(0usize);
         let task = tokio::spawn(run(
             Keeper::new(config),
-            leases,
+            (leases, Arc::new(releasing_tx)),
             nodes,
             log,
             tick,
@@ -59,6 +62,7 @@ impl KeeperTask {
         ));
         Self {
             served,
+            releasing,
             events,
             task,
         }
@@ -74,6 +78,15 @@ impl KeeperTask {
     /// The shards this node serves, updated as they change.
     pub fn served(&self) -> watch::Receiver<BTreeSet<u16>> {
         self.served.clone()
+    }
+
+    /// How many lease releases are sent and not yet answered. A drain waits for 0 before
+    /// the process exits: a release still in flight when it does is lost, and the other
+    /// nodes then wait a TTL for that lease (found by the failure suite's rolling drain).
+    /// Each release is counted before the served set shrinks, so once [`Self::served`]
+    /// shows the drain, this shows its releases.
+    pub fn releasing(&self) -> watch::Receiver<usize> {
+        self.releasing.clone()
     }
 
     /// A handle that reports fences and drains, usable from any thread and task.
@@ -125,7 +138,7 @@ const ANSWERS: usize = 2 * SHARDS as usize + 1;
 
 async fn run(
     mut keeper: Keeper,
-    leases: Arc<ShardLeases>,
+    (leases, releasing): (Arc<ShardLeases>, Arc<watch::Sender<usize>>),
     mut nodes: watch::Receiver<Vec<String>>,
     log: Option<Arc<JetStreamLog>>,
     tick: Duration,
@@ -139,11 +152,22 @@ async fn run(
     let mut actions = keeper.handle(Event::Nodes(first), Instant::now());
     loop {
         for action in actions.drain(..) {
-            execute(action, &leases, log.as_ref(), &answers_tx, &takes);
+            execute(
+                action,
+                &leases,
+                log.as_ref(),
+                &answers_tx,
+                &takes,
+                &releasing,
+            );
         }
         let now_served: BTreeSet<u16> = keeper.served(Instant::now()).collect();
         served.send_if_modified(|s| {
             let changed = *s != now_served;
+            if changed {
+                let lost: Vec<&u16> = s.difference(&now_served).collect();
+                tracing::info!(served = now_served.len(), ?lost, "served shards changed");
+            }
             *s = now_served;
             changed
         });
@@ -167,6 +191,7 @@ fn execute(
     log: Option<&Arc<JetStreamLog>>,
     answers: &mpsc::Sender<Event>,
     takes: &Arc<Semaphore>,
+    releasing: &Arc<watch::Sender<usize>>,
 ) {
     let (leases, answers) = (leases.clone(), answers.clone());
     match action {
@@ -207,11 +232,14 @@ fn execute(
             });
         }
         Action::Release { shard, revision } => {
+            releasing.send_modify(|n| *n += 1);
+            let releasing = releasing.clone();
             tokio::spawn(async move {
                 if let Err(e) = leases.release(held(shard, revision)).await {
                     // It expires by its TTL instead.
                     tracing::debug!(shard, error = %e, "release failed");
                 }
+                releasing.send_modify(|n| *n -= 1);
             });
         }
         Action::Take { shard, epoch } => {
@@ -242,11 +270,16 @@ fn execute(
                             log.take_shard(shard, &node, epoch)
                         })
                         .await;
-                        if matches!(taken, Ok(Ok(_))) {
-                            Event::Taken { shard, epoch }
-                        } else {
-                            tracing::warn!(shard, "could not take the shard in the log");
-                            Event::Fenced { shard }
+                        match taken {
+                            Ok(Ok(_)) => Event::Taken { shard, epoch },
+                            Ok(Err(e)) => {
+                                tracing::warn!(shard, error = %e, "could not take the shard in the log");
+                                Event::Fenced { shard }
+                            }
+                            Err(e) => {
+                                tracing::warn!(shard, error = %e, "could not take the shard in the log");
+                                Event::Fenced { shard }
+                            }
                         }
                     }
                 };

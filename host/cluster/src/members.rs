@@ -10,8 +10,11 @@
 //! keeper turns it into shard ownership by rendezvous.
 //!
 //! Bounds: the watch holds one entry per live node; a key that is not a valid node id is
-//! ignored. A broken watch is opened again every third of the TTL until it works; while it
-//! is broken the nodes seen age out, which only makes this node take fewer shards.
+//! ignored. A broken watch is opened again every third of the TTL until it works, and so is
+//! a watch that stays silent for a TTL after one of this node's heartbeats was accepted (it
+//! should have shown it); while it is broken the nodes seen age out, which only makes
+//! this node take fewer shards. A reopened watch replays each key's newest entry as seen
+//! now, so a node dead for less than a TTL counts as live for at most one TTL more.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -68,6 +71,24 @@ impl Members {
             .map_err(|e| ClusterError::Config(format!("heartbeat of {}: {e}", self.node)))
     }
 
+    /// The first heartbeat of a node that starts, retried every 100 ms for at most
+    /// `within`: in a NATS cluster, a server can answer a put to a bucket created a moment
+    /// ago with "no stream found" until the bucket's stream assignment reached it (found by
+    /// the cluster failure suite: a node starting against a fresh 3-server cluster exited).
+    pub async fn first_beat(&self, within: Duration) -> Result<(), ClusterError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.beat().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "first heartbeat refused; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
     /// The nodes whose keys are in the bucket now (a node dead for less than the TTL
     /// included), sorted: the first view, before the watch runs.
     pub async fn live_now(&self) -> Result<Vec<String>, ClusterError> {
@@ -101,24 +122,45 @@ impl Members {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen = Seen::new(self.ttl);
         let mut watch = None;
+        let mut silence = Silence::default();
         loop {
             if *stop.borrow() {
                 return;
             }
             if watch.is_none() {
                 match self.kv.watch_with_history(">").await {
-                    Ok(w) => watch = Some(w),
+                    Ok(w) => {
+                        watch = Some(w);
+                        silence.heard();
+                    }
                     Err(e) => tracing::warn!(error = %e, "membership watch failed; retrying"),
                 }
             }
             tokio::select! {
                 _ = ticks.tick() => {
-                    if let Err(e) = self.beat().await {
-                        tracing::warn!(error = %e, "heartbeat failed; retrying");
+                    // A working watch shows this node its own heartbeat moments after the
+                    // server accepted it. One that stays silent for a TTL after an accepted
+                    // heartbeat (measured from the acceptance, so a slow heartbeat call that
+                    // kept this loop from reading does not count) is stuck without saying
+                    // so: async-nats' ordered consumer can keep re-creating itself after the
+                    // bucket's stream leader died (found by the failure suite, where such a
+                    // node saw nobody live, itself included, and refused its shards for good
+                    // while the others forwarded them to it). Reopen it.
+                    if watch.is_some() && silence.stuck(Instant::now(), self.ttl) {
+                        tracing::warn!(node = %self.node, "membership watch silent for a TTL; reopening");
+                        watch = None;
+                        silence.heard();
+                    }
+                    match self.beat().await {
+                        Ok(()) => silence.beat_accepted(Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
                     }
                 }
                 entry = next(&mut watch) => match entry {
-                    Some(Ok(entry)) => seen.apply(&entry.key, entry.operation, Instant::now()),
+                    Some(Ok(entry)) => {
+                        silence.heard();
+                        seen.apply(&entry.key, entry.operation, Instant::now());
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "membership watch broke; reopening");
                         watch = None;
@@ -130,6 +172,9 @@ impl Members {
             let now_live = seen.live(Instant::now());
             live.send_if_modified(|l| {
                 let changed = *l != now_live;
+                if changed {
+                    tracing::info!(node = %self.node, live = ?now_live, "live nodes changed");
+                }
                 *l = now_live;
                 changed
             });
@@ -153,19 +198,36 @@ pub(crate) async fn open_ttl_bucket(
             return Ok(kv);
         }
     }
-    js.create_or_update_key_value(kv::Config {
-        bucket: bucket.clone(),
-        history: 1,
-        max_age: ttl,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::Stream {
-        stream: bucket,
-        detail: e.to_string(),
-    })
+    // A NATS cluster that is still forming refuses an R3 bucket for a moment ("no suitable
+    // peers for placement, peer offline") even after its meta leader reports every server
+    // current (found by the failure suite: a node starting then exited), so a refusal is
+    // retried, every 250 ms for at most BUCKET_RETRY_FOR.
+    let deadline = tokio::time::Instant::now() + BUCKET_RETRY_FOR;
+    loop {
+        let made = js
+            .create_or_update_key_value(kv::Config {
+                bucket: bucket.clone(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(kv) => return Ok(kv),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(%bucket, error = %e, "bucket refused; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(ClusterError::Stream {
+                    stream: bucket,
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
 }
 
 /// Opens the bucket `config` names, or creates it as `config` says (history, replicas and
@@ -185,6 +247,9 @@ pub(crate) async fn open_bucket(
             detail: e.to_string(),
         })
 }
+
+/// How long opening a lease or heartbeat bucket retries a refusal (see `open_ttl_bucket`).
+const BUCKET_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// The next entry of the watch, or never when there is none (so `select!` waits on the
 /// other branches).
@@ -242,6 +307,31 @@ impl Seen {
     }
 }
 
+/// Whether the membership watch fell silent (no IO, like [`Seen`]): it has shown nothing
+/// for longer than the TTL since the oldest heartbeat of this node that the server accepted
+/// after the watch's last entry. Measured from the acceptance, not from the last entry, so
+/// time the loop spent in a slow heartbeat call (not reading the watch) does not count.
+#[derive(Debug, Default)]
+pub(crate) struct Silence {
+    unseen_beat: Option<Instant>,
+}
+
+impl Silence {
+    pub(crate) fn beat_accepted(&mut self, now: Instant) {
+        self.unseen_beat.get_or_insert(now);
+    }
+
+    /// The watch delivered an entry (any node's), or was opened.
+    pub(crate) fn heard(&mut self) {
+        self.unseen_beat = None;
+    }
+
+    pub(crate) fn stuck(&self, now: Instant, ttl: Duration) -> bool {
+        self.unseen_beat
+            .is_some_and(|b| now.saturating_duration_since(b) > ttl)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +350,30 @@ mod tests {
         assert_eq!(seen.live(later), ["node-a"], "node-b's beat is a TTL old");
         seen.apply("node-a", kv::Operation::Delete, later);
         assert!(seen.live(later).is_empty());
+    }
+
+    #[test]
+    fn a_watch_is_stuck_a_ttl_after_an_accepted_heartbeat_it_did_not_show() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(3);
+        let ms = Duration::from_millis;
+        let mut silence = Silence::default();
+        assert!(
+            !silence.stuck(t0 + ttl * 10, ttl),
+            "no heartbeat accepted yet"
+        );
+        silence.beat_accepted(t0);
+        // Later heartbeats do not move the start: the first unseen one counts.
+        silence.beat_accepted(t0 + ms(1000));
+        silence.beat_accepted(t0 + ms(2000));
+        assert!(!silence.stuck(t0 + ttl, ttl));
+        assert!(silence.stuck(t0 + ttl + ms(1), ttl));
+        // Any entry resets it; the next accepted heartbeat starts the clock again.
+        silence.heard();
+        assert!(!silence.stuck(t0 + ttl * 10, ttl));
+        silence.beat_accepted(t0 + ms(5000));
+        assert!(!silence.stuck(t0 + ms(8000), ttl));
+        assert!(silence.stuck(t0 + ms(8001), ttl));
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl ClusterNode {
         let (replicas, request_timeout) = (config.log.replicas, config.log.request_timeout);
         let (leases, members, now_live) = log.run("start the cluster node", async move {
             let members = Members::open(&js, &prefix, &node, ttl, replicas).await?;
-            members.beat().await?;
+            members.first_beat(request_timeout.max(ttl)).await?;
             let now_live = members.live_now().await?;
             let leases =
                 ShardLeases::connect(&url, &prefix, &node, ttl, replicas, request_timeout).await?;
@@ -236,11 +236,14 @@ impl ClusterNode {
         let _ = self.stop_members.send(true);
         let members = self.members.clone();
         let mut served = self.keeper.served();
+        let mut releasing = self.keeper.releasing();
         let keeper = self.keeper.handle();
         self.log.run("drain the cluster node", async move {
             keeper.drain().await;
-            // The keeper steps down from every shard at the drain event.
+            // The keeper steps down from every shard at the drain event; its releases
+            // must be answered before the process exits (else the others wait a TTL).
             let _ = served.wait_for(|s| s.is_empty()).await;
+            let _ = releasing.wait_for(|n| *n == 0).await;
             members.leave().await
         })
     }

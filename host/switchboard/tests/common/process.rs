@@ -125,8 +125,14 @@ impl NodeProcess {
                     self.log_text()
                 ));
             }
-            // The certificate is written into the data dir before the endpoint binds.
-            if let Ok(cert) = std::fs::read(self.data_dir.join("cert.der")) {
+            // The certificate is written into the data dir before the endpoint binds; a
+            // read that races the write sees part of it, so only a whole one is used.
+            let cert = std::fs::read(self.data_dir.join("cert.der"))
+                .ok()
+                .filter(|c| {
+                    switchboard_client::tls::client_config_with_alpn(c, &[wire::ALPN]).is_ok()
+                });
+            if let Some(cert) = cert {
                 let attempt = async {
                     let mut c = RawClient::connect(self.addr, &cert, wire::ALPN)
                         .await
@@ -150,7 +156,7 @@ impl NodeProcess {
                 }
                 per_attempt = (per_attempt * 2).min(Duration::from_secs(1));
             } else {
-                // Not even the certificate yet (first start): check again shortly.
+                // Not even the whole certificate yet (first start): check again shortly.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
