@@ -786,6 +786,30 @@ fn policy(c: &AdminClient, cmd: PolicyCmd) -> Result<Answer, Failure> {
     Ok(answer(&status, show_policy))
 }
 
+/// A version's plugin counters and its latest failure, as lines under it.
+fn plugin_report(h: &VersionHealth) -> String {
+    let mut out = String::new();
+    if !h.counters.is_empty() {
+        let counters: Vec<String> = h.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out += &format!("\n          counters {}", counters.join(" "));
+    }
+    if h.counter_updates_dropped > 0 {
+        out += &format!(
+            "\n          counter updates dropped {}",
+            h.counter_updates_dropped
+        );
+    }
+    if let Some(f) = &h.last_failure {
+        out += &format!(
+            "\n          last failure ({}, {}): {}",
+            f.hook,
+            utc(f.at_ms),
+            f.reason
+        );
+    }
+    out
+}
+
 fn show_policy(s: &PolicyStatus) -> String {
     let health = |h: &VersionHealth| {
         let config: Vec<String> = h.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -803,7 +827,7 @@ fn show_policy(s: &PolicyStatus) -> String {
             } else {
                 format!("\n          config {}", config.join(" "))
             }
-        )
+        ) + &plugin_report(h)
     };
     let mut out = format!(
         "tenant {} (revision {}, applied {})\n",
