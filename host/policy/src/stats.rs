@@ -49,6 +49,15 @@ pub struct LastFailure {
     pub at_ms: u64,
 }
 
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 impl PolicyStats {
     pub(crate) fn record_call(
         &self,
@@ -69,8 +78,7 @@ impl PolicyStats {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
             *self.last_failure.lock() = Some(LastFailure {
                 hook,
-                reason: crate::host::truncate_to_boundary(&why, MAX_FAILURE_REASON_BYTES)
-                    .to_owned(),
+                reason: cut(&why, MAX_FAILURE_REASON_BYTES).to_owned(),
                 at_ms,
             });
             let counter = match reason {
