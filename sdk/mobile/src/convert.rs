@@ -176,7 +176,9 @@ pub(crate) fn event(e: Event) -> Option<ClientEvent> {
             members,
         },
         Event::Nudge { group, head_seq } => ClientEvent::Nudge { group, head_seq },
-        Event::Presence { user, state } => ClientEvent::Presence {
+        // The mobile event has no `online` yet: an offline user reads as background, as it
+        // did before the protocol said offline.
+        Event::Presence { user, state, .. } => ClientEvent::Presence {
             user,
             foreground: state == PresenceState::Foreground,
         },
