@@ -984,6 +984,39 @@ mod tests {
     }
 
     #[test]
+    fn policy_status_shows_plugin_counters_and_the_last_failure() {
+        let health = VersionHealth {
+            version: "ab12".into(),
+            counters: [("priority_spam_rejected".to_owned(), 2)].into(),
+            last_failure: Some(switchboard_admin::control::types::FailureInfo {
+                hook: "on-message".into(),
+                reason: "plugin trapped: …; the plugin wrote: panicked at src/lib.rs:15:13".into(),
+                at_ms: 0,
+            }),
+            ..VersionHealth::default()
+        };
+        let status = PolicyStatus {
+            tenant: "acme".into(),
+            active: Some(health),
+            canary: None,
+            previous: Vec::new(),
+            last_rollback: None,
+            revision: 1,
+            applied_revision: 1,
+        };
+        let out = show_policy(&status);
+        assert!(out.contains("counters priority_spam_rejected=2"), "{out}");
+        assert!(
+            out.contains(
+                "last failure (on-message, 1970-01-01 00:00:00 UTC): plugin trapped: …; \
+                 the plugin wrote: panicked at src/lib.rs:15:13"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("counter updates dropped"), "{out}");
+    }
+
+    #[test]
     fn tables_align_columns() {
         let t = table(
             &["A", "BB"],
