@@ -458,8 +458,7 @@ impl ServingVersion {
             handled: self.handled.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             stats: self.policy.stats(),
-            counters: self.policy.counters(),
-            last_failure: self.policy.last_failure(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -525,11 +524,10 @@ pub struct ServingSnapshot {
     pub handled: u64,
     pub failed: u64,
     pub stats: PolicyStatsSnapshot,
-    /// The plugin's own counters (`host.counter-add`) of this version, by name (at most
-    /// `PolicyLimits::max_counters_per_tenant` names).
-    pub counters: BTreeMap<String, u64>,
-    /// Its latest failed call, with the reason (a trap's includes the panic message).
-    pub last_failure: Option<policy::LastFailure>,
+    /// The version's policy, for what is not worth copying on every snapshot (the
+    /// automatic-rollback monitor takes one per version every `check_every`): its counters
+    /// (`TenantPolicy::counters`) and latest failure (`TenantPolicy::last_failure`).
+    pub policy: Arc<TenantPolicy>,
 }
 
 /// What a tenant is serving now, with live figures.

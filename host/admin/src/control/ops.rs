@@ -800,9 +800,9 @@ impl Control {
                 h.out_of_fuel = f.out_of_fuel;
                 h.deadline = f.deadline;
                 h.invalid_output = f.invalid_output;
-                h.counters = s.counters.clone();
+                h.counters = s.policy.counters();
                 h.counter_updates_dropped = s.stats.counter_updates_dropped;
-                h.last_failure = s.last_failure.as_ref().map(|l| FailureInfo {
+                h.last_failure = s.policy.last_failure().map(|l| FailureInfo {
                     hook: l.hook.wit_name().to_owned(),
                     reason: l.reason.clone(),
                     at_ms: l.at_ms,
