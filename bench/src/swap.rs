@@ -124,6 +124,7 @@ async fn start_control(
             auto_rollback: AutoRollback::default(),
             apply_timeout: Duration::from_secs(10),
             max_group_members: Limits::default().max_group_members,
+            tenant_rollout: false,
         },
         store.clone(),
         store.clone(),

@@ -41,7 +41,7 @@ const chat = {
   sent: [],
   /** Receipts for this user's messages: { seq, user, kind: "delivered" | "read" }. */
   receipts: [],
-  /** Co-members' presence: user → "here" | "away". */
+  /** Co-members' presence: user → "here" | "away" | "gone" (offline). */
   members: {},
   /** This page's own presence: "here" | "away". */
   presence: "here",
@@ -228,7 +228,8 @@ async function main() {
     renderMembers();
   };
   client.onPresence = (p) => {
-    chat.members[p.user] = word(p.state);
+    // Offline: the user's last session closed.
+    chat.members[p.user] = p.online ? word(p.state) : "gone";
     renderMembers();
   };
   // A hidden page (another tab, a minimised window) is away, a shown one here; /bg and /fg

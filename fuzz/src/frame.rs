@@ -326,6 +326,7 @@ pub fn server_frame(u: &mut Unstructured) -> AResult<ServerFrame> {
         7 => ServerFrame::PresenceNotice {
             user: id(u)?,
             state: presence(u)?,
+            online: u.arbitrary()?,
         },
         8 => ServerFrame::Pong {
             request_id: u.arbitrary()?,

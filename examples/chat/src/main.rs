@@ -135,7 +135,11 @@ async fn run(args: Args) -> Result<()> {
                 user,
                 kind,
             } => println!("* {user} {} #{seq} in {group}", receipt_verb(kind)),
-            Event::Presence { user, state } => println!("* {user} is {}", presence_word(state)),
+            Event::Presence {
+                user,
+                state,
+                online,
+            } => println!("{}", presence_line(&user, state, online)),
             Event::Flags { flags } if !flags.is_empty() => {
                 let on: Vec<&str> = flags
                     .iter()
@@ -278,6 +282,15 @@ fn receipt_verb(kind: ReceiptKind) -> &'static str {
     }
 }
 
+/// What the chat shows of a co-member's presence notice: online, away, or gone.
+fn presence_line(user: &str, state: PresenceState, online: bool) -> String {
+    if online {
+        format!("* {user} is {}", presence_word(state))
+    } else {
+        format!("* {user} left (offline)")
+    }
+}
+
 fn presence_word(state: PresenceState) -> &'static str {
     match state {
         PresenceState::Foreground => "online",
@@ -288,6 +301,22 @@ fn presence_word(state: PresenceState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_leaving_is_shown() {
+        assert_eq!(
+            presence_line("bob", PresenceState::Background, false),
+            "* bob left (offline)"
+        );
+        assert_eq!(
+            presence_line("bob", PresenceState::Background, true),
+            "* bob is away"
+        );
+        assert_eq!(
+            presence_line("bob", PresenceState::Foreground, true),
+            "* bob is online"
+        );
+    }
 
     #[test]
     fn presence_commands_confirm_the_state_they_set() {

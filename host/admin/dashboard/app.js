@@ -297,12 +297,25 @@
     return q;
   }
 
+  // The plugin's own counters shown in a cell; the rest are in the policy status.
+  const COUNTERS_SHOWN = 5;
+
   function versionCell(h) {
     if (!h) return `<span class="muted">built-in</span>`;
     const failures = h.traps + h.out_of_fuel + h.deadline + h.invalid_output;
+    const counters = Object.entries(h.counters ?? {});
+    const more = counters.length > COUNTERS_SHOWN ? ` · +${counters.length - COUNTERS_SHOWN} more` : "";
+    const counterLine = counters.length
+      ? `<div class="counts" data-field="counters">` +
+        counters.slice(0, COUNTERS_SHOWN).map(([k, v]) => `${esc(k)} ${num(v)}`).join(" · ") + `${more}</div>`
+      : "";
+    const failure = h.last_failure
+      ? `<div class="counts" data-field="last-failure" title="${esc(h.last_failure.reason)}">` +
+        `<span class="tag bad">${esc(h.last_failure.hook)}</span> ${esc(h.last_failure.reason)}</div>`
+      : "";
     return `<code title="${esc(h.version)}">${esc(short(h.version))}</code><div class="counts">` +
       `handled <b data-count="handled">${num(h.handled)}</b> · failed <b data-count="failed">${num(failures)}</b>` +
-      ` · fallback <b data-count="fallback">${num(h.failed)}</b></div>`;
+      ` · fallback <b data-count="fallback">${num(h.failed)}</b></div>${counterLine}${failure}`;
   }
 
   function renderTenants(list, nowMs, page) {

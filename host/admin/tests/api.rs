@@ -70,8 +70,8 @@ async fn node_endpoints() {
     for line in [
         "# TYPE switchboard_sessions gauge",
         "# TYPE switchboard_connections gauge",
-        "# TYPE switchboard_messages_accepted counter",
-        "# HELP switchboard_messages_accepted ",
+        "# TYPE switchboard_messages_accepted_total counter",
+        "# HELP switchboard_messages_accepted_total ",
         "switchboard_sessions 0",
         "# TYPE switchboard_load_level gauge",
         "switchboard_load_level 0",
@@ -90,6 +90,15 @@ async fn node_endpoints() {
     ] {
         assert!(text.contains(line), "metrics lack {line:?}:\n{text}");
     }
+    // OpenMetrics: every counter's name ends in `_total`.
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    assert!(counters.len() > 30, "{counters:?}");
+    let bare: Vec<&&str> = counters.iter().filter(|n| !n.ends_with("_total")).collect();
+    assert!(bare.is_empty(), "counters without `_total`: {bare:?}");
     api.stop().await;
 }
 

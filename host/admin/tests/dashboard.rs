@@ -186,6 +186,9 @@ async fn the_dashboard_in_a_real_browser_matches_the_api_and_its_buttons_change_
         // Polling the condition the monitor brings about (it runs on its own timer).
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // The active version (priority) counts the spam it rejects: the page shows its counter.
+    let e = carol.send("room", "!spam").await.unwrap_err();
+    assert!(e.to_string().contains("spam"), "{e}");
 
     let shot = screenshot("dashboard.png");
     let tenant_shot = screenshot("dashboard-tenant.png");

@@ -181,11 +181,17 @@ impl ClusterPresence {
         self.inner.wake.notify_one();
     }
 
-    /// Whether `user` has a session on another live node (as far as this node has heard).
-    pub fn connected_elsewhere(&self, tenant: &TenantId, user: &UserId) -> bool {
+    /// What `user`'s sessions on the other live nodes add up to (as far as this node has
+    /// heard); `None`: it has none there.
+    pub fn presence_elsewhere(&self, tenant: &TenantId, user: &UserId) -> Option<PresenceState> {
         let live = self.inner.live.borrow();
         let view = self.inner.view.lock();
-        elsewhere(view.get(&(tenant.clone(), user.clone())), &live).is_some()
+        elsewhere(view.get(&(tenant.clone(), user.clone())), &live)
+    }
+
+    /// Whether `user` has a session on another live node (as far as this node has heard).
+    pub fn connected_elsewhere(&self, tenant: &TenantId, user: &UserId) -> bool {
+        self.presence_elsewhere(tenant, user).is_some()
     }
 
     /// Writes pending changes until aborted. A failed write is retried with the next round

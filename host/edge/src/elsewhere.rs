@@ -13,21 +13,36 @@ pub trait Elsewhere: Send + Sync + 'static {
     /// This node's sessions of `user` now add up to `state` (`None`: it has none left).
     /// Called under the user's membership lock: must not block.
     fn local_presence(&self, tenant: &TenantId, user: &UserId, state: Option<PresenceState>);
-    /// Whether `user` has a session on another live node.
-    fn connected_elsewhere(&self, tenant: &TenantId, user: &UserId) -> bool;
+    /// What `user`'s sessions on the other live nodes add up to (`None`: it has none).
+    fn presence_elsewhere(&self, tenant: &TenantId, user: &UserId) -> Option<PresenceState>;
 }
 
 /// The view in use, installed once the cluster part runs (`Hub::set_elsewhere`).
 pub(crate) type SharedElsewhere = Arc<parking_lot::RwLock<Option<Arc<dyn Elsewhere>>>>;
 
-/// Whether `user` is connected to another node, as far as `shared` knows.
-pub(crate) fn connected_elsewhere(
+/// What `user`'s sessions on other nodes add up to, as far as `shared` knows (`None` on
+/// one node).
+pub(crate) fn presence_elsewhere(
     shared: &SharedElsewhere,
     tenant: &TenantId,
     user: &UserId,
-) -> bool {
+) -> Option<PresenceState> {
     shared
         .read()
         .as_ref()
-        .is_some_and(|e| e.connected_elsewhere(tenant, user))
+        .and_then(|e| e.presence_elsewhere(tenant, user))
+}
+
+/// A user's presence over all nodes: foreground if it is anywhere.
+pub(crate) fn combined(
+    here: Option<PresenceState>,
+    elsewhere: Option<PresenceState>,
+) -> Option<PresenceState> {
+    match (here, elsewhere) {
+        (None, None) => None,
+        (Some(PresenceState::Foreground), _) | (_, Some(PresenceState::Foreground)) => {
+            Some(PresenceState::Foreground)
+        }
+        _ => Some(PresenceState::Background),
+    }
 }

@@ -623,7 +623,7 @@ impl Hub {
     /// A user's presence on the other nodes changed (cluster mode): `state` is what its
     /// sessions there add up to (`None`: it has none left there). Co-members connected here
     /// are told, as a local change would tell them, unless the user also has a session here
-    /// (then this node's own notices speak for it). Told as `Background` when it left.
+    /// (then this node's own notices speak for it). Told as offline when it left.
     /// Large groups (`nudge_background_from_members`) are skipped, as for arrivals.
     pub fn remote_presence(&self, tenant: &TenantId, user: &UserId, state: Option<PresenceState>) {
         if self.sessions.is_connected(tenant, user) {
@@ -643,6 +643,7 @@ impl Hub {
         let frame = wire::encode_server(&ServerFrame::PresenceNotice {
             user: user.to_string(),
             state: state.unwrap_or(PresenceState::Background),
+            online: state.is_some(),
         });
         let from = self.limits.nudge_background_from_members;
         let mut reached = std::collections::HashSet::new();

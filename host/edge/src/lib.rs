@@ -48,7 +48,9 @@ pub use error::RequestError;
 pub use hub::Hub;
 pub use hub::{PresenceCounts, SessionInfo};
 pub use metrics::{Metrics, MetricsSnapshot, TenantTrafficSnapshot};
-pub use serving::{CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy};
+pub use serving::{
+    CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy, FAILURE_LOG_INTERVAL_MS,
+};
 pub use tls::TlsIdentity;
 pub use webtransport::WebTransportConfig;
 

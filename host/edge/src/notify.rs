@@ -20,7 +20,7 @@ use switchboard_store::Store;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::elsewhere::{connected_elsewhere, SharedElsewhere};
+use crate::elsewhere::{presence_elsewhere, SharedElsewhere};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::state::GroupState;
@@ -134,7 +134,7 @@ pub(crate) fn start(
                 for recipient in members {
                     if recipient == job.sender
                         || sessions.is_connected(&job.tenant, &recipient)
-                        || connected_elsewhere(&elsewhere, &job.tenant, &recipient)
+                        || presence_elsewhere(&elsewhere, &job.tenant, &recipient).is_some()
                     {
                         continue;
                     }

@@ -98,13 +98,13 @@ impl Policies {
 
     /// What the tenant's active version sheds at `level` (`None` without a bound version).
     pub(crate) fn on_load(&self, tenant: &TenantId, level: u8) -> Option<policy::Shedding> {
-        let p = self.active(tenant)?;
+        let v = self.serving.get(tenant)?.active.clone()?;
         let load = policy::LoadInfo {
             level,
             tenant_message_rate: 0,
             tenant_connections: 0,
         };
-        Some(self.count_fallback(p.on_load(&load)))
+        Some(self.count_fallback(tenant, &v, v.policy.on_load(&load)))
     }
 
     /// The version that handles a per-message or per-receipt event of `user`, unless none is
@@ -144,15 +144,31 @@ impl Policies {
                 Breaker::OPEN_MS
             );
         }
-        self.count_fallback(d)
+        self.count_fallback(tenant, v, d)
     }
 
-    fn count_fallback<T>(&self, d: policy::Decision<T>) -> T {
+    /// Counts a fallback and logs it with the tenant, the version and the reason (a trap's
+    /// includes the plugin's panic message): at most one line per version every
+    /// [`FAILURE_LOG_INTERVAL_MS`], the next one saying how many were not logged.
+    fn count_fallback<T>(
+        &self,
+        tenant: &TenantId,
+        v: &ServingVersion,
+        d: policy::Decision<T>,
+    ) -> T {
         if let policy::Source::Fallback(reason) = &d.source {
             self.metrics
                 .policy_fallbacks
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(?reason, "policy call fell back to the built-in default");
+            if let Some(unlogged) = v.failure_log.admit(now_ms()) {
+                tracing::warn!(
+                    %tenant,
+                    version = %v.version,
+                    %reason,
+                    unlogged,
+                    "policy plugin call fell back to the built-in default"
+                );
+            }
         }
         d.value
     }
@@ -228,12 +244,16 @@ impl Policies {
     pub(crate) fn flags(&self, tenant: &TenantId, user: &UserId) -> Vec<policy::Flag> {
         let serving = self.serving.get(tenant).map(|s| s.clone());
         let flags = match serving.as_deref().and_then(|s| s.pick(user, None)) {
-            Some(v) => self.count_fallback(v.call(&self.heavy_calls, |p| {
-                p.evaluate_flags(&policy::FlagContext {
-                    user: user.to_string(),
-                    group: None,
-                })
-            })),
+            Some(v) => self.count_fallback(
+                tenant,
+                v,
+                v.call(&self.heavy_calls, |p| {
+                    p.evaluate_flags(&policy::FlagContext {
+                        user: user.to_string(),
+                        group: None,
+                    })
+                }),
+            ),
             None => Vec::new(),
         };
         match self.flag_rules.get(tenant).map(|r| r.clone()) {
@@ -324,6 +344,49 @@ pub(crate) struct ServingVersion {
     /// time: its calls from the event loop run in `block_in_place` from then on (see
     /// [`ServingVersion::call`]).
     heavy: AtomicBool,
+    /// Paces the log lines of this version's failed calls.
+    failure_log: LogPacer,
+}
+
+/// At most one log line per version of a failing plugin in this many milliseconds: a
+/// plugin failing on every message must not flood the node's log (the statistics and
+/// `last_failure` in the policy status still see every failure).
+pub const FAILURE_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// Lets one event through per interval and counts the others, lock-free.
+#[derive(Debug)]
+pub(crate) struct LogPacer {
+    interval_ms: u64,
+    /// When the last line was let through (0: never).
+    last_ms: AtomicU64,
+    /// Events held back since.
+    held: AtomicU64,
+}
+
+impl LogPacer {
+    pub(crate) fn new(interval_ms: u64) -> Self {
+        LogPacer {
+            interval_ms,
+            last_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events held back since the last line)` if an event at `now_ms` may be logged.
+    pub(crate) fn admit(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now_ms.saturating_sub(last) >= self.interval_ms;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 /// A call using more fuel than this marks its version heavy: a tenth of the default budget,
@@ -341,6 +404,7 @@ impl ServingVersion {
             handled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             heavy: AtomicBool::new(false),
+            failure_log: LogPacer::new(FAILURE_LOG_INTERVAL_MS),
         })
     }
 
@@ -394,6 +458,7 @@ impl ServingVersion {
             handled: self.handled.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             stats: self.policy.stats(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -459,6 +524,10 @@ pub struct ServingSnapshot {
     pub handled: u64,
     pub failed: u64,
     pub stats: PolicyStatsSnapshot,
+    /// The version's policy, for what is not worth copying on every snapshot (the
+    /// automatic-rollback monitor takes one per version every `check_every`): its counters
+    /// (`TenantPolicy::counters`) and latest failure (`TenantPolicy::last_failure`).
+    pub policy: Arc<TenantPolicy>,
 }
 
 /// What a tenant is serving now, with live figures.
@@ -532,6 +601,22 @@ mod tests {
             out.iter().find(|f| f.name == "c").map(|f| f.enabled),
             Some(false)
         );
+    }
+
+    #[test]
+    fn the_failure_log_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let pacer = LogPacer::new(10_000);
+        assert_eq!(pacer.admit(1_000), Some(0), "the first line is logged");
+        for t in [1_001, 5_000, 10_999] {
+            assert_eq!(pacer.admit(t), None, "held back at {t}");
+        }
+        assert_eq!(
+            pacer.admit(11_000),
+            Some(3),
+            "the next says how many were not"
+        );
+        assert_eq!(pacer.admit(11_001), None);
+        assert_eq!(pacer.admit(30_000), Some(1));
     }
 
     #[test]

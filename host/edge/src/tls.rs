@@ -148,8 +148,14 @@ impl DevCert {
     }
 }
 
+/// Writes `bytes` to `path` (mode 0600) through a temporary file renamed into place, so a
+/// reader — a test or a tool waiting for the dev certificate — never sees a partial file, and
+/// a crash mid-write leaves no torn certificate for the next start to refuse.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -157,7 +163,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)?.write_all(bytes)
+    let mut file = opts.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The quinn server configuration: TLS 1.3 with the `switchboard/1` ALPN and transport limits
@@ -248,5 +257,12 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
+        // Written through temporary files renamed into place: none is left behind.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["cert.der", "cert.pem", "key.der"]);
     }
 }

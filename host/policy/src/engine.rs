@@ -201,6 +201,20 @@ impl PolicyEngine {
         Ok((plugin, outcome))
     }
 
+    /// The upload's plugin from `cache`, if a verified artifact of exactly these bytes is
+    /// there (an earlier upload stored it, for this tenant or another): the same checks as
+    /// [`PolicyEngine::load_cached`]'s hit, and `None` on anything else (an artifact that
+    /// fails verification is deleted, as there). It never compiles and never stores, so an
+    /// upload refused later leaves nothing behind, as with [`PolicyEngine::load`].
+    pub fn load_from_cache(&self, wasm: &[u8], cache: &ArtifactCache) -> Option<crate::Plugin> {
+        self.check_upload(wasm).ok()?;
+        let version = Version::of(wasm);
+        match cache.lookup(&self.inner, &version) {
+            Lookup::Found(component) => self.check_component(component, version, wasm.len()).ok(),
+            Lookup::Missing | Lookup::Rejected(_) => None,
+        }
+    }
+
     /// The checks on the upload's bytes themselves: size, the binary header, then its shape
     /// (counts of functions, exports, nesting…: `shape.rs`), all before compiling.
     fn check_upload(&self, bytes: &[u8]) -> Result<(), LoadError> {

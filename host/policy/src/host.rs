@@ -169,6 +169,9 @@ pub(crate) struct InstanceState {
     pub limiter: InstanceLimiter,
     /// Log lines this call may still write.
     pub log_budget: u32,
+    /// The start of what this call wrote to stderr (at most `max_log_line_bytes`), for the
+    /// reason of a trap: a Rust panic's message ends up here.
+    pub stderr: Vec<u8>,
 }
 
 impl InstanceState {
@@ -182,6 +185,7 @@ impl InstanceState {
                 memory_peak: 0,
             },
             log_budget: limits.max_log_lines_per_call,
+            stderr: Vec::new(),
             shared,
         }
     }

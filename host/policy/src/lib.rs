@@ -59,7 +59,9 @@ pub use limits::{ChildCompile, PolicyLimits};
 pub use load::LoadError;
 pub use self_test::{HookReport, SelfTestError, SelfTestReport};
 pub use shape::{Shape, ShapeLimits};
-pub use stats::{FallbackCounts, HookStats, PolicyStatsSnapshot};
+pub use stats::{
+    FallbackCounts, HookStats, LastFailure, PolicyStatsSnapshot, MAX_FAILURE_REASON_BYTES,
+};
 pub use tenant::{Plugin, TenantPolicy};
 pub use trial::{Trial, TrialCall};
 pub use types::{

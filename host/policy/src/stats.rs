@@ -2,7 +2,9 @@
 //! snapshot for metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use crate::types::{FallbackReason, Hook};
 
@@ -30,6 +32,30 @@ pub(crate) struct PolicyStats {
     memory_peak_bytes: AtomicU64,
     log_lines_dropped: AtomicU64,
     counter_updates_dropped: AtomicU64,
+    /// The latest failed call: one value, its reason bounded ([`MAX_FAILURE_REASON_BYTES`]).
+    last_failure: Mutex<Option<LastFailure>>,
+}
+
+/// Bytes kept of a failure's reason in [`LastFailure`]: a trap's reason carries the guest's
+/// stderr (at most `max_log_line_bytes`) after wasmtime's own words.
+pub const MAX_FAILURE_REASON_BYTES: usize = 2048;
+
+/// The latest call of a policy that fell back: which hook, why (a trap's reason includes
+/// the panic message the plugin wrote), and when (ms since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastFailure {
+    pub hook: Hook,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl PolicyStats {
@@ -46,6 +72,15 @@ impl PolicyStats {
         cells.latency_max_ns.fetch_max(ns, Relaxed);
         if let Some(reason) = fallback {
             cells.fallbacks.fetch_add(1, Relaxed);
+            let why = reason.to_string();
+            let at_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            *self.last_failure.lock() = Some(LastFailure {
+                hook,
+                reason: cut(&why, MAX_FAILURE_REASON_BYTES).to_owned(),
+                at_ms,
+            });
             let counter = match reason {
                 FallbackReason::Trap(_) => &self.traps,
                 FallbackReason::OutOfFuel => &self.out_of_fuel,
@@ -55,6 +90,10 @@ impl PolicyStats {
             };
             counter.fetch_add(1, Relaxed);
         }
+    }
+
+    pub(crate) fn last_failure(&self) -> Option<LastFailure> {
+        self.last_failure.lock().clone()
     }
 
     pub(crate) fn record_instantiation(&self) {

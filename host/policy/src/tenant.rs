@@ -207,6 +207,27 @@ fn prime(store: &mut Store<InstanceState>) {
     let _ = store.set_fuel(limits.fuel_per_call);
     store.set_epoch_deadline(limits.deadline_ticks());
     store.data_mut().log_budget = limits.max_log_lines_per_call;
+    store.data_mut().stderr.clear();
+}
+
+/// A trap's reason with what the guest wrote to stderr during the call (a panic's message),
+/// one line, cut to `max` bytes.
+fn with_guest_output(reason: FallbackReason, stderr: &[u8], max: usize) -> FallbackReason {
+    let FallbackReason::Trap(why) = reason else {
+        return reason;
+    };
+    let text = String::from_utf8_lossy(stderr);
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if said.is_empty() {
+        return FallbackReason::Trap(why);
+    }
+    let joined = said.join(" / ");
+    let said = crate::host::truncate_to_boundary(&joined, max);
+    FallbackReason::Trap(format!("{why}; the plugin wrote: {said}"))
 }
 
 /// Maps a failed call to why it failed.
@@ -328,6 +349,12 @@ impl TenantPolicy {
     /// The tenant's counters (`host.counter-add`), by name.
     pub fn counters(&self) -> BTreeMap<String, u64> {
         self.shared.counters.snapshot()
+    }
+
+    /// The latest call that fell back, with its reason (for a trap, with the panic message
+    /// the plugin wrote), if any.
+    pub fn last_failure(&self) -> Option<crate::LastFailure> {
+        self.shared.stats.last_failure()
     }
 
     /// The counters themselves, to carry over to the tenant's next policy.
@@ -460,7 +487,12 @@ impl TenantPolicy {
             }
             Err(error) => {
                 stats.record_discard();
-                Err(classify(error))
+                let limit = self.shared.limits.max_log_line_bytes;
+                Err(with_guest_output(
+                    classify(error),
+                    &slot.store.data().stderr,
+                    limit,
+                ))
             }
         }
     }

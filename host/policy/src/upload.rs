@@ -68,4 +68,21 @@ impl PolicyEngine {
         let report = plugin.self_test(&BTreeMap::new())?;
         Ok((plugin, report))
     }
+
+    /// [`PolicyEngine::check_upload_and_self_test`], taking the compiled plugin from `cache`
+    /// when these bytes were compiled and stored before ([`PolicyEngine::load_from_cache`]):
+    /// the same bytes uploaded again (by another tenant, say) are self-tested, not compiled
+    /// again. Nothing is stored in the cache either way.
+    pub fn check_upload_and_self_test_cached(
+        &self,
+        wasm: &[u8],
+        cache: &crate::ArtifactCache,
+    ) -> Result<(Plugin, SelfTestReport), UploadRefusal> {
+        let plugin = match self.load_from_cache(wasm, cache) {
+            Some(plugin) => plugin,
+            None => self.load(wasm)?,
+        };
+        let report = plugin.self_test(&BTreeMap::new())?;
+        Ok((plugin, report))
+    }
 }

@@ -4,8 +4,10 @@
 //! - `wasi:cli/environment`: no variables, no arguments, no working directory.
 //! - `wasi:cli/exit`: traps ("plugin called exit").
 //! - `wasi:cli/stdin`: an input stream that is already closed (reads see end of file).
-//! - `wasi:cli/stdout`, `wasi:cli/stderr`: output streams that accept and discard everything.
-//!   Plugins log through `host.log` instead.
+//! - `wasi:cli/stdout`, `wasi:cli/stderr`: output streams that accept everything. Stdout is
+//!   discarded; of stderr, the first `max_log_line_bytes` written in a call are kept, so a
+//!   call that traps can report what the guest said before it died (a Rust panic's message
+//!   is written there just before the `unreachable`). Plugins log through `host.log`.
 //! - `wasi:cli/terminal-*`: no terminal.
 //! - `wasi:io/{error,poll,streams}`: what the streams above need; every pollable is ready.
 //!
@@ -13,7 +15,8 @@
 //! (including the write behind a guest's panic message) through `Handle::block_on` on the
 //! ambient tokio runtime, which panics on a runtime worker thread, and it would bring tokio,
 //! cap-std and the rest of WASI into the one crate that runs untrusted code. These
-//! implementations hold no state at all: every handle's representation is 0, the
+//! implementations hold no state but that bounded stderr tail: a handle's representation is 0
+//! (1 for stderr, so its writes can be told apart), the
 //! component-model handle table (capped by `PolicyLimits::max_handles`) is the only thing a
 //! guest can grow.
 //!
@@ -84,9 +87,28 @@ impl stdout::Host for InstanceState {
     }
 }
 
+/// The representation of stderr's handles (every other handle's is 0).
+const STDERR_REP: u32 = 1;
+
 impl stderr::Host for InstanceState {
     fn get_stderr(&mut self) -> Result<Resource<InertOutputStream>> {
-        Ok(Resource::new_own(0))
+        Ok(Resource::new_own(STDERR_REP))
+    }
+}
+
+impl InstanceState {
+    /// Keeps the start of what a call writes to stderr, up to the log line bound.
+    fn keep_stderr(&mut self, stream: &Resource<InertOutputStream>, contents: &[u8]) {
+        if stream.rep() != STDERR_REP {
+            return;
+        }
+        let room = self
+            .shared
+            .limits
+            .max_log_line_bytes
+            .saturating_sub(self.stderr.len());
+        self.stderr
+            .extend_from_slice(&contents[..contents.len().min(room)]);
     }
 }
 
@@ -202,17 +224,19 @@ impl streams::HostOutputStream for InstanceState {
 
     fn write(
         &mut self,
-        _self_: Resource<InertOutputStream>,
-        _contents: Vec<u8>,
+        stream: Resource<InertOutputStream>,
+        contents: Vec<u8>,
     ) -> StreamResult<()> {
+        self.keep_stderr(&stream, &contents);
         Ok(Ok(()))
     }
 
     fn blocking_write_and_flush(
         &mut self,
-        _self_: Resource<InertOutputStream>,
-        _contents: Vec<u8>,
+        stream: Resource<InertOutputStream>,
+        contents: Vec<u8>,
     ) -> StreamResult<()> {
+        self.keep_stderr(&stream, &contents);
         Ok(Ok(()))
     }
 

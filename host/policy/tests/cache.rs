@@ -449,3 +449,43 @@ fn the_key_and_directory_are_private() {
     open(&shared);
     assert_eq!(mode(&shared.join("artifact.key")), 0o600);
 }
+
+/// `load_from_cache`, what an upload's check uses: a plugin stored before is taken from the
+/// cache (no compile), one never stored or a tampered artifact gives `None`, and it never
+/// stores anything.
+#[test]
+fn an_upload_check_takes_a_stored_plugin_from_the_cache_and_writes_nothing() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path());
+    let (wasm, version) = priority();
+    assert!(
+        engine.load_from_cache(&wasm, &cache).is_none(),
+        "not stored yet"
+    );
+    assert_eq!(cache.artifact_count().unwrap(), 0, "a miss writes nothing");
+
+    let plugin = engine.load(&wasm).unwrap();
+    cache.store_plugin(&plugin).unwrap();
+    let (checked, report) = engine
+        .check_upload_and_self_test_cached(&wasm, &cache)
+        .unwrap();
+    assert_eq!(checked.version(), version);
+    assert_eq!(report.hooks.len(), 4, "still self-tested: {report:?}");
+    works(&engine.load_from_cache(&wasm, &cache).expect("a hit"));
+
+    // Other bytes are not this artifact.
+    let flags = read(plugins_artifacts::FLAGS);
+    assert!(engine.load_from_cache(&flags, &cache).is_none());
+
+    // A tampered artifact is not used (and is deleted, as `load_cached` does); nothing is
+    // compiled into its place.
+    let path = artifact(&cache, &version);
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert!(engine.load_from_cache(&wasm, &cache).is_none());
+    assert!(!path.exists());
+    assert_eq!(cache.artifact_count().unwrap(), 0);
+}

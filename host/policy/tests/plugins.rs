@@ -1105,8 +1105,12 @@ fn hostile_plugins_fail_the_self_test_at_their_hook() {
 #[test]
 fn a_latent_trap_passes_the_self_test_and_falls_back_on_traffic() {
     let reason = latent_trap("hostile-latent-trap");
+    // The panic's message (written to stderr before the `unreachable`) is in the reason,
+    // after wasmtime's words.
     assert!(
-        matches!(&reason, FallbackReason::Trap(why) if why.contains("unreachable")),
+        matches!(&reason, FallbackReason::Trap(why) if why.contains("unreachable")
+            && why.contains("the plugin wrote:")
+            && why.contains("hostile-latent-trap: the bug real traffic finds")),
         "{reason:?}"
     );
 }
@@ -1117,6 +1121,7 @@ fn a_latent_trap_passes_the_self_test_and_falls_back_on_traffic() {
 fn a_latent_trap_in_javascript_falls_back_like_rust() {
     let reason = latent_trap("hostile-latent-trap-js");
     assert!(matches!(reason, FallbackReason::Trap(_)), "{reason:?}");
+    // componentize-qjs writes nothing to stderr before trapping: no message to pass on.
 }
 
 /// The same for an uncaught Python exception.
@@ -1124,6 +1129,7 @@ fn a_latent_trap_in_javascript_falls_back_like_rust() {
 fn a_latent_trap_in_python_falls_back_like_rust() {
     let reason = latent_trap("hostile-latent-trap-py");
     assert!(matches!(reason, FallbackReason::Trap(_)), "{reason:?}");
+    // componentize-py writes nothing to stderr before trapping: no message to pass on.
 }
 
 /// The latent-trap plugin `name` passes the self-test, answers ordinary messages (low lane),
@@ -1145,6 +1151,12 @@ fn latent_trap(name: &str) -> FallbackReason {
     );
     still_answers(&policy);
     assert_eq!(policy.stats().fallbacks.traps, 1, "{name}");
+    // The latest failure is kept for the tenant's policy status, the successes after it
+    // notwithstanding.
+    let last = policy.last_failure().expect("a failure is remembered");
+    assert_eq!(last.hook, Hook::OnMessage);
+    assert_eq!(last.reason, reason.to_string());
+    assert!(last.at_ms > 0);
     reason
 }
 

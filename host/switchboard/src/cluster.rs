@@ -145,11 +145,11 @@ impl switchboard_edge::elsewhere::Elsewhere for Elsewhere {
         self.0.local_presence(tenant, user, state)
     }
 
-    fn connected_elsewhere(
+    fn presence_elsewhere(
         &self,
         tenant: &switchboard_core::TenantId,
         user: &switchboard_core::UserId,
-    ) -> bool {
-        self.0.connected_elsewhere(tenant, user)
+    ) -> Option<switchboard_core::PresenceState> {
+        self.0.presence_elsewhere(tenant, user)
     }
 }

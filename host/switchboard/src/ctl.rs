@@ -786,6 +786,30 @@ fn policy(c: &AdminClient, cmd: PolicyCmd) -> Result<Answer, Failure> {
     Ok(answer(&status, show_policy))
 }
 
+/// A version's plugin counters and its latest failure, as lines under it.
+fn plugin_report(h: &VersionHealth) -> String {
+    let mut out = String::new();
+    if !h.counters.is_empty() {
+        let counters: Vec<String> = h.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out += &format!("\n          counters {}", counters.join(" "));
+    }
+    if h.counter_updates_dropped > 0 {
+        out += &format!(
+            "\n          counter updates dropped {}",
+            h.counter_updates_dropped
+        );
+    }
+    if let Some(f) = &h.last_failure {
+        out += &format!(
+            "\n          last failure ({}, {}): {}",
+            f.hook,
+            utc(f.at_ms),
+            f.reason
+        );
+    }
+    out
+}
+
 fn show_policy(s: &PolicyStatus) -> String {
     let health = |h: &VersionHealth| {
         let config: Vec<String> = h.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -803,7 +827,7 @@ fn show_policy(s: &PolicyStatus) -> String {
             } else {
                 format!("\n          config {}", config.join(" "))
             }
-        )
+        ) + &plugin_report(h)
     };
     let mut out = format!(
         "tenant {} (revision {}, applied {})\n",
@@ -957,6 +981,39 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn policy_status_shows_plugin_counters_and_the_last_failure() {
+        let health = VersionHealth {
+            version: "ab12".into(),
+            counters: [("priority_spam_rejected".to_owned(), 2)].into(),
+            last_failure: Some(switchboard_admin::control::types::FailureInfo {
+                hook: "on-message".into(),
+                reason: "plugin trapped: …; the plugin wrote: panicked at src/lib.rs:15:13".into(),
+                at_ms: 0,
+            }),
+            ..VersionHealth::default()
+        };
+        let status = PolicyStatus {
+            tenant: "acme".into(),
+            active: Some(health),
+            canary: None,
+            previous: Vec::new(),
+            last_rollback: None,
+            revision: 1,
+            applied_revision: 1,
+        };
+        let out = show_policy(&status);
+        assert!(out.contains("counters priority_spam_rejected=2"), "{out}");
+        assert!(
+            out.contains(
+                "last failure (on-message, 1970-01-01 00:00:00 UTC): plugin trapped: …; \
+                 the plugin wrote: panicked at src/lib.rs:15:13"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("counter updates dropped"), "{out}");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use switchboard_admin::http::{ServeOptions, ServerLimits};
 use switchboard_admin::{AutoRollback, Control, ControlConfig};
 use switchboard_cluster::{ClusterNode, News};
 
+mod budgets;
 mod cluster;
+pub use budgets::{BudgetError, PluginSettings};
 pub use cluster::{open_for, ClusterSettings, Opened, MIN_LEASE_TTL_MS};
 use switchboard_core::{GroupId, Limits, TenantId, UserId};
 use switchboard_edge::{EdgeConfig, Node, TlsIdentity, WebTransportConfig};
@@ -31,6 +33,8 @@ use tokio::task::JoinHandle;
 pub enum NodeError {
     #[error("config file {path}: {detail}")]
     Config { path: PathBuf, detail: String },
+    #[error("config file {path}: {error}")]
+    Budget { path: PathBuf, error: BudgetError },
     #[error("config: {0}")]
     Invalid(String),
     #[error("store: {0}")]
@@ -90,6 +94,9 @@ pub struct Config {
     /// The bounds on compiling one plugin upload, in a child process.
     #[serde(default)]
     pub plugin_compile: PluginCompileSettings,
+    /// The budgets every plugin call runs under (fuel, deadline, memory, size, counters).
+    #[serde(default)]
+    pub plugins: PluginSettings,
     /// Browsers over WebTransport, on a UDP port of their own.
     #[serde(default)]
     pub webtransport: WebTransportSettings,
@@ -362,6 +369,10 @@ pub struct AdminSettings {
     /// Certificate chain and key (PEM or DER) to serve the API over HTTPS.
     pub tls: Option<TlsFiles>,
     pub auto_rollback: AutoRollback,
+    /// Lets a tenant's API key activate, canary, promote, roll back and abort the canary of
+    /// its own tenant's plugins. Default `false`: only the admin token changes what serves
+    /// (tenant keys upload, list and read status either way).
+    pub tenant_rollout: bool,
 }
 
 impl Default for AdminSettings {
@@ -377,6 +388,7 @@ impl Default for AdminSettings {
             max_connections: limits.max_connections,
             tls: None,
             auto_rollback: AutoRollback::default(),
+            tenant_rollout: false,
         }
     }
 }
@@ -454,6 +466,7 @@ const ENV_KEYS: &[&str] = &[
     "notify",
     "store",
     "plugin_compile",
+    "plugins",
     "webtransport",
 ];
 
@@ -551,6 +564,10 @@ impl Config {
             }
         }
         cfg.limits.validate().map_err(|e| err(e.to_string()))?;
+        cfg.plugins.validate().map_err(|error| NodeError::Budget {
+            path: path.to_owned(),
+            error,
+        })?;
         cfg.admin.server_limits().validate().map_err(err)?;
         if let Some(ca) = &mut cfg.notify.webhook_ca {
             *ca = base.join(&*ca);
@@ -888,7 +905,7 @@ pub async fn start_opened(cfg: &Config, opened: Opened) -> Result<RunningNode, N
         cluster,
         shared,
     } = opened;
-    let engine = PolicyEngine::new(cfg.plugin_compile.policy_limits())?;
+    let engine = PolicyEngine::new(cfg.plugins.apply(cfg.plugin_compile.policy_limits()))?;
     // Check the file's plugins before anything starts or is stored.
     let file_plugins = load_policies(cfg, &engine)?;
     let webhook = webhook_sink(&cfg.notify)?;
@@ -945,6 +962,7 @@ pub async fn start_opened(cfg: &Config, opened: Opened) -> Result<RunningNode, N
             auto_rollback: cfg.admin.auto_rollback,
             apply_timeout: Duration::from_secs(5),
             max_group_members: cfg.limits.max_group_members,
+            tenant_rollout: cfg.admin.tenant_rollout,
         },
         store.clone(),
         match shared {

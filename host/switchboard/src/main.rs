@@ -311,6 +311,7 @@ async fn dev(
         notify: switchboard::NotifySettings::default(),
         store: switchboard::StoreSettings::default(),
         cluster: None,
+        plugins: switchboard::PluginSettings::default(),
         plugin_compile: switchboard::PluginCompileSettings {
             program: Some(std::env::current_exe().context("finding this binary")?),
             ..Default::default()

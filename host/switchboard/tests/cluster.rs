@@ -520,15 +520,21 @@ async fn a_head_or_a_later_notice_brings_a_session_the_messages_whose_notices_we
     delivered(&mut bob, "team", 4).await;
 }
 
-/// Waits for a `PresenceNotice` about `user` saying `state` on `c`'s push streams.
-async fn presence_notice(c: &mut RawClient, user: &str, state: switchboard_core::PresenceState) {
+/// The next `PresenceNotice` about `user` on `c`'s push streams: its state and whether the
+/// user is online.
+async fn next_presence_of(
+    c: &mut RawClient,
+    user: &str,
+) -> (switchboard_core::PresenceState, bool) {
     loop {
         match c.read_push().await {
-            Some(ServerFrame::PresenceNotice { user: u, state: s }) if u == user && s == state => {
-                return
-            }
+            Some(ServerFrame::PresenceNotice {
+                user: u,
+                state,
+                online,
+            }) if u == user => return (state, online),
             Some(_) => {}
-            None => panic!("push stream ended before {user} was {state:?}"),
+            None => panic!("push stream ended before a notice about {user}"),
         }
     }
 }
@@ -544,23 +550,37 @@ async fn a_user_connected_to_one_node_is_present_on_every_node() {
     // bob on node-b shares every group with ann.
     let mut bob = b.client("bob").await;
     assert!(!presence_b.connected_elsewhere(&demo, &ann));
+    use PresenceState::{Background, Foreground};
     // ann connects to node-a: node-b knows she is connected (no push notification for
     // her), and bob hears she is in the foreground.
-    let ann_a = a.client("ann").await;
-    presence_notice(&mut bob, "ann", PresenceState::Foreground).await;
+    let mut ann_a = a.client("ann").await;
+    assert_eq!(next_presence_of(&mut bob, "ann").await, (Foreground, true));
     assert!(presence_b.connected_elsewhere(&demo, &ann));
-    // She leaves: told as Background (the protocol has no offline state), and node-b
-    // forgets her.
+    // She also connects to node-b, and leaves it: she is still online on node-a, so bob
+    // hears nothing of it; her next change (to the background, on node-a) is the next
+    // notice bob gets, and it says she is online.
+    let ann_b = b.client("ann").await;
+    assert_eq!(next_presence_of(&mut bob, "ann").await, (Foreground, true));
+    drop(ann_b);
+    let hub_b = b.node.node.hub().clone();
+    while hub_b.is_connected(&demo, &ann) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ann_a
+        .send(&switchboard_wire::ClientFrame::Presence { state: Background })
+        .await;
+    assert_eq!(next_presence_of(&mut bob, "ann").await, (Background, true));
+    // She leaves node-a: told offline, and node-b forgets her.
     drop(ann_a);
-    presence_notice(&mut bob, "ann", PresenceState::Background).await;
+    assert_eq!(next_presence_of(&mut bob, "ann").await, (Background, false));
     assert!(!presence_b.connected_elsewhere(&demo, &ann));
     // A node that goes away takes its users with it: ann on node-a again, then node-a
     // dropped as a crash would (no drain; whichever comes first, its sessions' end or its
     // heartbeats' TTL, node-b stops counting her).
     let ann_a = a.client("ann").await;
-    presence_notice(&mut bob, "ann", PresenceState::Foreground).await;
+    assert_eq!(next_presence_of(&mut bob, "ann").await, (Foreground, true));
     drop(a);
-    presence_notice(&mut bob, "ann", PresenceState::Background).await;
+    assert_eq!(next_presence_of(&mut bob, "ann").await, (Background, false));
     assert!(!presence_b.connected_elsewhere(&demo, &ann));
     drop(ann_a);
     b.node.shutdown().await;

@@ -35,6 +35,12 @@ fn the_annotated_example_parses_and_states_the_defaults() {
         "the example documents the admin server's defaults"
     );
     assert!(cfg.admin.tls.is_none());
+    assert!(!cfg.admin.tenant_rollout, "off unless the operator says so");
+    assert_eq!(
+        cfg.plugins,
+        switchboard::PluginSettings::default(),
+        "the example documents the plugin budgets' defaults"
+    );
     let store = switchboard::StoreSettings::default();
     assert_eq!(
         (
@@ -444,4 +450,73 @@ async fn serve_flags_override_the_file_and_json_logs_parse() {
         shutting_down["fields"]["drain_s"].is_u64(),
         "{shutting_down}"
     );
+}
+
+/// `[plugins]`: a value out of bounds is refused naming its field, and configured budgets
+/// are the ones uploads are held to: under 200,000 units of fuel a plugin that spins
+/// through its default budget fails its self-test, and above 1 MiB the JavaScript plugin is
+/// too large, while the Rust priority plugin fits both.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_plugin_budgets_are_validated_and_take_effect() {
+    match load_str("data_dir = \"d\"\n[plugins]\ndeadline_ms = 0") {
+        Err(NodeError::Budget { error, .. }) => {
+            assert_eq!((error.field, error.value, error.min), ("deadline_ms", 0, 1));
+            assert!(
+                error.to_string().contains("plugins.deadline_ms = 0"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a budget error, got {other:?}"),
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = "data_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
+                [admin]\nlisten = \"127.0.0.1:0\"\n\
+                [plugins]\nfuel_per_call = 200000\nmax_plugin_bytes = 1048576\ndeadline_ms = 500\n";
+    std::fs::write(dir.path().join("node.toml"), text).unwrap();
+    let mut cfg = Config::load(&dir.path().join("node.toml")).unwrap();
+    assert_eq!(cfg.plugins.fuel_per_call, 200_000);
+    const TOKEN: &str = "admin-token-for-the-budget-test-0123";
+    cfg.admin.token = Some(TOKEN.to_owned());
+    let store = switchboard::open_store(&cfg.data_dir).unwrap();
+    let node = switchboard::start(&cfg, store).await.unwrap();
+    let url = format!("http://{}", node.admin_addr.unwrap());
+    let read = |p: &str| std::fs::read(p).unwrap();
+    let (heavy, js, priority) = tokio::task::spawn_blocking(move || {
+        use switchboard_admin::client::AdminClient;
+        use switchboard_admin::control::types::{CreateTenant, Quotas};
+        let admin = AdminClient::new(&url, Some(TOKEN.to_owned()));
+        admin
+            .create_tenant(&CreateTenant {
+                id: "acme".into(),
+                quotas: Some(Quotas {
+                    max_groups: 10,
+                    max_plugin_versions: 10,
+                    max_plugin_bytes: 8 << 20,
+                }),
+                ..CreateTenant::default()
+            })
+            .unwrap();
+        (
+            admin.upload_plugin("acme", &read(plugins_artifacts::HEAVY)),
+            admin.upload_plugin("acme", &read(plugins_artifacts::PRIORITY_JS)),
+            admin.upload_plugin("acme", &read(plugins_artifacts::PRIORITY)),
+        )
+    })
+    .await
+    .unwrap();
+    let problem = |r: Result<_, switchboard_admin::client::ClientError>| match r {
+        Err(switchboard_admin::client::ClientError::Problem { status, problem }) => {
+            (status, problem.detail)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let (status, detail) = problem(heavy);
+    assert_eq!(status, 422, "{detail}");
+    assert!(detail.contains("ran out of fuel"), "{detail}");
+    let (status, detail) = problem(js);
+    assert_eq!(status, 413, "{detail}");
+    assert!(detail.contains("1048576"), "{detail}");
+    priority.expect("the priority plugin fits the configured budgets");
+    node.shutdown().await;
 }

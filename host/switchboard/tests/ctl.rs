@@ -47,6 +47,7 @@ async fn start_api() -> Api {
             },
             apply_timeout: Duration::from_secs(30),
             max_group_members: limits.max_group_members,
+            tenant_rollout: false,
         },
         store.clone(),
         store,

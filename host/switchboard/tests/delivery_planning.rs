@@ -337,7 +337,7 @@ async fn each_degradation_level_sheds_what_the_ladder_says() {
     // Alice was told of bob's and carol's arrivals, and of carol going to the background.
     let mut told = Vec::new();
     while told.len() < 3 {
-        if let Some(ServerFrame::PresenceNotice { user, state }) = alice.read_push().await {
+        if let Some(ServerFrame::PresenceNotice { user, state, .. }) = alice.read_push().await {
             told.push((user, state));
         }
     }
@@ -370,7 +370,7 @@ async fn each_degradation_level_sheds_what_the_ladder_says() {
             assert_eq!(presence_shed, 0);
             for want in [PresenceState::Background, PresenceState::Foreground] {
                 match alice.read_push().await.unwrap() {
-                    ServerFrame::PresenceNotice { user, state } => {
+                    ServerFrame::PresenceNotice { user, state, .. } => {
                         assert_eq!((user.as_str(), state), ("bob", want));
                     }
                     other => panic!("expected bob's presence, got {other:?}"),

@@ -238,6 +238,7 @@ async fn after_a_real_enospc_the_node_recovers_by_itself_once_space_returns() {
             auto_rollback: switchboard_admin::AutoRollback::default(),
             apply_timeout: WAIT,
             max_group_members: Limits::default().max_group_members,
+            tenant_rollout: false,
         },
         store.clone(),
         store.clone(),

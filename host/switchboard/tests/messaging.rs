@@ -482,7 +482,8 @@ async fn receipts_reach_the_sender_and_presence_reaches_co_members() {
         alice.read_push().await,
         Some(ServerFrame::PresenceNotice {
             user: "bob".into(),
-            state: PresenceState::Background
+            state: PresenceState::Background,
+            online: true,
         })
     );
     // A receipt for a message that does not exist is refused.

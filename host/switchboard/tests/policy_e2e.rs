@@ -263,7 +263,8 @@ async fn the_degradation_plugin_decides_what_is_shed_at_each_level() {
         alice.read_push().await,
         Some(ServerFrame::PresenceNotice {
             user: "bob".into(),
-            state: PresenceState::Foreground
+            state: PresenceState::Foreground,
+            online: true,
         })
     );
     let acme = "acme".parse().unwrap();

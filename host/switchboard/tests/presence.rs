@@ -1,6 +1,7 @@
 //! Presence over real QUIC (protocol §11): a new session is told its co-members' current
 //! state, one notice per user, capped; co-members are told when a user's state changes
-//! because a session of it arrived or left, and when its last session closes; in large
+//! because a session of it arrived or left, and that it is offline when its last session
+//! closes; in large
 //! groups only explicit changes are told.
 //!
 //! A user's notices are queued in order on a session's notices stream, so each test ends
@@ -30,20 +31,22 @@ async fn session(n: &TestNode, tenant: &str, user: &str, presence: PresenceState
     c
 }
 
-/// The presence notices `c` reads up to and including `(marker_user, marker_state)`; other
-/// pushes are skipped.
-async fn told_until(
-    c: &mut RawClient,
-    marker_user: &str,
-    marker_state: PresenceState,
-) -> Vec<(String, PresenceState)> {
+/// A presence notice: the user, its state, and whether it is online.
+type Told = (String, PresenceState, bool);
+
+/// The presence notices `c` reads up to and including `marker`; other pushes are skipped.
+async fn told_until(c: &mut RawClient, marker: Told) -> Vec<Told> {
     let mut told = Vec::new();
     loop {
-        if let ServerFrame::PresenceNotice { user, state } =
-            c.read_push().await.expect("push streams ended")
+        if let ServerFrame::PresenceNotice {
+            user,
+            state,
+            online,
+        } = c.read_push().await.expect("push streams ended")
         {
-            let end = user == marker_user && state == marker_state;
-            told.push((user, state));
+            let notice = (user, state, online);
+            let end = notice == marker;
+            told.push(notice);
             if end {
                 return told;
             }
@@ -51,8 +54,13 @@ async fn told_until(
     }
 }
 
-fn is(user: &str, state: PresenceState) -> (String, PresenceState) {
-    (user.to_string(), state)
+fn is(user: &str, state: PresenceState) -> Told {
+    (user.to_string(), state, true)
+}
+
+/// The notice of a user whose last session closed.
+fn offline(user: &str) -> Told {
+    (user.to_string(), Background, false)
 }
 
 #[tokio::test]
@@ -74,7 +82,7 @@ async fn a_new_session_is_told_each_connected_co_members_state_once() {
         .send(&ClientFrame::Presence { state: Foreground })
         .await;
     carol.sync().await;
-    let mut snapshot = told_until(&mut alice, "carol", Foreground).await;
+    let mut snapshot = told_until(&mut alice, is("carol", Foreground)).await;
     assert_eq!(snapshot.pop(), Some(is("carol", Foreground)), "the marker");
     snapshot.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(snapshot, [is("bob", Foreground), is("carol", Background)]);
@@ -85,16 +93,16 @@ async fn a_co_members_disconnect_is_told_and_so_is_the_return() {
     let n = TestNode::start().await;
     let mut alice = session(&n, "acme", "alice", Foreground).await;
 
-    // Bob arrives, then his only session closes: he is told as gone to the background.
+    // Bob arrives, then his only session closes: he is told as offline.
     let bob = session(&n, "acme", "bob", Foreground).await;
     assert_eq!(
-        told_until(&mut alice, "bob", Foreground).await,
+        told_until(&mut alice, is("bob", Foreground)).await,
         [is("bob", Foreground)]
     );
     bob.conn.close(0u32.into(), b"bye");
     assert_eq!(
-        told_until(&mut alice, "bob", Background).await,
-        [is("bob", Background)]
+        told_until(&mut alice, offline("bob")).await,
+        [offline("bob")]
     );
 
     // He comes back (told again), opens a second session in the background, and closes the
@@ -104,18 +112,21 @@ async fn a_co_members_disconnect_is_told_and_so_is_the_return() {
     bob_tablet.sync().await; // registered before the phone goes
     bob_phone.conn.close(0u32.into(), b"bye");
     assert_eq!(
-        told_until(&mut alice, "bob", Background).await,
+        told_until(&mut alice, is("bob", Background)).await,
         [is("bob", Foreground), is("bob", Background)]
     );
 
-    // His last session, in the background, closes: the notice would repeat what alice
-    // knows, so none is sent. His return is told, whichever of the two the node handles
-    // first, and carol's arrival marks the end.
+    // His last session, in the background, closes: alice knew him in the background, and
+    // is told he is offline now. His return is told, and carol's arrival marks the end.
     bob_tablet.conn.close(0u32.into(), b"bye");
+    assert_eq!(
+        told_until(&mut alice, offline("bob")).await,
+        [offline("bob")]
+    );
     let _bob = session(&n, "acme", "bob", Foreground).await;
     let _carol = session(&n, "acme", "carol", Foreground).await;
     assert_eq!(
-        told_until(&mut alice, "carol", Foreground).await,
+        told_until(&mut alice, is("carol", Foreground)).await,
         [is("bob", Foreground), is("carol", Foreground)]
     );
 }
@@ -158,14 +169,16 @@ async fn the_presence_snapshot_is_capped_at_half_the_notice_queue() {
         .send(&ClientFrame::Presence { state: Background })
         .await;
     marker.sync().await;
-    let mut snapshot = told_until(&mut alice, "u1", Background).await;
+    let mut snapshot = told_until(&mut alice, is("u1", Background)).await;
     snapshot.pop();
     assert_eq!(snapshot.len(), 4, "{snapshot:?}");
-    let mut users: Vec<&str> = snapshot.iter().map(|(u, _)| u.as_str()).collect();
+    let mut users: Vec<&str> = snapshot.iter().map(|(u, _, _)| u.as_str()).collect();
     users.sort();
     users.dedup();
     assert_eq!(users.len(), 4, "one notice per user: {snapshot:?}");
-    assert!(snapshot.iter().all(|(_, s)| *s == Foreground));
+    assert!(snapshot
+        .iter()
+        .all(|(_, s, online)| *s == Foreground && *online));
     assert_eq!(n.hub().metrics().snapshot().notices_dropped, 0);
 }
 
@@ -190,7 +203,7 @@ async fn arrivals_and_snapshots_skip_large_groups_and_changes_do_not() {
         .await;
     carol.sync().await;
     assert_eq!(
-        told_until(&mut alice, "carol", Background).await,
+        told_until(&mut alice, is("carol", Background)).await,
         [is("bob", Foreground), is("carol", Background)]
     );
     // Carol shares only "team" with bob and alice: she was told of neither arrival, and
@@ -198,7 +211,7 @@ async fn arrivals_and_snapshots_skip_large_groups_and_changes_do_not() {
     bob.send(&ClientFrame::Presence { state: Background }).await;
     bob.sync().await;
     assert_eq!(
-        told_until(&mut carol, "bob", Background).await,
+        told_until(&mut carol, is("bob", Background)).await,
         [is("bob", Background)]
     );
 }
@@ -218,13 +231,13 @@ async fn an_arrival_over_the_presence_limit_is_refused_after_welcome_and_told_wh
     // Alice's first arrival takes her only token; her leaving is free.
     let alice = session(&n, "acme", "alice", Foreground).await;
     assert_eq!(
-        told_until(&mut bob, "alice", Foreground).await,
+        told_until(&mut bob, is("alice", Foreground)).await,
         [is("alice", Foreground)]
     );
     alice.conn.close(0u32.into(), b"bye");
     assert_eq!(
-        told_until(&mut bob, "alice", Background).await,
-        [is("alice", Background)]
+        told_until(&mut bob, offline("alice")).await,
+        [offline("alice")]
     );
 
     let mut alice = session(&n, "acme", "alice", Foreground).await;
@@ -248,7 +261,7 @@ async fn an_arrival_over_the_presence_limit_is_refused_after_welcome_and_told_wh
         "allowed after the retry-after"
     );
     assert_eq!(
-        told_until(&mut bob, "alice", Foreground).await,
+        told_until(&mut bob, is("alice", Foreground)).await,
         [is("alice", Foreground)]
     );
 }

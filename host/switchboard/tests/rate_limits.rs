@@ -499,7 +499,7 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
 /// The next `PresenceNotice` bob reads (other pushes skipped).
 async fn next_presence(c: &mut RawClient) -> (String, PresenceState) {
     loop {
-        if let Some(ServerFrame::PresenceNotice { user, state }) = c.read_push().await {
+        if let Some(ServerFrame::PresenceNotice { user, state, .. }) = c.read_push().await {
             return (user, state);
         }
     }
@@ -626,9 +626,9 @@ async fn the_presence_limit_counts_notices_and_a_change_back_to_the_told_state_i
     let mut told = Vec::new();
     loop {
         match bob.read_push().await.expect("push streams ended") {
-            ServerFrame::PresenceNotice { user, state } if user == "alice" => told.push(state),
+            ServerFrame::PresenceNotice { user, state, .. } if user == "alice" => told.push(state),
             // Her arrival, then the end marker.
-            ServerFrame::PresenceNotice { user, state } if user == "carol" => {
+            ServerFrame::PresenceNotice { user, state, .. } if user == "carol" => {
                 if state == Background {
                     break;
                 }

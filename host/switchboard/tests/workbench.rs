@@ -102,6 +102,55 @@ fn check_passes_first_party_plugins_and_reports_the_self_test() {
     }
 }
 
+/// `--node-config`: the check holds a plugin to the node's `[plugins]` budgets, so a plugin
+/// that spins through most of the default fuel passes by default and is refused under a node
+/// that gives it 200,000 units, as that node's upload would refuse it.
+#[test]
+fn check_uses_the_budgets_of_the_nodes_config_when_given() {
+    plugin(&["check", plugins_artifacts::HEAVY]).ok();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        "data_dir = \"data\"\n[plugins]\nfuel_per_call = 200000\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let refused = plugin(&["check", "--node-config", cfg, plugins_artifacts::HEAVY]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("ran out of fuel"),
+        "{}",
+        refused.stderr
+    );
+    let report = plugin(&[
+        "check",
+        "--json",
+        "--node-config",
+        cfg,
+        plugins_artifacts::PRIORITY,
+    ])
+    .json();
+    assert_eq!(report["fuel_per_call"], 200_000);
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "data_dir = \"d\"\n[plugins]\ndeadline_ms = 0\n",
+    )
+    .unwrap();
+    let bad = plugin(&[
+        "check",
+        "--node-config",
+        dir.path().join("bad.toml").to_str().unwrap(),
+        plugins_artifacts::PRIORITY,
+    ]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("plugins.deadline_ms = 0"),
+        "{}",
+        bad.stderr
+    );
+}
+
 /// Every refusal of `plugin check` is, code and message, what the node's upload answers for
 /// the same file: both call `switchboard_policy`'s upload checks.
 #[tokio::test(flavor = "multi_thread")]

@@ -380,10 +380,15 @@ pub fn encode_server(f: &ServerFrame) -> Bytes {
             let t = fb::ReceiptNotice::create(fbb, &args);
             (fb::Body::ReceiptNotice, t.as_union_value())
         }
-        ServerFrame::PresenceNotice { user, state } => {
+        ServerFrame::PresenceNotice {
+            user,
+            state,
+            online,
+        } => {
             let args = fb::PresenceNoticeArgs {
                 user: Some(fbb.create_string(user)),
                 state: presence_fb(*state),
+                online: *online,
             };
             let t = fb::PresenceNotice::create(fbb, &args);
             (fb::Body::PresenceNotice, t.as_union_value())
@@ -758,6 +763,7 @@ pub fn decode_server(frame: &[u8], l: &DecodeLimits) -> Result<ServerFrame, Wire
             ServerFrame::PresenceNotice {
                 user: id("user", p.user())?,
                 state: presence(p.state())?,
+                online: p.online(),
             }
         }
         fb::Body::Pong => {

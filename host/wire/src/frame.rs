@@ -192,6 +192,8 @@ pub enum ServerFrame {
     PresenceNotice {
         user: String,
         state: PresenceState,
+        /// False once the user's last connection closed (then `state` is `Background`).
+        online: bool,
     },
     Pong {
         request_id: u64,

@@ -47,8 +47,12 @@ pub enum Event {
     },
     /// The presence of a user sharing a group: after each connect, one per connected
     /// co-member (the node's snapshot), then on every change, including its arrival and its
-    /// leaving (told as `Background`: the protocol has no offline state).
-    Presence { user: String, state: PresenceState },
+    /// leaving: `online` false (and `state` `Background`) once its last connection closed.
+    Presence {
+        user: String,
+        state: PresenceState,
+        online: bool,
+    },
     /// The user's complete feature-flag set, as the tenant's policy evaluates it: after each
     /// connect and whenever it changes. Replaces the previous set.
     Flags { flags: Vec<(String, bool)> },
@@ -280,7 +284,15 @@ impl EventSink {
                 user,
                 kind,
             },
-            ServerFrame::PresenceNotice { user, state } => Event::Presence { user, state },
+            ServerFrame::PresenceNotice {
+                user,
+                state,
+                online,
+            } => Event::Presence {
+                user,
+                state,
+                online,
+            },
             ServerFrame::Flags { flags } => Event::Flags {
                 flags: flags.into_iter().map(|f| (f.name, f.enabled)).collect(),
             },
@@ -453,6 +465,7 @@ mod tests {
         sink.push(ServerFrame::PresenceNotice {
             user: "bob".into(),
             state: PresenceState::Background,
+            online: false,
         })
         .await;
         assert!(matches!(
@@ -467,6 +480,7 @@ mod tests {
             events.next().await,
             Some(Event::Presence {
                 state: PresenceState::Background,
+                online: false,
                 ..
             })
         ));

@@ -443,6 +443,7 @@ mod tests {
         let push = ServerFrame::PresenceNotice {
             user: "u".into(),
             state: PresenceState::Background,
+            online: true,
         };
         assert!(matches!(route(push), Routed::Push(_)));
         let conn_err = ServerFrame::Error(ErrorFrame::new(0, ErrorCode::Overloaded, ""));

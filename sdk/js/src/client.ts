@@ -150,11 +150,13 @@ export interface ReceiptSummary {
 }
 
 /** A co-member's presence: after each connect one per connected co-member (the node's
- * snapshot), then on each change, its arrival and its leaving (told as `Background`: the
- * protocol has no offline state). */
+ * snapshot), then on each change, its arrival and its leaving (`online` false, `state`
+ * `Background`, once its last connection closed). */
 export interface Presence {
   user: string;
   state: PresenceState;
+  /** False once the user's last connection closed. */
+  online: boolean;
 }
 
 /** `group` has messages up to `headSeq` that were not sent to this background client: they
@@ -820,7 +822,7 @@ export class SwitchboardClient {
         });
         return;
       case "presence":
-        callHandler(this.onPresence, { user: f.user, state: f.state });
+        callHandler(this.onPresence, { user: f.user, state: f.state, online: f.online });
         return;
       case "nudge":
         callHandler(this.onNudge, { group: f.group, headSeq: f.headSeq });

@@ -109,7 +109,7 @@ export type ServerFrame =
     }
   | { type: "pong"; requestId: bigint }
   | { type: "error"; requestId: bigint; code: number; message: string; retryAfterMs: number }
-  | { type: "presence"; user: string; state: PresenceState }
+  | { type: "presence"; user: string; state: PresenceState; online: boolean }
   | { type: "receipt"; group: string; seq: bigint; user: string; kind: ReceiptKind }
   | {
       type: "receiptSummary";
@@ -308,7 +308,7 @@ export function decodeServer(bytes: Uint8Array): ServerFrame {
     }
     case Body.PresenceNotice: {
       const p: PresenceNotice = frame.body(new PresenceNotice());
-      return { type: "presence", user: p.user() ?? "", state: p.state() };
+      return { type: "presence", user: p.user() ?? "", state: p.state(), online: p.online() };
     }
     case Body.ReceiptNotice: {
       const r: ReceiptNotice = frame.body(new ReceiptNotice());

@@ -252,6 +252,10 @@ test("presence: changes are sent, carried by the next Hello, and co-members' com
   node.pushFrame({ type: "presence", user: "carol", state: PresenceState.Background });
   await until(() => events.presence.length === 2);
   assert.deepEqual(events.order, ["connected 1", "presence bob", "presence carol"]);
+  // A co-member whose last connection closed: offline.
+  node.pushFrame({ type: "presence", user: "bob", state: PresenceState.Background, online: false });
+  await until(() => events.presence.length === 3);
+  assert.deepEqual(events.presence.map((p) => [p.user, p.online]), [["bob", true], ["carol", true], ["bob", false]]);
 
   client.background();
   assert.deepEqual(await node.next("presence"), { type: "presence", state: PresenceState.Background });

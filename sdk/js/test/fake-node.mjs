@@ -180,7 +180,7 @@ export function encodeServer(f) {
       type = Body.Resume;
       break;
     case "presence":
-      body = PresenceNotice.createPresenceNotice(b, b.createString(f.user), f.state);
+      body = PresenceNotice.createPresenceNotice(b, b.createString(f.user), f.state, f.online ?? true);
       type = Body.PresenceNotice;
       break;
     case "receipt":

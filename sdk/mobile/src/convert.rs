@@ -104,8 +104,13 @@ pub enum ClientEvent {
     },
     /// The group has messages up to `head_seq` not sent to this background client.
     Nudge { group: String, head_seq: u64 },
-    /// A co-member's presence (leaving is told as background).
-    Presence { user: String, foreground: bool },
+    /// A co-member's presence; `online` false (and `foreground` false) once its last
+    /// connection closed.
+    Presence {
+        user: String,
+        foreground: bool,
+        online: bool,
+    },
     /// The user's complete flag set, replacing the previous one.
     Flags { flags: Vec<Flag> },
     /// The connection was lost (or paused); reconnecting unless `Closed` follows.
@@ -176,9 +181,14 @@ pub(crate) fn event(e: Event) -> Option<ClientEvent> {
             members,
         },
         Event::Nudge { group, head_seq } => ClientEvent::Nudge { group, head_seq },
-        Event::Presence { user, state } => ClientEvent::Presence {
+        Event::Presence {
+            user,
+            state,
+            online,
+        } => ClientEvent::Presence {
             user,
             foreground: state == PresenceState::Foreground,
+            online,
         },
         Event::Flags { flags } => ClientEvent::Flags {
             flags: flags

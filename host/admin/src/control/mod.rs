@@ -50,6 +50,10 @@ pub struct ControlConfig {
     pub apply_timeout: Duration,
     /// Largest group a tenant may create (the node's `max_group_members`).
     pub max_group_members: u32,
+    /// Whether a tenant's API key may also change which of its own plugin versions serve
+    /// (activate, canary, abort, promote, roll back). Off by default: then only the admin
+    /// token may (`[admin] tenant_rollout` in the node's config).
+    pub tenant_rollout: bool,
 }
 
 /// The control plane of one node. Cheap to share (`Arc`).
@@ -160,6 +164,21 @@ impl Control {
             Caller::Tenant { .. } => Err(ControlError::Forbidden(format!(
                 "this key does not reach tenant {tenant}"
             ))),
+        }
+    }
+
+    /// Whether `caller` may change which versions serve `tenant`: the operator always; the
+    /// tenant's own key only when the operator allowed it ([`ControlConfig::tenant_rollout`]).
+    pub fn authorize_rollout(&self, caller: &Caller, tenant: &str) -> Result<(), ControlError> {
+        self.authorize_tenant(caller, tenant)?;
+        match caller {
+            Caller::Admin => Ok(()),
+            Caller::Tenant { .. } if self.settings.tenant_rollout => Ok(()),
+            Caller::Tenant { .. } => Err(ControlError::Forbidden(
+                "changing which plugin version serves needs the admin token on this node \
+                 (the operator can let tenant keys do it: `tenant_rollout = true` in [admin])"
+                    .to_owned(),
+            )),
         }
     }
 

@@ -491,8 +491,9 @@ impl Control {
                 quotas.max_plugin_versions
             )));
         }
-        // Compiled for this check only: nothing is cached, kept in memory or written until
-        // the upload has passed every check and is stored, so a refusal leaves nothing.
+        // Compiled for this check only (or taken from the artifact cache, if these bytes
+        // were stored before, for any tenant): nothing is cached, kept in memory or written
+        // until the upload has passed every check and is stored, so a refusal leaves nothing.
         // The checks are `switchboard_policy`'s, shared with `switchboard plugin check`.
         let (plugin, report) = self.check_new(wasm.clone()).await?;
         let meta = PluginVersion {
@@ -528,8 +529,9 @@ impl Control {
         })
     }
 
-    /// Compiles and self-tests an upload's bytes, off the runtime, without the artifact cache
-    /// or the in-memory map: what it makes is dropped with the refusal.
+    /// Compiles (or reads from the artifact cache, never storing in it) and self-tests an
+    /// upload's bytes, off the runtime, without the in-memory map: what it makes is dropped
+    /// with the refusal.
     async fn check_new(
         &self,
         wasm: Bytes,
@@ -541,10 +543,11 @@ impl Control {
         ControlError,
     > {
         let engine = self.engine.clone();
+        let cache = self.cache.clone();
         let slot = self.compile_slot().await?;
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            engine.check_upload_and_self_test(&wasm)
+            engine.check_upload_and_self_test_cached(&wasm, &cache)
         })
         .await
         .map_err(|e| ControlError::Internal(format!("check task: {e}")))?
@@ -797,6 +800,13 @@ impl Control {
                 h.out_of_fuel = f.out_of_fuel;
                 h.deadline = f.deadline;
                 h.invalid_output = f.invalid_output;
+                h.counters = s.policy.counters();
+                h.counter_updates_dropped = s.stats.counter_updates_dropped;
+                h.last_failure = s.policy.last_failure().map(|l| FailureInfo {
+                    hook: l.hook.wit_name().to_owned(),
+                    reason: l.reason.clone(),
+                    at_ms: l.at_ms,
+                });
             }
             h
         };

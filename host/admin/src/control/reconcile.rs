@@ -153,10 +153,13 @@ async fn policy_for(
         return Ok((vc.clone(), p.clone()));
     }
     let plugin = c.stored_plugin(tenant, &vc.version).await?;
-    // The tenant's counters (`host.counter-add`) survive a swap.
+    // A version's counters (`host.counter-add`) are its own, so a canary's can be told from
+    // the active version's; they survive a rebinding of the same version (a new config, a
+    // canary promoted), not a swap to another version.
     let counters = current
         .versions
-        .first()
+        .iter()
+        .find(|(v, _)| v.version == vc.version)
         .map(|(_, p)| p.counters_handle())
         .unwrap_or_default();
     let config: BTreeMap<String, String> = vc.config.clone();

@@ -203,6 +203,26 @@ pub struct VersionHealth {
     pub out_of_fuel: u64,
     pub deadline: u64,
     pub invalid_output: u64,
+    /// The plugin's own counters (`host.counter-add`) for this version, by name: at most
+    /// `max_counters_per_tenant` names (64 unless the operator set `[plugins]`).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    /// Adds to counter names beyond that bound (or invalid names), ignored.
+    #[serde(default)]
+    pub counter_updates_dropped: u64,
+    /// Its latest failed call (a trap's reason includes the plugin's panic message).
+    #[serde(default)]
+    pub last_failure: Option<FailureInfo>,
+}
+
+/// A plugin call that fell back to the built-in default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureInfo {
+    /// `on-message`, `on-receipt`, `evaluate-flags` or `on-load`.
+    pub hook: String,
+    /// Why, at most 2 KiB: e.g. `plugin trapped: … the plugin wrote: panicked at …`.
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -410,7 +430,8 @@ pub struct NodeInfo {
     pub load: LoadInfo,
     pub queues: QueueInfo,
     pub latency: Vec<LatencyClass>,
-    /// Every node counter of `/metrics` (without the `switchboard_` prefix), since start.
+    /// Every node counter of `/metrics` (without its `switchboard_` prefix and `_total`
+    /// suffix), since start.
     pub counters: BTreeMap<String, u64>,
     /// Versions the node rolled back by itself since start.
     pub auto_rollbacks: u64,

@@ -104,6 +104,23 @@ impl FromRequestParts<ApiState> for TenantScope {
     }
 }
 
+/// A caller that may change which plugin versions serve the `{tenant}` of the path: the
+/// admin, or (if the operator allowed it) one of that tenant's keys.
+#[derive(Debug)]
+pub(crate) struct RolloutScope {
+    pub tenant: String,
+}
+
+impl FromRequestParts<ApiState> for RolloutScope {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
+        let TenantScope { caller, tenant } = TenantScope::from_request_parts(parts, state).await?;
+        state.control.authorize_rollout(&caller, &tenant)?;
+        Ok(RolloutScope { tenant })
+    }
+}
+
 /// Path parameters, refused as a problem (not axum's plain-text rejection).
 #[derive(Debug)]
 pub(crate) struct Params<T>(pub T);

@@ -204,7 +204,11 @@ fn hub_series(out: &mut String, m: MetricsSnapshot) {
             SeriesKind::Gauge => Kind::Gauge,
             SeriesKind::Counter => Kind::Counter,
         };
-        let name = format!("switchboard_{name}");
+        // OpenMetrics names a counter `<name>_total`; `/v1/node` keeps the bare names.
+        let name = match kind {
+            Kind::Counter => format!("switchboard_{name}_total"),
+            _ => format!("switchboard_{name}"),
+        };
         family(out, &name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
@@ -270,6 +274,26 @@ fn policy_series(out: &mut String, control: &Control) -> Result<(), ControlError
                 label(tenant),
                 label(&health.version),
                 field(health)
+            );
+        }
+    }
+    // The plugins' own counters: at most `max_counters_per_tenant` names per serving
+    // version, two versions per tenant.
+    let name = "switchboard_plugin_counter_total";
+    family(
+        out,
+        name,
+        Kind::Counter,
+        "A tenant's plugin counters (host.counter-add), per serving version, by counter name.",
+    );
+    for (tenant, role, health) in &serving {
+        for (counter, value) in &health.counters {
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{}\",version=\"{}\",role=\"{role}\",counter=\"{}\"}} {value}",
+                label(tenant),
+                label(&health.version),
+                label(counter)
             );
         }
     }

@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
 
-use super::extract::{read_body, Admin, JsonBody, Params, QueryParams, TenantScope};
+use super::extract::{read_body, JsonBody, Params, QueryParams, RolloutScope, TenantScope};
 use super::{blocking, ApiState, Problem, UPLOAD_BODY_LIMIT};
 use crate::control::types::*;
 use crate::ControlError;
@@ -117,8 +117,7 @@ pub(super) async fn status(
 
 pub(super) async fn activate(
     State(s): State<ApiState>,
-    _: Admin,
-    Params(tenant): Params<String>,
+    RolloutScope { tenant }: RolloutScope,
     JsonBody(req): JsonBody<Activate>,
 ) -> Result<Json<PolicyStatus>, Problem> {
     Ok(Json(s.control.activate(&tenant, &req).await?))
@@ -126,8 +125,7 @@ pub(super) async fn activate(
 
 pub(super) async fn start_canary(
     State(s): State<ApiState>,
-    _: Admin,
-    Params(tenant): Params<String>,
+    RolloutScope { tenant }: RolloutScope,
     JsonBody(req): JsonBody<StartCanary>,
 ) -> Result<Json<PolicyStatus>, Problem> {
     Ok(Json(s.control.start_canary(&tenant, &req).await?))
@@ -135,24 +133,21 @@ pub(super) async fn start_canary(
 
 pub(super) async fn abort_canary(
     State(s): State<ApiState>,
-    _: Admin,
-    Params(tenant): Params<String>,
+    RolloutScope { tenant }: RolloutScope,
 ) -> Result<Json<PolicyStatus>, Problem> {
     Ok(Json(s.control.abort_canary(&tenant).await?))
 }
 
 pub(super) async fn promote(
     State(s): State<ApiState>,
-    _: Admin,
-    Params(tenant): Params<String>,
+    RolloutScope { tenant }: RolloutScope,
 ) -> Result<Json<PolicyStatus>, Problem> {
     Ok(Json(s.control.promote(&tenant).await?))
 }
 
 pub(super) async fn rollback(
     State(s): State<ApiState>,
-    _: Admin,
-    Params(tenant): Params<String>,
+    RolloutScope { tenant }: RolloutScope,
 ) -> Result<Json<PolicyStatus>, Problem> {
     Ok(Json(s.control.rollback(&tenant).await?))
 }

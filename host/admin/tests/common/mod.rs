@@ -71,10 +71,32 @@ impl TestApi {
         .await
     }
 
+    /// A node whose tenant keys may change which of their plugin versions serve
+    /// (`ControlConfig::tenant_rollout`).
+    pub async fn start_with_tenant_rollout() -> TestApi {
+        TestApi::start_full(
+            switchboard_admin::http::ServeOptions::default(),
+            AutoRollback {
+                enabled: false,
+                ..AutoRollback::default()
+            },
+            true,
+        )
+        .await
+    }
+
     /// A node with these API bounds and this automatic rollback.
     pub async fn start_configured(
         options: switchboard_admin::http::ServeOptions,
         auto_rollback: AutoRollback,
+    ) -> TestApi {
+        TestApi::start_full(options, auto_rollback, false).await
+    }
+
+    async fn start_full(
+        options: switchboard_admin::http::ServeOptions,
+        auto_rollback: AutoRollback,
+        tenant_rollout: bool,
     ) -> TestApi {
         let tmp = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(&tmp.path().join("store")).unwrap());
@@ -99,6 +121,7 @@ impl TestApi {
                 auto_rollback,
                 apply_timeout: WAIT,
                 max_group_members: limits.max_group_members,
+                tenant_rollout,
             },
             store.clone(),
             store.clone(),

@@ -164,6 +164,16 @@ async function walk() {
         p.active.handled.toLocaleString("en-US"), `${t.tenant}: handled`);
       assert.equal(await text(page, `${row(t.tenant)} [data-field=active] [data-count=fallback]`),
         p.active.failed.toLocaleString("en-US"), `${t.tenant}: fallback`);
+      // The plugin's own counters (a tenant has few here: all are shown).
+      const counters = Object.entries(p.active.counters);
+      assert.equal(await page.locator(`${row(t.tenant)} [data-field=active] [data-field=counters]`).count(),
+        counters.length ? 1 : 0, `${t.tenant}: counters`);
+      if (counters.length) {
+        assert.equal(await text(page, `${row(t.tenant)} [data-field=active] [data-field=counters]`),
+          counters.map(([k, v]) => `${k} ${v.toLocaleString("en-US")}`).join(" · "), `${t.tenant}: counters`);
+      }
+      assert.equal(await page.locator(`${row(t.tenant)} [data-field=active] [data-field=last-failure]`).count(),
+        p.active.last_failure ? 1 : 0, `${t.tenant}: last failure`);
     }
     if (p.last_rollback) {
       assert.equal(await text(page, `${row(t.tenant)} [data-field=rollback-reason]`), p.last_rollback.reason);
@@ -171,6 +181,7 @@ async function walk() {
   }
   const globex = traffic.tenants.find((t) => t.tenant !== TENANT);
   assert.ok(globex.policy.last_rollback?.automatic, "the other tenant was rolled back by the node");
+  assert.equal(globex.policy.active.counters.priority_spam_rejected, 1, "its plugin counted the spam");
   assert.match(await text(page, `${row(globex.tenant)} [data-field=rollback]`), /automatic/);
   assert.equal(await page.locator("#conn-rows tr[data-session]").count(), conns.connections.length);
   assert.match(await text(page, "#conn-range"), new RegExp(`of ${conns.total}$`));

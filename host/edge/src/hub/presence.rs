@@ -1,7 +1,8 @@
 //! Presence as co-members see it. A user has one state for them: `Foreground` if any of its
-//! sessions is, `Background` if all are, and when its last session closes it is told as
-//! `Background` (switchboard/1 has no offline state: a new `PresenceState` value would be
-//! refused by existing decoders, protocol §16). What co-members were last told is kept per
+//! sessions is, `Background` if all are, and offline once its last session closes, told as
+//! `Background` with `online: false` (a field appended to `PresenceNotice`, which older
+//! clients ignore; a new `PresenceState` value would be refused by existing decoders,
+//! protocol §16). What co-members were last told is kept per
 //! user ([`Told`]); a change, an arrival or a departure that makes the user's state differ
 //! from it is told to the connected members of the user's groups, and a new session gets a
 //! snapshot of its co-members' told states. Protocol §11 is the contract.
@@ -90,7 +91,8 @@ impl Hub {
     }
 
     /// After `session` was unregistered (its user's membership lock held): tells co-members
-    /// in `groups` (the session's) if its user's state changed; `Background` if it left.
+    /// in `groups` (the session's) if its user's state changed, or that it is offline if that
+    /// was its last session.
     pub(super) fn tell_departure(&self, session: &Session, groups: &[GroupId]) {
         // Free, so never refused.
         let _ = self.tell_presence(session, groups, Cause::Departure);
@@ -104,15 +106,16 @@ impl Hub {
         groups: &[GroupId],
         cause: Cause,
     ) -> Result<(), RequestError> {
-        let now = user_presence(&self.sessions_of(&session.tenant, &session.user));
+        let here = user_presence(&self.sessions_of(&session.tenant, &session.user));
         self.tell_elsewhere(&session.tenant, &session.user);
+        // In cluster mode co-members are told the user's state over every node: a user
+        // leaving here but connected to another node is still online.
+        let elsewhere =
+            crate::elsewhere::presence_elsewhere(&self.elsewhere, &session.tenant, &session.user);
+        let now = crate::elsewhere::combined(here, elsewhere);
         let mut told = session.told.0.lock();
         if *told == now {
-            return Ok(());
-        }
-        if now.is_none() && *told == Some(PresenceState::Background) {
-            // Left while in the background: the notice would say what co-members know.
-            *told = None;
+            // Also a user never told of (its arrival was shed or refused) that left.
             return Ok(());
         }
         if self.shedding(&session.tenant).presence {
@@ -145,6 +148,7 @@ impl Hub {
         let frame = wire::encode_server(&ServerFrame::PresenceNotice {
             user: session.user.to_string(),
             state: now.unwrap_or(PresenceState::Background),
+            online: now.is_some(),
         });
         let mut reached = HashSet::new();
         for gid in groups {
@@ -214,6 +218,7 @@ impl Hub {
                 let frame = wire::encode_server(&ServerFrame::PresenceNotice {
                     user: s.user.to_string(),
                     state,
+                    online: true,
                 });
                 session.push(
                     Push::Notice {

@@ -45,9 +45,14 @@ struct HookLine {
     fuel_used: u64,
 }
 
-pub(super) fn run(file: &Path, quota_bytes: Option<usize>, json: bool) -> Result<(), Failure> {
+pub(super) fn run(
+    file: &Path,
+    quota_bytes: Option<usize>,
+    node_config: Option<&Path>,
+    json: bool,
+) -> Result<(), Failure> {
     let wasm = read(file)?;
-    let engine = engine()?;
+    let engine = engine(node_config)?;
     let quota = quota_bytes.unwrap_or(TenantQuotas::default().max_plugin_bytes as usize);
     let refused = |r: UploadRefusal| Failure::Refused {
         code: problem_code(&r),

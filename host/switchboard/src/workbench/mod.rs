@@ -53,6 +53,10 @@ enum PluginCommand {
         /// tenant's).
         #[arg(long, value_name = "BYTES")]
         quota_bytes: Option<usize>,
+        /// The node's config file: check under its `[plugins]` budgets (default: the
+        /// defaults, as a node without that section).
+        #[arg(long, value_name = "FILE")]
+        node_config: Option<PathBuf>,
         /// Print a JSON report instead of a summary.
         #[arg(long)]
         json: bool,
@@ -67,6 +71,9 @@ enum PluginCommand {
         /// A value the plugin reads with `config-get` (repeatable; overrides the file's).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
         config: Vec<(String, String)>,
+        /// The node's config file: run under its `[plugins]` budgets.
+        #[arg(long, value_name = "FILE")]
+        node_config: Option<PathBuf>,
         /// Print a JSON report instead of a summary.
         #[arg(long)]
         json: bool,
@@ -123,14 +130,16 @@ pub fn run(args: PluginArgs) -> i32 {
         PluginCommand::Check {
             file,
             quota_bytes,
+            node_config,
             json,
-        } => check::run(&file, quota_bytes, json),
+        } => check::run(&file, quota_bytes, node_config.as_deref(), json),
         PluginCommand::Run {
             file,
             events,
             config,
+            node_config,
             json,
-        } => run::run(&file, &events, config, json),
+        } => run::run(&file, &events, config, node_config.as_deref(), json),
     };
     match result {
         Ok(()) => 0,
@@ -144,10 +153,23 @@ pub fn run(args: PluginArgs) -> i32 {
     }
 }
 
-/// The engine the node runs plugins with (the `switchboard` node uses the defaults).
-fn engine() -> Result<switchboard_policy::PolicyEngine, Failure> {
-    switchboard_policy::PolicyEngine::new(switchboard_policy::PolicyLimits::default())
-        .map_err(|e| Failure::Local(format!("could not set up the plugin engine: {e}")))
+/// The engine a node runs plugins with: the budgets of `node_config`'s `[plugins]`, or the
+/// defaults (a node whose config has no such section).
+fn engine(
+    node_config: Option<&std::path::Path>,
+) -> Result<switchboard_policy::PolicyEngine, Failure> {
+    let budgets = match node_config {
+        Some(path) => {
+            switchboard::Config::load(path)
+                .map_err(|e| Failure::Local(e.to_string()))?
+                .plugins
+        }
+        None => switchboard::PluginSettings::default(),
+    };
+    switchboard_policy::PolicyEngine::new(
+        budgets.apply(switchboard_policy::PolicyLimits::default()),
+    )
+    .map_err(|e| Failure::Local(format!("could not set up the plugin engine: {e}")))
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, Failure> {

@@ -197,6 +197,7 @@ pub(super) fn run(
     file: &Path,
     events: &Path,
     config: Vec<(String, String)>,
+    node_config: Option<&Path>,
     json: bool,
 ) -> Result<(), Failure> {
     let text = read(events)?;
@@ -219,7 +220,7 @@ pub(super) fn run(
         }
     }
     let wasm = read(file)?;
-    let engine = engine()?;
+    let engine = engine(node_config)?;
     // Only what `load` checks: `run` is for finding out why a plugin fails its self-test too.
     let plugin = engine.load(&wasm).map_err(|e| {
         let refusal = switchboard_policy::UploadRefusal::from(e);

@@ -2,7 +2,7 @@
 // group life between two pages over WebTransport —
 // - presence: the page that opens second sees the first in the node's snapshot, the first
 //   sees the second arrive; /bg and /fg on one page show on the other; closing a page shows
-//   its user away;
+//   its user gone (offline);
 // - receipts: a message from one page is read on the other, whose read receipt comes back;
 // - leave and fetch: a page that left stops receiving (and the node refuses it the group's
 //   log: NotMember), then on /join fetches exactly what it missed, in order, and receives
@@ -76,10 +76,9 @@ await withBrowser(async (context) => {
     "alice's live messages (nothing while she was out of the group)",
   );
 
-  // Alice goes away for good: her last session closes, and Bob is told (as away: the
-  // protocol has no offline state).
+  // Alice goes away for good: her last session closes, and Bob is told she is offline.
   await alice.evaluate(() => window.chat.client.close());
-  await presenceOf(bob, "alice", "away", "bob", "alice away after her page closed its session");
+  await presenceOf(bob, "alice", "gone", "bob", "alice gone after her page closed its session");
 
   const bobState = await chatState(bob);
   console.log(

@@ -215,6 +215,7 @@ impl TestNode {
                 auto_rollback,
                 apply_timeout: WAIT,
                 max_group_members: Limits::default().max_group_members,
+                tenant_rollout: false,
             },
             self.store.clone(),
             self.store.clone(),

@@ -2964,8 +2964,9 @@ pub enum PresenceNoticeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
 /// The presence of a user who shares a group with you, as all its co-members know it: sent
-/// when it changes (a Presence change, a connection arriving or closing; Background once its
-/// last connection closed) and, after Welcome, once per connected co-member (protocol §11).
+/// when it changes (a Presence change, a connection arriving or closing; Background and
+/// online false once its last connection closed) and, after Welcome, once per connected
+/// co-member (protocol §11).
 pub struct PresenceNotice<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -2981,6 +2982,7 @@ impl<'a> ::flatbuffers::Follow<'a> for PresenceNotice<'a> {
 impl<'a> PresenceNotice<'a> {
   pub const VT_USER: ::flatbuffers::VOffsetT = 4;
   pub const VT_STATE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ONLINE: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2993,6 +2995,7 @@ impl<'a> PresenceNotice<'a> {
   ) -> ::flatbuffers::WIPOffset<PresenceNotice<'bldr>> {
     let mut builder = PresenceNoticeBuilder::new(_fbb);
     if let Some(x) = args.user { builder.add_user(x); }
+    builder.add_online(args.online);
     builder.add_state(args.state);
     builder.finish()
   }
@@ -3014,6 +3017,15 @@ impl<'a> PresenceNotice<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<PresenceState>(PresenceNotice::VT_STATE, Some(PresenceState::Foreground)).unwrap()}
   }
+  /// False when the user's last connection closed: it is offline (`state` is Background).
+  /// Appended in switchboard/1: a notice from an older node leaves it out, which reads true.
+  #[inline]
+  pub fn online(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PresenceNotice::VT_ONLINE, Some(true)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PresenceNotice<'_> {
@@ -3024,6 +3036,7 @@ impl ::flatbuffers::Verifiable for PresenceNotice<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, true)?
      .visit_field::<PresenceState>("state", Self::VT_STATE, false)?
+     .visit_field::<bool>("online", Self::VT_ONLINE, false)?
      .finish();
     Ok(())
   }
@@ -3031,6 +3044,7 @@ impl ::flatbuffers::Verifiable for PresenceNotice<'_> {
 pub struct PresenceNoticeArgs<'a> {
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub state: PresenceState,
+    pub online: bool,
 }
 impl<'a> Default for PresenceNoticeArgs<'a> {
   #[inline]
@@ -3038,6 +3052,7 @@ impl<'a> Default for PresenceNoticeArgs<'a> {
     PresenceNoticeArgs {
       user: None, // required field
       state: PresenceState::Foreground,
+      online: true,
     }
   }
 }
@@ -3054,6 +3069,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceNoticeBuilder<'a, 'b,
   #[inline]
   pub fn add_state(&mut self, state: PresenceState) {
     self.fbb_.push_slot::<PresenceState>(PresenceNotice::VT_STATE, state, PresenceState::Foreground);
+  }
+  #[inline]
+  pub fn add_online(&mut self, online: bool) {
+    self.fbb_.push_slot::<bool>(PresenceNotice::VT_ONLINE, online, true);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceNoticeBuilder<'a, 'b, A> {
@@ -3076,6 +3095,7 @@ impl ::core::fmt::Debug for PresenceNotice<'_> {
     let mut ds = f.debug_struct("PresenceNotice");
       ds.field("user", &self.user());
       ds.field("state", &self.state());
+      ds.field("online", &self.online());
       ds.finish()
   }
 }

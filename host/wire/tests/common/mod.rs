@@ -166,6 +166,12 @@ pub fn server_cases() -> Vec<ServerFrame> {
         ServerFrame::PresenceNotice {
             user: "bob".into(),
             state: PresenceState::Background,
+            online: true,
+        },
+        ServerFrame::PresenceNotice {
+            user: "carol".into(),
+            state: PresenceState::Background,
+            online: false,
         },
         ServerFrame::Pong { request_id: 9 },
         ServerFrame::Flags {

@@ -9,8 +9,9 @@ import { PresenceState } from '../../switchboard/wire/presence-state.js';
 
 /**
  * The presence of a user who shares a group with you, as all its co-members know it: sent
- * when it changes (a Presence change, a connection arriving or closing; Background once its
- * last connection closed) and, after Welcome, once per connected co-member (protocol §11).
+ * when it changes (a Presence change, a connection arriving or closing; Background and
+ * online false once its last connection closed) and, after Welcome, once per connected
+ * co-member (protocol §11).
  */
 export class PresenceNotice {
   bb: flatbuffers.ByteBuffer|null = null;
@@ -48,8 +49,17 @@ state():PresenceState {
   return offset ? this.bb!.readUint8(this.bb_pos + offset) : PresenceState.Foreground;
 }
 
+/**
+ * False when the user's last connection closed: it is offline (`state` is Background).
+ * Appended in switchboard/1: a notice from an older node leaves it out, which reads true.
+ */
+online():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 8);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : true;
+}
+
 static startPresenceNotice(builder:flatbuffers.Builder) {
-  builder.startObject(2);
+  builder.startObject(3);
 }
 
 static addUser(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset) {
@@ -60,16 +70,21 @@ static addState(builder:flatbuffers.Builder, state:PresenceState) {
   builder.addFieldInt8(1, state, PresenceState.Foreground);
 }
 
+static addOnline(builder:flatbuffers.Builder, online:boolean) {
+  builder.addFieldInt8(2, +online, +true);
+}
+
 static endPresenceNotice(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   builder.requiredField(offset, 4) // user
   return offset;
 }
 
-static createPresenceNotice(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset, state:PresenceState):flatbuffers.Offset {
+static createPresenceNotice(builder:flatbuffers.Builder, userOffset:flatbuffers.Offset, state:PresenceState, online:boolean):flatbuffers.Offset {
   PresenceNotice.startPresenceNotice(builder);
   PresenceNotice.addUser(builder, userOffset);
   PresenceNotice.addState(builder, state);
+  PresenceNotice.addOnline(builder, online);
   return PresenceNotice.endPresenceNotice(builder);
 }
 }
