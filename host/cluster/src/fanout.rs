@@ -30,26 +30,8 @@ use tokio::sync::mpsc;
 
 use crate::heads::Heads;
 use crate::names::{decode_token, encode_token};
+use crate::news::{Committed, News};
 use crate::JetStreamLog;
-
-/// Committed messages from other nodes waiting for the node to deliver them.
-pub const COMMITTED_QUEUE: usize = 4096;
-
-/// What another node committed to a group, for this node's sessions.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub tenant: TenantId,
-    pub group: GroupId,
-    pub news: News,
-}
-
-/// A committed message (a commit notice), or only the group's head (a head announcement,
-/// `crate::heads`): the sessions read up to it from the log.
-#[derive(Debug, Clone)]
-pub enum News {
-    Message(StoredMessage),
-    Head(u64),
-}
 
 const H_SEQ: &str = "Sb-Seq";
 const H_STREAM_SEQ: &str = "Sb-Stream-Seq";

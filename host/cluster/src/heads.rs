@@ -197,7 +197,7 @@ pub(crate) async fn listen(
     prefix: String,
     node: String,
     log: std::sync::Arc<crate::JetStreamLog>,
-    committed: tokio::sync::mpsc::Sender<crate::Committed>,
+    committed: tokio::sync::mpsc::Sender<crate::news::Committed>,
 ) {
     use futures_util::StreamExt;
     let subject = format!("{prefix}.heads.>");
@@ -216,10 +216,10 @@ pub(crate) async fn listen(
         for h in decode(&a.payload) {
             log.observe_head(h.tenant.clone(), h.group.clone(), h.seq, h.stream_seq)
                 .await;
-            let news = crate::Committed {
+            let news = crate::news::Committed {
                 tenant: h.tenant,
                 group: h.group,
-                news: crate::fanout::News::Head(h.seq),
+                news: crate::news::News::Head(h.seq),
             };
             if committed.try_send(news).is_err() {
                 tracing::warn!("committed-message queue full or closed; a head was dropped");

@@ -32,19 +32,20 @@ pub mod lease;
 mod log;
 pub mod members;
 pub mod names;
+mod news;
 mod node;
 pub mod ownership;
 pub mod presence;
 mod shared;
 
 pub use error::ClusterError;
-pub use fanout::{Committed, News, COMMITTED_QUEUE};
 pub use forward::MAX_FORWARDED_IN_FLIGHT;
 pub use keeper::{Action, Event, Keeper, KeeperConfig};
 pub use keeper_task::{KeeperHandle, KeeperTask};
 pub use lease::{Lease, ShardLeases};
 pub use log::{all_shards, JetStreamLog, JetStreamLogConfig};
 pub use members::Members;
+pub use news::{Committed, News, COMMITTED_QUEUE};
 pub use node::{ClusterConfig, ClusterNode};
 pub use shared::{
     Key as SharedKey, SharedStore, DEFAULT_APPLY_WAIT, MAX_CAS_ATTEMPTS, MAX_PLUGIN_BYTES,

@@ -27,12 +27,13 @@ use switchboard_store::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::fanout::{self, Committed, Notice, COMMITTED_QUEUE};
+use crate::fanout::{self, Notice};
 use crate::forward::{self, Forwarded};
 use crate::heads::Heads;
 use crate::keeper_task::KeeperHandle;
 use crate::members::Members;
 use crate::names::shard_of;
+use crate::news::{Committed, COMMITTED_QUEUE};
 use crate::ownership::preferred_owner;
 use crate::presence::{ClusterPresence, PresenceChange, PRESENCE_QUEUE};
 use crate::{ClusterError, JetStreamLog, JetStreamLogConfig, KeeperTask, ShardLeases, SharedStore};
