@@ -100,6 +100,11 @@ impl Started {
     }
 
     async fn client(&self, user: &str) -> RawClient {
+        self.client_of("demo", user, SECRET).await
+    }
+
+    /// A session of `user` of `tenant`, whose tokens `secret` signs.
+    async fn client_of(&self, tenant: &str, user: &str, secret: &str) -> RawClient {
         let (identity, _) = switchboard::identity(&self.cfg).unwrap();
         let mut c = RawClient::connect(
             self.node.local_addr(),
@@ -109,7 +114,7 @@ impl Started {
         .await
         .unwrap();
         let now = now_secs();
-        let token = mint("demo", user, SECRET.as_bytes(), now + 600, now - 5);
+        let token = mint(tenant, user, secret.as_bytes(), now + 600, now - 5);
         assert!(
             matches!(c.hello(&token).await, ServerFrame::Welcome { .. }),
             "hello refused"
@@ -349,20 +354,7 @@ async fn tenants_groups_members_swaps_and_rollbacks_made_on_one_node_are_served_
 
     // ann, a member added through node-a, sends through node-b with a token signed by the
     // secret node-a made.
-    let (identity, _) = switchboard::identity(&b.cfg).unwrap();
-    let mut ann = RawClient::connect(
-        b.node.local_addr(),
-        identity.cert_chain[0].as_ref(),
-        switchboard_wire::ALPN,
-    )
-    .await
-    .unwrap();
-    let now = now_secs();
-    let token = mint("acme", "ann", secret.as_bytes(), now + 600, now - 5);
-    assert!(matches!(
-        ann.hello(&token).await,
-        ServerFrame::Welcome { .. }
-    ));
+    let mut ann = b.client_of("acme", "ann", &secret).await;
 
     // A plugin uploaded on node-a and activated there is served by node-b; a rollback
     // made on node-b is served by node-a. Each swap is timed until the other node applied
