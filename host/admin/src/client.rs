@@ -343,6 +343,14 @@ impl AdminClient {
         self.json("POST", "/v1/node/store-key/rotation", Body::None)
     }
 
+    /// Drains the node as SIGTERM does (admin); `node` names the cluster node meant.
+    pub fn drain(&self, node: Option<&str>) -> Result<Draining, ClientError> {
+        let req = DrainRequest {
+            node: node.map(str::to_owned),
+        };
+        self.json("POST", "/v1/node/drain", Self::body(&req))
+    }
+
     /// A page of open sessions: the node's (admin), or `tenant`'s.
     pub fn connections(
         &self,

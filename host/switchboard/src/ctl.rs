@@ -258,6 +258,10 @@ enum NodeCmd {
     /// old one leaves the key file. Refused (409) when the node took its key from
     /// `SWITCHBOARD_STORE_KEY`; then rotate offline with `switchboard keys rotate`.
     RotateStoreKey,
+    /// Drain the node as SIGTERM does: it stops taking sessions, acks what it accepted,
+    /// hands its shards over (cluster mode) and exits. NODE, the cluster node meant, makes a
+    /// drain sent to the wrong node (through a load balancer) a refusal.
+    Drain { node: Option<String> },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -433,6 +437,12 @@ fn execute(c: &AdminClient, command: CtlCommand) -> Result<Answer, Failure> {
             answer(&status, |d| match d.forced {
                 Some(f) => format!("load level {} (forced to {f})", d.level),
                 None => format!("load level {} (not forced)", d.level),
+            })
+        }
+        CtlCommand::Node(NodeCmd::Drain { node }) => {
+            answer(&c.drain(node.as_deref())?, |d| match &d.node {
+                Some(n) => format!("node {n} is draining: it hands its shards over and exits"),
+                None => "the node is draining: it acks what it accepted and exits".to_owned(),
             })
         }
         CtlCommand::Node(NodeCmd::RotateStoreKey) => answer(&c.rotate_store_key()?, |r| {

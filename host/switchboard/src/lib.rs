@@ -973,6 +973,9 @@ pub async fn start_opened(cfg: &Config, opened: Opened) -> Result<RunningNode, N
         engine,
     )
     .await?;
+    if let Some(c) = &cluster {
+        control.set_node_id(c.node());
+    }
     let retention = retention_task(&cfg.store, store);
     // Cluster mode: other nodes' commits go to this node's sessions, in notice order, and
     // presence is shared with the other nodes.

@@ -286,7 +286,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let opened = switchboard::open_for(&cfg)?;
     switchboard::seed(&*opened.store, &cfg)?;
     let node = switchboard::start_opened(&cfg, opened).await?;
-    stop.wait().await;
+    stop.wait_or_drain(&node).await;
     node.shutdown().await;
     Ok(())
 }
@@ -390,7 +390,7 @@ async fn dev(
         data = data_dir.display(),
         cert = cert.display(),
     );
-    stop.wait().await;
+    stop.wait_or_drain(&node).await;
     node.shutdown().await;
     Ok(())
 }
@@ -477,14 +477,25 @@ impl Stop {
         Ok(Self {})
     }
 
-    async fn wait(mut self) {
+    /// Until a signal arrives or an operator asks `node` to drain (`ctl node drain`).
+    async fn wait_or_drain(mut self, node: &switchboard::RunningNode) {
+        let mut drain = node.control.drain_requested();
+        let drained = async move {
+            // The sender lives in the control plane as long as the node: no error while
+            // this waits.
+            let _ = drain.wait_for(|d| *d).await;
+        };
         #[cfg(unix)]
         tokio::select! {
             _ = self.int.recv() => {}
             _ = self.term.recv() => {}
+            _ = drained => {}
         }
         #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = drained => {}
+        }
         tracing::info!(
             drain_s = switchboard_edge::DRAIN_TIMEOUT.as_secs(),
             "shutting down"

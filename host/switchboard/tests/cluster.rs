@@ -454,6 +454,17 @@ async fn tenants_groups_members_swaps_and_rollbacks_made_on_one_node_are_served_
     let served_a = ca.policy_status("acme").unwrap();
     assert_eq!(served_a.active.map(|v| v.version), good);
     assert_eq!(served_a.applied_revision, served_a.revision);
+    // A drain naming the other node is refused here; naming this one, it is requested
+    // (what `ctl node drain NODE` sends; the serve loop then drains as on SIGTERM).
+    use switchboard_admin::control::types::DrainRequest;
+    let name = |n: &str| DrainRequest {
+        node: Some(n.to_owned()),
+    };
+    assert!(ca.request_drain(&name("node-b")).is_err());
+    assert!(!*ca.drain_requested().borrow());
+    let draining = ca.request_drain(&name("node-a")).unwrap();
+    assert_eq!(draining.node.as_deref(), Some("node-a"));
+    assert!(*ca.drain_requested().borrow());
     report("tenant/member changes seen on the other node", tenant_times);
     report("plugin swaps served by the other node", swap_times);
     drop(ann);

@@ -537,3 +537,58 @@ async fn acknowledged_messages_survive_repeated_sigkill() {
         "the messages were in the segment log"
     );
 }
+
+/// `switchboard ctl node drain` stops a running node as SIGTERM does (a graceful exit, the
+/// log saying it shut down); a drain naming a cluster node is refused by a node that is not
+/// one, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_node_drain_stops_the_node_as_sigterm_does() {
+    const ADMIN_TOKEN: &str = "drain-test-admin-token-0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = config().replace(
+        "[admin]\nenabled = false\n",
+        &format!("[admin]\nlisten = \"{admin}\"\ntoken_env = \"SB_DRAIN_TEST_ADMIN\"\n"),
+    );
+    let (mut node, _alice, _) = NodeProcess::start(
+        tmp.path(),
+        "drain",
+        &config,
+        &[(SECRET_ENV, SECRET), ("SB_DRAIN_TEST_ADMIN", ADMIN_TOKEN)],
+        &token("alice"),
+        Vec::new(),
+    )
+    .await;
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("ctl")
+            .arg("--url")
+            .arg(format!("http://{admin}"))
+            .args(args)
+            .env("SWITCHBOARD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap()
+    };
+    let refused = ctl(&["node", "drain", "edge-9"]);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not in a cluster"),
+        "{refused:?}"
+    );
+    assert!(node.running(), "a refused drain stopped the node");
+    let drained = ctl(&["node", "drain"]);
+    assert!(drained.status.success(), "{drained:?}");
+    assert!(String::from_utf8_lossy(&drained.stdout).contains("draining"));
+    let status = node.wait_exit("ctl node drain");
+    assert!(
+        status.success(),
+        "{status}\n{}",
+        std::fs::read_to_string(&node.log).unwrap()
+    );
+    assert!(std::fs::read_to_string(&node.log)
+        .unwrap()
+        .contains("shutting down"));
+}

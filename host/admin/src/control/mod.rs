@@ -80,6 +80,10 @@ pub struct Control {
     /// When the control plane started (uptime in `GET /v1/node`).
     pub(crate) started: std::time::Instant,
     pub(crate) started_at_ms: u64,
+    /// Turns true when an operator asked the node to drain (`POST /v1/node/drain`).
+    pub(crate) drain: watch::Sender<bool>,
+    /// The node's cluster id, in cluster mode ([`Control::set_node_id`]).
+    pub(crate) node_id: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Control {
@@ -118,6 +122,8 @@ impl Control {
             compile_slots: Arc::new(tokio::sync::Semaphore::new(ops::COMPILE_SLOTS)),
             started: std::time::Instant::now(),
             started_at_ms: ops::now_ms(),
+            drain: watch::channel(false).0,
+            node_id: std::sync::OnceLock::new(),
         });
         reconcile::start(&control).await?;
         rollback::start(&control);
@@ -126,6 +132,51 @@ impl Control {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Names this node's cluster id, which a drain request may name (set once, in cluster
+    /// mode).
+    pub fn set_node_id(&self, id: &str) {
+        let _ = self.node_id.set(id.to_owned());
+    }
+
+    /// Asks the node to drain, as SIGTERM does (the process's main loop acts on
+    /// [`Control::drain_requested`]). Refused with `Conflict` when `req` names another node
+    /// than this one (or a node at all, when this one is not in a cluster).
+    pub fn request_drain(
+        &self,
+        req: &types::DrainRequest,
+    ) -> Result<types::Draining, ControlError> {
+        let this = self.node_id.get();
+        if let Some(named) = &req.node {
+            match this {
+                Some(id) if id == named => {}
+                Some(id) => {
+                    return Err(ControlError::Conflict(format!(
+                        "this is node {id}, not {named}: nothing was drained"
+                    )))
+                }
+                None => {
+                    return Err(ControlError::Conflict(format!(
+                        "this node is not in a cluster, so it is not {named}: nothing was drained"
+                    )))
+                }
+            }
+        }
+        tracing::warn!(
+            node = this.map(String::as_str),
+            "drain requested through the admin API"
+        );
+        self.drain.send_replace(true);
+        Ok(types::Draining {
+            node: this.cloned(),
+            draining: true,
+        })
+    }
+
+    /// Turns true once a drain was requested ([`Control::request_drain`]).
+    pub fn drain_requested(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
     }
 
     /// Compiled plugins held in memory for activation (at most [`COMPILED_PLUGINS`]; the

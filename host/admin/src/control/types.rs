@@ -297,6 +297,25 @@ pub struct StoreKeyRotation {
     pub resealed: u64,
 }
 
+/// A drain request (`POST /v1/node/drain`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// The cluster node meant (`[cluster] node`); refused when it names another node, so a
+    /// drain sent through a load balancer never stops the wrong one. Optional.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// A drain that was started: the node stops taking sessions, acks what it accepted, hands
+/// its shards over (cluster mode) and exits, as on SIGTERM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draining {
+    /// The cluster node draining; `null` for a node not in a cluster.
+    pub node: Option<String>,
+    pub draining: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
     /// `ok`, or `degraded` while the store refuses writes (see `store`).

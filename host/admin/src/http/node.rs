@@ -2,7 +2,7 @@
 //! the store key's rotation.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
@@ -42,6 +42,14 @@ pub(super) async fn set_degradation(
     JsonBody(req): JsonBody<SetDegradation>,
 ) -> Result<Json<DegradationStatus>, Problem> {
     Ok(Json(s.control.set_degradation(&req).await?))
+}
+
+pub(super) async fn drain(
+    State(s): State<ApiState>,
+    _: Admin,
+    JsonBody(req): JsonBody<DrainRequest>,
+) -> Result<(StatusCode, Json<Draining>), Problem> {
+    Ok((StatusCode::ACCEPTED, Json(s.control.request_drain(&req)?)))
 }
 
 pub(super) async fn rotate_store_key(

@@ -172,13 +172,20 @@ impl NodeProcess {
     /// Sends SIGTERM (a graceful stop: drain, final flush) and waits up to 20 s for the
     /// process to exit; returns how it ended. SIGKILLs it after the deadline.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("node already stopped");
+        let pid = self.id().expect("node already stopped");
         let sent = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(pid.to_string())
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
+        self.wait_exit("SIGTERM")
+    }
+
+    /// Waits up to 20 s for the process to exit after `cause` (a signal, a drain); returns
+    /// how it ended. SIGKILLs it after the deadline.
+    pub fn wait_exit(&mut self, cause: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("node already stopped");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().expect("wait for the node") {
@@ -186,10 +193,17 @@ impl NodeProcess {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                panic!("node did not exit within 20 s of SIGTERM");
+                panic!("node did not exit within 20 s of {cause}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait for the node").is_none())
     }
 
     /// The process id, while it runs.
