@@ -27,6 +27,7 @@ const ADMIN_ONLY: &[(&str, &str)] = &[
     ("PUT", "/v1/degradation"),
     ("GET", "/v1/node"),
     ("POST", "/v1/node/store-key/rotation"),
+    ("POST", "/v1/node/drain"),
     ("GET", "/v1/connections"),
     ("GET", "/v1/traffic"),
 ];
@@ -81,6 +82,7 @@ fn valid_body(method: &str, path: &str) -> Option<(&'static str, Vec<u8>)> {
         ("POST", "canary") => json(format!(r#"{{"version":"{VERSION}","percent":10}}"#)),
         ("PUT", "flags") => json("{}".into()),
         ("PUT", "degradation") => json(r#"{"level":null}"#.into()),
+        ("POST", "drain") => json("{}".into()),
         (_, _) => None,
     }
 }
