@@ -611,12 +611,17 @@ impl Hub {
         *self.elsewhere.write() = Some(elsewhere);
     }
 
-    /// Tells the node's cluster part what this node's sessions of `user` add up to now.
+    /// Tells the node's cluster part what this node's sessions of `user` add up to now
+    /// (`here`).
     /// The caller holds the user's membership lock, so changes are told in order.
-    pub(crate) fn tell_elsewhere(&self, tenant: &TenantId, user: &UserId) {
+    pub(crate) fn tell_elsewhere(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        here: Option<PresenceState>,
+    ) {
         if let Some(e) = self.elsewhere.read().as_ref() {
-            let state = presence::user_presence(&self.sessions_of(tenant, user));
-            e.local_presence(tenant, user, state);
+            e.local_presence(tenant, user, here);
         }
     }
 

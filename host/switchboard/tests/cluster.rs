@@ -566,9 +566,10 @@ async fn a_user_connected_to_one_node_is_present_on_every_node() {
     assert_eq!(next_presence_of(&mut bob, "ann").await, (Foreground, true));
     drop(ann_b);
     let hub_b = b.node.node.hub().clone();
-    while hub_b.is_connected(&demo, &ann) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_true("node-b closed ann's session", || {
+        !hub_b.is_connected(&demo, &ann)
+    })
+    .await;
     ann_a
         .send(&switchboard_wire::ClientFrame::Presence { state: Background })
         .await;

@@ -107,7 +107,7 @@ impl Hub {
         cause: Cause,
     ) -> Result<(), RequestError> {
         let here = user_presence(&self.sessions_of(&session.tenant, &session.user));
-        self.tell_elsewhere(&session.tenant, &session.user);
+        self.tell_elsewhere(&session.tenant, &session.user, here);
         // In cluster mode co-members are told the user's state over every node: a user
         // leaving here but connected to another node is still online.
         let elsewhere =
