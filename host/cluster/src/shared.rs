@@ -487,7 +487,13 @@ impl DirectoryBackend for SharedStore {
         // The group's head as the member joins: every mirror starts the member's stored
         // cursor there, so a session on any node that brings no cursor of its own starts
         // where a new member starts on one node (protocol.md, section 10).
-        let head = LogBackend::head(&*self.inner.log, tenant, group)?;
+        // Unknown head (the shard's stream not created yet on a forming cluster, or NATS
+        // briefly unreachable): the membership still counts, from seq 0, rather than failing
+        // a join or a node's start-up over a cursor hint.
+        let head = LogBackend::head(&*self.inner.log, tenant, group).unwrap_or_else(|e| {
+            tracing::warn!(%tenant, %group, error = %e, "group head unknown; new member's stored cursor starts at 0");
+            0
+        });
         match self.create(&key, head.to_be_bytes().to_vec())? {
             None => {
                 self.sync_key(&key)?;
