@@ -17,6 +17,9 @@ use crate::{cargo, root, run};
 
 pub(crate) const TARGETS: [&str; 5] = ["frame", "token", "plugin_upload", "routing", "routing_sim"];
 
+/// The cargo-fuzz installed when missing (pinned, as every tool a step installs).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Seconds of one long run unless given.
 const DEFAULT_SECONDS: u64 = 600;
 
@@ -67,7 +70,13 @@ fn ensure_cargo_fuzz() -> Result<()> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !installed {
-        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+        run(cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
     }
     Ok(())
 }
