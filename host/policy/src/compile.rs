@@ -7,7 +7,8 @@
 //! - The parent ([`compile_in_child`]) starts [`ChildCompile::program`] with its `args` (the
 //!   node's own binary and `__compile-plugin`) plus the bounds and the engine settings that
 //!   shape the code, writes the upload on the child's stdin, reads the compiled artifact from
-//!   its stdout (at most [`ChildCompile::max_artifact_bytes`]), and kills it when
+//!   its stdout (at most [`ChildCompile::max_artifact_bytes`], into an anonymous mapping
+//!   rather than the heap: [`read_artifact`]), and kills it when
 //!   [`ChildCompile::wall`] has passed.
 //! - The child sets its own rlimits first (`RLIMIT_CPU`: the kernel stops it with `SIGXCPU`;
 //!   `RLIMIT_DATA`: an allocation past it fails and the process aborts), then
@@ -24,6 +25,7 @@ use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 
+use memmap2::{MmapMut, MmapOptions};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, WasmFeatures};
 
@@ -160,9 +162,7 @@ pub(crate) fn compile_in_child(
         });
         let (tx, rx) = mpsc::channel();
         s.spawn(move || {
-            let mut out = Vec::new();
-            let read = stdout.take(max + 1).read_to_end(&mut out).map(|_| out);
-            let _ = tx.send(read);
+            let _ = tx.send(read_artifact(stdout, max));
         });
         // The reader finishes when the child exits (its stdout closes) or the artifact is
         // over the bound; past the wall-clock bound the child is killed, which closes it.
@@ -170,10 +170,13 @@ pub(crate) fn compile_in_child(
             Ok(read) => (read, false),
             Err(_) => {
                 let _ = process.kill();
-                (rx.recv().unwrap_or_else(|_| Ok(Vec::new())), true)
+                let read = rx
+                    .recv()
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::Other.into()));
+                (read, true)
             }
         };
-        if artifact.as_ref().is_ok_and(|a| a.len() as u64 > max) {
+        if artifact.as_ref().is_ok_and(|a| a.len as u64 > max) {
             let _ = process.kill();
         }
         let status = process.wait();
@@ -187,7 +190,7 @@ pub(crate) fn compile_in_child(
         });
     }
     let artifact = artifact.map_err(|e| failed(format!("reading the compiled plugin: {e}")))?;
-    if artifact.len() as u64 > max {
+    if artifact.len as u64 > max {
         return Err(LoadError::CompileBound {
             what: format!("compiled size ({max} bytes)"),
         });
@@ -195,7 +198,42 @@ pub(crate) fn compile_in_child(
     if !status.success() {
         return Err(refusal(status, &stderr, child));
     }
-    deserialize(engine, &artifact)
+    deserialize(engine, artifact.bytes())
+}
+
+/// The child's artifact, in an anonymous mapping of the bound's size of which only the
+/// written pages are ever backed.
+struct Artifact {
+    map: MmapMut,
+    len: usize,
+}
+
+impl Artifact {
+    fn bytes(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+}
+
+/// Reads the child's stdout, up to `max + 1` bytes (one more says "over the bound").
+///
+/// Not into a `Vec`: a buffer of an artifact's size (hundreds of KiB and up) that is freed
+/// raises glibc's mmap threshold to its size and the trim threshold to twice that, after
+/// which every allocator arena may keep that much freed memory — 16 arenas of ~1 MiB after
+/// 200 refused uploads (docs/reliability.md, "Refused uploads and the node's memory"). A
+/// mapping goes back to the kernel whole when dropped.
+fn read_artifact(mut stdout: impl Read, max: u64) -> std::io::Result<Artifact> {
+    let size = usize::try_from(max.saturating_add(1)).unwrap_or(usize::MAX);
+    let mut map = MmapOptions::new().len(size).map_anon()?;
+    let mut len = 0;
+    while len < size {
+        match stdout.read(&mut map[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Artifact { map, len })
 }
 
 /// Why the child did not succeed, in the uploader's terms.
