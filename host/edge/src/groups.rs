@@ -120,6 +120,11 @@ impl Groups {
         Ok(msgs)
     }
 
+    /// The group's first retained seq (retention may have deleted older ones).
+    pub(crate) fn first_seq(&self, g: &GroupState) -> Result<u64, StoreError> {
+        self.store.first_seq(&g.tenant, &g.id)
+    }
+
     /// For benchmarks only (feature `bench`): fan out in subscription order (the naive way)
     /// instead of foreground sessions first. Deferral to background sessions is unaffected.
     #[cfg(feature = "bench")]

@@ -78,6 +78,12 @@ impl router::GroupLog<Arc<GroupState>> for SessionLog<'_> {
             .map(|m| crate::groups::to_message(&g.id, m))
             .collect())
     }
+
+    fn first_seq(&self, g: &Arc<GroupState>) -> Result<u64, LogError> {
+        self.groups
+            .first_seq(g)
+            .map_err(|e| LogError::Read(e.to_string()))
+    }
 }
 
 impl PushPlanner {

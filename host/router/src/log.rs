@@ -14,6 +14,9 @@ pub trait GroupLog<G> {
     /// Messages with `after < seq <= upto`, in order, at most a bounded batch of them (the
     /// driver's bound: a short read only means "call again").
     fn read(&self, group: &G, after: u64, upto: u64) -> Result<Vec<Message>, LogError>;
+    /// The group's first retained seq: 1 until retention deleted some, `head + 1` when it
+    /// deleted all. Asked only when a read starts above where the session is.
+    fn first_seq(&self, group: &G) -> Result<u64, LogError>;
 }
 
 /// Why planning could not read the log.
@@ -22,7 +25,10 @@ pub enum LogError {
     /// The store failed to read.
     #[error("log read failed: {0}")]
     Read(String),
-    /// The log skipped a sequence number: writing past it would break the order promise.
+    /// The log skipped a sequence number that retention did not delete, or retention
+    /// deleted messages after the session's `Resume` was written: writing past it would
+    /// break the order promise. The driver ends the session; a reconnect resumes at the
+    /// first retained message.
     #[error("group {group}: log has seq {found} where {expected} was expected")]
     Hole {
         group: GroupId,

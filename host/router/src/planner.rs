@@ -6,7 +6,10 @@
 //! once and in order whether the message came live, from catch-up, or after its queue
 //! overflowed. A subscription's first frame is `Resume { group, after_seq }`; the client
 //! orders a group's messages by `seq` from there (protocol §9), because a group's messages
-//! may travel on several streams (lanes).
+//! may travel on several streams (lanes). A subscription whose next messages retention
+//! deleted starts at the group's first retained one: its `Resume` names the seq before it
+//! (retention deleting more after the `Resume` was written ends the session instead: a
+//! second `Resume` could overtake earlier deliveries on other streams).
 //!
 //! The planner is a plain value: the driver owns it (one per session, behind whatever lock
 //! its writers share), hands it work with `now_ms`, and writes the frames it returns.
@@ -50,6 +53,9 @@ pub struct PlanStats {
     pub nudges: u64,
     /// Live deliveries skipped because the connection had them already.
     pub skipped: u64,
+    /// Subscriptions that started past messages retention had deleted (their `Resume`
+    /// names the seq before the first retained one).
+    pub expired: u64,
 }
 
 /// What the driver must do after [`SessionPlanner::plan`].
@@ -263,6 +269,12 @@ fn fill<G>(
         return Ok(());
     }
     for m in log.read(&sub.group, sub.sent, upto)? {
+        if m.seq > sub.sent + 1 && !sub.announced && m.seq == log.first_seq(&sub.group)? {
+            // Retention deleted (sent, m.seq): the subscription starts after the gap, and
+            // its `Resume` says so, before any delivery of the group on this connection.
+            sub.sent = m.seq - 1;
+            stats.expired += 1;
+        }
         if m.seq != sub.sent + 1 {
             // A hole in the log would break the order promise: stop and say so.
             return Err(LogError::Hole {
@@ -312,6 +324,166 @@ mod tests {
         fn read(&self, _: &(), _: u64, _: u64) -> Result<Vec<Message>, LogError> {
             Ok(Vec::new())
         }
+        fn first_seq(&self, _: &()) -> Result<u64, LogError> {
+            Ok(1)
+        }
+    }
+
+    /// A log holding `first..=head` of one group, or, with `hole`, one that skips a seq
+    /// retention did not delete (it answers reads from `first` but says nothing is gone).
+    struct Retained {
+        first: u64,
+        head: u64,
+        hole: bool,
+    }
+    impl GroupLog<()> for Retained {
+        fn head(&self, _: &()) -> u64 {
+            self.head
+        }
+        fn defers(&self, _: &()) -> bool {
+            false
+        }
+        fn read(&self, _: &(), after: u64, upto: u64) -> Result<Vec<Message>, LogError> {
+            // As the store's `read_after`: from the first retained seq above `after`.
+            let from = (after + 1).max(self.first);
+            Ok((from..=upto.min(self.head)).map(message).collect())
+        }
+        fn first_seq(&self, _: &()) -> Result<u64, LogError> {
+            Ok(if self.hole { 1 } else { self.first })
+        }
+    }
+
+    fn message(seq: u64) -> Message {
+        Message {
+            group: "g".into(),
+            seq,
+            sender: "ann".into(),
+            client_msg_id: format!("m{seq}"),
+            sent_at_ms: 0,
+            body: Bytes::new(),
+            lane: switchboard_core::Lane::Normal,
+        }
+    }
+
+    /// `Resume` and `Deliver` frames as (after_seq or seq, is_resume).
+    fn frames(out: &[Bytes]) -> Vec<(u64, bool)> {
+        let limits = wire::DecodeLimits::default();
+        out.iter()
+            .map(
+                |f| match wire::decode_server(&f[wire::LEN_PREFIX..], &limits) {
+                    Ok(ServerFrame::Resume { after_seq, .. }) => (after_seq, true),
+                    Ok(ServerFrame::Deliver(m)) => (m.seq, false),
+                    other => panic!("unexpected frame: {other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn a_subscription_behind_deleted_messages_resumes_at_the_first_retained_one() {
+        let g = GroupId::new("g").unwrap();
+        let log = Retained {
+            first: 6,
+            head: 8,
+            hole: false,
+        };
+        let mut p = SessionPlanner::new();
+        p.subscribe(g, (), 2);
+        let (mut out, mut stats) = (Vec::new(), PlanStats::default());
+        let more = p.catch_up(&log, &mut out, &mut stats).unwrap();
+        assert!(!more);
+        assert_eq!(
+            frames(&out),
+            vec![(5, true), (6, false), (7, false), (8, false)]
+        );
+        assert_eq!((stats.expired, stats.from_log), (1, 3));
+    }
+
+    #[test]
+    fn a_live_message_after_deleted_ones_starts_the_subscription_past_them() {
+        let g = GroupId::new("g").unwrap();
+        let log = Retained {
+            first: 4,
+            head: 4,
+            hole: false,
+        };
+        let mut p = SessionPlanner::new();
+        p.subscribe(g.clone(), (), 0);
+        let (mut out, mut stats) = (Vec::new(), PlanStats::default());
+        let item = PlanItem::Deliver {
+            group: g,
+            seq: 4,
+            frame: deliver_frame(message(4)),
+        };
+        // (0, 3] is gone: the bounded fill up to 3 reads nothing, so catch-up takes over.
+        assert_eq!(
+            p.plan(item, 0, &log, &mut out, &mut stats).unwrap(),
+            Planned::NeedsCatchUp
+        );
+        let _ = p.catch_up(&log, &mut out, &mut stats).unwrap();
+        assert_eq!(frames(&out), vec![(3, true), (4, false)]);
+    }
+
+    #[test]
+    fn a_skipped_seq_retention_did_not_delete_is_a_hole() {
+        let g = GroupId::new("g").unwrap();
+        let log = Retained {
+            first: 6,
+            head: 8,
+            hole: true,
+        };
+        let mut p = SessionPlanner::new();
+        p.subscribe(g, (), 2);
+        let (mut out, mut stats) = (Vec::new(), PlanStats::default());
+        let err = p.catch_up(&log, &mut out, &mut stats).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::Hole {
+                    expected: 3,
+                    found: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn messages_deleted_after_the_resume_end_the_subscription() {
+        // The connection has 1 and its Resume; retention then deleted 2..=5 unsent. A second
+        // Resume could overtake 1 on another stream, so the session ends instead and its
+        // reconnect starts past the gap.
+        let g = GroupId::new("g").unwrap();
+        let mut p = SessionPlanner::new();
+        p.subscribe(g.clone(), (), 0);
+        let (mut out, mut stats) = (Vec::new(), PlanStats::default());
+        let early = Retained {
+            first: 1,
+            head: 1,
+            hole: false,
+        };
+        let _ = p.catch_up(&early, &mut out, &mut stats).unwrap();
+        assert_eq!(frames(&out), vec![(0, true), (1, false)]);
+        let later = Retained {
+            first: 6,
+            head: 7,
+            hole: false,
+        };
+        let err = p.catch_up(&later, &mut out, &mut stats).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::Hole {
+                    expected: 2,
+                    found: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(p.sent(&g), Some(1));
     }
 
     fn nudged(out: &[Bytes]) -> Vec<u64> {

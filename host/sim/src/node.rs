@@ -124,6 +124,11 @@ impl GroupLog<usize> for SimLog<'_> {
             })
             .collect())
     }
+    fn first_seq(&self, g: &usize) -> Result<u64, LogError> {
+        self.store
+            .first_seq(self.tenant, &self.groups[*g].id)
+            .map_err(|e| LogError::Read(e.to_string()))
+    }
 }
 
 fn stream_of(lane: Lane) -> usize {
