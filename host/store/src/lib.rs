@@ -77,7 +77,9 @@ pub use config::{
 pub use mem::MemStore;
 pub use node_store::{DirectoryBackend, LogBackend, MessageLog, NodeStore, Record};
 pub use secrets::{KeyRing, SecretsError};
-pub use segment::{Retention, RetentionLimits, RetentionReport, SegmentLog, SegmentLogConfig};
+pub use segment::{
+    Retention, RetentionLimits, RetentionReport, RetentionStatus, SegmentLog, SegmentLogConfig,
+};
 pub use sled_store::{replica, SledStore, SledStoreConfig, StoreHealth};
 
 /// Why a storage operation failed. Never means "partially applied" (every write is atomic),
@@ -349,5 +351,20 @@ pub trait Store: Send + Sync + 'static {
     /// records).
     fn rotate_secrets_key(&self) -> Result<(u32, usize), StoreError> {
         Err(SecretsError::NotSealed.into())
+    }
+
+    /// Retention of group messages, if this store deletes old ones itself (the segment
+    /// log): its limits and what the retained messages take on disk. `None` for a store that
+    /// keeps every message, or whose backend keeps its own limits (JetStream).
+    fn retention(&self) -> Option<RetentionStatus> {
+        None
+    }
+
+    /// Runs a retention pass now (the node also runs one every `retention_check_s`):
+    /// deletes the whole segments every group in them is done with. Blocking. A store
+    /// without retention deletes nothing.
+    fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
+        let _ = now_ms;
+        Ok(RetentionReport::default())
     }
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use switchboard_core::{GroupId, TenantId, UserId};
 
-use crate::segment::{RetentionReport, SegmentLog, SegmentLogConfig};
+use crate::segment::{RetentionReport, RetentionStatus, SegmentLog, SegmentLogConfig};
 use crate::{
     Appended, GroupMeta, NewMessage, SledStore, Store, StoreError, StoreHealth, StoredMessage,
     StoredReceipt, TenantRecord,
@@ -262,15 +262,6 @@ impl NodeStore {
         match &self.log {
             Messages::Segment(log) => Some(log),
             _ => None,
-        }
-    }
-
-    /// Runs retention on the segment log (nothing to do for messages in sled).
-    pub fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
-        match &self.log {
-            Messages::Segment(log) => log.enforce_retention(now_ms),
-            // A backend keeps its own retention (JetStream's stream limits).
-            Messages::Sled | Messages::Backend(_) => Ok(RetentionReport::default()),
         }
     }
 
@@ -602,6 +593,19 @@ impl Store for NodeStore {
     /// The secrets live in sled; the message log holds none.
     fn rotate_secrets_key(&self) -> Result<(u32, usize), StoreError> {
         self.sled.rotate_secrets_key()
+    }
+
+    fn retention(&self) -> Option<RetentionStatus> {
+        self.segment_log().map(SegmentLog::retention_status)
+    }
+
+    /// Runs retention on the segment log (nothing to do for messages in sled).
+    fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
+        match &self.log {
+            Messages::Segment(log) => log.enforce_retention(now_ms),
+            // A backend keeps its own retention (JetStream's stream limits).
+            Messages::Sled | Messages::Backend(_) => Ok(RetentionReport::default()),
+        }
     }
 }
 

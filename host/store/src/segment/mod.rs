@@ -219,6 +219,17 @@ pub struct RetentionReport {
     pub bytes_deleted: u64,
 }
 
+/// Retention as a store reports it ([`crate::Store::retention`]): the limits in force and
+/// what the retained messages take on disk now.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionStatus {
+    pub limits: Retention,
+    /// Bytes of segment files, buffered appends included.
+    pub bytes: u64,
+    /// Segment files, the active ones included.
+    pub segments: usize,
+}
+
 type GroupKey = (TenantId, GroupId);
 
 /// Group messages in segment files. Cheap to clone (clones share the log).
@@ -699,6 +710,16 @@ impl SegmentLog {
             );
         }
         Ok(report)
+    }
+
+    /// The retention limits and the log's size now.
+    pub fn retention_status(&self) -> RetentionStatus {
+        let (bytes, segments) = self.disk_usage();
+        RetentionStatus {
+            limits: self.inner.config.retention.clone(),
+            bytes,
+            segments,
+        }
     }
 
     /// Bytes of segment files on disk, and how many there are.
