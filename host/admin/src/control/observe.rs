@@ -10,7 +10,7 @@ use switchboard_core::{PresenceState, TenantId};
 use switchboard_edge::histogram::HistogramSnapshot;
 use switchboard_edge::{MetricsSnapshot, SessionInfo};
 
-use super::ops::now_ms;
+use super::shared::now_ms;
 use super::types::*;
 use super::{Control, ControlError};
 
