@@ -84,6 +84,8 @@ impl PolicyEngine {
         &self.inner.limits
     }
 
+    /// The shared part (the cache's tests store and look up artifacts with it).
+    #[cfg(test)]
     pub(crate) fn inner(&self) -> &EngineInner {
         &self.inner
     }
