@@ -1,7 +1,7 @@
 //! The node's counters and gauges, shared by the hub and its workers.
 //!
-//! Each series is one line of [`node_series!`]: its kind, field name and help. That line makes
-//! the atomic in [`Metrics`] (what the hub and its workers add to), the field of
+//! Each series is one line of `node_series!` below: its kind, field name and help. That line
+//! makes the atomic in [`Metrics`] (what the hub and its workers add to), the field of
 //! [`MetricsSnapshot`] (what tests and the bench read) and the entry of
 //! [`MetricsSnapshot::series`] (what `/metrics` and `GET /v1/node` export), so a new counter
 //! cannot be counted and left unexported.

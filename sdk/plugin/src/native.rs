@@ -27,7 +27,8 @@ pub(crate) struct State {
 
 thread_local! {
     /// Installed hosts, innermost last; the last one answers.
-    pub(crate) static INSTALLED: RefCell<Vec<Rc<RefCell<State>>>> = const { RefCell::new(Vec::new()) };
+    pub(crate) static INSTALLED: RefCell<Vec<Rc<RefCell<State>>>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 fn with_host<R>(call: &str, f: impl FnOnce(&mut State) -> R) -> R {
