@@ -47,7 +47,7 @@ pub mod webtransport;
 pub use error::RequestError;
 pub use hub::Hub;
 pub use hub::{PresenceCounts, SessionInfo};
-pub use metrics::{Metrics, MetricsSnapshot, TenantTrafficSnapshot};
+pub use metrics::{Metrics, MetricsSnapshot, Series, SeriesKind, TenantTrafficSnapshot};
 pub use serving::{
     CanarySet, PolicySet, ServingSnapshot, ServingState, VersionedPolicy, FAILURE_LOG_INTERVAL_MS,
 };

@@ -1,4 +1,10 @@
 //! The node's counters and gauges, shared by the hub and its workers.
+//!
+//! Each series is one line of `node_series!` below: its kind, field name and help. That line
+//! makes the atomic in [`Metrics`] (what the hub and its workers add to), the field of
+//! [`MetricsSnapshot`] (what tests and the bench read) and the entry of
+//! [`MetricsSnapshot::series`] (what `/metrics` and `GET /v1/node` export), so a new counter
+//! cannot be counted and left unexported.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -6,94 +12,216 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use switchboard_core::TenantId;
 
-/// Counters the node exposes. Monotonic unless named as a gauge.
-#[derive(Debug, Default)]
-pub struct Metrics {
+/// Whether a series is a gauge (goes up and down) or a counter (only goes up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesKind {
+    Gauge,
+    Counter,
+}
+
+/// One of the node's series as exported: the name without the `switchboard_` prefix (and,
+/// for a counter, without `_total`: the exporter adds it), its kind, value and help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Series {
+    pub name: &'static str,
+    pub kind: SeriesKind,
+    pub value: u64,
+    pub help: &'static str,
+}
+
+/// The atomic a series of this kind counts in, its snapshot's type, that as a `u64`, and
+/// its [`SeriesKind`].
+macro_rules! atomic_of {
+    (gauge) => {
+        AtomicUsize
+    };
+    (counter) => {
+        AtomicU64
+    };
+}
+macro_rules! value_of {
+    (gauge) => {
+        usize
+    };
+    (counter) => {
+        u64
+    };
+}
+macro_rules! as_u64 {
+    (gauge, $value:expr) => {
+        $value as u64
+    };
+    (counter, $value:expr) => {
+        $value
+    };
+}
+macro_rules! kind_of {
+    (gauge) => {
+        SeriesKind::Gauge
+    };
+    (counter) => {
+        SeriesKind::Counter
+    };
+}
+
+/// Declares [`Metrics`] (the series' atomics, then `extra` fields as written),
+/// [`MetricsSnapshot`] and [`MetricsSnapshot::series`] from one list of series:
+/// `kind name => "help";`, with the field's doc comments before it.
+macro_rules! node_series {
+    (
+        series { $( $(#[$doc:meta])* $kind:ident $name:ident => $help:literal; )* }
+        extra { $( $(#[$xdoc:meta])* $xvis:vis $xname:ident: $xty:ty, )* }
+    ) => {
+        /// Counters the node exposes. Monotonic unless named as a gauge.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( $(#[$doc])* pub $name: atomic_of!($kind), )*
+            $( $(#[$xdoc])* $xvis $xname: $xty, )*
+        }
+
+        /// A snapshot of [`Metrics`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct MetricsSnapshot {
+            $( pub $name: value_of!($kind), )*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot {
+                    $( $name: self.$name.load(Ordering::Relaxed), )*
+                }
+            }
+        }
+
+        impl MetricsSnapshot {
+            /// Every series, in the order `/metrics` lists them.
+            pub fn series(&self) -> Vec<Series> {
+                vec![$(
+                    Series {
+                        name: stringify!($name),
+                        kind: kind_of!($kind),
+                        value: as_u64!($kind, self.$name),
+                        help: $help,
+                    },
+                )*]
+            }
+        }
+    };
+}
+
+node_series! {
+series {
     /// Gauge: open sessions.
-    pub sessions: AtomicUsize,
+    gauge sessions => "Open sessions.";
     /// Gauge: QUIC connections (including ones still saying hello), WebTransport ones too.
-    pub connections: AtomicUsize,
+    gauge connections =>
+        "QUIC connections, including ones still saying hello (WebTransport ones too).";
     /// Gauge: the WebTransport connections among `connections` (browsers; including ones
     /// still in their HTTP/3 setup or hello).
-    pub webtransport_connections: AtomicUsize,
-    pub connections_refused: AtomicU64,
-    pub messages_accepted: AtomicU64,
-    pub duplicates: AtomicU64,
+    gauge webtransport_connections =>
+        "WebTransport connections (browsers), including ones still in HTTP/3 setup or hello.";
+    counter connections_refused => "Connections refused (limits, shutdown).";
+    counter messages_accepted => "Messages made durable and acknowledged.";
+    counter duplicates => "Resends recognised by their client message id.";
     /// Deliver frames queued live to sessions.
-    pub deliveries_live: AtomicU64,
+    counter deliveries_live => "Deliver frames queued live to sessions.";
     /// Deliver frames sent from the log (catch-up, gap fill).
-    pub deliveries_catch_up: AtomicU64,
+    counter deliveries_catch_up => "Deliver frames sent from the log (catch-up, gap fill).";
     /// Times a session's outbox was full and it switched to catching up from the log.
-    pub outbox_overflows: AtomicU64,
+    counter outbox_overflows =>
+        "Times a session's outbox was full and it switched to catching up from the log.";
     /// Deliveries not sent live to a background session (large group or shed under load):
     /// it gets them on returning to the foreground, or fetches them.
-    pub deliveries_deferred: AtomicU64,
+    counter deliveries_deferred =>
+        "Deliveries not sent live to a background session (large group or shed under load).";
     /// `Nudge` frames written (at most one per deferred group and connection a second).
-    pub nudges: AtomicU64,
+    counter nudges =>
+        "Nudge frames sent for deferred groups (at most one per group and connection a second).";
+    /// Best-effort notices (receipts, presence) dropped because a session's queue was full.
+    counter notices_dropped =>
+        "Receipt and presence notices dropped because a session's queue was full.";
     /// Times the measured load level changed (`load.rs`).
-    pub load_level_changes: AtomicU64,
+    counter load_level_changes =>
+        "Times the measured load level changed (up at once, down after 2 s calm).";
     /// Sends refused because the data disk was under `min_free_disk_bytes`.
-    pub disk_full_refusals: AtomicU64,
+    counter disk_full_refusals =>
+        "Sends refused because the data disk was under min_free_disk_bytes free.";
+    counter flushes => "Store flushes by the committer.";
+    counter flush_failures => "Store flushes that failed.";
+    counter auth_failures => "Hellos refused for their token.";
+    counter protocol_errors => "Connections closed for a protocol violation.";
+    /// Messages a tenant policy refused.
+    counter policy_rejections => "Messages a tenant policy refused.";
+    /// Policy calls answered by the built-in default because the plugin failed.
+    counter policy_fallbacks =>
+        "Policy calls answered by the built-in default because the plugin failed.";
+    /// Policy calls skipped (built-in default used) because the tenant's breaker was open.
+    counter policy_breaker_skips =>
+        "Policy calls skipped because the tenant's circuit breaker was open.";
+    /// Messages whose policy asked for offline members to be notified.
+    counter notify_offline_requests =>
+        "Messages whose policy asked for offline members to be notified.";
+    /// Push-notification events handed to the sink (one per offline member and message).
+    counter notifications =>
+        "Push-notification events for offline members handed to the notification sink.";
+    /// Messages whose notifications were dropped because the notification queue was full.
+    counter notifications_dropped =>
+        "Messages whose offline notifications were dropped (notification queue full).";
+    counter receipts_forwarded => "Receipts forwarded to senders.";
+    counter receipts_aggregated => "Receipts folded into aggregates.";
+    counter receipts_dropped => "Receipts a policy dropped.";
+    /// Receipts and presence changes shed under load.
+    counter receipts_shed =>
+        "Receipts shed under load (degradation level or a full receipt queue).";
+    /// `ReceiptSummary` frames sent (aggregated receipts, one per message per worker batch).
+    counter receipt_summaries => "ReceiptSummary frames sent for aggregated receipts.";
+    /// Receipts the worker could not store (store error); the batch is lost, not retried.
+    counter receipts_failed => "Receipts the receipt worker could not store.";
+    counter presence_shed => "Presence changes shed under load.";
+    /// Requests refused with `RateLimited`, by what was limited (nothing of them was done).
+    counter rate_limited_messages =>
+        "Sends refused with RateLimited (user or tenant message limit); not stored.";
+    counter rate_limited_receipts => "Receipts refused with RateLimited (user receipt limit).";
+    /// `Join`s and `Leave`s.
+    counter rate_limited_joins => "Joins and leaves refused with RateLimited (user join limit).";
+    /// `Hello`s refused for the tenant's connection limits.
+    counter rate_limited_connections =>
+        "Hellos refused with RateLimited (tenant connection cap or rate).";
+    /// Notifications the sink could not deliver (e.g. the webhook failed); not retried.
+    counter notifications_failed =>
+        "Push notifications the sink could not deliver (webhook errors); not retried.";
+    /// `Presence` changes not told to co-members (recorded for delivery planning).
+    counter rate_limited_presence =>
+        "Presence changes over the user's limit (kept, but co-members not told).";
+    /// Gauge: connection attempts in their QUIC/TLS handshake.
+    gauge handshakes => "Connection attempts in their QUIC/TLS handshake.";
+    /// Connection attempts sent a QUIC `Retry` to prove their address (many handshakes
+    /// were in flight).
+    counter handshake_retries =>
+        "Connection attempts asked to prove their address with a QUIC Retry.";
+    /// Connection attempts refused because `max_handshakes` were in flight.
+    counter handshakes_refused =>
+        "Connection attempts refused because max_handshakes were in flight.";
+    /// Handshakes abandoned because they did not complete within `hello_timeout_ms`.
+    counter handshake_timeouts => "Handshakes abandoned after hello_timeout_ms.";
+    /// Connections closed with `SlowConsumer` (`disconnect_slow_consumers`).
+    counter slow_consumers_disconnected =>
+        "Connections closed with SlowConsumer (disconnect_slow_consumers).";
+    /// Batches whose background phase started at its deadline, before every foreground copy
+    /// was handed to QUIC (a foreground session not reading; `active_first.rs`).
+    counter foreground_gate_timeouts =>
+        "Batches whose background phase started at its deadline, before every foreground copy was \
+         written.";
+}
+extra {
     /// Publish (durable) → handed to QUIC, per live delivery, by the session's presence.
     pub latency_active: crate::histogram::Histogram,
     pub latency_background: crate::histogram::Histogram,
-    /// Best-effort notices (receipts, presence) dropped because a session's queue was full.
-    pub notices_dropped: AtomicU64,
-    pub flushes: AtomicU64,
-    pub flush_failures: AtomicU64,
-    pub auth_failures: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    /// Messages a tenant policy refused.
-    pub policy_rejections: AtomicU64,
-    /// Policy calls answered by the built-in default because the plugin failed.
-    pub policy_fallbacks: AtomicU64,
-    /// Policy calls skipped (built-in default used) because the tenant's breaker was open.
-    pub policy_breaker_skips: AtomicU64,
-    /// Messages whose policy asked for offline members to be notified.
-    pub notify_offline_requests: AtomicU64,
-    /// Push-notification events handed to the sink (one per offline member and message).
-    pub notifications: AtomicU64,
-    /// Messages whose notifications were dropped because the notification queue was full.
-    pub notifications_dropped: AtomicU64,
-    /// Notifications the sink could not deliver (e.g. the webhook failed); not retried.
-    pub notifications_failed: AtomicU64,
-    pub receipts_forwarded: AtomicU64,
-    pub receipts_aggregated: AtomicU64,
-    pub receipts_dropped: AtomicU64,
-    /// Receipts and presence changes shed under load.
-    pub receipts_shed: AtomicU64,
-    pub presence_shed: AtomicU64,
-    /// `ReceiptSummary` frames sent (aggregated receipts, one per message per worker batch).
-    pub receipt_summaries: AtomicU64,
-    /// Receipts the worker could not store (store error); the batch is lost, not retried.
-    pub receipts_failed: AtomicU64,
-    /// Requests refused with `RateLimited`, by what was limited (nothing of them was done).
-    pub rate_limited_messages: AtomicU64,
-    pub rate_limited_receipts: AtomicU64,
-    /// `Join`s and `Leave`s.
-    pub rate_limited_joins: AtomicU64,
-    /// `Hello`s refused for the tenant's connection limits.
-    pub rate_limited_connections: AtomicU64,
-    /// `Presence` changes not told to co-members (recorded for delivery planning).
-    pub rate_limited_presence: AtomicU64,
-    /// Gauge: connection attempts in their QUIC/TLS handshake.
-    pub handshakes: AtomicUsize,
-    /// Connection attempts sent a QUIC `Retry` to prove their address (many handshakes
-    /// were in flight).
-    pub handshake_retries: AtomicU64,
-    /// Connection attempts refused because `max_handshakes` were in flight.
-    pub handshakes_refused: AtomicU64,
-    /// Handshakes abandoned because they did not complete within `hello_timeout_ms`.
-    pub handshake_timeouts: AtomicU64,
-    /// Connections closed with `SlowConsumer` (`disconnect_slow_consumers`).
-    pub slow_consumers_disconnected: AtomicU64,
-    /// Batches whose background phase started at its deadline, before every foreground copy
-    /// was handed to QUIC (a foreground session not reading; `active_first.rs`).
-    pub foreground_gate_timeouts: AtomicU64,
     /// Per tenant: its share of the message and delivery counters above (see
     /// [`TenantTraffic`]). One entry per tenant that loaded a group on this node since it
     /// started, so bounded by the tenants in the store.
     tenants: DashMap<TenantId, Arc<TenantTraffic>>,
+}
 }
 
 /// One tenant's traffic on this node since it started: the tenant's part of the node-wide
@@ -128,54 +256,6 @@ impl TenantTraffic {
     }
 }
 
-/// A snapshot of [`Metrics`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MetricsSnapshot {
-    pub sessions: usize,
-    pub connections: usize,
-    pub webtransport_connections: usize,
-    pub connections_refused: u64,
-    pub messages_accepted: u64,
-    pub duplicates: u64,
-    pub deliveries_live: u64,
-    pub deliveries_catch_up: u64,
-    pub outbox_overflows: u64,
-    pub deliveries_deferred: u64,
-    pub nudges: u64,
-    pub notices_dropped: u64,
-    pub load_level_changes: u64,
-    pub disk_full_refusals: u64,
-    pub flushes: u64,
-    pub flush_failures: u64,
-    pub auth_failures: u64,
-    pub protocol_errors: u64,
-    pub policy_rejections: u64,
-    pub policy_fallbacks: u64,
-    pub policy_breaker_skips: u64,
-    pub notify_offline_requests: u64,
-    pub notifications: u64,
-    pub notifications_dropped: u64,
-    pub notifications_failed: u64,
-    pub receipts_forwarded: u64,
-    pub receipts_aggregated: u64,
-    pub receipts_dropped: u64,
-    pub receipts_shed: u64,
-    pub presence_shed: u64,
-    pub receipt_summaries: u64,
-    pub receipts_failed: u64,
-    pub rate_limited_messages: u64,
-    pub rate_limited_receipts: u64,
-    pub rate_limited_joins: u64,
-    pub rate_limited_connections: u64,
-    pub rate_limited_presence: u64,
-    pub handshakes: usize,
-    pub handshake_retries: u64,
-    pub handshakes_refused: u64,
-    pub handshake_timeouts: u64,
-    pub slow_consumers_disconnected: u64,
-    pub foreground_gate_timeouts: u64,
-}
-
 impl Metrics {
     /// `tenant`'s traffic counters, created on first use.
     pub(crate) fn tenant(&self, tenant: &TenantId) -> Arc<TenantTraffic> {
@@ -191,54 +271,5 @@ impl Metrics {
             .get(tenant)
             .map(|t| t.snapshot())
             .unwrap_or_default()
-    }
-
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        MetricsSnapshot {
-            sessions: self.sessions.load(Ordering::Relaxed),
-            connections: self.connections.load(Ordering::Relaxed),
-            webtransport_connections: self.webtransport_connections.load(Ordering::Relaxed),
-            connections_refused: l(&self.connections_refused),
-            messages_accepted: l(&self.messages_accepted),
-            duplicates: l(&self.duplicates),
-            deliveries_live: l(&self.deliveries_live),
-            deliveries_catch_up: l(&self.deliveries_catch_up),
-            outbox_overflows: l(&self.outbox_overflows),
-            deliveries_deferred: l(&self.deliveries_deferred),
-            nudges: l(&self.nudges),
-            notices_dropped: l(&self.notices_dropped),
-            load_level_changes: l(&self.load_level_changes),
-            disk_full_refusals: l(&self.disk_full_refusals),
-            flushes: l(&self.flushes),
-            flush_failures: l(&self.flush_failures),
-            auth_failures: l(&self.auth_failures),
-            protocol_errors: l(&self.protocol_errors),
-            policy_rejections: l(&self.policy_rejections),
-            policy_fallbacks: l(&self.policy_fallbacks),
-            policy_breaker_skips: l(&self.policy_breaker_skips),
-            notify_offline_requests: l(&self.notify_offline_requests),
-            notifications: l(&self.notifications),
-            notifications_dropped: l(&self.notifications_dropped),
-            notifications_failed: l(&self.notifications_failed),
-            receipts_forwarded: l(&self.receipts_forwarded),
-            receipts_aggregated: l(&self.receipts_aggregated),
-            receipts_dropped: l(&self.receipts_dropped),
-            receipts_shed: l(&self.receipts_shed),
-            presence_shed: l(&self.presence_shed),
-            receipt_summaries: l(&self.receipt_summaries),
-            receipts_failed: l(&self.receipts_failed),
-            rate_limited_messages: l(&self.rate_limited_messages),
-            rate_limited_receipts: l(&self.rate_limited_receipts),
-            rate_limited_joins: l(&self.rate_limited_joins),
-            rate_limited_connections: l(&self.rate_limited_connections),
-            rate_limited_presence: l(&self.rate_limited_presence),
-            handshakes: self.handshakes.load(Ordering::Relaxed),
-            handshake_retries: l(&self.handshake_retries),
-            handshakes_refused: l(&self.handshakes_refused),
-            handshake_timeouts: l(&self.handshake_timeouts),
-            slow_consumers_disconnected: l(&self.slow_consumers_disconnected),
-            foreground_gate_timeouts: l(&self.foreground_gate_timeouts),
-        }
     }
 }

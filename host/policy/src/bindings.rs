@@ -12,19 +12,20 @@ pub(crate) mod policy {
     });
 }
 
-/// The WASI 0.2 interfaces Rust's std links, implemented inertly in `wasi.rs`.
+/// The WASI 0.2 interfaces Rust's std links, implemented inertly in `wasi.rs` (its resource
+/// types are in `inert.rs`).
 pub(crate) mod wasi {
     wasmtime::component::bindgen!({
         path: "wasi-wit",
         world: "switchboard:inert-wasi/inert-wasi",
         imports: { default: trappable },
         with: {
-            "wasi:io/error.error": crate::wasi::InertError,
-            "wasi:io/poll.pollable": crate::wasi::InertPollable,
-            "wasi:io/streams.input-stream": crate::wasi::InertInputStream,
-            "wasi:io/streams.output-stream": crate::wasi::InertOutputStream,
-            "wasi:cli/terminal-input.terminal-input": crate::wasi::InertTerminalInput,
-            "wasi:cli/terminal-output.terminal-output": crate::wasi::InertTerminalOutput,
+            "wasi:io/error.error": crate::inert::InertError,
+            "wasi:io/poll.pollable": crate::inert::InertPollable,
+            "wasi:io/streams.input-stream": crate::inert::InertInputStream,
+            "wasi:io/streams.output-stream": crate::inert::InertOutputStream,
+            "wasi:cli/terminal-input.terminal-input": crate::inert::InertTerminalInput,
+            "wasi:cli/terminal-output.terminal-output": crate::inert::InertTerminalOutput,
         },
     });
 }

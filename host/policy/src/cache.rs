@@ -33,8 +33,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use crate::engine::EngineInner;
 use crate::load::LoadError;
+use crate::runtime::EngineInner;
+use crate::version::{Version, DIGEST_BYTES};
 
 const KEY_FILE: &str = "artifact.key";
 const KEY_BYTES: usize = 32;
@@ -42,7 +43,6 @@ const ARTIFACT_EXTENSION: &str = "cwasm";
 
 const MAGIC: &[u8; 8] = b"SWBCWASM";
 const FORMAT: u32 = 1;
-const DIGEST_BYTES: usize = 32;
 const HEADER_BYTES: usize = MAGIC.len() + 4 + DIGEST_BYTES + DIGEST_BYTES;
 
 /// A directory of compiled plugins, with the key that authenticates them. Cheap to clone.
@@ -124,37 +124,6 @@ pub enum CacheRejection {
     /// Authentic, but this node's load checks refuse the plugin now (they changed since).
     #[error("authenticated, but the plugin fails this node's load checks: {0}")]
     FailedChecks(LoadError),
-}
-
-/// A plugin version: the lowercase hex SHA-256 of the component. Only ever 64 hex digits,
-/// so it is safe as a file name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Version(String);
-
-impl Version {
-    pub(crate) fn of(wasm: &[u8]) -> Version {
-        Version(hex(&Sha256::digest(wasm)))
-    }
-
-    /// Accepts either case; keeps lowercase.
-    pub(crate) fn parse(version: &str) -> Option<Version> {
-        (version.len() == 2 * DIGEST_BYTES && version.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| Version(version.to_ascii_lowercase()))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
 }
 
 /// `Engine::precompile_compatibility_hash` is a `Hash`, not bytes: feed it to SHA-256.
@@ -272,11 +241,7 @@ impl ArtifactCache {
     /// [`PolicyEngine::load`](crate::PolicyEngine::load) are cached only this way, so a
     /// refused upload never leaves an artifact.
     pub fn store_plugin(&self, plugin: &crate::Plugin) -> Result<(), CacheError> {
-        self.store(
-            plugin.engine().inner(),
-            plugin.version_id(),
-            plugin.component(),
-        )
+        self.store(plugin.engine(), plugin.version_id(), plugin.component())
     }
 
     /// The number of artifacts in the directory (`*.cwasm`): what refused uploads must not

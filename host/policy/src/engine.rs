@@ -1,19 +1,18 @@
 //! The wasm engine, configured for untrusted guests, and loading plugins into it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings;
-use crate::cache::{self, ArtifactCache, CacheOutcome, CacheRejection, Lookup, Version};
-use crate::host::InstanceState;
+use crate::cache::{self, ArtifactCache, CacheOutcome, CacheRejection, Lookup};
 use crate::limits::PolicyLimits;
 use crate::load::{self, LoadError, POLICY_EXPORT};
+use crate::runtime::{spawn_epoch_ticker, EngineInner, Ticker};
 use crate::tenant::InstantiateError;
+use crate::version::Version;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -29,47 +28,6 @@ pub enum EngineError {
 #[derive(Clone)]
 pub struct PolicyEngine {
     inner: Arc<EngineInner>,
-}
-
-pub(crate) struct EngineInner {
-    pub engine: Engine,
-    pub linker: Linker<InstanceState>,
-    pub limits: Arc<PolicyLimits>,
-    /// SHA-256 of `Engine::precompile_compatibility_hash`: which compiled artifacts this
-    /// engine can load (see `cache.rs`).
-    pub compatibility: [u8; 32],
-    /// Drives the epoch (the call deadline) while guest code runs.
-    pub ticker: Arc<Ticker>,
-}
-
-/// The epoch ticker's switch: the ticker thread advances the epoch every `epoch_tick` only
-/// while some guest code runs ([`Ticker::running`]), and parks otherwise, so an idle node
-/// does not wake a thread 1,000 times a second (measured: ~20 ms of CPU a second, the
-/// node's whole idle cost with 1,000 idle connections). A deadline is counted in ticks
-/// from the call's start, so pausing between calls changes nothing.
-pub(crate) struct Ticker {
-    running: AtomicUsize,
-    thread: OnceLock<std::thread::Thread>,
-}
-
-/// Guest code is running while this lives.
-pub(crate) struct Running<'a>(&'a Ticker);
-
-impl Ticker {
-    pub(crate) fn running(&self) -> Running<'_> {
-        if self.running.fetch_add(1, Ordering::AcqRel) == 0 {
-            if let Some(t) = self.thread.get() {
-                t.unpark();
-            }
-        }
-        Running(self)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -107,10 +65,7 @@ impl PolicyEngine {
             .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
         bindings::wasi::InertWasi::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| EngineError::Setup(format!("{e:#}")))?;
-        let ticker = Arc::new(Ticker {
-            running: AtomicUsize::new(0),
-            thread: OnceLock::new(),
-        });
+        let ticker = Arc::new(Ticker::default());
         spawn_epoch_ticker(engine.weak(), ticker.clone(), limits.epoch_tick)
             .map_err(|e| EngineError::Setup(format!("epoch ticker: {e}")))?;
         let compatibility = cache::compatibility_digest(&engine);
@@ -129,6 +84,8 @@ impl PolicyEngine {
         &self.inner.limits
     }
 
+    /// The shared part (the cache's tests store and look up artifacts with it).
+    #[cfg(test)]
     pub(crate) fn inner(&self) -> &EngineInner {
         &self.inner
     }
@@ -285,7 +242,7 @@ impl PolicyEngine {
                 "`{POLICY_EXPORT}` does not have the functions this node calls: {e:#}"
             ))
         })?;
-        let plugin = crate::Plugin::new(self.clone(), pre, version, size, imports);
+        let plugin = crate::Plugin::new(self.inner.clone(), pre, version, size, imports);
         // Instantiate once now, so a plugin that cannot even start within its limits (too
         // much initial memory, a trapping start function) is refused at upload.
         plugin.check_instantiate().map_err(|e| match e {
@@ -316,32 +273,4 @@ fn engine_config(limits: &PolicyLimits) -> Config {
         .table_elements(limits.max_table_elements);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
-}
-
-/// Advances the engine's epoch every `tick` while guest code runs (see [`Ticker`]), until
-/// the engine is dropped. One thread per engine; it holds only a weak reference, and wakes
-/// once a second while parked to notice the engine is gone.
-fn spawn_epoch_ticker(
-    engine: EngineWeak,
-    ticker: Arc<Ticker>,
-    tick: Duration,
-) -> std::io::Result<()> {
-    let shared = ticker.clone();
-    let handle = std::thread::Builder::new()
-        .name("policy-epoch".into())
-        .spawn(move || loop {
-            if shared.running.load(Ordering::Acquire) == 0 {
-                // A call starting after this load unparks us (the token makes the park
-                // return at once if it came first).
-                std::thread::park_timeout(Duration::from_secs(1));
-            } else {
-                std::thread::sleep(tick);
-            }
-            match engine.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => return,
-            }
-        })?;
-    let _ = ticker.thread.set(handle.thread().clone());
-    Ok(())
 }

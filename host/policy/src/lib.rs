@@ -40,8 +40,10 @@ pub mod compile;
 mod convert;
 mod engine;
 mod host;
+mod inert;
 mod limits;
 mod load;
+mod runtime;
 mod self_test;
 mod shape;
 mod stats;
@@ -49,6 +51,7 @@ mod tenant;
 mod trial;
 mod types;
 mod upload;
+mod version;
 mod wasi;
 
 pub use cache::{ArtifactCache, CacheError, CacheOutcome, CacheRejection};

@@ -173,7 +173,7 @@ impl Plugin {
         config: &BTreeMap<String, String>,
     ) -> Result<SelfTestReport, SelfTestError> {
         let policy = TenantPolicy::new(self, SELF_TEST_TENANT, config.clone());
-        let limits = self.engine().limits();
+        let limits = &self.engine().limits;
         let mut run = Run {
             policy,
             hooks: Vec::with_capacity(Hook::ALL.len()),

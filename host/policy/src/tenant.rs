@@ -9,15 +9,15 @@ use parking_lot::Mutex;
 use wasmtime::Store;
 
 use crate::bindings::policy::{TenantPolicy as PolicyBindings, TenantPolicyPre};
-use crate::cache::Version;
 use crate::convert;
-use crate::engine::PolicyEngine;
 use crate::host::{InstanceState, MemoryCapExceeded, TenantCounters, TenantShared};
+use crate::runtime::EngineInner;
 use crate::stats::{PolicyStats, PolicyStatsSnapshot};
 use crate::types::{
     Builtin, Decision, FallbackReason, Flag, FlagContext, Hook, LoadInfo, MessageInfo,
     ReceiptAction, ReceiptInfo, Shedding, Source, Verdict,
 };
+use crate::version::Version;
 use crate::wasi::PluginExited;
 
 /// A compiled plugin that passed every load check. Immutable and cheap to clone; any number
@@ -28,7 +28,7 @@ pub struct Plugin {
 }
 
 struct PluginInner {
-    engine: PolicyEngine,
+    engine: Arc<EngineInner>,
     pre: TenantPolicyPre<InstanceState>,
     /// The plugin's version: the hex SHA-256 of the component it was loaded from.
     version: Version,
@@ -47,7 +47,7 @@ impl std::fmt::Debug for Plugin {
 
 impl Plugin {
     pub(crate) fn new(
-        engine: PolicyEngine,
+        engine: Arc<EngineInner>,
         pre: TenantPolicyPre<InstanceState>,
         version: Version,
         size: usize,
@@ -88,7 +88,7 @@ impl Plugin {
         &self.inner.imports
     }
 
-    pub(crate) fn engine(&self) -> &PolicyEngine {
+    pub(crate) fn engine(&self) -> &EngineInner {
         &self.inner.engine
     }
 
@@ -98,7 +98,7 @@ impl Plugin {
             config: BTreeMap::new(),
             counters: TenantCounters::new(),
             stats: PolicyStats::default(),
-            limits: self.inner.engine.inner().limits.clone(),
+            limits: self.inner.engine.limits.clone(),
             trial: None,
         });
         instantiate(self, &shared).map(drop)
@@ -178,7 +178,7 @@ pub(crate) enum InstantiateError {
 }
 
 fn instantiate(plugin: &Plugin, shared: &Arc<TenantShared>) -> Result<Slot, InstantiateError> {
-    let engine = plugin.inner.engine.inner();
+    let engine = &plugin.inner.engine;
     // Start functions are guest code: the deadline must run.
     let _running = engine.ticker.running();
     let limits = &engine.limits;
@@ -321,7 +321,7 @@ impl TenantPolicy {
                 config,
                 counters,
                 stats: PolicyStats::default(),
-                limits: plugin.inner.engine.inner().limits.clone(),
+                limits: plugin.inner.engine.limits.clone(),
                 trial,
             }),
             plugin: plugin.clone(),
@@ -463,7 +463,7 @@ impl TenantPolicy {
         let stats = &self.shared.stats;
         // From here guest code may run (start functions, then the hook): keep the epoch,
         // and so the deadline, moving.
-        let _running = self.plugin.inner.engine.inner().ticker.running();
+        let _running = self.plugin.inner.engine.ticker.running();
         let reused = self.idle.lock().pop();
         let mut slot = match reused {
             Some(slot) => slot,

@@ -31,15 +31,10 @@ use crate::bindings::wasi::wasi::cli::{
 };
 use crate::bindings::wasi::wasi::io::{error, poll, streams};
 use crate::host::InstanceState;
-
-/// Resource types of the inert interfaces. They carry nothing: the host never needs to tell
-/// one stdout handle from another.
-pub struct InertError;
-pub struct InertPollable;
-pub struct InertInputStream;
-pub struct InertOutputStream;
-pub struct InertTerminalInput;
-pub struct InertTerminalOutput;
+use crate::inert::{
+    InertError, InertInputStream, InertOutputStream, InertPollable, InertTerminalInput,
+    InertTerminalOutput,
+};
 
 /// How much an output stream says it can take at once; writes are discarded.
 const WRITE_PERMIT: u64 = 4096;

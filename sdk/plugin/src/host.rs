@@ -63,7 +63,7 @@ mod imp {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-use crate::testing::imp;
+use crate::native as imp;
 
 /// Writes to the node's log, tagged with the tenant. The node rate-limits plugin logs, so log
 /// decisions that are rare, not one line per message.

@@ -103,6 +103,8 @@
 
 pub mod defaults;
 pub mod host;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
 pub mod rollout;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

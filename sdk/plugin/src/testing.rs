@@ -28,31 +28,9 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::{
-    FlagContext, LoadInfo, LogLevel, MessageInfo, ReceiptInfo, ReceiptKind, BODY_PREFIX_BYTES,
-};
-
-/// One line a plugin logged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogRecord {
-    /// The level it was logged at.
-    pub level: LogLevel,
-    /// The message.
-    pub message: String,
-}
-
-#[derive(Default)]
-struct State {
-    config: BTreeMap<String, String>,
-    now_ms: u64,
-    logs: Vec<LogRecord>,
-    counters: BTreeMap<String, u64>,
-}
-
-thread_local! {
-    /// Installed hosts, innermost last; the last one answers.
-    static INSTALLED: RefCell<Vec<Rc<RefCell<State>>>> = const { RefCell::new(Vec::new()) };
-}
+pub use crate::native::LogRecord;
+use crate::native::{State, INSTALLED};
+use crate::{FlagContext, LoadInfo, MessageInfo, ReceiptInfo, ReceiptKind, BODY_PREFIX_BYTES};
 
 /// Configures a [`TestHost`]; [`TestHostBuilder::install`] makes it answer host calls.
 #[derive(Default)]
@@ -167,54 +145,6 @@ impl std::fmt::Debug for TestHost {
     }
 }
 
-/// The native side of [`crate::host`].
-pub(crate) mod imp {
-    use super::*;
-
-    fn with_host<R>(call: &str, f: impl FnOnce(&mut State) -> R) -> R {
-        let state = INSTALLED.with(|installed| installed.borrow().last().cloned());
-        let Some(state) = state else {
-            panic!(
-                "switchboard_plugin::host::{call} was called natively but no TestHost is \
-                 installed on this thread: start the test with \
-                 `let host = TestHost::builder().install();`"
-            );
-        };
-        let mut state = state.borrow_mut();
-        f(&mut state)
-    }
-
-    pub fn log(level: LogLevel, message: &str) {
-        // Shown by the test harness when the test fails.
-        eprintln!("[plugin {level:?}] {message}");
-        with_host("log", |state| {
-            state.logs.push(LogRecord {
-                level,
-                message: message.to_owned(),
-            })
-        });
-    }
-
-    /// Not cached natively (unlike on `wasm32`): every read sees the host's current
-    /// configuration. `f` must not call back into `host` (the state is borrowed while it runs).
-    pub fn with_config<R>(key: &str, f: impl FnOnce(Option<&str>) -> R) -> R {
-        with_host("config", |state| {
-            f(state.config.get(key).map(String::as_str))
-        })
-    }
-
-    pub fn now_ms() -> u64 {
-        with_host("now_ms", |state| state.now_ms)
-    }
-
-    pub fn counter_add(name: &str, delta: u64) {
-        with_host("counter_add", |state| {
-            let counter = state.counters.entry(name.to_owned()).or_default();
-            *counter = counter.saturating_add(delta);
-        });
-    }
-}
-
 /// What the node passes for a message of `body` from `sender` to `group`: the body's size and
 /// first 64 bytes, a group of 2 with both members connected. Adjust fields with struct update
 /// syntax: `MessageInfo { group_size: 500, ..testing::message("g", "alice", b"hi") }`.
@@ -260,80 +190,6 @@ pub fn load(level: u8) -> LoadInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host;
-
-    #[test]
-    fn answers_from_its_config_and_clock_and_records_logs_and_counters() {
-        let host = TestHost::builder().config("a", "1").now_ms(1_000).install();
-        assert_eq!(host::config("a").as_deref(), Some("1"));
-        assert_eq!(host::config("b"), None);
-        assert_eq!(host::now_ms(), 1_000);
-
-        host.set_config("b", "2");
-        host.remove_config("a");
-        host.advance_ms(500);
-        assert_eq!(host::config("a"), None);
-        assert_eq!(host::config("b").as_deref(), Some("2"));
-        assert_eq!(host::now_ms(), 1_500);
-        host.set_now_ms(7);
-        assert_eq!(host::now_ms(), 7);
-
-        host::log(LogLevel::Debug, "one");
-        host::log(LogLevel::Error, "two");
-        assert_eq!(
-            host.logs(),
-            [
-                LogRecord {
-                    level: LogLevel::Debug,
-                    message: "one".into()
-                },
-                LogRecord {
-                    level: LogLevel::Error,
-                    message: "two".into()
-                },
-            ]
-        );
-        host.clear_logs();
-        assert!(host.logs().is_empty());
-
-        host::counter_add("x", 2);
-        host::counter_add("x", 3);
-        host::counter_add("y", u64::MAX);
-        host::counter_add("y", 1);
-        assert_eq!(host.counter("x"), 5);
-        assert_eq!(host.counter("y"), u64::MAX, "saturates");
-        assert_eq!(host.counter("never"), 0);
-        assert_eq!(host.counters().len(), 2);
-    }
-
-    #[test]
-    fn the_innermost_host_answers_until_dropped() {
-        let outer = TestHost::builder().config("k", "outer").install();
-        {
-            let _inner = TestHost::builder().config("k", "inner").install();
-            assert_eq!(host::config("k").as_deref(), Some("inner"));
-            host::counter_add("c", 1);
-        }
-        assert_eq!(host::config("k").as_deref(), Some("outer"));
-        assert_eq!(outer.counter("c"), 0, "the inner host got the counter");
-        drop(outer);
-        let uninstalled = std::panic::catch_unwind(host::now_ms);
-        assert!(uninstalled.is_err());
-    }
-
-    #[test]
-    fn hosts_are_per_thread() {
-        let host = TestHost::builder().config("k", "main").install();
-        std::thread::spawn(|| {
-            let _other = TestHost::builder().config("k", "other").install();
-            host::counter_add("c", 1);
-            assert_eq!(host::config("k").as_deref(), Some("other"));
-        })
-        .join()
-        .unwrap();
-        assert_eq!(host::config("k").as_deref(), Some("main"));
-        assert_eq!(host.counter("c"), 0);
-    }
 
     #[test]
     fn message_mirrors_what_the_node_passes() {

@@ -1,6 +1,7 @@
 //! The control plane's typed errors. Each has a stable `code` (the problem type the HTTP API
 //! returns) and an HTTP status.
 
+use switchboard_edge::RequestError;
 use switchboard_store::{SecretsError, StoreError};
 
 /// Why a control-plane operation was refused or failed.
@@ -112,6 +113,19 @@ impl From<StoreError> for ControlError {
                 ControlError::Conflict(e.to_string())
             }
             e => ControlError::Store(e),
+        }
+    }
+}
+
+impl From<RequestError> for ControlError {
+    fn from(e: RequestError) -> Self {
+        use switchboard_core::ErrorCode as C;
+        match e.code {
+            C::GroupNotFound => ControlError::NotFound(e.message),
+            C::GroupFull => ControlError::Conflict(e.message),
+            C::InvalidArgument => ControlError::Invalid(e.message),
+            C::StoreUnavailable => ControlError::Store(StoreError::Io(e.message)),
+            _ => ControlError::Internal(format!("{:?}: {}", e.code, e.message)),
         }
     }
 }

@@ -8,10 +8,15 @@
 
 mod compiled;
 mod error;
+mod groups;
+mod node;
 pub(crate) mod observe;
-mod ops;
+mod plugins;
+mod policy;
 mod reconcile;
 mod rollback;
+mod shared;
+mod tenants;
 pub mod types;
 
 use std::path::PathBuf;
@@ -75,7 +80,7 @@ pub struct Control {
     pub(crate) bound: DashMap<TenantId, reconcile::Bound>,
     /// Versions the node rolled back by itself since start.
     pub(crate) auto_rollbacks: AtomicU64,
-    /// Bounds compiles and self-tests at once ([`ops::COMPILE_SLOTS`]).
+    /// Bounds compiles and self-tests at once ([`plugins::COMPILE_SLOTS`]).
     pub(crate) compile_slots: Arc<tokio::sync::Semaphore>,
     /// When the control plane started (uptime in `GET /v1/node`).
     pub(crate) started: std::time::Instant,
@@ -119,9 +124,9 @@ impl Control {
             apply_lock: tokio::sync::Mutex::new(()),
             bound: DashMap::new(),
             auto_rollbacks: AtomicU64::new(0),
-            compile_slots: Arc::new(tokio::sync::Semaphore::new(ops::COMPILE_SLOTS)),
+            compile_slots: Arc::new(tokio::sync::Semaphore::new(plugins::COMPILE_SLOTS)),
             started: std::time::Instant::now(),
-            started_at_ms: ops::now_ms(),
+            started_at_ms: shared::now_ms(),
             drain: watch::channel(false).0,
             node_id: std::sync::OnceLock::new(),
         });
@@ -204,7 +209,7 @@ impl Control {
 
     /// Checks a bearer token: the admin token, or a tenant API key.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Caller, ControlError> {
-        ops::authenticate(self, bearer)
+        tenants::authenticate(self, bearer)
     }
 
     /// Whether `caller` may act on `tenant`'s resources (admins may act on every tenant).

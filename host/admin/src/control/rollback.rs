@@ -17,7 +17,7 @@ use switchboard_core::TenantId;
 use switchboard_edge::ServingSnapshot;
 use switchboard_store::{BindingRefused, RollbackRecord};
 
-use super::ops::now_ms;
+use super::shared::now_ms;
 use super::Control;
 
 /// When the node rolls a version back by itself.
@@ -169,7 +169,7 @@ async fn trip(
     // Counted before the write: the watch may apply the rollback before this task resumes,
     // and whoever sees it applied must see it counted. Taken back if nothing was written.
     c.auto_rollbacks.fetch_add(1, Ordering::Relaxed);
-    let result = super::ops::off_the_runtime(|| {
+    let result = super::shared::off_the_runtime(|| {
         c.config.update_binding(tenant, now, &mut |b| {
             match role {
                 Role::Canary => {
