@@ -343,6 +343,16 @@ impl AdminClient {
         self.json("POST", "/v1/node/store-key/rotation", Body::None)
     }
 
+    /// The retention limits and the message log's size (admin).
+    pub fn retention(&self) -> Result<RetentionInfo, ClientError> {
+        self.json("GET", "/v1/node/retention", Body::None)
+    }
+
+    /// Runs a retention pass now (admin).
+    pub fn run_retention(&self) -> Result<RetentionPass, ClientError> {
+        self.json("POST", "/v1/node/retention/pass", Body::None)
+    }
+
     /// Drains the node as SIGTERM does (admin); `node` names the cluster node meant.
     pub fn drain(&self, node: Option<&str>) -> Result<Draining, ClientError> {
         let req = DrainRequest {

@@ -28,6 +28,8 @@ const ADMIN_ONLY: &[(&str, &str)] = &[
     ("GET", "/v1/node"),
     ("POST", "/v1/node/store-key/rotation"),
     ("POST", "/v1/node/drain"),
+    ("GET", "/v1/node/retention"),
+    ("POST", "/v1/node/retention/pass"),
     ("GET", "/v1/connections"),
     ("GET", "/v1/traffic"),
 ];

@@ -262,6 +262,12 @@ enum NodeCmd {
     /// hands its shards over (cluster mode) and exits. NODE, the cluster node meant, makes a
     /// drain sent to the wrong node (through a load balancer) a refusal.
     Drain { node: Option<String> },
+    /// The retention limits in force and the message log's size; `--run` runs a retention
+    /// pass now (the node also runs one every `retention_check_s`).
+    Retention {
+        #[arg(long)]
+        run: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -316,6 +322,55 @@ fn answer<T: Serialize>(value: &T, human: impl FnOnce(&T) -> String) -> Answer {
         json: serde_json::to_value(value).ok(),
         human: human(value),
     }
+}
+
+/// `ctl node retention`'s summary: the limits in force, one line each, and the log's size.
+fn retention_text(r: &RetentionInfo) -> String {
+    if !r.supported {
+        return "this node's message store keeps its own retention (sled keeps every message; \
+                a cluster's JetStream streams have their own limits)"
+            .to_owned();
+    }
+    let limits = |l: &RetentionLimitsInfo| {
+        let mut parts = Vec::new();
+        if let Some(s) = l.max_age_s {
+            parts.push(format!("max age {s} s"));
+        }
+        if let Some(m) = l.max_messages {
+            parts.push(format!("max {m} messages"));
+        }
+        if let Some(b) = l.max_bytes {
+            parts.push(format!("max {b} bytes"));
+        }
+        if parts.is_empty() {
+            "no limit".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    };
+    let mut lines = vec![format!(
+        "message log: {} bytes in {} segments; {}",
+        r.bytes,
+        r.segments,
+        if r.limited {
+            "retention on"
+        } else {
+            "retention off (every message is kept)"
+        }
+    )];
+    lines.push(format!("every group: {}", limits(&r.default)));
+    for t in &r.tenants {
+        lines.push(format!("tenant {}: {}", t.tenant, limits(&t.limits)));
+    }
+    for g in &r.groups {
+        lines.push(format!(
+            "group {}/{}: {}",
+            g.tenant,
+            g.group,
+            limits(&g.limits)
+        ));
+    }
+    lines.join("\n")
 }
 
 /// The environment variable `switchboard ctl` reads the token from.
@@ -444,6 +499,19 @@ fn execute(c: &AdminClient, command: CtlCommand) -> Result<Answer, Failure> {
                 Some(n) => format!("node {n} is draining: it hands its shards over and exits"),
                 None => "the node is draining: it acks what it accepted and exits".to_owned(),
             })
+        }
+        CtlCommand::Node(NodeCmd::Retention { run: true }) => {
+            answer(&c.run_retention()?, |p| match p.supported {
+                true => format!(
+                    "retention pass: {} segments ({} bytes) deleted; the log now holds {} \
+                     bytes in {} segments",
+                    p.segments_deleted, p.bytes_deleted, p.bytes, p.segments
+                ),
+                false => "this node's message store keeps its own retention".to_owned(),
+            })
+        }
+        CtlCommand::Node(NodeCmd::Retention { run: false }) => {
+            answer(&c.retention()?, retention_text)
         }
         CtlCommand::Node(NodeCmd::RotateStoreKey) => answer(&c.rotate_store_key()?, |r| {
             format!(

@@ -65,6 +65,7 @@ impl Control {
             max_members: meta.max_members,
             members: self.store.member_count(&rec.id, &gid)?.unwrap_or(0),
             head: self.store.head(&rec.id, &gid)?,
+            first_seq: self.store.first_seq(&rec.id, &gid)?,
         })
     }
 

@@ -1,6 +1,6 @@
-//! The node itself: the degradation override, rotating the store key, health.
+//! The node itself: the degradation override, rotating the store key, retention, health.
 
-use super::shared::off_the_runtime;
+use super::shared::{now_ms, off_the_runtime};
 use super::types::*;
 use super::{Control, ControlError};
 
@@ -46,6 +46,71 @@ impl Control {
         })
     }
 
+    /// The retention limits in force and the message log's size.
+    pub fn retention(&self) -> RetentionInfo {
+        let Some(status) = self.store.retention() else {
+            return RetentionInfo {
+                supported: false,
+                limited: false,
+                default: RetentionLimitsInfo::default(),
+                tenants: Vec::new(),
+                groups: Vec::new(),
+                bytes: 0,
+                segments: 0,
+            };
+        };
+        let limits = &status.limits;
+        let mut tenants: Vec<TenantRetentionInfo> = limits
+            .tenants
+            .iter()
+            .map(|(t, l)| TenantRetentionInfo {
+                tenant: t.to_string(),
+                limits: limits_info(l),
+            })
+            .collect();
+        tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        let mut groups: Vec<GroupRetentionInfo> = limits
+            .groups
+            .iter()
+            .map(|((t, g), l)| GroupRetentionInfo {
+                tenant: t.to_string(),
+                group: g.to_string(),
+                limits: limits_info(l),
+            })
+            .collect();
+        groups.sort_by(|a, b| (&a.tenant, &a.group).cmp(&(&b.tenant, &b.group)));
+        RetentionInfo {
+            supported: true,
+            limited: limits.is_limited(),
+            default: limits_info(&limits.default),
+            tenants,
+            groups,
+            bytes: status.bytes,
+            segments: status.segments as u64,
+        }
+    }
+
+    /// Runs a retention pass now, as the node's timer does every `retention_check_s`.
+    /// Blocking (it deletes files and syncs the trimmed heads).
+    pub fn run_retention(&self) -> Result<RetentionPass, ControlError> {
+        let report = self.store.enforce_retention(now_ms())?;
+        let info = self.retention();
+        if report.segments_deleted > 0 {
+            tracing::info!(
+                segments = report.segments_deleted,
+                bytes = report.bytes_deleted,
+                "retention pass on demand"
+            );
+        }
+        Ok(RetentionPass {
+            supported: info.supported,
+            segments_deleted: report.segments_deleted as u64,
+            bytes_deleted: report.bytes_deleted,
+            bytes: info.bytes,
+            segments: info.segments,
+        })
+    }
+
     pub fn health(&self) -> Health {
         let m = self.hub.metrics().snapshot();
         let (store, store_reason) = match self.hub.store().health() {
@@ -66,5 +131,13 @@ impl Control {
             build: super::observe::build_info(),
             uptime_s: self.uptime_s(),
         }
+    }
+}
+
+fn limits_info(l: &switchboard_store::RetentionLimits) -> RetentionLimitsInfo {
+    RetentionLimitsInfo {
+        max_age_s: l.max_age_ms.map(|ms| ms / 1000),
+        max_messages: l.max_messages,
+        max_bytes: l.max_bytes,
     }
 }

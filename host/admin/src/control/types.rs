@@ -118,6 +118,9 @@ pub struct GroupInfo {
     pub members: u32,
     /// Newest sequence number.
     pub head: u64,
+    /// Oldest sequence number still kept: 1 unless retention deleted older messages
+    /// (`head + 1` when it deleted all of them).
+    pub first_seq: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +298,64 @@ pub struct StoreKeyRotation {
     pub key_id: u32,
     /// How many tenant secrets were sealed again under it.
     pub resealed: u64,
+}
+
+/// Retention limits of messages (`[store.retention]`); `null`: no limit of that kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionLimitsInfo {
+    /// Messages sent longer ago than this many seconds may go.
+    pub max_age_s: Option<u64>,
+    /// Messages older than the group's newest this many may go.
+    pub max_messages: Option<u64>,
+    /// Messages older than the group's newest this many bytes may go.
+    pub max_bytes: Option<u64>,
+}
+
+/// A tenant's retention limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRetentionInfo {
+    pub tenant: String,
+    pub limits: RetentionLimitsInfo,
+}
+
+/// A group's retention limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRetentionInfo {
+    pub tenant: String,
+    pub group: String,
+    pub limits: RetentionLimitsInfo,
+}
+
+/// Retention of group messages on this node (`GET /v1/node/retention`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionInfo {
+    /// Whether this node's message store deletes old messages itself (the segment log).
+    /// Messages kept in sled are kept forever; a cluster's JetStream streams keep their own
+    /// limits.
+    pub supported: bool,
+    /// Whether any limit is set; without one every message is kept.
+    pub limited: bool,
+    /// The limits of every group, unless its tenant's or its own say otherwise (field by
+    /// field: group, then tenant, then these).
+    pub default: RetentionLimitsInfo,
+    pub tenants: Vec<TenantRetentionInfo>,
+    pub groups: Vec<GroupRetentionInfo>,
+    /// Bytes of the message log's segment files now.
+    pub bytes: u64,
+    /// Segment files now.
+    pub segments: u64,
+}
+
+/// A retention pass run on demand (`POST /v1/node/retention/pass`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPass {
+    /// As in [`RetentionInfo`]: `false` when the store keeps messages itself (nothing done).
+    pub supported: bool,
+    pub segments_deleted: u64,
+    pub bytes_deleted: u64,
+    /// The log's size after the pass.
+    pub bytes: u64,
+    pub segments: u64,
 }
 
 /// A drain request (`POST /v1/node/drain`).

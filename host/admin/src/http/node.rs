@@ -1,5 +1,5 @@
-//! Node-wide endpoints: health, the OpenAPI document, metrics, the degradation override and
-//! the store key's rotation.
+//! Node-wide endpoints: health, the OpenAPI document, metrics, the degradation override,
+//! the store key's rotation and retention.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -59,4 +59,18 @@ pub(super) async fn rotate_store_key(
     blocking(&s.control, |c| c.rotate_store_key())
         .await
         .map(Json)
+}
+
+pub(super) async fn retention(
+    State(s): State<ApiState>,
+    _: Admin,
+) -> Result<Json<RetentionInfo>, Problem> {
+    blocking(&s.control, |c| Ok(c.retention())).await.map(Json)
+}
+
+pub(super) async fn run_retention(
+    State(s): State<ApiState>,
+    _: Admin,
+) -> Result<Json<RetentionPass>, Problem> {
+    blocking(&s.control, |c| c.run_retention()).await.map(Json)
 }
