@@ -21,6 +21,23 @@ fn send(i: u64) -> ClientFrame {
     }
 }
 
+/// alice, connected, after each of her `MESSAGES` sends to `team` was acked in order.
+async fn alice_sent_all(addr: std::net::SocketAddr, cert: &[u8]) -> RawClient {
+    let mut alice = RawClient::connect(addr, cert, switchboard_wire::ALPN)
+        .await
+        .unwrap();
+    let token = mint("acme", "alice", ACME_SECRET, now_secs() + 600, 0);
+    assert!(matches!(
+        alice.hello(&token).await,
+        ServerFrame::Welcome { .. }
+    ));
+    for i in 1..=MESSAGES {
+        alice.send(&send(i)).await;
+        assert!(matches!(alice.read().await, Some(ServerFrame::Ack { seq, .. }) if seq == i));
+    }
+    alice
+}
+
 /// The next push that is not a presence notice (co-members' presence comes on connect).
 async fn next_delivery(c: &mut RawClient) -> Option<ServerFrame> {
     loop {
@@ -70,18 +87,7 @@ async fn a_member_behind_deleted_messages_resumes_at_the_first_retained_one() {
     .await
     .unwrap();
 
-    let mut alice = RawClient::connect(node.local_addr(), &cert, switchboard_wire::ALPN)
-        .await
-        .unwrap();
-    let token = mint("acme", "alice", ACME_SECRET, now_secs() + 600, 0);
-    assert!(matches!(
-        alice.hello(&token).await,
-        ServerFrame::Welcome { .. }
-    ));
-    for i in 1..=MESSAGES {
-        alice.send(&send(i)).await;
-        assert!(matches!(alice.read().await, Some(ServerFrame::Ack { seq, .. }) if seq == i));
-    }
+    let mut alice = alice_sent_all(node.local_addr(), &cert).await;
 
     // bob (a member since before the first message, never connected) is now 60 behind;
     // retention keeps the newest 10 and whatever shares their segments.
@@ -180,18 +186,7 @@ async fn retention_is_shown_and_run_through_the_admin_api() {
     assert_eq!(info["tenants"][0]["tenant"], "globex");
     assert_eq!(info["tenants"][0]["limits"]["max_age_s"], 86_400);
 
-    let mut alice = RawClient::connect(node.node.local_addr(), &cert, switchboard_wire::ALPN)
-        .await
-        .unwrap();
-    let token = mint("acme", "alice", ACME_SECRET, now_secs() + 600, 0);
-    assert!(matches!(
-        alice.hello(&token).await,
-        ServerFrame::Welcome { .. }
-    ));
-    for i in 1..=MESSAGES {
-        alice.send(&send(i)).await;
-        assert!(matches!(alice.read().await, Some(ServerFrame::Ack { seq, .. }) if seq == i));
-    }
+    let _alice = alice_sent_all(node.node.local_addr(), &cert).await;
     let (_, before, _) = ctl(&url, &["--json", "node", "retention"]);
     let segments_before = before["segments"].as_u64().unwrap();
     assert!(
