@@ -10,9 +10,12 @@
 //!   per interval.
 //! - [`fanout`]: a group's durable head and subscribers, and active-first publishing in two
 //!   phases (foreground copies first, then background copies or nudges).
+//! - [`load`]: the node's load level — a sample's pressure, hysteresis, the measured and
+//!   forced levels and the one in force, whether a tenant sheds at it.
 //! - [`log`]: the [`log::GroupLog`] trait through which the planner reads durable messages.
 
 pub mod fanout;
+pub mod load;
 pub mod log;
 pub mod planner;
 

@@ -6,7 +6,9 @@
 //! removes of users with live sessions). The node's routing decisions are the router's own
 //! ([`GroupFanout`](switchboard_router::GroupFanout),
 //! [`SessionPlanner`](switchboard_router::SessionPlanner),
-//! [`defers_background`](switchboard_router::defers_background)); this harness is the
+//! [`defers_background`](switchboard_router::defers_background), the load level's
+//! [`LevelTracker`](switchboard_router::load::LevelTracker) and
+//! [`Levels`](switchboard_router::load::Levels)); this harness is the
 //! driver, as `host/edge` is on a real node, and an oracle that checks the invariants of
 //! ARCHITECTURE.md as it goes. A failure names its seed and the [`Invariant`] it broke;
 //! `Sim::run(seed, config)` replays it.
@@ -141,6 +143,9 @@ pub struct Sim {
     /// from which load level background delivery is shed.
     policy: u64,
     load: Load,
+    /// The oracle's record of the load samples whose pressure was below the measured level,
+    /// since it last changed or a sample met it.
+    calm_samples: u32,
     /// The oracle's own records: flushes that succeeded, per group the newest seq appended,
     /// the newest one a successful flush made durable and the newest one published or
     /// revealed (the head clients may see), and what was acknowledged:
@@ -261,7 +266,9 @@ impl Sim {
                     80..=91 => 2,
                     _ => 3,
                 };
+                let before = self.load.measured();
                 let changed = self.load.observe(pressure);
+                self.check_load_sample(before, pressure);
                 self.load_changed(changed);
             }
             985..=989 => {

@@ -218,6 +218,7 @@ impl Sim {
             next_session: 1,
             policy: 0,
             load: Load::new(defer_at),
+            calm_samples: 0,
             flushes_ok: 0,
             appended: vec![0; n_groups],
             durable: vec![0; n_groups],
