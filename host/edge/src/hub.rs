@@ -47,7 +47,7 @@ use crate::load::{Load, LoadSignals};
 use crate::metrics::Metrics;
 use crate::notify::{NotifySink, SharedSink};
 use crate::outbox::{Outbox, Push, PushStream};
-use crate::rates::{Limited, RateLimiter, TenantRates, Whose};
+use crate::rates::{Limited, RateLimiter, TenantRates};
 use crate::receipts::{ReceiptDeps, ReceiptJob};
 use crate::serving::{MessageFacts, Policies, PolicySet, ServingState, VersionedPolicy};
 use crate::sessions::{NewSession, Sessions};
@@ -495,31 +495,13 @@ impl Hub {
 
     /// Takes a token of the user's `user_joins` limit (shared by `Join` and `Leave`).
     fn admit_join(&self, session: &Session) -> Result<(), RequestError> {
-        let user = &session.rates.user;
-        self.admit_user(
-            session,
-            &user.joins,
-            Limited::Joins,
-            self.limits.user_joins(),
-        )
+        self.admit_user(session, Limited::Joins)
     }
 
     /// Takes a token of one of the session's user's buckets, or the typed refusal.
-    fn admit_user(
-        &self,
-        session: &Session,
-        bucket: &switchboard_core::rate::TokenBucket,
-        kind: Limited,
-        rate: switchboard_core::rate::Rate,
-    ) -> Result<(), RequestError> {
-        self.rates.take(
-            &self.metrics,
-            bucket,
-            kind,
-            Whose("user", &session.user),
-            rate,
-            self.rates.now_ms(),
-        )
+    fn admit_user(&self, session: &Session, kind: Limited) -> Result<(), RequestError> {
+        self.rates
+            .admit_user(&self.metrics, &session.rates.user, kind, &session.user)
     }
 
     /// Creates a group (admin API). `GroupExists` comes back as a store error.
@@ -1085,13 +1067,7 @@ impl Hub {
         kind: ReceiptKind,
     ) -> Result<(), RequestError> {
         let gid = group_id(group)?;
-        let user = &session.rates.user;
-        self.admit_user(
-            session,
-            &user.receipts,
-            Limited::Receipts,
-            self.limits.user_receipts(),
-        )?;
+        self.admit_user(session, Limited::Receipts)?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
         if seq == 0 || seq > g.head() {

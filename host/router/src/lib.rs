@@ -12,12 +12,15 @@
 //!   phases (foreground copies first, then background copies or nudges).
 //! - [`load`]: the node's load level — a sample's pressure, hysteresis, the measured and
 //!   forced levels and the one in force, whether a tenant sheds at it.
+//! - [`rates`]: rate-limit admission — which buckets a request takes from and in what order,
+//!   a refusal and its retry time, the users whose buckets are parked until they refill.
 //! - [`log`]: the [`log::GroupLog`] trait through which the planner reads durable messages.
 
 pub mod fanout;
 pub mod load;
 pub mod log;
 pub mod planner;
+pub mod rates;
 
 pub use fanout::{defers_background, Copy, GroupFanout, Published, Subscriber};
 pub use log::{GroupLog, LogError};
