@@ -54,6 +54,7 @@ use crate::sessions::{NewSession, Sessions};
 use crate::state::SubChange;
 pub use crate::state::{GroupState, Session};
 pub use observe::{PresenceCounts, SessionInfo};
+use switchboard_router::membership::{self, Change, Join};
 
 mod observe;
 mod presence;
@@ -296,7 +297,7 @@ impl Hub {
                 Some(&seq) => seq,
                 None => self.store.cursor(&session.tenant, &gid, &session.user)?,
             };
-            let head = self.subscribe(session, &g, after);
+            let head = self.subscribe(session, &g, Change::Follow { after });
             groups.push(GroupCursor {
                 group: gid.to_string(),
                 seq: head,
@@ -347,7 +348,21 @@ impl Hub {
 
     /// Subscribes `session` to `g`, delivering everything after `after` (clamped to the
     /// durable head). Returns the head. Idempotent for an already-subscribed group.
-    fn subscribe(&self, session: &Arc<Session>, g: &Arc<GroupState>, after: u64) -> u64 {
+    /// Applies a membership change (`router::membership`) to every connected session of the
+    /// user at once. The caller holds the user's membership lock.
+    fn move_sessions(&self, g: &Arc<GroupState>, user: &UserId, change: Change) {
+        for (s, change) in change.for_sessions(self.sessions_of(&g.tenant, user)) {
+            match change {
+                Change::Drop => self.unsubscribe(&s, g),
+                _ => {
+                    self.subscribe(&s, g, change);
+                }
+            }
+        }
+    }
+
+    /// Subscribes a session as `change` says (idempotent); returns the group's head.
+    fn subscribe(&self, session: &Arc<Session>, g: &Arc<GroupState>, change: Change) -> u64 {
         if !session.groups.lock().insert(g.id.clone()) {
             return g.head();
         }
@@ -359,11 +374,14 @@ impl Hub {
         }
         // Queue the change before becoming visible to the committer, so any push for this
         // group the writer sees finds the subscription already applied.
+        let membership::SubChange::Subscribe { after } = change.sub_change(f.head()) else {
+            return f.head();
+        };
         session.sub_changes.lock().insert(
             g.id.clone(),
             SubChange::Subscribe {
                 group: g.clone(),
-                after: after.min(f.head()),
+                after,
             },
         );
         f.subscribe(session.clone());
@@ -397,19 +415,21 @@ impl Hub {
             RequestError::new(ErrorCode::GroupNotFound, format!("group {gid} not found"))
         })?;
         let g = self.group(tenant, &gid)?;
-        if self.store.is_member(tenant, &gid, user)? {
-            // Other sessions of the same user follow the membership too.
-            let after = self.store.cursor(tenant, &gid, user)?;
-            for s in self.sessions_of(tenant, user) {
-                self.subscribe(&s, &g, after);
+        match membership::join(self.store.is_member(tenant, &gid, user)?, meta.open) {
+            Ok(Join::Follow) => {
+                // Other sessions of the same user follow the membership too.
+                let after = self.store.cursor(tenant, &gid, user)?;
+                self.move_sessions(&g, user, Change::Follow { after });
             }
-        } else if !meta.open {
-            return Err(RequestError::new(
-                ErrorCode::JoinRefused,
-                format!("group {gid} is closed; membership is managed by the tenant"),
-            ));
-        } else {
-            self.admit_member(&g, user)?;
+            Ok(Join::Admit) => {
+                self.admit_member(&g, user)?;
+            }
+            Err(refused) => {
+                return Err(RequestError::new(
+                    ErrorCode::JoinRefused,
+                    format!("group {gid} {refused}"),
+                ))
+            }
         }
         Ok(g.head())
     }
@@ -461,7 +481,8 @@ impl Hub {
     /// The caller holds the user's membership lock.
     fn admit_member(&self, g: &Arc<GroupState>, user: &UserId) -> Result<bool, RequestError> {
         let tenant = &g.tenant;
-        if self.store.groups_of(tenant, user)?.len() >= self.limits.max_groups_per_user as usize {
+        let groups = self.store.groups_of(tenant, user)?.len();
+        if !membership::within_group_limit(groups, self.limits.max_groups_per_user) {
             return Err(RequestError::new(
                 ErrorCode::InvalidArgument,
                 format!("{user} is in max_groups_per_user groups already"),
@@ -471,11 +492,11 @@ impl Hub {
             return Ok(false);
         }
         g.members.fetch_add(1, Ordering::Relaxed);
-        let head = g.head();
-        self.store.advance_cursor(tenant, &g.id, user, head)?;
-        for s in self.sessions_of(tenant, user) {
-            self.subscribe(&s, g, head);
+        let change = Change::Admit { head: g.head() };
+        if let Some(cursor) = change.cursor() {
+            self.store.advance_cursor(tenant, &g.id, user, cursor)?;
         }
+        self.move_sessions(g, user, change);
         Ok(true)
     }
 
@@ -487,9 +508,7 @@ impl Hub {
             return Ok(false);
         }
         g.members.fetch_sub(1, Ordering::Relaxed);
-        for s in self.sessions_of(&g.tenant, user) {
-            self.unsubscribe(&s, g);
-        }
+        self.move_sessions(g, user, Change::Drop);
         Ok(true)
     }
 

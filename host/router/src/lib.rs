@@ -12,6 +12,8 @@
 //!   phases (foreground copies first, then background copies or nudges).
 //! - [`load`]: the node's load level — a sample's pressure, hysteresis, the measured and
 //!   forced levels and the one in force, whether a tenant sheds at it.
+//! - [`membership`]: the admit/drop core — what a `Join`/`Leave` or an admin's add/remove
+//!   does to every connected session of the user.
 //! - [`rates`]: rate-limit admission — which buckets a request takes from and in what order,
 //!   a refusal and its retry time, the users whose buckets are parked until they refill.
 //! - [`log`]: the [`log::GroupLog`] trait through which the planner reads durable messages.
@@ -19,6 +21,7 @@
 pub mod fanout;
 pub mod load;
 pub mod log;
+pub mod membership;
 pub mod planner;
 pub mod rates;
 

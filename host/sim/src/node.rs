@@ -20,8 +20,9 @@ use crate::client::{Client, Reader, Tracker};
 use crate::config::{Config, FOREGROUND_GATE_MS, WINDOW_FRAMES};
 use crate::invariant::Invariant;
 use crate::load::Load;
-use crate::membership::{Span, Sub, SubChange, User};
+use crate::membership::{Span, Sub, User};
 use crate::{Report, Rng, Sim};
+use switchboard_router::membership::{Change, SubChange};
 
 pub(crate) struct Group {
     pub(crate) id: GroupId,
@@ -817,7 +818,7 @@ impl Sim {
                     .unwrap_or(0),
             };
             let expect = after.min(self.visible[g]);
-            self.subscribe(id, g, after, expect, false);
+            self.apply_change(id, g, Change::Follow { after }, expect, false);
         }
         self.check_membership_agrees();
     }
