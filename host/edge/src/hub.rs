@@ -4,7 +4,9 @@
 //!
 //! - `sessions.rs`: users, their sessions and membership locks; `groups.rs`: loaded groups
 //!   and the fan-out; `serving.rs` ([`Policies`]): the tenants' policy gate; `load.rs`: the
-//!   load level and shedding; `rates.rs`: rate limits; `commit.rs`: the committer.
+//!   load level and shedding; `rates.rs`: rate limits; `commit.rs`: the committer. The
+//!   decisions of membership, load, rates and commit outcomes are `switchboard_router`'s;
+//!   these modules hold the locks, clocks and store calls around them.
 //! - Workers get narrow handles (the pieces they use), never the hub: the receipt and notify
 //!   workers, the committer and its phase-2 task, and the load monitor (through
 //!   [`LoadSignals`]). Nothing below the hub imports it.
@@ -33,6 +35,7 @@ use switchboard_core::{
     ErrorCode, GroupId, Lane, Limits, PresenceState, ReceiptKind, TenantId, UserId,
 };
 use switchboard_policy::{self as policy, TenantPolicy};
+use switchboard_router::membership::{self, Change, Join};
 use switchboard_store::{
     Appended, FlagRule, GroupMeta, NewMessage, Store, StoreError, StoredMessage,
 };
@@ -54,7 +57,6 @@ use crate::sessions::{NewSession, Sessions};
 use crate::state::SubChange;
 pub use crate::state::{GroupState, Session};
 pub use observe::{PresenceCounts, SessionInfo};
-use switchboard_router::membership::{self, Change, Join};
 
 mod observe;
 mod presence;

@@ -10,6 +10,8 @@
 //!   per interval.
 //! - [`fanout`]: a group's durable head and subscribers, and active-first publishing in two
 //!   phases (foreground copies first, then background copies or nudges).
+//! - [`commit`]: what a commit batch's flush means for each pending send — publish, reveal
+//!   or an unknown outcome, and which are acked.
 //! - [`load`]: the node's load level — a sample's pressure, hysteresis, the measured and
 //!   forced levels and the one in force, whether a tenant sheds at it.
 //! - [`membership`]: the admit/drop core — what a `Join`/`Leave` or an admin's add/remove
@@ -18,6 +20,7 @@
 //!   a refusal and its retry time, the users whose buckets are parked until they refill.
 //! - [`log`]: the [`log::GroupLog`] trait through which the planner reads durable messages.
 
+pub mod commit;
 pub mod fanout;
 pub mod load;
 pub mod log;

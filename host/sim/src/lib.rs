@@ -14,16 +14,18 @@
 //! `Sim::run(seed, config)` replays it.
 //!
 //! Modules: `node` is the driver (committer, fan-out phases, push writers, sessions),
-//! `membership` the hub's admit/drop core and subscription changes, `client` the devices
-//! and their delivery tracking, `oracle` the end-of-run checks and the invariants' names,
-//! `load` the load level, `config` and `rng` the run's shape and randomness.
+//! `membership` the store writes and fan-out changes around the router's admit/drop core,
+//! `client` the devices and their delivery tracking, `oracle` the end-of-run checks and the
+//! invariants' names, `load` the load level, `config` and `rng` the run's shape and
+//! randomness. The committer asks the router what each send of a flushed batch becomes
+//! ([`commit::outcomes`](switchboard_router::commit::outcomes)), as edge's does.
 //!
-//! Membership is modelled as the hub does it (one admit core for `Join` and an admin's add,
-//! one drop core for `Leave` and an admin's removal: `Hub::join` / `add_member`,
-//! `Hub::leave` / `remove_member`, being refactored into `admit_member` / `drop_member`):
-//! the store first, then every connected session of the user is subscribed (at the group's
-//! durable head) or unsubscribed at once in the group's fan-out, and the change is queued
-//! for the session's planner, which applies queued changes before planning anything. The
+//! Membership goes through the router's core as in the hub (one admit path for `Join` and
+//! an admin's add, one drop path for `Leave` and an admin's removal,
+//! [`switchboard_router::membership`]): the store first, then every connected session of the
+//! user is subscribed (at the group's durable head) or unsubscribed at once in the group's
+//! fan-out, and the change is queued for the session's planner, which applies queued
+//! changes before planning anything. The
 //! oracle tags every frame a writer puts on the wire with the session's count of
 //! subscription changes, so a frame that arrives after a later leave or rejoin is known to
 //! belong to the subscription it was written under, and checks:
