@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use switchboard_core::{ErrorCode, Lane, UserId};
+use switchboard_router::commit::{self, Outcome};
 use switchboard_store::{Store, StoreError};
 use switchboard_wire::{self as wire, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
@@ -129,59 +130,47 @@ impl Committer {
             .unwrap_or_else(|e| Err(StoreError::Io(format!("flush task failed: {e}"))));
         let groups = &self.groups;
         let metrics = groups.metrics();
-        match flushed {
-            Ok(()) => {
-                metrics.flushes.fetch_add(1, Ordering::Relaxed);
-                let (gate, publishing) = ForegroundGate::new();
-                let mut later = Vec::new();
-                for c in batch.drain(..) {
-                    if let Some(sender) = c.notify {
-                        self.notifier.queue(&c.group, c.seq, sender);
-                    }
-                    match c.deliver {
-                        Some(frame) => {
-                            let at = std::time::Instant::now();
-                            if groups.publish_active(&c.group, c.seq, c.lane, &frame, at, &gate) {
-                                later.push(Later {
-                                    group: c.group,
-                                    seq: c.seq,
-                                    lane: c.lane,
-                                    frame,
-                                    published_at: at,
-                                });
-                            }
-                        }
-                        // A resend of a message whose first flush failed: it is durable now,
-                        // so make it visible (subscribers fetch it from the log).
-                        None => groups.reveal(&c.group, c.seq),
-                    }
-                    if let Some(reply) = c.reply {
-                        reply.send(c.ack);
-                    }
-                }
-                if !later.is_empty() {
-                    gate.await_later();
-                }
-                drop(publishing);
-                if !later.is_empty() {
-                    // Active first on the wire, not only in the queues: the background
-                    // sessions get the batch once its foreground copies are written (or the
-                    // gate's deadline passed), on their own task, so the next batch's
-                    // phase 1 does not wait for it.
-                    let deadline = tokio::time::Instant::now() + self.gate_bound;
-                    let _ = self
-                        .phase2
-                        .send(Phase2 {
-                            gate,
-                            deadline,
-                            items: later,
-                        })
-                        .await;
+        if let Err(e) = &flushed {
+            metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, n = batch.len(), "flush failed; refusing the batch");
+        } else {
+            metrics.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        let (gate, publishing) = ForegroundGate::new();
+        let mut later = Vec::new();
+        // What each send becomes is the router's decision (`router::commit`).
+        let sends = commit::outcomes(flushed.is_ok(), batch.drain(..), |c| c.deliver.is_some());
+        for (c, outcome) in sends {
+            if outcome.acks() {
+                // Offline members of a durable new message are notified whether it is
+                // published live or revealed (cluster mode: appended past the next seq).
+                if let Some(sender) = &c.notify {
+                    self.notifier.queue(&c.group, c.seq, sender.clone());
                 }
             }
-            Err(e) => {
-                metrics.flush_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, n = batch.len(), "flush failed; refusing the batch");
+            match (outcome, &c.deliver) {
+                (Outcome::Publish, Some(frame)) => {
+                    let at = std::time::Instant::now();
+                    if groups.publish_active(&c.group, c.seq, c.lane, frame, at, &gate) {
+                        later.push(Later {
+                            group: c.group.clone(),
+                            seq: c.seq,
+                            lane: c.lane,
+                            frame: frame.clone(),
+                            published_at: at,
+                        });
+                    }
+                }
+                // A message without a live frame (a resend of one whose first flush failed,
+                // or one appended past the next seq): it is durable now, so make it visible
+                // (subscribers fetch it from the log).
+                (Outcome::Reveal, _) => groups.reveal(&c.group, c.seq),
+                (Outcome::Publish, None) | (Outcome::Unknown, _) => {}
+            }
+            let Some(reply) = c.reply else { continue };
+            if outcome.acks() {
+                reply.send(c.ack);
+            } else {
                 // Every message of the batch was appended before the flush failed: some or
                 // all of it may be on disk (and be found by a resend's dedupe), so "not
                 // stored" would be a lie the client could act on.
@@ -190,15 +179,29 @@ impl Committer {
                     "storage failed before the message was durable; it may be stored: resend \
                      with the same client_msg_id",
                 )
-                .with_retry_after(1_000);
-                for c in batch.drain(..) {
-                    if let Some(reply) = c.reply {
-                        let frame =
-                            wire::encode_server(&ServerFrame::Error(err.frame(c.request_id)));
-                        reply.send(frame);
-                    }
-                }
+                .with_retry_after(commit::OUTCOME_UNKNOWN_RETRY_MS);
+                reply.send(wire::encode_server(&ServerFrame::Error(
+                    err.frame(c.request_id),
+                )));
             }
+        }
+        if !later.is_empty() {
+            gate.await_later();
+        }
+        drop(publishing);
+        if !later.is_empty() {
+            // Active first on the wire, not only in the queues: the background sessions get
+            // the batch once its foreground copies are written (or the gate's deadline
+            // passed), on their own task, so the next batch's phase 1 does not wait for it.
+            let deadline = tokio::time::Instant::now() + self.gate_bound;
+            let _ = self
+                .phase2
+                .send(Phase2 {
+                    gate,
+                    deadline,
+                    items: later,
+                })
+                .await;
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! - `sessions.rs`: users, their sessions and membership locks; `groups.rs`: loaded groups
 //!   and the fan-out; `serving.rs` ([`Policies`]): the tenants' policy gate; `load.rs`: the
-//!   load level and shedding; `rates.rs`: rate limits; `commit.rs`: the committer.
+//!   load level and shedding; `rates.rs`: rate limits; `commit.rs`: the committer. The
+//!   decisions of membership, load, rates and commit outcomes are `switchboard_router`'s;
+//!   these modules hold the locks, clocks and store calls around them.
 //! - Workers get narrow handles (the pieces they use), never the hub: the receipt and notify
 //!   workers, the committer and its phase-2 task, and the load monitor (through
 //!   [`LoadSignals`]). Nothing below the hub imports it.
@@ -33,6 +35,7 @@ use switchboard_core::{
     ErrorCode, GroupId, Lane, Limits, PresenceState, ReceiptKind, TenantId, UserId,
 };
 use switchboard_policy::{self as policy, TenantPolicy};
+use switchboard_router::membership::{self, Change, Join};
 use switchboard_store::{
     Appended, FlagRule, GroupMeta, NewMessage, Store, StoreError, StoredMessage,
 };
@@ -47,7 +50,7 @@ use crate::load::{Load, LoadSignals};
 use crate::metrics::Metrics;
 use crate::notify::{NotifySink, SharedSink};
 use crate::outbox::{Outbox, Push, PushStream};
-use crate::rates::{Limited, RateLimiter, TenantRates, Whose};
+use crate::rates::{Limited, RateLimiter, TenantRates};
 use crate::receipts::{ReceiptDeps, ReceiptJob};
 use crate::serving::{MessageFacts, Policies, PolicySet, ServingState, VersionedPolicy};
 use crate::sessions::{NewSession, Sessions};
@@ -296,7 +299,7 @@ impl Hub {
                 Some(&seq) => seq,
                 None => self.store.cursor(&session.tenant, &gid, &session.user)?,
             };
-            let head = self.subscribe(session, &g, after);
+            let head = self.subscribe(session, &g, Change::Follow { after });
             groups.push(GroupCursor {
                 group: gid.to_string(),
                 seq: head,
@@ -347,7 +350,21 @@ impl Hub {
 
     /// Subscribes `session` to `g`, delivering everything after `after` (clamped to the
     /// durable head). Returns the head. Idempotent for an already-subscribed group.
-    fn subscribe(&self, session: &Arc<Session>, g: &Arc<GroupState>, after: u64) -> u64 {
+    /// Applies a membership change (`router::membership`) to every connected session of the
+    /// user at once. The caller holds the user's membership lock.
+    fn move_sessions(&self, g: &Arc<GroupState>, user: &UserId, change: Change) {
+        for (s, change) in change.for_sessions(self.sessions_of(&g.tenant, user)) {
+            match change {
+                Change::Drop => self.unsubscribe(&s, g),
+                _ => {
+                    self.subscribe(&s, g, change);
+                }
+            }
+        }
+    }
+
+    /// Subscribes a session as `change` says (idempotent); returns the group's head.
+    fn subscribe(&self, session: &Arc<Session>, g: &Arc<GroupState>, change: Change) -> u64 {
         if !session.groups.lock().insert(g.id.clone()) {
             return g.head();
         }
@@ -359,11 +376,14 @@ impl Hub {
         }
         // Queue the change before becoming visible to the committer, so any push for this
         // group the writer sees finds the subscription already applied.
+        let membership::SubChange::Subscribe { after } = change.sub_change(f.head()) else {
+            return f.head();
+        };
         session.sub_changes.lock().insert(
             g.id.clone(),
             SubChange::Subscribe {
                 group: g.clone(),
-                after: after.min(f.head()),
+                after,
             },
         );
         f.subscribe(session.clone());
@@ -397,19 +417,21 @@ impl Hub {
             RequestError::new(ErrorCode::GroupNotFound, format!("group {gid} not found"))
         })?;
         let g = self.group(tenant, &gid)?;
-        if self.store.is_member(tenant, &gid, user)? {
-            // Other sessions of the same user follow the membership too.
-            let after = self.store.cursor(tenant, &gid, user)?;
-            for s in self.sessions_of(tenant, user) {
-                self.subscribe(&s, &g, after);
+        match membership::join(self.store.is_member(tenant, &gid, user)?, meta.open) {
+            Ok(Join::Follow) => {
+                // Other sessions of the same user follow the membership too.
+                let after = self.store.cursor(tenant, &gid, user)?;
+                self.move_sessions(&g, user, Change::Follow { after });
             }
-        } else if !meta.open {
-            return Err(RequestError::new(
-                ErrorCode::JoinRefused,
-                format!("group {gid} is closed; membership is managed by the tenant"),
-            ));
-        } else {
-            self.admit_member(&g, user)?;
+            Ok(Join::Admit) => {
+                self.admit_member(&g, user)?;
+            }
+            Err(refused) => {
+                return Err(RequestError::new(
+                    ErrorCode::JoinRefused,
+                    format!("group {gid} {refused}"),
+                ))
+            }
         }
         Ok(g.head())
     }
@@ -461,7 +483,8 @@ impl Hub {
     /// The caller holds the user's membership lock.
     fn admit_member(&self, g: &Arc<GroupState>, user: &UserId) -> Result<bool, RequestError> {
         let tenant = &g.tenant;
-        if self.store.groups_of(tenant, user)?.len() >= self.limits.max_groups_per_user as usize {
+        let groups = self.store.groups_of(tenant, user)?.len();
+        if !membership::within_group_limit(groups, self.limits.max_groups_per_user) {
             return Err(RequestError::new(
                 ErrorCode::InvalidArgument,
                 format!("{user} is in max_groups_per_user groups already"),
@@ -471,11 +494,11 @@ impl Hub {
             return Ok(false);
         }
         g.members.fetch_add(1, Ordering::Relaxed);
-        let head = g.head();
-        self.store.advance_cursor(tenant, &g.id, user, head)?;
-        for s in self.sessions_of(tenant, user) {
-            self.subscribe(&s, g, head);
+        let change = Change::Admit { head: g.head() };
+        if let Some(cursor) = change.cursor() {
+            self.store.advance_cursor(tenant, &g.id, user, cursor)?;
         }
+        self.move_sessions(g, user, change);
         Ok(true)
     }
 
@@ -487,39 +510,19 @@ impl Hub {
             return Ok(false);
         }
         g.members.fetch_sub(1, Ordering::Relaxed);
-        for s in self.sessions_of(&g.tenant, user) {
-            self.unsubscribe(&s, g);
-        }
+        self.move_sessions(g, user, Change::Drop);
         Ok(true)
     }
 
     /// Takes a token of the user's `user_joins` limit (shared by `Join` and `Leave`).
     fn admit_join(&self, session: &Session) -> Result<(), RequestError> {
-        let user = &session.rates.user;
-        self.admit_user(
-            session,
-            &user.joins,
-            Limited::Joins,
-            self.limits.user_joins(),
-        )
+        self.admit_user(session, Limited::Joins)
     }
 
     /// Takes a token of one of the session's user's buckets, or the typed refusal.
-    fn admit_user(
-        &self,
-        session: &Session,
-        bucket: &switchboard_core::rate::TokenBucket,
-        kind: Limited,
-        rate: switchboard_core::rate::Rate,
-    ) -> Result<(), RequestError> {
-        self.rates.take(
-            &self.metrics,
-            bucket,
-            kind,
-            Whose("user", &session.user),
-            rate,
-            self.rates.now_ms(),
-        )
+    fn admit_user(&self, session: &Session, kind: Limited) -> Result<(), RequestError> {
+        self.rates
+            .admit_user(&self.metrics, &session.rates.user, kind, &session.user)
     }
 
     /// Creates a group (admin API). `GroupExists` comes back as a store error.
@@ -1085,13 +1088,7 @@ impl Hub {
         kind: ReceiptKind,
     ) -> Result<(), RequestError> {
         let gid = group_id(group)?;
-        let user = &session.rates.user;
-        self.admit_user(
-            session,
-            &user.receipts,
-            Limited::Receipts,
-            self.limits.user_receipts(),
-        )?;
+        self.admit_user(session, Limited::Receipts)?;
         let g = self.group(&session.tenant, &gid)?;
         self.require_member(session, &gid)?;
         if seq == 0 || seq > g.head() {

@@ -1,28 +1,22 @@
-//! The node measures its own load and moves between levels with hysteresis.
+//! The node measures its own load: the monitor's timer and signals, and the level where the
+//! node's tasks read it. What the signals mean, the hysteresis and the level in force are
+//! `switchboard_router::load` (the decisions, shared with the simulation); this module keeps
+//! the clock, the task and the atomics.
 //!
-//! Every `load_sample_ms` (a node limit, default 250 ms) the monitor reads three signals and maps each to a level (0 normal,
-//! 1 elevated, 2 high, 3 critical) by the thresholds in [`THRESHOLDS`]; the pressure is the
-//! highest of them:
-//!
-//! | signal | what | 1 | 2 | 3 |
-//! |---|---|---|---|---|
-//! | event-loop lag | how late the monitor's own timer fires | 50 ms | 200 ms | 1000 ms |
-//! | commit queue | sends waiting for the committer, % of its bound | 25 % | 50 % | 90 % |
-//! | push queues | pushes queued for sessions, % of their total bound | 10 % | 25 % | 50 % |
-//!
-//! Going up is immediate (one sample at a higher pressure); going down waits until the
-//! pressure stayed below the current level for [`CALM_SAMPLES`] samples in a row, and then
-//! steps down one level at a time — so a node at the edge of a threshold does not flap.
-//! Every change is logged by the hub and visible as `switchboard_load_level`; an admin's
-//! forced level (`Hub::set_load_override`) wins over the measured one.
+//! Every `load_sample_ms` (a node limit, default 250 ms) the monitor reads the three signals
+//! (event-loop lag, commit-queue fill, push-queue fill) into a [`Sample`], and a
+//! [`LevelTracker`] turns its pressure into the measured level. Every change is logged by the
+//! hub and visible as `switchboard_load_level`; an admin's forced level
+//! (`Hub::set_load_override`) wins over the measured one.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use switchboard_core::TenantId;
 use switchboard_policy as policy;
+use switchboard_router::load::{LevelTracker, Levels, Sample, THRESHOLDS};
 
 use crate::metrics::Metrics;
 
@@ -31,46 +25,51 @@ use crate::metrics::Metrics;
 /// asks it on every change (`Hub::set_load_level`) and stores the answer here.
 #[derive(Debug)]
 pub(crate) struct Load {
-    measured: AtomicU8,
-    /// [`NO_OVERRIDE`] when no level is forced.
-    forced: AtomicU8,
+    /// The router's [`Levels`] (measured and forced) as bits: one atomic, so readers never
+    /// lock and a change is one compare-and-swap.
+    levels: AtomicU16,
     shedding: DashMap<TenantId, policy::Shedding>,
 }
-
-/// `Load::forced` when no level is forced.
-const NO_OVERRIDE: u8 = u8::MAX;
 
 impl Load {
     pub(crate) fn new() -> Self {
         Self {
-            measured: AtomicU8::new(0),
-            forced: AtomicU8::new(NO_OVERRIDE),
+            levels: AtomicU16::new(Levels::default().to_bits()),
             shedding: DashMap::new(),
         }
     }
 
+    fn levels(&self) -> Levels {
+        Levels::from_bits(self.levels.load(Ordering::Relaxed))
+    }
+
+    /// Applies `change` to the levels atomically; returns what it returned.
+    fn change(&self, change: impl Fn(&mut Levels) -> Option<u8>) -> Option<u8> {
+        let mut told = None;
+        let _ = self
+            .levels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bits| {
+                let mut levels = Levels::from_bits(bits);
+                told = change(&mut levels);
+                Some(levels.to_bits())
+            });
+        told
+    }
+
     /// The level in force: the forced one if any, else the measured one.
     pub(crate) fn level(&self) -> u8 {
-        match self.forced.load(Ordering::Relaxed) {
-            NO_OVERRIDE => self.measured.load(Ordering::Relaxed),
-            forced => forced,
-        }
+        self.levels().level()
     }
 
     /// Records a measured level; returns the level in force before, if it changed.
     pub(crate) fn set_measured(&self, level: u8) -> Option<u8> {
-        let before = self.level();
-        self.measured.store(level.min(3), Ordering::Relaxed);
-        (self.level() != before).then_some(before)
+        self.change(|l| l.set_measured(level))
     }
 
     /// Forces a level (or with `None` goes back to the measured one); returns the level in
     /// force before, if it changed.
     pub(crate) fn set_forced(&self, level: Option<u8>) -> Option<u8> {
-        let before = self.level();
-        self.forced
-            .store(level.map_or(NO_OVERRIDE, |l| l.min(3)), Ordering::Relaxed);
-        (self.level() != before).then_some(before)
+        self.change(|l| l.set_forced(level))
     }
 
     /// What `tenant` sheds now: its policy's answer, or the built-in one for the level.
@@ -106,77 +105,6 @@ pub(crate) trait LoadSignals: Send + Sync + 'static {
     /// A new measured level.
     fn set_load_level(&self, level: u8);
     fn metrics(&self) -> &Metrics;
-}
-
-/// Samples below the current level before it steps down (2 s at the default
-/// `load_sample_ms` of 250).
-pub const CALM_SAMPLES: u32 = 8;
-
-/// Per signal, the value from which each level (1, 2, 3) applies.
-pub const THRESHOLDS: Thresholds = Thresholds {
-    lag_ms: [50, 200, 1000],
-    commit_percent: [25, 50, 90],
-    push_percent: [10, 25, 50],
-};
-
-/// See [`THRESHOLDS`].
-#[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
-    pub lag_ms: [u64; 3],
-    pub commit_percent: [u64; 3],
-    pub push_percent: [u64; 3],
-}
-
-/// One sample of the signals.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sample {
-    pub lag_ms: u64,
-    pub commit_percent: u64,
-    pub push_percent: u64,
-}
-
-impl Sample {
-    /// The level this sample alone calls for.
-    pub fn pressure(&self, t: &Thresholds) -> u8 {
-        let level = |value: u64, at: &[u64; 3]| at.iter().filter(|&&a| value >= a).count() as u8;
-        level(self.lag_ms, &t.lag_ms)
-            .max(level(self.commit_percent, &t.commit_percent))
-            .max(level(self.push_percent, &t.push_percent))
-    }
-}
-
-/// The level with hysteresis: up at once, down one step after [`CALM_SAMPLES`] calm samples.
-#[derive(Debug, Default, Clone)]
-pub struct LevelTracker {
-    level: u8,
-    calm: u32,
-}
-
-impl LevelTracker {
-    pub fn level(&self) -> u8 {
-        self.level
-    }
-
-    /// Takes one sample's pressure; returns the new level if it changed.
-    pub fn observe(&mut self, pressure: u8) -> Option<u8> {
-        let pressure = pressure.min(3);
-        if pressure > self.level {
-            self.level = pressure;
-            self.calm = 0;
-            return Some(self.level);
-        }
-        if pressure == self.level {
-            self.calm = 0;
-            return None;
-        }
-        self.calm += 1;
-        if self.calm >= CALM_SAMPLES {
-            self.calm = 0;
-            self.level -= 1;
-            return Some(self.level);
-        }
-        None
-    }
 }
 
 /// Samples the hub's load until the hub is dropped, moving its measured level.
@@ -216,57 +144,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pressure_is_the_highest_signal() {
-        let t = THRESHOLDS;
-        assert_eq!(Sample::default().pressure(&t), 0);
-        let s = |lag_ms, commit_percent, push_percent| Sample {
-            lag_ms,
-            commit_percent,
-            push_percent,
-        };
-        assert_eq!(s(49, 24, 9).pressure(&t), 0);
-        assert_eq!(s(50, 0, 0).pressure(&t), 1);
-        assert_eq!(s(0, 50, 0).pressure(&t), 2);
-        assert_eq!(s(0, 0, 50).pressure(&t), 3);
-        assert_eq!(s(200, 90, 10).pressure(&t), 3);
-        assert_eq!(s(10_000, 100, 100).pressure(&t), 3);
-    }
-
-    #[test]
-    fn up_at_once_down_slowly_one_step_at_a_time() {
-        let mut l = LevelTracker::default();
-        assert_eq!(l.observe(0), None);
-        assert_eq!(l.observe(3), Some(3));
-        // A brief dip does not lower the level; a return to 3 resets the count.
-        for _ in 0..CALM_SAMPLES - 1 {
-            assert_eq!(l.observe(0), None);
-        }
-        assert_eq!(l.observe(3), None);
-        for _ in 0..CALM_SAMPLES - 1 {
-            assert_eq!(l.observe(1), None);
-        }
-        assert_eq!(l.observe(1), Some(2));
-        for _ in 0..CALM_SAMPLES - 1 {
-            assert_eq!(l.observe(1), None);
-        }
-        assert_eq!(l.observe(1), Some(1));
-        // At the pressure's level it stays.
-        for _ in 0..3 * CALM_SAMPLES {
-            assert_eq!(l.observe(1), None);
-        }
-        assert_eq!(l.level(), 1);
-        assert_eq!(l.observe(2), Some(2));
-    }
-
-    #[test]
-    fn flapping_around_a_threshold_does_not_flap_the_level() {
-        let mut l = LevelTracker::default();
-        let mut changes = 0;
-        for i in 0..1000 {
-            if l.observe(if i % 2 == 0 { 1 } else { 0 }).is_some() {
-                changes += 1;
-            }
-        }
-        assert_eq!(changes, 1, "up once, never down while it keeps coming back");
+    fn changes_of_the_level_in_force_are_told_once() {
+        let load = Load::new();
+        assert_eq!(load.set_measured(2), Some(0));
+        assert_eq!(load.set_forced(Some(1)), Some(2));
+        assert_eq!(load.level(), 1);
+        assert_eq!(load.set_measured(3), None, "under the override");
+        assert_eq!(load.set_forced(None), Some(1));
+        assert_eq!(load.level(), 3);
     }
 }

@@ -1,154 +1,39 @@
-//! Rate limits per user and per tenant (`Limits::user_*`, `Limits::tenant_*`): the buckets,
-//! where they live and for how long. The buckets themselves are `switchboard_core::rate`.
+//! Rate limits per user and per tenant (`Limits::user_*`, `Limits::tenant_*`): the driver's
+//! half. The decisions — which bucket a request takes from, the order, giving a token back,
+//! what a refusal says, which users' buckets are parked — are `switchboard_router::rates`;
+//! here are the node's monotonic clock for them, the lock around the parked users, the
+//! `rate_limited_*` counters and the protocol error a refusal becomes.
 //!
 //! - **No lock on the request path.** A session holds `Arc`s of its user's and its tenant's
 //!   buckets, so checking a request is one atomic compare-and-swap per bucket: no map lookup,
 //!   no lock shared with other users.
-//! - **Refused means not done.** A request over a limit is answered `RateLimited` with the
-//!   time until it would be allowed, before anything else happens to it; when the second of
-//!   two limits refuses, the token the first one took is given back.
-//! - **Bounded memory.** A user's buckets are shared by all its sessions and kept in the hub's
-//!   user index. With its last session they are dropped if full; if not, they are *parked*
-//!   until they have refilled ([`UserRates::refill_ms`], 10 s with the defaults), so that
-//!   disconnecting and reconnecting never resets a partly drained bucket. At most: the
-//!   connected users, plus the users who disconnected within the last refill time (and
-//!   reconnects are themselves limited per tenant). A tenant's buckets live as long as the
-//!   node: one small entry per tenant that has connected.
+//! - **Bounded memory.** A user's buckets are kept in the hub's user index; with its last
+//!   session they are dropped if full, else parked until they have refilled (10 s with the
+//!   defaults; see the router's module). At most: the connected users, plus the users who
+//!   disconnected within the last refill time (and reconnects are themselves limited per
+//!   tenant). A tenant's buckets live as long as the node: one small entry per tenant that
+//!   has connected.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use switchboard_core::rate::{Rate, RetryAfterMs, TokenBucket};
-use switchboard_core::{ErrorCode, Limits};
+use switchboard_core::{ErrorCode, Limits, UserId};
+use switchboard_router::rates::{self as router, Parked, Refusal, Whose};
+
+pub(crate) use switchboard_router::rates::{Limited, SessionRates, TenantRates, UserRates};
 
 use crate::metrics::Metrics;
 use crate::RequestError;
 
-/// What a refused request was, for the message and the `rate_limited_*` counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Limited {
-    Messages,
-    Receipts,
-    Joins,
-    Presence,
-    Connections,
-}
-
-impl Limited {
-    fn counter(self, m: &Metrics) -> &AtomicU64 {
-        match self {
-            Limited::Messages => &m.rate_limited_messages,
-            Limited::Receipts => &m.rate_limited_receipts,
-            Limited::Joins => &m.rate_limited_joins,
-            Limited::Presence => &m.rate_limited_presence,
-            Limited::Connections => &m.rate_limited_connections,
-        }
+fn counter(kind: Limited, m: &Metrics) -> &AtomicU64 {
+    match kind {
+        Limited::Messages => &m.rate_limited_messages,
+        Limited::Receipts => &m.rate_limited_receipts,
+        Limited::Joins => &m.rate_limited_joins,
+        Limited::Presence => &m.rate_limited_presence,
+        Limited::Connections => &m.rate_limited_connections,
     }
-
-    fn noun(self) -> &'static str {
-        match self {
-            Limited::Messages => "messages",
-            Limited::Receipts => "receipts",
-            Limited::Joins => "joins and leaves",
-            Limited::Presence => "presence changes",
-            Limited::Connections => "new connections",
-        }
-    }
-}
-
-/// Whose limit refused: `user alice`, `tenant acme`.
-#[derive(Clone, Copy)]
-pub(crate) struct Whose<'a>(pub &'static str, pub &'a dyn std::fmt::Display);
-
-impl std::fmt::Display for Whose<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.0, self.1)
-    }
-}
-
-/// A tenant at its `tenant_max_connections` learns to retry after this long: no slot frees
-/// at a known time, so this is a hint (clients back off further on their own).
-pub(crate) const TENANT_FULL_RETRY_MS: u32 = 1_000;
-
-/// One user's buckets, shared by all its sessions.
-#[derive(Debug)]
-pub(crate) struct UserRates {
-    pub(crate) messages: TokenBucket,
-    pub(crate) receipts: TokenBucket,
-    pub(crate) joins: TokenBucket,
-    pub(crate) presence: TokenBucket,
-}
-
-impl UserRates {
-    pub(crate) fn new(limits: &Limits) -> Self {
-        Self {
-            messages: TokenBucket::new(limits.user_messages()),
-            receipts: TokenBucket::new(limits.user_receipts()),
-            joins: TokenBucket::new(limits.user_joins()),
-            presence: TokenBucket::new(limits.user_presence()),
-        }
-    }
-
-    /// Whether every bucket is full, i.e. forgetting them loses nothing.
-    pub(crate) fn is_full(&self, now_ms: u64) -> bool {
-        self.messages.is_full(now_ms)
-            && self.receipts.is_full(now_ms)
-            && self.joins.is_full(now_ms)
-            && self.presence.is_full(now_ms)
-    }
-
-    /// How long any user's buckets take to refill from empty.
-    pub(crate) fn refill_ms(limits: &Limits) -> u64 {
-        [
-            limits.user_messages(),
-            limits.user_receipts(),
-            limits.user_joins(),
-            limits.user_presence(),
-        ]
-        .into_iter()
-        .map(Rate::refill_ms)
-        .max()
-        .unwrap_or(0)
-    }
-}
-
-/// One tenant's buckets and its count of open sessions.
-#[derive(Debug)]
-pub(crate) struct TenantRates {
-    pub(crate) messages: TokenBucket,
-    /// New sessions.
-    connections: TokenBucket,
-    /// Sessions open now.
-    open: AtomicU32,
-}
-
-impl TenantRates {
-    pub(crate) fn new(limits: &Limits) -> Self {
-        Self {
-            messages: TokenBucket::new(limits.tenant_messages()),
-            connections: TokenBucket::new(limits.tenant_connections()),
-            open: AtomicU32::new(0),
-        }
-    }
-
-    /// Sessions of this tenant open on the node.
-    pub(crate) fn open_sessions(&self) -> u32 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// A session of this tenant ended (one that [`RateLimiter::admit_session`] admitted).
-    pub(crate) fn session_closed(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A session's view of its limits: its user's and its tenant's buckets.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionRates {
-    pub(crate) user: std::sync::Arc<UserRates>,
-    pub(crate) tenant: std::sync::Arc<TenantRates>,
 }
 
 /// The node's limits, its monotonic clock for them, and the queue of parked user buckets.
@@ -156,10 +41,7 @@ pub(crate) struct SessionRates {
 pub(crate) struct RateLimiter {
     limits: Limits,
     started: Instant,
-    user_refill_ms: u64,
-    /// Users whose last session closed before their buckets were full: (when they will be
-    /// full, the user). Expiries only grow along the queue (constant refill time).
-    parked: Mutex<VecDeque<(u64, crate::Key<switchboard_core::UserId>)>>,
+    parked: Mutex<Parked<crate::Key<UserId>>>,
     /// Test hook (feature `test-hooks`): when not `u64::MAX`, the buckets' clock stands still
     /// at this value, so a test can count refusals exactly however slow the machine is.
     #[cfg(feature = "test-hooks")]
@@ -171,8 +53,7 @@ impl RateLimiter {
         Self {
             limits: limits.clone(),
             started: Instant::now(),
-            user_refill_ms: UserRates::refill_ms(limits),
-            parked: Mutex::new(VecDeque::new()),
+            parked: Mutex::new(Parked::new(limits)),
             #[cfg(feature = "test-hooks")]
             frozen_ms: AtomicU64::new(u64::MAX),
         }
@@ -197,19 +78,17 @@ impl RateLimiter {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes a token from `bucket`, or the typed refusal (counted).
-    pub(crate) fn take(
+    /// Takes a token of one of the user's buckets (`kind`), or the typed refusal (counted).
+    pub(crate) fn admit_user(
         &self,
         metrics: &Metrics,
-        bucket: &TokenBucket,
+        rates: &UserRates,
         kind: Limited,
-        whose: Whose<'_>,
-        rate: Rate,
-        now_ms: u64,
+        user: &UserId,
     ) -> Result<(), RequestError> {
-        bucket
-            .try_take(now_ms)
-            .map_err(|retry| refusal(metrics, kind, whose, rate, retry))
+        rates
+            .take(kind, &self.limits, self.now_ms())
+            .map_err(|r| refusal(metrics, r, user, user))
     }
 
     /// A `Send`: the user's bucket, then the tenant's.
@@ -220,25 +99,8 @@ impl RateLimiter {
         user: &dyn std::fmt::Display,
         tenant: &dyn std::fmt::Display,
     ) -> Result<(), RequestError> {
-        let now = self.now_ms();
-        let l = &self.limits;
-        self.take(
-            metrics,
-            &rates.user.messages,
-            Limited::Messages,
-            Whose("user", user),
-            l.user_messages(),
-            now,
-        )?;
-        self.take(
-            metrics,
-            &rates.tenant.messages,
-            Limited::Messages,
-            Whose("tenant", tenant),
-            l.tenant_messages(),
-            now,
-        )
-        .inspect_err(|_| rates.user.messages.give_back())
+        router::admit_message(rates, &self.limits, self.now_ms())
+            .map_err(|r| refusal(metrics, r, user, tenant))
     }
 
     /// A new session of the tenant: under `tenant_max_connections` open ones, and a token
@@ -250,51 +112,19 @@ impl RateLimiter {
         rates: &TenantRates,
         tenant: &dyn std::fmt::Display,
     ) -> Result<(), RequestError> {
-        let cap = self.limits.tenant_max_connections;
-        let counted = rates
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (cap == 0 || n < cap).then_some(n + 1)
-            });
-        if counted.is_err() {
-            Limited::Connections
-                .counter(metrics)
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(RequestError::new(
-                ErrorCode::RateLimited,
-                format!("rate limited: tenant {tenant} has {cap} connections open, its limit"),
-            )
-            .with_retry_after(TENANT_FULL_RETRY_MS));
-        }
-        self.take(
-            metrics,
-            &rates.connections,
-            Limited::Connections,
-            Whose("tenant", tenant),
-            self.limits.tenant_connections(),
-            self.now_ms(),
-        )
-        .inspect_err(|_| rates.session_closed())
+        router::admit_session(rates, &self.limits, self.now_ms())
+            .map_err(|r| refusal(metrics, r, &"", tenant))
     }
 
     /// Notes that a user's buckets outlive its last session until `now + refill`.
-    pub(crate) fn park(&self, user: crate::Key<switchboard_core::UserId>, now_ms: u64) {
-        self.parked
-            .lock()
-            .push_back((now_ms.saturating_add(self.user_refill_ms), user));
+    pub(crate) fn park(&self, user: crate::Key<UserId>, now_ms: u64) {
+        self.parked.lock().park(user, now_ms);
     }
 
     /// Parked users whose buckets have refilled by `now`: the hub drops those that are
     /// still without a session.
-    pub(crate) fn expired(&self, now_ms: u64) -> Vec<crate::Key<switchboard_core::UserId>> {
-        let mut q = self.parked.lock();
-        let mut out = Vec::new();
-        while q.front().is_some_and(|(at, _)| *at <= now_ms) {
-            if let Some((_, user)) = q.pop_front() {
-                out.push(user);
-            }
-        }
-        out
+    pub(crate) fn expired(&self, now_ms: u64) -> Vec<crate::Key<UserId>> {
+        self.parked.lock().expired(now_ms)
     }
 
     /// Users parked now.
@@ -304,23 +134,28 @@ impl RateLimiter {
     }
 }
 
+/// A refusal as the protocol's `RateLimited` error, counted and logged; `user` and `tenant`
+/// name whoever's limit refused.
 fn refusal(
     metrics: &Metrics,
-    kind: Limited,
-    whose: Whose<'_>,
-    rate: Rate,
-    RetryAfterMs(retry_ms): RetryAfterMs,
+    refusal: Refusal,
+    user: &dyn std::fmt::Display,
+    tenant: &dyn std::fmt::Display,
 ) -> RequestError {
-    kind.counter(metrics).fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%whose, kind = kind.noun(), retry_ms, "rate limited");
-    RequestError::new(
-        ErrorCode::RateLimited,
-        format!(
-            "rate limited: {whose}'s {} are over {rate}; retry after {retry_ms} ms",
-            kind.noun()
-        ),
-    )
-    .with_retry_after(retry_ms)
+    counter(refusal.kind, metrics).fetch_add(1, Ordering::Relaxed);
+    let name = match refusal.whose {
+        Whose::User => user,
+        Whose::Tenant => tenant,
+    };
+    tracing::debug!(
+        whose = ?refusal.whose,
+        %name,
+        kind = refusal.kind.noun(),
+        retry_ms = refusal.retry_after_ms,
+        "rate limited"
+    );
+    RequestError::new(ErrorCode::RateLimited, refusal.message(name))
+        .with_retry_after(refusal.retry_after_ms)
 }
 
 #[cfg(test)]
@@ -379,31 +214,38 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_capped_and_rate_limited_per_tenant() {
-        let l = limits();
+    fn session_refusals_are_counted_with_their_retry_time() {
+        let l = Limits {
+            tenant_max_connections: 2,
+            tenant_connections_burst: 3,
+            ..limits()
+        };
         let r = RateLimiter::new(&l);
         let m = Metrics::default();
         let t = TenantRates::new(&l);
         r.admit_session(&m, &t, &"acme").unwrap();
         r.admit_session(&m, &t, &"acme").unwrap();
-        // The burst of 2 is used: the third is refused by the rate, and not counted open.
+        // At the cap (the rate's burst of 3 is not used up).
         let e = r.admit_session(&m, &t, &"acme").unwrap_err();
         assert_eq!(e.code, ErrorCode::RateLimited);
-        assert!(e.message.contains("new connections"), "{}", e.message);
+        assert_eq!(e.retry_after_ms, router::TENANT_FULL_RETRY_MS);
+        assert!(e.message.contains("tenant acme has 2"), "{}", e.message);
         assert_eq!(t.open_sessions(), 2);
-        // At the cap, refused whatever the rate says.
-        t.open.store(3, Ordering::Relaxed);
+        t.session_closed();
+        // The third token, then the rate refuses: not counted open.
+        r.admit_session(&m, &t, &"acme").unwrap();
+        t.session_closed();
         let e = r.admit_session(&m, &t, &"acme").unwrap_err();
-        assert_eq!(e.retry_after_ms, TENANT_FULL_RETRY_MS);
-        assert_eq!(t.open_sessions(), 3);
+        assert!(e.message.contains("new connections"), "{}", e.message);
+        assert_eq!(t.open_sessions(), 1);
         assert_eq!(m.rate_limited_connections.load(Ordering::Relaxed), 2);
     }
 
     #[test]
-    fn parked_users_expire_in_order_after_the_refill_time() {
+    fn parked_users_expire_after_the_refill_time() {
         let l = limits();
         let r = RateLimiter::new(&l);
-        assert_eq!(r.user_refill_ms, UserRates::refill_ms(&l));
+        let refill = UserRates::refill_ms(&l);
         let key = |u: &str| {
             (
                 switchboard_core::TenantId::new("acme").unwrap(),
@@ -412,8 +254,8 @@ mod tests {
         };
         r.park(key("alice"), 0);
         r.park(key("bob"), 10);
-        assert!(r.expired(r.user_refill_ms - 1).is_empty());
-        assert_eq!(r.expired(r.user_refill_ms), vec![key("alice")]);
+        assert!(r.expired(refill - 1).is_empty());
+        assert_eq!(r.expired(refill), vec![key("alice")]);
         assert_eq!(r.parked_len(), 1);
         assert_eq!(r.expired(u64::MAX), vec![key("bob")]);
     }

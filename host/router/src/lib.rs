@@ -10,11 +10,23 @@
 //!   per interval.
 //! - [`fanout`]: a group's durable head and subscribers, and active-first publishing in two
 //!   phases (foreground copies first, then background copies or nudges).
+//! - [`commit`]: what a commit batch's flush means for each pending send — publish, reveal
+//!   or an unknown outcome, and which are acked.
+//! - [`load`]: the node's load level — a sample's pressure, hysteresis, the measured and
+//!   forced levels and the one in force, whether a tenant sheds at it.
+//! - [`membership`]: the admit/drop core — what a `Join`/`Leave` or an admin's add/remove
+//!   does to every connected session of the user.
+//! - [`rates`]: rate-limit admission — which buckets a request takes from and in what order,
+//!   a refusal and its retry time, the users whose buckets are parked until they refill.
 //! - [`log`]: the [`log::GroupLog`] trait through which the planner reads durable messages.
 
+pub mod commit;
 pub mod fanout;
+pub mod load;
 pub mod log;
+pub mod membership;
 pub mod planner;
+pub mod rates;
 
 pub use fanout::{defers_background, Copy, GroupFanout, Published, Subscriber};
 pub use log::{GroupLog, LogError};

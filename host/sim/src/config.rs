@@ -52,5 +52,3 @@ pub(crate) const FOREGROUND_GATE_MS: u64 = 50;
 pub(crate) const MAX_FUZZ_STEPS: usize = 4_096;
 /// Frames a push stream may have in flight to a client that is not reading (flow control).
 pub(crate) const WINDOW_FRAMES: usize = 16;
-/// Samples below the current load level before it steps down one (edge's `CALM_SAMPLES`).
-pub(crate) const CALM_SAMPLES: u32 = 8;

@@ -32,6 +32,9 @@ pub enum Invariant {
     JoinFromHead,
     /// Nothing is written for a subscription after the leave that ended it.
     LeaveStops,
+    /// The measured load level rises at once to a sample's pressure and drops one step
+    /// after `CALM_SAMPLES` calm samples in a row, never otherwise.
+    LoadLevel,
 }
 
 impl Invariant {
@@ -49,6 +52,7 @@ impl Invariant {
             Self::MembersAgree => "membership and sessions agree",
             Self::JoinFromHead => "a new member starts at the head",
             Self::LeaveStops => "a leave stops delivery",
+            Self::LoadLevel => "load level: up at once, down slowly",
         }
     }
 }

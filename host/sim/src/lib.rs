@@ -6,22 +6,26 @@
 //! removes of users with live sessions). The node's routing decisions are the router's own
 //! ([`GroupFanout`](switchboard_router::GroupFanout),
 //! [`SessionPlanner`](switchboard_router::SessionPlanner),
-//! [`defers_background`](switchboard_router::defers_background)); this harness is the
+//! [`defers_background`](switchboard_router::defers_background), the load level's
+//! [`LevelTracker`](switchboard_router::load::LevelTracker) and
+//! [`Levels`](switchboard_router::load::Levels)); this harness is the
 //! driver, as `host/edge` is on a real node, and an oracle that checks the invariants of
 //! ARCHITECTURE.md as it goes. A failure names its seed and the [`Invariant`] it broke;
 //! `Sim::run(seed, config)` replays it.
 //!
 //! Modules: `node` is the driver (committer, fan-out phases, push writers, sessions),
-//! `membership` the hub's admit/drop core and subscription changes, `client` the devices
-//! and their delivery tracking, `oracle` the end-of-run checks and the invariants' names,
-//! `load` the load level, `config` and `rng` the run's shape and randomness.
+//! `membership` the store writes and fan-out changes around the router's admit/drop core,
+//! `client` the devices and their delivery tracking, `oracle` the end-of-run checks and the
+//! invariants' names, `load` the load level, `config` and `rng` the run's shape and
+//! randomness. The committer asks the router what each send of a flushed batch becomes
+//! ([`commit::outcomes`](switchboard_router::commit::outcomes)), as edge's does.
 //!
-//! Membership is modelled as the hub does it (one admit core for `Join` and an admin's add,
-//! one drop core for `Leave` and an admin's removal: `Hub::join` / `add_member`,
-//! `Hub::leave` / `remove_member`, being refactored into `admit_member` / `drop_member`):
-//! the store first, then every connected session of the user is subscribed (at the group's
-//! durable head) or unsubscribed at once in the group's fan-out, and the change is queued
-//! for the session's planner, which applies queued changes before planning anything. The
+//! Membership goes through the router's core as in the hub (one admit path for `Join` and
+//! an admin's add, one drop path for `Leave` and an admin's removal,
+//! [`switchboard_router::membership`]): the store first, then every connected session of the
+//! user is subscribed (at the group's durable head) or unsubscribed at once in the group's
+//! fan-out, and the change is queued for the session's planner, which applies queued
+//! changes before planning anything. The
 //! oracle tags every frame a writer puts on the wire with the session's count of
 //! subscription changes, so a frame that arrives after a later leave or rejoin is known to
 //! belong to the subscription it was written under, and checks:
@@ -141,6 +145,9 @@ pub struct Sim {
     /// from which load level background delivery is shed.
     policy: u64,
     load: Load,
+    /// The oracle's record of the load samples whose pressure was below the measured level,
+    /// since it last changed or a sample met it.
+    calm_samples: u32,
     /// The oracle's own records: flushes that succeeded, per group the newest seq appended,
     /// the newest one a successful flush made durable and the newest one published or
     /// revealed (the head clients may see), and what was acknowledged:
@@ -261,7 +268,9 @@ impl Sim {
                     80..=91 => 2,
                     _ => 3,
                 };
+                let before = self.load.measured();
                 let changed = self.load.observe(pressure);
+                self.check_load_sample(before, pressure);
                 self.load_changed(changed);
             }
             985..=989 => {

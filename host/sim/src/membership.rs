@@ -1,15 +1,18 @@
 //! Membership as the hub changes it (`Hub::join` / `add_member` and `Hub::leave` /
 //! `remove_member`, with `subscribe` and `unsubscribe`): one admit core and one drop core
-//! shared by a user's own `Join`/`Leave` and an admin's add/remove, every connected session
-//! of the user following at once, and the change queued for the session's planner
-//! ([`SubChange`]), which the writer applies before it plans anything. The oracle records
-//! each subscription as a [`Span`].
+//! shared by a user's own `Join`/`Leave` and an admin's add/remove. What each does to the
+//! user's sessions is the router's own decision (`switchboard_router::membership`: the
+//! [`Change`] for every connected session at once, and the [`SubChange`] queued for each
+//! session's planner, which the writer applies before it plans anything), as in the hub;
+//! this driver does the store writes and the fan-out. The oracle records each subscription
+//! as a [`Span`].
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use switchboard_core::{PresenceState, UserId};
+use switchboard_router::membership::{Change, SubChange};
 use switchboard_router::Subscriber;
 use switchboard_store::Store;
 
@@ -22,13 +25,6 @@ pub(crate) struct User {
     pub(crate) groups: BTreeSet<usize>,
     /// The user's devices.
     pub(crate) clients: Vec<usize>,
-}
-
-/// A change to a session's subscriptions, waiting for its writer (edge's `SubChange`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum SubChange {
-    Subscribe { after: u64 },
-    Unsubscribe,
 }
 
 /// One subscription of a session to a group, as the oracle saw it made and ended.
@@ -128,12 +124,19 @@ impl Sim {
         if self.commits.iter().any(|c| c.group == g) {
             self.report.joins_racing_publish += 1;
         }
-        let head = self.groups[g].fanout.head();
+        let change = Change::Admit {
+            head: self.groups[g].fanout.head(),
+        };
         // The oracle's own record of the head: what the new member must start at.
         let expect = self.visible[g];
-        let _ =
-            self.store
-                .advance_cursor(&self.tenant, &self.groups[g].id, &self.users[u].id, head);
+        if let Some(cursor) = change.cursor() {
+            let _ = self.store.advance_cursor(
+                &self.tenant,
+                &self.groups[g].id,
+                &self.users[u].id,
+                cursor,
+            );
+        }
         if !self.commits.is_empty() && self.rng.pct(25) {
             // The committer runs between the hub's read of the head and the subscription
             // (they take the group's fan-out lock separately): the new member is not a
@@ -141,8 +144,8 @@ impl Sim {
             self.report.joins_racing_publish += 1;
             self.flush();
         }
-        for id in sessions {
-            self.subscribe(id, g, head, expect, true);
+        for (id, change) in change.for_sessions(sessions) {
+            self.apply_change(id, g, change, expect, true);
         }
         self.check_membership_agrees();
     }
@@ -182,31 +185,35 @@ impl Sim {
         if full {
             self.report.leaves_with_full_queue += 1;
         }
-        for id in sessions {
-            self.unsubscribe(id, g);
+        for (id, change) in Change::Drop.for_sessions(sessions) {
+            self.apply_change(id, g, change, 0, false);
         }
         self.check_membership_agrees();
     }
 
-    /// Subscribes a session to a group from `after` (clamped to the durable head): queued for
-    /// its planner first, then visible to the committer, and a catch-up requested. Idempotent.
-    /// `expect` is where the oracle says the subscription starts.
-    pub(crate) fn subscribe(
+    /// Applies a membership change to one session. A subscription (from where `change`
+    /// says, clamped to the durable head) is queued for its planner first, then visible to
+    /// the committer, and a catch-up requested; idempotent. `expect` is where the oracle
+    /// says the subscription starts.
+    pub(crate) fn apply_change(
         &mut self,
         session: u64,
         g: usize,
-        after: u64,
+        change: Change,
         expect: u64,
         joined: bool,
     ) {
         let head = self.groups[g].fanout.head();
+        let after = match change.sub_change(head) {
+            SubChange::Subscribe { after } => after,
+            SubChange::Unsubscribe => return self.unsubscribe(session, g),
+        };
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
         if !s.groups.insert(g) {
             return;
         }
-        let after = after.min(head);
         s.sub_changes.insert(g, SubChange::Subscribe { after });
         s.gen += 1;
         let spans = s.spans.entry(g).or_default();
@@ -230,7 +237,7 @@ impl Sim {
 
     /// Unsubscribes a session from a group: out of the fan-out at once, and the change
     /// queued for its planner (which then drops whatever of the group is still queued).
-    pub(crate) fn unsubscribe(&mut self, session: u64, g: usize) {
+    fn unsubscribe(&mut self, session: u64, g: usize) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };

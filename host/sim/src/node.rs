@@ -9,6 +9,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use switchboard_core::{GroupId, Lane, PresenceState, TenantId, UserId};
+use switchboard_router::commit::{self, Outcome};
+use switchboard_router::membership::{Change, SubChange};
 use switchboard_router::{
     defers_background, Copy, GroupFanout, GroupLog, LogError, PlanItem, PlanStats, Planned,
     SessionPlanner, NUDGE_INTERVAL_MS,
@@ -20,7 +22,7 @@ use crate::client::{Client, Reader, Tracker};
 use crate::config::{Config, FOREGROUND_GATE_MS, WINDOW_FRAMES};
 use crate::invariant::Invariant;
 use crate::load::Load;
-use crate::membership::{Span, Sub, SubChange, User};
+use crate::membership::{Span, Sub, User};
 use crate::{Report, Rng, Sim};
 
 pub(crate) struct Group {
@@ -223,6 +225,7 @@ impl Sim {
             next_session: 1,
             policy: 0,
             load: Load::new(defer_at),
+            calm_samples: 0,
             flushes_ok: 0,
             appended: vec![0; n_groups],
             durable: vec![0; n_groups],
@@ -355,27 +358,31 @@ impl Sim {
             self.store.fail_flushes(1);
         }
         let batch = std::mem::take(&mut self.commits);
-        if self.store.flush().is_err() {
-            // Not acknowledged: the clients keep their sends and resend them with the same id.
+        let flushed = self.store.flush().is_ok();
+        if flushed {
+            // The oracle: everything appended so far is durable now.
+            self.flushes_ok += 1;
+            self.durable.clone_from(&self.appended);
+            self.next_batch += 1;
+        } else {
             self.report.failed_flushes += 1;
-            return;
         }
-        // The oracle: everything appended so far is durable now.
-        self.flushes_ok += 1;
-        self.durable.clone_from(&self.appended);
-        self.next_batch += 1;
         let b = self.next_batch;
         let mut later = Vec::new();
-        for commit in batch {
-            match &commit.new {
-                Some(frame) => {
+        // What each send becomes is the router's decision, as in edge's committer.
+        for (commit, outcome) in commit::outcomes(flushed, batch, |c| c.new.is_some()) {
+            match (outcome, &commit.new) {
+                (Outcome::Publish, Some(frame)) => {
                     let v = &mut self.visible[commit.group];
                     *v = (*v).max(commit.seq);
                     if self.publish_active(b, &commit, frame) {
                         later.push((commit.group, commit.seq, commit.lane, frame.clone()));
                     }
                 }
-                None => {
+                // Not acknowledged: the clients keep their sends and resend them with the
+                // same id.
+                (Outcome::Publish, None) | (Outcome::Unknown, _) => {}
+                (Outcome::Reveal, _) => {
                     let v = &mut self.visible[commit.group];
                     *v = (*v).max(commit.seq);
                     let g = &mut self.groups[commit.group];
@@ -392,7 +399,12 @@ impl Sim {
                     }
                 }
             }
-            self.ack(&commit);
+            if outcome.acks() {
+                self.ack(&commit);
+            }
+        }
+        if !flushed {
+            return;
         }
         for g in 0..self.groups.len() {
             // The router's head is what was published or revealed, all of it durable.
@@ -821,7 +833,7 @@ impl Sim {
                     .unwrap_or(0),
             };
             let expect = after.min(self.visible[g]);
-            self.subscribe(id, g, after, expect, false);
+            self.apply_change(id, g, Change::Follow { after }, expect, false);
         }
         self.check_membership_agrees();
     }

@@ -5,7 +5,7 @@
 //! must have been told.
 
 use switchboard_core::{PresenceState, UserId};
-use switchboard_router::NUDGE_INTERVAL_MS;
+use switchboard_router::{load, NUDGE_INTERVAL_MS};
 use switchboard_store::Store;
 
 use crate::client::Reader;
@@ -27,6 +27,38 @@ impl Sim {
         }
     }
 
+    /// The measured load level after a sample of `pressure` moved from `before` as
+    /// ARCHITECTURE.md says: up at once to the pressure, down one step only on the
+    /// `CALM_SAMPLES`-th sample in a row below the level, else where it was.
+    pub(crate) fn check_load_sample(&mut self, before: u8, pressure: u8) {
+        let pressure = pressure.min(load::MAX_LEVEL);
+        let after = self.load.measured();
+        let expect = if pressure > before {
+            self.calm_samples = 0;
+            pressure
+        } else if pressure == before {
+            self.calm_samples = 0;
+            before
+        } else {
+            self.calm_samples += 1;
+            if self.calm_samples >= load::CALM_SAMPLES {
+                self.calm_samples = 0;
+                before - 1
+            } else {
+                before
+            }
+        };
+        if after != expect {
+            let what = format!(
+                "a sample of pressure {pressure} moved the level {before} → {after}, \
+                 expected {expect} ({} calm samples before it)",
+                self.calm_samples
+            );
+            self.calm_samples = 0;
+            self.violation(Invariant::LoadLevel, what);
+        }
+    }
+
     /// Lets everything in flight land, in two rounds. First the traffic stops: every client
     /// reconnects, comes to the foreground and reads, and with nothing resent every device
     /// must have everything up to each group's head (a session whose queue overflowed is
@@ -36,6 +68,7 @@ impl Sim {
         self.cfg.flush_failure_pct = 0;
         self.check_trailing_nudges();
         self.load.calm_down();
+        self.calm_samples = 0;
         for c in 0..self.clients.len() {
             self.clients[c].reader = Reader::Fast;
             if self.clients[c].session.is_none() {

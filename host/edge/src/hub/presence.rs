@@ -128,18 +128,12 @@ impl Hub {
             return Ok(());
         }
         if cause != Cause::Departure {
-            let user = &session.rates.user;
-            self.admit_user(
-                session,
-                &user.presence,
-                Limited::Presence,
-                self.limits.user_presence(),
-            )
-            .map_err(|mut e| {
-                e.message
-                    .push_str(" (the new state is kept; co-members were not told)");
-                e
-            })?;
+            self.admit_user(session, Limited::Presence)
+                .map_err(|mut e| {
+                    e.message
+                        .push_str(" (the new state is kept; co-members were not told)");
+                    e
+                })?;
         }
         *told = now;
         // Released before the fan-out: a snapshot that read the old state pushed it under
