@@ -228,7 +228,19 @@ impl TestNode {
 
     /// Binds a policy plugin (a path from `plugins_artifacts`) to a tenant.
     pub fn bind(&self, tenant: &str, wasm: &str, config: &[(&str, &str)]) {
-        let plugin = policy_engine()
+        self.bind_on(policy_engine(), tenant, wasm, config)
+    }
+
+    /// [`TestNode::bind`] with a plugin loaded into `engine` (e.g. [`swap_test_engine`], for
+    /// tests of what a plugin decides rather than of its budgets).
+    pub fn bind_on(
+        &self,
+        engine: &switchboard_policy::PolicyEngine,
+        tenant: &str,
+        wasm: &str,
+        config: &[(&str, &str)],
+    ) {
+        let plugin = engine
             .load(&std::fs::read(wasm).unwrap())
             .unwrap_or_else(|e| panic!("{wasm}: {e}"));
         let config = config
