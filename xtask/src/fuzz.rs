@@ -104,17 +104,23 @@ fn long_run(target: &str, seconds: u64, libfuzzer: &[&str]) -> Result<()> {
     // Uploads compile wasm: give them room; the rest are fast.
     let timeout = if target == "plugin_upload" { 60 } else { 20 };
     let mut cmd = cargo();
-    cmd.env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_TARGET_DIR", fuzz_target_dir())
-        .args(["fuzz", "run", "--fuzz-dir", "fuzz", target])
-        .arg(&work)
-        .arg(fuzz.join("corpus").join(target))
-        .arg("--")
-        .arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-timeout={timeout}"))
-        .arg("-rss_limit_mb=4096")
-        .arg("-print_final_stats=1")
-        .arg(format!("-artifact_prefix={}/", artifacts.display()))
-        .args(libfuzzer);
+    // sled's detached I/O threads may outlive a run; fuzz/lsan.supp says why that is no leak.
+    let suppressions = fuzz.join("lsan.supp");
+    cmd.env(
+        "LSAN_OPTIONS",
+        format!("suppressions={}", suppressions.display()),
+    )
+    .env("RUSTC_BOOTSTRAP", "1")
+    .env("CARGO_TARGET_DIR", fuzz_target_dir())
+    .args(["fuzz", "run", "--fuzz-dir", "fuzz", target])
+    .arg(&work)
+    .arg(fuzz.join("corpus").join(target))
+    .arg("--")
+    .arg(format!("-max_total_time={seconds}"))
+    .arg(format!("-timeout={timeout}"))
+    .arg("-rss_limit_mb=4096")
+    .arg("-print_final_stats=1")
+    .arg(format!("-artifact_prefix={}/", artifacts.display()))
+    .args(libfuzzer);
     run(&mut cmd)
 }
