@@ -41,8 +41,17 @@ pub(crate) fn main(args: &[&str]) -> Result<()> {
                 t if TARGETS.contains(&t) => vec![t],
                 t => bail!("unknown fuzz target {t}; targets: {}", TARGETS.join(", ")),
             };
-            for t in targets {
-                long_run(t, seconds, libfuzzer)?;
+            // Every target runs even when one fails (a report of one must not hide the rest).
+            let failed: Vec<String> = targets
+                .into_iter()
+                .filter_map(|t| {
+                    long_run(t, seconds, libfuzzer)
+                        .err()
+                        .map(|e| format!("{t}: {e:#}"))
+                })
+                .collect();
+            if !failed.is_empty() {
+                bail!("fuzz targets failed:\n{}", failed.join("\n"));
             }
             Ok(())
         }
