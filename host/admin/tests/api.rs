@@ -676,3 +676,22 @@ async fn malformed_requests_are_invalid_argument_problems() {
     );
     api.stop().await;
 }
+
+/// A store that keeps every message (sled) has no retention to show or run: both retention
+/// endpoints say so (`supported: false`) instead of failing, and match the document.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_on_a_store_without_it() {
+    let api = TestApi::start().await;
+    let doc = Doc::load();
+    let admin = api.admin();
+    let info = sync(|| admin.retention()).unwrap();
+    assert!(!info.supported && !info.limited, "{info:?}");
+    assert!(info.tenants.is_empty() && info.groups.is_empty());
+    doc.check("GET", "/v1/node/retention", 200, &v(&info));
+    let pass = sync(|| admin.run_retention()).unwrap();
+    assert_eq!(
+        (pass.supported, pass.segments_deleted, pass.bytes_deleted),
+        (false, 0, 0)
+    );
+    doc.check("POST", "/v1/node/retention/pass", 200, &v(&pass));
+}

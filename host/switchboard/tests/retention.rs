@@ -38,6 +38,21 @@ async fn alice_sent_all(addr: std::net::SocketAddr, cert: &[u8]) -> RawClient {
     alice
 }
 
+/// `team`'s first kept seq, checked: retention deleted the oldest segments and kept at
+/// least the newest `KEEP` messages.
+fn first_kept(store: &dyn Store, report: &str) -> u64 {
+    let (acme, team) = (
+        TenantId::new("acme").unwrap(),
+        GroupId::new("team").unwrap(),
+    );
+    let first = store.first_seq(&acme, &team).unwrap();
+    assert!(
+        first > 1 && first <= MESSAGES - KEEP + 1,
+        "retention deleted the oldest segments: first retained {first}, {report}"
+    );
+    first
+}
+
 /// The next push that is not a presence notice (co-members' presence comes on connect).
 async fn next_delivery(c: &mut RawClient) -> Option<ServerFrame> {
     loop {
@@ -92,15 +107,7 @@ async fn a_member_behind_deleted_messages_resumes_at_the_first_retained_one() {
     // bob (a member since before the first message, never connected) is now 60 behind;
     // retention keeps the newest 10 and whatever shares their segments.
     let report = store.enforce_retention(now_secs() * 1000).unwrap();
-    let (acme, team) = (
-        TenantId::new("acme").unwrap(),
-        GroupId::new("team").unwrap(),
-    );
-    let first = store.first_seq(&acme, &team).unwrap();
-    assert!(
-        first > 1 && first <= MESSAGES - KEEP + 1,
-        "retention deleted the oldest segments: first retained {first}, {report:?}"
-    );
+    let first = first_kept(&*store, &format!("{report:?}"));
 
     let mut bob = RawClient::connect(node.local_addr(), &cert, switchboard_wire::ALPN)
         .await
@@ -204,15 +211,7 @@ async fn retention_is_shown_and_run_through_the_admin_api() {
         segments_before - deleted
     );
 
-    let (acme, team) = (
-        TenantId::new("acme").unwrap(),
-        GroupId::new("team").unwrap(),
-    );
-    let first = store.first_seq(&acme, &team).unwrap();
-    assert!(
-        first > 1 && first <= MESSAGES - KEEP + 1,
-        "first kept {first}"
-    );
+    let first = first_kept(&*store, &format!("{pass}"));
     let (_, group, _) = ctl(&url, &["--json", "group", "show", "acme", "team"]);
     assert_eq!(group["first_seq"], first);
     assert_eq!(group["head"], MESSAGES);
