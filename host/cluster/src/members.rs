@@ -27,6 +27,10 @@ use tokio::sync::watch;
 use crate::names::LogNames;
 use crate::ClusterError;
 
+/// How long a starting node keeps retrying the first listing of the live nodes (each try
+/// bounded by the NATS client's request time-out).
+pub const LIST_WITHIN: Duration = Duration::from_secs(30);
+
 /// The heartbeat bucket of one node.
 #[derive(Debug, Clone)]
 pub struct Members {
@@ -90,8 +94,26 @@ impl Members {
     }
 
     /// The nodes whose keys are in the bucket now (a node dead for less than the TTL
-    /// included), sorted: the first view, before the watch runs.
+    /// included), sorted: the first view, before the watch runs. Retried every 100 ms for
+    /// at most [`LIST_WITHIN`], as the first heartbeat is: right after a JetStream server is
+    /// killed, the bucket's stream may have no leader until an election ends, and the
+    /// listing times out meanwhile (found by the cluster failure suite: a node restarted
+    /// then exited).
     pub async fn live_now(&self) -> Result<Vec<String>, ClusterError> {
+        let deadline = tokio::time::Instant::now() + LIST_WITHIN;
+        loop {
+            match self.list_once().await {
+                Ok(nodes) => return Ok(nodes),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "listing the live nodes failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn list_once(&self) -> Result<Vec<String>, ClusterError> {
         let err = |e: &dyn std::fmt::Display| ClusterError::Config(format!("list nodes: {e}"));
         let mut keys = self.kv.keys().await.map_err(|e| err(&e))?;
         let mut out = Vec::new();
