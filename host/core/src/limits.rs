@@ -44,12 +44,16 @@ pub struct Limits {
     /// once it reads again; `true` closes it with `SlowConsumer` (it reconnects and resumes
     /// from its cursors), for deployments that would rather free the connection.
     pub disconnect_slow_consumers: bool,
-    /// Longest a commit batch's background copies wait for its foreground copies to be
-    /// written (active first on the wire), in milliseconds. A foreground member that stops
-    /// reading delays background delivery by this much at most; a busy machine whose
-    /// foreground phase takes longer lets the background go at the deadline (counted as
-    /// `foreground_gate_timeouts`). At least 1.
+    /// Longest a commit batch's background copies wait, in milliseconds, while none of its
+    /// foreground copies is written (active first on the wire). The wait restarts with every
+    /// foreground copy written, so a busy machine's slow foreground phase still goes first;
+    /// a foreground member that stops reading delays background delivery by this much after
+    /// the other foreground copies are written (counted as `foreground_gate_timeouts`). At
+    /// least 1.
     pub foreground_gate_ms: u64,
+    /// Longest a commit batch's background copies wait for its foreground copies in all,
+    /// progress or not, in milliseconds from publish. At least `foreground_gate_ms`.
+    pub foreground_gate_max_ms: u64,
     /// Most connections the node accepts at once.
     pub max_connections: u32,
     /// Most connection attempts in their QUIC/TLS handshake at once; further attempts are
@@ -130,6 +134,7 @@ impl Default for Limits {
             nudge_background_from_members: 1_000,
             disconnect_slow_consumers: false,
             foreground_gate_ms: 50,
+            foreground_gate_max_ms: 2_000,
             max_connections: 100_000,
             max_handshakes: 1_024,
             validate_address_from_handshakes: 64,
@@ -177,6 +182,11 @@ impl Limits {
             return Err(LimitsError(
                 "foreground_gate_ms must be > 0: background copies would never wait for the \
                  foreground ones",
+            ));
+        }
+        if self.foreground_gate_max_ms < self.foreground_gate_ms {
+            return Err(LimitsError(
+                "foreground_gate_max_ms must be at least foreground_gate_ms",
             ));
         }
         if self.max_payload_bytes == 0 {
@@ -272,6 +282,23 @@ mod tests {
         Limits {
             min_free_disk_bytes: MIN_FREE_DISK_FLOOR,
             ..Limits::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_gate_cap_is_at_least_its_stall() {
+        let l = Limits {
+            foreground_gate_ms: 100,
+            foreground_gate_max_ms: 99,
+            ..Limits::default()
+        };
+        let e = l.validate().unwrap_err();
+        assert!(e.0.contains("foreground_gate_max_ms"), "{e:?}");
+        Limits {
+            foreground_gate_max_ms: 100,
+            ..l
         }
         .validate()
         .unwrap();

@@ -16,17 +16,22 @@
 //! argument (a task woken later runs later, one woken from a running task runs right after
 //! it) holds per worker thread; with several workers it is best effort, as is the wire.
 //!
-//! Bounds: a gate waits at most `Limits::foreground_gate_ms` (50 ms by default) from the
-//! batch's publish, so a
-//! foreground session that stopped reading delays background delivery by that much at most;
-//! deadlines run from publish time, so a queue of held batches never adds up their waits.
-//! At most [`PHASE2_QUEUE`] batches wait; beyond that the committer waits (back-pressure on
-//! commits rather than unbounded memory).
+//! Bounds (`switchboard_router::gate` decides them): a gate waits while the batch's foreground
+//! copies are being written, `Limits::foreground_gate_ms` (50 ms by default) past the last
+//! one written, and never more than `Limits::foreground_gate_max_ms` (2 s) from the batch's
+//! publish. So a busy machine's slow foreground phase still goes first, and a foreground
+//! session that stopped reading delays background delivery by 50 ms after everyone else's
+//! copy. Deadlines run from publish time, so a queue of held batches never adds up their
+//! waits. At most [`PHASE2_QUEUE`] batches wait; beyond that the committer waits
+//! (back-pressure on commits rather than unbounded memory).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use switchboard_router::gate::GateBounds;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Batches waiting for phase 2.
 pub const PHASE2_QUEUE: usize = 1024;
@@ -41,6 +46,11 @@ pub(crate) struct ForegroundGate {
     /// Whether a background phase waits on this gate (set before the publisher's ticket is
     /// released); writers only pay their yield for gates that are waited on.
     awaited: AtomicBool,
+    /// When the batch was published (phase 1 began): the gate's deadlines count from here.
+    published: Instant,
+    /// When a foreground copy was last released, in µs since `published` plus one (0: none
+    /// yet): the deadline follows this progress.
+    last_release_us: AtomicU64,
 }
 
 /// One foreground copy in flight; released (dropped) after its write.
@@ -54,6 +64,8 @@ impl ForegroundGate {
             pending: AtomicUsize::new(1),
             open: Notify::new(),
             awaited: AtomicBool::new(false),
+            published: Instant::now(),
+            last_release_us: AtomicU64::new(0),
         });
         (gate.clone(), GateTicket(gate))
     }
@@ -72,18 +84,38 @@ impl ForegroundGate {
         self.pending.load(Ordering::Acquire) == 0
     }
 
-    /// Waits until the gate opens or `deadline`; returns whether it opened.
-    pub(crate) async fn wait(&self, deadline: tokio::time::Instant) -> bool {
+    /// When a foreground copy was last released, as time since publish.
+    fn last_release(&self) -> Option<Duration> {
+        match self.last_release_us.load(Ordering::Acquire) {
+            0 => None,
+            us => Some(Duration::from_micros(us - 1)),
+        }
+    }
+
+    /// Waits until the gate opens or expires (`bounds`, decided by `router::gate`: a stall
+    /// in the foreground's progress, or the cap from publish); returns whether it opened.
+    pub(crate) async fn wait(&self, bounds: GateBounds) -> bool {
         loop {
             if self.is_open() {
                 return true;
             }
-            // `notify_one` keeps a permit when nobody waits yet, so no release is missed.
-            if tokio::time::timeout_at(deadline, self.open.notified())
+            let until = self.published + bounds.expires_after(self.last_release());
+            // `notify_one` keeps a permit when nobody waits yet, so no last release is missed.
+            if tokio::time::timeout_at(until, self.open.notified())
                 .await
-                .is_err()
+                .is_ok()
             {
-                return self.is_open();
+                continue;
+            }
+            // On a starved machine the timer and the writers become runnable together when
+            // the process runs again: let the writers already queued go first, and keep
+            // waiting if one of them released a copy meanwhile.
+            tokio::task::yield_now().await;
+            if self.is_open() {
+                return true;
+            }
+            if bounds.expired(self.published.elapsed(), self.last_release()) {
+                return false;
             }
         }
     }
@@ -99,8 +131,12 @@ impl GateTicket {
 
 impl Drop for GateTicket {
     fn drop(&mut self) {
-        if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.open.notify_one();
+        let gate = &self.0;
+        // Progress moves the deadline (one clock read per foreground copy).
+        let us = gate.published.elapsed().as_micros() as u64 + 1;
+        gate.last_release_us.fetch_max(us, Ordering::AcqRel);
+        if gate.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            gate.open.notify_one();
         }
     }
 }
@@ -108,7 +144,15 @@ impl Drop for GateTicket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    const BOUNDS: GateBounds = GateBounds {
+        stall: Duration::from_millis(50),
+        max: Duration::from_millis(2_000),
+    };
 
     #[tokio::test]
     async fn the_gate_opens_when_the_publisher_and_every_ticket_are_done() {
@@ -119,8 +163,7 @@ mod tests {
         drop(b);
         assert!(!gate.is_open(), "the publisher still holds its ticket");
         drop(publisher);
-        let far = tokio::time::Instant::now() + Duration::from_secs(60);
-        assert!(gate.wait(far).await);
+        assert!(gate.wait(BOUNDS).await);
     }
 
     #[tokio::test]
@@ -129,8 +172,7 @@ mod tests {
         let t = gate.ticket();
         drop(publisher);
         let g = gate.clone();
-        let far = tokio::time::Instant::now() + Duration::from_secs(60);
-        let waiter = tokio::spawn(async move { g.wait(far).await });
+        let waiter = tokio::spawn(async move { g.wait(BOUNDS).await });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         drop(t);
@@ -138,13 +180,68 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_held_ticket_delays_the_background_only_until_the_deadline() {
+    async fn a_held_ticket_delays_the_background_only_for_one_stall() {
         let (gate, publisher) = ForegroundGate::new();
         let _stuck = gate.ticket();
         drop(publisher);
-        let t0 = tokio::time::Instant::now();
-        let bound = Duration::from_millis(50);
-        assert!(!gate.wait(t0 + bound).await);
-        assert_eq!(t0.elapsed(), bound);
+        let t0 = Instant::now();
+        assert!(!gate.wait(BOUNDS).await);
+        assert_eq!(t0.elapsed(), ms(50));
+    }
+
+    /// A busy machine: the foreground copies are written slowly, one every 30 ms for 1.5 s.
+    /// The gate stays shut while they are written and opens with the last one; a fixed
+    /// deadline from publish would have let the background go after 50 ms.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_foreground_phase_holds_the_background_until_it_is_done() {
+        let (gate, publisher) = ForegroundGate::new();
+        let tickets: Vec<GateTicket> = (0..50).map(|_| gate.ticket()).collect();
+        drop(publisher);
+        let t0 = Instant::now();
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move { g.wait(BOUNDS).await });
+        for t in tickets {
+            tokio::time::sleep(ms(30)).await;
+            assert!(!waiter.is_finished(), "gave up at {:?}", t0.elapsed());
+            drop(t);
+        }
+        assert!(waiter.await.unwrap(), "opened by the last copy");
+        assert_eq!(t0.elapsed(), ms(1_500));
+    }
+
+    /// The same with one copy that is never written: the gate expires one stall after the
+    /// last copy that was.
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_copy_in_a_slow_phase_delays_the_background_one_stall_past_the_others() {
+        let (gate, publisher) = ForegroundGate::new();
+        let _stuck = gate.ticket();
+        let tickets: Vec<GateTicket> = (0..20).map(|_| gate.ticket()).collect();
+        drop(publisher);
+        let t0 = Instant::now();
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move { g.wait(BOUNDS).await });
+        for t in tickets {
+            tokio::time::sleep(ms(40)).await;
+            drop(t);
+        }
+        assert!(!waiter.await.unwrap());
+        assert_eq!(t0.elapsed(), ms(800 + 50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_never_holds_the_background_past_the_cap() {
+        let (gate, publisher) = ForegroundGate::new();
+        let _stuck = gate.ticket();
+        let tickets: Vec<GateTicket> = (0..100).map(|_| gate.ticket()).collect();
+        drop(publisher);
+        let t0 = Instant::now();
+        let g = gate.clone();
+        let bounds = GateBounds::from_millis(50, 300);
+        let waiter = tokio::spawn(async move { (g.wait(bounds).await, t0.elapsed()) });
+        for t in tickets {
+            tokio::time::sleep(ms(10)).await;
+            drop(t);
+        }
+        assert_eq!(waiter.await.unwrap(), (false, ms(300)));
     }
 }

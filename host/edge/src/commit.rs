@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use switchboard_core::{ErrorCode, Lane, UserId};
 use switchboard_router::commit::{self, Outcome};
+use switchboard_router::gate::GateBounds;
 use switchboard_store::{Store, StoreError};
 use switchboard_wire::{self as wire, ServerFrame};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
@@ -64,9 +65,9 @@ pub struct Committer {
     /// Batches whose background subscribers wait for phase 2 (`active_first`).
     phase2: mpsc::Sender<Phase2>,
     phase2_rx: Option<mpsc::Receiver<Phase2>>,
-    /// How long a batch's background phase waits for its foreground copies at most
-    /// (`Limits::foreground_gate_ms`).
-    gate_bound: std::time::Duration,
+    /// How long a batch's background phase waits for its foreground copies
+    /// (`Limits::foreground_gate_ms` without progress, `foreground_gate_max_ms` in all).
+    gate_bounds: GateBounds,
 }
 
 impl std::fmt::Debug for Committer {
@@ -81,7 +82,7 @@ impl Committer {
         rx: mpsc::Receiver<Commit>,
         groups: Arc<Groups>,
         notifier: Notifier,
-        gate_bound: std::time::Duration,
+        gate_bounds: GateBounds,
     ) -> Self {
         let (phase2, phase2_rx) = phase2_channel();
         Self {
@@ -91,7 +92,7 @@ impl Committer {
             notifier,
             phase2,
             phase2_rx: Some(phase2_rx),
-            gate_bound,
+            gate_bounds,
         }
     }
 
@@ -101,7 +102,7 @@ impl Committer {
         let phase2 = self
             .phase2_rx
             .take()
-            .map(|rx| tokio::spawn(run_phase2(rx, self.groups.clone())));
+            .map(|rx| tokio::spawn(run_phase2(rx, self.groups.clone(), self.gate_bounds)));
         let mut batch = Vec::with_capacity(256);
         loop {
             let n = tokio::select! {
@@ -192,16 +193,8 @@ impl Committer {
         if !later.is_empty() {
             // Active first on the wire, not only in the queues: the background sessions get
             // the batch once its foreground copies are written (or the gate's deadline
-            // passed), on their own task, so the next batch's phase 1 does not wait for it.
-            let deadline = tokio::time::Instant::now() + self.gate_bound;
-            let _ = self
-                .phase2
-                .send(Phase2 {
-                    gate,
-                    deadline,
-                    items: later,
-                })
-                .await;
+            // expired), on their own task, so the next batch's phase 1 does not wait for it.
+            let _ = self.phase2.send(Phase2 { gate, items: later }).await;
         }
     }
 }
@@ -218,7 +211,6 @@ pub(crate) struct Later {
 /// A batch for phase 2.
 pub(crate) struct Phase2 {
     pub(crate) gate: Arc<ForegroundGate>,
-    pub(crate) deadline: tokio::time::Instant,
     pub(crate) items: Vec<Later>,
 }
 
@@ -229,9 +221,9 @@ fn phase2_channel() -> (mpsc::Sender<Phase2>, mpsc::Receiver<Phase2>) {
 
 /// Serves the phase-2 queue in commit order until the committer drops its end (everything
 /// queued is still published).
-async fn run_phase2(mut rx: mpsc::Receiver<Phase2>, groups: Arc<Groups>) {
+async fn run_phase2(mut rx: mpsc::Receiver<Phase2>, groups: Arc<Groups>, bounds: GateBounds) {
     while let Some(batch) = rx.recv().await {
-        let opened = batch.gate.wait(batch.deadline).await;
+        let opened = batch.gate.wait(bounds).await;
         if !opened {
             groups
                 .metrics()

@@ -145,7 +145,10 @@ impl Hub {
             commit_rx,
             groups.clone(),
             notifier,
-            std::time::Duration::from_millis(limits.foreground_gate_ms.max(1)),
+            switchboard_router::gate::GateBounds::from_millis(
+                limits.foreground_gate_ms.max(1),
+                limits.foreground_gate_max_ms,
+            ),
         );
         let hub = Arc::new(Hub {
             store,

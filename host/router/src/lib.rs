@@ -12,6 +12,8 @@
 //!   phases (foreground copies first, then background copies or nudges).
 //! - [`commit`]: what a commit batch's flush means for each pending send — publish, reveal
 //!   or an unknown outcome, and which are acked.
+//! - [`gate`]: when a batch's background phase stops waiting for its foreground copies (the
+//!   deadline follows the foreground phase's progress, up to a cap).
 //! - [`load`]: the node's load level — a sample's pressure, hysteresis, the measured and
 //!   forced levels and the one in force, whether a tenant sheds at it.
 //! - [`membership`]: the admit/drop core — what a `Join`/`Leave` or an admin's add/remove
@@ -22,6 +24,7 @@
 
 pub mod commit;
 pub mod fanout;
+pub mod gate;
 pub mod load;
 pub mod log;
 pub mod membership;

@@ -46,8 +46,17 @@ impl Default for Config {
     }
 }
 
-/// Longest a batch's background phase waits for its foreground copies (ms).
+/// Longest a batch's background phase waits while none of its foreground copies is released
+/// (ms; the node's default).
 pub(crate) const FOREGROUND_GATE_MS: u64 = 50;
+/// Longest it waits for them in all (ms; lower than the node's 2 s default, so that runs
+/// reach the cap as well as the stall).
+pub(crate) const FOREGROUND_GATE_MAX_MS: u64 = 400;
+
+/// The gate's bounds as `switchboard_router::gate` takes them.
+pub(crate) fn gate_bounds() -> switchboard_router::gate::GateBounds {
+    switchboard_router::gate::GateBounds::from_millis(FOREGROUND_GATE_MS, FOREGROUND_GATE_MAX_MS)
+}
 /// Most operations one fuzz input runs (the rest of a longer input is ignored).
 pub(crate) const MAX_FUZZ_STEPS: usize = 4_096;
 /// Frames a push stream may have in flight to a client that is not reading (flow control).

@@ -137,6 +137,9 @@ pub struct Sim {
     /// Per batch: sessions that were in the foreground at its phase 1, and how many of their
     /// copies are not written (or dropped) yet.
     unwritten_fg: HashMap<u64, HashMap<u64, u32>>,
+    /// Per batch waiting for phase 2: when one of its foreground copies was last written or
+    /// dropped (simulated ms); the gate's deadline follows it.
+    last_release: HashMap<u64, u64>,
     /// Batches whose background phase ran on its deadline, not on its gate.
     expired: BTreeSet<u64>,
     next_batch: u64,

@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use switchboard_core::{GroupId, Lane, PresenceState, TenantId, UserId};
@@ -19,7 +20,7 @@ use switchboard_store::{Appended, GroupMeta, MemStore, NewMessage, Store};
 use switchboard_wire::{self as wire, DecodeLimits, Message, ServerFrame};
 
 use crate::client::{Client, Reader, Tracker};
-use crate::config::{Config, FOREGROUND_GATE_MS, WINDOW_FRAMES};
+use crate::config::{gate_bounds, Config, WINDOW_FRAMES};
 use crate::invariant::Invariant;
 use crate::load::Load;
 use crate::membership::{Span, Sub, User};
@@ -220,6 +221,7 @@ impl Sim {
             commits: Vec::new(),
             phase2: VecDeque::new(),
             unwritten_fg: HashMap::new(),
+            last_release: HashMap::new(),
             expired: BTreeSet::new(),
             next_batch: 0,
             next_session: 1,
@@ -539,6 +541,7 @@ impl Sim {
         let Some(set) = self.unwritten_fg.get_mut(&batch) else {
             return;
         };
+        self.last_release.insert(batch, self.now_ms);
         if let Some(n) = set.get_mut(&session) {
             *n -= 1;
             if *n == 0 {
@@ -556,19 +559,23 @@ impl Sim {
             return;
         };
         let open = !self.unwritten_fg.contains_key(&p.batch);
-        let expired = self.now_ms >= p.published_ms + FOREGROUND_GATE_MS;
+        // The deadline follows the foreground's progress (`router::gate`).
+        let since = |ms: u64| Duration::from_millis(ms.saturating_sub(p.published_ms));
+        let last = self.last_release.get(&p.batch).map(|&ms| since(ms));
+        let expired = gate_bounds().expired(since(self.now_ms), last);
         if !open && !expired {
             return;
         }
         let Some(p) = self.phase2.pop_front() else {
             return;
         };
+        self.last_release.remove(&p.batch);
         if !open {
             self.report.gate_timeouts += 1;
         }
-        // The oracle's own clock decides whether the gate's deadline excuses background
-        // copies written before the foreground's (not the driver's decision above).
-        if self.now_ms >= p.published_ms + FOREGROUND_GATE_MS {
+        // Whether the gate expired excuses background copies written before the
+        // foreground's (the oracle's check in `write`).
+        if expired {
             self.expired.insert(p.batch);
         }
         let shedding = self.load.shedding();

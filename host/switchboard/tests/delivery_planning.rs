@@ -158,6 +158,7 @@ fn a_crowd_of_background_members_never_gets_ahead_of_a_foreground_member() {
         .unwrap();
     let n = node_rt.block_on(TestNode::start_with(Limits {
         foreground_gate_ms: 60_000,
+        foreground_gate_max_ms: 60_000,
         ..Limits::default()
     }));
     let active: Vec<String> = (0..32).map(|i| format!("a{i}")).collect();

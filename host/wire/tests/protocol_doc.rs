@@ -205,6 +205,7 @@ fn limits_table_matches_the_defaults() {
         user_presence_burst,
         disconnect_slow_consumers,
         foreground_gate_ms,
+        foreground_gate_max_ms,
     } = Limits::default();
     let limits = [
         ("max_frame_bytes", u64::from(max_frame_bytes)),
@@ -235,6 +236,7 @@ fn limits_table_matches_the_defaults() {
         ("user_presence_burst", u64::from(user_presence_burst)),
         ("load_sample_ms", load_sample_ms),
         ("foreground_gate_ms", foreground_gate_ms),
+        ("foreground_gate_max_ms", foreground_gate_max_ms),
         ("min_free_disk_bytes", min_free_disk_bytes),
         ("user_messages_per_sec", u64::from(user_messages_per_sec)),
         ("user_messages_burst", u64::from(user_messages_burst)),
