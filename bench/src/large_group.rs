@@ -85,6 +85,35 @@ pub struct LargeArgs {
     /// Client UDP sockets: the receivers' connections are spread over them, each with a large
     /// receive buffer, so a 10,000-packet burst is not dropped by the client's kernel.
     pub client_sockets: usize,
+    /// Busy processes started beside the node for the whole run (a CPU hog: a busy machine).
+    pub cpu_hog: usize,
+}
+
+/// Busy-looping child processes, killed when dropped: the CPU hog of `--cpu-hog`. Each is a
+/// shell spinning on `:` (no dependency to install; `stress-ng --cpu N` does the same).
+struct Hog(Vec<std::process::Child>);
+
+impl Hog {
+    fn start(n: usize) -> Result<Self> {
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            children.push(
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()?,
+            );
+        }
+        Ok(Self(children))
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 pub fn run(
@@ -108,6 +137,13 @@ pub fn run(
         a.bg_group_size
     );
     print_load("before");
+    let _hog = Hog::start(a.cpu_hog)?;
+    if a.cpu_hog > 0 {
+        println!(
+            "CPU hog: {} busy processes beside the node for the whole run.",
+            a.cpu_hog
+        );
+    }
     let mut results = Vec::new();
     for &mode in &a.modes {
         let r = run_mode(server_rt, client_rt, &a, mode)?;
@@ -436,7 +472,13 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, a: &LargeArgs, mode: Mode) -> Re
     let mut s = handshake(endpoints[0].clone(), addr).await?;
     hello(&mut s, SENDER, PresenceState::Foreground).await?;
     let sender_pushes = tokio::spawn(drain(Pushes::new(&s.conn)));
-    let acker = tokio::spawn(acks(s.recv, std::mem::take(&mut s.buf), total as u64));
+    let acked_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let acker = tokio::spawn(acks(
+        s.recv,
+        std::mem::take(&mut s.buf),
+        acked_at.clone(),
+        start,
+    ));
     // Let the background load reach its pace first.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -471,10 +513,20 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, a: &LargeArgs, mode: Mode) -> Re
             );
             if Instant::now() > deadline {
                 timeouts += 1;
+                // What the sender and the members saw, to tell a slow commit (no ack yet)
+                // from a delivery that went missing (acked, not delivered) or a deferral
+                // (background members nudged instead: the load level shed them).
+                let acked = match acked_at[k].load(Ordering::Relaxed) {
+                    0 => "not acked".to_string(),
+                    at => format!("acked after {:.1} ms", at.saturating_sub(t) as f64 / 1e6),
+                };
                 eprintln!(
-                    "{}: message {k} reached {} of {want} within {WAIT_TIMEOUT:?}",
+                    "{}: message {k} reached {} of {want} within {WAIT_TIMEOUT:?} ({} of the \
+                     foreground; {acked}; {} nudges seen so far)",
                     mode.name(),
-                    board.got_all[k].load(Ordering::Relaxed)
+                    board.got_all[k].load(Ordering::Relaxed),
+                    board.got_active[k].load(Ordering::Relaxed),
+                    board.nudges_seen.load(Ordering::Relaxed),
                 );
                 break;
             }
@@ -646,8 +698,16 @@ async fn drain(mut p: Pushes) {
 }
 
 /// Counts acks on a control stream until `n`; fails on errors and duplicates.
-async fn acks(mut recv: quinn::RecvStream, mut buf: BytesMut, n: u64) -> Result<u64> {
+/// Reads the sender's acks (request `k + 1` is message `k`), recording when each came (ns
+/// since `start`) in `acked_at`; returns how many came.
+async fn acks(
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+    acked_at: Arc<Vec<AtomicU64>>,
+    start: Instant,
+) -> Result<u64> {
     let limits = DecodeLimits::default();
+    let n = acked_at.len() as u64;
     let mut acked = 0;
     while acked < n {
         let f = wire::read_frame(&mut recv, &mut buf, 1 << 20)
@@ -657,7 +717,12 @@ async fn acks(mut recv: quinn::RecvStream, mut buf: BytesMut, n: u64) -> Result<
             ServerFrame::Ack {
                 duplicate: true, ..
             } => bail!("duplicate ack"),
-            ServerFrame::Ack { .. } => acked += 1,
+            ServerFrame::Ack { request_id, .. } => {
+                acked += 1;
+                if let Some(at) = acked_at.get((request_id as usize).wrapping_sub(1)) {
+                    at.store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
             ServerFrame::Error(e) => bail!("error from the node: {e:?}"),
             _ => {}
         }
@@ -779,12 +844,12 @@ fn print_table(results: &[ModeResult]) {
         }
     }
     println!();
-    println!("| mode | first delivery p50 ms | connect s | last nudge p50 ms (messages nudged) | node: live deliveries | from log | deferred | nudges | outbox overflows | load level changes | flushes | UDP drops: all / node / clients | RSS MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | first delivery p50 ms | connect s | last nudge p50 ms (messages nudged) | node: live deliveries | from log | deferred | nudges | outbox overflows | load level changes | gate timeouts | flushes | UDP drops: all / node / clients | RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let m = &r.metrics;
         println!(
-            "| {} | {} | {:.1} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |",
+            "| {} | {} | {:.1} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} |",
             r.mode.name(),
             ms(pct(&r.first_us, 0.5)),
             r.connect.as_secs_f64(),
@@ -796,6 +861,7 @@ fn print_table(results: &[ModeResult]) {
             m.nudges,
             m.outbox_overflows,
             m.load_level_changes,
+            m.foreground_gate_timeouts,
             m.flushes,
             r.rcvbuf_errors,
             r.node_drops,

@@ -107,6 +107,10 @@ struct Args {
     /// large-group: client UDP sockets the sessions are spread over (4 MiB receive buffers).
     #[arg(long, default_value_t = 8)]
     client_sockets: usize,
+    /// large-group: busy processes (shell loops) beside the node for the whole run, to
+    /// measure active-first on a busy machine (0: none).
+    #[arg(long, default_value_t = 0)]
+    cpu_hog: usize,
 }
 
 const SECRET: &[u8] = b"bench-secret-0123456789abcdef";
@@ -176,6 +180,7 @@ fn main() -> Result<()> {
                 bg_rate: args.bg_rate,
                 settle: Duration::from_millis(args.settle_ms),
                 client_sockets: args.client_sockets,
+                cpu_hog: args.cpu_hog,
             },
         );
     }
