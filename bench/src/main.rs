@@ -31,6 +31,7 @@ mod large_group;
 mod push;
 mod session;
 mod swap;
+mod threads;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -51,6 +52,9 @@ struct Args {
     /// Fewer messages per scenario (a smoke run).
     #[arg(long)]
     quick: bool,
+    /// Worker threads of the node's runtime (the node's cores; the clients keep one).
+    #[arg(long, default_value_t = 1)]
+    node_threads: usize,
     /// Messages per scenario.
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
@@ -124,6 +128,8 @@ struct Report {
     messages: u64,
     elapsed: Duration,
     latencies_us: Vec<u64>,
+    /// CPU of the node's threads and of the load generator's over the measured interval.
+    cpu: threads::Split,
 }
 
 fn main() -> Result<()> {
@@ -142,10 +148,10 @@ fn main() -> Result<()> {
         args.members = args.members.min(1_000);
         args.group_messages = args.group_messages.min(5);
     }
-    // The node gets its own runtime (one worker: the server is measured on one core); the
-    // clients run on another.
+    // The node gets its own runtime (one worker by default: the server is measured on one
+    // core; `--node-threads` for more); the clients run on another.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(args.node_threads.max(1))
         .thread_name("node")
         .enable_all()
         .build()?;
@@ -185,9 +191,9 @@ fn main() -> Result<()> {
         );
     }
     println!(
-        "| policy | fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs | msgs/flush | from log |"
+        "| policy | fan-out | payload | window | messages | msgs/s (acked) | deliveries/s | p50 µs | p99 µs | max µs | msgs/flush | from log | node CPU µs/delivery | load gen CPU µs/delivery | load gen busy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for policy in &args.policy {
         let policy: &'static str = match policy.as_str() {
             "builtin" => "builtin",
@@ -222,8 +228,16 @@ fn print_row(r: &Report) {
     l.sort_unstable();
     let pct = |p: f64| l[((l.len() as f64 - 1.0) * p) as usize];
     let secs = r.elapsed.as_secs_f64();
+    let deliveries = (r.messages as f64 * r.fanout as f64).max(1.0);
+    let busy = r.cpu.clients_busy(r.elapsed);
+    // A generator near a full core is the bound, not the node: the row says so.
+    let flag = if busy >= threads::GENERATOR_BOUND {
+        " (generator-bound)"
+    } else {
+        ""
+    };
     println!(
-        "| {} | 1→{} | {} B | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1}% |",
+        "| {} | 1→{} | {} B | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.1} | {:.1}% | {:.2} | {:.2} | {:.0}%{} |",
         r.policy,
         r.fanout,
         r.payload,
@@ -235,8 +249,11 @@ fn print_row(r: &Report) {
         pct(0.99),
         l.last().copied().unwrap_or(0),
         r.messages as f64 / r.metrics.flushes.max(1) as f64,
-        100.0 * r.metrics.deliveries_catch_up as f64
-            / (r.messages as f64 * r.fanout as f64).max(1.0),
+        100.0 * r.metrics.deliveries_catch_up as f64 / deliveries,
+        r.cpu.node * 1e6 / deliveries,
+        r.cpu.clients * 1e6 / deliveries,
+        busy * 100.0,
+        flag,
     );
 }
 
@@ -341,12 +358,14 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
     let mut sender = connect(&endpoint, addr, "u0").await?;
 
     let t0 = Instant::now();
+    let cpu0 = threads::Split::now();
     flow::send_window(&mut sender, "g", window, messages, payload, start).await?;
     let mut latencies = Vec::with_capacity((messages as usize) * fanout);
     for r in receivers {
         latencies.extend(r.await??);
     }
     let elapsed = t0.elapsed();
+    let cpu = threads::Split::now().since(cpu0);
     endpoint.close(0u32.into(), b"done");
     Ok(Report {
         policy: s.policy,
@@ -357,5 +376,6 @@ async fn drive(addr: SocketAddr, cert: Vec<u8>, s: Scenario) -> Result<Report> {
         messages,
         elapsed,
         latencies_us: latencies,
+        cpu,
     })
 }
