@@ -191,6 +191,9 @@ struct Handles {
 impl Handles {
     /// Opens the database in `config.path` and its trees.
     fn open(config: &SledStoreConfig) -> Result<Handles, StoreError> {
+        // Files sled is about to create with the process's umask are not a finding; those of
+        // an existing store that others could read are (`tighten_permissions` warns then).
+        let existed = config.path.join("db").exists();
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
@@ -214,7 +217,7 @@ impl Handles {
         // sled writes everything to this one file (values under its blob threshold, which
         // is far above max_payload_bytes). Its directory entry is made durable once here.
         let data_file = std::fs::File::open(config.path.join("db")).map_err(os)?;
-        tighten_permissions(&config.path).map_err(os)?;
+        tighten_permissions(&config.path, existed).map_err(os)?;
         std::fs::File::open(&config.path)
             .and_then(|dir| dir.sync_all())
             .map_err(os)?;
@@ -320,15 +323,16 @@ fn private_dir(path: &Path) -> std::io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(path)?;
-    set_mode(path, 0o700)
+    set_mode(path, 0o700, true)
 }
 
+/// Sets `path`'s mode; `warn`s when it was open to other users.
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+fn set_mode(path: &Path, mode: u32, warn: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let current = std::fs::metadata(path)?.permissions().mode() & 0o7777;
     if current != mode {
-        if current & 0o077 != 0 {
+        if warn && current & 0o077 != 0 {
             tracing::warn!(
                 path = %path.display(),
                 mode = format!("{current:o}"),
@@ -341,22 +345,23 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
+fn set_mode(_: &Path, _: u32, _: bool) -> std::io::Result<()> {
     Ok(())
 }
 
 /// Makes everything sled made under `dir` private: directories 0700, files 0600. sled
 /// creates its files with the process's umask (usually 0644); the node's binary also sets
-/// a umask of 077, but a library user may not.
-fn tighten_permissions(dir: &Path) -> std::io::Result<()> {
+/// a umask of 077, but a library user (a test, a benchmark) may not. `warn` when the store
+/// existed before (a new store's files are tightened silently).
+fn tighten_permissions(dir: &Path, warn: bool) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            set_mode(&entry.path(), 0o700)?;
-            tighten_permissions(&entry.path())?;
+            set_mode(&entry.path(), 0o700, warn)?;
+            tighten_permissions(&entry.path(), warn)?;
         } else if kind.is_file() {
-            set_mode(&entry.path(), 0o600)?;
+            set_mode(&entry.path(), 0o600, warn)?;
         }
     }
     Ok(())
