@@ -51,6 +51,7 @@
 mod files;
 mod read;
 mod record;
+mod summary;
 #[cfg(test)]
 mod tests;
 
@@ -63,12 +64,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use switchboard_core::{GroupId, TenantId, UserId};
 
 use crate::{Appended, NewMessage, StoreError, StoreHealth, StoredMessage};
 use read::{Part, Plan, SegmentReader};
 use record::{corrupt, Parsed};
+use summary::{summary_path, GroupSummary, Summary};
 
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_LINE: &str = "switchboard segment log 1";
@@ -282,6 +284,10 @@ struct GroupLog {
     /// confirmed against the record (a hash is not proof).
     dedupe: HashMap<u64, u64>,
     dedupe_order: VecDeque<(u64, u64)>,
+    /// Whether `dedupe` holds the whole window. After an open that took some of the group's
+    /// records from segment summaries it does not: it is built on the group's first dedupe
+    /// check, from the group's newest records ([`SegmentLog::ready_shard`]).
+    dedupe_ready: bool,
 }
 
 impl GroupLog {
@@ -295,12 +301,13 @@ impl GroupLog {
             last_end: 0,
             dedupe: HashMap::new(),
             dedupe_order: VecDeque::new(),
+            dedupe_ready: true,
         }
     }
 }
 
 /// A group's records in one segment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SegGroup {
     first: u64,
     last: u64,
@@ -326,11 +333,17 @@ struct Shard {
     unsynced: Vec<Arc<File>>,
     /// A segment file was created since the last flush: its directory entry needs a sync.
     dir_dirty: bool,
+    /// Summaries of segments sealed since the last flush, written by the flush once the
+    /// segment's data is synced.
+    summaries_due: Vec<(u64, Vec<u8>)>,
     groups: HashMap<GroupKey, GroupLog>,
     /// Newest trimmed seq per group, as in the `trimmed` file.
     trimmed: HashMap<GroupKey, u64>,
     /// Why the shard stopped accepting writes, after a failed write or sync.
     failed: Option<String>,
+    /// Segments the open read (not taken from a summary), for the tests.
+    #[cfg(test)]
+    scanned: Vec<u64>,
 }
 
 impl SegmentLog {
@@ -434,10 +447,53 @@ impl SegmentLog {
     }
 
     fn dedupe_hash(&self, sender: &UserId, client_msg_id: &str) -> u64 {
-        let mut h = self.inner.hasher.build_hasher();
-        sender.as_str().hash(&mut h);
-        client_msg_id.hash(&mut h);
-        h.finish()
+        self.inner.dedupe_hash(sender.as_str(), client_msg_id)
+    }
+
+    /// The group's shard, locked, with the group's dedupe window whole. A window left to be
+    /// built by the open (its records came from segment summaries) is built here, once: its
+    /// newest `dedupe_window` records are read through the sparse index with the lock
+    /// released, as any read is. Nothing else appends to the group meanwhile (an append
+    /// needs the window first), so the records read are still the newest when it is kept.
+    fn ready_shard(&self, key: &GroupKey) -> Result<MutexGuard<'_, Shard>, StoreError> {
+        let shard = self.shard(&key.0, &key.1);
+        loop {
+            let s = shard.lock();
+            let (plan, head) = match s.groups.get(key) {
+                Some(g) if !g.dedupe_ready => {
+                    let window = u64::from(self.inner.config.dedupe_window);
+                    let from = g.first.max((g.head + 1).saturating_sub(window));
+                    let plan = (from <= g.head && window > 0)
+                        .then(|| s.plan(&self.inner.config, key, from, g.head, usize::MAX));
+                    (plan, g.head)
+                }
+                _ => return Ok(s),
+            };
+            drop(s);
+            let mut hashes = Vec::new();
+            if let Some(plan) = plan {
+                plan.walk(&key.0, &key.1, &mut |view| {
+                    hashes.push((
+                        self.inner.dedupe_hash(view.sender, view.client_msg_id),
+                        view.seq,
+                    ));
+                    Ok(true)
+                })?;
+            }
+            let mut s = shard.lock();
+            if let Some(g) = s.groups.get_mut(key) {
+                if !g.dedupe_ready && g.head == head {
+                    g.dedupe.clear();
+                    g.dedupe_order.clear();
+                    for (hash, seq) in hashes {
+                        g.dedupe.insert(hash, seq);
+                        g.dedupe_order.push_back((hash, seq));
+                    }
+                    g.dedupe_ready = true;
+                }
+            }
+            // Kept, or built by another caller meanwhile: either way, look again.
+        }
     }
 
     /// Appends a message with the group's next seq, or finds the earlier append of the same
@@ -457,11 +513,11 @@ impl SegmentLog {
             )));
         }
         let hash = self.dedupe_hash(msg.sender, msg.client_msg_id);
-        let mut shard = self.shard(tenant, group).lock();
+        let key = (tenant.clone(), group.clone());
+        let mut shard = self.ready_shard(&key)?;
         if let Some(reason) = &shard.failed {
             return Err(StoreError::Io(format!("segment log failed: {reason}")));
         }
-        let key = (tenant.clone(), group.clone());
         if let Some(seq) =
             self.confirmed_duplicate(&shard, &key, hash, msg.sender, msg.client_msg_id)?
         {
@@ -534,8 +590,8 @@ impl SegmentLog {
         client_msg_id: &str,
     ) -> Result<Option<u64>, StoreError> {
         let hash = self.dedupe_hash(sender, client_msg_id);
-        let shard = self.shard(tenant, group).lock();
         let key = (tenant.clone(), group.clone());
+        let shard = self.ready_shard(&key)?;
         self.confirmed_duplicate(&shard, &key, hash, sender, client_msg_id)
     }
 
@@ -611,7 +667,7 @@ impl SegmentLog {
     pub fn flush(&self) -> Result<(), StoreError> {
         let _one = self.inner.flushing.lock();
         for shard in &self.inner.shards {
-            let (files, dir) = {
+            let files = {
                 let mut s = shard.lock();
                 if let Some(reason) = &s.failed {
                     return Err(StoreError::Io(format!("segment log failed: {reason}")));
@@ -624,8 +680,10 @@ impl SegmentLog {
                     files.push(active.file.clone());
                 }
                 let dir = std::mem::take(&mut s.dir_dirty).then(|| s.dir.clone());
-                (files, dir)
+                let summaries = std::mem::take(&mut s.summaries_due);
+                (files, dir, summaries, s.dir.clone())
             };
+            let (files, dir, summaries, shard_dir) = files;
             let synced = files
                 .iter()
                 .try_for_each(|f| f.sync_data().map_err(|e| io("fdatasync", e)))
@@ -633,6 +691,11 @@ impl SegmentLog {
             if let Err(e) = synced {
                 // What the failed sync covered may or may not be on disk: reopen to know.
                 return Err(shard.lock().fail(e));
+            }
+            // After the sealed segments' data: a summary never describes records that a
+            // crash could still take away.
+            for (id, bytes) in summaries {
+                write_summary(&shard_dir, id, &bytes);
             }
         }
         Ok(())
@@ -689,6 +752,9 @@ impl SegmentLog {
         if !retention.is_limited() {
             return Ok(report);
         }
+        // Not during a flush: it writes the summaries of segments it sealed, and one written
+        // after its segment's deletion would outlive it.
+        let _one = self.inner.flushing.lock();
         for shard in &self.inner.shards {
             let mut s = shard.lock();
             if s.failed.is_some() {
@@ -746,27 +812,49 @@ struct Noted {
 }
 
 impl Inner {
-    /// Opens shard `n`: reads every segment (truncating a torn or damaged tail), rebuilds
-    /// the groups, and makes sure there is an active segment.
+    fn dedupe_hash(&self, sender: &str, client_msg_id: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        sender.hash(&mut h);
+        client_msg_id.hash(&mut h);
+        h.finish()
+    }
+
+    /// Opens shard `n`: takes each sealed segment from its summary where the summary is
+    /// good, reads the others and the active one (truncating a torn or damaged tail, and
+    /// writing a sealed one's summary again), rebuilds the groups, and makes sure there is
+    /// an active segment.
     fn open_shard(&self, n: u16) -> Result<Shard, StoreError> {
         let dir = self.config.dir.join(format!("shard-{n:03}"));
         create_dir_private(&dir)?;
         let trimmed = read_trimmed(&dir)?;
         let mut ids = Vec::new();
+        let mut summaries = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| io("list shard", e))? {
             let name = entry.map_err(|e| io("list shard", e))?.file_name();
             let name = name.to_string_lossy();
-            if let Some(id) = name
-                .strip_suffix(".seg")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            let id = |suffix| {
+                name.strip_suffix(suffix)
+                    .and_then(|s| s.parse::<u64>().ok())
+            };
+            if let Some(id) = id(".seg") {
                 ids.push(id);
+            } else if let Some(id) = id(".idx") {
+                summaries.push(id);
             } else if name.ends_with(".tmp") {
                 // A `trimmed` file whose rename a crash prevented: the old one holds.
                 let _ = std::fs::remove_file(dir.join(&*name));
             }
         }
         ids.sort_unstable();
+        let newest = ids.last().copied();
+        for id in summaries {
+            // A summary of no segment (retention deletes the summary first, but a crash can
+            // leave one), or of the active segment (a seal whose next segment a crash lost):
+            // neither describes a sealed segment that is there.
+            if ids.binary_search(&id).is_err() || Some(id) == newest {
+                let _ = std::fs::remove_file(summary_path(&dir, id));
+            }
+        }
         let mut shard = Shard {
             dir: dir.clone(),
             segments: BTreeMap::new(),
@@ -774,9 +862,12 @@ impl Inner {
             pending: Vec::new(),
             unsynced: Vec::new(),
             dir_dirty: false,
+            summaries_due: Vec::new(),
             groups: HashMap::new(),
             trimmed,
             failed: None,
+            #[cfg(test)]
+            scanned: Vec::new(),
         };
         for &id in &ids {
             let path = segment_path(&dir, id);
@@ -788,11 +879,17 @@ impl Inner {
                 id,
                 Segment {
                     file: Arc::new(file),
-                    len: 0,
+                    len: size,
                     groups: HashMap::new(),
                 },
             );
             shard.active = id;
+            let sealed = Some(id) != newest;
+            if sealed && shard.load_summary(id, size) {
+                continue;
+            }
+            #[cfg(test)]
+            shard.scanned.push(id);
             let good = self.scan(&mut shard, id, size)?;
             if good < size {
                 let seg = shard
@@ -813,11 +910,23 @@ impl Inner {
             if let Some(seg) = shard.segments.get_mut(&id) {
                 seg.len = good;
             }
+            if sealed {
+                if let Some(summary) = shard.summary(id) {
+                    write_summary(&dir, id, &summary::encode(&summary));
+                }
+            }
         }
         // Groups whose every message was trimmed keep their numbering.
         for (key, &t) in &shard.trimmed {
             if !shard.groups.contains_key(key) {
                 shard.groups.insert(key.clone(), GroupLog::new(t));
+            }
+        }
+        // A window the active segment's records filled already is whole.
+        let window = self.config.dedupe_window as usize;
+        for g in shard.groups.values_mut() {
+            if g.dedupe_order.len() >= window {
+                g.dedupe_ready = true;
             }
         }
         if shard.segments.is_empty() {
@@ -852,17 +961,10 @@ impl Inner {
                 break;
             };
             let key = (tenant, group);
-            let head = shard
-                .groups
-                .get(&key)
-                .map(|g| g.head)
-                .or_else(|| shard.trimmed.get(&key).copied())
-                .unwrap_or(0);
+            let head = shard.known_head(&key);
             // At or below the head: trimmed already (its segment's deletion was cut short).
             if view.seq > head {
-                let mut h = self.hasher.build_hasher();
-                sender.as_str().hash(&mut h);
-                view.client_msg_id.hash(&mut h);
+                let hash = self.dedupe_hash(sender.as_str(), view.client_msg_id);
                 shard.note(
                     &self.config,
                     key,
@@ -872,7 +974,7 @@ impl Inner {
                         offset: pos,
                         len: len as u64,
                         sent_at_ms: view.sent_at_ms,
-                        hash: h.finish(),
+                        hash,
                     },
                 );
             }
@@ -921,7 +1023,107 @@ impl Shard {
         if let Some(seg) = self.segments.get(&self.active) {
             self.unsynced.push(seg.file.clone());
         }
+        if let Some(summary) = self.summary(self.active) {
+            self.summaries_due
+                .push((self.active, summary::encode(&summary)));
+        }
         self.create_segment(self.active + 1)
+    }
+
+    /// The summary of segment `id`, sealed (or being sealed): its groups' records in it.
+    fn summary(&self, id: u64) -> Option<Summary> {
+        let seg = self.segments.get(&id)?;
+        let groups = seg
+            .groups
+            .iter()
+            .map(|(key, sg)| {
+                let (index, end) = self.groups.get(key).map_or((Vec::new(), 0), |g| {
+                    let lo = g.index.partition_point(|e| e.segment < id);
+                    let hi = g.index.partition_point(|e| e.segment <= id);
+                    let index = g.index[lo..hi].iter().map(|e| (e.seq, e.offset)).collect();
+                    // Nothing is written after a segment being sealed: its newest record
+                    // of the group is the group's newest.
+                    (index, if g.last_segment == id { g.last_end } else { 0 })
+                });
+                GroupSummary {
+                    key: key.clone(),
+                    seg: *sg,
+                    end,
+                    index,
+                }
+            })
+            .collect();
+        Some(Summary {
+            len: seg.len,
+            groups,
+        })
+    }
+
+    /// The group's head as the open has it so far (its trimmed seq before any record).
+    fn known_head(&self, key: &GroupKey) -> u64 {
+        self.groups
+            .get(key)
+            .map(|g| g.head)
+            .or_else(|| self.trimmed.get(key).copied())
+            .unwrap_or(0)
+    }
+
+    /// Takes sealed segment `id` (`size` bytes in its file) from its summary, if that is
+    /// good: whole, for this length, and continuing what the older segments left (a group
+    /// whose records there are all trimmed already is left out, as a scan would skip them).
+    /// `false` (nothing changed): the segment has to be read.
+    fn load_summary(&mut self, id: u64, size: u64) -> bool {
+        let Ok(bytes) = std::fs::read(summary_path(&self.dir, id)) else {
+            return false;
+        };
+        let Some(summary) = summary::decode(&bytes).filter(|s| s.len == size) else {
+            tracing::info!(
+                segment = id,
+                "segment log: summary not usable; reading the segment"
+            );
+            return false;
+        };
+        if summary.groups.iter().any(|g| {
+            let head = self.known_head(&g.key);
+            g.seg.first <= head && g.seg.last > head
+        }) {
+            return false;
+        }
+        let mut groups = HashMap::with_capacity(summary.groups.len());
+        for gs in summary.groups {
+            if gs.seg.last <= self.known_head(&gs.key) {
+                continue;
+            }
+            let trimmed = self.trimmed.get(&gs.key).copied().unwrap_or(0);
+            let g = self
+                .groups
+                .entry(gs.key.clone())
+                .or_insert_with(|| GroupLog::new(trimmed));
+            if g.index.is_empty() {
+                g.first = gs.seg.first;
+            }
+            let last_entry = gs.index.last().map_or(gs.seg.first, |e| e.0);
+            g.index
+                .extend(gs.index.iter().map(|&(seq, offset)| IndexEntry {
+                    seq,
+                    segment: id,
+                    offset,
+                }));
+            g.since_index = u32::try_from(gs.seg.last - last_entry + 1).unwrap_or(u32::MAX);
+            g.head = gs.seg.last;
+            g.last_segment = id;
+            g.last_end = gs.end;
+            // The window is built from the group's newest records when first needed; what
+            // older segments put in it is no longer its newest part.
+            g.dedupe.clear();
+            g.dedupe_order.clear();
+            g.dedupe_ready = false;
+            groups.insert(gs.key, gs.seg);
+        }
+        if let Some(seg) = self.segments.get_mut(&id) {
+            seg.groups = groups;
+        }
+        true
     }
 
     /// Writes the buffered records at the end of the active segment (one `write`).
@@ -1108,6 +1310,14 @@ impl Shard {
             let Some(seg) = self.segments.remove(id) else {
                 continue;
             };
+            // The summary first: a crash between the two leaves a segment that is read at
+            // open, never a summary without its segment (open deletes one anyway).
+            match std::fs::remove_file(summary_path(&self.dir, *id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("delete summary", e))
+                }
+                _ => {}
+            }
             std::fs::remove_file(segment_path(&self.dir, *id))
                 .map_err(|e| io("delete segment", e))?;
             report.segments_deleted += 1;
@@ -1120,6 +1330,19 @@ impl Shard {
             }
         }
         sync_dir(&self.dir)
+    }
+}
+
+/// Writes a sealed segment's summary and syncs it. A failure costs only a read of the
+/// segment at the next open, so it is logged, not returned; a torn summary fails its CRC.
+fn write_summary(dir: &Path, id: u64, bytes: &[u8]) {
+    let path = summary_path(dir, id);
+    let written = private_file(OpenOptions::new().write(true).create(true).truncate(true))
+        .open(&path)
+        .and_then(|f| f.write_all_at(bytes, 0).and_then(|()| f.sync_data()));
+    if let Err(e) = written {
+        tracing::warn!(summary = %path.display(), error = %e, "segment log: summary not written");
+        let _ = std::fs::remove_file(&path);
     }
 }
 
