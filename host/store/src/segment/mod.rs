@@ -53,6 +53,8 @@ mod read;
 mod record;
 mod summary;
 #[cfg(test)]
+mod summary_tests;
+#[cfg(test)]
 mod tests;
 
 use files::{create_dir_private, io, lock_exclusive, private_file, segment_path, sync_dir};
@@ -1054,6 +1056,7 @@ impl Shard {
             })
             .collect();
         Some(Summary {
+            id,
             len: seg.len,
             groups,
         })
@@ -1076,7 +1079,7 @@ impl Shard {
         let Ok(bytes) = std::fs::read(summary_path(&self.dir, id)) else {
             return false;
         };
-        let Some(summary) = summary::decode(&bytes).filter(|s| s.len == size) else {
+        let Some(summary) = summary::decode(&bytes).filter(|s| s.id == id && s.len == size) else {
             tracing::info!(
                 segment = id,
                 "segment log: summary not usable; reading the segment"

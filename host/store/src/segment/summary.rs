@@ -5,6 +5,8 @@
 //! |------------|-------------------------------------------------------------------|
 //! | 8          | magic `SBSEGIDX`                                                  |
 //! | 4          | summary format version (1), LE                                    |
+//! | 8          | the segment's id, LE (a summary under another segment's name is   |
+//! |            | not that segment's)                                               |
 //! | 8          | the segment's length in bytes, LE                                 |
 //! | 4          | group count, LE                                                   |
 //! | per group  | tenant and group id (u8 length each), first seq, last seq, bytes, |
@@ -42,6 +44,7 @@ pub(super) struct GroupSummary {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Summary {
+    pub id: u64,
     /// Length of the segment the summary was made from.
     pub len: u64,
     pub groups: Vec<GroupSummary>,
@@ -51,6 +54,7 @@ pub(super) fn encode(s: &Summary) -> Vec<u8> {
     let mut b = Vec::with_capacity(32 + s.groups.len() * 96);
     b.extend_from_slice(MAGIC);
     b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&s.id.to_le_bytes());
     b.extend_from_slice(&s.len.to_le_bytes());
     b.extend_from_slice(&(s.groups.len() as u32).to_le_bytes());
     for g in &s.groups {
@@ -84,6 +88,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Summary> {
     if r.take(8)? != MAGIC || r.u32()? != VERSION {
         return None;
     }
+    let id = r.u64()?;
     let len = r.u64()?;
     let count = r.u32()?;
     let mut groups = Vec::new();
@@ -113,7 +118,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Summary> {
         }
         groups.push(g);
     }
-    r.0.is_empty().then_some(Summary { len, groups })
+    r.0.is_empty().then_some(Summary { id, len, groups })
 }
 
 /// What a summary written by this code always satisfies: the group's first record has the
@@ -160,6 +165,7 @@ mod tests {
 
     fn sample() -> Summary {
         Summary {
+            id: 4,
             len: 5000,
             groups: vec![
                 GroupSummary {
@@ -214,5 +220,15 @@ mod tests {
         let mut s = sample();
         s.groups[1].end = 6000;
         assert_eq!(decode(&encode(&s)), None, "past the segment's end");
+    }
+
+    #[test]
+    fn a_summary_of_another_version_is_refused() {
+        let mut bytes = encode(&sample());
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let body = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&bytes), None);
     }
 }
