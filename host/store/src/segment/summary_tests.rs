@@ -81,11 +81,15 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A group's first seq, head, sparse index (seq, segment, offset), records since its last
+/// index entry, and segment and end of its newest record.
+type GroupState = (u64, u64, Vec<(u64, u64, u64)>, u32, u64, u64);
+
 /// Everything an open rebuilds, but the dedupe hashes (keyed per process): per group its
 /// numbering, sparse index and messages; per segment its summary.
 #[derive(Debug, PartialEq)]
 struct State {
-    groups: BTreeMap<String, (u64, u64, Vec<(u64, u64, u64)>, u32, u64, u64)>,
+    groups: BTreeMap<String, GroupState>,
     segments: BTreeMap<(usize, u64), (u64, BTreeMap<String, SegGroup>)>,
     messages: BTreeMap<String, Vec<(u64, String, Vec<u8>)>>,
     /// The seqs in each group's dedupe window once it is whole.
