@@ -4,11 +4,15 @@
 //! # On disk
 //!
 //! `<dir>/FORMAT` names the format and the shard count; each shard is a directory
-//! `shard-NNN` of segment files `<id>.seg` (ids count up from 1, zero-padded to 20 digits) and
-//! an optional `trimmed` file. A group lives in one shard (FNV-1a of tenant and group);
-//! segments of a shard hold the records of all its groups, interleaved in append order
-//! ([`record`] has the layout). Only the newest segment of a shard (the active one) is
-//! written; a segment is sealed when the next record would take it past `segment_bytes`.
+//! `shard-NNN` of segment files `<id>.seg` (ids count up from 1, zero-padded to 20 digits),
+//! the sealed segments' summaries `<id>.idx`, and an optional `trimmed` file. A group lives
+//! in one shard (FNV-1a of tenant and group); segments of a shard hold the records of all its
+//! groups, interleaved in append order ([`record`] has the layout). Only the newest segment of
+//! a shard (the active one) is written; a segment is sealed when the next record would take
+//! it past `segment_bytes`. A sealed segment's summary ([`summary`] has the layout) holds what
+//! reading the segment at open would learn: per group with records in it, its first and last
+//! seq, bytes, newest `sent_at_ms`, the end of its last record and its sparse index entries
+//! there; and the segment's id, its length and a CRC32C.
 //!
 //! # Writes and durability
 //!
@@ -19,17 +23,36 @@
 //! written since the last flush (the active one; a sealed one too if the batch crossed a
 //! segment boundary), and an `fsync` of the shard directory if a segment was created. The
 //! fsyncs run outside the lock, so appends continue meanwhile. A buffer that grows past
-//! `write_buffer_bytes` between flushes is written out early (not synced).
+//! `write_buffer_bytes` between flushes is written out early (not synced). A segment sealed
+//! since the last flush gets its summary after the flush has synced the segment's data
+//! (written and `fdatasync`ed, still outside the lock): a summary never describes records a
+//! crash could take back. A crash before the summary is durable costs a read of the segment
+//! at the next open, nothing else; a summary that cannot be written is logged, not an error.
 //!
 //! # Recovery
 //!
-//! Opening reads every segment of every shard from the start: records are checked (length,
-//! CRC32C, header) and the first one that is torn or damaged ends the segment: the file is
-//! truncated there (a torn write of a batch nobody acknowledged), with a warning. What was
-//! read rebuilds each group's head, sparse index and dedupe window (its newest
-//! `dedupe_window` messages), so nothing but the segments themselves has to be kept in step
-//! with them. A failed write (a full disk) marks the log failed; [`SegmentLog::recover`]
-//! opens it again from disk the same way.
+//! Opening goes through each shard's segments oldest first. A sealed segment whose summary
+//! is whole (CRC32C), of this format, names this segment's id and its current length, and
+//! continues the groups where the older segments left them is taken from the summary without
+//! reading the segment. Any other segment, and always the active (newest) one, is read from
+//! the start: records are checked (length, CRC32C, header) and the first one that is torn or
+//! damaged ends the segment: the file is truncated there (a torn write of a batch nobody
+//! acknowledged), with a warning; a sealed segment read this way gets its summary written
+//! again. Summaries of segments that are not there (a crash inside retention) or of the
+//! active segment (a seal whose next segment a crash lost) are deleted. Together this
+//! rebuilds each group's head, first seq and sparse index, and the segments' summaries in
+//! memory, so open time grows with the number of sealed segments and the size of the
+//! active ones, not with the bytes kept.
+//!
+//! A group's dedupe window (its newest `dedupe_window` client message ids) is rebuilt from
+//! the records the open read. When some of the group's records came from summaries instead,
+//! the window is built on the group's first dedupe check (its first append or
+//! [`SegmentLog::find_sent`]) by reading its newest `dedupe_window` records through the
+//! sparse index, outside the shard's lock: once per group, bounded by the window. So a
+//! resend within the window after a restart is a duplicate exactly as before.
+//!
+//! A failed write (a full disk) marks the log failed; [`SegmentLog::recover`] opens it again
+//! from disk the same way.
 //!
 //! # Reads
 //!
@@ -45,7 +68,9 @@
 //! goes when every group with records in it has those records past one of its limits
 //! (max age, max messages, max bytes, from [`Retention`]). A group's newest trimmed seq is
 //! written to the shard's `trimmed` file (and synced) before any file is deleted, so its
-//! head and numbering survive even when all its messages are gone. A read of a trimmed
+//! head and numbering survive even when all its messages are gone. A segment's summary is
+//! deleted before the segment, and retention does not run during a flush (which writes
+//! summaries), so no summary outlives its segment. A read of a trimmed
 //! range starts at the group's first retained seq ([`SegmentLog::first_seq`]).
 
 mod files;
@@ -350,7 +375,8 @@ struct Shard {
 
 impl SegmentLog {
     /// Opens (or creates) the log in `config.dir`, recovering every shard (see the module
-    /// docs). Blocking: it reads every segment.
+    /// docs). Blocking: it reads the summaries of sealed segments and the active segments
+    /// (and any sealed segment without a good summary).
     pub fn open(config: SegmentLogConfig) -> Result<Self, StoreError> {
         config.validate()?;
         create_dir_private(&config.dir)?;
