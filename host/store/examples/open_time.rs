@@ -19,7 +19,9 @@ use switchboard_store::{NewMessage, SegmentLog, SegmentLogConfig};
 const GROUPS: usize = 1000;
 
 fn config(dir: &std::path::Path) -> SegmentLogConfig {
-    SegmentLogConfig::new(dir.join("log")).segment_bytes(4 << 20)
+    SegmentLogConfig::new(dir.join("log"))
+        .segment_bytes(4 << 20)
+        .max_record_bytes(1 << 20)
 }
 
 fn open_ms(dir: &std::path::Path) -> (SegmentLog, f64) {

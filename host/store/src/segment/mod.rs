@@ -83,10 +83,9 @@ mod summary_tests;
 mod tests;
 
 use files::{create_dir_private, io, lock_exclusive, private_file, segment_path, sync_dir};
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::Hasher;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -102,6 +101,7 @@ use summary::{summary_path, GroupSummary, Summary};
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_LINE: &str = "switchboard segment log 1";
 const TRIMMED_FILE: &str = "trimmed";
+const KEY_FILE: &str = "DEDUPE_KEY";
 
 /// How to open a [`SegmentLog`]. Every field is a bound; see `docs/reliability.md`.
 #[derive(Debug, Clone)]
@@ -283,8 +283,11 @@ struct Inner {
     shards: Vec<Mutex<Shard>>,
     /// One flush at a time: a flush writes out every shard's buffer, then syncs.
     flushing: Mutex<()>,
-    /// Keys the dedupe hashes: random per process, so client ids cannot be chosen to collide.
-    hasher: RandomState,
+    /// Keys the dedupe hashes (SipHash-1-3): random per log and kept in its `DEDUPE_KEY`
+    /// file, so client ids cannot be chosen to collide, yet hashes in summaries stay valid.
+    key: (u64, u64),
+    /// Names the key in summaries: one made with another key is not trusted.
+    key_id: u64,
 }
 
 /// A position in a shard: segment id and byte offset.
@@ -347,6 +350,11 @@ struct Segment {
     /// Bytes in the file (for the active segment, written out so far).
     len: u64,
     groups: HashMap<GroupKey, SegGroup>,
+    /// Dedupe hashes of each group's records here, in order, for the summary: kept while
+    /// the segment is active (8 bytes per record), dropped once the summary is encoded.
+    hashes: HashMap<GroupKey, Vec<u64>>,
+    /// For a segment taken from its summary: where each group's hash block is in it.
+    hash_blocks: HashMap<GroupKey, u64>,
 }
 
 struct Shard {
@@ -368,6 +376,8 @@ struct Shard {
     trimmed: HashMap<GroupKey, u64>,
     /// Why the shard stopped accepting writes, after a failed write or sync.
     failed: Option<String>,
+    /// The log's dedupe key id, for the summaries.
+    key_id: u64,
     /// Segments the open read (not taken from a summary), for the tests.
     #[cfg(test)]
     scanned: Vec<u64>,
@@ -413,9 +423,16 @@ impl SegmentLog {
             }
             Err(e) => return Err(io("read FORMAT", e)),
         }
+        let key = dedupe_key(&config.dir)?;
+        let key_id = {
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(key.0, key.1);
+            h.write(b"switchboard dedupe key id");
+            h.finish()
+        };
         let inner = Inner {
             _lock: lock,
-            hasher: RandomState::new(),
+            key,
+            key_id,
             flushing: Mutex::new(()),
             shards: Vec::new(),
             config,
@@ -478,49 +495,87 @@ impl SegmentLog {
         self.inner.dedupe_hash(sender.as_str(), client_msg_id)
     }
 
-    /// The group's shard, locked, with the group's dedupe window whole. A window left to be
-    /// built by the open (its records came from segment summaries) is built here, once: its
-    /// newest `dedupe_window` records are read through the sparse index with the lock
-    /// released, as any read is. Nothing else appends to the group meanwhile (an append
-    /// needs the window first), so the records read are still the newest when it is kept.
+    /// The group's shard, locked, with the group's dedupe window whole. A window the open
+    /// left to be completed (some of the group's newest records came from summaries) is
+    /// completed here, once: the hashes of its newest `dedupe_window` records are read from
+    /// those segments' summaries (the hash blocks), with the lock released as for any read.
+    /// A damaged or missing block makes it read the records themselves instead, through
+    /// the sparse index. Nothing else appends to the group meanwhile (an append needs the
+    /// window first), so what was read is still the group's newest when it is kept.
     fn ready_shard(&self, key: &GroupKey) -> Result<MutexGuard<'_, Shard>, StoreError> {
         let shard = self.shard(&key.0, &key.1);
-        loop {
+        let mut by_records = false;
+        'again: loop {
             let s = shard.lock();
-            let (plan, head) = match s.groups.get(key) {
-                Some(g) if !g.dedupe_ready => {
-                    let window = u64::from(self.inner.config.dedupe_window);
-                    let from = g.first.max((g.head + 1).saturating_sub(window));
-                    let plan = (from <= g.head && window > 0)
-                        .then(|| s.plan(&self.inner.config, key, from, g.head, usize::MAX));
-                    (plan, g.head)
-                }
-                _ => return Ok(s),
+            let Some(g) = s.groups.get(key).filter(|g| !g.dedupe_ready) else {
+                return Ok(s);
             };
+            let head = g.head;
+            let window = u64::from(self.inner.config.dedupe_window);
+            let from = g.first.max((head + 1).saturating_sub(window));
+            // seq → hash of the window's records.
+            let mut found = BTreeMap::new();
+            let mut blocks = Vec::new();
+            let mut plan = None;
+            if window > 0 && from <= head {
+                if by_records {
+                    plan = Some(s.plan(&self.inner.config, key, from, head, usize::MAX));
+                } else {
+                    // The records the open read (newer than any left out of the window)...
+                    found.extend(
+                        g.dedupe_order
+                            .iter()
+                            .filter(|&&(_, seq)| seq >= from)
+                            .map(|&(hash, seq)| (seq, hash)),
+                    );
+                    // ...and those of the segments taken from summaries.
+                    for (&id, seg) in s.segments.range(g.index.first().map_or(0, |e| e.segment)..) {
+                        if let (Some(&at), Some(sg)) =
+                            (seg.hash_blocks.get(key), seg.groups.get(key))
+                        {
+                            if sg.last >= from {
+                                blocks.push((summary_path(&s.dir, id), at, sg.first, sg.last));
+                            }
+                        }
+                    }
+                }
+            }
             drop(s);
-            let mut hashes = Vec::new();
             if let Some(plan) = plan {
                 plan.walk(&key.0, &key.1, &mut |view| {
-                    hashes.push((
-                        self.inner.dedupe_hash(view.sender, view.client_msg_id),
-                        view.seq,
-                    ));
+                    let hash = self.inner.dedupe_hash(view.sender, view.client_msg_id);
+                    found.insert(view.seq, hash);
                     Ok(true)
                 })?;
+            }
+            for (path, at, first, last) in blocks {
+                let Some(hashes) = summary::read_hashes(&path, at, last - first + 1) else {
+                    tracing::warn!(
+                        summary = %path.display(),
+                        "segment log: a summary's hash block is damaged; reading the records"
+                    );
+                    by_records = true;
+                    continue 'again;
+                };
+                for (seq, hash) in (first..=last).zip(hashes) {
+                    if seq >= from && seq <= head {
+                        found.insert(seq, hash);
+                    }
+                }
             }
             let mut s = shard.lock();
             if let Some(g) = s.groups.get_mut(key) {
                 if !g.dedupe_ready && g.head == head {
                     g.dedupe.clear();
                     g.dedupe_order.clear();
-                    for (hash, seq) in hashes {
+                    for (seq, hash) in found {
                         g.dedupe.insert(hash, seq);
                         g.dedupe_order.push_back((hash, seq));
                     }
                     g.dedupe_ready = true;
                 }
             }
-            // Kept, or built by another caller meanwhile: either way, look again.
+            // Kept, or completed by another caller meanwhile: either way, look again.
         }
     }
 
@@ -840,10 +895,12 @@ struct Noted {
 }
 
 impl Inner {
+    /// The dedupe hash of `(sender, client_msg_id)`: stable for the log (summaries keep it).
     fn dedupe_hash(&self, sender: &str, client_msg_id: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        sender.hash(&mut h);
-        client_msg_id.hash(&mut h);
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.key.0, self.key.1);
+        h.write(&(sender.len() as u64).to_le_bytes());
+        h.write(sender.as_bytes());
+        h.write(client_msg_id.as_bytes());
         h.finish()
     }
 
@@ -894,6 +951,7 @@ impl Inner {
             groups: HashMap::new(),
             trimmed,
             failed: None,
+            key_id: self.key_id,
             #[cfg(test)]
             scanned: Vec::new(),
         };
@@ -909,6 +967,8 @@ impl Inner {
                     file: Arc::new(file),
                     len: size,
                     groups: HashMap::new(),
+                    hashes: HashMap::new(),
+                    hash_blocks: HashMap::new(),
                 },
             );
             shard.active = id;
@@ -942,19 +1002,15 @@ impl Inner {
                 if let Some(summary) = shard.summary(id) {
                     write_summary(&dir, id, &summary::encode(&summary));
                 }
+                if let Some(seg) = shard.segments.get_mut(&id) {
+                    seg.hashes = HashMap::new();
+                }
             }
         }
         // Groups whose every message was trimmed keep their numbering.
         for (key, &t) in &shard.trimmed {
             if !shard.groups.contains_key(key) {
                 shard.groups.insert(key.clone(), GroupLog::new(t));
-            }
-        }
-        // A window the active segment's records filled already is whole.
-        let window = self.config.dedupe_window as usize;
-        for g in shard.groups.values_mut() {
-            if g.dedupe_order.len() >= window {
-                g.dedupe_ready = true;
             }
         }
         if shard.segments.is_empty() {
@@ -1037,6 +1093,8 @@ impl Shard {
                 file: Arc::new(file),
                 len: 0,
                 groups: HashMap::new(),
+                hashes: HashMap::new(),
+                hash_blocks: HashMap::new(),
             },
         );
         self.active = id;
@@ -1055,16 +1113,25 @@ impl Shard {
             self.summaries_due
                 .push((self.active, summary::encode(&summary)));
         }
+        if let Some(seg) = self.segments.get_mut(&self.active) {
+            seg.hashes = HashMap::new();
+        }
         self.create_segment(self.active + 1)
     }
 
     /// The summary of segment `id`, sealed (or being sealed): its groups' records in it.
+    /// `None` if a group's records there do not run `first..=last` without a gap (a torn
+    /// older segment before it): such a segment is read at every open.
     fn summary(&self, id: u64) -> Option<Summary> {
         let seg = self.segments.get(&id)?;
         let groups = seg
             .groups
             .iter()
             .map(|(key, sg)| {
+                let hashes = seg.hashes.get(key).cloned().unwrap_or_default();
+                if hashes.len() as u64 != sg.last - sg.first + 1 {
+                    return None;
+                }
                 let (index, end) = self.groups.get(key).map_or((Vec::new(), 0), |g| {
                     let lo = g.index.partition_point(|e| e.segment < id);
                     let hi = g.index.partition_point(|e| e.segment <= id);
@@ -1073,17 +1140,20 @@ impl Shard {
                     // of the group is the group's newest.
                     (index, if g.last_segment == id { g.last_end } else { 0 })
                 });
-                GroupSummary {
+                Some(GroupSummary {
                     key: key.clone(),
                     seg: *sg,
                     end,
                     index,
-                }
+                    hashes,
+                    hashes_at: 0,
+                })
             })
-            .collect();
+            .collect::<Option<Vec<_>>>()?;
         Some(Summary {
             id,
             len: seg.len,
+            key_id: self.key_id,
             groups,
         })
     }
@@ -1102,10 +1172,13 @@ impl Shard {
     /// whose records there are all trimmed already is left out, as a scan would skip them).
     /// `false` (nothing changed): the segment has to be read.
     fn load_summary(&mut self, id: u64, size: u64) -> bool {
-        let Ok(bytes) = std::fs::read(summary_path(&self.dir, id)) else {
+        let Ok(file) = File::open(summary_path(&self.dir, id)) else {
             return false;
         };
-        let Some(summary) = summary::decode(&bytes).filter(|s| s.id == id && s.len == size) else {
+        let file_len = file.metadata().map_or(0, |m| m.len());
+        let Some(summary) = summary::read(&file, file_len)
+            .filter(|s| s.id == id && s.len == size && s.key_id == self.key_id)
+        else {
             tracing::info!(
                 segment = id,
                 "segment log: summary not usable; reading the segment"
@@ -1119,6 +1192,7 @@ impl Shard {
             return false;
         }
         let mut groups = HashMap::with_capacity(summary.groups.len());
+        let mut blocks = HashMap::with_capacity(summary.groups.len());
         for gs in summary.groups {
             if gs.seg.last <= self.known_head(&gs.key) {
                 continue;
@@ -1142,15 +1216,14 @@ impl Shard {
             g.head = gs.seg.last;
             g.last_segment = id;
             g.last_end = gs.end;
-            // The window is built from the group's newest records when first needed; what
-            // older segments put in it is no longer its newest part.
-            g.dedupe.clear();
-            g.dedupe_order.clear();
+            // The window is completed from the hash blocks when first needed.
             g.dedupe_ready = false;
+            blocks.insert(gs.key.clone(), gs.hashes_at);
             groups.insert(gs.key, gs.seg);
         }
         if let Some(seg) = self.segments.get_mut(&id) {
             seg.groups = groups;
+            seg.hash_blocks = blocks;
         }
         true
     }
@@ -1175,6 +1248,12 @@ impl Shard {
     /// Records a record's place in the group's state and the segment's summary.
     fn note(&mut self, config: &SegmentLogConfig, key: GroupKey, r: Noted) {
         if let Some(seg) = self.segments.get_mut(&r.segment) {
+            match seg.hashes.get_mut(&key) {
+                Some(h) => h.push(r.hash),
+                None => {
+                    seg.hashes.insert(key.clone(), vec![r.hash]);
+                }
+            }
             match seg.groups.get_mut(&key) {
                 Some(sg) => {
                     sg.last = r.seq;
@@ -1360,6 +1439,48 @@ impl Shard {
         }
         sync_dir(&self.dir)
     }
+}
+
+/// The log's dedupe key from `<dir>/DEDUPE_KEY` (16 random bytes and their CRC32C), made
+/// on first use. A key that is missing or damaged is replaced: the summaries made with the
+/// old one are then not trusted (their key id differs) and their segments are read again.
+fn dedupe_key(dir: &Path) -> Result<(u64, u64), StoreError> {
+    let path = dir.join(KEY_FILE);
+    let split = |b: &[u8]| -> Option<(u64, u64)> {
+        let (key, crc) = b.split_at_checked(16)?;
+        if crc32c::crc32c(key).to_le_bytes() != crc {
+            return None;
+        }
+        Some((
+            u64::from_le_bytes(key[..8].try_into().ok()?),
+            u64::from_le_bytes(key[8..].try_into().ok()?),
+        ))
+    };
+    match std::fs::read(&path) {
+        Ok(b) => {
+            if let Some(key) = split(&b) {
+                return Ok(key);
+            }
+            tracing::warn!(file = %path.display(), "segment log: dedupe key damaged; making a new one");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read DEDUPE_KEY", e)),
+    }
+    let mut b = [0u8; 20];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b[..16])
+        .map_err(|_| StoreError::Io("segment log: no randomness for the dedupe key".into()))?;
+    let crc = crc32c::crc32c(&b[..16]);
+    b[16..].copy_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+    let file = private_file(OpenOptions::new().write(true).create(true).truncate(true))
+        .open(&tmp)
+        .map_err(|e| io("create DEDUPE_KEY", e))?;
+    file.write_all_at(&b, 0)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write DEDUPE_KEY", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename DEDUPE_KEY", e))?;
+    sync_dir(dir)?;
+    split(&b).ok_or_else(|| corrupt("dedupe key"))
 }
 
 /// Writes a sealed segment's summary and syncs it. A failure costs only a read of the

@@ -246,6 +246,10 @@ fn check_damage(what: &str, damage: impl FnOnce(&Path) -> Vec<PathBuf>) {
     assert_eq!(state(&log), expected, "{what}: after the rewrite");
 }
 
+fn header_len(summary: &[u8]) -> usize {
+    u32::from_le_bytes(summary[12..16].try_into().unwrap()) as usize
+}
+
 fn seg_of(idx: &Path) -> PathBuf {
     idx.with_extension("seg")
 }
@@ -262,12 +266,26 @@ fn a_damaged_summary_is_not_trusted_and_the_open_is_the_same() {
             vec![seg_of(&idx)]
         });
     }
-    check_damage("last byte flipped (the CRC)", |dir| {
+    check_damage("the header's CRC flipped", |dir| {
         let idx = files(dir, "idx").remove(0);
         let mut b = std::fs::read(&idx).unwrap();
-        *b.last_mut().unwrap() ^= 1;
+        let end = header_len(&b);
+        b[end - 1] ^= 1;
         std::fs::write(&idx, b).unwrap();
         vec![seg_of(&idx)]
+    });
+    // Every hash block damaged: the segments are still taken from their summaries, and
+    // each dedupe window is built from the records instead (the same windows).
+    check_damage("every hash block damaged", |dir| {
+        for idx in files(dir, "idx") {
+            let mut b = std::fs::read(&idx).unwrap();
+            let end = header_len(&b);
+            for byte in &mut b[end..] {
+                *byte ^= 0x5a;
+            }
+            std::fs::write(&idx, b).unwrap();
+        }
+        Vec::new()
     });
     check_damage("truncated", |dir| {
         let idx = files(dir, "idx").remove(5);
@@ -279,6 +297,14 @@ fn a_damaged_summary_is_not_trusted_and_the_open_is_the_same() {
         let idx = files(dir, "idx").remove(2);
         std::fs::write(&idx, b"").unwrap();
         vec![seg_of(&idx)]
+    });
+    check_damage("the dedupe key lost (a new one is made)", |dir| {
+        std::fs::remove_file(dir.join("log").join(KEY_FILE)).unwrap();
+        files(dir, "idx").iter().map(|idx| seg_of(idx)).collect()
+    });
+    check_damage("the dedupe key damaged", |dir| {
+        std::fs::write(dir.join("log").join(KEY_FILE), [7; 20]).unwrap();
+        files(dir, "idx").iter().map(|idx| seg_of(idx)).collect()
     });
     check_damage("another segment's summary", |dir| {
         let idx = files(dir, "idx");
@@ -352,6 +378,9 @@ fn open_does_not_read_sealed_segments_whose_summaries_are_good() {
         let (first, head, ..) = expected.groups[&key];
         assert_eq!(log.head(&t("acme"), &g(group)), head, "{group}");
         assert_eq!(log.first_seq(&t("acme"), &g(group)), first, "{group}");
+        // The dedupe window comes from the summaries' hash blocks, not the records.
+        let found = log.find_sent(&t("acme"), &g(group), &u("ann"), "never sent");
+        assert_eq!(found.unwrap(), None, "{group}");
         // Reading the zeroed records is an error, never a silent gap.
         let err = log.read_after(&t("acme"), &g(group), 0, 1).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
