@@ -3,7 +3,9 @@
 //!
 //! # On disk
 //!
-//! `<dir>/FORMAT` names the format and the shard count; each shard is a directory
+//! `<dir>/FORMAT` names the format and the shard count; `<dir>/DEDUPE_KEY` holds the log's
+//! random key for dedupe hashes (made with the log; a lost or damaged key is replaced, and
+//! only costs the summaries made with it); each shard is a directory
 //! `shard-NNN` of segment files `<id>.seg` (ids count up from 1, zero-padded to 20 digits),
 //! the sealed segments' summaries `<id>.idx`, and an optional `trimmed` file. A group lives
 //! in one shard (FNV-1a of tenant and group); segments of a shard hold the records of all its
@@ -12,7 +14,8 @@
 //! it past `segment_bytes`. A sealed segment's summary ([`summary`] has the layout) holds what
 //! reading the segment at open would learn: per group with records in it, its first and last
 //! seq, bytes, newest `sent_at_ms`, the end of its last record and its sparse index entries
-//! there; and the segment's id, its length and a CRC32C.
+//! there; the segment's id, its length, the dedupe key's id and a CRC32C; then per group a
+//! block of its records' dedupe hashes (8 bytes a record) with its own CRC32C.
 //!
 //! # Writes and durability
 //!
@@ -45,11 +48,14 @@
 //! active ones, not with the bytes kept.
 //!
 //! A group's dedupe window (its newest `dedupe_window` client message ids) is rebuilt from
-//! the records the open read. When some of the group's records came from summaries instead,
-//! the window is built on the group's first dedupe check (its first append or
-//! [`SegmentLog::find_sent`]) by reading its newest `dedupe_window` records through the
-//! sparse index, outside the shard's lock: once per group, bounded by the window. So a
-//! resend within the window after a restart is a duplicate exactly as before.
+//! the records the open read. When some of the group's newest records came from summaries
+//! instead, the window is completed on the group's first dedupe check (its first append or
+//! [`SegmentLog::find_sent`]) from those summaries' hash blocks, outside the shard's lock:
+//! once per group, at most one block per segment. A damaged block makes that group read its
+//! newest `dedupe_window` records through the sparse index instead (correct, slower: the
+//! records are interleaved with other groups'). Either way a resend within the window after
+//! a restart is a duplicate exactly as before. The hashes are SipHash-1-3 keyed with
+//! `DEDUPE_KEY`: stable across restarts, unpredictable to clients.
 //!
 //! A failed write (a full disk) marks the log failed; [`SegmentLog::recover`] opens it again
 //! from disk the same way.
