@@ -35,9 +35,9 @@
 //! # Recovery
 //!
 //! Opening goes through each shard's segments oldest first. A sealed segment whose summary
-//! is whole (CRC32C), of this format, names this segment's id and its current length, and
-//! continues the groups where the older segments left them is taken from the summary without
-//! reading the segment. Any other segment, and always the active (newest) one, is read from
+//! is whole (CRC32C), of this format, names this segment's id, its current length and this
+//! log's dedupe key, and continues the groups where the older segments left them is taken
+//! from the summary without reading the segment. Any other segment, and always the active (newest) one, is read from
 //! the start: records are checked (length, CRC32C, header) and the first one that is torn or
 //! damaged ends the segment: the file is truncated there (a torn write of a batch nobody
 //! acknowledged), with a warning; a sealed segment read this way gets its summary written
@@ -59,6 +59,10 @@
 //!
 //! A failed write (a full disk) marks the log failed; [`SegmentLog::recover`] opens it again
 //! from disk the same way.
+//!
+//! Segments are not preallocated: a file grows as records are written, and its length is
+//! the end of its records. (Preallocating was measured and gained nothing: every `fdatasync`
+//! pays the disk's cache flush whether or not the file grew; `docs/benchmarks.md`.)
 //!
 //! # Reads
 //!
