@@ -489,3 +489,30 @@ fn retention_deletes_a_segments_summary_with_it() {
     assert_eq!(log.first_seq(&t("acme"), &g("a")), first);
     assert_eq!(log.head(&t("acme"), &g("a")), 100);
 }
+
+/// A sealed segment's summary is written by the flush that syncs the segment, not at the
+/// seal: until then a crash could still take the segment's unsynced records back.
+#[test]
+fn a_summary_is_written_by_the_flush_after_the_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SegmentLog::open(config(dir.path()).shards(1)).unwrap();
+    let mut i = 0;
+    while log.disk_usage().1 < 3 {
+        i += 1;
+        append(&log, "a", &i.to_string(), i, &[3; 100]);
+    }
+    assert!(
+        files(dir.path(), "idx").is_empty(),
+        "written before the flush"
+    );
+    log.flush().unwrap();
+    let idx = files(dir.path(), "idx");
+    assert_eq!(idx.len(), 2, "{idx:?}");
+    for f in &idx {
+        let seg = std::fs::metadata(seg_of(f)).unwrap().len();
+        let file = File::open(f).unwrap();
+        let len = file.metadata().unwrap().len();
+        let s = summary::read(&file, len).unwrap();
+        assert_eq!(s.len, seg, "{}", f.display());
+    }
+}
