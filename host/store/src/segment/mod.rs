@@ -3,12 +3,19 @@
 //!
 //! # On disk
 //!
-//! `<dir>/FORMAT` names the format and the shard count; each shard is a directory
-//! `shard-NNN` of segment files `<id>.seg` (ids count up from 1, zero-padded to 20 digits) and
-//! an optional `trimmed` file. A group lives in one shard (FNV-1a of tenant and group);
-//! segments of a shard hold the records of all its groups, interleaved in append order
-//! ([`record`] has the layout). Only the newest segment of a shard (the active one) is
-//! written; a segment is sealed when the next record would take it past `segment_bytes`.
+//! `<dir>/FORMAT` names the format and the shard count; `<dir>/DEDUPE_KEY` holds the log's
+//! random key for dedupe hashes (made with the log; a lost or damaged key is replaced, and
+//! only costs the summaries made with it); each shard is a directory
+//! `shard-NNN` of segment files `<id>.seg` (ids count up from 1, zero-padded to 20 digits),
+//! the sealed segments' summaries `<id>.idx`, and an optional `trimmed` file. A group lives
+//! in one shard (FNV-1a of tenant and group); segments of a shard hold the records of all its
+//! groups, interleaved in append order ([`record`] has the layout). Only the newest segment of
+//! a shard (the active one) is written; a segment is sealed when the next record would take
+//! it past `segment_bytes`. A sealed segment's summary ([`summary`] has the layout) holds what
+//! reading the segment at open would learn: per group with records in it, its first and last
+//! seq, bytes, newest `sent_at_ms`, the end of its last record and its sparse index entries
+//! there; the segment's id, its length, the dedupe key's id and a CRC32C; then per group a
+//! block of its records' dedupe hashes (8 bytes a record) with its own CRC32C.
 //!
 //! # Writes and durability
 //!
@@ -19,17 +26,43 @@
 //! written since the last flush (the active one; a sealed one too if the batch crossed a
 //! segment boundary), and an `fsync` of the shard directory if a segment was created. The
 //! fsyncs run outside the lock, so appends continue meanwhile. A buffer that grows past
-//! `write_buffer_bytes` between flushes is written out early (not synced).
+//! `write_buffer_bytes` between flushes is written out early (not synced). A segment sealed
+//! since the last flush gets its summary after the flush has synced the segment's data
+//! (written and `fdatasync`ed, still outside the lock): a summary never describes records a
+//! crash could take back. A crash before the summary is durable costs a read of the segment
+//! at the next open, nothing else; a summary that cannot be written is logged, not an error.
 //!
 //! # Recovery
 //!
-//! Opening reads every segment of every shard from the start: records are checked (length,
-//! CRC32C, header) and the first one that is torn or damaged ends the segment: the file is
-//! truncated there (a torn write of a batch nobody acknowledged), with a warning. What was
-//! read rebuilds each group's head, sparse index and dedupe window (its newest
-//! `dedupe_window` messages), so nothing but the segments themselves has to be kept in step
-//! with them. A failed write (a full disk) marks the log failed; [`SegmentLog::recover`]
-//! opens it again from disk the same way.
+//! Opening goes through each shard's segments oldest first. A sealed segment whose summary
+//! is whole (CRC32C), of this format, names this segment's id, its current length and this
+//! log's dedupe key, and continues the groups where the older segments left them is taken
+//! from the summary without reading the segment. Any other segment, and always the active (newest) one, is read from
+//! the start: records are checked (length, CRC32C, header) and the first one that is torn or
+//! damaged ends the segment: the file is truncated there (a torn write of a batch nobody
+//! acknowledged), with a warning; a sealed segment read this way gets its summary written
+//! again. Summaries of segments that are not there (a crash inside retention) or of the
+//! active segment (a seal whose next segment a crash lost) are deleted. Together this
+//! rebuilds each group's head, first seq and sparse index, and the segments' summaries in
+//! memory, so open time grows with the number of sealed segments and the size of the
+//! active ones, not with the bytes kept.
+//!
+//! A group's dedupe window (its newest `dedupe_window` client message ids) is rebuilt from
+//! the records the open read. When some of the group's newest records came from summaries
+//! instead, the window is completed on the group's first dedupe check (its first append or
+//! [`SegmentLog::find_sent`]) from those summaries' hash blocks, outside the shard's lock:
+//! once per group, at most one block per segment. A damaged block makes that group read its
+//! newest `dedupe_window` records through the sparse index instead (correct, slower: the
+//! records are interleaved with other groups'). Either way a resend within the window after
+//! a restart is a duplicate exactly as before. The hashes are SipHash-1-3 keyed with
+//! `DEDUPE_KEY`: stable across restarts, unpredictable to clients.
+//!
+//! A failed write (a full disk) marks the log failed; [`SegmentLog::recover`] opens it again
+//! from disk the same way.
+//!
+//! Segments are not preallocated: a file grows as records are written, and its length is
+//! the end of its records. (Preallocating was measured and gained nothing: every `fdatasync`
+//! pays the disk's cache flush whether or not the file grew; `docs/benchmarks.md`.)
 //!
 //! # Reads
 //!
@@ -45,34 +78,40 @@
 //! goes when every group with records in it has those records past one of its limits
 //! (max age, max messages, max bytes, from [`Retention`]). A group's newest trimmed seq is
 //! written to the shard's `trimmed` file (and synced) before any file is deleted, so its
-//! head and numbering survive even when all its messages are gone. A read of a trimmed
+//! head and numbering survive even when all its messages are gone. A segment's summary is
+//! deleted before the segment, and retention does not run during a flush (which writes
+//! summaries), so no summary outlives its segment. A read of a trimmed
 //! range starts at the group's first retained seq ([`SegmentLog::first_seq`]).
 
 mod files;
 mod read;
 mod record;
+mod summary;
+#[cfg(test)]
+mod summary_tests;
 #[cfg(test)]
 mod tests;
 
 use files::{create_dir_private, io, lock_exclusive, private_file, segment_path, sync_dir};
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::Hasher;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use switchboard_core::{GroupId, TenantId, UserId};
 
 use crate::{Appended, NewMessage, StoreError, StoreHealth, StoredMessage};
 use read::{Part, Plan, SegmentReader};
 use record::{corrupt, Parsed};
+use summary::{summary_path, GroupSummary, Summary};
 
 const FORMAT_FILE: &str = "FORMAT";
 const FORMAT_LINE: &str = "switchboard segment log 1";
 const TRIMMED_FILE: &str = "trimmed";
+const KEY_FILE: &str = "DEDUPE_KEY";
 
 /// How to open a [`SegmentLog`]. Every field is a bound; see `docs/reliability.md`.
 #[derive(Debug, Clone)]
@@ -254,8 +293,11 @@ struct Inner {
     shards: Vec<Mutex<Shard>>,
     /// One flush at a time: a flush writes out every shard's buffer, then syncs.
     flushing: Mutex<()>,
-    /// Keys the dedupe hashes: random per process, so client ids cannot be chosen to collide.
-    hasher: RandomState,
+    /// Keys the dedupe hashes (SipHash-1-3): random per log and kept in its `DEDUPE_KEY`
+    /// file, so client ids cannot be chosen to collide, yet hashes in summaries stay valid.
+    key: (u64, u64),
+    /// Names the key in summaries: one made with another key is not trusted.
+    key_id: u64,
 }
 
 /// A position in a shard: segment id and byte offset.
@@ -282,6 +324,10 @@ struct GroupLog {
     /// confirmed against the record (a hash is not proof).
     dedupe: HashMap<u64, u64>,
     dedupe_order: VecDeque<(u64, u64)>,
+    /// Whether `dedupe` holds the whole window. After an open that took some of the group's
+    /// records from segment summaries it does not: it is built on the group's first dedupe
+    /// check, from the group's newest records ([`SegmentLog::ready_shard`]).
+    dedupe_ready: bool,
 }
 
 impl GroupLog {
@@ -295,12 +341,13 @@ impl GroupLog {
             last_end: 0,
             dedupe: HashMap::new(),
             dedupe_order: VecDeque::new(),
+            dedupe_ready: true,
         }
     }
 }
 
 /// A group's records in one segment.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SegGroup {
     first: u64,
     last: u64,
@@ -313,6 +360,11 @@ struct Segment {
     /// Bytes in the file (for the active segment, written out so far).
     len: u64,
     groups: HashMap<GroupKey, SegGroup>,
+    /// Dedupe hashes of each group's records here, in order, for the summary: kept while
+    /// the segment is active (8 bytes per record), dropped once the summary is encoded.
+    hashes: HashMap<GroupKey, Vec<u64>>,
+    /// For a segment taken from its summary: where each group's hash block is in it.
+    hash_blocks: HashMap<GroupKey, u64>,
 }
 
 struct Shard {
@@ -326,16 +378,25 @@ struct Shard {
     unsynced: Vec<Arc<File>>,
     /// A segment file was created since the last flush: its directory entry needs a sync.
     dir_dirty: bool,
+    /// Summaries of segments sealed since the last flush, written by the flush once the
+    /// segment's data is synced.
+    summaries_due: Vec<(u64, Vec<u8>)>,
     groups: HashMap<GroupKey, GroupLog>,
     /// Newest trimmed seq per group, as in the `trimmed` file.
     trimmed: HashMap<GroupKey, u64>,
     /// Why the shard stopped accepting writes, after a failed write or sync.
     failed: Option<String>,
+    /// The log's dedupe key id, for the summaries.
+    key_id: u64,
+    /// Segments the open read (not taken from a summary), for the tests.
+    #[cfg(test)]
+    scanned: Vec<u64>,
 }
 
 impl SegmentLog {
     /// Opens (or creates) the log in `config.dir`, recovering every shard (see the module
-    /// docs). Blocking: it reads every segment.
+    /// docs). Blocking: it reads the summaries of sealed segments and the active segments
+    /// (and any sealed segment without a good summary).
     pub fn open(config: SegmentLogConfig) -> Result<Self, StoreError> {
         config.validate()?;
         create_dir_private(&config.dir)?;
@@ -372,9 +433,16 @@ impl SegmentLog {
             }
             Err(e) => return Err(io("read FORMAT", e)),
         }
+        let key = dedupe_key(&config.dir)?;
+        let key_id = {
+            let mut h = siphasher::sip::SipHasher13::new_with_keys(key.0, key.1);
+            h.write(b"switchboard dedupe key id");
+            h.finish()
+        };
         let inner = Inner {
             _lock: lock,
-            hasher: RandomState::new(),
+            key,
+            key_id,
             flushing: Mutex::new(()),
             shards: Vec::new(),
             config,
@@ -434,10 +502,91 @@ impl SegmentLog {
     }
 
     fn dedupe_hash(&self, sender: &UserId, client_msg_id: &str) -> u64 {
-        let mut h = self.inner.hasher.build_hasher();
-        sender.as_str().hash(&mut h);
-        client_msg_id.hash(&mut h);
-        h.finish()
+        self.inner.dedupe_hash(sender.as_str(), client_msg_id)
+    }
+
+    /// The group's shard, locked, with the group's dedupe window whole. A window the open
+    /// left to be completed (some of the group's newest records came from summaries) is
+    /// completed here, once: the hashes of its newest `dedupe_window` records are read from
+    /// those segments' summaries (the hash blocks), with the lock released as for any read.
+    /// A damaged or missing block makes it read the records themselves instead, through
+    /// the sparse index. Nothing else appends to the group meanwhile (an append needs the
+    /// window first), so what was read is still the group's newest when it is kept.
+    fn ready_shard(&self, key: &GroupKey) -> Result<MutexGuard<'_, Shard>, StoreError> {
+        let shard = self.shard(&key.0, &key.1);
+        let mut by_records = false;
+        'again: loop {
+            let s = shard.lock();
+            let Some(g) = s.groups.get(key).filter(|g| !g.dedupe_ready) else {
+                return Ok(s);
+            };
+            let head = g.head;
+            let window = u64::from(self.inner.config.dedupe_window);
+            let from = g.first.max((head + 1).saturating_sub(window));
+            // seq → hash of the window's records.
+            let mut found = BTreeMap::new();
+            let mut blocks = Vec::new();
+            let mut plan = None;
+            if window > 0 && from <= head {
+                if by_records {
+                    plan = Some(s.plan(&self.inner.config, key, from, head, usize::MAX));
+                } else {
+                    // The records the open read (newer than any left out of the window)...
+                    found.extend(
+                        g.dedupe_order
+                            .iter()
+                            .filter(|&&(_, seq)| seq >= from)
+                            .map(|&(hash, seq)| (seq, hash)),
+                    );
+                    // ...and those of the segments taken from summaries.
+                    for (&id, seg) in s.segments.range(g.index.first().map_or(0, |e| e.segment)..) {
+                        if let (Some(&at), Some(sg)) =
+                            (seg.hash_blocks.get(key), seg.groups.get(key))
+                        {
+                            if sg.last >= from {
+                                blocks.push((summary_path(&s.dir, id), at, sg.first, sg.last));
+                            }
+                        }
+                    }
+                }
+            }
+            drop(s);
+            if let Some(plan) = plan {
+                plan.walk(&key.0, &key.1, &mut |view| {
+                    let hash = self.inner.dedupe_hash(view.sender, view.client_msg_id);
+                    found.insert(view.seq, hash);
+                    Ok(true)
+                })?;
+            }
+            for (path, at, first, last) in blocks {
+                let Some(hashes) = summary::read_hashes(&path, at, last - first + 1) else {
+                    tracing::warn!(
+                        summary = %path.display(),
+                        "segment log: a summary's hash block is damaged; reading the records"
+                    );
+                    by_records = true;
+                    continue 'again;
+                };
+                for (seq, hash) in (first..=last).zip(hashes) {
+                    if seq >= from && seq <= head {
+                        found.insert(seq, hash);
+                    }
+                }
+            }
+            let mut s = shard.lock();
+            if let Some(g) = s.groups.get_mut(key) {
+                if !g.dedupe_ready && g.head == head {
+                    g.dedupe.clear();
+                    g.dedupe_order.clear();
+                    for (seq, hash) in found {
+                        g.dedupe.insert(hash, seq);
+                        g.dedupe_order.push_back((hash, seq));
+                    }
+                    g.dedupe_ready = true;
+                }
+            }
+            // Kept, or completed by another caller meanwhile: either way, look again.
+        }
     }
 
     /// Appends a message with the group's next seq, or finds the earlier append of the same
@@ -457,11 +606,11 @@ impl SegmentLog {
             )));
         }
         let hash = self.dedupe_hash(msg.sender, msg.client_msg_id);
-        let mut shard = self.shard(tenant, group).lock();
+        let key = (tenant.clone(), group.clone());
+        let mut shard = self.ready_shard(&key)?;
         if let Some(reason) = &shard.failed {
             return Err(StoreError::Io(format!("segment log failed: {reason}")));
         }
-        let key = (tenant.clone(), group.clone());
         if let Some(seq) =
             self.confirmed_duplicate(&shard, &key, hash, msg.sender, msg.client_msg_id)?
         {
@@ -534,8 +683,8 @@ impl SegmentLog {
         client_msg_id: &str,
     ) -> Result<Option<u64>, StoreError> {
         let hash = self.dedupe_hash(sender, client_msg_id);
-        let shard = self.shard(tenant, group).lock();
         let key = (tenant.clone(), group.clone());
+        let shard = self.ready_shard(&key)?;
         self.confirmed_duplicate(&shard, &key, hash, sender, client_msg_id)
     }
 
@@ -611,7 +760,7 @@ impl SegmentLog {
     pub fn flush(&self) -> Result<(), StoreError> {
         let _one = self.inner.flushing.lock();
         for shard in &self.inner.shards {
-            let (files, dir) = {
+            let files = {
                 let mut s = shard.lock();
                 if let Some(reason) = &s.failed {
                     return Err(StoreError::Io(format!("segment log failed: {reason}")));
@@ -624,8 +773,10 @@ impl SegmentLog {
                     files.push(active.file.clone());
                 }
                 let dir = std::mem::take(&mut s.dir_dirty).then(|| s.dir.clone());
-                (files, dir)
+                let summaries = std::mem::take(&mut s.summaries_due);
+                (files, dir, summaries, s.dir.clone())
             };
+            let (files, dir, summaries, shard_dir) = files;
             let synced = files
                 .iter()
                 .try_for_each(|f| f.sync_data().map_err(|e| io("fdatasync", e)))
@@ -633,6 +784,11 @@ impl SegmentLog {
             if let Err(e) = synced {
                 // What the failed sync covered may or may not be on disk: reopen to know.
                 return Err(shard.lock().fail(e));
+            }
+            // After the sealed segments' data: a summary never describes records that a
+            // crash could still take away.
+            for (id, bytes) in summaries {
+                write_summary(&shard_dir, id, &bytes);
             }
         }
         Ok(())
@@ -689,6 +845,9 @@ impl SegmentLog {
         if !retention.is_limited() {
             return Ok(report);
         }
+        // Not during a flush: it writes the summaries of segments it sealed, and one written
+        // after its segment's deletion would outlive it.
+        let _one = self.inner.flushing.lock();
         for shard in &self.inner.shards {
             let mut s = shard.lock();
             if s.failed.is_some() {
@@ -746,27 +905,51 @@ struct Noted {
 }
 
 impl Inner {
-    /// Opens shard `n`: reads every segment (truncating a torn or damaged tail), rebuilds
-    /// the groups, and makes sure there is an active segment.
+    /// The dedupe hash of `(sender, client_msg_id)`: stable for the log (summaries keep it).
+    fn dedupe_hash(&self, sender: &str, client_msg_id: &str) -> u64 {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.key.0, self.key.1);
+        h.write(&(sender.len() as u64).to_le_bytes());
+        h.write(sender.as_bytes());
+        h.write(client_msg_id.as_bytes());
+        h.finish()
+    }
+
+    /// Opens shard `n`: takes each sealed segment from its summary where the summary is
+    /// good, reads the others and the active one (truncating a torn or damaged tail, and
+    /// writing a sealed one's summary again), rebuilds the groups, and makes sure there is
+    /// an active segment.
     fn open_shard(&self, n: u16) -> Result<Shard, StoreError> {
         let dir = self.config.dir.join(format!("shard-{n:03}"));
         create_dir_private(&dir)?;
         let trimmed = read_trimmed(&dir)?;
         let mut ids = Vec::new();
+        let mut summaries = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| io("list shard", e))? {
             let name = entry.map_err(|e| io("list shard", e))?.file_name();
             let name = name.to_string_lossy();
-            if let Some(id) = name
-                .strip_suffix(".seg")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            let id = |suffix| {
+                name.strip_suffix(suffix)
+                    .and_then(|s| s.parse::<u64>().ok())
+            };
+            if let Some(id) = id(".seg") {
                 ids.push(id);
+            } else if let Some(id) = id(".idx") {
+                summaries.push(id);
             } else if name.ends_with(".tmp") {
                 // A `trimmed` file whose rename a crash prevented: the old one holds.
                 let _ = std::fs::remove_file(dir.join(&*name));
             }
         }
         ids.sort_unstable();
+        let newest = ids.last().copied();
+        for id in summaries {
+            // A summary of no segment (retention deletes the summary first, but a crash can
+            // leave one), or of the active segment (a seal whose next segment a crash lost):
+            // neither describes a sealed segment that is there.
+            if ids.binary_search(&id).is_err() || Some(id) == newest {
+                let _ = std::fs::remove_file(summary_path(&dir, id));
+            }
+        }
         let mut shard = Shard {
             dir: dir.clone(),
             segments: BTreeMap::new(),
@@ -774,9 +957,13 @@ impl Inner {
             pending: Vec::new(),
             unsynced: Vec::new(),
             dir_dirty: false,
+            summaries_due: Vec::new(),
             groups: HashMap::new(),
             trimmed,
             failed: None,
+            key_id: self.key_id,
+            #[cfg(test)]
+            scanned: Vec::new(),
         };
         for &id in &ids {
             let path = segment_path(&dir, id);
@@ -788,11 +975,19 @@ impl Inner {
                 id,
                 Segment {
                     file: Arc::new(file),
-                    len: 0,
+                    len: size,
                     groups: HashMap::new(),
+                    hashes: HashMap::new(),
+                    hash_blocks: HashMap::new(),
                 },
             );
             shard.active = id;
+            let sealed = Some(id) != newest;
+            if sealed && shard.load_summary(id, size) {
+                continue;
+            }
+            #[cfg(test)]
+            shard.scanned.push(id);
             let good = self.scan(&mut shard, id, size)?;
             if good < size {
                 let seg = shard
@@ -812,6 +1007,14 @@ impl Inner {
             }
             if let Some(seg) = shard.segments.get_mut(&id) {
                 seg.len = good;
+            }
+            if sealed {
+                if let Some(summary) = shard.summary(id) {
+                    write_summary(&dir, id, &summary::encode(&summary));
+                }
+                if let Some(seg) = shard.segments.get_mut(&id) {
+                    seg.hashes = HashMap::new();
+                }
             }
         }
         // Groups whose every message was trimmed keep their numbering.
@@ -852,17 +1055,10 @@ impl Inner {
                 break;
             };
             let key = (tenant, group);
-            let head = shard
-                .groups
-                .get(&key)
-                .map(|g| g.head)
-                .or_else(|| shard.trimmed.get(&key).copied())
-                .unwrap_or(0);
+            let head = shard.known_head(&key);
             // At or below the head: trimmed already (its segment's deletion was cut short).
             if view.seq > head {
-                let mut h = self.hasher.build_hasher();
-                sender.as_str().hash(&mut h);
-                view.client_msg_id.hash(&mut h);
+                let hash = self.dedupe_hash(sender.as_str(), view.client_msg_id);
                 shard.note(
                     &self.config,
                     key,
@@ -872,7 +1068,7 @@ impl Inner {
                         offset: pos,
                         len: len as u64,
                         sent_at_ms: view.sent_at_ms,
-                        hash: h.finish(),
+                        hash,
                     },
                 );
             }
@@ -907,6 +1103,8 @@ impl Shard {
                 file: Arc::new(file),
                 len: 0,
                 groups: HashMap::new(),
+                hashes: HashMap::new(),
+                hash_blocks: HashMap::new(),
             },
         );
         self.active = id;
@@ -921,7 +1119,123 @@ impl Shard {
         if let Some(seg) = self.segments.get(&self.active) {
             self.unsynced.push(seg.file.clone());
         }
+        if let Some(summary) = self.summary(self.active) {
+            self.summaries_due
+                .push((self.active, summary::encode(&summary)));
+        }
+        if let Some(seg) = self.segments.get_mut(&self.active) {
+            seg.hashes = HashMap::new();
+        }
         self.create_segment(self.active + 1)
+    }
+
+    /// The summary of segment `id`, sealed (or being sealed): its groups' records in it.
+    /// `None` if a group's records there do not run `first..=last` without a gap (a torn
+    /// older segment before it): such a segment is read at every open.
+    fn summary(&self, id: u64) -> Option<Summary> {
+        let seg = self.segments.get(&id)?;
+        let groups = seg
+            .groups
+            .iter()
+            .map(|(key, sg)| {
+                let hashes = seg.hashes.get(key).cloned().unwrap_or_default();
+                if hashes.len() as u64 != sg.last - sg.first + 1 {
+                    return None;
+                }
+                let (index, end) = self.groups.get(key).map_or((Vec::new(), 0), |g| {
+                    let lo = g.index.partition_point(|e| e.segment < id);
+                    let hi = g.index.partition_point(|e| e.segment <= id);
+                    let index = g.index[lo..hi].iter().map(|e| (e.seq, e.offset)).collect();
+                    // Nothing is written after a segment being sealed: its newest record
+                    // of the group is the group's newest.
+                    (index, if g.last_segment == id { g.last_end } else { 0 })
+                });
+                Some(GroupSummary {
+                    key: key.clone(),
+                    seg: *sg,
+                    end,
+                    index,
+                    hashes,
+                    hashes_at: 0,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Summary {
+            id,
+            len: seg.len,
+            key_id: self.key_id,
+            groups,
+        })
+    }
+
+    /// The group's head as the open has it so far (its trimmed seq before any record).
+    fn known_head(&self, key: &GroupKey) -> u64 {
+        self.groups
+            .get(key)
+            .map(|g| g.head)
+            .or_else(|| self.trimmed.get(key).copied())
+            .unwrap_or(0)
+    }
+
+    /// Takes sealed segment `id` (`size` bytes in its file) from its summary, if that is
+    /// good: whole, for this length, and continuing what the older segments left (a group
+    /// whose records there are all trimmed already is left out, as a scan would skip them).
+    /// `false` (nothing changed): the segment has to be read.
+    fn load_summary(&mut self, id: u64, size: u64) -> bool {
+        let Ok(file) = File::open(summary_path(&self.dir, id)) else {
+            return false;
+        };
+        let file_len = file.metadata().map_or(0, |m| m.len());
+        let Some(summary) = summary::read(&file, file_len)
+            .filter(|s| s.id == id && s.len == size && s.key_id == self.key_id)
+        else {
+            tracing::info!(
+                segment = id,
+                "segment log: summary not usable; reading the segment"
+            );
+            return false;
+        };
+        if summary.groups.iter().any(|g| {
+            let head = self.known_head(&g.key);
+            g.seg.first <= head && g.seg.last > head
+        }) {
+            return false;
+        }
+        let mut groups = HashMap::with_capacity(summary.groups.len());
+        let mut blocks = HashMap::with_capacity(summary.groups.len());
+        for gs in summary.groups {
+            if gs.seg.last <= self.known_head(&gs.key) {
+                continue;
+            }
+            let trimmed = self.trimmed.get(&gs.key).copied().unwrap_or(0);
+            let g = self
+                .groups
+                .entry(gs.key.clone())
+                .or_insert_with(|| GroupLog::new(trimmed));
+            if g.index.is_empty() {
+                g.first = gs.seg.first;
+            }
+            let last_entry = gs.index.last().map_or(gs.seg.first, |e| e.0);
+            g.index
+                .extend(gs.index.iter().map(|&(seq, offset)| IndexEntry {
+                    seq,
+                    segment: id,
+                    offset,
+                }));
+            g.since_index = u32::try_from(gs.seg.last - last_entry + 1).unwrap_or(u32::MAX);
+            g.head = gs.seg.last;
+            g.last_segment = id;
+            g.last_end = gs.end;
+            // The window is completed from the hash blocks when first needed.
+            g.dedupe_ready = false;
+            blocks.insert(gs.key.clone(), gs.hashes_at);
+            groups.insert(gs.key, gs.seg);
+        }
+        if let Some(seg) = self.segments.get_mut(&id) {
+            seg.groups = groups;
+            seg.hash_blocks = blocks;
+        }
+        true
     }
 
     /// Writes the buffered records at the end of the active segment (one `write`).
@@ -944,6 +1258,12 @@ impl Shard {
     /// Records a record's place in the group's state and the segment's summary.
     fn note(&mut self, config: &SegmentLogConfig, key: GroupKey, r: Noted) {
         if let Some(seg) = self.segments.get_mut(&r.segment) {
+            match seg.hashes.get_mut(&key) {
+                Some(h) => h.push(r.hash),
+                None => {
+                    seg.hashes.insert(key.clone(), vec![r.hash]);
+                }
+            }
             match seg.groups.get_mut(&key) {
                 Some(sg) => {
                     sg.last = r.seq;
@@ -1108,6 +1428,14 @@ impl Shard {
             let Some(seg) = self.segments.remove(id) else {
                 continue;
             };
+            // The summary first: a crash between the two leaves a segment that is read at
+            // open, never a summary without its segment (open deletes one anyway).
+            match std::fs::remove_file(summary_path(&self.dir, *id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("delete summary", e))
+                }
+                _ => {}
+            }
             std::fs::remove_file(segment_path(&self.dir, *id))
                 .map_err(|e| io("delete segment", e))?;
             report.segments_deleted += 1;
@@ -1120,6 +1448,61 @@ impl Shard {
             }
         }
         sync_dir(&self.dir)
+    }
+}
+
+/// The log's dedupe key from `<dir>/DEDUPE_KEY` (16 random bytes and their CRC32C), made
+/// on first use. A key that is missing or damaged is replaced: the summaries made with the
+/// old one are then not trusted (their key id differs) and their segments are read again.
+fn dedupe_key(dir: &Path) -> Result<(u64, u64), StoreError> {
+    let path = dir.join(KEY_FILE);
+    let split = |b: &[u8]| -> Option<(u64, u64)> {
+        let (key, crc) = b.split_at_checked(16)?;
+        if crc32c::crc32c(key).to_le_bytes() != crc {
+            return None;
+        }
+        Some((
+            u64::from_le_bytes(key[..8].try_into().ok()?),
+            u64::from_le_bytes(key[8..].try_into().ok()?),
+        ))
+    };
+    match std::fs::read(&path) {
+        Ok(b) => {
+            if let Some(key) = split(&b) {
+                return Ok(key);
+            }
+            tracing::warn!(file = %path.display(), "segment log: dedupe key damaged; making a new one");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read DEDUPE_KEY", e)),
+    }
+    let mut b = [0u8; 20];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b[..16])
+        .map_err(|_| StoreError::Io("segment log: no randomness for the dedupe key".into()))?;
+    let crc = crc32c::crc32c(&b[..16]);
+    b[16..].copy_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+    let file = private_file(OpenOptions::new().write(true).create(true).truncate(true))
+        .open(&tmp)
+        .map_err(|e| io("create DEDUPE_KEY", e))?;
+    file.write_all_at(&b, 0)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write DEDUPE_KEY", e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename DEDUPE_KEY", e))?;
+    sync_dir(dir)?;
+    split(&b).ok_or_else(|| corrupt("dedupe key"))
+}
+
+/// Writes a sealed segment's summary and syncs it. A failure costs only a read of the
+/// segment at the next open, so it is logged, not returned; a torn summary fails its CRC.
+fn write_summary(dir: &Path, id: u64, bytes: &[u8]) {
+    let path = summary_path(dir, id);
+    let written = private_file(OpenOptions::new().write(true).create(true).truncate(true))
+        .open(&path)
+        .and_then(|f| f.write_all_at(bytes, 0).and_then(|()| f.sync_data()));
+    if let Err(e) = written {
+        tracing::warn!(summary = %path.display(), error = %e, "segment log: summary not written");
+        let _ = std::fs::remove_file(&path);
     }
 }
 

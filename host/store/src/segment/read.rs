@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use switchboard_core::{GroupId, TenantId};
 
-use super::record::{self, corrupt, Parsed, PREFIX};
+use super::record::{self, corrupt, Parsed, View, PREFIX};
 use crate::{StoreError, StoredMessage};
 
 /// Bytes read from a file at once when scanning (records are usually far smaller).
@@ -100,6 +100,21 @@ impl Plan {
         group: &GroupId,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let mut out = Vec::with_capacity(self.limit.min(64));
+        self.walk(tenant, group, &mut |view| {
+            out.push(view.to_message()?);
+            Ok(out.len() < self.limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with each of the group's records in `from..=upto`, in order, until it
+    /// returns `false`.
+    pub(crate) fn walk(
+        &self,
+        tenant: &TenantId,
+        group: &GroupId,
+        f: &mut dyn FnMut(View<'_>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         'parts: for part in &self.parts {
             let mut reader =
                 SegmentReader::new(&part.file, part.written, &part.pending, self.max_record);
@@ -117,17 +132,14 @@ impl Plan {
                 if view.seq > self.upto {
                     break 'parts;
                 }
-                if view.seq >= self.from {
-                    out.push(view.to_message()?);
-                    if out.len() >= self.limit {
-                        break 'parts;
-                    }
+                if view.seq >= self.from && !f(view)? {
+                    break 'parts;
                 }
                 if view.seq >= part.last_seq {
                     continue 'parts;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
