@@ -120,20 +120,17 @@ pub(crate) async fn run(hub: Arc<Hub>, conn: Conn) {
         Ok(c) => c,
         Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
     };
-    let (outbox_tx, outbox_rx) =
-        crate::outbox::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
+    let outbox =
+        crate::outbox::Outbox::new(limits.outbox_frames as usize, limits.outbox_bytes as usize);
     let (session, welcome) =
-        match hub.open_session(claims, &hello, outbox_tx, Some(conn.remote_address())) {
+        match hub.open_session(claims, &hello, outbox, Some(conn.remote_address())) {
             Ok(s) => s,
             Err(e) => return refuse(&hub, &conn, ctl_send, e).await,
         };
     tracing::Span::current().record("session", session.id);
     info!(tenant = %session.tenant, user = %session.user, "session open");
 
-    let result = session_loop(
-        &hub, &conn, &session, welcome, ctl_send, ctl_recv, buf, outbox_rx,
-    )
-    .await;
+    let result = session_loop(&hub, &conn, &session, welcome, ctl_send, ctl_recv, buf).await;
     hub.close_session(&session);
     match result {
         Ok(()) => {
@@ -212,7 +209,6 @@ async fn session_loop(
     mut ctl_send: SendStream,
     mut ctl_recv: RecvStream,
     mut buf: BytesMut,
-    outbox_rx: crate::outbox::OutboxRx,
 ) -> Result<(), Fatal> {
     let limits = hub.limits().clone();
     let decode = DecodeLimits::from_limits(&limits);
@@ -234,9 +230,8 @@ async fn session_loop(
     }
 
     let planner = hub.push_planner(session.clone());
-    let push_task = tokio::spawn(
-        crate::push::run(conn.clone(), planner, outbox_rx).instrument(tracing::Span::current()),
-    );
+    let push_task =
+        tokio::spawn(crate::push::run(conn.clone(), planner).instrument(tracing::Span::current()));
     // Responses: one per request in flight plus a few control answers; acks never wait.
     let (resp_tx, resp_rx) = mpsc::channel(limits.max_inflight_sends as usize + 8);
     let ctl_task = tokio::spawn(control_writer(resp_rx, ctl_send));
