@@ -105,8 +105,9 @@ impl Push {
 /// fan-out: see `Session::push`.
 ///
 /// One structure and one wake per session, drained by the session's one push task
-/// (`push::run`): a queue allocates on its first push (most sessions never use some of their
-/// streams; four bounded channels allocated a block of slots each up front), and a batch of
+/// (`push::run`): a queue allocates on its first push and frees its memory when it empties
+/// (most sessions never use some of their streams, and an idle one holds no queue memory;
+/// four bounded channels allocated a block of slots each up front), and a batch of
 /// pushes to an idle session costs one wake however many streams it touches. A push wakes
 /// the task only when it makes its queue non-empty, no wake is pending and its stream has
 /// no write in flight: the task looks at every queue again when a write completes.
@@ -145,10 +146,6 @@ impl Queues {
 /// the caller decides (a delivery is recovered from the log, a notice is dropped).
 #[derive(Debug)]
 pub(crate) struct Full(pub(crate) Push);
-
-/// A queue that held more than this many slots is given its memory back once it empties (a
-/// burst must not pin its peak for the rest of the connection).
-const KEEP_SLOTS: usize = 32;
 
 impl Outbox {
     /// An empty outbox with room for `per_stream` pushes in each queue and `max_bytes` of
@@ -200,19 +197,28 @@ impl Outbox {
         self.state.lock().busy[stream.index()] = busy;
     }
 
-    /// Takes pushes queued on `stream` until about `budget` bytes are taken (at least one).
-    pub(crate) fn take(&self, stream: PushStream, out: &mut Vec<Push>, mut budget: usize) {
+    /// Takes the oldest push queued on `stream`. A queue that empties gives its memory back:
+    /// an idle session holds none, and a burst does not pin its peak for the rest of the
+    /// connection (the cost is one small allocation per batch of a busy session).
+    pub(crate) fn pop(&self, stream: PushStream) -> Option<Push> {
         let mut guard = self.state.lock();
         let q = &mut *guard;
         let lane = &mut q.lanes[stream.index()];
+        let p = lane.pop_front()?;
+        q.bytes -= p.len();
+        if lane.is_empty() {
+            *lane = VecDeque::new();
+        }
+        Some(p)
+    }
+
+    /// Takes pushes queued on `stream` until about `budget` bytes are taken (at least one).
+    #[cfg(any(test, feature = "local"))]
+    pub(crate) fn take(&self, stream: PushStream, out: &mut Vec<Push>, mut budget: usize) {
         while budget > 0 {
-            let Some(p) = lane.pop_front() else { break };
-            q.bytes -= p.len();
+            let Some(p) = self.pop(stream) else { break };
             budget = budget.saturating_sub(p.len().max(1));
             out.push(p);
-        }
-        if lane.is_empty() && lane.capacity() > KEEP_SLOTS {
-            *lane = VecDeque::new();
         }
     }
 
@@ -370,23 +376,26 @@ mod tests {
     }
 
     #[test]
-    fn queues_allocate_on_first_use_and_give_a_burst_back() {
+    fn queues_allocate_on_first_use_and_give_their_memory_back_when_empty() {
         let o = Outbox::new(1000, 1 << 20);
         let caps = |o: &Outbox| o.state.lock().lanes.each_ref().map(VecDeque::capacity);
-        assert_eq!(caps(&o), [0; 4], "an idle session holds no queue memory");
+        assert_eq!(caps(&o), [0; 4], "a new session holds no queue memory");
+        o.try_push(d("a", 1, Lane::High)).unwrap();
         for seq in 1..=200 {
             o.try_push(d("a", seq, Lane::Low)).unwrap();
         }
-        assert_eq!([0, 1, 3].map(|i| caps(&o)[i]), [0; 3]);
+        assert_eq!(
+            [1, 3].map(|i| caps(&o)[i]),
+            [0; 2],
+            "untouched queues stay empty"
+        );
         let mut out = Vec::new();
         o.take(PushStream::Low, &mut out, 100);
         assert!(caps(&o)[2] >= 190, "still holding the rest");
         take_all(&o, PushStream::Low);
-        assert_eq!(
-            caps(&o),
-            [0; 4],
-            "emptied after a burst: the memory is given back"
-        );
+        assert!(o.pop(PushStream::High).is_some());
+        assert_eq!(caps(&o), [0; 4], "an emptied queue gives its memory back");
+        assert_eq!(o.bytes(), 0);
     }
 
     #[test]

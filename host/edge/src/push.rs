@@ -232,14 +232,14 @@ pub(crate) async fn run(conn: Conn, mut planner: PushPlanner) -> Result<(), Push
         })
     });
     let mut writes: FuturesUnordered<Write> = FuturesUnordered::new();
-    let mut items = Vec::new();
     // The `Flags` first, alone.
     outbox.begin_scan();
     let mut first = lanes[PushStream::High.index()]
         .take()
         .expect("idle at start");
-    outbox.take(PushStream::High, &mut items, usize::MAX);
-    plan(&mut planner, &mut first, &mut items)?;
+    while let Some(item) = outbox.pop(PushStream::High) {
+        plan(&mut planner, &mut first, item)?;
+    }
     let (first, result) = write(conn.clone(), first).await;
     result?;
     finish(&planner, &mut lanes, first);
@@ -264,15 +264,15 @@ pub(crate) async fn run(conn: Conn, mut planner: PushPlanner) -> Result<(), Push
             {
                 planner.poll_nudges(&mut lane.out);
             }
-            // Until there is something to write or the queue is empty (everything taken may
-            // plan to nothing, e.g. copies already sent from the log): a push to an empty
-            // queue wakes the task, one to a non-empty queue relies on this.
-            while lane.out.is_empty() {
-                outbox.take(kind, &mut items, WRITE_BUDGET);
-                if items.is_empty() {
-                    break;
-                }
-                plan(&mut planner, &mut lane, &mut items)?;
+            // About `WRITE_BUDGET` bytes, and on until there is something to write or the
+            // queue is empty (what is taken may plan to nothing, e.g. copies already sent from
+            // the log): a push to an empty queue wakes the task, one to a non-empty queue
+            // relies on this. One item at a time, so no batch buffer outlives the turn.
+            let mut budget = WRITE_BUDGET;
+            while budget > 0 || lane.out.is_empty() {
+                let Some(item) = outbox.pop(kind) else { break };
+                budget = budget.saturating_sub(item.len().max(1));
+                plan(&mut planner, &mut lane, item)?;
             }
             if lane.out.is_empty() {
                 lane.tickets.clear();
@@ -313,22 +313,19 @@ pub(crate) async fn run(conn: Conn, mut planner: PushPlanner) -> Result<(), Push
     }
 }
 
-/// Plans `items` (taken from `lane`'s queue) into the lane's next write.
-fn plan(planner: &mut PushPlanner, lane: &mut Lane, items: &mut Vec<Push>) -> Result<(), PushEnd> {
-    for mut item in items.drain(..) {
-        if let Push::Deliver {
-            published_at, gate, ..
-        } = &mut item
-        {
-            lane.published.push(*published_at);
-            lane.tickets.extend(gate.take());
-        }
-        if let Err(e) = planner.plan(item, &mut lane.out) {
-            warn!(error = %e, "delivery planning failed");
-            return Err(PushEnd::Store(e));
-        }
+/// Plans `item` (taken from `lane`'s queue) into the lane's next write.
+fn plan(planner: &mut PushPlanner, lane: &mut Lane, mut item: Push) -> Result<(), PushEnd> {
+    if let Push::Deliver {
+        published_at, gate, ..
+    } = &mut item
+    {
+        lane.published.push(*published_at);
+        lane.tickets.extend(gate.take());
     }
-    Ok(())
+    planner.plan(item, &mut lane.out).map_err(|e| {
+        warn!(error = %e, "delivery planning failed");
+        PushEnd::Store(e)
+    })
 }
 
 /// Writes `lane`'s frames on its stream (opened on first use), then releases its gate tickets.
