@@ -22,7 +22,7 @@ use crate::transport::{Conn, RecvStream, SendStream};
 const LINGER: Duration = Duration::from_millis(500);
 /// Unexpected streams tolerated before the connection is closed as abusive.
 const MAX_UNEXPECTED_STREAMS: u32 = 64;
-/// Expected frames per write; only a capacity hint.
+/// Most answers the control writer takes per write.
 const MAX_WRITE_BATCH: usize = 64;
 
 /// Why a connection ended early: the code and text it is closed with.
@@ -388,7 +388,9 @@ async fn handle(
 /// Writes responses to the control stream, gathering whatever is queued into one write.
 async fn control_writer(mut rx: mpsc::Receiver<Bytes>, mut send: SendStream) {
     let send = send.quic();
-    let mut batch = Vec::with_capacity(64);
+    // Grown on first use (`recv_many` pushes): 64 slots up front were 2 KiB of every
+    // connection, most of which never answer more than a few requests at once.
+    let mut batch = Vec::new();
     while rx.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
         if send.write_all_chunks(&mut batch).await.is_err() {
             return;
