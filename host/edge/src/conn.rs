@@ -271,9 +271,12 @@ async fn session_loop(
     let planner = hub.push_planner(session.clone());
     let push_task =
         tokio::spawn(crate::push::run(conn.clone(), planner).instrument(tracing::Span::current()));
-    // Responses: one per request in flight plus a few control answers; acks never wait.
-    let (resp_tx, resp_rx) = mpsc::channel(limits.max_inflight_sends as usize + 8);
-    let ctl_task = tokio::spawn(control_writer(resp_rx, ctl_send));
+    let mut control = Control {
+        stream: Some(ctl_send),
+        writer: None,
+        // One per request in flight plus a few control answers; acks never wait.
+        bound: limits.max_inflight_sends as usize + 8,
+    };
     let extra_task = tokio::spawn(refuse_extra_streams(conn.clone()));
     let inflight = Arc::new(Semaphore::new(limits.max_inflight_sends as usize));
 
@@ -311,7 +314,7 @@ async fn session_loop(
             let reply = match wire::decode_client(&frame, &decode) {
                 // Boxed per request: inline, its state (1.1 KiB) was part of every idle
                 // connection's task.
-                Ok(f) => Box::pin(handle(hub, session, f, &resp_tx, &inflight)).await,
+                Ok(f) => Box::pin(handle(hub, session, f, control.sender(), &inflight)).await,
                 Err(e @ (WireError::UnknownFrameType(_) | WireError::UnexpectedFrame(_))) => {
                     hub.metrics()
                         .protocol_errors
@@ -323,7 +326,12 @@ async fn session_loop(
                 Err(e) => return Err(wire_fatal(e)),
             };
             if let Some(reply) = reply {
-                if resp_tx.send(wire::encode_server(&reply)).await.is_err() {
+                if control
+                    .sender()
+                    .send(wire::encode_server(&reply))
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -337,16 +345,52 @@ async fn session_loop(
         hub.metrics()
             .protocol_errors
             .fetch_add(1, Ordering::Relaxed);
-        let _ = resp_tx.try_send(wire::encode_server(&ServerFrame::Error(e.frame(0))));
+        let _ = control
+            .sender()
+            .try_send(wire::encode_server(&ServerFrame::Error(e.frame(0))));
     }
+    // Let the control writer flush the last answers (and a fatal error) and finish the stream
+    // before closing; a client that does not read them does not get to keep the task (or
+    // the connection).
+    control.sender();
+    let Some((resp_tx, mut ctl_task)) = control.writer.take() else {
+        unreachable!("started by sender()");
+    };
     drop(resp_tx);
-    // Let the control writer flush the last answers (and a fatal error) before closing; a
-    // client that does not read them does not get to keep the task (or the connection).
-    let mut ctl_task = ctl_task;
     if timeout(LINGER, &mut ctl_task).await.is_err() {
         ctl_task.abort();
     }
     result
+}
+
+/// A session's control stream after the `Welcome`: its answers go through a bounded queue to
+/// a writer task, both started by the first answer (most idle connections never send a
+/// request after `Hello`, and the queue's first block of slots and the task were ~2 KiB of
+/// each of them in the heap profile).
+struct Control {
+    /// The stream until the writer takes it.
+    stream: Option<SendStream>,
+    writer: Option<(mpsc::Sender<Bytes>, tokio::task::JoinHandle<()>)>,
+    /// Answers queued at most.
+    bound: usize,
+}
+
+impl Control {
+    /// The writer's queue, started on first use.
+    fn sender(&mut self) -> &mpsc::Sender<Bytes> {
+        let Self {
+            stream,
+            writer,
+            bound,
+        } = self;
+        &writer
+            .get_or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(*bound);
+                let stream = stream.take().expect("the writer takes the stream once");
+                (tx, tokio::spawn(control_writer(rx, stream)))
+            })
+            .0
+    }
 }
 
 /// Handles one request; returns the immediate answer, if any (acks come from the committer).
