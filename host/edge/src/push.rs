@@ -1,10 +1,11 @@
 //! The push path of one session: what goes on the wire next ([`PushPlanner`]), and the
-//! writers that put what the hub queued (`outbox.rs`) on the connection's push streams.
+//! session's push task (`run`) that puts what the hub queued (`outbox.rs`) on the
+//! connection's push streams, one write in flight per stream.
 //!
 //! Each [`PushStream`] is its own QUIC (or WebTransport) unidirectional stream with its own transport priority,
 //! opened on first use. quinn sends buffered data of a higher-priority stream before any of a
 //! lower one, and a stream blocked by flow control (a client that stopped reading bulk
-//! traffic) blocks only its own writer — so a big low-lane backlog never delays a high-lane
+//! traffic) blocks only its own stream's write — so a big low-lane backlog never delays a high-lane
 //! message or a feature-flag update.
 //!
 //! A group's messages may therefore travel on several streams. The planner keeps them
@@ -182,7 +183,7 @@ impl PushPlanner {
     }
 }
 
-/// Why the push writers stopped.
+/// Why the push task stopped.
 #[derive(Debug)]
 pub(crate) enum PushEnd {
     /// The client closed or reset a push stream, or the connection is gone.
