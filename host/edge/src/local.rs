@@ -11,14 +11,13 @@ use switchboard_wire::{Hello, ServerFrame};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::hub::{Hub, RequestError, SendRequest, Session};
-use crate::outbox::{self, OutboxRx, Push, PushStream};
+use crate::outbox::{Outbox, Push, PushStream};
 use crate::push::PushPlanner;
 
 /// One open session: its hub state, its push planner and outbox, and its response queue.
 pub struct LocalSession {
     session: Arc<Session>,
     planner: PushPlanner,
-    outbox: OutboxRx,
     responses_tx: mpsc::Sender<Bytes>,
     responses: mpsc::Receiver<Bytes>,
     inflight: Arc<Semaphore>,
@@ -40,15 +39,13 @@ impl LocalSession {
         hello: &Hello,
     ) -> Result<(Self, ServerFrame), RequestError> {
         let limits = hub.limits().clone();
-        let (tx, outbox) =
-            outbox::outbox(limits.outbox_frames as usize, limits.outbox_bytes as usize);
-        let (session, welcome) = hub.open_session(claims, hello, tx, None)?;
+        let outbox = Outbox::new(limits.outbox_frames as usize, limits.outbox_bytes as usize);
+        let (session, welcome) = hub.open_session(claims, hello, outbox, None)?;
         let (responses_tx, responses) = mpsc::channel(limits.max_inflight_sends as usize + 8);
         Ok((
             Self {
                 planner: hub.push_planner(session.clone()),
                 session,
-                outbox,
                 responses_tx,
                 responses,
                 inflight: Arc::new(Semaphore::new(limits.max_inflight_sends as usize)),
@@ -104,7 +101,7 @@ impl LocalSession {
                 if stream == PushStream::Normal {
                     self.planner.catch_up(&mut out)?;
                 }
-                self.outbox.take(stream, &mut items);
+                self.session.outbox.take(stream, &mut items, usize::MAX);
                 drained |= !items.is_empty();
                 for item in items.drain(..) {
                     self.planner.plan(item, &mut out)?;

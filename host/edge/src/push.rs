@@ -1,10 +1,11 @@
 //! The push path of one session: what goes on the wire next ([`PushPlanner`]), and the
-//! writers that put what the hub queued (`outbox.rs`) on the connection's push streams.
+//! session's push task (`run`) that puts what the hub queued (`outbox.rs`) on the
+//! connection's push streams, one write in flight per stream.
 //!
 //! Each [`PushStream`] is its own QUIC (or WebTransport) unidirectional stream with its own transport priority,
 //! opened on first use. quinn sends buffered data of a higher-priority stream before any of a
 //! lower one, and a stream blocked by flow control (a client that stopped reading bulk
-//! traffic) blocks only its own writer — so a big low-lane backlog never delays a high-lane
+//! traffic) blocks only its own stream's write — so a big low-lane backlog never delays a high-lane
 //! message or a feature-flag update.
 //!
 //! A group's messages may therefore travel on several streams. The planner keeps them
@@ -15,20 +16,19 @@
 //! order from `after_seq + 1`, holding one that overtook its predecessor until that arrives
 //! (protocol §9).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use switchboard_router::{self as router, LogError};
 use switchboard_wire as wire;
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::active_first::GateTicket;
 use crate::groups::Groups;
-use crate::outbox::{drain, OutboxRx, Push, PushStream};
+use crate::outbox::{Push, PushStream};
 use crate::state::{GroupState, Session, SubChange};
 use crate::transport::{self, Conn};
 
@@ -39,9 +39,9 @@ const WRITE_BUDGET: usize = 64 * 1024;
 pub use router::NUDGE_INTERVAL_MS;
 
 /// A session's [`router::SessionPlanner`] with the session's state it reads (subscription
-/// changes, the catch-up flag) and the log it reads through [`Groups`]. Shared by the session's
-/// writers (each takes the lock only to plan, never across a write); the transport only
-/// writes the frames it returns, on the stream of the writer that asked.
+/// changes, the catch-up flag) and the log it reads through [`Groups`]. Owned by the session's
+/// push task, which plans between writes, never across one; the transport only writes the
+/// frames it returns, on the stream it planned for.
 pub(crate) struct PushPlanner {
     groups: Arc<Groups>,
     session: Arc<Session>,
@@ -183,7 +183,7 @@ impl PushPlanner {
     }
 }
 
-/// Why the push writers stopped.
+/// Why the push task stopped.
 #[derive(Debug)]
 pub(crate) enum PushEnd {
     /// The client closed or reset a push stream, or the connection is gone.
@@ -192,183 +192,193 @@ pub(crate) enum PushEnd {
     Store(LogError),
 }
 
-/// Runs the session's push writers until its outbox is dropped (session closed) or one of
-/// them fails. Whatever the high queue holds at start (the session's `Flags`) is written
-/// before catch-up begins.
-pub(crate) async fn run(conn: Conn, planner: PushPlanner, rx: OutboxRx) -> Result<(), PushEnd> {
-    let session = planner.session.clone();
-    let planner = Mutex::new(planner);
-    let bytes = rx.bytes;
-    let [mut high, normal, low, notices] = rx.queues;
-    let mut first = Writer::new(&conn, PushStream::High, &planner, &bytes);
-    let mut items = Vec::new();
-    while let Ok(p) = high.try_recv() {
-        items.push(p);
-    }
-    first.plan_and_write(&mut items).await?;
-    let result = tokio::try_join!(
-        first.run(high, None),
-        Writer::new(&conn, PushStream::Normal, &planner, &bytes).run(normal, Some(&session)),
-        Writer::new(&conn, PushStream::Low, &planner, &bytes).run(low, None),
-        Writer::new(&conn, PushStream::Notices, &planner, &bytes).run(notices, None),
-    );
-    result.map(|_| ())
-}
-
-/// One push stream's writer.
-struct Writer<'a> {
-    conn: &'a Conn,
+/// One push stream's writing state, moved into its write while one is in flight.
+struct Lane {
     kind: PushStream,
-    planner: &'a Mutex<PushPlanner>,
-    groups: Arc<Groups>,
-    session: Arc<Session>,
-    queued_bytes: Arc<AtomicUsize>,
-    /// When each live delivery in the current write was published (latency metrics).
-    published: Vec<Instant>,
-    /// Gate tickets of the foreground copies in the current write, released after it.
-    tickets: Vec<GateTicket>,
     /// Opened on first write.
     stream: Option<transport::SendStream>,
+    /// Frames of the next (or current) write. Grown on first use: most connections never use
+    /// some of their streams, and 64-slot buffers up front were ~28 KiB of every idle one.
     out: Vec<Bytes>,
+    /// Gate tickets of the foreground copies in the write, released after it.
+    tickets: Vec<GateTicket>,
+    /// When each live delivery in the write was published (latency metrics).
+    published: Vec<Instant>,
 }
 
-impl<'a> Writer<'a> {
-    fn new(
-        conn: &'a Conn,
-        kind: PushStream,
-        planner: &'a Mutex<PushPlanner>,
-        queued_bytes: &Arc<AtomicUsize>,
-    ) -> Self {
-        let (groups, session) = {
-            let p = planner.lock();
-            (p.groups.clone(), p.session.clone())
-        };
-        Self {
-            conn,
-            kind,
-            planner,
-            groups,
-            session,
-            queued_bytes: queued_bytes.clone(),
-            published: Vec::new(),
-            tickets: Vec::new(),
-            stream: None,
-            // Grown on first use: most connections never use some of their streams, and
-            // 64-slot buffers up front were ~28 KiB of every idle connection.
-            out: Vec::new(),
-        }
-    }
+/// A lane's write in flight: the lane comes back with its result.
+type Write =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Lane, Result<(), PushEnd>)> + Send>>;
 
-    /// Serves `rx`; the writer given the session also does its catch-up (woken by it).
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Push>,
-        catch_up: Option<&Session>,
-    ) -> Result<(), PushEnd> {
-        let mut items = Vec::new();
-        loop {
-            if catch_up.is_some() {
+/// Runs the session's push streams until one of them fails (the connection ends the task
+/// otherwise). Whatever the high queue holds at start (the session's `Flags`) is written
+/// before catch-up begins.
+///
+/// One task per session, woken by its [`Outbox`](crate::outbox::Outbox): each turn it looks
+/// at every stream without a write in flight, plans what that stream's queue holds (plus
+/// catch-up on the normal stream and due nudges on the notices stream), and starts the
+/// stream's write. Writes run concurrently and are polled only when they make progress, so a
+/// stream blocked by flow control (a client that stopped reading bulk traffic) holds up only
+/// its own queue.
+pub(crate) async fn run(conn: Conn, mut planner: PushPlanner) -> Result<(), PushEnd> {
+    let session = planner.session.clone();
+    let outbox = &session.outbox;
+    let mut lanes: [Option<Lane>; 4] = PushStream::ALL.map(|kind| {
+        Some(Lane {
+            kind,
+            stream: None,
+            out: Vec::new(),
+            tickets: Vec::new(),
+            published: Vec::new(),
+        })
+    });
+    let mut writes: FuturesUnordered<Write> = FuturesUnordered::new();
+    // The `Flags` first, alone.
+    outbox.begin_scan();
+    let mut first = lanes[PushStream::High.index()]
+        .take()
+        .expect("idle at start");
+    while let Some(item) = outbox.pop(PushStream::High) {
+        plan(&mut planner, &mut first, item)?;
+    }
+    let (first, result) = write(conn.clone(), first).await;
+    result?;
+    finish(&planner, &mut lanes, first);
+    loop {
+        outbox.begin_scan();
+        for kind in PushStream::ALL {
+            let Some(mut lane) = lanes[kind.index()].take() else {
+                continue; // a write in flight; the task looks again when it completes
+            };
+            if kind == PushStream::Normal {
                 // Catch-up (after hello, a join, an overflow, a return to the foreground):
                 // one bounded batch per turn so live pushes keep flowing in between.
-                let more = self.planner.lock().catch_up(&mut self.out);
-                if let Err(e) = more {
+                if let Err(e) = planner.catch_up(&mut lane.out) {
                     warn!(error = %e, "catch-up failed");
                     return Err(PushEnd::Store(e));
                 }
             }
-            if self.out.is_empty() {
-                // The notices writer also wakes for the trailing edge of held nudges.
-                let nudge_due = match self.kind {
-                    PushStream::Notices => self.planner.lock().next_nudge_at(),
-                    _ => None,
-                };
-                let nudge_timer = async {
-                    match nudge_due {
-                        Some(at) => {
-                            let wait = at.saturating_sub(crate::clock::now_ms());
-                            tokio::time::sleep(std::time::Duration::from_millis(wait)).await
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
-                let woken = async {
-                    match catch_up {
-                        Some(session) => session.wake.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    p = rx.recv() => match p {
-                        Some(p) => items.push(p),
-                        None => return Ok(()),
-                    },
-                    _ = woken => {}
-                    _ = nudge_timer => self.planner.lock().poll_nudges(&mut self.out),
-                }
+            if kind == PushStream::Notices
+                && planner
+                    .next_nudge_at()
+                    .is_some_and(|at| at <= crate::clock::now_ms())
+            {
+                planner.poll_nudges(&mut lane.out);
             }
-            drain(&mut rx, &mut items, WRITE_BUDGET);
-            self.plan_and_write(&mut items).await?;
+            // About `WRITE_BUDGET` bytes, and on until there is something to write or the
+            // queue is empty (what is taken may plan to nothing, e.g. copies already sent from
+            // the log): a push to an empty queue wakes the task, one to a non-empty queue
+            // relies on this. One item at a time, so no batch buffer outlives the turn.
+            let mut budget = WRITE_BUDGET;
+            while budget > 0 || lane.out.is_empty() {
+                let Some(item) = outbox.pop(kind) else { break };
+                budget = budget.saturating_sub(item.len().max(1));
+                plan(&mut planner, &mut lane, item)?;
+            }
+            if lane.out.is_empty() {
+                lane.tickets.clear();
+                lanes[kind.index()] = Some(lane);
+            } else {
+                outbox.set_busy(kind, true);
+                writes.push(Box::pin(write(conn.clone(), lane)));
+            }
+        }
+        // What is more to do after catch-up's batch is written: look again at once.
+        let more_catch_up =
+            lanes[PushStream::Normal.index()].is_some() && session.catch_up.load(Ordering::Acquire);
+        if more_catch_up {
+            continue;
+        }
+        // The trailing edge of held nudges, when the notices stream is free to send them.
+        let nudge_due = lanes[PushStream::Notices.index()]
+            .as_ref()
+            .and_then(|_| planner.next_nudge_at());
+        let nudge_timer = async {
+            match nudge_due {
+                Some(at) => {
+                    let wait = at.saturating_sub(crate::clock::now_ms());
+                    tokio::time::sleep(std::time::Duration::from_millis(wait)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some((lane, result)) = writes.next(), if !writes.is_empty() => {
+                result?;
+                outbox.set_busy(lane.kind, false);
+                finish(&planner, &mut lanes, lane);
+            }
+            () = outbox.notified() => {}
+            () = nudge_timer => {}
         }
     }
+}
 
-    async fn plan_and_write(&mut self, items: &mut Vec<Push>) -> Result<(), PushEnd> {
-        if !items.is_empty() {
-            let taken: usize = items.iter().map(Push::len).sum();
-            self.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
-            let mut planner = self.planner.lock();
-            for mut item in items.drain(..) {
-                if let Push::Deliver {
-                    published_at, gate, ..
-                } = &mut item
-                {
-                    self.published.push(*published_at);
-                    self.tickets.extend(gate.take());
-                }
-                if let Err(e) = planner.plan(item, &mut self.out) {
-                    warn!(error = %e, "delivery planning failed");
-                    return Err(PushEnd::Store(e));
-                }
-            }
-        }
-        if self.out.is_empty() {
-            self.tickets.clear();
-            return Ok(());
-        }
-        if self.stream.is_none() {
-            let mut s = self.conn.open_uni().await.map_err(|_| PushEnd::Closed)?;
-            let _ = s.quic().set_priority(self.kind.priority());
-            self.stream = Some(s);
-        }
-        let stream = self.stream.as_mut().expect("opened above").quic();
-        if stream.write_all_chunks(&mut self.out).await.is_err() {
-            debug!(stream = self.kind.name(), "push stream closed");
-            return Err(PushEnd::Closed);
-        }
-        self.out.clear();
-        if self.tickets.iter().any(GateTicket::awaited) {
-            // Handed to QUIC and the connection driver woken (it runs next on this worker).
-            // Yield so it sends before the release can wake the phase-2 task: releasing right
-            // after the write let that wake run ahead of the driver, and a background packet
-            // went before the last foreground one in 4 of 15 runs of the crowd test
-            // (delivery_planning.rs); releasing before the write, 1 of 45; only the writer
-            // of a gate's last copies yielding, 2 of 15. Only for gates a background phase
-            // waits on: yielding on every write slowed fast readers of all-foreground groups
-            // enough to overflow their queues (messaging.rs, slow-consumer test, 6 of 10).
-            tokio::task::yield_now().await;
-        }
-        self.tickets.clear();
-        if !self.published.is_empty() {
-            // One clock read per write, not per message.
-            let now = Instant::now();
-            let m = self.groups.metrics();
-            let class = match self.session.presence() {
-                switchboard_core::PresenceState::Foreground => &m.latency_active,
-                switchboard_core::PresenceState::Background => &m.latency_background,
-            };
-            for at in self.published.drain(..) {
-                class.observe(now.saturating_duration_since(at));
-            }
-        }
-        Ok(())
+/// Plans `item` (taken from `lane`'s queue) into the lane's next write.
+fn plan(planner: &mut PushPlanner, lane: &mut Lane, mut item: Push) -> Result<(), PushEnd> {
+    if let Push::Deliver {
+        published_at, gate, ..
+    } = &mut item
+    {
+        lane.published.push(*published_at);
+        lane.tickets.extend(gate.take());
     }
+    planner.plan(item, &mut lane.out).map_err(|e| {
+        warn!(error = %e, "delivery planning failed");
+        PushEnd::Store(e)
+    })
+}
+
+/// Writes `lane`'s frames on its stream (opened on first use), then releases its gate tickets.
+async fn write(conn: Conn, mut lane: Lane) -> (Lane, Result<(), PushEnd>) {
+    if lane.out.is_empty() {
+        lane.tickets.clear();
+        return (lane, Ok(()));
+    }
+    if lane.stream.is_none() {
+        match conn.open_uni().await {
+            Ok(mut s) => {
+                let _ = s.quic().set_priority(lane.kind.priority());
+                lane.stream = Some(s);
+            }
+            Err(_) => return (lane, Err(PushEnd::Closed)),
+        }
+    }
+    let stream = lane.stream.as_mut().expect("opened above").quic();
+    if stream.write_all_chunks(&mut lane.out).await.is_err() {
+        debug!(stream = lane.kind.name(), "push stream closed");
+        return (lane, Err(PushEnd::Closed));
+    }
+    lane.out.clear();
+    if lane.tickets.iter().any(GateTicket::awaited) {
+        // Handed to QUIC and the connection driver woken (it runs next on this worker).
+        // Yield so it sends before the release can wake the phase-2 task: releasing right
+        // after the write let that wake run ahead of the driver, and a background packet
+        // went before the last foreground one in 4 of 15 runs of the crowd test
+        // (delivery_planning.rs); releasing before the write, 1 of 45; only the writer
+        // of a gate's last copies yielding, 2 of 15. Only for gates a background phase
+        // waits on: yielding on every write slowed fast readers of all-foreground groups
+        // enough to overflow their queues (messaging.rs, slow-consumer test, 6 of 10).
+        tokio::task::yield_now().await;
+    }
+    lane.tickets.clear();
+    (lane, Ok(()))
+}
+
+/// Records a finished write's latencies and puts its lane back, idle.
+fn finish(planner: &PushPlanner, lanes: &mut [Option<Lane>; 4], mut lane: Lane) {
+    if !lane.published.is_empty() {
+        // One clock read per write, not per message.
+        let now = Instant::now();
+        let m = planner.groups.metrics();
+        let class = match planner.session.presence() {
+            switchboard_core::PresenceState::Foreground => &m.latency_active,
+            switchboard_core::PresenceState::Background => &m.latency_background,
+        };
+        for at in lane.published.drain(..) {
+            class.observe(now.saturating_duration_since(at));
+        }
+    }
+    let i = lane.kind.index();
+    lanes[i] = Some(lane);
 }

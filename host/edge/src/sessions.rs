@@ -96,7 +96,6 @@ impl Sessions {
             remote,
             outbox,
             catch_up: AtomicBool::new(false),
-            wake: Notify::new(),
             sub_changes: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashSet::new()),
             presence: AtomicU8::new(match presence {

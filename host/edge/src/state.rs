@@ -9,10 +9,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use switchboard_core::{GroupId, PresenceState, TenantId, UserId};
 use switchboard_router::{self as router, GroupFanout};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Push};
+use crate::outbox::{Full, Outbox, Push};
 use crate::rates::SessionRates;
 
 /// What a user's co-members were last told of its presence: `None` when nothing (its arrival
@@ -41,7 +41,6 @@ pub struct Session {
     pub(crate) outbox: Outbox,
     /// Set when the writer must bring every group up to its durable head from the log.
     pub(crate) catch_up: AtomicBool,
-    pub(crate) wake: Notify,
     /// Pending subscription changes, the latest per group (so a client looping Join/Leave
     /// while its writer is blocked cannot grow this beyond its groups).
     pub(crate) sub_changes: Mutex<HashMap<GroupId, SubChange>>,
@@ -66,7 +65,7 @@ impl Session {
     pub(crate) fn push(&self, p: Push, metrics: &Metrics) {
         match self.outbox.try_push(p) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Push::Deliver { .. })) => {
+            Err(Full(Push::Deliver { .. })) => {
                 metrics.outbox_overflows.fetch_add(1, Ordering::Relaxed);
                 if !self.disconnect_when_slow {
                     self.request_catch_up();
@@ -77,11 +76,11 @@ impl Session {
                     self.evict.notify_one();
                 }
             }
-            Err(mpsc::error::TrySendError::Full(Push::Notice { .. })) => {
+            Err(Full(Push::Notice { .. })) => {
                 metrics.notices_dropped.fetch_add(1, Ordering::Relaxed);
             }
             // A lost nudge is a lost hint: the next one, or the return to the foreground, tells.
-            Err(_) => {}
+            Err(Full(Push::Nudge { .. })) => {}
         }
     }
 
@@ -92,7 +91,7 @@ impl Session {
 
     pub(crate) fn request_catch_up(&self) {
         self.catch_up.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.outbox.wake();
     }
 
     pub fn presence(&self) -> PresenceState {

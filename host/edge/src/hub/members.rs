@@ -65,7 +65,7 @@ impl Hub {
             .sub_changes
             .lock()
             .insert(g.id.clone(), SubChange::Unsubscribe(g.id.clone()));
-        session.wake.notify_one();
+        session.outbox.wake();
     }
 
     /// `Join`: adds the user to an open group (or confirms membership of a closed one) and
