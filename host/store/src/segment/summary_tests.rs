@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use switchboard_core::Lane;
-
+use super::tests::append;
 use super::*;
 use crate::test_ids::{g, t, u};
 
@@ -19,21 +18,6 @@ fn config(dir: &Path) -> SegmentLogConfig {
         .max_record_bytes(512)
         .index_interval(3)
         .dedupe_window(8)
-}
-
-fn append(log: &SegmentLog, group: &str, id: &str, sent_at_ms: u64, body: &[u8]) -> Appended {
-    log.append(
-        &t("acme"),
-        &g(group),
-        NewMessage {
-            sender: &u("ann"),
-            lane: Lane::Normal,
-            client_msg_id: id,
-            sent_at_ms,
-            body,
-        },
-    )
-    .unwrap()
 }
 
 /// 300 messages over five groups (uneven shares, bodies of 20 to 139 bytes), flushed now

@@ -12,7 +12,14 @@ fn config(dir: &Path) -> SegmentLogConfig {
     SegmentLogConfig::new(dir.join("log"))
 }
 
-fn append(log: &SegmentLog, group: &str, id: &str, sent_at_ms: u64, body: &[u8]) -> Appended {
+/// Appends one message of `ann` to `group` (tenant `acme`); also the summary tests'.
+pub(super) fn append(
+    log: &SegmentLog,
+    group: &str,
+    id: &str,
+    sent_at_ms: u64,
+    body: &[u8],
+) -> Appended {
     log.append(
         &t("acme"),
         &g(group),
