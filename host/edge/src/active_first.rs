@@ -189,59 +189,48 @@ mod tests {
         assert_eq!(t0.elapsed(), ms(50));
     }
 
+    /// A batch of `copies` foreground copies released one every `every` (and one more never
+    /// released, if `stuck`): whether its gate opened, and when the waiter returned.
+    async fn release_slowly(
+        copies: usize,
+        every: Duration,
+        stuck: bool,
+        bounds: GateBounds,
+    ) -> (bool, Duration) {
+        let (gate, publisher) = ForegroundGate::new();
+        let _stuck = stuck.then(|| gate.ticket());
+        let tickets: Vec<GateTicket> = (0..copies).map(|_| gate.ticket()).collect();
+        drop(publisher);
+        let t0 = Instant::now();
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move { (g.wait(bounds).await, t0.elapsed()) });
+        for t in tickets {
+            tokio::time::sleep(every).await;
+            drop(t);
+        }
+        waiter.await.unwrap()
+    }
+
     /// A busy machine: the foreground copies are written slowly, one every 30 ms for 1.5 s.
     /// The gate stays shut while they are written and opens with the last one; a fixed
     /// deadline from publish would have let the background go after 50 ms.
     #[tokio::test(start_paused = true)]
     async fn a_slow_foreground_phase_holds_the_background_until_it_is_done() {
-        let (gate, publisher) = ForegroundGate::new();
-        let tickets: Vec<GateTicket> = (0..50).map(|_| gate.ticket()).collect();
-        drop(publisher);
-        let t0 = Instant::now();
-        let g = gate.clone();
-        let waiter = tokio::spawn(async move { g.wait(BOUNDS).await });
-        for t in tickets {
-            tokio::time::sleep(ms(30)).await;
-            assert!(!waiter.is_finished(), "gave up at {:?}", t0.elapsed());
-            drop(t);
-        }
-        assert!(waiter.await.unwrap(), "opened by the last copy");
-        assert_eq!(t0.elapsed(), ms(1_500));
+        let got = release_slowly(50, ms(30), false, BOUNDS).await;
+        assert_eq!(got, (true, ms(1_500)), "opened by the last copy");
     }
 
     /// The same with one copy that is never written: the gate expires one stall after the
     /// last copy that was.
     #[tokio::test(start_paused = true)]
     async fn a_stuck_copy_in_a_slow_phase_delays_the_background_one_stall_past_the_others() {
-        let (gate, publisher) = ForegroundGate::new();
-        let _stuck = gate.ticket();
-        let tickets: Vec<GateTicket> = (0..20).map(|_| gate.ticket()).collect();
-        drop(publisher);
-        let t0 = Instant::now();
-        let g = gate.clone();
-        let waiter = tokio::spawn(async move { g.wait(BOUNDS).await });
-        for t in tickets {
-            tokio::time::sleep(ms(40)).await;
-            drop(t);
-        }
-        assert!(!waiter.await.unwrap());
-        assert_eq!(t0.elapsed(), ms(800 + 50));
+        let got = release_slowly(20, ms(40), true, BOUNDS).await;
+        assert_eq!(got, (false, ms(800 + 50)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn progress_never_holds_the_background_past_the_cap() {
-        let (gate, publisher) = ForegroundGate::new();
-        let _stuck = gate.ticket();
-        let tickets: Vec<GateTicket> = (0..100).map(|_| gate.ticket()).collect();
-        drop(publisher);
-        let t0 = Instant::now();
-        let g = gate.clone();
-        let bounds = GateBounds::from_millis(50, 300);
-        let waiter = tokio::spawn(async move { (g.wait(bounds).await, t0.elapsed()) });
-        for t in tickets {
-            tokio::time::sleep(ms(10)).await;
-            drop(t);
-        }
-        assert_eq!(waiter.await.unwrap(), (false, ms(300)));
+        let got = release_slowly(100, ms(10), true, GateBounds::from_millis(50, 300)).await;
+        assert_eq!(got, (false, ms(300)));
     }
 }
