@@ -43,7 +43,7 @@ pub use forward::MAX_FORWARDED_IN_FLIGHT;
 pub use keeper::{Action, Event, Keeper, KeeperConfig};
 pub use keeper_task::{KeeperHandle, KeeperTask};
 pub use lease::{Lease, ShardLeases};
-pub use log::{all_shards, JetStreamLog, JetStreamLogConfig};
+pub use log::{all_shards, BatchItem, JetStreamLog, JetStreamLogConfig, MAX_BATCH_MESSAGES};
 pub use members::Members;
 pub use news::{Committed, News, COMMITTED_QUEUE};
 pub use node::{ClusterConfig, ClusterNode};
