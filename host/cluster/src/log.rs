@@ -34,6 +34,17 @@
 //! until it takes it back, and a group's seqs come from one writer at a time, gapless. The
 //! price: one append in flight per shard (see ARCHITECTURE.md, "Cluster").
 //!
+//! # Batches
+//!
+//! [`JetStreamLog::append_batch`] sends a run of appends to one shard as JetStream atomic
+//! batches (ADR-50; streams are made with `allow_atomic`) of at most
+//! [`MAX_BATCH_MESSAGES`]: one acknowledgement per batch, the whole batch stored at
+//! consecutive stream seqs or nothing. The batch's first message names this writer's
+//! previous write to the shard, each group's first message in it the group's predecessor,
+//! so the fence above holds for batches too. A batch the server refuses as a batch (no
+//! atomic publish on an older stream, a `Nats-Msg-Id` its window holds) is sent again one
+//! append at a time.
+//!
 //! # Dedupe horizon
 //!
 //! A resend of `(sender, client_msg_id)` is found (1) in this writer's window of each group's

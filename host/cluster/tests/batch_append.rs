@@ -386,3 +386,33 @@ fn a_stream_without_atomic_publish_takes_the_batch_one_by_one() {
         .collect();
     assert_eq!(seen, want);
 }
+
+#[test]
+fn a_resend_only_the_servers_window_knows_is_answered_from_a_batch_too() {
+    let server = NatsServer::start();
+    // A small local window, so only the server's Nats-Msg-Id window knows older sends.
+    let config = server.log_config("resend").dedupe_window(3);
+    let first = support::take_all(JetStreamLog::connect(config.clone()).unwrap(), "first");
+    for i in 0..10 {
+        single(&first, "g", &format!("m{i}")).unwrap();
+    }
+    drop(first);
+    let next = support::take_all(JetStreamLog::connect(config).unwrap(), "next");
+    // The server refuses a batch holding a duplicate `Nats-Msg-Id` as a whole; the sends then
+    // go one by one and each gets its usual answer.
+    let outcomes = next
+        .append_batch(vec![item("g", "m0"), item("g", "new"), item("g", "m9")])
+        .unwrap();
+    let got: Vec<Appended> = outcomes.into_iter().map(|o| o.unwrap().0).collect();
+    assert_eq!(
+        got,
+        vec![
+            Appended::Duplicate { seq: 1 },
+            Appended::New { seq: 11 },
+            Appended::Duplicate { seq: 10 }
+        ]
+    );
+    let stored = bodies(&next, "g");
+    assert_eq!(stored.len(), 11);
+    assert_eq!(stored[10], (11, "new".to_string()));
+}
