@@ -1135,48 +1135,74 @@ impl Inner {
                 .or_default()
                 .push(i);
         }
+        // Shards in parallel (each stream takes its own batches; at most one batch per
+        // shard is in flight, as the shard's lock is held through it, so a node never has
+        // more than its shards' count in flight: under the server's 1,000), each shard's
+        // batches one after the other, in order.
+        let items = &items;
+        let shards = by_shard.into_iter().map(|(shard, indices)| async move {
+            let mut outcomes = Vec::with_capacity(indices.len());
+            for chunk in indices.chunks(MAX_BATCH_MESSAGES) {
+                let chunk_outcomes = self.append_chunk(shard, items, chunk).await;
+                outcomes.extend(chunk.iter().copied().zip(chunk_outcomes));
+            }
+            outcomes
+        });
         let mut results: Vec<Option<Result<(Appended, u64), ClusterError>>> =
             items.iter().map(|_| None).collect();
-        for (shard, indices) in by_shard {
-            for chunk in indices.chunks(MAX_BATCH_MESSAGES) {
-                let outcomes = match self.append_shard_batch(shard, &items, chunk).await {
-                    Ok(outcomes) => outcomes,
-                    Err(BatchFailure::OneByOne(detail)) => {
-                        // Nothing of the batch was stored: the sends go as single appends,
-                        // which give each its usual outcome.
-                        tracing::warn!(shard, %detail, "batch refused as a batch; appending one by one");
-                        let mut outcomes = Vec::with_capacity(chunk.len());
-                        for &i in chunk {
-                            let it = &items[i];
-                            outcomes.push(
-                                self.append(
-                                    &it.tenant,
-                                    &it.group,
-                                    &it.sender,
-                                    &it.client_msg_id,
-                                    it.lane,
-                                    it.sent_at_ms,
-                                    it.body.clone(),
-                                )
-                                .await,
-                            );
-                        }
-                        outcomes
-                    }
-                    Err(BatchFailure::Each(make)) => chunk
-                        .iter()
-                        .map(|&i| Err(make(&self.names.subject(&items[i].tenant, &items[i].group))))
-                        .collect(),
-                };
-                for (&i, outcome) in chunk.iter().zip(outcomes) {
-                    results[i] = Some(outcome);
-                }
-            }
+        for (i, outcome) in futures_util::future::join_all(shards)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            results[i] = Some(outcome);
         }
         results
             .into_iter()
             .map(|r| r.expect("every item is in one chunk"))
             .collect()
+    }
+
+    /// One chunk of a shard's run (at most [`MAX_BATCH_MESSAGES`]) as one atomic batch, or
+    /// one by one if the server refuses it as a batch: an outcome per index of `chunk`.
+    async fn append_chunk(
+        &self,
+        shard: u16,
+        items: &[BatchItem],
+        chunk: &[usize],
+    ) -> Vec<Result<(Appended, u64), ClusterError>> {
+        match self.append_shard_batch(shard, items, chunk).await {
+            Ok(outcomes) => outcomes,
+            Err(BatchFailure::OneByOne(detail)) => {
+                // Nothing of the batch was stored: the sends go as single appends, which
+                // give each its usual outcome.
+                tracing::warn!(shard, %detail, "batch refused as a batch; appending one by one");
+                let mut outcomes = Vec::with_capacity(chunk.len());
+                for &i in chunk {
+                    let it = &items[i];
+                    let outcome = self
+                        .append(
+                            &it.tenant,
+                            &it.group,
+                            &it.sender,
+                            &it.client_msg_id,
+                            it.lane,
+                            it.sent_at_ms,
+                            it.body.clone(),
+                        )
+                        .await;
+                    outcomes.push(outcome);
+                }
+                outcomes
+            }
+            Err(BatchFailure::Each(make)) => chunk
+                .iter()
+                .map(|&i| {
+                    let it = &items[i];
+                    Err(make(&self.names.subject(&it.tenant, &it.group)))
+                })
+                .collect(),
+        }
     }
 
     /// One atomic batch of appends to `shard` (`chunk` indexes `items`, at most

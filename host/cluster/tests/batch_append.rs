@@ -416,3 +416,44 @@ fn a_resend_only_the_servers_window_knows_is_answered_from_a_batch_too() {
     assert_eq!(stored.len(), 11);
     assert_eq!(stored[10], (11, "new".to_string()));
 }
+
+#[test]
+fn a_commit_batch_over_several_shards_is_one_atomic_batch_per_shard() {
+    let server = NatsServer::start();
+    let log = server.owner("shards", "solo");
+    // Groups in 4 different shards, 5 sends each, interleaved.
+    let mut shards = std::collections::BTreeSet::new();
+    let names: Vec<String> = (0..100_000)
+        .map(|i| format!("s{i}"))
+        .filter(|name| shards.insert(shard_of(&t("acme"), &g(name))))
+        .take(4)
+        .collect();
+    let items: Vec<BatchItem> = (0..20)
+        .map(|i| item(&names[i % 4], &format!("m{i}")))
+        .collect();
+    let outcomes = log.append_batch(items).unwrap();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert_eq!(
+            outcome.as_ref().unwrap().0,
+            Appended::New {
+                seq: (i / 4) as u64 + 1
+            },
+            "item {i}"
+        );
+    }
+    let reader = server.log("shards");
+    for (k, name) in names.iter().enumerate() {
+        let want: Vec<(u64, String)> = (0..5)
+            .map(|j| (j as u64 + 1, format!("m{}", j * 4 + k)))
+            .collect();
+        assert_eq!(bodies(&reader, name), want, "group {name}");
+        // Each shard's five went as one batch: consecutive stream seqs.
+        let seqs: Vec<u64> = outcomes
+            .iter()
+            .skip(k)
+            .step_by(4)
+            .map(|o| o.as_ref().unwrap().1)
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    }
+}
