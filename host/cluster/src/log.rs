@@ -44,8 +44,8 @@
 //! so the fence above holds for batches too. A batch the server refuses as a batch (no
 //! atomic publish on an older stream, a `Nats-Msg-Id` its window holds) is sent again one
 //! append at a time. The server pays a fixed cost per atomic batch (a few ms on a
-//! file-backed stream), so batches are worth it for long runs per shard only
-//! (docs/benchmarks.md, "Cluster").
+//! file-backed stream), so batches are worth it for long runs per shard only: a run shorter
+//! than `min_batch_messages` goes as single appends (docs/benchmarks.md, "Cluster").
 //!
 //! # Dedupe horizon
 //!
@@ -114,6 +114,11 @@ pub struct JetStreamLogConfig {
     pub max_cached_groups: usize,
     /// Worker threads of the log's runtime.
     pub workers: usize,
+    /// A shard's run in [`JetStreamLog::append_batch`] shorter than this goes as single
+    /// appends: nats-server stages every atomic batch of a file-backed stream in a store of
+    /// its own, a fixed cost (~3.5 ms against ~0.25 ms for one append here) that only a
+    /// long run repays (docs/benchmarks.md, "Cluster").
+    pub min_batch_messages: usize,
 }
 
 impl JetStreamLogConfig {
@@ -129,6 +134,7 @@ impl JetStreamLogConfig {
             call_timeout: Duration::from_secs(30),
             max_cached_groups: 100_000,
             workers: 2,
+            min_batch_messages: 16,
         }
     }
 
@@ -146,6 +152,10 @@ impl JetStreamLogConfig {
     }
     pub fn max_message_bytes(mut self, bytes: u32) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+    pub fn min_batch_messages(mut self, messages: usize) -> Self {
+        self.min_batch_messages = messages;
         self
     }
 }
@@ -364,7 +374,8 @@ impl JetStreamLog {
 
     /// Appends `items` in order, each shard's run of them as JetStream atomic batches
     /// (ADR-50) of at most [`MAX_BATCH_MESSAGES`]: one acknowledgement per batch instead of
-    /// one per message, and a batch is stored whole or not at all. The fence holds as for
+    /// one per message, and a batch is stored whole or not at all. A run (or its last part)
+    /// shorter than `min_batch_messages` goes as single appends instead. The fence holds as for
     /// [`JetStreamLog::append_message`]: a batch's first message names this writer's
     /// previous write to the shard, and each group's first message in it the group's
     /// predecessor, so a batch of a fenced-out writer stores nothing and each of its sends
@@ -1145,7 +1156,11 @@ impl Inner {
         let shards = by_shard.into_iter().map(|(shard, indices)| async move {
             let mut outcomes = Vec::with_capacity(indices.len());
             for chunk in indices.chunks(MAX_BATCH_MESSAGES) {
-                let chunk_outcomes = self.append_chunk(shard, items, chunk).await;
+                let chunk_outcomes = if chunk.len() < self.config.min_batch_messages {
+                    self.one_by_one(items, chunk).await
+                } else {
+                    self.append_chunk(shard, items, chunk).await
+                };
                 outcomes.extend(chunk.iter().copied().zip(chunk_outcomes));
             }
             outcomes
@@ -1179,23 +1194,7 @@ impl Inner {
                 // Nothing of the batch was stored: the sends go as single appends, which
                 // give each its usual outcome.
                 tracing::warn!(shard, %detail, "batch refused as a batch; appending one by one");
-                let mut outcomes = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    let it = &items[i];
-                    let outcome = self
-                        .append(
-                            &it.tenant,
-                            &it.group,
-                            &it.sender,
-                            &it.client_msg_id,
-                            it.lane,
-                            it.sent_at_ms,
-                            it.body.clone(),
-                        )
-                        .await;
-                    outcomes.push(outcome);
-                }
-                outcomes
+                self.one_by_one(items, chunk).await
             }
             Err(BatchFailure::Each(make)) => chunk
                 .iter()
@@ -1205,6 +1204,31 @@ impl Inner {
                 })
                 .collect(),
         }
+    }
+
+    /// `chunk`'s items as single appends, in order.
+    async fn one_by_one(
+        &self,
+        items: &[BatchItem],
+        chunk: &[usize],
+    ) -> Vec<Result<(Appended, u64), ClusterError>> {
+        let mut outcomes = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let it = &items[i];
+            let outcome = self
+                .append(
+                    &it.tenant,
+                    &it.group,
+                    &it.sender,
+                    &it.client_msg_id,
+                    it.lane,
+                    it.sent_at_ms,
+                    it.body.clone(),
+                )
+                .await;
+            outcomes.push(outcome);
+        }
+        outcomes
     }
 
     /// One atomic batch of appends to `shard` (`chunk` indexes `items`, at most

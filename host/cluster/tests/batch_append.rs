@@ -53,6 +53,13 @@ fn groups_of_one_shard(count: usize) -> (u16, Vec<String>) {
     (shard, names)
 }
 
+/// A writer that takes every shard and sends every run as an atomic batch, however short
+/// (the default sends runs shorter than 16 one at a time).
+fn owner(server: &NatsServer, prefix: &str, node: &str) -> JetStreamLog {
+    let config = server.log_config(prefix).min_batch_messages(1);
+    support::take_all(JetStreamLog::connect(config).unwrap(), node)
+}
+
 fn single(log: &JetStreamLog, group: &str, id: &str) -> Result<Appended, ClusterError> {
     log.append_message(
         &t("acme"),
@@ -153,7 +160,7 @@ impl Wire {
 fn a_commit_batch_across_groups_of_one_shard_is_one_atomic_batch_with_one_ack() {
     let server = NatsServer::start();
     let (shard, names) = groups_of_one_shard(3);
-    let log = server.owner("batch", "solo");
+    let log = owner(&server, "batch", "solo");
     let mut wire = Wire::watch(&server, log.names().stream_subjects(shard));
     // A message before the batch, so its group's predecessor is a real stream seq.
     assert_eq!(
@@ -226,13 +233,13 @@ fn a_commit_batch_across_groups_of_one_shard_is_one_atomic_batch_with_one_ack() 
 fn a_fenced_out_writers_batch_stores_nothing() {
     let server = NatsServer::start();
     let (shard, names) = groups_of_one_shard(2);
-    let old = server.owner("fenced", "old");
+    let old = owner(&server, "fenced", "old");
     assert_eq!(
         single(&old, &names[0], "a1").unwrap(),
         Appended::New { seq: 1 }
     );
     // A new owner takes the shard and appends; the old one still believes it owns it.
-    let new = server.owner("fenced", "new");
+    let new = owner(&server, "fenced", "new");
     assert_eq!(
         single(&new, &names[0], "b1").unwrap(),
         Appended::New { seq: 2 }
@@ -287,7 +294,7 @@ fn a_fenced_out_writers_batch_stores_nothing() {
 fn a_batch_past_the_servers_limit_is_split_and_every_part_stored_in_order() {
     let server = NatsServer::start();
     let (shard, names) = groups_of_one_shard(2);
-    let log = server.owner("split", "solo");
+    let log = owner(&server, "split", "solo");
     let mut wire = Wire::watch(&server, log.names().stream_subjects(shard));
     let n = MAX_BATCH_MESSAGES + MAX_BATCH_MESSAGES / 2;
     let items: Vec<BatchItem> = (0..n)
@@ -358,7 +365,7 @@ fn a_stream_without_atomic_publish_takes_the_batch_one_by_one() {
             .unwrap();
     });
     drop(probe);
-    let log = server.owner("plain", "solo");
+    let log = owner(&server, "plain", "solo");
     let items: Vec<BatchItem> = (0..4)
         .map(|i| item(&names[i % 2], &format!("m{i}")))
         .collect();
@@ -391,7 +398,10 @@ fn a_stream_without_atomic_publish_takes_the_batch_one_by_one() {
 fn a_resend_only_the_servers_window_knows_is_answered_from_a_batch_too() {
     let server = NatsServer::start();
     // A small local window, so only the server's Nats-Msg-Id window knows older sends.
-    let config = server.log_config("resend").dedupe_window(3);
+    let config = server
+        .log_config("resend")
+        .dedupe_window(3)
+        .min_batch_messages(1);
     let first = support::take_all(JetStreamLog::connect(config.clone()).unwrap(), "first");
     for i in 0..10 {
         single(&first, "g", &format!("m{i}")).unwrap();
@@ -420,7 +430,7 @@ fn a_resend_only_the_servers_window_knows_is_answered_from_a_batch_too() {
 #[test]
 fn a_commit_batch_over_several_shards_is_one_atomic_batch_per_shard() {
     let server = NatsServer::start();
-    let log = server.owner("shards", "solo");
+    let log = owner(&server, "shards", "solo");
     // Groups in 4 different shards, 5 sends each, interleaved.
     let mut shards = std::collections::BTreeSet::new();
     let names: Vec<String> = (0..100_000)
@@ -456,4 +466,29 @@ fn a_commit_batch_over_several_shards_is_one_atomic_batch_per_shard() {
             .collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     }
+}
+
+#[test]
+fn a_run_shorter_than_the_minimum_goes_one_at_a_time() {
+    let server = NatsServer::start();
+    let (shard, names) = groups_of_one_shard(2);
+    // The default minimum (16).
+    let log = server.owner("short", "solo");
+    let mut wire = Wire::watch(&server, log.names().stream_subjects(shard));
+    let items: Vec<BatchItem> = (0..15)
+        .map(|i| item(&names[i % 2], &format!("m{i}")))
+        .collect();
+    let outcomes = log.append_batch(items).unwrap();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert_eq!(
+            outcome.as_ref().unwrap().0,
+            Appended::New {
+                seq: (i / 2) as u64 + 1
+            }
+        );
+    }
+    // Every one asked for its own acknowledgement.
+    let seen = wire.until("m14");
+    let want: Vec<(String, bool)> = (0..15).map(|i| (format!("m{i}"), true)).collect();
+    assert_eq!(seen, want);
 }
