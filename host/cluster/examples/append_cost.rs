@@ -13,8 +13,8 @@
 //! shard (the shard-wide fence's chain), so that row shows what the fence costs a hot
 //! shard. One thread appends to one shard's 16 groups once more one at a time, and then in
 //! commit batches of 64 ([`JetStreamLog::append_batch`]: one atomic batch and one
-//! acknowledgement per 64), and in batches of 64 over 16 shards (16 atomic batches of 4 per
-//! commit batch). CPU is this process's plus the nats-server's (from `/proc`, in clock ticks of
+//! acknowledgement per 64), and in batches of 64 over 16 shards (runs of 4 per shard, below
+//! `min_batch_messages`: single appends, the shards in parallel). CPU is this process's plus the nats-server's (from `/proc`, in clock ticks of
 //! 10 ms), per append.
 
 use std::path::Path;
