@@ -1406,23 +1406,32 @@ impl Inner {
                 }));
             }
         }
+        // Maybe stored: the chain's end and the groups' tails are unknown, and so is every
+        // send of the batch not answered before it was sent.
         let unknown = |hold: &mut OwnedMutexGuard<ShardState>,
                        groups: &mut HashMap<_, OwnedMutexGuard<GroupState>>,
+                       outcomes: Vec<Option<Result<(Appended, u64), ClusterError>>>,
                        detail: String| {
-            // Maybe stored: the chain's end and the groups' tails are unknown.
             hold.hold.unknown();
             for state in groups.values_mut() {
                 state.loaded = false;
             }
-            BatchFailure::Each(Box::new(move |subject: &str| {
-                ClusterError::Unacknowledged {
-                    subject: subject.to_owned(),
-                    detail: detail.clone(),
-                }
-            }))
+            outcomes
+                .into_iter()
+                .enumerate()
+                .map(|(pos, o)| {
+                    o.unwrap_or_else(|| {
+                        let it = &items[chunk[pos]];
+                        Err(ClusterError::Unacknowledged {
+                            subject: self.names.subject(&it.tenant, &it.group),
+                            detail: detail.clone(),
+                        })
+                    })
+                })
+                .collect::<Vec<_>>()
         };
         let ack = match sent {
-            Err(detail) => return Err(unknown(&mut hold, &mut groups, detail)),
+            Err(detail) => return Ok(unknown(&mut hold, &mut groups, outcomes, detail)),
             Ok(None) => unreachable!("the last message of a non-empty batch is its commit"),
             Ok(Some(Ok(ack))) => ack,
             Ok(Some(Err(e))) => {
@@ -1449,7 +1458,7 @@ impl Inner {
                             .collect());
                     }
                     PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                        unknown(&mut hold, &mut groups, e.to_string())
+                        return Ok(unknown(&mut hold, &mut groups, outcomes, e.to_string()));
                     }
                     _ => BatchFailure::OneByOne(e.to_string()),
                 });
@@ -1461,7 +1470,7 @@ impl Inner {
                 "batch of {n} after stream seq {last} acknowledged at {} (duplicate: {})",
                 ack.sequence, ack.duplicate
             );
-            return Err(unknown(&mut hold, &mut groups, detail));
+            return Ok(unknown(&mut hold, &mut groups, outcomes, detail));
         }
         hold.hold.stored(ack.sequence);
         let window = self.config.dedupe_window;

@@ -492,3 +492,43 @@ fn a_run_shorter_than_the_minimum_goes_one_at_a_time() {
     let want: Vec<(String, bool)> = (0..15).map(|i| (format!("m{i}"), true)).collect();
     assert_eq!(seen, want);
 }
+
+#[test]
+fn a_batch_whose_ack_is_lost_is_unknown_except_what_was_answered_before() {
+    let server = NatsServer::start();
+    let config = switchboard_cluster::JetStreamLogConfig {
+        request_timeout: Duration::from_secs(1),
+        call_timeout: Duration::from_secs(20),
+        ..server.log_config("lost").min_batch_messages(1)
+    };
+    let log = support::take_all(JetStreamLog::connect(config).unwrap(), "solo");
+    let (shard, names) = groups_of_one_shard(2);
+    assert_eq!(
+        single(&log, &names[0], "before").unwrap(),
+        Appended::New { seq: 1 }
+    );
+    // Both groups loaded, so the batch's only IO is its publish.
+    assert_eq!(
+        LogBackend::head(&log, &t("acme"), &g(&names[1])).unwrap(),
+        0
+    );
+    drop(server);
+    let mut items: Vec<BatchItem> = (0..4)
+        .map(|i| item(&names[i % 2], &format!("m{i}")))
+        .collect();
+    items.push(item(&names[0], "before"));
+    let outcomes = log.append_batch(items).unwrap();
+    for outcome in &outcomes[..4] {
+        let err = outcome.as_ref().unwrap_err();
+        assert!(!matches!(err, ClusterError::Fenced { .. }), "{err:?}");
+        assert!(err.outcome_unknown(), "{err:?}");
+    }
+    // Answered from the writer's window before anything was sent.
+    assert_eq!(
+        outcomes[4].as_ref().unwrap(),
+        &(Appended::Duplicate { seq: 1 }, 0)
+    );
+    // The shard is not given up: the next append retakes it (here it fails, the server
+    // is gone), it is not refused as fenced.
+    assert!(!log.is_fenced(shard));
+}
