@@ -11,14 +11,18 @@
 //! group each, as the node's per-group locks allow). JetStream's 16 groups are in 16
 //! different shards, and once more all in one shard: a writer has one append in flight per
 //! shard (the shard-wide fence's chain), so that row shows what the fence costs a hot
-//! shard. CPU is this process's plus the nats-server's (from `/proc`, in clock ticks of
+//! shard. One thread appends to one shard's 16 groups once more one at a time, and then in
+//! commit batches of 64 ([`JetStreamLog::append_batch`]: one atomic batch and one
+//! acknowledgement per 64), and in batches of 64 over 16 shards (runs of 4 per shard, below
+//! `min_batch_messages`: single appends, the shards in parallel). CPU is this process's plus the nats-server's (from `/proc`, in clock ticks of
 //! 10 ms), per append.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchboard_cluster::{JetStreamLog, JetStreamLogConfig};
+use bytes::Bytes;
+use switchboard_cluster::{BatchItem, JetStreamLog, JetStreamLogConfig};
 use switchboard_core::{GroupId, Lane, TenantId, UserId};
 use switchboard_store::{
     LogBackend, MessageLog, NewMessage, NodeStore, SegmentLogConfig, SledStore, Store,
@@ -166,15 +170,20 @@ fn segment(messages: usize, batch: usize, body: &[u8], dir: &Path) -> (f64, f64)
 }
 
 /// (appends/s, CPU µs per append of this process, of the server) for JetStream from
-/// `threads` threads.
+/// `threads` threads, each append on its own (`batch` 1) or in `append_batch` calls of
+/// `batch` (one thread).
 fn jetstream(
     server: &Server,
     messages: usize,
     threads: usize,
     one_shard: bool,
+    batch: usize,
     body: &[u8],
 ) -> (f64, f64, f64) {
-    let prefix = format!("bench{threads}{}", if one_shard { "one" } else { "" });
+    let prefix = format!(
+        "bench{threads}{}b{batch}",
+        if one_shard { "one" } else { "" }
+    );
     let log = JetStreamLog::connect(JetStreamLogConfig::new(&server.url, prefix).replicas(1))
         .expect("connect");
     let (tenant, _, sender) = ids();
@@ -192,10 +201,34 @@ fn jetstream(
             .expect("warm-up append");
     }
     let (cpu, server_cpu, wall) = (cpu_s("self"), server.cpu_s(), Instant::now());
+    if batch > 1 {
+        let ids: Vec<String> = (0..messages).map(|i| format!("m{i}")).collect();
+        for (c, chunk) in ids.chunks(batch).enumerate() {
+            let items = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, id)| BatchItem {
+                    tenant: tenant.clone(),
+                    group: groups[(c * batch + k) % GROUPS].clone(),
+                    sender: sender.clone(),
+                    client_msg_id: id.clone(),
+                    lane: Lane::Normal,
+                    sent_at_ms: 1,
+                    body: Bytes::copy_from_slice(body),
+                })
+                .collect();
+            for outcome in log.append_batch(items).expect("append a batch") {
+                outcome.expect("append");
+            }
+        }
+    }
     std::thread::scope(|s| {
         for t in 0..threads {
             let (log, tenant, groups, sender) = (&log, &tenant, &groups, &sender);
             s.spawn(move || {
+                if batch > 1 {
+                    return;
+                }
                 for i in (t..messages).step_by(threads) {
                     let id = format!("m{i}");
                     let group = &groups[if threads == 1 { i % GROUPS } else { t % GROUPS }];
@@ -234,19 +267,31 @@ fn main() {
         } else {
             "default 2 min"
         };
-        for (threads, one_shard) in [(1, false), (16, false), (16, true)] {
-            if sync_always && one_shard {
+        for (threads, one_shard, batch) in [
+            (1, false, 1),
+            (16, false, 1),
+            (16, true, 1),
+            (1, true, 1),
+            (1, true, 64),
+            (1, false, 64),
+        ] {
+            if sync_always && one_shard && threads > 1 {
                 continue;
             }
             let n = if sync_always { messages / 4 } else { messages };
-            let (rate, client, server) = jetstream(&server, n, threads, one_shard, &body);
+            let (rate, client, server) = jetstream(&server, n, threads, one_shard, batch, &body);
             let groups = if one_shard {
                 "groups in one shard"
             } else {
                 "groups in 16 shards"
             };
+            let how = if batch > 1 {
+                format!(", batches of {batch}")
+            } else {
+                String::new()
+            };
             println!(
-                "| JetStream R1, sync_interval {sync}, {threads} thread(s), {groups} | {rate:.0} | {:.1} ({client:.1} + {server:.1}) |",
+                "| JetStream R1, sync_interval {sync}, {threads} thread(s){how}, {groups} | {rate:.0} | {:.1} ({client:.1} + {server:.1}) |",
                 client + server
             );
         }

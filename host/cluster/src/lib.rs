@@ -3,7 +3,8 @@
 //! Built so far: [`JetStreamLog`], group messages in JetStream behind the store's
 //! [`LogBackend`](switchboard_store::LogBackend) seam (one stream per virtual shard, a
 //! subject per group, every append naming its group's predecessor and the writer's previous write to
-//! the shard, so a writer that lost its shard is fenced from all of it), [`names`] (shards, streams, subjects, the id encoding), [`ownership`] (the
+//! the shard, so a writer that lost its shard is fenced from all of it; a run of appends to a
+//! shard goes as atomic batches, one acknowledgement each: [`JetStreamLog::append_batch`]), [`names`] (shards, streams, subjects, the id encoding), [`ownership`] (the
 //! preferred owner of a shard by rendezvous hashing), [`lease`] (shard leases in a KV
 //! bucket), [`keeper`] (which leases a node holds, renews and gives up, without IO) and
 //! [`KeeperTask`] (its tokio driver), [`ClusterNode`] (a node's cluster part: heartbeats,
@@ -43,7 +44,7 @@ pub use forward::MAX_FORWARDED_IN_FLIGHT;
 pub use keeper::{Action, Event, Keeper, KeeperConfig};
 pub use keeper_task::{KeeperHandle, KeeperTask};
 pub use lease::{Lease, ShardLeases};
-pub use log::{all_shards, JetStreamLog, JetStreamLogConfig};
+pub use log::{all_shards, BatchItem, JetStreamLog, JetStreamLogConfig, MAX_BATCH_MESSAGES};
 pub use members::Members;
 pub use news::{Committed, News, COMMITTED_QUEUE};
 pub use node::{ClusterConfig, ClusterNode};
