@@ -268,6 +268,11 @@ async fn session_loop(
             .map_err(|e| internal(&e))?;
     }
 
+    // The hello's 1 KiB read buffer would stay with every idle session (its frame was split
+    // off, the allocation was not): requests read into a buffer that grows when one comes.
+    if buf.is_empty() {
+        buf = BytesMut::new();
+    }
     let planner = hub.push_planner(session.clone());
     let push_task =
         tokio::spawn(crate::push::run(conn.clone(), planner).instrument(tracing::Span::current()));
