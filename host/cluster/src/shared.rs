@@ -62,6 +62,13 @@ pub const MAX_RECORD_BYTES: i32 = 1 << 20;
 /// Largest plugin the object store hands a node (the node's own upload limit is lower).
 pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
+/// Longest the mirror waits for one plugin's bytes from the object store. A version whose
+/// upload was refused is deleted (key, then object) while other nodes may be reading it, and
+/// a read of chunks that were purged under it waits forever: the mirror would stop there and
+/// apply nothing after it. Past this the version is not applied on this node (logged, as a
+/// mismatch is).
+pub const PLUGIN_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Most compare-and-swap rounds of one binding update before it gives up (each lost round
 /// means another node changed the binding in between).
 pub const MAX_CAS_ATTEMPTS: usize = 16;
@@ -828,17 +835,28 @@ impl Mirror {
             ));
         }
         let name = object_name(tenant, version);
-        let object = self
-            .objects
-            .get(name.as_str())
+        let read = async {
+            let object = self
+                .objects
+                .get(name.as_str())
+                .await
+                .map_err(|e| format!("plugin {version}: {e}"))?;
+            let mut bytes = Vec::with_capacity(meta.size as usize);
+            object
+                .take(meta.size + 1)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| format!("plugin {version}: {e}"))?;
+            Ok::<_, String>(bytes)
+        };
+        let bytes = tokio::time::timeout(PLUGIN_FETCH_TIMEOUT, read)
             .await
-            .map_err(|e| format!("plugin {version}: {e}"))?;
-        let mut bytes = Vec::with_capacity(meta.size as usize);
-        object
-            .take(meta.size + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| format!("plugin {version}: {e}"))?;
+            .map_err(|_| {
+                format!(
+                    "plugin {version}: its bytes did not arrive within {PLUGIN_FETCH_TIMEOUT:?} \
+                     (deleted while read?)"
+                )
+            })??;
         let hash = hex(&Sha256::digest(&bytes));
         if bytes.len() as u64 != meta.size || hash != version {
             return Err(format!(
