@@ -12,23 +12,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use switchboard_cluster::names::shard_of;
 use switchboard_cluster::{BatchItem, ClusterError, JetStreamLog, MAX_BATCH_MESSAGES};
-use switchboard_core::{GroupId, Lane, TenantId, UserId};
+use switchboard_core::Lane;
 use switchboard_store::{Appended, LogBackend, NewMessage};
 
-use support::NatsServer;
+use support::{g, t, u, NatsServer};
 
 /// A generous bound for a message to reach the test's subscriber (2 shared cores).
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn t(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-fn g(s: &str) -> GroupId {
-    GroupId::new(s).unwrap()
-}
-fn u(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
 
 fn item(group: &str, id: &str) -> BatchItem {
     BatchItem {

@@ -7,20 +7,10 @@ use std::time::Duration;
 
 use switchboard_cluster::names::shard_of;
 use switchboard_cluster::{ClusterError, JetStreamLog};
-use switchboard_core::{GroupId, Lane, TenantId, UserId};
+use switchboard_core::{Lane, UserId};
 use switchboard_store::{Appended, LogBackend, NewMessage, StoreError};
 
-use support::{take_all, NatsServer};
-
-fn t(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-fn g(s: &str) -> GroupId {
-    GroupId::new(s).unwrap()
-}
-fn u(s: &str) -> UserId {
-    UserId::new(s).unwrap()
-}
+use support::{g, t, take_all, u, NatsServer};
 
 fn msg<'a>(sender: &'a UserId, id: &'a str, body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {

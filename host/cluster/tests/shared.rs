@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use support::NatsServer;
+use support::{g, t, u, NatsServer};
 use switchboard_cluster::SharedStore;
-use switchboard_core::{GroupId, TenantId, UserId};
+use switchboard_core::TenantId;
 use switchboard_store::{
     ApiKeyRecord, ConfigStore, DirectoryBackend, FlagRule, GroupMeta, PluginVersion, SledStore,
     SledStoreConfig, Store, StoreError, TenantQuotas, TenantRecord, VersionConfig,
@@ -43,16 +43,6 @@ fn caught_up(a: &Node, b: &Node) {
         assert!(start.elapsed() < PATIENCE, "mirror did not catch up");
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-fn t(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-fn g(s: &str) -> GroupId {
-    GroupId::new(s).unwrap()
-}
-fn u(s: &str) -> UserId {
-    UserId::new(s).unwrap()
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchboard_cluster::{all_shards, JetStreamLog, JetStreamLogConfig};
+use switchboard_core::{GroupId, TenantId, UserId};
 
 pub const NATS_SERVER_ENV: &str = "SWITCHBOARD_NATS_SERVER";
 
@@ -127,4 +128,15 @@ pub fn take_all(log: JetStreamLog, node: &str) -> JetStreamLog {
     log.take_shards(all_shards(), node, 1)
         .expect("take every shard");
     log
+}
+
+/// Ids for the tests (valid by construction).
+pub fn t(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+pub fn g(s: &str) -> GroupId {
+    GroupId::new(s).unwrap()
+}
+pub fn u(s: &str) -> UserId {
+    UserId::new(s).unwrap()
 }
