@@ -195,11 +195,19 @@ fn clock_ticks() -> u64 {
 
 fn free_port() -> Result<u16> {
     // TCP and UDP ports are separate; Switchboard needs UDP, the others TCP. A port free for
-    // both is free for either.
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = tcp.local_addr()?.port();
-    std::net::UdpSocket::bind(("127.0.0.1", port))?;
-    Ok(port)
+    // both is free for either. The kernel picks a free TCP port; the same number may be
+    // taken for UDP (a client socket of an earlier run: "Address already in use" ended an
+    // idle run once), so try another.
+    let mut last = None;
+    for _ in 0..32 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        match std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            Ok(_) => return Ok(port),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried at least once").into())
 }
 
 fn spawn(dir: &Path, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<Child> {
