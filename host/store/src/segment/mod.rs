@@ -84,13 +84,18 @@
 //! range starts at the group's first retained seq ([`SegmentLog::first_seq`]).
 
 mod files;
+mod open;
 mod read;
 mod record;
+mod retention;
 mod summary;
 #[cfg(test)]
 mod summary_tests;
 #[cfg(test)]
 mod tests;
+
+use retention::read_trimmed;
+pub use retention::{Retention, RetentionLimits, RetentionReport, RetentionStatus};
 
 use files::{create_dir_private, io, lock_exclusive, private_file, segment_path, sync_dir};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -197,76 +202,6 @@ impl SegmentLogConfig {
         }
         Ok(())
     }
-}
-
-/// Limits of one group's log; a message goes (with its whole segment) once it is past any
-/// of them. `None`: no limit of that kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionLimits {
-    /// Messages sent longer ago than this (by `sent_at_ms`).
-    pub max_age_ms: Option<u64>,
-    /// Messages older than the group's newest this many.
-    pub max_messages: Option<u64>,
-    /// Messages older than the group's newest this many bytes (record sizes).
-    pub max_bytes: Option<u64>,
-}
-
-impl RetentionLimits {
-    /// `self`'s limits, with `fallback`'s where `self` has none.
-    fn or(self, fallback: RetentionLimits) -> RetentionLimits {
-        RetentionLimits {
-            max_age_ms: self.max_age_ms.or(fallback.max_age_ms),
-            max_messages: self.max_messages.or(fallback.max_messages),
-            max_bytes: self.max_bytes.or(fallback.max_bytes),
-        }
-    }
-}
-
-/// Retention limits: a group's own, else its tenant's, else the default, field by field.
-#[derive(Debug, Clone, Default)]
-pub struct Retention {
-    pub default: RetentionLimits,
-    pub tenants: HashMap<TenantId, RetentionLimits>,
-    pub groups: HashMap<(TenantId, GroupId), RetentionLimits>,
-}
-
-impl Retention {
-    /// The limits that apply to a group.
-    pub fn limits(&self, tenant: &TenantId, group: &GroupId) -> RetentionLimits {
-        let tenant_limits = self.tenants.get(tenant).copied().unwrap_or_default();
-        let group_limits = self
-            .groups
-            .get(&(tenant.clone(), group.clone()))
-            .copied()
-            .unwrap_or_default();
-        group_limits.or(tenant_limits.or(self.default))
-    }
-
-    /// Whether any limit is set (else retention never deletes anything).
-    pub fn is_limited(&self) -> bool {
-        let none = RetentionLimits::default();
-        self.default != none
-            || self.tenants.values().any(|l| *l != none)
-            || self.groups.values().any(|l| *l != none)
-    }
-}
-
-/// What a retention pass deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RetentionReport {
-    pub segments_deleted: usize,
-    pub bytes_deleted: u64,
-}
-
-/// Retention as a store reports it ([`crate::Store::retention`]): the limits in force and
-/// what the retained messages take on disk now.
-#[derive(Debug, Clone, Default)]
-pub struct RetentionStatus {
-    pub limits: Retention,
-    /// Bytes of segment files, buffered appends included.
-    pub bytes: u64,
-    /// Segment files, the active ones included.
-    pub segments: usize,
 }
 
 type GroupKey = (TenantId, GroupId);
@@ -836,51 +771,6 @@ impl SegmentLog {
         Ok(reopened)
     }
 
-    /// Deletes the sealed segments, oldest first, whose every group's records are past that
-    /// group's retention limits at `now_ms` (see the module docs). Blocking (it syncs the
-    /// `trimmed` file and deletes files).
-    pub fn enforce_retention(&self, now_ms: u64) -> Result<RetentionReport, StoreError> {
-        let retention = &self.inner.config.retention;
-        let mut report = RetentionReport::default();
-        if !retention.is_limited() {
-            return Ok(report);
-        }
-        // Not during a flush: it writes the summaries of segments it sealed, and one written
-        // after its segment's deletion would outlive it.
-        let _one = self.inner.flushing.lock();
-        for shard in &self.inner.shards {
-            let mut s = shard.lock();
-            if s.failed.is_some() {
-                continue;
-            }
-            let doomed = s.expired_segments(retention, now_ms);
-            if doomed.is_empty() {
-                continue;
-            }
-            if let Err(e) = s.trim(&doomed, &mut report) {
-                return Err(s.fail(e));
-            }
-        }
-        if report.segments_deleted > 0 {
-            tracing::info!(
-                segments = report.segments_deleted,
-                bytes = report.bytes_deleted,
-                "retention deleted segments"
-            );
-        }
-        Ok(report)
-    }
-
-    /// The retention limits and the log's size now.
-    pub fn retention_status(&self) -> RetentionStatus {
-        let (bytes, segments) = self.disk_usage();
-        RetentionStatus {
-            limits: self.inner.config.retention.clone(),
-            bytes,
-            segments,
-        }
-    }
-
     /// Bytes of segment files on disk, and how many there are.
     pub fn disk_usage(&self) -> (u64, usize) {
         let mut bytes = 0;
@@ -912,169 +802,6 @@ impl Inner {
         h.write(sender.as_bytes());
         h.write(client_msg_id.as_bytes());
         h.finish()
-    }
-
-    /// Opens shard `n`: takes each sealed segment from its summary where the summary is
-    /// good, reads the others and the active one (truncating a torn or damaged tail, and
-    /// writing a sealed one's summary again), rebuilds the groups, and makes sure there is
-    /// an active segment.
-    fn open_shard(&self, n: u16) -> Result<Shard, StoreError> {
-        let dir = self.config.dir.join(format!("shard-{n:03}"));
-        create_dir_private(&dir)?;
-        let trimmed = read_trimmed(&dir)?;
-        let mut ids = Vec::new();
-        let mut summaries = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| io("list shard", e))? {
-            let name = entry.map_err(|e| io("list shard", e))?.file_name();
-            let name = name.to_string_lossy();
-            let id = |suffix| {
-                name.strip_suffix(suffix)
-                    .and_then(|s| s.parse::<u64>().ok())
-            };
-            if let Some(id) = id(".seg") {
-                ids.push(id);
-            } else if let Some(id) = id(".idx") {
-                summaries.push(id);
-            } else if name.ends_with(".tmp") {
-                // A `trimmed` file whose rename a crash prevented: the old one holds.
-                let _ = std::fs::remove_file(dir.join(&*name));
-            }
-        }
-        ids.sort_unstable();
-        let newest = ids.last().copied();
-        for id in summaries {
-            // A summary of no segment (retention deletes the summary first, but a crash can
-            // leave one), or of the active segment (a seal whose next segment a crash lost):
-            // neither describes a sealed segment that is there.
-            if ids.binary_search(&id).is_err() || Some(id) == newest {
-                let _ = std::fs::remove_file(summary_path(&dir, id));
-            }
-        }
-        let mut shard = Shard {
-            dir: dir.clone(),
-            segments: BTreeMap::new(),
-            active: 0,
-            pending: Vec::new(),
-            unsynced: Vec::new(),
-            dir_dirty: false,
-            summaries_due: Vec::new(),
-            groups: HashMap::new(),
-            trimmed,
-            failed: None,
-            key_id: self.key_id,
-            #[cfg(test)]
-            scanned: Vec::new(),
-        };
-        for &id in &ids {
-            let path = segment_path(&dir, id);
-            let file = private_file(OpenOptions::new().read(true).write(true))
-                .open(&path)
-                .map_err(|e| io("open segment", e))?;
-            let size = file.metadata().map_err(|e| io("stat segment", e))?.len();
-            shard.segments.insert(
-                id,
-                Segment {
-                    file: Arc::new(file),
-                    len: size,
-                    groups: HashMap::new(),
-                    hashes: HashMap::new(),
-                    hash_blocks: HashMap::new(),
-                },
-            );
-            shard.active = id;
-            let sealed = Some(id) != newest;
-            if sealed && shard.load_summary(id, size) {
-                continue;
-            }
-            #[cfg(test)]
-            shard.scanned.push(id);
-            let good = self.scan(&mut shard, id, size)?;
-            if good < size {
-                let seg = shard
-                    .segments
-                    .get(&id)
-                    .ok_or_else(|| corrupt("segment vanished"))?;
-                tracing::warn!(
-                    segment = %path.display(),
-                    kept = good,
-                    dropped = size - good,
-                    "segment log: truncated a torn or damaged tail"
-                );
-                seg.file
-                    .set_len(good)
-                    .and_then(|()| seg.file.sync_all())
-                    .map_err(|e| io("truncate segment", e))?;
-            }
-            if let Some(seg) = shard.segments.get_mut(&id) {
-                seg.len = good;
-            }
-            if sealed {
-                if let Some(summary) = shard.summary(id) {
-                    write_summary(&dir, id, &summary::encode(&summary));
-                }
-                if let Some(seg) = shard.segments.get_mut(&id) {
-                    seg.hashes = HashMap::new();
-                }
-            }
-        }
-        // Groups whose every message was trimmed keep their numbering.
-        for (key, &t) in &shard.trimmed {
-            if !shard.groups.contains_key(key) {
-                shard.groups.insert(key.clone(), GroupLog::new(t));
-            }
-        }
-        if shard.segments.is_empty() {
-            shard.create_segment(1)?;
-            sync_dir(&dir)?;
-            shard.dir_dirty = false;
-        }
-        Ok(shard)
-    }
-
-    /// Reads segment `id` (`size` bytes in its file) into the shard's state; returns how
-    /// many bytes from its start are intact records.
-    fn scan(&self, shard: &mut Shard, id: u64, size: u64) -> Result<u64, StoreError> {
-        let max = self.config.max_record_bytes as usize;
-        let file = shard
-            .segments
-            .get(&id)
-            .map(|s| s.file.clone())
-            .ok_or_else(|| corrupt("segment vanished"))?;
-        let mut reader = SegmentReader::new(&file, size, &[], max);
-        let mut pos = 0;
-        while let Some(bytes) = reader.bytes_at(pos)? {
-            let (view, len) = match record::parse(bytes, max) {
-                Parsed::Record(view, len) => (view, len),
-                Parsed::Short { .. } | Parsed::Bad(_) => break,
-            };
-            let (Ok(tenant), Ok(group), Ok(sender)) = (
-                TenantId::new(view.tenant),
-                GroupId::new(view.group),
-                UserId::new(view.sender),
-            ) else {
-                break;
-            };
-            let key = (tenant, group);
-            let head = shard.known_head(&key);
-            // At or below the head: trimmed already (its segment's deletion was cut short).
-            if view.seq > head {
-                let hash = self.dedupe_hash(sender.as_str(), view.client_msg_id);
-                shard.note(
-                    &self.config,
-                    key,
-                    Noted {
-                        seq: view.seq,
-                        segment: id,
-                        offset: pos,
-                        len: len as u64,
-                        sent_at_ms: view.sent_at_ms,
-                        hash,
-                    },
-                );
-            }
-            pos += len as u64;
-        }
-        Ok(pos)
     }
 }
 
@@ -1127,115 +854,6 @@ impl Shard {
             seg.hashes = HashMap::new();
         }
         self.create_segment(self.active + 1)
-    }
-
-    /// The summary of segment `id`, sealed (or being sealed): its groups' records in it.
-    /// `None` if a group's records there do not run `first..=last` without a gap (a torn
-    /// older segment before it): such a segment is read at every open.
-    fn summary(&self, id: u64) -> Option<Summary> {
-        let seg = self.segments.get(&id)?;
-        let groups = seg
-            .groups
-            .iter()
-            .map(|(key, sg)| {
-                let hashes = seg.hashes.get(key).cloned().unwrap_or_default();
-                if hashes.len() as u64 != sg.last - sg.first + 1 {
-                    return None;
-                }
-                let (index, end) = self.groups.get(key).map_or((Vec::new(), 0), |g| {
-                    let lo = g.index.partition_point(|e| e.segment < id);
-                    let hi = g.index.partition_point(|e| e.segment <= id);
-                    let index = g.index[lo..hi].iter().map(|e| (e.seq, e.offset)).collect();
-                    // Nothing is written after a segment being sealed: its newest record
-                    // of the group is the group's newest.
-                    (index, if g.last_segment == id { g.last_end } else { 0 })
-                });
-                Some(GroupSummary {
-                    key: key.clone(),
-                    seg: *sg,
-                    end,
-                    index,
-                    hashes,
-                    hashes_at: 0,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Summary {
-            id,
-            len: seg.len,
-            key_id: self.key_id,
-            groups,
-        })
-    }
-
-    /// The group's head as the open has it so far (its trimmed seq before any record).
-    fn known_head(&self, key: &GroupKey) -> u64 {
-        self.groups
-            .get(key)
-            .map(|g| g.head)
-            .or_else(|| self.trimmed.get(key).copied())
-            .unwrap_or(0)
-    }
-
-    /// Takes sealed segment `id` (`size` bytes in its file) from its summary, if that is
-    /// good: whole, for this length, and continuing what the older segments left (a group
-    /// whose records there are all trimmed already is left out, as a scan would skip them).
-    /// `false` (nothing changed): the segment has to be read.
-    fn load_summary(&mut self, id: u64, size: u64) -> bool {
-        let Ok(file) = File::open(summary_path(&self.dir, id)) else {
-            return false;
-        };
-        let file_len = file.metadata().map_or(0, |m| m.len());
-        let Some(summary) = summary::read(&file, file_len)
-            .filter(|s| s.id == id && s.len == size && s.key_id == self.key_id)
-        else {
-            tracing::info!(
-                segment = id,
-                "segment log: summary not usable; reading the segment"
-            );
-            return false;
-        };
-        if summary.groups.iter().any(|g| {
-            let head = self.known_head(&g.key);
-            g.seg.first <= head && g.seg.last > head
-        }) {
-            return false;
-        }
-        let mut groups = HashMap::with_capacity(summary.groups.len());
-        let mut blocks = HashMap::with_capacity(summary.groups.len());
-        for gs in summary.groups {
-            if gs.seg.last <= self.known_head(&gs.key) {
-                continue;
-            }
-            let trimmed = self.trimmed.get(&gs.key).copied().unwrap_or(0);
-            let g = self
-                .groups
-                .entry(gs.key.clone())
-                .or_insert_with(|| GroupLog::new(trimmed));
-            if g.index.is_empty() {
-                g.first = gs.seg.first;
-            }
-            let last_entry = gs.index.last().map_or(gs.seg.first, |e| e.0);
-            g.index
-                .extend(gs.index.iter().map(|&(seq, offset)| IndexEntry {
-                    seq,
-                    segment: id,
-                    offset,
-                }));
-            g.since_index = u32::try_from(gs.seg.last - last_entry + 1).unwrap_or(u32::MAX);
-            g.head = gs.seg.last;
-            g.last_segment = id;
-            g.last_end = gs.end;
-            // The window is completed from the hash blocks when first needed.
-            g.dedupe_ready = false;
-            blocks.insert(gs.key.clone(), gs.hashes_at);
-            groups.insert(gs.key, gs.seg);
-        }
-        if let Some(seg) = self.segments.get_mut(&id) {
-            seg.groups = groups;
-            seg.hash_blocks = blocks;
-        }
-        true
     }
 
     /// Writes the buffered records at the end of the active segment (one `write`).
@@ -1372,83 +990,6 @@ impl Shard {
             max_record: config.max_record_bytes as usize,
         }
     }
-
-    /// The sealed segments, oldest first, that retention deletes now.
-    fn expired_segments(&self, retention: &Retention, now_ms: u64) -> Vec<u64> {
-        // Per group, bytes of its records in segments newer than each one (for max_bytes).
-        let mut newer_bytes: HashMap<&GroupKey, u64> = HashMap::new();
-        let mut bytes_after: HashMap<(u64, &GroupKey), u64> = HashMap::new();
-        for (&id, seg) in self.segments.iter().rev() {
-            for (key, sg) in &seg.groups {
-                let newer = newer_bytes.entry(key).or_insert(0);
-                bytes_after.insert((id, key), *newer);
-                *newer += sg.bytes;
-            }
-        }
-        let mut doomed = Vec::new();
-        for (&id, seg) in &self.segments {
-            if id == self.active {
-                break;
-            }
-            let expired = seg.groups.iter().all(|(key, sg)| {
-                let limits = retention.limits(&key.0, &key.1);
-                let head = self.groups.get(key).map_or(0, |g| g.head);
-                let by_age = limits
-                    .max_age_ms
-                    .is_some_and(|age| sg.newest_ms.saturating_add(age) < now_ms);
-                let by_count = limits
-                    .max_messages
-                    .is_some_and(|n| sg.last.saturating_add(n) <= head);
-                let by_bytes = limits
-                    .max_bytes
-                    .is_some_and(|b| bytes_after.get(&(id, key)).copied().unwrap_or(0) >= b);
-                by_age || by_count || by_bytes
-            });
-            if !expired {
-                break;
-            }
-            doomed.push(id);
-        }
-        doomed
-    }
-
-    /// Deletes `doomed` (the oldest segments): the groups' trimmed seqs are made durable
-    /// first, then the files go.
-    fn trim(&mut self, doomed: &[u64], report: &mut RetentionReport) -> Result<(), StoreError> {
-        for id in doomed {
-            if let Some(seg) = self.segments.get(id) {
-                for (key, sg) in &seg.groups {
-                    let t = self.trimmed.entry(key.clone()).or_insert(0);
-                    *t = (*t).max(sg.last);
-                }
-            }
-        }
-        write_trimmed(&self.dir, &self.trimmed)?;
-        for id in doomed {
-            let Some(seg) = self.segments.remove(id) else {
-                continue;
-            };
-            // The summary first: a crash between the two leaves a segment that is read at
-            // open, never a summary without its segment (open deletes one anyway).
-            match std::fs::remove_file(summary_path(&self.dir, *id)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io("delete summary", e))
-                }
-                _ => {}
-            }
-            std::fs::remove_file(segment_path(&self.dir, *id))
-                .map_err(|e| io("delete segment", e))?;
-            report.segments_deleted += 1;
-            report.bytes_deleted += seg.len;
-            for (key, sg) in seg.groups {
-                if let Some(g) = self.groups.get_mut(&key) {
-                    g.first = g.first.max(sg.last + 1);
-                    g.index.retain(|e| e.segment != *id);
-                }
-            }
-        }
-        sync_dir(&self.dir)
-    }
 }
 
 /// The log's dedupe key from `<dir>/DEDUPE_KEY` (16 random bytes and their CRC32C), made
@@ -1504,65 +1045,4 @@ fn write_summary(dir: &Path, id: u64, bytes: &[u8]) {
         tracing::warn!(summary = %path.display(), error = %e, "segment log: summary not written");
         let _ = std::fs::remove_file(&path);
     }
-}
-
-/// Reads a shard's `trimmed` file: per group, its newest deleted seq. Layout: count u32,
-/// then per group tenant and group (u8 length each) and seq u64, then a CRC32C of all that;
-/// little-endian.
-fn read_trimmed(dir: &Path) -> Result<HashMap<GroupKey, u64>, StoreError> {
-    let bytes = match std::fs::read(dir.join(TRIMMED_FILE)) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(io("read trimmed", e)),
-    };
-    let bad = || corrupt(format!("{}: damaged", dir.join(TRIMMED_FILE).display()));
-    let (body, crc) = bytes
-        .split_at_checked(bytes.len().saturating_sub(4))
-        .ok_or_else(bad)?;
-    if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err(bad());
-    }
-    let mut out = HashMap::new();
-    let (count, mut rest) = body.split_at_checked(4).ok_or_else(bad)?;
-    let count = u32::from_le_bytes(count.try_into().map_err(|_| bad())?);
-    for _ in 0..count {
-        let mut id = || -> Option<String> {
-            let (&n, tail) = rest.split_first()?;
-            let (s, tail) = tail.split_at_checked(usize::from(n))?;
-            rest = tail;
-            String::from_utf8(s.to_vec()).ok()
-        };
-        let (tenant, group) = (id().ok_or_else(bad)?, id().ok_or_else(bad)?);
-        let (seq, tail) = rest.split_at_checked(8).ok_or_else(bad)?;
-        rest = tail;
-        let seq = u64::from_le_bytes(seq.try_into().map_err(|_| bad())?);
-        let tenant = TenantId::new(&tenant).map_err(|_| bad())?;
-        let group = GroupId::new(&group).map_err(|_| bad())?;
-        out.insert((tenant, group), seq);
-    }
-    Ok(out)
-}
-
-/// Replaces the `trimmed` file durably (written aside, synced, renamed, directory synced).
-fn write_trimmed(dir: &Path, trimmed: &HashMap<GroupKey, u64>) -> Result<(), StoreError> {
-    let mut b = Vec::with_capacity(8 + trimmed.len() * 48);
-    b.extend_from_slice(&(trimmed.len() as u32).to_le_bytes());
-    for ((tenant, group), seq) in trimmed {
-        for id in [tenant.as_str(), group.as_str()] {
-            b.push(id.len() as u8);
-            b.extend_from_slice(id.as_bytes());
-        }
-        b.extend_from_slice(&seq.to_le_bytes());
-    }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    let tmp = dir.join(format!("{TRIMMED_FILE}.tmp"));
-    let file = private_file(OpenOptions::new().write(true).create(true).truncate(true))
-        .open(&tmp)
-        .map_err(|e| io("create trimmed", e))?;
-    file.write_all_at(&b, 0)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write trimmed", e))?;
-    std::fs::rename(&tmp, dir.join(TRIMMED_FILE)).map_err(|e| io("rename trimmed", e))?;
-    sync_dir(dir)
 }
